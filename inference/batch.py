@@ -1,0 +1,185 @@
+"""The batch container every kernel, model and the fit loop take.
+
+Shapes follow one convention throughout the package: batch dimensions on the
+left, then time, then event. A batch of ``N`` variable-length sequences is held
+padded to the longest, ``values`` of shape ``(N, T, *event_shape)``, with
+``lengths`` of shape ``(N,)``; step ``t`` of sequence ``n`` is real when
+``t < lengths[n]``. Padded entries may hold anything finite; every consumer
+masks them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import pyro
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class SequenceBatch:
+    """Padded variable-length sequences.
+
+    Attributes:
+        values: ``(N, T, *event_shape)`` observations, padded after each
+            sequence's end. Integer codes for symbols, floats for real series
+            (NaN marks a missing entry), integer counts for count data.
+        lengths: ``(N,)`` int64, the number of real steps of each sequence.
+        population: how many sequences the full data set holds when this batch
+            is a mini-batch of it; models scale their likelihood by
+            ``population / N`` through :func:`sequence_plate`. Defaults to ``N``.
+
+    Example:
+        >>> batch = SequenceBatch.from_sequences([torch.tensor([0, 1, 2]), torch.tensor([1])])
+        >>> batch.values.shape, batch.lengths.tolist()
+        (torch.Size([2, 3]), [3, 1])
+    """
+
+    values: Tensor
+    lengths: Tensor
+    population: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.values, Tensor):
+            raise TypeError(f"values: expected a torch.Tensor, got {type(self.values).__name__}")
+        if not isinstance(self.lengths, Tensor):
+            raise TypeError(f"lengths: expected a torch.Tensor, got {type(self.lengths).__name__}")
+        if self.values.dim() < 2:
+            raise ValueError(
+                f"values: expected shape (N, T, *event_shape) with at least 2 dims, "
+                f"got {tuple(self.values.shape)}"
+            )
+        if self.lengths.shape != self.values.shape[:1]:
+            raise ValueError(
+                f"lengths: expected shape ({self.values.shape[0]},) to match values, "
+                f"got {tuple(self.lengths.shape)}"
+            )
+        if self.lengths.dtype != torch.long:
+            object.__setattr__(self, "lengths", self.lengths.long())
+        if self.lengths.device != self.values.device:
+            raise ValueError(
+                f"lengths is on {self.lengths.device} but values on {self.values.device}"
+            )
+        if self.lengths.numel():
+            low, high = int(self.lengths.min()), int(self.lengths.max())
+            if low < 0 or high > self.values.shape[1]:
+                raise ValueError(
+                    f"lengths: expected values in [0, {self.values.shape[1]}], got range [{low}, {high}]"
+                )
+
+    # -- construction -----------------------------------------------------
+    @classmethod
+    def from_sequences(cls, sequences: Sequence[Tensor], padding_value: float = 0) -> "SequenceBatch":
+        """Pads a list of ``(T_n, *event_shape)`` tensors into one batch."""
+        if len(sequences) == 0:
+            raise ValueError("sequences: expected at least one sequence, got none")
+        event_shape = sequences[0].shape[1:]
+        for i, seq in enumerate(sequences):
+            if seq.dim() < 1 or seq.shape[1:] != event_shape:
+                raise ValueError(
+                    f"sequences[{i}]: expected shape (T, {', '.join(map(str, event_shape))}), "
+                    f"got {tuple(seq.shape)}"
+                )
+        lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long, device=sequences[0].device)
+        values = torch.nn.utils.rnn.pad_sequence(list(sequences), batch_first=True, padding_value=padding_value)
+        return cls(values, lengths)
+
+    @classmethod
+    def from_tensor(cls, values: Tensor, lengths: Tensor | None = None) -> "SequenceBatch":
+        """Wraps ``(N, T, ...)`` values; all sequences full length unless ``lengths``."""
+        if lengths is None:
+            lengths = torch.full(values.shape[:1], values.shape[1], dtype=torch.long, device=values.device)
+        return cls(values, lengths)
+
+    # -- views ------------------------------------------------------------
+    @property
+    def num_sequences(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def max_length(self) -> int:
+        return self.values.shape[1]
+
+    @property
+    def event_shape(self) -> torch.Size:
+        return self.values.shape[2:]
+
+    @property
+    def num_steps(self) -> int:
+        """Total number of real time steps over all sequences."""
+        return int(self.lengths.sum())
+
+    @property
+    def mask(self) -> Tensor:
+        """``(N, T)`` bool, True on real steps."""
+        steps = torch.arange(self.max_length, device=self.values.device)
+        return steps < self.lengths.unsqueeze(-1)
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    def to(self, device=None, dtype=None) -> "SequenceBatch":
+        """Moves to ``device``; ``dtype`` applies to floating-point values only."""
+        values = self.values.to(device=device)
+        if dtype is not None and values.is_floating_point():
+            values = values.to(dtype)
+        return replace(self, values=values, lengths=self.lengths.to(device))
+
+    def __len__(self) -> int:
+        return self.num_sequences
+
+    def __getitem__(self, index) -> "SequenceBatch":
+        """Selects sequences (int, slice, index tensor); trims padding to the new longest."""
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        values, lengths = self.values[index], self.lengths[index]
+        longest = int(lengths.max()) if lengths.numel() else 0
+        return SequenceBatch(values[:, :longest], lengths, population=self.population)
+
+    def sequences(self) -> list[Tensor]:
+        """The unpadded sequences, each ``(T_n, *event_shape)``."""
+        return [self.values[n, : int(l)] for n, l in enumerate(self.lengths.tolist())]
+
+    def with_population(self, population: int | None) -> "SequenceBatch":
+        return replace(self, population=population)
+
+    def chunk(self, length: int) -> "SequenceBatch":
+        """Cuts every sequence into consecutive pieces of at most ``length`` steps.
+
+        Used to train on one long text in mini-batches; pieces are scored as
+        independent sequences, so this changes the model's likelihood at the
+        cut points (a user should score held-out data unchunked).
+        """
+        if length < 1:
+            raise ValueError(f"length: expected a positive int, got {length}")
+        pieces = []
+        for seq in self.sequences():
+            pieces.extend(seq[i : i + length] for i in range(0, len(seq), length))
+        pieces = [p for p in pieces if len(p)]
+        return SequenceBatch.from_sequences(pieces)
+
+
+def sequence_plate(batch: SequenceBatch, name: str = "sequences", dim: int = -1):
+    """A Pyro plate over the batch's sequences that scales a mini-batch to the
+    full data set (``batch.population`` sequences)."""
+    population = batch.population or batch.num_sequences
+    return pyro.plate(
+        name,
+        size=population,
+        subsample=torch.arange(batch.num_sequences, device=batch.device),
+        dim=dim,
+    )
+
+
+def iterate_minibatches(batch: SequenceBatch, batch_size: int, generator: torch.Generator | None = None):
+    """Yields shuffled mini-batches that cover ``batch`` once (an epoch)."""
+    n = batch.num_sequences
+    if batch_size >= n:
+        yield batch.with_population(n)
+        return
+    order = torch.randperm(n, generator=generator)
+    for start in range(0, n, batch_size):
+        yield batch[order[start : start + batch_size].to(batch.device)].with_population(n)

@@ -1,0 +1,100 @@
+"""The contract every model family implements.
+
+Tools in :mod:`inference` (the fit loop, scoring, export) depend on this class
+only, never on a concrete family.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from pyro.nn import PyroModule
+from torch import Tensor
+
+from .batch import SequenceBatch
+
+
+class SequenceModel(PyroModule):
+    """Base class of every model in the zoo.
+
+    A family subclasses this and provides:
+
+    * ``model(batch)`` — the Pyro generative model of a :class:`SequenceBatch`.
+      Observations enter through masked ``pyro.sample(..., obs=...)`` inside
+      :func:`inference.batch.sequence_plate` so mini-batches are scaled.
+    * ``guide(batch)`` — its variational family (may sample nothing, for a
+      model with no latent variable or a MAP point estimate held as params).
+    * ``log_prob(values, lengths=None)`` — ``(N,)`` log-likelihood of each
+      sequence under the current point parameters. Exact when
+      ``exact_likelihood`` is True; otherwise a bound, and the family says
+      which in ``likelihood_kind``.
+    * ``sample(num_sequences, length, generator=None)`` — a
+      :class:`SequenceBatch` of synthetic sequences.
+    * ``config()`` — the constructor keyword arguments (JSON-serialisable)
+      that rebuild an untrained model of the same shape; weights are the
+      module's ``state_dict()``.
+
+    Where tractable it also provides ``filter``, ``smooth``, ``decode`` and
+    ``forecast``. A family with a closed-form EM implements ``em_step`` (and
+    sets ``supports_em``); ``reset_parameters(generator)`` draws a fresh
+    initialisation (used by random restarts).
+
+    Parameters are module-local (``pyro.settings`` ``module_local_params``,
+    switched on when :mod:`inference` is imported), so two models in one
+    process never share a parameter through Pyro's global param store, and
+    ``state_dict()`` holds every learned value, guide parameters included.
+    """
+
+    #: Whether ``log_prob`` is an exact log-likelihood (else a labelled bound).
+    exact_likelihood: ClassVar[bool] = True
+    #: What ``log_prob`` returns, as a report should label it.
+    likelihood_kind: ClassVar[str] = "exact"
+    #: Whether the model has discrete sample sites that TraceEnum_ELBO must enumerate.
+    has_enumerated_sites: ClassVar[bool] = False
+    #: Whether ``em_step`` is implemented.
+    supports_em: ClassVar[bool] = False
+    #: Short name used in reports and run directories.
+    family: ClassVar[str] = "model"
+
+    # -- required ---------------------------------------------------------
+    def model(self, batch: SequenceBatch) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement model(batch)")
+
+    def guide(self, batch: SequenceBatch) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement guide(batch)")
+
+    def log_prob(self, values: Tensor, lengths: Tensor | None = None) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement log_prob(values, lengths)")
+
+    def sample(self, num_sequences: int, length: int, generator: torch.Generator | None = None) -> SequenceBatch:
+        raise NotImplementedError(f"{type(self).__name__} must implement sample(num_sequences, length)")
+
+    def config(self) -> dict[str, Any]:
+        raise NotImplementedError(f"{type(self).__name__} must implement config()")
+
+    # -- optional ---------------------------------------------------------
+    def em_step(self, batch: SequenceBatch) -> Tensor:
+        """One EM iteration on ``batch``; returns the objective (log-likelihood
+        plus log-prior, in nats) at the parameters *before* the update."""
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form EM; fit it with method='svi'")
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Draws a fresh random initialisation (for restarts)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support random restarts")
+
+    def initialize_from_data(self, batch: SequenceBatch, generator: torch.Generator | None = None) -> None:
+        """Optional data-dependent initialisation, called once by ``fit``."""
+
+    # -- shared -----------------------------------------------------------
+    @property
+    def num_parameters(self) -> int:
+        """Number of free scalar parameters of the point model (guide excluded)."""
+        return sum(p.numel() for name, p in self.named_parameters() if not name.startswith("guide_"))
+
+    def log_prob_batch(self, batch: SequenceBatch) -> Tensor:
+        """``log_prob`` of a :class:`SequenceBatch`, ``(N,)``."""
+        return self.log_prob(batch.values, batch.lengths)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.config().items())

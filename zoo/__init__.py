@@ -1,0 +1,1 @@
+"""seqzoo model families: latent-state sequence models on Pyro and PyTorch."""
