@@ -1,0 +1,449 @@
+"""The ``seqzoo`` command line (also ``python -m zoo``).
+
+Subcommands::
+
+    seqzoo fit hmm --data DATA --states K [--emission ...] [--method em|svi] --out DIR
+    seqzoo decode DIR --data DATA
+    seqzoo sample DIR --length N
+    seqzoo compare --data DATA --models hmm:states=2 hmm:states=8 ... --out DIR
+
+This is the only module that parses arguments or prints for a person.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from inference.fit import fit
+from inference.rundir import RunDirectory
+from inference.scoring import score
+from zoo import baselines, plots
+from zoo.data import SequenceData, Vocabulary, load_data, split_data
+from zoo.hmm import CategoricalHMM, GaussianHMM, HiddenMarkovModel, PoissonHMM
+
+#: Every model class a run directory may name. Loading looks the class up here
+#: and nowhere else, so a run directory can never make us import arbitrary code.
+MODEL_CLASSES = {cls.__name__: cls for cls in (CategoricalHMM, GaussianHMM, PoissonHMM)}
+
+EMISSION_FOR_KIND = {"categorical": "categorical", "real": "gaussian", "count": "poisson"}
+
+
+class UsageError(Exception):
+    """A mistake in the command line or its inputs, reported without a traceback."""
+
+
+# -- data ------------------------------------------------------------------
+def _add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--data", required=required, help="a file (.txt, .csv, .csv.gz, .npz) or builtin:letters|nile|sunspots")
+    parser.add_argument("--kind", choices=["categorical", "real", "count"], help="how to read the data (default: from the file type)")
+    parser.add_argument("--first", type=int, metavar="N", help="keep only the first N time steps of each sequence")
+    parser.add_argument("--split", default="0.8,0.1,0.1", help="train,valid,test fractions (default 0.8,0.1,0.1)")
+
+
+def _parse_split(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        raise UsageError(f"--split: expected three comma-separated fractions like 0.8,0.1,0.1, got {text!r}") from None
+    if len(parts) != 3 or any(p < 0 for p in parts) or not math.isclose(sum(parts), 1.0, abs_tol=1e-6):
+        raise UsageError(f"--split: expected three nonnegative fractions summing to 1, got {text!r}")
+    return parts
+
+
+def _load(args, vocabulary: Vocabulary | None = None) -> SequenceData:
+    options: dict[str, Any] = {}
+    if args.kind:
+        options["kind"] = args.kind
+    if vocabulary is not None:
+        options["vocabulary"] = vocabulary
+    data = load_data(args.data, **options)
+    if args.first:
+        data = data.first_n(args.first)
+    return data
+
+
+# -- models ----------------------------------------------------------------
+@dataclass
+class ModelSpec:
+    """A model named on the command line, e.g. ``hmm:states=8,emission=gaussian``."""
+
+    family: str
+    settings: dict[str, str]
+
+    @classmethod
+    def parse(cls, text: str) -> "ModelSpec":
+        family, _, rest = text.partition(":")
+        settings = {}
+        for item in filter(None, rest.split(",")):
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise UsageError(f"model spec {text!r}: expected key=value settings after ':', got {item!r}")
+            settings[key.strip().replace("-", "_")] = value.strip()
+        if family not in MODEL_BUILDERS:
+            raise UsageError(f"model spec {text!r}: unknown model {family!r}; available: {', '.join(MODEL_BUILDERS)}")
+        return cls(family, settings)
+
+    @property
+    def label(self) -> str:
+        return self.family + "".join(f"-{k}{v}" for k, v in self.settings.items())
+
+
+def build_hmm(data: SequenceData, states: int, emission: str | None = None, covariance: str = "diag",
+              guide: str = "map", marginalize: str = "kernel") -> HiddenMarkovModel:
+    """An HMM matching the data: categorical for symbols, Gaussian for reals, Poisson for counts."""
+    emission = emission or EMISSION_FOR_KIND.get(data.kind)
+    if emission is None:
+        raise UsageError(f"--emission: data of kind {data.kind!r} needs an explicit emission (categorical, gaussian or poisson)")
+    common = dict(guide=guide, marginalize=marginalize)
+    if emission == "categorical":
+        if data.kind != "categorical":
+            raise UsageError(f"--emission categorical needs symbol data, but {data.source} holds {data.kind} data")
+        return CategoricalHMM(states, data.num_symbols, **common)
+    if emission == "gaussian":
+        return GaussianHMM(states, data.dim, covariance_type=covariance, **common)
+    if emission == "poisson":
+        return PoissonHMM(states, data.dim, **common)
+    raise UsageError(f"--emission: expected categorical, gaussian or poisson, got {emission!r}")
+
+
+def _build_hmm_from_settings(data: SequenceData, settings: dict[str, str]) -> HiddenMarkovModel:
+    allowed = {"states", "emission", "covariance", "guide", "marginalize", "method"}
+    unknown = set(settings) - allowed
+    if unknown:
+        raise UsageError(f"hmm: unknown settings {sorted(unknown)}; allowed: {sorted(allowed)}")
+    try:
+        states = int(settings.get("states", 8))
+    except ValueError:
+        raise UsageError(f"hmm: states must be an integer, got {settings['states']!r}") from None
+    return build_hmm(data, states, settings.get("emission"), settings.get("covariance", "diag"),
+                     settings.get("guide", "map"), settings.get("marginalize", "kernel"))
+
+
+MODEL_BUILDERS = {"hmm": _build_hmm_from_settings}
+
+
+def load_model(run: RunDirectory):
+    """Rebuilds the model saved in a run directory (weights via safetensors)."""
+    description = run.read_json("model.json")
+    cls = MODEL_CLASSES.get(description.get("class", "").rsplit(".", 1)[-1])
+    if cls is None:
+        raise UsageError(f"{run.file('model.json')}: unknown model class {description.get('class')!r}; known: {', '.join(MODEL_CLASSES)}")
+    model = cls(**description["config"])
+    run.load_state_dict_into(model)
+    return model.eval()
+
+
+# -- training one model into a run directory ---------------------------------
+def _fit_options(args, model, data: SequenceData) -> dict[str, Any]:
+    method = getattr(args, "method", None) or ("em" if model.supports_em else "svi")
+    options = dict(method=method, seed=args.seed, progress=not args.no_progress, device=args.device,
+                   time_budget=args.time_budget * 60 if getattr(args, "time_budget", None) else None)
+    if method == "em":
+        options.update(max_iterations=args.max_iterations, tolerance=args.tolerance, num_restarts=args.restarts)
+    else:
+        options.update(max_epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size)
+    return options
+
+
+def train_into(run: RunDirectory, model, splits, data: SequenceData, args, label: str, description: dict) -> dict:
+    """Fits ``model`` on the train split, scores every split, writes the run directory."""
+    train, valid, test = splits.train, splits.valid, splits.test
+    options = _fit_options(args, model, data)
+    if options["method"] == "svi" and args.chunk_length and train.batch.num_sequences == 1:
+        train_batch = train.batch.chunk(args.chunk_length)
+    else:
+        train_batch = train.batch
+    device = torch.device(args.device) if args.device else train_batch.device
+    model.to(device)
+    if hasattr(model, "initialize_from_data"):
+        model.initialize_from_data(train_batch.to(device), torch.Generator().manual_seed(args.seed))
+    run.write_json("config.json", {**description, "model": label, "model_config": model.config(),
+                                   "fit": {k: v for k, v in options.items() if k != "device"},
+                                   "device": str(device)})
+    if data.vocabulary is not None:
+        run.write_json("vocabulary.json", data.vocabulary.to_json())
+    started = time.perf_counter()
+    result = fit(model, train_batch.to(device), valid=valid.batch.to(device) if valid.batch.num_steps else None,
+                 checkpoint=run, resume=getattr(args, "resume", False), description=label, **options)
+    seconds = time.perf_counter() - started
+    run.save_model(model)
+    summary = {
+        "model": label,
+        "class": type(model).__name__,
+        "num_parameters": int(model.num_parameters),
+        "seconds": round(seconds, 3),
+        "method": result.method,
+        "stopped": result.stopped,
+        "likelihood": model.likelihood_kind,
+        "unit": "nats per time step",
+    }
+    for name, part in (("train", train), ("valid", valid), ("test", test)):
+        if part.batch.num_steps:
+            result_score = score(model, part.batch.to(device))
+            summary[f"{name}_log_likelihood"] = result_score.per_step
+            summary[f"{name}_stderr"] = result_score.stderr
+            summary[f"{name}_steps"] = result_score.num_steps
+    if data.kind == "categorical":
+        for name in ("train", "valid", "test"):
+            if f"{name}_log_likelihood" in summary:
+                summary[f"{name}_bits_per_symbol"] = -summary[f"{name}_log_likelihood"] / math.log(2)
+    summary["history"] = result.history
+    run.write_json("summary.json", summary)
+    run.save_figure("log_likelihood_trace.png", plots.log_likelihood_trace(result.history, title=label))
+    _plot_states(run, model, valid if valid.batch.num_steps else train, data)
+    return summary
+
+
+def _plot_states(run: RunDirectory, model, part: SequenceData, data: SequenceData, steps: int = 120) -> None:
+    if not hasattr(model, "smooth"):
+        return
+    batch = part.batch[0]
+    length = min(steps, int(batch.lengths[0]))
+    values = batch.values[:, :length].to(next(model.parameters()).device)
+    with torch.no_grad():
+        marginals = model.smooth(values)[0].cpu().numpy()
+    labels = list(data.vocabulary.decode(batch.values[0, :length].tolist())) if data.vocabulary else None
+    run.save_figure("posterior_states.png", plots.state_probabilities(marginals, labels, title=f"p(state | data), first {length} steps"))
+
+
+# -- subcommands -------------------------------------------------------------
+def _data_description(args, data: SequenceData, fractions) -> dict:
+    return {"data": args.data, "kind": data.kind, "first": args.first, "split": list(fractions), "seed": args.seed}
+
+
+def cmd_fit(args) -> int:
+    fractions = _parse_split(args.split)
+    data = _load(args)
+    splits = split_data(data, fractions, seed=args.seed)
+    settings = {"states": str(args.states), "covariance": args.covariance, "guide": args.guide, "marginalize": args.marginalize}
+    if args.emission:
+        settings["emission"] = args.emission
+    model = MODEL_BUILDERS[args.family](splits.train, settings)
+    run = RunDirectory.open(args.out) if args.resume else RunDirectory.create(args.out, force=args.force)
+    summary = train_into(run, model, splits, data, args, f"{args.family}-states{args.states}", _data_description(args, data, fractions))
+    _print_summary([summary])
+    print(f"run directory: {run.path}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    fractions = _parse_split(args.split)
+    specs = [ModelSpec.parse(text) for text in args.models]
+    data = _load(args)
+    splits = split_data(data, fractions, seed=args.seed)
+    root = RunDirectory.create(args.out, force=args.force)
+    rows, curves, samples = [], {}, {}
+    if data.kind == "categorical":
+        rows.extend(_baseline_rows(splits, data))
+    for index, spec in enumerate(specs):
+        label = spec.label
+        print(f"[{index + 1}/{len(specs)}] training {label}", file=sys.stderr)
+        model = MODEL_BUILDERS[spec.family](splits.train, dict(spec.settings))
+        run = RunDirectory.create(root.path / label, force=args.force)
+        args.time_budget = args.budget_minutes
+        summary = train_into(run, model, splits, data, args, label, _data_description(args, data, fractions))
+        curves[label] = summary["history"]
+        rows.append({k: v for k, v in summary.items() if k != "history"})
+        samples[label] = _sample_text(model, data, length=200, seed=args.seed)
+    comparison = {"data": args.data, "split": list(fractions), "unit": "nats per time step", "models": rows, "samples": samples}
+    root.write_json("comparison.json", comparison)
+    root.write_text("comparison.md", _comparison_markdown(comparison, data))
+    root.save_figure("learning_curves.png", plots.learning_curves(curves, title=f"{args.data}: validation log-likelihood"))
+    _print_summary(rows)
+    print(f"comparison: {root.file('comparison.md')}")
+    return 0
+
+
+def _baseline_rows(splits, data: SequenceData) -> list[dict]:
+    v = data.num_symbols
+    unigram = baselines.unigram_log_probs(splits.train.batch, v)
+    initial, transition = baselines.bigram_log_probs(splits.train.batch, v)
+    rows = []
+    for name, scorer, num_parameters in (
+        ("unigram", lambda b: baselines.unigram_score(unigram, b), v - 1),
+        ("bigram", lambda b: baselines.bigram_score(initial, transition, b), (v - 1) * (v + 1)),
+    ):
+        row = {"model": name, "class": "count table", "num_parameters": num_parameters, "seconds": 0.0, "likelihood": "exact"}
+        for part_name in ("train", "valid", "test"):
+            part = getattr(splits, part_name).batch
+            if part.num_steps:
+                per_sequence = scorer(part)
+                row[f"{part_name}_log_likelihood"] = float(per_sequence.sum()) / part.num_steps
+                row[f"{part_name}_bits_per_symbol"] = -row[f"{part_name}_log_likelihood"] / math.log(2)
+        rows.append(row)
+    return rows
+
+
+def _sample_text(model, data: SequenceData, length: int, seed: int) -> str | None:
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    with torch.no_grad():
+        batch = model.sample(1, length, generator=generator)
+    if data.vocabulary is not None:
+        return data.vocabulary.decode(batch.values[0].cpu().tolist())
+    return None
+
+
+def _comparison_markdown(comparison: dict, data: SequenceData) -> str:
+    symbols = data.kind == "categorical"
+    header = "| model | parameters | seconds | train | valid | test |" + (" test bits/symbol |" if symbols else "")
+    lines = [f"# Comparison on {comparison['data']}", "",
+             "Held-out log-likelihood in nats per time step (higher is better), ± one standard error over sequences where there are several.", "",
+             header, "|" + "---|" * (header.count("|") - 1)]
+    for row in comparison["models"]:
+        def cell(part):
+            value = row.get(f"{part}_log_likelihood")
+            if value is None:
+                return "—"
+            stderr = row.get(f"{part}_stderr")
+            return f"{value:.4f}" + (f" ± {stderr:.4f}" if stderr else "")
+        line = f"| {row['model']} | {row['num_parameters']} | {row['seconds']:.1f} | {cell('train')} | {cell('valid')} | {cell('test')} |"
+        if symbols:
+            bits = row.get("test_bits_per_symbol")
+            line += f" {bits:.3f} |" if bits is not None else " — |"
+        lines.append(line)
+    if comparison.get("samples"):
+        lines += ["", "## Samples", ""]
+        for name, text in comparison["samples"].items():
+            if text is not None:
+                lines += [f"**{name}**", "", "```", text, "```", ""]
+    return "\n".join(lines) + "\n"
+
+
+def _print_summary(rows: Sequence[dict]) -> None:
+    print(f"{'model':<28} {'params':>8} {'seconds':>8} {'train':>9} {'valid':>9} {'test':>9}   (nats per step)")
+    for row in rows:
+        cells = [f"{row.get(f'{p}_log_likelihood', float('nan')):9.4f}" for p in ("train", "valid", "test")]
+        print(f"{row['model']:<28} {row['num_parameters']:>8} {row['seconds']:>8.1f} {' '.join(cells)}")
+
+
+def cmd_decode(args) -> int:
+    run = RunDirectory.open(args.run)
+    config = run.read_json("config.json")
+    model = load_model(run)
+    vocabulary = Vocabulary.from_json(run.read_json("vocabulary.json")) if run.file("vocabulary.json").exists() else None
+    args.data = args.data or config["data"]
+    args.kind = args.kind or config.get("kind")
+    data = _load(args, vocabulary=vocabulary)
+    device = next(model.parameters()).device
+    batch = data.batch.to(device)
+    with torch.no_grad():
+        paths = model.decode(batch.values, batch.lengths).cpu()
+    out = Path(args.output) if args.output else run.file("decoded.csv")
+    lines = ["sequence,time,state"]
+    for n, length in enumerate(batch.lengths.tolist()):
+        lines.extend(f"{n},{t},{int(paths[n, t])}" for t in range(length))
+    _write_text_atomic(out, "\n".join(lines) + "\n", force=args.force)
+    counts = torch.bincount(paths[paths >= 0], minlength=model.num_states)
+    print(f"decoded {batch.num_steps} steps of {batch.num_sequences} sequence(s) into {out}")
+    print("state occupancy: " + ", ".join(f"{k}: {int(c)}" for k, c in enumerate(counts)))
+    return 0
+
+
+def cmd_sample(args) -> int:
+    run = RunDirectory.open(args.run)
+    model = load_model(run)
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    with torch.no_grad():
+        batch = model.sample(args.num_sequences, args.length, generator=generator)
+    vocabulary = Vocabulary.from_json(run.read_json("vocabulary.json")) if run.file("vocabulary.json").exists() else None
+    for n in range(batch.num_sequences):
+        values = batch.values[n].cpu()
+        if vocabulary is not None:
+            print(vocabulary.decode(values.tolist()))
+        else:
+            for row in values.reshape(len(values), -1).tolist():
+                print(",".join(f"{v:.6g}" for v in row))
+            if n + 1 < batch.num_sequences:
+                print()
+    return 0
+
+
+def _write_text_atomic(path: Path, text: str, force: bool) -> None:
+    if path.exists() and not force:
+        raise UsageError(f"{path} exists; pass --force to overwrite it")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+# -- argument parsing --------------------------------------------------------
+def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("training")
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--device", help="torch device, e.g. cpu or cuda (default: where the data is, the CPU)")
+    group.add_argument("--max-iterations", type=int, default=500, help="EM iterations (default 500)")
+    group.add_argument("--tolerance", type=float, default=1e-8, help="EM convergence: nats per step gained per iteration")
+    group.add_argument("--restarts", type=int, default=1, help="EM random restarts; the best is kept")
+    group.add_argument("--epochs", type=int, default=200, help="SVI epochs (default 200)")
+    group.add_argument("--lr", type=float, default=0.05, help="SVI learning rate")
+    group.add_argument("--batch-size", type=int, help="SVI mini-batch size in sequences (default: all)")
+    group.add_argument("--chunk-length", type=int, default=2000, help="SVI: cut one long training sequence into pieces of this many steps")
+    group.add_argument("--no-progress", action="store_true", help="no progress bar")
+    group.add_argument("--force", action="store_true", help="replace an existing run directory")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seqzoo", description="Fit, compare, decode and sample latent-state sequence models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fit_parser = sub.add_parser("fit", help="fit one model into a run directory")
+    fit_parser.add_argument("family", choices=sorted(MODEL_BUILDERS))
+    _add_data_arguments(fit_parser)
+    fit_parser.add_argument("--states", type=int, required=True, help="number of hidden states K")
+    fit_parser.add_argument("--emission", choices=["categorical", "gaussian", "poisson"])
+    fit_parser.add_argument("--covariance", choices=["diag", "full"], default="diag")
+    fit_parser.add_argument("--method", choices=["em", "svi"], help="default: em where the model has it")
+    fit_parser.add_argument("--guide", choices=["map", "meanfield"], default="map")
+    fit_parser.add_argument("--marginalize", choices=["kernel", "enumerate"], default="kernel")
+    fit_parser.add_argument("--out", required=True, help="run directory to create")
+    fit_parser.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    fit_parser.add_argument("--time-budget", type=float, metavar="MINUTES")
+    _add_training_arguments(fit_parser)
+    fit_parser.set_defaults(handler=cmd_fit)
+
+    compare_parser = sub.add_parser("compare", help="fit several models on one split and compare held-out likelihoods")
+    _add_data_arguments(compare_parser)
+    compare_parser.add_argument("--models", nargs="+", required=True, metavar="SPEC", help="e.g. hmm:states=2 hmm:states=8,emission=categorical")
+    compare_parser.add_argument("--out", required=True)
+    compare_parser.add_argument("--budget-minutes", type=float, help="training time budget per model")
+    _add_training_arguments(compare_parser)
+    compare_parser.set_defaults(handler=cmd_compare, method=None)
+
+    decode_parser = sub.add_parser("decode", help="Viterbi paths of data under a fitted model")
+    decode_parser.add_argument("run", help="run directory of a fitted model")
+    _add_data_arguments(decode_parser, required=False)
+    decode_parser.add_argument("--output", help="CSV to write (default RUN/decoded.csv)")
+    decode_parser.add_argument("--force", action="store_true", help="overwrite the output file")
+    decode_parser.set_defaults(handler=cmd_decode)
+
+    sample_parser = sub.add_parser("sample", help="synthesise sequences from a fitted model")
+    sample_parser.add_argument("run", help="run directory of a fitted model")
+    sample_parser.add_argument("--length", type=int, required=True)
+    sample_parser.add_argument("--num-sequences", type=int, default=1)
+    sample_parser.add_argument("--seed", type=int, default=0)
+    sample_parser.set_defaults(handler=cmd_sample)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (UsageError, FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"seqzoo {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
