@@ -47,6 +47,8 @@ def _add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) 
     parser.add_argument("--kind", choices=["categorical", "real", "count"], help="how to read the data (default: from the file type)")
     parser.add_argument("--first", type=int, metavar="N", help="keep only the first N time steps of each sequence")
     parser.add_argument("--split", default="0.8,0.1,0.1", help="train,valid,test fractions (default 0.8,0.1,0.1)")
+    parser.add_argument("--time-column", help="CSV: a column of dates/times to drop")
+    parser.add_argument("--sequence-column", help="CSV: a column of sequence ids, to read many sequences from one file")
 
 
 def _parse_split(text: str) -> tuple[float, float, float]:
@@ -65,9 +67,12 @@ def _load(args, vocabulary: Vocabulary | None = None) -> SequenceData:
         options["kind"] = args.kind
     if vocabulary is not None:
         options["vocabulary"] = vocabulary
+    for option in ("time_column", "sequence_column"):
+        if getattr(args, option, None):
+            options[option] = getattr(args, option)
     data = load_data(args.data, **options)
     if args.first:
-        data = data.first_n(args.first)
+        data = data.head(args.first)
     return data
 
 
@@ -170,9 +175,10 @@ def train_into(run: RunDirectory, model, splits, data: SequenceData, args, label
                                    "fit": {k: v for k, v in options.items() if k != "device"},
                                    "device": str(device)})
     if data.vocabulary is not None:
-        run.write_json("vocabulary.json", data.vocabulary.to_json())
+        run.write_json("vocabulary.json", json.loads(data.vocabulary.to_json()))
     started = time.perf_counter()
-    result = fit(model, train_batch.to(device), valid=valid.batch.to(device) if valid.batch.num_steps else None,
+    has_valid = valid is not None and valid.batch.num_steps > 0
+    result = fit(model, train_batch.to(device), valid=valid.batch.to(device) if has_valid else None,
                  checkpoint=run, resume=getattr(args, "resume", False), description=label, **options)
     seconds = time.perf_counter() - started
     run.save_model(model)
@@ -187,7 +193,7 @@ def train_into(run: RunDirectory, model, splits, data: SequenceData, args, label
         "unit": "nats per time step",
     }
     for name, part in (("train", train), ("valid", valid), ("test", test)):
-        if part.batch.num_steps:
+        if part is not None and part.batch.num_steps:
             result_score = score(model, part.batch.to(device))
             summary[f"{name}_log_likelihood"] = result_score.per_step
             summary[f"{name}_stderr"] = result_score.stderr
@@ -199,7 +205,7 @@ def train_into(run: RunDirectory, model, splits, data: SequenceData, args, label
     summary["history"] = result.history
     run.write_json("summary.json", summary)
     run.save_figure("log_likelihood_trace.png", plots.log_likelihood_trace(result.history, title=label))
-    _plot_states(run, model, valid if valid.batch.num_steps else train, data)
+    _plot_states(run, model, valid if has_valid else train, data)
     return summary
 
 
@@ -217,7 +223,8 @@ def _plot_states(run: RunDirectory, model, part: SequenceData, data: SequenceDat
 
 # -- subcommands -------------------------------------------------------------
 def _data_description(args, data: SequenceData, fractions) -> dict:
-    return {"data": args.data, "kind": data.kind, "first": args.first, "split": list(fractions), "seed": args.seed}
+    return {"data": args.data, "kind": data.kind, "first": args.first, "split": list(fractions), "seed": args.seed,
+            "time_column": args.time_column, "sequence_column": args.sequence_column}
 
 
 def cmd_fit(args) -> int:
@@ -274,10 +281,10 @@ def _baseline_rows(splits, data: SequenceData) -> list[dict]:
     ):
         row = {"model": name, "class": "count table", "num_parameters": num_parameters, "seconds": 0.0, "likelihood": "exact"}
         for part_name in ("train", "valid", "test"):
-            part = getattr(splits, part_name).batch
-            if part.num_steps:
-                per_sequence = scorer(part)
-                row[f"{part_name}_log_likelihood"] = float(per_sequence.sum()) / part.num_steps
+            part = getattr(splits, part_name)
+            if part is not None and part.batch.num_steps:
+                per_sequence = scorer(part.batch)
+                row[f"{part_name}_log_likelihood"] = float(per_sequence.sum()) / part.batch.num_steps
                 row[f"{part_name}_bits_per_symbol"] = -row[f"{part_name}_log_likelihood"] / math.log(2)
         rows.append(row)
     return rows
@@ -332,6 +339,9 @@ def cmd_decode(args) -> int:
     vocabulary = Vocabulary.from_json(run.read_json("vocabulary.json")) if run.file("vocabulary.json").exists() else None
     args.data = args.data or config["data"]
     args.kind = args.kind or config.get("kind")
+    for option in ("time_column", "sequence_column"):
+        if getattr(args, option) is None and args.data == config["data"]:
+            setattr(args, option, config.get(option))
     data = _load(args, vocabulary=vocabulary)
     device = next(model.parameters()).device
     batch = data.batch.to(device)

@@ -82,7 +82,7 @@ def test_decode_and_sample_reload_the_model(text_file, tmp_path, capsys):
 def test_gaussian_svi_on_csv_with_missing_values(csv_file, tmp_path):
     out = tmp_path / "run"
     assert run_cli("fit", "hmm", "--data", csv_file, "--states", 2, "--method", "svi", "--epochs", 150,
-                   "--out", out, "--no-progress", "--split", "0.8,0.2,0") == 0
+                   "--out", out, "--no-progress", "--split", "0.8,0.2,0", "--time-column", "t") == 0
     summary = json.loads((out / "summary.json").read_text())
     # Two well-separated regimes with unit noise: a fitted 2-state HMM scores
     # close to the N(0, 1) entropy (-1.419 nats), far above one Gaussian's (~ -2.6).
