@@ -105,6 +105,10 @@ def plot(results: list[dict], symbols: str, out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for r in results:
         axes[0].plot(np.arange(1, len(r["log_likelihood_trace"]) + 1), r["log_likelihood_trace"], label=f"seed {r['seed']}")
+    # Zoom on the plateau and the jump; the first step (fitting letter frequencies) gains far more.
+    later = np.concatenate([r["log_likelihood_trace"][2:] for r in results if len(r["log_likelihood_trace"]) > 2] or [[0.0]])
+    span = max(later.max() - later.min(), 1.0)
+    axes[0].set_ylim(later.min() - 0.2 * span, later.max() + 0.1 * span)
     axes[0].set_xlabel("Baum–Welch iteration")
     axes[0].set_ylabel("log-likelihood (nats)")
     axes[0].set_title("The plateau and the jump")
