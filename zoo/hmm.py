@@ -25,7 +25,7 @@ with emissions
 :mod:`inference.discrete` (``marginalize="kernel"``, the default) or left to Pyro's
 ``TraceEnum_ELBO`` as enumerated sample sites (``marginalize="enumerate"``); both give the
 same ELBO. Guides: ``"map"`` (point estimates, Delta sites) and ``"meanfield"``
-(Dirichlet rows, Normal means, log-normal precisions and rates). Baum–Welch EM
+(Dirichlet rows, Normal means, log-normal diagonal precisions and rates, Wishart full precision matrices). Baum–Welch EM
 (:meth:`HiddenMarkovModel.em_step`) maximises the same MAP objective in closed form.
 """
 
@@ -34,7 +34,6 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -47,6 +46,8 @@ from inference.batch import SequenceBatch, sequence_plate
 from inference.contract import SequenceModel
 
 _GUIDES = ("map", "meanfield")
+#: At most this many observed steps are kept for k-means++ seeding of Gaussian means.
+_MAX_SEED_POINTS = 10_000
 _MARGINALIZE = ("kernel", "enumerate")
 
 
@@ -88,6 +89,18 @@ class HiddenMarkovModel(SequenceModel):
     Subclasses implement ``_emission_priors()``, ``_emission_point()``,
     ``_emission_log_prob(values, params)`` (``(N, T, K)``), ``_emission_mstep``,
     ``_sample_emission`` and ``_check_observations``.
+
+    Example (every family shares these methods):
+        >>> hmm = CategoricalHMM.from_probs(torch.tensor([1.0, 0.0]),
+        ...                                 torch.tensor([[0.5, 0.5], [0.0, 1.0]]),
+        ...                                 torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+        >>> x = torch.tensor([[0, 0, 1]])
+        >>> hmm.decode(x).tolist(), hmm.smooth(x)[0, -1].tolist()
+        ([[0, 0, 1]], [0.0, 1.0])
+        >>> hmm.forecast(x, steps=2).probs[0].tolist()
+        [[0.0, 1.0], [0.0, 1.0]]
+        >>> batch = hmm.sample(4, 10, generator=torch.Generator().manual_seed(0))
+        >>> objective = hmm.em_step(batch)  # Baum-Welch; log-likelihood + log prior before it
     """
 
     family = "hmm"
@@ -180,6 +193,10 @@ class HiddenMarkovModel(SequenceModel):
                 q[name] = dist.Dirichlet(getattr(self, f"guide_{name}_concentration").exp()).to_event(1)
             elif name == "means":
                 q[name] = dist.Normal(self.guide_means_loc, self.guide_means_log_scale.exp()).to_event(2)
+            elif isinstance(prior.base_dist if isinstance(prior, dist.Independent) else prior, dist.Wishart):
+                # Full precision matrices: a Wishart factor per state (the prior's conjugate family).
+                df = self.dim - 1 + self.guide_precisions_log_excess_df.exp()
+                q[name] = _BartlettWishart(df, scale_tril=_constrain_tril(self.guide_precisions_scale_tril_unconstrained)).to_event(1)
             else:  # positive sites: precisions (diag) and rates
                 q[name] = dist.LogNormal(getattr(self, f"guide_{name}_loc"), getattr(self, f"guide_{name}_log_scale").exp()).to_event(2)
         return q
@@ -189,25 +206,38 @@ class HiddenMarkovModel(SequenceModel):
             self._sync_variational_to_point(create=True)
 
     def _sync_variational_to_point(self, create: bool = False) -> None:
-        """Centres the mean-field factors on the current point values, fairly
-        confident (Dirichlet strength 100, log-scale sd e^-3)."""
+        """Centres the mean-field factors on the current point values (each
+        factor's mean is the point value, Dirichlet means to within 1e-3), fairly
+        confident: Dirichlet concentration 100 per entry, Wishart ``df = D - 1 + 100``,
+        scales e^-3 on the log scale."""
         if self.guide_type != "meanfield":
             return
         point = {"initial": self.initial_logits.softmax(-1), "transition": self.transition_logits.softmax(-1)}
         point.update(self._emission_point())
-        strength = 100.0
+        strength, log_scale = 100.0, -3.0
         values: dict[str, Tensor] = {}
         for name, prior in self._priors().items():
             base = prior.base_dist if isinstance(prior, dist.Independent) else prior
             value = point[name].detach()
+            # Each factor's mean is the point value, so the point properties (initial_probs,
+            # means, ...) barely change with the guide. A Dirichlet row of size S gets total
+            # concentration strength * S plus a floor of 0.1 per entry, which moves its mean
+            # by less than 0.1 / strength: draws from a tinier concentration underflow
+            # towards 0, where log q is huge and the ELBO estimate useless.
             if isinstance(base, dist.Dirichlet):
-                values[f"guide_{name}_concentration"] = (strength * value + 1.0).log()
+                values[f"guide_{name}_concentration"] = (strength * value.shape[-1] * value + 0.1).log()
             elif name == "means":
                 values["guide_means_loc"] = value.clone()
-                values["guide_means_log_scale"] = torch.full_like(value, -3.0)
+                values["guide_means_log_scale"] = torch.full_like(value, log_scale)
             elif isinstance(base, dist.Gamma):
-                values[f"guide_{name}_loc"] = value.log()
-                values[f"guide_{name}_log_scale"] = torch.full_like(value, -3.0)
+                # A log-normal's mean is exp(loc + scale^2 / 2).
+                values[f"guide_{name}_loc"] = value.log() - 0.5 * math.exp(2 * log_scale)
+                values[f"guide_{name}_log_scale"] = torch.full_like(value, log_scale)
+            elif isinstance(base, dist.Wishart):
+                # Mean df * W = the point precision, with df = D - 1 + strength.
+                df = self.dim - 1 + strength
+                values[f"guide_{name}_log_excess_df"] = torch.full(value.shape[:1], math.log(strength), dtype=value.dtype, device=value.device)
+                values[f"guide_{name}_scale_tril_unconstrained"] = _unconstrain_tril(torch.linalg.cholesky(value / df))
             else:
                 raise ValueError(f"guide='meanfield' does not support the {name!r} site of {type(self).__name__}; use guide='map'")
         for key, value in values.items():
@@ -324,14 +354,18 @@ class HiddenMarkovModel(SequenceModel):
         with torch.no_grad():
             values = self._check_observations(batch.values, "batch.values")
             point = self._point()
-            log_emission = self._emission_log_prob(values, point)
-            posterior = discrete.forward_backward(point["initial"].log(), point["transition"].log(), log_emission, batch.lengths)
-            objective = posterior.log_normalizer.sum() + self.log_prior(point)
-            gamma = posterior.state_marginals  # (N, T, K), zeros on padding
-            initial_counts = gamma[:, 0].sum(0)
+            # The E-step runs in float64 whatever the parameters' dtype: the CPU kernels
+            # compute in float64 anyway, and a float32 objective of a long sequence is too
+            # coarse for the convergence rule to see slow progress on a plateau.
+            log_emission = self._emission_log_prob(values, point).double()
+            posterior = discrete.forward_backward(point["initial"].log().double(), point["transition"].log().double(),
+                                                  log_emission, batch.lengths)
+            objective = posterior.log_normalizer.sum() + self.log_prior(point).double()
+            gamma = posterior.state_marginals.to(self._dtype)  # (N, T, K), zeros on padding
+            initial_counts = posterior.state_marginals[:, 0].sum(0)
             transition_counts = posterior.transition_counts.sum(0)
-            self.initial_logits.data.copy_(_dirichlet_mode(initial_counts, self.initial_concentration).log())
-            self.transition_logits.data.copy_(_dirichlet_mode(transition_counts, self.transition_concentration).log())
+            self.initial_logits.data.copy_(_dirichlet_mode(initial_counts, self.initial_concentration).log().to(self._dtype))
+            self.transition_logits.data.copy_(_dirichlet_mode(transition_counts, self.transition_concentration).log().to(self._dtype))
             self._emission_mstep(values, gamma, point)
         return objective
 
@@ -503,6 +537,14 @@ class _VectorEmissionHMM(HiddenMarkovModel):
         with torch.no_grad():
             self.data_mean.copy_(mean)
             self.data_var.copy_(var.clamp(min=1e-8))
+        # Fully observed real steps, at most _MAX_SEED_POINTS of them, from which
+        # restarts pick initial means (k-means++); kept out of the state_dict.
+        complete = (observed.all(-1) & batch.mask).reshape(-1)
+        points = values.reshape(-1, self.dim)[complete].detach()
+        if points.shape[0] > _MAX_SEED_POINTS:
+            keep = torch.randperm(points.shape[0], generator=generator, device=_generator_device(generator))
+            points = points[keep[:_MAX_SEED_POINTS].to(points.device)]
+        self._seed_points = points
         self.reset_parameters(generator)
 
     def config(self) -> dict[str, Any]:
@@ -531,8 +573,6 @@ class GaussianHMM(_VectorEmissionHMM):
                  precision_shape: float = 1.0, precision_rate: float = 1e-3, **kwargs) -> None:
         if covariance_type not in ("diag", "full"):
             raise ValueError(f"covariance_type: expected 'diag' or 'full', got {covariance_type!r}")
-        if covariance_type == "full" and kwargs.get("guide") == "meanfield":
-            raise ValueError("guide='meanfield' supports covariance_type='diag' only; use guide='map' for full covariances")
         super().__init__(num_states, dim, **kwargs)
         self.covariance_type = covariance_type
         self.mean_prior_scale = float(mean_prior_scale)  # in units of the data's standard deviation
@@ -609,8 +649,7 @@ class GaussianHMM(_VectorEmissionHMM):
         return priors
 
     def _scale_tril(self) -> Tensor:
-        raw = self.scale_tril_unconstrained
-        return raw.tril(-1) + torch.diag_embed(raw.diagonal(dim1=-2, dim2=-1).exp())
+        return _constrain_tril(self.scale_tril_unconstrained)
 
     def _emission_point(self) -> dict[str, Tensor]:
         if self.covariance_type == "diag":
@@ -676,10 +715,20 @@ class GaussianHMM(_VectorEmissionHMM):
         self.scale_tril_unconstrained.data.copy_(_unconstrain_tril(torch.linalg.cholesky(covariance)))
 
     def _reset_emission(self, generator) -> None:
+        """Means by k-means++ seeding on the data seen by ``initialize_from_data``
+        (else the data mean plus standard-normal noise in data units); every
+        state starts with the data's variance."""
         k, d = self.num_states, self.dim
-        noise = torch.randn(k, d, generator=generator, dtype=self._dtype, device=generator.device if generator is not None else "cpu")
         sd = self.data_var.to(self._dtype).sqrt()
-        self.emission_loc.data.copy_(self.data_mean.to(self._dtype) + sd * noise.to(self._device))
+        points = getattr(self, "_seed_points", None)
+        if points is not None and points.shape[0] >= k:
+            # Standardise so that dimensions on different scales count equally.
+            points = points.to(self.data_mean)  # the model may have moved since initialize_from_data
+            centres = _kmeans_plus_plus((points - self.data_mean) / self.data_var.sqrt(), k, generator)
+            self.emission_loc.data.copy_((self.data_mean + centres * self.data_var.sqrt()).to(self._dtype))
+        else:
+            noise = torch.randn(k, d, generator=generator, dtype=self._dtype, device=_generator_device(generator))
+            self.emission_loc.data.copy_(self.data_mean.to(self._dtype) + sd * noise.to(self._device))
         if self.covariance_type == "diag":
             self.log_scales.data.copy_(sd.log().expand(k, d))
         else:
@@ -702,6 +751,52 @@ class GaussianHMM(_VectorEmissionHMM):
         return Forecast(state_probs, mean=mean, covariance=second - mean.unsqueeze(-1) * mean.unsqueeze(-2))
 
 
+def _generator_device(generator: torch.Generator | None) -> torch.device:
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+def _kmeans_plus_plus(points: Tensor, num_centres: int, generator: torch.Generator | None) -> Tensor:
+    """``(num_centres, D)`` rows of ``points (M, D)``: the first uniformly at random, each
+    next with probability proportional to its squared distance to the nearest centre
+    chosen so far (Arthur and Vassilvitskii, 2007)."""
+    device = _generator_device(generator)
+    first = int(torch.randint(points.shape[0], (1,), generator=generator, device=device))
+    centres = [points[first]]
+    nearest = ((points - centres[0]) ** 2).sum(-1)  # (M,)
+    for _ in range(1, num_centres):
+        # All points on the chosen centres: any pick is as good as another.
+        weights = nearest if bool(nearest.sum() > 0) else torch.ones_like(nearest)
+        index = int(torch.multinomial(weights.to(device), 1, generator=generator))
+        centres.append(points[index])
+        nearest = torch.minimum(nearest, ((points - points[index]) ** 2).sum(-1))
+    return torch.stack(centres)
+
+
+class _BartlettWishart(dist.Wishart):
+    """A Wishart whose reparametrised sample is the plain Bartlett construction.
+
+    torch's ``Wishart.rsample`` (2.x) tests its draws with the support check
+    inverted, so it warns "Singular sample detected" on every positive-definite
+    draw and redraws them; this class draws once, correctly.
+    """
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        shape = self._extended_shape(sample_shape)  # (*sample, *batch, D, D)
+        d = shape[-1]
+        # Bartlett: A lower-triangular, A_ii^2 ~ chi^2(df - i), A_ij ~ N(0, 1) below; W = L A A^T L^T.
+        offsets = torch.arange(d, dtype=self.df.dtype, device=self.df.device)
+        chi2 = dist.Chi2((self.df.unsqueeze(-1) - offsets).expand(shape[len(sample_shape):-1])).rsample(sample_shape)
+        noise = torch.randn(shape, dtype=self.df.dtype, device=self.df.device).tril(-1)
+        bartlett = noise + torch.diag_embed(chi2.sqrt())
+        factor = self._unbroadcasted_scale_tril @ bartlett
+        return factor @ factor.transpose(-1, -2)
+
+
+def _constrain_tril(raw: Tensor) -> Tensor:
+    """Lower-triangular with a positive diagonal: the strict lower part of ``raw`` and the exp of its diagonal."""
+    return raw.tril(-1) + torch.diag_embed(raw.diagonal(dim1=-2, dim2=-1).exp())
+
+
 def _unconstrain_tril(tril: Tensor) -> Tensor:
     return tril.tril(-1) + torch.diag_embed(tril.diagonal(dim1=-2, dim2=-1).log())
 
@@ -712,9 +807,20 @@ def _full_gaussian_log_prob(x: Tensor, observed: Tensor, means: Tensor, precisio
     n, t, d = x.shape
     k = means.shape[0]
     flat_x, flat_observed = x.reshape(-1, d), observed.reshape(-1, d)
+    if bool(flat_observed.all()):
+        # No missing entry: one batched density (the common case, kept free of grouping).
+        law = dist.MultivariateNormal(means, precision_matrix=precisions)
+        return law.log_prob(flat_x.unsqueeze(-2)).reshape(n, t, k)
     result = torch.zeros(n * t, k, dtype=x.dtype, device=x.device)
     covariances = torch.linalg.inv(precisions)
-    patterns, inverse = torch.unique(flat_observed, dim=0, return_inverse=True)
+    if d < 63:
+        # Each pattern as the integer with bit j set when coordinate j is observed:
+        # a 1-D unique is an order of magnitude faster than torch.unique(dim=0).
+        bits = 2 ** torch.arange(d, device=x.device)
+        codes, inverse = torch.unique((flat_observed.long() * bits).sum(-1), return_inverse=True)
+        patterns = (codes.unsqueeze(-1) & bits) != 0
+    else:
+        patterns, inverse = torch.unique(flat_observed, dim=0, return_inverse=True)
     for index, pattern in enumerate(patterns):
         if not pattern.any():
             continue  # a fully missing row contributes nothing
@@ -733,7 +839,7 @@ def _full_gaussian_log_prob(x: Tensor, observed: Tensor, means: Tensor, precisio
 class PoissonHMM(_VectorEmissionHMM):
     """HMM with independent Poisson emissions per dimension.
 
-    Observations are ``(N, T, D)`` nonnegative counts as floats (NaN = missing).
+    Observations are ``(N, T, D)`` nonnegative counts, floats (NaN = missing) or integers.
 
     Example:
         >>> hmm = PoissonHMM.from_params(torch.tensor([0.5, 0.5]), torch.tensor([[0.9, 0.1], [0.2, 0.8]]),
@@ -775,7 +881,11 @@ class PoissonHMM(_VectorEmissionHMM):
         return self.num_states * self.dim
 
     def _check_observations(self, x, name: str) -> Tensor:
-        values = super()._check_observations(x, name)
+        values = torch.as_tensor(x, device=self._device)
+        if values.dim() != 3 or values.shape[-1] != self.dim or values.dtype == torch.bool or values.is_complex():
+            raise ValueError(f"{name}: expected nonnegative counts of shape (N, T, {self.dim}), float (NaN = missing) "
+                             f"or integer, got {values.dtype} of shape {tuple(values.shape)}")
+        values = values.to(self._dtype)  # integer counts become floats; NaN marks a missing count
         observed = values[~values.isnan()]
         if observed.numel() and ((observed < 0).any() or (observed != observed.round()).any()):
             raise ValueError(f"{name}: expected nonnegative integer counts (NaN = missing)")

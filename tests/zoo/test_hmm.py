@@ -1,6 +1,8 @@
-"""The HMM family against brute force, Pyro's own enumeration and hmmlearn."""
+"""The HMM family against brute force, Pyro's own enumeration and hmmlearn; kernel and
+enumerated ELBOs, mean-field guides, seeding, sample-then-fit recovery and bad input."""
 
 import itertools
+import json
 import warnings
 
 import numpy as np
@@ -11,7 +13,7 @@ import torch
 
 from inference.batch import SequenceBatch
 from inference.fit import fit
-from zoo.hmm import CategoricalHMM, GaussianHMM, PoissonHMM
+from zoo.hmm import CategoricalHMM, GaussianHMM, PoissonHMM, _BartlettWishart, _kmeans_plus_plus
 
 DTYPE = torch.float64
 
@@ -187,7 +189,11 @@ def test_gaussian_forecast_moments_match_monte_carlo():
 
 
 # -- hmmlearn ---------------------------------------------------------------------
-hmmlearn = pytest.importorskip("hmmlearn.hmm")
+try:
+    import hmmlearn.hmm as hmmlearn
+except ImportError:  # a test extra: only the tests that compare with it skip without it
+    hmmlearn = None
+requires_hmmlearn = pytest.mark.skipif(hmmlearn is None, reason="hmmlearn is not installed")
 
 
 def _quiet(fn, *args):
@@ -234,6 +240,7 @@ def _to_hmmlearn(values):
     return values.reshape(-1, *values.shape[2:]).numpy() if values.dim() == 3 else values.reshape(-1, 1).numpy()
 
 
+@requires_hmmlearn
 @pytest.mark.parametrize("emission", EMISSIONS)
 def test_score_and_decode_match_hmmlearn(emission):
     model = make_model(emission, 3, 21)
@@ -246,6 +253,7 @@ def test_score_and_decode_match_hmmlearn(emission):
     assert model.decode(batch.values[:1])[0].tolist() == ref_path.tolist()
 
 
+@requires_hmmlearn
 @pytest.mark.parametrize("emission", ["categorical", "diag", "full", "poisson"])
 def test_one_em_step_matches_hmmlearn(emission):
     model = _mle(make_model(emission, 3, 31))
@@ -374,5 +382,320 @@ def test_bad_constructor_arguments_are_rejected():
         GaussianHMM.from_params(torch.tensor([0.5, 0.5]), torch.eye(2), torch.zeros(2, 3), torch.ones(2, 2))
     with pytest.raises(ValueError, match="guide"):
         CategoricalHMM(2, 3, guide="laplace")
-    with pytest.raises(ValueError, match="full"):
-        GaussianHMM(2, 2, covariance_type="full", guide="meanfield")
+    with pytest.raises(ValueError, match="covariance_type"):
+        GaussianHMM(2, 2, covariance_type="spherical")
+    with pytest.raises(ValueError, match="marginalize"):
+        PoissonHMM(2, 2, marginalize="sample")
+
+
+# -- padding and missing entries in both marginalisations, mean-field guides, seeding ----------
+# Fixed parameters: a 3-state chain with each emission type (categorical, Gaussian
+# diag and full, Poisson).
+INITIAL = torch.tensor([0.5, 0.3, 0.2], dtype=DTYPE)
+TRANSITION = torch.tensor([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.3, 0.6]], dtype=DTYPE)
+MEANS = torch.tensor([[-3.0, 0.0], [0.0, 3.0], [3.0, -1.0]], dtype=DTYPE)
+FULL_COVARIANCES = torch.tensor([[[1.0, 0.3], [0.3, 0.5]], [[0.6, -0.2], [-0.2, 0.8]], [[0.4, 0.0], [0.0, 0.9]]], dtype=DTYPE)
+
+
+def models(**kwargs):
+    """The four fixed models (same values on every call), built with ``kwargs``."""
+    generator = torch.Generator().manual_seed(0)
+    exponentials = -torch.rand(3, 4, generator=generator, dtype=DTYPE).log()
+    emission = exponentials / exponentials.sum(-1, keepdim=True)  # flat-Dirichlet rows
+    return [
+        CategoricalHMM.from_probs(INITIAL, TRANSITION, emission, **kwargs),
+        GaussianHMM.from_params(INITIAL, TRANSITION, MEANS, 0.3 + torch.rand(3, 2, generator=generator, dtype=DTYPE), **kwargs),
+        GaussianHMM.from_params(INITIAL, TRANSITION, MEANS, FULL_COVARIANCES, **kwargs),
+        PoissonHMM.from_params(INITIAL, TRANSITION, torch.tensor([[1.0, 4.0], [6.0, 0.5], [12.0, 2.0]], dtype=DTYPE), **kwargs),
+    ]
+
+
+def ragged_batch(model, seed):
+    """Three sequences of lengths 7, 4, 1 (the padding holds sampled values, which
+    must be ignored); for vector emissions one entry and one whole step missing."""
+    batch = model.sample(3, 7, torch.Generator().manual_seed(seed))
+    values = batch.values.clone()
+    if values.is_floating_point():
+        values[0, 2, 0] = float("nan")
+        values[1, 3] = float("nan")
+    return SequenceBatch(values, torch.tensor([7, 4, 1]))
+
+
+def elbo_loss(model, batch, marginalize):
+    other = type(model)(**{**model.config(), "marginalize": marginalize}).to(DTYPE)
+    other.load_state_dict(model.state_dict())
+    elbo = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1) if marginalize == "enumerate" else pyro.infer.Trace_ELBO()
+    pyro.set_rng_seed(0)
+    return elbo.differentiable_loss(other.model, other.guide, batch).item()
+
+
+@pytest.mark.parametrize("guide", ["map", "meanfield"])
+@pytest.mark.parametrize("index", range(4), ids=["categorical", "diag", "full", "poisson"])
+def test_kernel_and_enumerate_agree_with_missing_entries_and_padding(index, guide):
+    model = models(guide=guide)[index]
+    batch = ragged_batch(model, index)
+    kernel, enumerated = elbo_loss(model, batch, "kernel"), elbo_loss(model, batch, "enumerate")
+    assert kernel == pytest.approx(enumerated, rel=1e-10, abs=1e-8)
+    if guide == "map":
+        # With point parameters the ELBO is -(log-likelihood + log prior).
+        expected = model.log_prob(batch.values, batch.lengths).sum() + model.log_prior()
+        assert kernel == pytest.approx(-expected.item(), rel=1e-10)
+
+
+@pytest.mark.parametrize("index", range(4), ids=["categorical", "diag", "full", "poisson"])
+def test_meanfield_point_values_equal_the_given_parameters(index):
+    map_model, meanfield_model = models()[index], models(guide="meanfield")[index]
+    names = ["initial_probs", "transition_probs"] + {
+        0: ["emission_probs"], 1: ["means", "covariances"], 2: ["means", "covariances"], 3: ["rates"]}[index]
+    for name in names:
+        # Dirichlet factors carry a 0.1 concentration floor (100 per entry): means within 1e-3.
+        tolerance = 1e-3 if name.endswith("probs") else 1e-10
+        assert torch.allclose(getattr(meanfield_model, name), getattr(map_model, name), rtol=0, atol=tolerance), name
+    # Free parameters of the point model only; the guide's are excluded.
+    assert meanfield_model.num_parameters == map_model.num_parameters
+    assert sum(p.numel() for p in meanfield_model.parameters()) > sum(p.numel() for p in map_model.parameters())
+
+
+@pytest.mark.parametrize("index", range(4), ids=["categorical", "diag", "full", "poisson"])
+def test_meanfield_svi_lowers_the_loss(index):
+    model = models(guide="meanfield")[index]
+    batch = model.sample(6, 30, torch.Generator().manual_seed(1))
+    elbo = pyro.infer.Trace_ELBO(num_particles=4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    pyro.set_rng_seed(0)
+    start = sum(elbo.differentiable_loss(model.model, model.guide, batch).item() for _ in range(10)) / 10
+    for _ in range(40):
+        optimizer.zero_grad()
+        elbo.differentiable_loss(model.model, model.guide, batch).backward()
+        optimizer.step()
+    end = sum(elbo.differentiable_loss(model.model, model.guide, batch).item() for _ in range(10)) / 10
+    assert end < start
+
+
+def test_bartlett_wishart_moments():
+    scale_tril = torch.linalg.cholesky(FULL_COVARIANCES[:2])
+    law = _BartlettWishart(torch.tensor([4.5, 7.0], dtype=DTYPE), scale_tril=scale_tril)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        draws = law.rsample((40000,))
+    stderr = (law.variance / 40000).sqrt()
+    assert ((draws.mean(0) - law.mean).abs() < 5 * stderr).all()
+    assert torch.allclose(draws.var(0), law.variance, rtol=0.05)
+
+
+def test_kmeans_plus_plus_picks_one_point_per_cluster():
+    generator = torch.Generator().manual_seed(0)
+    clusters = MEANS.repeat_interleave(200, 0) + 0.05 * torch.randn(600, 2, generator=generator, dtype=DTYPE)
+    for seed in range(10):
+        centres = _kmeans_plus_plus(clusters, 3, torch.Generator().manual_seed(seed))
+        nearest = torch.cdist(centres, MEANS).argmin(-1)
+        assert sorted(nearest.tolist()) == [0, 1, 2]
+        assert all((clusters == c).all(-1).any() for c in centres)  # centres are data points
+
+
+def test_initialize_from_data_seeds_gaussian_means_at_the_clusters():
+    truth = GaussianHMM.from_params(INITIAL, TRANSITION, MEANS, torch.full((3, 2), 0.1, dtype=DTYPE))
+    train = truth.sample(10, 100, torch.Generator().manual_seed(0))
+    model = GaussianHMM(3, 2).to(DTYPE)
+    model.initialize_from_data(train, torch.Generator().manual_seed(0))
+    nearest = torch.cdist(model.means.detach(), MEANS)
+    assert sorted(nearest.argmin(-1).tolist()) == [0, 1, 2] and (nearest.min(-1).values < 1.6).all()  # 5 sd
+    assert model._seed_points.shape == (1000, 2)
+    assert "_seed_points" not in model.state_dict()
+
+
+@requires_hmmlearn
+@pytest.mark.parametrize("index", range(4), ids=["categorical", "diag", "full", "poisson"])
+def test_em_step_on_a_padded_batch_matches_hmmlearn(index):
+    hmm = hmmlearn
+    model = models()[index]
+    config = {**model.config(), "initial_concentration": 1.0, "transition_concentration": 1.0}
+    config.update({0: {"emission_concentration": 1.0}, 1: {"mean_prior_scale": 1e8, "precision_rate": 1e-300},
+                   2: {"mean_prior_scale": 1e8, "precision_rate": 1e-300}, 3: {"rate_rate": 1e-300}}[index])
+    model = type(model)(**config).to(DTYPE)
+    model.load_state_dict(models()[index].state_dict())
+    batch = models()[index].sample(4, 50, torch.Generator().manual_seed(2))
+    lengths = torch.tensor([50, 31, 12, 3])
+    common = dict(n_components=3, init_params="", n_iter=1, tol=0.0, implementation="scaling")
+    if index == 0:
+        ref = hmm.CategoricalHMM(n_features=4, params="ste", **common)
+        ref.emissionprob_ = model.emission_probs.detach().numpy()
+    elif index in (1, 2):
+        ref = hmm.GaussianHMM(covariance_type=model.covariance_type, params="stmc", min_covar=0.0, covars_prior=0.0, covars_weight=1.0, **common)
+        ref.means_, ref.covars_ = model.means.detach().numpy(), model.covariances.detach().numpy()
+    else:
+        ref = hmm.PoissonHMM(params="stl", lambdas_prior=0.0, lambdas_weight=0.0, **common)
+        ref.lambdas_ = model.rates.detach().numpy()
+    ref.startprob_, ref.transmat_ = model.initial_probs.detach().numpy(), model.transition_probs.detach().numpy()
+    sequences = [batch.values[n, :length] for n, length in enumerate(lengths.tolist())]
+    stacked = torch.cat(sequences).numpy()
+    stacked = stacked.reshape(-1, 1) if stacked.ndim == 1 else stacked
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected_score = ref.score(stacked, lengths.tolist())
+        ref.fit(stacked, lengths.tolist())
+    # Garbage (but valid) padding must not matter.
+    padded = batch.values.clone()
+    padded[1, 31:] = padded[0, 31:] if index == 0 else 1e3
+    log_prior_before = model.log_prior().item()
+    objective = model.em_step(SequenceBatch(padded, lengths))
+    # The objective is the log-likelihood plus log prior at the parameters before the update.
+    assert objective.item() == pytest.approx(expected_score + log_prior_before, rel=1e-9)
+    assert np.allclose(model.initial_probs.detach().numpy(), ref.startprob_, atol=1e-10)
+    assert np.allclose(model.transition_probs.detach().numpy(), ref.transmat_, atol=1e-10)
+    if index == 0:
+        assert np.allclose(model.emission_probs.detach().numpy(), ref.emissionprob_, atol=1e-10)
+    elif index == 3:
+        assert np.allclose(model.rates.detach().numpy(), ref.lambdas_, rtol=1e-8)
+    else:
+        assert np.allclose(model.means.detach().numpy(), ref.means_, rtol=1e-6, atol=1e-8)
+        theirs = ref.covars_ if index == 2 else np.diagonal(ref.covars_, axis1=-2, axis2=-1)
+        assert np.allclose(model.covariances.detach().numpy(), theirs, rtol=1e-6)
+
+
+def test_inputs_may_be_numpy_and_models_float32():
+    model = models()[0]
+    codes = np.array([[0, 1, 3, 2]], dtype=np.int32)
+    assert torch.allclose(model.log_prob(codes), model.log_prob(torch.as_tensor(codes).long()))
+    for float_model in (CategoricalHMM(3, 4), GaussianHMM(3, 2), GaussianHMM(3, 2, covariance_type="full"), PoissonHMM(3, 2)):
+        batch = float_model.sample(2, 5, torch.Generator().manual_seed(0))
+        objective = float_model.em_step(batch)
+        assert torch.isfinite(objective)  # the E-step runs in float64 by design
+        assert float_model.log_prob(batch.values.numpy()).dtype == torch.float32
+
+
+def test_em_with_priors_never_lowers_the_map_objective():
+    for model in models():
+        model.reset_parameters(torch.Generator().manual_seed(3))
+        batch = models()[[type(m) for m in models()].index(type(model))].sample(5, 40, torch.Generator().manual_seed(4))
+        objectives = [model.em_step(batch).item() for _ in range(15)]
+        assert all(b >= a - 1e-9 * abs(a) for a, b in zip(objectives, objectives[1:])), objectives
+
+
+@pytest.mark.parametrize("index", range(4), ids=["categorical", "diag", "full", "poisson"])
+def test_filter_is_the_last_smoothed_marginal_of_each_prefix(index):
+    model = models()[index]
+    batch = ragged_batch(model, 10 + index)
+    filtered = model.filter(batch.values, batch.lengths)
+    for n, length in enumerate(batch.lengths.tolist()):
+        for t in range(length):
+            prefix = batch.values[n : n + 1, : t + 1]
+            assert torch.allclose(filtered[n, t], model.smooth(prefix)[0, t], atol=1e-12)
+        assert (filtered[n, length:] == 0).all()
+
+
+def test_posterior_path_samples_match_the_smoothed_marginals():
+    model = models()[1]
+    batch = ragged_batch(model, 3)
+    paths = model.sample_states(batch.values, batch.lengths, num_samples=4000, generator=torch.Generator().manual_seed(0))
+    marginals = model.smooth(batch.values, batch.lengths)
+    assert ((paths == -1) == ~batch.mask).all()
+    empirical = torch.nn.functional.one_hot(paths.clamp(min=0), 3).to(DTYPE).mean(0) * batch.mask.unsqueeze(-1)
+    stderr = (marginals * (1 - marginals) / 4000).sqrt()
+    assert ((empirical - marginals).abs() <= 5 * stderr + 1e-12).all()
+
+
+@pytest.mark.parametrize("index", [2, 3], ids=["full", "poisson"])
+def test_forecast_propagates_the_last_filtered_state(index):
+    model = models()[index]
+    batch = ragged_batch(model, 5)
+    forecast = model.forecast(batch.values, 3, lengths=batch.lengths)
+    filtered = model.filter(batch.values, batch.lengths)
+    last = filtered[torch.arange(3), batch.lengths - 1]
+    transition = model.transition_probs.detach()
+    expected = torch.stack([last @ transition, last @ transition @ transition, last @ transition @ transition @ transition], 1)
+    assert torch.allclose(forecast.state_probs, expected, atol=1e-12)
+    if index == 3:  # Poisson mixture: mean sum_k p_k lambda_k, variance sum_k p_k (lambda_k + lambda_k^2) - mean^2
+        rates = model.rates.detach()
+        mean = expected @ rates
+        assert torch.allclose(forecast.mean, mean, atol=1e-12)
+        assert torch.allclose(forecast.covariance.diagonal(dim1=-2, dim2=-1), expected @ (rates + rates**2) - mean**2, atol=1e-10)
+    else:  # Gaussian mixture covariance: sum_k p_k (Sigma_k + mu_k mu_k^T) - m m^T
+        means, covariances = model.means.detach(), model.covariances.detach()
+        mean = expected @ means
+        second = torch.einsum("nsk,kde->nsde", expected, covariances + means.unsqueeze(-1) * means.unsqueeze(-2))
+        assert torch.allclose(forecast.covariance, second - mean.unsqueeze(-1) * mean.unsqueeze(-2), atol=1e-10)
+
+
+def test_near_uniform_initialisation_stays_within_the_noise_band():
+    model = CategoricalHMM(4, 27).to(DTYPE)
+    model.set_near_uniform(noise=0.01, generator=torch.Generator().manual_seed(0))
+    for probs in (model.initial_probs, model.transition_probs, model.emission_probs):
+        size = probs.shape[-1]
+        assert torch.allclose(probs.sum(-1), torch.ones((), dtype=DTYPE))
+        assert ((probs * size - 1).abs() <= 2.1 * 0.01).all() and not torch.allclose(probs, torch.full_like(probs, 1 / size))
+
+
+@pytest.mark.parametrize("guide", ["map", "meanfield"])
+@pytest.mark.parametrize("index", range(4), ids=["categorical", "diag", "full", "poisson"])
+def test_config_and_state_dict_rebuild_every_model(index, guide):
+    model = models(guide=guide)[index]
+    batch = ragged_batch(model, 7)
+    if index in (1, 2):
+        model.initialize_from_data(batch, torch.Generator().manual_seed(0))  # sets the data-scaled prior buffers
+    rebuilt = type(model)(**json.loads(json.dumps(model.config()))).to(DTYPE)
+    rebuilt.load_state_dict(model.state_dict())
+    assert torch.equal(rebuilt.log_prob(batch.values, batch.lengths), model.log_prob(batch.values, batch.lengths))
+    assert torch.equal(rebuilt.log_prior(), model.log_prior())
+
+
+def test_poisson_accepts_integer_counts():
+    model = models()[3]
+    counts = model.sample(2, 6, torch.Generator().manual_seed(0)).values
+    assert torch.equal(model.log_prob(counts.long()), model.log_prob(counts))
+    assert torch.equal(model.log_prob(counts.numpy().astype(np.int32)), model.log_prob(counts))
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: models()[3].log_prob(torch.ones(1, 2, 2, dtype=torch.bool)), r"nonnegative counts of shape \(N, T, 2\)"),
+        (lambda: models()[1].log_prob(torch.ones(1, 2, 2, dtype=torch.long)), r"float observations of shape \(N, T, 2\)"),
+        (lambda: models()[0].log_prob(torch.zeros(2, 3, dtype=torch.long), torch.tensor([3])), r"lengths: expected shape \(2,\)"),
+        (lambda: models()[0].log_prob(torch.zeros(2, 3, dtype=torch.long), torch.tensor([3, 4])), r"lengths: expected values in \[0, 3\]"),
+        (lambda: models()[0].forecast(torch.zeros(1, 3, dtype=torch.long), 0), "steps: expected a positive int"),
+        (lambda: models(guide="meanfield")[0].em_step(SequenceBatch.from_tensor(torch.zeros(1, 3, dtype=torch.long))), "guide='map'"),
+        (lambda: GaussianHMM.from_params(INITIAL, TRANSITION, MEANS, -torch.ones(3, 2, dtype=DTYPE)), "covariances"),
+        (lambda: PoissonHMM.from_params(INITIAL, TRANSITION, torch.zeros(3, 2, dtype=DTYPE)), "rates"),
+        (lambda: CategoricalHMM.from_probs(INITIAL[:2], TRANSITION, torch.full((3, 2), 0.5)), r"initial: expected shape \(3,\)"),
+    ],
+)
+def test_more_bad_inputs_raise_naming_the_argument(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+@pytest.mark.parametrize("index", [1, 3], ids=["diag", "poisson"])
+def test_pyro_enumeration_of_an_unrolled_model_agrees_with_padding(index):
+    """An independently written pyro.markov model with masked padded steps, enumerated by
+    TraceEnum_ELBO with an empty guide, gives the summed exact log-likelihood."""
+    model = models()[index]
+    batch = model.sample(3, 6, torch.Generator().manual_seed(4))
+    lengths = torch.tensor([6, 3, 1])
+    initial, transition = model.initial_probs.detach(), model.transition_probs.detach()
+    if index == 1:
+        emission = lambda state: dist.Normal(model.means.detach()[state], model.covariances.detach()[state].sqrt()).to_event(1)  # noqa: E731
+    else:
+        emission = lambda state: dist.Poisson(model.rates.detach()[state]).to_event(1)  # noqa: E731
+
+    def unrolled():
+        with pyro.plate("sequences", 3, dim=-1):
+            state = None
+            for t in pyro.markov(range(6)):
+                with pyro.poutine.mask(mask=t < lengths):
+                    probs = initial if state is None else transition[state]
+                    state = pyro.sample(f"s_{t}", dist.Categorical(probs), infer={"enumerate": "parallel"})
+                    pyro.sample(f"x_{t}", emission(state), obs=batch.values[:, t])
+
+    loss = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1).loss(unrolled, lambda: None)
+    assert -loss == pytest.approx(model.log_prob(batch.values, lengths).sum().item(), rel=1e-10)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import zoo.hmm
+
+    failures, attempted = doctest.testmod(zoo.hmm, optionflags=doctest.ELLIPSIS)
+    assert attempted >= 8 and failures == 0
