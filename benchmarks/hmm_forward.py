@@ -3,7 +3,7 @@
 One sequence of ``V = 27`` symbols drawn from a random categorical HMM. For each
 ``(T, K)`` it times (median of ``--repeat`` runs, numba compile excluded by a warm-up):
 
-* ours: :func:`inference.discrete.log_marginal` on ``log_emission = log B[:, x].T``;
+* ours: :func:`inference.discrete.log_marginal` on ``log_emission = log B.T[x]`` (the gather CategoricalHMM does);
 * ours + grad: the same followed by ``.backward()`` into all three potentials;
 * hmmlearn: ``CategoricalHMM.score``;
 * Pyro: ``DiscreteHMM(...).log_prob`` (``oom`` when ``T K^2`` float64 exceeds 4 GB).
@@ -84,14 +84,14 @@ def benchmark_case(num_steps: int, num_states: int, repeat: int, seed: int) -> d
     symbols_tensor = torch.from_numpy(symbols)
 
     def ours() -> torch.Tensor:
-        return log_marginal(log_initial, log_transition, log_emission_table[:, symbols_tensor].T[None])
+        return log_marginal(log_initial, log_transition, log_emission_table.T[symbols_tensor][None])
 
     leaves = [x.clone().requires_grad_() for x in (log_initial, log_transition, log_emission_table)]
 
     def ours_with_grad() -> None:
         for leaf in leaves:
             leaf.grad = None
-        log_emission = leaves[2][:, symbols_tensor].T[None]
+        log_emission = leaves[2].T[symbols_tensor][None]
         log_marginal(leaves[0], leaves[1], log_emission).sum().backward()
 
     model = CategoricalHMM(n_components=num_states, n_features=NUM_SYMBOLS)
