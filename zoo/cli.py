@@ -169,8 +169,6 @@ def train_into(run: RunDirectory, model, splits, data: SequenceData, args, label
         train_batch = train.batch
     device = torch.device(args.device) if args.device else train_batch.device
     model.to(device)
-    if hasattr(model, "initialize_from_data"):
-        model.initialize_from_data(train_batch.to(device), torch.Generator().manual_seed(args.seed))
     run.write_json("config.json", {**description, "model": label, "model_config": model.config(),
                                    "fit": {k: v for k, v in options.items() if k != "device"},
                                    "device": str(device)})
