@@ -662,6 +662,7 @@ class _EMLoop(_LoopBase):
         self.best_objective: float | None = None
         if self.resume:
             self.load_checkpoint()
+            self.reopen_last_restart()
         clock = _Clock(self.previous_seconds, self.time_budget)
         if self.stopped in _FINAL_STOPS:
             return self.finish(clock, self.restart_objectives)
@@ -725,6 +726,27 @@ class _EMLoop(_LoopBase):
         best = max(range(len(restarts)), key=restarts.__getitem__)
         self.stopped = self.restart_stops[best]
         return self.finish(clock, restarts)
+
+    def reopen_last_restart(self) -> None:
+        """On resume with a larger ``max_iterations``: a last restart that ended
+        only because it ran out of iterations continues where it stopped."""
+        if not self.restart_stops or self.restart_stops[-1] != "max_steps" or self.restart != self.num_restarts:
+            return
+        last = len(self.restart_stops) - 1
+        records = [r for r in self.history if r.get("restart") == last]
+        if not records or len(records) >= self.max_iterations:
+            return
+        self.restart_objectives.pop()
+        self.restart_stops.pop()
+        self.restart = last
+        self.iteration = len(records)
+        self.previous_objective = records[-1]["objective"]
+        self.small_gains = 0
+        self.stopped = None
+        if self.restart_objectives:
+            self.best_objective = max(self.restart_objectives)
+        else:
+            self.best_objective = None
 
     def close_restart(self, objective: float, restart_stop: str, valid_per_step: float | None) -> None:
         """Ends the current restart, keeping its state if it is the best so far."""

@@ -446,3 +446,21 @@ def test_result_and_progress_bar(capsys):
                                       "seconds"}
     captured = capsys.readouterr()
     assert "toy fit" in captured.err and captured.out == ""
+
+
+def test_em_resume_with_more_iterations_continues_the_last_restart(tmp_path):
+    data = _mixture_data()
+    options = dict(method="em", tolerance=0.0, patience=1000, progress=False)
+    reference = GaussianMixture(init_locs=(-0.5, 0.5))
+    reference_result = fit(reference, data, max_iterations=12, **options)
+
+    run = RunDirectory.create(tmp_path / "run")
+    model = GaussianMixture(init_locs=(-0.5, 0.5))
+    first = fit(model, data, max_iterations=5, checkpoint=run, **options)
+    assert first.stopped == "max_steps" and len(first.history) == 5
+    resumed = GaussianMixture(init_locs=(-0.5, 0.5))
+    result = fit(resumed, data, max_iterations=12, checkpoint=RunDirectory.open(run.path), resume=True, **options)
+    assert [r["iteration"] for r in result.history] == list(range(1, 13))
+    assert [r["objective"] for r in result.history] == [r["objective"] for r in reference_result.history]
+    assert torch.equal(resumed.guide_locs, reference.guide_locs)
+    assert result.restarts == reference_result.restarts
