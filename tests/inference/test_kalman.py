@@ -1,0 +1,333 @@
+"""Tests for the linear-Gaussian state-space kernels in ``inference.kalman``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from statsmodels.tsa.statespace.kalman_smoother import KalmanSmoother
+
+from inference.kalman import (
+    KalmanFiltered,
+    forecast,
+    kalman_filter,
+    log_marginal,
+    rts_smoother,
+    sample_states,
+)
+
+
+def random_system(state_dim: int, obs_dim: int, seed: int, dtype=torch.float64) -> tuple[torch.Tensor, ...]:
+    """A random stable system: (A, Q, H, R, initial_mean, initial_cov)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def spd(dim: int) -> torch.Tensor:
+        root = torch.randn(dim, dim, generator=gen, dtype=torch.float64)
+        return root @ root.T + 0.3 * torch.eye(dim, dtype=torch.float64)
+
+    transition = torch.randn(state_dim, state_dim, generator=gen, dtype=torch.float64)
+    transition = 0.9 * transition / torch.linalg.eigvals(transition).abs().max()
+    params = (
+        transition,
+        spd(state_dim),
+        torch.randn(obs_dim, state_dim, generator=gen, dtype=torch.float64),
+        spd(obs_dim),
+        torch.randn(state_dim, generator=gen, dtype=torch.float64),
+        spd(state_dim),
+    )
+    return tuple(value.to(dtype) for value in params)
+
+
+def joint_gaussian(params: tuple[torch.Tensor, ...], num_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense mean ``(T d + T p,)`` and covariance of ``(S_1..S_T, X_1..X_T)``."""
+    transition, transition_cov, obs_matrix, obs_cov, initial_mean, initial_cov = params
+    state_dim, obs_dim = transition.shape[0], obs_matrix.shape[0]
+    # S = M @ (S_1, w_2, ..., w_T) with M block lower-triangular of powers of A.
+    mixing = torch.zeros(num_steps * state_dim, num_steps * state_dim, dtype=torch.float64)
+    for t in range(num_steps):
+        for s in range(t + 1):
+            mixing[t * state_dim:(t + 1) * state_dim, s * state_dim:(s + 1) * state_dim] = (
+                torch.linalg.matrix_power(transition, t - s)
+            )
+    innovations_cov = torch.block_diag(initial_cov, *([transition_cov] * (num_steps - 1)))
+    innovations_mean = torch.cat([initial_mean, torch.zeros((num_steps - 1) * state_dim, dtype=torch.float64)])
+    state_mean = mixing @ innovations_mean
+    state_cov = mixing @ innovations_cov @ mixing.T
+    emit = torch.block_diag(*([obs_matrix] * num_steps))
+    mean = torch.cat([state_mean, emit @ state_mean])
+    cov = torch.cat([
+        torch.cat([state_cov, state_cov @ emit.T], 1),
+        torch.cat([emit @ state_cov, emit @ state_cov @ emit.T + torch.block_diag(*([obs_cov] * num_steps))], 1),
+    ])
+    return mean, cov
+
+
+def brute_force_posterior(params, observations: torch.Tensor):
+    """Log marginal of the observed entries and the posterior mean/cov of all states, ``observations (T, p)``."""
+    num_steps, obs_dim = observations.shape
+    state_dim = params[0].shape[0]
+    mean, cov = joint_gaussian(params, num_steps)
+    num_state = num_steps * state_dim
+    observed = num_state + torch.nonzero(~torch.isnan(observations.reshape(-1)))[:, 0]
+    values = observations.reshape(-1)[observed - num_state]
+    if len(observed) == 0:
+        return torch.tensor(0.0, dtype=torch.float64), mean[:num_state], cov[:num_state, :num_state]
+    obs_mean, obs_cov = mean[observed], cov[observed][:, observed]
+    log_prob = torch.distributions.MultivariateNormal(obs_mean, obs_cov).log_prob(values)
+    cross = cov[:num_state][:, observed]
+    post_mean = mean[:num_state] + cross @ torch.linalg.solve(obs_cov, values - obs_mean)
+    post_cov = cov[:num_state, :num_state] - cross @ torch.linalg.solve(obs_cov, cross.T)
+    return log_prob, post_mean, post_cov
+
+
+@pytest.mark.parametrize("state_dim", [1, 2, 3])
+@pytest.mark.parametrize("obs_dim", [1, 2])
+def test_matches_dense_joint_gaussian_with_missing(state_dim, obs_dim):
+    num_steps = 5
+    params = random_system(state_dim, obs_dim, seed=10 * state_dim + obs_dim)
+    gen = torch.Generator().manual_seed(state_dim + 7 * obs_dim)
+    observations = torch.randn(3, num_steps, obs_dim, generator=gen, dtype=torch.float64) * 2
+    observations[0, 1] = float("nan")  # whole row
+    observations[1, 3, 0] = float("nan")  # single entry (whole row when p = 1)
+    observations[1, 0] = float("nan")
+    observations[2, 4, -1] = float("nan")
+    smoothed = rts_smoother(*params, observations)
+    filtered = kalman_filter(*params, observations)
+    torch.testing.assert_close(smoothed.log_normalizer, filtered.log_normalizer, rtol=0, atol=0)
+    for n in range(observations.shape[0]):
+        log_prob, post_mean, post_cov = brute_force_posterior(params, observations[n])
+        torch.testing.assert_close(filtered.log_normalizer[n], log_prob, rtol=1e-8, atol=1e-8)
+        torch.testing.assert_close(smoothed.smoothed_mean[n].reshape(-1), post_mean, rtol=1e-8, atol=1e-8)
+        for t in range(num_steps):
+            block = slice(t * state_dim, (t + 1) * state_dim)
+            torch.testing.assert_close(smoothed.smoothed_cov[n, t], post_cov[block, block], rtol=1e-8, atol=1e-8)
+            if t > 0:
+                previous = slice((t - 1) * state_dim, t * state_dim)
+                torch.testing.assert_close(
+                    smoothed.lag_one_cov[n, t], post_cov[block, previous], rtol=1e-8, atol=1e-8
+                )
+        assert torch.all(smoothed.lag_one_cov[n, 0] == 0)
+        # The filtered moments at the last step are the smoothed ones; at t they condition on x_{1:t}.
+        _, filt_mean, filt_cov = brute_force_posterior(
+            params, torch.cat([observations[n, :3], torch.full_like(observations[n, 3:], float("nan"))])
+        )
+        torch.testing.assert_close(filtered.filtered_mean[n, 2], filt_mean[2 * state_dim:3 * state_dim],
+                                   rtol=1e-8, atol=1e-8)
+        torch.testing.assert_close(filtered.predicted_mean[n, 3], filt_mean[3 * state_dim:4 * state_dim],
+                                   rtol=1e-8, atol=1e-8)
+        torch.testing.assert_close(filtered.filtered_cov[n, 2],
+                                   filt_cov[2 * state_dim:3 * state_dim, 2 * state_dim:3 * state_dim],
+                                   rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("state_dim", [1, 4])
+def test_matches_statsmodels(state_dim):
+    obs_dim, num_steps = 2, 40
+    params = random_system(state_dim, obs_dim, seed=100 + state_dim)
+    gen = torch.Generator().manual_seed(state_dim)
+    observations = torch.randn(num_steps, obs_dim, generator=gen, dtype=torch.float64) * 3
+    observations[5, 1] = float("nan")
+    observations[9] = float("nan")
+    transition, transition_cov, obs_matrix, obs_cov, initial_mean, initial_cov = (v.numpy() for v in params)
+    reference = KalmanSmoother(k_endog=obs_dim, k_states=state_dim, k_posdef=state_dim)
+    reference.bind(np.asfortranarray(observations.numpy().T))
+    reference["design"] = obs_matrix
+    reference["obs_cov"] = obs_cov
+    reference["transition"] = transition
+    reference["selection"] = np.eye(state_dim)
+    reference["state_cov"] = transition_cov
+    reference.initialize_known(initial_mean, initial_cov)
+    reference.tolerance = 0  # no switch to the steady-state filter
+    result = reference.smooth()
+
+    filtered = kalman_filter(*params, observations[None])
+    smoothed = rts_smoother(*params, observations[None])
+    expected_llf = float(result.llf_obs.sum())
+    assert abs(float(filtered.log_normalizer[0]) - expected_llf) <= 1e-8 * abs(expected_llf)
+    np.testing.assert_allclose(filtered.filtered_mean[0].numpy(), result.filtered_state.T, rtol=1e-8, atol=1e-9)
+    np.testing.assert_allclose(filtered.filtered_cov[0].numpy(), result.filtered_state_cov.transpose(2, 0, 1),
+                               rtol=1e-8, atol=1e-9)
+    np.testing.assert_allclose(filtered.predicted_mean[0].numpy(), result.predicted_state[:, :-1].T,
+                               rtol=1e-8, atol=1e-9)
+    np.testing.assert_allclose(smoothed.smoothed_mean[0].numpy(), result.smoothed_state.T, rtol=1e-8, atol=1e-9)
+    np.testing.assert_allclose(smoothed.smoothed_cov[0].numpy(), result.smoothed_state_cov.transpose(2, 0, 1),
+                               rtol=1e-8, atol=1e-9)
+
+
+def test_masked_batch_equals_one_by_one():
+    state_dim, obs_dim, num_steps = 3, 2, 8
+    params = random_system(state_dim, obs_dim, seed=3)
+    gen = torch.Generator().manual_seed(3)
+    observations = torch.randn(4, num_steps, obs_dim, generator=gen, dtype=torch.float64)
+    observations[1, 2, 1] = float("nan")
+    observations[2, 0] = float("nan")
+    lengths = torch.tensor([8, 5, 1, 0])
+    # Padding content must not matter.
+    observations[1, 5:] = 1e6
+    observations[3] = float("nan")
+    filtered = kalman_filter(*params, observations, lengths)
+    smoothed = rts_smoother(*params, observations, lengths)
+    ahead = forecast(*params, observations, lengths, steps=3)
+    for n, length in enumerate(lengths.tolist()):
+        valid = slice(0, length)
+        assert torch.all(filtered.filtered_mean[n, length:] == 0)
+        assert torch.all(smoothed.smoothed_cov[n, length:] == 0)
+        if length == 0:
+            assert float(filtered.log_normalizer[n]) == 0.0
+            torch.testing.assert_close(ahead.state_mean[n, 0], params[4])
+            torch.testing.assert_close(ahead.state_cov[n, 0], params[5])
+            continue
+        single = observations[n:n + 1, valid]
+        one = kalman_filter(*params, single)
+        one_smoothed = rts_smoother(*params, single)
+        one_ahead = forecast(*params, single, steps=3)
+        torch.testing.assert_close(filtered.log_normalizer[n], one.log_normalizer[0], rtol=1e-12, atol=1e-12)
+        for batch_value, single_value in (
+            (filtered.filtered_mean, one.filtered_mean), (filtered.filtered_cov, one.filtered_cov),
+            (filtered.predicted_mean, one.predicted_mean), (filtered.predicted_cov, one.predicted_cov),
+            (smoothed.smoothed_mean, one_smoothed.smoothed_mean), (smoothed.smoothed_cov, one_smoothed.smoothed_cov),
+            (smoothed.lag_one_cov, one_smoothed.lag_one_cov),
+        ):
+            torch.testing.assert_close(batch_value[n, valid], single_value[0], rtol=1e-10, atol=1e-12)
+        for batch_value, single_value in zip(ahead, one_ahead):
+            torch.testing.assert_close(batch_value[n], single_value[0], rtol=1e-10, atol=1e-12)
+
+
+def test_batched_parameters_equal_shared():
+    params_a = random_system(2, 2, seed=5)
+    params_b = random_system(2, 2, seed=6)
+    gen = torch.Generator().manual_seed(5)
+    observations = torch.randn(2, 6, 2, generator=gen, dtype=torch.float64)
+    stacked = tuple(torch.stack([a, b]) for a, b in zip(params_a, params_b))
+    batched = rts_smoother(*stacked, observations)
+    first = rts_smoother(*params_a, observations[:1])
+    second = rts_smoother(*params_b, observations[1:])
+    for batch_value, first_value, second_value in zip(batched, first, second):
+        torch.testing.assert_close(batch_value, torch.cat([first_value, second_value]), rtol=1e-12, atol=1e-12)
+
+
+def test_gradcheck_log_marginal():
+    params = random_system(2, 1, seed=8)
+    gen = torch.Generator().manual_seed(8)
+    observations = torch.randn(2, 4, 1, generator=gen, dtype=torch.float64)
+    observations[1, 2] = float("nan")
+    lengths = torch.tensor([4, 3])
+
+    def objective(transition, transition_root, obs_matrix, obs_log_scale, initial_mean, initial_root):
+        # Parametrise the covariances through roots so every perturbation stays positive definite.
+        eye = torch.eye(2, dtype=torch.float64)
+        transition_cov = transition_root @ transition_root.T + 0.1 * eye
+        initial_cov = initial_root @ initial_root.T + 0.1 * eye
+        obs_cov = obs_log_scale.exp().reshape(1, 1)
+        return log_marginal(transition, transition_cov, obs_matrix, obs_cov, initial_mean, initial_cov,
+                            observations, lengths)
+
+    inputs = (
+        params[0].clone().requires_grad_(),
+        torch.linalg.cholesky(params[1]).requires_grad_(),
+        params[2].clone().requires_grad_(),
+        params[3].log().reshape(1).requires_grad_(),
+        params[4].clone().requires_grad_(),
+        torch.linalg.cholesky(params[5]).requires_grad_(),
+    )
+    assert torch.autograd.gradcheck(objective, inputs)
+
+
+def test_ffbs_matches_smoother():
+    state_dim, obs_dim, num_samples = 2, 1, 4000
+    params = random_system(state_dim, obs_dim, seed=11)
+    gen = torch.Generator().manual_seed(11)
+    observations = torch.randn(2, 5, obs_dim, generator=gen, dtype=torch.float64)
+    observations[0, 2] = float("nan")
+    lengths = torch.tensor([5, 3])
+    smoothed = rts_smoother(*params, observations, lengths)
+    samples = sample_states(*params, observations, lengths, num_samples=num_samples,
+                            generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (num_samples, 2, 5, state_dim)
+    assert torch.all(samples[:, 1, 3:] == 0)
+    sample_mean = samples.mean(0)
+    std = smoothed.smoothed_cov.diagonal(dim1=-2, dim2=-1).sqrt()
+    assert torch.all((sample_mean - smoothed.smoothed_mean).abs() <= 6 * std / num_samples ** 0.5)
+    centred = samples - smoothed.smoothed_mean
+    sample_cov = torch.einsum("snti,sntj->ntij", centred, centred) / num_samples
+    # Var of a centred second moment is (S_ii S_jj + S_ij^2) / n for a Gaussian.
+    cov = smoothed.smoothed_cov
+    var_diag = cov.diagonal(dim1=-2, dim2=-1)
+    cov_std = ((var_diag[..., :, None] * var_diag[..., None, :] + cov.square()) / num_samples).sqrt()
+    assert torch.all((sample_cov - cov).abs() <= 6 * cov_std + 1e-12)
+    # Lag-one covariance of consecutive sampled states.
+    lag_sample = torch.einsum("si,sj->ij", centred[:, 0, 4], centred[:, 0, 3]) / num_samples
+    lag_std = ((var_diag[0, 4][:, None] * var_diag[0, 3][None, :] + smoothed.lag_one_cov[0, 4].square())
+               / num_samples).sqrt()
+    assert torch.all((lag_sample - smoothed.lag_one_cov[0, 4]).abs() <= 6 * lag_std)
+
+
+def test_forecast_matches_brute_force_predictive():
+    state_dim, obs_dim, num_steps, steps = 2, 2, 4, 2
+    params = random_system(state_dim, obs_dim, seed=13)
+    gen = torch.Generator().manual_seed(13)
+    observations = torch.randn(1, num_steps, obs_dim, generator=gen, dtype=torch.float64)
+    observations[0, 1, 0] = float("nan")
+    ahead = forecast(*params, observations, steps=steps)
+    # Brute force: the joint over T + steps steps with the future observations missing.
+    extended = torch.cat([observations[0], torch.full((steps, obs_dim), float("nan"), dtype=torch.float64)])
+    _, post_mean, post_cov = brute_force_posterior(params, extended)
+    mean, cov = joint_gaussian(params, num_steps + steps)
+    for k in range(steps):
+        block = slice((num_steps + k) * state_dim, (num_steps + k + 1) * state_dim)
+        torch.testing.assert_close(ahead.state_mean[0, k], post_mean[block], rtol=1e-8, atol=1e-8)
+        torch.testing.assert_close(ahead.state_cov[0, k], post_cov[block, block], rtol=1e-8, atol=1e-8)
+    # One-step predictive of X_{T+1}: condition the dense joint on x_{1:T}.
+    num_state = (num_steps + steps) * state_dim
+    observed = num_state + torch.nonzero(~torch.isnan(extended.reshape(-1)))[:, 0]
+    target = num_state + num_steps * obs_dim + torch.arange(obs_dim)
+    values = extended.reshape(-1)[observed - num_state]
+    cross = cov[target][:, observed]
+    solve = torch.linalg.solve(cov[observed][:, observed], torch.cat([(values - mean[observed])[:, None],
+                                                                          cross.T], 1))
+    expected_mean = mean[target] + cross @ solve[:, 0]
+    expected_cov = cov[target][:, target] - cross @ solve[:, 1:]
+    torch.testing.assert_close(ahead.observation_mean[0, 0], expected_mean, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(ahead.observation_cov[0, 0], expected_cov, rtol=1e-8, atol=1e-8)
+
+
+def test_float32_long_local_level_is_stable():
+    num_steps = 10_000
+    gen = torch.Generator().manual_seed(21)
+    level = torch.cumsum(0.1 * torch.randn(num_steps, generator=gen, dtype=torch.float64), 0)
+    observations = (level + torch.randn(num_steps, generator=gen, dtype=torch.float64)).reshape(1, -1, 1)
+    params64 = (torch.eye(1, dtype=torch.float64), torch.full((1, 1), 0.01, dtype=torch.float64),
+                torch.eye(1, dtype=torch.float64), torch.eye(1, dtype=torch.float64),
+                torch.zeros(1, dtype=torch.float64), torch.full((1, 1), 100.0, dtype=torch.float64))
+    result64 = kalman_filter(*params64, observations)
+    result32 = kalman_filter(*(value.float() for value in params64), observations.float())
+    assert isinstance(result32, KalmanFiltered) and result32.log_normalizer.dtype == torch.float32
+    assert torch.all(result32.filtered_cov > 0) and torch.all(result32.predicted_cov > 0)
+    assert torch.isfinite(result32.log_normalizer).all()
+    relative = abs(float(result32.log_normalizer) - float(result64.log_normalizer)) / abs(float(result64.log_normalizer))
+    assert relative < 1e-4
+
+
+def test_bad_inputs_raise():
+    params = random_system(2, 1, seed=0)
+    observations = torch.zeros(2, 3, 1, dtype=torch.float64)
+    with pytest.raises(ValueError, match="observations"):
+        log_marginal(*params, observations[0])
+    with pytest.raises(ValueError, match="observation_matrix"):
+        log_marginal(params[0], params[1], torch.zeros(2, 2, dtype=torch.float64), *params[3:], observations)
+    with pytest.raises(ValueError, match="transition_cov"):
+        log_marginal(params[0], torch.eye(3, dtype=torch.float64), *params[2:], observations)
+    with pytest.raises(ValueError, match="initial_mean"):
+        log_marginal(*params[:4], torch.zeros(3, 2, dtype=torch.float64), params[5], observations)
+    with pytest.raises(ValueError, match="initial_cov.*dtype"):
+        log_marginal(*params[:5], params[5].float(), observations)
+    with pytest.raises(ValueError, match="lengths"):
+        log_marginal(*params, observations, torch.tensor([3, 4]))
+    with pytest.raises(ValueError, match="lengths"):
+        log_marginal(*params, observations, torch.tensor([3.0, 1.0]))
+    with pytest.raises(TypeError, match="transition_matrix"):
+        log_marginal(params[0].numpy(), *params[1:], observations)
+    with pytest.raises(ValueError, match="steps"):
+        forecast(*params, observations, steps=0)
+    with pytest.raises(ValueError, match="num_samples"):
+        sample_states(*params, observations, num_samples=0)
