@@ -6,8 +6,9 @@ only, never on a concrete family.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
+import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 from torch import Tensor
@@ -36,7 +37,19 @@ class SequenceModel(PyroModule):
       module's ``state_dict()``.
 
     Where tractable it also provides ``filter``, ``smooth``, ``decode`` and
-    ``forecast``. A family with a closed-form EM implements ``em_step`` (and
+    ``forecast``.
+
+    **Parameter sites** (for MCMC, posterior export and diagnostics). A family
+    whose ``model()`` samples its global parameters from priors, as
+    ``pyro.sample(name, prior)`` sites, lists them in ``parameter_sites()``
+    (name -> prior, in the order ``model()`` samples them), returns their
+    current point values from ``parameter_values()``, writes values of those
+    sites back into the point parameters with ``set_parameter_values()`` (so
+    ``log_prob``, ``smooth``, ``sample`` ... at a posterior draw are
+    ``set_parameter_values(draw)`` followed by the usual call), and names the
+    event dimensions of each site in ``site_dims()`` for ArviZ. A model with no
+    prior (e.g. an RNN whose weights are plain parameters) keeps the empty
+    defaults. A family with a closed-form EM implements ``em_step`` (and
     sets ``supports_em``); ``reset_parameters(generator)`` draws a fresh
     initialisation (used by random restarts).
 
@@ -85,6 +98,26 @@ class SequenceModel(PyroModule):
 
     def initialize_from_data(self, batch: SequenceBatch, generator: torch.Generator | None = None) -> None:
         """Optional data-dependent initialisation, called once by ``fit``."""
+
+    def parameter_sites(self) -> dict[str, dist.Distribution]:
+        """Prior of every global sample site of ``model()``, in sampling order
+        (``{}`` for a model without priors)."""
+        return {}
+
+    def parameter_values(self) -> dict[str, Tensor]:
+        """Current point value of every site in :meth:`parameter_sites`."""
+        return {}
+
+    def set_parameter_values(self, values: Mapping[str, Tensor]) -> None:
+        """Writes values of the sites in :meth:`parameter_sites` (each of the
+        site's shape) into the point parameters; sites not named keep theirs."""
+        if values:
+            raise NotImplementedError(f"{type(self).__name__} has no parameter sites to set")
+
+    def site_dims(self) -> dict[str, tuple[str, ...]]:
+        """Names of the event dimensions of each parameter site, for ArviZ
+        (e.g. ``{"transition": ("state", "next_state")}``)."""
+        return {}
 
     # -- shared -----------------------------------------------------------
     @property
