@@ -91,7 +91,10 @@ exactly those of the unpadded sequence.
 :math:`m^s_t = m_t + J_t (m^s_{t+1} - m_{t+1|t})`,
 :math:`P^s_t = P_t + J_t (P^s_{t+1} - P_{t+1|t}) J_t^\top` and the lag-one covariance
 :math:`\operatorname{Cov}(S_{t+1}, S_t \mid x) = P^s_{t+1} J_t^\top` (the cross moments of
-the E-step of EM). The numba kernel reuses :math:`J` over a steady-state stretch.
+the E-step of EM). The numba kernel reuses :math:`J` over a steady-state stretch of the
+filter, and there, once two successive smoothed covariances agree to ``1e-13`` relative,
+also the smoothed and lag-one covariances (the backward recursion has converged), so
+only the means are updated.
 
 *Forward-filter backward-sample*: :math:`S_L \sim \mathcal N(m_L, P_L)`, then
 :math:`S_t \mid S_{t+1} \sim \mathcal N(m_t + J_t (S_{t+1} - m_{t+1|t}),
@@ -761,11 +764,13 @@ def _filter_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _smoother_kernel(transition, filtered_mean, filtered_cov, predicted_mean, predicted_cov, lengths,
-                     steady_epoch, diffuse, filtered_basis, predicted_basis,
+                     steady_epoch, steady_tol, diffuse, filtered_basis, predicted_basis,
                      smoothed_mean, smoothed_cov, lag_one_cov, smoothed_basis, status):  # pragma: no cover
     """RTS smoother of every sequence (arrays zero-initialised; padded steps stay zero).
 
-    The gain is reused over a steady-state epoch of the filter.
+    Within a steady-state epoch of the filter the gain is reused, and once two successive
+    smoothed covariances agree to ``steady_tol`` relative, so are the smoothed and lag-one
+    covariances (only the means are updated).
     """
     num_seq, num_steps, dim = filtered_mean.shape
     gain = np.empty((dim, dim))
@@ -774,6 +779,8 @@ def _smoother_kernel(transition, filtered_mean, filtered_cov, predicted_mean, pr
     diff = np.empty((dim, dim))
     work = np.empty((dim, dim))
     diff_vec = np.empty(dim)
+    ss_cov = np.empty((dim, dim))
+    ss_lag = np.empty((dim, dim))
     for n in range(num_seq):
         A = transition[n]
         length = lengths[n]
@@ -785,6 +792,7 @@ def _smoother_kernel(transition, filtered_mean, filtered_cov, predicted_mean, pr
         if diffuse:
             smoothed_basis[n, last] = filtered_basis[n, last]
         cached_epoch = 0
+        cov_epoch = 0
         for t in range(last - 1, -1, -1):
             epoch = steady_epoch[n, t]
             if epoch == 0 or epoch != cached_epoch:
@@ -821,31 +829,49 @@ def _smoother_kernel(transition, filtered_mean, filtered_cov, predicted_mean, pr
                     acc += gain[i, j] * diff_vec[j]
                 smoothed_mean[n, t, i] = acc
             next_cov = smoothed_cov[n, t + 1]
-            for i in range(dim):
-                for j in range(dim):
-                    diff[i, j] = next_cov[i, j] - predicted_cov[n, t + 1, i, j]
-            # work = J diff; cov = P_t + work J^T; lag_{t+1} = next_cov J^T
-            for i in range(dim):
-                for j in range(dim):
-                    work[i, j] = 0.0
-                for k in range(dim):
-                    g_ik = gain[i, k]
+            if epoch > 0 and epoch == cov_epoch:
+                # The backward Riccati recursion has converged within this steady-state epoch.
+                smoothed_cov[n, t] = ss_cov
+                lag_one_cov[n, t + 1] = ss_lag
+            else:
+                for i in range(dim):
                     for j in range(dim):
-                        work[i, j] += g_ik * diff[k, j]
-            for i in range(dim):
-                for j in range(i + 1):
-                    acc = 0.0
+                        diff[i, j] = next_cov[i, j] - predicted_cov[n, t + 1, i, j]
+                # work = J diff; cov = P_t + work J^T; lag_{t+1} = next_cov J^T
+                for i in range(dim):
+                    for j in range(dim):
+                        work[i, j] = 0.0
                     for k in range(dim):
-                        acc += work[i, k] * gain[j, k]
-                    value = 0.5 * (filtered_cov[n, t, i, j] + filtered_cov[n, t, j, i]) + acc
-                    smoothed_cov[n, t, i, j] = value
-                    smoothed_cov[n, t, j, i] = value
-            for i in range(dim):
-                for j in range(dim):
-                    acc = 0.0
-                    for k in range(dim):
-                        acc += next_cov[i, k] * gain[j, k]
-                    lag_one_cov[n, t + 1, i, j] = acc
+                        g_ik = gain[i, k]
+                        for j in range(dim):
+                            work[i, j] += g_ik * diff[k, j]
+                change = 0.0
+                scale = 0.0
+                for i in range(dim):
+                    for j in range(i + 1):
+                        acc = 0.0
+                        for k in range(dim):
+                            acc += work[i, k] * gain[j, k]
+                        value = 0.5 * (filtered_cov[n, t, i, j] + filtered_cov[n, t, j, i]) + acc
+                        smoothed_cov[n, t, i, j] = value
+                        smoothed_cov[n, t, j, i] = value
+                        change = max(change, abs(value - next_cov[i, j]))
+                        scale = max(scale, abs(value))
+                for i in range(dim):
+                    for j in range(dim):
+                        acc = 0.0
+                        for k in range(dim):
+                            acc += next_cov[i, k] * gain[j, k]
+                        lag_one_cov[n, t + 1, i, j] = acc
+                if epoch > 0 and change <= steady_tol * scale:
+                    cov_epoch = epoch
+                    ss_cov[:, :] = smoothed_cov[n, t]
+                    for i in range(dim):
+                        for j in range(dim):
+                            acc = 0.0
+                            for k in range(dim):
+                                acc += ss_cov[i, k] * gain[j, k]
+                            ss_lag[i, j] = acc
             if diffuse:
                 for i in range(dim):
                     for j in range(dim):
@@ -938,7 +964,7 @@ def _numba_smoother(params: _Params, raw: _Raw) -> tuple[Tensor, Tensor, Tensor,
         _as_numpy(params.transition_matrix), _as_numpy(raw.filtered_mean), _as_numpy(raw.filtered_cov),
         _as_numpy(raw.predicted_mean), _as_numpy(raw.predicted_cov),
         params.lengths.to("cpu", torch.long).contiguous().numpy(), raw.steady_epoch.contiguous().numpy(),
-        diffuse, _as_numpy(raw.filtered_basis) if diffuse else empty,
+        _STEADY_TOL, diffuse, _as_numpy(raw.filtered_basis) if diffuse else empty,
         _as_numpy(raw.predicted_basis) if diffuse else empty,
         smoothed_mean, smoothed_cov, lag_one_cov, smoothed_basis, status,
     )
@@ -1074,7 +1100,9 @@ def _run_filter(params: _Params, diffuse: bool, method: str, steady_state: bool,
 
 
 def _mask_steps(values: Tensor, valid: Tensor) -> Tensor:
-    """Zero ``values`` ``(N, T, ...)`` at padded steps."""
+    """Zero ``values`` ``(N, T, ...)`` at padded steps (``values`` itself when there are none)."""
+    if bool(valid.all()):
+        return values
     shape = valid.shape + (1,) * (values.dim() - 2)
     return torch.where(valid.reshape(shape), values, torch.zeros((), dtype=values.dtype, device=values.device))
 
@@ -1446,8 +1474,7 @@ def rts_smoother(
         log_normalizer=state.log_normalizer,
         smoothed_mean=_mask_steps(smoothed_mean, state.valid),
         smoothed_cov=_mask_steps(smoothed_cov, state.valid),
-        lag_one_cov=_mask_steps(lag_one_cov, state.valid & (torch.arange(state.valid.shape[1],
-                                                                            device=state.valid.device) > 0)),
+        lag_one_cov=_mask_steps(lag_one_cov, state.valid),  # zero at t = 0 by construction
     )
 
 
