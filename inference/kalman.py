@@ -1106,8 +1106,9 @@ def _run_filter(params: _Params, diffuse: bool, method: str, steady_state: bool,
         # The diffuse filter runs given S_1 = c + u (u flat); the result does not depend on c,
         # but with c far from the data the combination cancels large terms. A first pass from
         # c = 0 estimates E[S_1 | x]; the second runs from there (gradients: c is a constant).
-        first = run(params._replace(initial_mean=torch.zeros_like(params.initial_mean)), False)
-        first_posterior = _initial_posterior(first.final_info_matrix.detach(), first.final_info_vector.detach())
+        with torch.no_grad():
+            first = run(params._replace(initial_mean=torch.zeros_like(params.initial_mean)), False)
+            first_posterior = _initial_posterior(first.final_info_matrix, first.final_info_vector)
         if not bool(first_posterior.identified.all()):
             raise _not_identified_error(first_posterior.identified)
         params = params._replace(initial_mean=first_posterior.mean.to(params.initial_mean.dtype))
