@@ -319,22 +319,23 @@ class _SmoothingPosterior(TorchDistribution):
         gain = torch.where(has_next[..., None, None], gain, torch.zeros_like(gain))
         cond_cov = torch.where(has_next[..., None, None], cov - gain @ predicted_next @ gain.transpose(-1, -2), cov)
         cond_cov = torch.where(valid[..., None, None], _symmetrise(cond_cov), eye)
-        self.mean, self.gain, self.predicted_mean_next = mean, gain, predicted_mean_next
+        self.filtered_mean, self.gain, self.predicted_mean_next = mean, gain, predicted_mean_next
         self.cond_tril = torch.linalg.cholesky(cond_cov)
         self.valid, self.has_next = valid, has_next
         super().__init__(torch.Size((num_seq,)), torch.Size((num_steps, dim)))
 
     def _cond_mean(self, next_states: Tensor) -> Tensor:
-        return self.mean + (self.gain @ (next_states - self.predicted_mean_next)[..., None])[..., 0]
+        return self.filtered_mean + (self.gain @ (next_states - self.predicted_mean_next)[..., None])[..., 0]
 
     def rsample(self, sample_shape=torch.Size()) -> Tensor:
         shape = self._extended_shape(sample_shape)
-        noise = torch.randn(shape, dtype=self.mean.dtype, device=self.mean.device)
+        dtype, device = self.filtered_mean.dtype, self.filtered_mean.device
+        noise = torch.randn(shape, dtype=dtype, device=device)
         num_steps = shape[-2]
-        state = torch.zeros(shape[:-2] + shape[-1:], dtype=self.mean.dtype, device=self.mean.device)
+        state = torch.zeros(shape[:-2] + shape[-1:], dtype=dtype, device=device)
         states = []
         for t in range(num_steps - 1, -1, -1):
-            cond_mean = self.mean[:, t] + (self.gain[:, t] @ (state - self.predicted_mean_next[:, t])[..., None])[..., 0]
+            cond_mean = self.filtered_mean[:, t] + (self.gain[:, t] @ (state - self.predicted_mean_next[:, t])[..., None])[..., 0]
             state = cond_mean + (self.cond_tril[:, t] @ noise[..., t, :, None])[..., 0]
             state = state * self.valid[:, t, None].to(state.dtype)
             states.append(state)

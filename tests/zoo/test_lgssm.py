@@ -197,3 +197,133 @@ def test_bad_input_raises_naming_the_argument(call, message):
     model = make_model(2, 3, 0)
     with pytest.raises(ValueError, match=message):
         call(model)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The kernels loop over time with tiny batched ops; on a shared 2-core machine a second
+    intra-op thread makes each of them an order of magnitude slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def objectives_never_decrease(history):
+    values = [record["objective"] for record in history]
+    return all(b >= a - 1e-9 * abs(a) for a, b in zip(values, values[1:]))
+
+
+def test_em_never_decreases_and_recovers_a_local_level():
+    truth = LinearGaussianSSM.local_level(1.5, 4.0, initial="prior", initial_var=10.0, dtype=DTYPE)
+    train = truth.sample(4, 250, torch.Generator().manual_seed(0))
+    model = LinearGaussianSSM.local_level(1.0, 1.0, initial="prior", initial_var=10.0, dtype=DTYPE, prior="none")
+    result = fit(model, train, method="em", max_iterations=150, progress=False)
+    assert result.stopped == "converged"
+    assert objectives_never_decrease(result.history)
+    # The MLE scores the training data at least as well as the truth, and lies near it.
+    assert model.log_prob(train.values).sum() >= truth.log_prob(train.values).sum()
+    assert model.transition_cov.item() == pytest.approx(1.5, rel=0.3)
+    assert model.observation_cov.item() == pytest.approx(4.0, rel=0.15)
+    # EM's fixed point is a stationary point of the exact likelihood (what a gradient fit finds).
+    log_vars = [model.transition_log_var, model.observation_log_var]
+    gradients = torch.autograd.grad(model.log_prob(train.values).sum(), log_vars)
+    assert max(abs(g.item()) for g in gradients) < 0.05  # nats per unit log-variance, over 1000 steps
+
+
+@pytest.mark.parametrize("cov_type", ["full", "diag"])
+@pytest.mark.parametrize("prior", ["weak", "none"])
+def test_em_never_decreases_the_objective_with_missing_entries(cov_type, prior):
+    truth = make_model(2, 3, 7)
+    train = truth.sample(3, 40, torch.Generator().manual_seed(1))
+    values = train.values.clone()
+    values[:, 5] = float("nan")  # whole rows: allowed for a full observation covariance
+    if cov_type == "diag":
+        values[0, 7, 1] = values[2, 11, 0] = float("nan")
+    train = SequenceBatch(values, torch.tensor([40, 31, 17]))
+    model = LinearGaussianSSM(2, 3, transition_cov_type=cov_type, observation_cov_type=cov_type, prior=prior).to(DTYPE)
+    result = fit(model, train, method="em", max_iterations=25, progress=False)
+    assert len(result.history) > 10
+    assert objectives_never_decrease(result.history)
+    # The objective is log-likelihood plus log prior at the parameters before each update.
+    model_copy = LinearGaussianSSM(**model.config()).to(DTYPE)
+    model_copy.load_state_dict(model.state_dict())
+    expected = model.log_prob(train.values, train.lengths).sum() + model.log_prior()
+    assert model_copy.em_step(train).item() == pytest.approx(expected.item(), rel=1e-10)
+
+
+def test_em_with_a_full_observation_covariance_rejects_partly_missing_steps():
+    model = make_model(2, 3, 0)
+    values = model.sample(1, 5, torch.Generator().manual_seed(0)).values
+    values[0, 2, 1] = float("nan")
+    with pytest.raises(ValueError, match="observation_cov_type='diag'"):
+        model.em_step(SequenceBatch.from_tensor(values))
+
+
+@pytest.mark.parametrize("guide", ["map", "meanfield"])
+@pytest.mark.parametrize("cov_type", ["full", "diag"])
+def test_marginal_and_sampled_forms_give_the_same_elbo(guide, cov_type):
+    """With the exact smoothing posterior as the states' guide, log p(x, s) - log q(s) is the
+    exact log-likelihood for every draw of s: the two forms' ELBOs agree draw by draw."""
+    params = random_params(2, 3, 11)
+    if cov_type == "diag":
+        params["transition_cov"] = torch.diag(params["transition_cov"].diagonal())
+        params["observation_cov"] = torch.diag(params["observation_cov"].diagonal())
+    forms = {latent: LinearGaussianSSM.from_params(*(params[n] for n in PARAMETER_NAMES), guide=guide, latent=latent,
+                                                   transition_cov_type=cov_type, observation_cov_type=cov_type)
+             for latent in ("marginal", "sampled")}
+    batch = forms["marginal"].sample(3, 6, torch.Generator().manual_seed(2))
+    values = with_gaps(batch.values)
+    batch = SequenceBatch(values, torch.tensor([6, 4, 1]))
+    for seed in range(3):
+        losses = {}
+        for latent, model in forms.items():
+            pyro.set_rng_seed(seed)
+            losses[latent] = Trace_ELBO().differentiable_loss(model.model, model.guide, batch).item()
+        assert losses["sampled"] == pytest.approx(losses["marginal"], rel=1e-10, abs=1e-8)
+    if guide == "map":
+        expected = forms["marginal"].log_prob(values, batch.lengths).sum() + forms["marginal"].log_prior()
+        assert -losses["marginal"] == pytest.approx(expected.item(), rel=1e-10)
+
+
+def test_sampled_states_guide_is_the_exact_smoothing_posterior():
+    model = make_model(2, 2, 3, latent="sampled")
+    values = with_gaps(model.sample(1, 5, torch.Generator().manual_seed(0)).values)
+    batch = SequenceBatch.from_tensor(values)
+    posterior = pyro.poutine.trace(model.guide).get_trace(batch).nodes["states"]["fn"]
+    _, dense_mean, dense_cov, _, _, _ = dense_posterior(model, values[0])
+    pyro.set_rng_seed(0)
+    draws = posterior.rsample((4000,))  # (4000, 1, T, d)
+    # Its density is the dense posterior's, for any path.
+    dense = dist.MultivariateNormal(dense_mean.reshape(-1), dense_cov)
+    for draw in draws[:3, 0]:
+        assert posterior.log_prob(draw[None]).item() == pytest.approx(dense.log_prob(draw.reshape(-1)).item(), rel=1e-10)
+    # Its draws have the smoother's moments (Monte Carlo, within 6 standard errors).
+    smoothed = model.smooth(values)
+    error = (draws.mean(0) - smoothed.smoothed_mean).abs()
+    scale = smoothed.smoothed_cov.diagonal(dim1=-2, dim2=-1).sqrt() / math.sqrt(4000)
+    assert (error < 6 * scale).all()
+    # The model's FFBS sampler too, and its second moments.
+    paths = model.sample_states(values, num_samples=4000, generator=torch.Generator().manual_seed(1))
+    centred = (paths - smoothed.smoothed_mean).reshape(4000, -1)
+    sample_cov = centred.T @ centred / 4000
+    standard_error = (dense_cov.diagonal()[:, None] * dense_cov.diagonal()[None, :] + dense_cov.square()).sqrt() / math.sqrt(4000)
+    assert ((sample_cov - dense_cov).abs() < 6 * standard_error).all()
+
+
+def test_positive_definite_transform_and_inverse_wishart():
+    transform = _VectorToPositiveDefinite()
+    vector = torch.randn(6, dtype=DTYPE)
+    matrix = transform(vector)
+    assert positive_definite_matrix.check(matrix)
+    assert torch.allclose(transform.inv(matrix), vector)
+    rows, cols = torch.tril_indices(3, 3)
+    jacobian = torch.autograd.functional.jacobian(lambda v: transform(v)[rows, cols], vector)
+    assert torch.allclose(transform.log_abs_det_jacobian(vector, matrix), torch.linalg.slogdet(jacobian)[1])
+    scipy_stats = pytest.importorskip("scipy.stats")
+    psi = random_params(3, 1, 0)["initial_cov"]
+    law = _InverseWishart(torch.tensor(6.5, dtype=DTYPE), torch.linalg.cholesky(psi))
+    expected = scipy_stats.invwishart(df=6.5, scale=psi.numpy()).logpdf(matrix.detach().numpy())
+    assert law.log_prob(matrix).item() == pytest.approx(expected, rel=1e-10)
+    draws = law.rsample((20000,))
+    assert torch.allclose(draws.mean(0), law.mean, atol=0.05 * law.mean.abs().max())
