@@ -896,11 +896,11 @@ class LinearGaussianSSM(SequenceModel):
         if not isinstance(burn, int) or isinstance(burn, bool) or burn < 0:
             raise ValueError(f"burn: expected a non-negative int, got {burn!r}")
         values, lengths = self._inputs(values, lengths)
-        params = self._point()
-        total = self._log_marginal(params, values, lengths)
         if burn == 0:
-            return total
-        return total - self._log_marginal(params, values, lengths.clamp(max=burn))
+            return self._log_marginal(self._point(), values, lengths)
+        # The per-step terms are the increments of the prefixes' log-likelihoods (with the
+        # diffuse prior, 0 until the observations identify the state).
+        return self._call_kernel(kalman.kalman_filter, values, lengths).step_log_likelihood[:, burn:].sum(-1)
 
     def filter(self, values, lengths=None) -> kalman.KalmanFiltered:
         """Filtered and one-step predicted state moments (:func:`inference.kalman.kalman_filter`)."""

@@ -327,3 +327,123 @@ def test_positive_definite_transform_and_inverse_wishart():
     assert law.log_prob(matrix).item() == pytest.approx(expected, rel=1e-10)
     draws = law.rsample((20000,))
     assert torch.allclose(draws.mean(0), law.mean, atol=0.05 * law.mean.abs().max())
+
+
+def nile_batch():
+    from zoo.data import load_data
+
+    try:
+        return load_data("builtin:nile").batch.to(dtype=DTYPE)
+    except Exception as error:  # the data set ships with statsmodels
+        pytest.skip(f"builtin:nile unavailable: {error}")
+
+
+def test_nile_local_level_matches_durbin_koopman_and_statsmodels():
+    batch = nile_batch()
+    at_mle = LinearGaussianSSM.local_level(1469.1, 15099.0, dtype=DTYPE)  # exact diffuse by default
+    with torch.no_grad():
+        assert at_mle.log_prob(batch.values).item() == pytest.approx(-633.4646, abs=1e-4)
+    # statsmodels' approximate diffuse start: a_1 = 0, P_1 = 1e6, the first term dropped.
+    approximate = LinearGaussianSSM.local_level(1469.1, 15099.0, initial="prior", initial_var=1e6, dtype=DTYPE)
+    statsmodels = pytest.importorskip("statsmodels.api")
+    reference = statsmodels.tsa.UnobservedComponents(batch.values[0, :, 0].numpy(), "local level").loglike([15099.0, 1469.1])
+    with torch.no_grad():
+        assert approximate.log_prob(batch.values, burn=1).item() == pytest.approx(reference, rel=1e-8)
+    # EM from elsewhere lands on the exact-diffuse MLE.
+    model = LinearGaussianSSM.local_level(1000.0, 10000.0, dtype=DTYPE, prior="none")
+    result = fit(model, batch, method="em", max_iterations=2000, tolerance=1e-12, progress=False)
+    assert objectives_never_decrease(result.history)
+    assert model.transition_cov.item() == pytest.approx(1469.1, rel=1e-3)
+    assert model.observation_cov.item() == pytest.approx(15099.0, rel=1e-3)
+
+
+def test_diffuse_model_smooths_imputes_and_samples():
+    batch = nile_batch()
+    values = batch.values.clone()
+    values[0, 40:45] = float("nan")
+    model = LinearGaussianSSM.local_level(1469.1, 15099.0, initial_mean=1100.0, initial_var=100.0**2, dtype=DTYPE)
+    imputed = model.impute(values)
+    smoothed = model.smooth(values)
+    assert torch.allclose(imputed.mean[0, 40:45], smoothed.smoothed_mean[0, 40:45])
+    assert torch.allclose(imputed.var[0, 40:45, 0], smoothed.smoothed_cov[0, 40:45, 0, 0] + 15099.0)
+    forecast = model.forecast(values, steps=3)
+    assert torch.allclose(forecast.observation_mean[0, :, 0], smoothed.smoothed_mean[0, -1, 0].expand(3))
+    synthetic, states = model.sample_with_states(2000, 2, torch.Generator().manual_seed(0))
+    assert abs(states[:, 0, 0].mean().item() - 1100.0) < 6 * 100.0 / math.sqrt(2000)
+
+
+def test_forecast_matches_simulation():
+    model = make_model(2, 3, 8)
+    values = with_gaps(model.sample(1, 6, torch.Generator().manual_seed(0)).values)
+    forecast = model.forecast(values, steps=3)
+    num = 20000
+    generator = torch.Generator().manual_seed(1)
+    state = model.sample_states(values, num_samples=num, generator=generator)[:, 0, -1]  # (S, d)
+    a, b = model.transition_matrix.detach(), model.observation_matrix.detach()
+    q_tril = torch.linalg.cholesky(model.transition_cov.detach())
+    r_tril = torch.linalg.cholesky(model.observation_cov.detach())
+    for k in range(3):
+        state = state @ a.T + torch.randn(num, 2, generator=generator, dtype=DTYPE) @ q_tril.T
+        x = state @ b.T + torch.randn(num, 3, generator=generator, dtype=DTYPE) @ r_tril.T
+        predicted_var = forecast.observation_cov[0, k].diagonal()
+        assert ((x.mean(0) - forecast.observation_mean[0, k]).abs() < 6 * (predicted_var / num).sqrt()).all()
+        assert ((x.var(0) - predicted_var).abs() < 6 * predicted_var * math.sqrt(2 / num)).all()
+
+
+def test_nuts_potential_is_the_log_posterior_in_unconstrained_space():
+    """The parameter sites work with Pyro's MCMC machinery: its potential at any point is
+    -(log-likelihood + log prior + log |Jacobian|) of the model's own log_prob."""
+    from pyro.infer.mcmc.util import initialize_model
+
+    model = make_model(2, 2, 9, learn=("transition_matrix", "transition_cov", "observation_cov"))
+    batch = model.sample(2, 8, torch.Generator().manual_seed(0))
+    model.initialize_from_data(batch)
+    _, potential_fn, transforms, _ = initialize_model(model.model, model_args=(batch,))
+    # Pyro's transforms map each site's support to reals; move away from the current point.
+    generator = torch.Generator().manual_seed(3)
+    unconstrained = {}
+    for name, value in model.parameter_values().items():
+        point = transforms[name](value)
+        unconstrained[name] = point + 0.3 * torch.randn(point.shape, generator=generator, dtype=DTYPE)
+    constrained = {name: transforms[name].inv(value) for name, value in unconstrained.items()}
+    log_jacobian = sum(transforms[name].inv.log_abs_det_jacobian(unconstrained[name], constrained[name]).sum()
+                       for name in constrained)
+    model.set_parameter_values(constrained)
+    expected = model.log_prob(batch.values).sum() + model.log_prior() + log_jacobian
+    assert (-potential_fn(unconstrained)).item() == pytest.approx(expected.item(), rel=1e-10)
+
+
+@pytest.mark.slow
+def test_gradient_fit_reaches_the_em_optimum():
+    truth = make_model(2, 3, 1)
+    train = truth.sample(4, 100, torch.Generator().manual_seed(1))
+    fitted = {}
+    for method, options in (("em", dict(max_iterations=3000, tolerance=1e-10)),
+                            ("svi", dict(max_epochs=1500, learning_rate=0.03, final_learning_rate=0.001))):
+        model = LinearGaussianSSM(2, 3, prior="none").to(DTYPE)
+        fit(model, train, method=method, progress=False, seed=0, **options)
+        with torch.no_grad():
+            fitted[method] = model.log_prob(train.values).sum().item() / train.num_steps
+    assert fitted["svi"] == pytest.approx(fitted["em"], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_em_recovers_a_two_state_three_output_system():
+    truth = make_model(2, 3, 1)
+    train = truth.sample(20, 200, torch.Generator().manual_seed(1))
+    model = LinearGaussianSSM(2, 3, prior="none").to(DTYPE)
+    result = fit(model, train, method="em", max_iterations=1500, tolerance=1e-10, progress=False)
+    assert objectives_never_decrease(result.history)
+    with torch.no_grad():
+        gap = (model.log_prob(train.values).sum() - truth.log_prob(train.values).sum()).item() / train.num_steps
+    assert 0 <= gap < 0.01
+    # Identifiable quantities: the stationary covariance of X and its lag-one autocovariance.
+
+    def moments(m):
+        a, b, q, r = (getattr(m, name).detach() for name in ("transition_matrix", "observation_matrix",
+                                                              "transition_cov", "observation_cov"))
+        stationary = torch.linalg.solve(torch.eye(4, dtype=DTYPE) - torch.kron(a, a), q.reshape(-1)).reshape(2, 2)
+        return b @ stationary @ b.T + r, b @ a @ stationary @ b.T
+
+    for fitted_moment, true_moment in zip(moments(model), moments(truth)):
+        assert (fitted_moment - true_moment).abs().max() < 0.1 * true_moment.abs().max()
