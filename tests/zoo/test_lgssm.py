@@ -447,3 +447,28 @@ def test_em_recovers_a_two_state_three_output_system():
 
     for fitted_moment, true_moment in zip(moments(model), moments(truth)):
         assert (fitted_moment - true_moment).abs().max() < 0.1 * true_moment.abs().max()
+
+
+def test_meanfield_svi_on_float32_improves_the_fit_and_keeps_the_point_at_the_means():
+    truth = LinearGaussianSSM.local_level(0.5, 1.0, initial="prior", initial_var=4.0)
+    train = truth.sample(3, 20, torch.Generator().manual_seed(0))
+    config = dict(guide="meanfield", transition_cov_type="full", observation_cov_type="diag")
+    start = LinearGaussianSSM(1, 1, **config)
+    start.initialize_from_data(train, torch.Generator().manual_seed(0))  # what fit does with seed=0
+    model = LinearGaussianSSM(1, 1, **config)
+    fit(model, train, method="svi", max_epochs=12, learning_rate=0.1, num_particles=2, progress=False, seed=0)
+    with torch.no_grad():
+        assert model.log_prob(train.values).sum() > start.log_prob(train.values).sum() + 1.0
+    assert model.transition_cov.dtype == torch.float32
+    q = model._variational()
+    assert torch.allclose(model.transition_cov, q["transition_cov"].mean)
+    assert torch.allclose(model.observation_cov.diagonal(), q["observation_var"].mean)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import zoo.lgssm
+
+    failures, attempted = doctest.testmod(zoo.lgssm, optionflags=doctest.ELLIPSIS)
+    assert attempted >= 6 and failures == 0
