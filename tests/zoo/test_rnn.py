@@ -390,3 +390,101 @@ def test_fit_learns_a_markov_source_close_to_its_entropy():
     result = fit(model, train, max_epochs=40, batch_size=16, learning_rate=2e-2, progress=False)
     assert result.stopped == "max_steps"
     assert score(model, test).per_step > score(truth, test).per_step - 0.03
+
+
+# -- command line ------------------------------------------------------------------
+TEXT = ("ROMEO: the cat sat on the mat and the dog ate a bone. " * 30).strip()
+
+
+def test_cli_fit_lstm_then_sample_with_a_prime(tmp_path, capsys):
+    import json
+
+    from zoo.cli import load_model, main
+    from inference.rundir import RunDirectory
+
+    data = tmp_path / "tiny.txt"
+    data.write_text(TEXT)
+    out = tmp_path / "run"
+    assert main(["fit", "lstm", "--data", str(data), "--hidden", "12", "--embedding", "6", "--epochs", "3",
+                 "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert summary["class"] == "RecurrentModel" and summary["likelihood"] == "exact"
+    assert config["fit"]["learning_rate"] == 2e-3 and config["fit"]["batch_size"] == 64  # the family's defaults
+    model = load_model(RunDirectory.open(out))
+    assert summary["num_parameters"] == model.num_parameters and model.cell == "lstm" and model.hidden_size == 12
+    capsys.readouterr()
+    assert main(["sample", str(out), "--prime", "ROMEO:", "--temperature", "0.8", "--length", "30", "--seed", "1"]) == 0
+    sample = capsys.readouterr().out.rstrip("\n")
+    assert sample.startswith("ROMEO:") and len(sample) == 36 and set(sample) <= set(TEXT)
+    # Temperature 0 is greedy decoding of the saved model.
+    assert main(["sample", str(out), "--prime", "ROMEO:", "--temperature", "0", "--length", "10"]) == 0
+    from zoo.data import Vocabulary
+
+    vocabulary = Vocabulary.from_json((out / "vocabulary.json").read_text())
+    expected = vocabulary.decode(model.greedy(1, 10, prime=vocabulary.encode("ROMEO:")).values[0])
+    assert capsys.readouterr().out.rstrip("\n") == "ROMEO:" + expected
+    # Priming needs a recurrent network.
+    hmm_out = tmp_path / "hmm"
+    assert main(["fit", "hmm", "--data", str(data), "--states", "2", "--max-iterations", "3", "--out", str(hmm_out),
+                 "--no-progress"]) == 0
+    assert main(["sample", str(hmm_out), "--prime", "RO", "--length", "5"]) == 2
+    assert "recurrent network" in capsys.readouterr().err
+
+
+def test_cli_compare_hmm_and_gru_on_tiny_text(tmp_path, capsys):
+    import json
+
+    from zoo.cli import main
+
+    data = tmp_path / "tiny.txt"
+    data.write_text(TEXT)
+    out = tmp_path / "compare"
+    assert main(["compare", "--data", str(data), "--models", "hmm:states=3", "gru:hidden=12,embedding=6,epochs=4,lr=0.01",
+                 "--max-iterations", "15", "--out", str(out), "--no-progress", "--budget-minutes", "1"]) == 0
+    comparison = json.loads((out / "comparison.json").read_text())
+    rows = {row["model"]: row for row in comparison["models"]}
+    assert list(rows) == ["unigram", "bigram", "hmm-states3", "gru-hidden12-embedding6-epochs4-lr0.01"]
+    gru_row = rows["gru-hidden12-embedding6-epochs4-lr0.01"]
+    assert gru_row["likelihood"] == "exact" and gru_row["class"] == "RecurrentModel"
+    config = json.loads((out / "gru-hidden12-embedding6-epochs4-lr0.01" / "config.json").read_text())
+    assert config["fit"]["learning_rate"] == 0.01 and config["fit"]["max_epochs"] == 4
+    for row in rows.values():
+        # One held-out text: a standard error over blocks, and bits = -nats / ln 2.
+        assert row["valid_stderr"] > 0
+        assert row["test_bits_per_symbol"] == pytest.approx(-row["test_log_likelihood"] / math.log(2))
+    assert set(comparison["samples"]) == {"hmm-states3", "gru-hidden12-embedding6-epochs4-lr0.01"}
+    assert all(len(text) == 200 for text in comparison["samples"].values())
+    table = (out / "comparison.md").read_text()
+    assert "| gru-hidden12-embedding6-epochs4-lr0.01 | exact |" in table and "temperature 0.8" in table
+    assert (out / "learning_curves.png").is_file()
+    assert "[2/2] training gru" in capsys.readouterr().err
+
+
+def test_compare_table_is_right_when_the_truth_is_known(tmp_path):
+    """Data drawn from a known HMM: no model in the table beats the true HMM's
+    held-out log-likelihood (beyond noise), and the fitted HMM approaches it."""
+    import json
+
+    from zoo.cli import main
+    from zoo.data import SequenceData, Vocabulary, load_data, save_npz, split_data
+
+    truth = CategoricalHMM.from_probs(
+        torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64),
+        torch.tensor([[0.85, 0.1, 0.05], [0.1, 0.8, 0.1], [0.2, 0.1, 0.7]], dtype=torch.float64),
+        torch.tensor([[0.7, 0.2, 0.05, 0.05], [0.05, 0.1, 0.8, 0.05], [0.1, 0.1, 0.1, 0.7]], dtype=torch.float64))
+    sample = truth.sample(120, 80, generator=torch.Generator().manual_seed(0))
+    path = tmp_path / "hmm.npz"
+    save_npz(SequenceData(batch=sample, kind="categorical", vocabulary=Vocabulary("abcd")), path)
+    out = tmp_path / "compare"
+    assert main(["compare", "--data", str(path), "--models", "hmm:states=3", "gru:hidden=16,embedding=4,epochs=15,lr=0.02",
+                 "--restarts", "3", "--out", str(out), "--no-progress"]) == 0
+    rows = {row["model"]: row for row in json.loads((out / "comparison.json").read_text())["models"]}
+    test_part = split_data(load_data(path), (0.8, 0.1, 0.1), seed=0).test.batch
+    best = score(truth, test_part)
+    for name, row in rows.items():
+        assert row.get("test_steps", best.num_steps) == best.num_steps
+        assert row["test_log_likelihood"] <= best.per_step + 2 * best.stderr, name
+    assert rows["hmm-states3"]["test_log_likelihood"] == pytest.approx(best.per_step, abs=0.02)
+    # The states hold more memory than a bigram table can.
+    assert rows["bigram"]["test_log_likelihood"] < best.per_step - 0.02
