@@ -226,6 +226,8 @@ def train_into(run: RunDirectory, model, splits, data: SequenceData, args, label
     """Fits ``model`` on the train split, scores every split, writes the run directory."""
     train, valid, test = splits.train, splits.valid, splits.test
     options = _fit_options(args, model, data)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     chunk_length = _training_setting(args, model, "chunk_length")
     if options["method"] == "svi" and chunk_length and train.batch.num_sequences == 1:
         train_batch = train.batch.chunk(chunk_length)
@@ -569,6 +571,8 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--chunk-length", type=int,
                        help="SVI: cut one long training sequence into pieces of this many steps "
                             "(truncated backpropagation through time; default 2000, recurrent networks 128)")
+    group.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is often fastest "
+                                                   "for small recurrent networks on a busy machine)")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
     group.add_argument("--force", action="store_true", help="replace an existing run directory")
 
