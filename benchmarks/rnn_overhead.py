@@ -99,6 +99,44 @@ def plain_valid_nats(network: PlainNetwork, valid) -> float:
         return float(F.cross_entropy(network(codes)[0], codes[0], reduction="mean"))
 
 
+def interleaved_step_seconds(model: RecurrentModel, plain: PlainNetwork, chunks, args, repeats: int = 5) -> tuple[float, float]:
+    """Median seconds of one training step (loss, backward, clipping, Adam) of each,
+    alternating ours and plain so both see the same machine load."""
+    import statistics
+
+    from pyro.infer import Trace_ELBO
+    from pyro.optim.clipped_adam import ClippedAdam
+
+    model, plain = copy.deepcopy(model).train(), copy.deepcopy(plain).train()
+    batch = chunks[: args.batch_size].with_population(len(chunks))
+    codes = batch.values
+    elbo = Trace_ELBO()
+    ours_parameters = list(model.parameters())
+    ours_optimizer = ClippedAdam(ours_parameters, lr=args.lr, clip_norm=10.0)
+    plain_optimizer = torch.optim.Adam(plain.parameters(), lr=args.lr)
+
+    def ours_step():
+        ours_optimizer.zero_grad(set_to_none=True)
+        elbo.differentiable_loss(model.model, model.guide, batch).backward()
+        torch.nn.utils.clip_grad_norm_(ours_parameters, 10.0)
+        ours_optimizer.step()
+
+    def plain_step():
+        plain_optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(plain(codes).flatten(0, 1), codes.flatten()).backward()
+        torch.nn.utils.clip_grad_norm_(plain.parameters(), 10.0)
+        plain_optimizer.step()
+
+    ours_step(), plain_step()  # warm-up
+    ours_times, plain_times = [], []
+    for _ in range(repeats):
+        for step, times in ((ours_step, ours_times), (plain_step, plain_times)):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+    return statistics.median(ours_times), statistics.median(plain_times)
+
+
 def main(args) -> dict:
     torch.set_num_threads(1)
     data = load_data(args.data)
@@ -114,6 +152,7 @@ def main(args) -> dict:
     print(f"{args.cell}: {model.num_parameters} parameters; {len(chunks)} training sequences of {args.chunk_length}, "
           f"{valid.num_steps} validation characters; {args.seconds:.0f} s each on 1 thread")
 
+    step_ours, step_plain = interleaved_step_seconds(model, plain, chunks, args)
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     # Counts the loss evaluations (one per mini-batch, plus one before the optimizer is built).
@@ -146,12 +185,16 @@ def main(args) -> dict:
         "plain_seconds": seconds_plain,
         "minibatches_per_epoch": per_epoch,
         "load_average": [load_before, load_mid, load_after],
+        "step_seconds_ours": step_ours,
+        "step_seconds_plain": step_plain,
     }
     print(f"ours  (Pyro model + inference.fit): {ours:.4f} nats/char  ({steps_ours} mini-batches = "
           f"{steps_ours / per_epoch:.2f} epochs in {seconds_ours:.1f} s incl. setup; load {load_before:.1f} -> {load_mid:.1f})")
     print(f"plain PyTorch loop:                 {theirs:.4f} nats/char  ({steps_plain} mini-batches = "
           f"{steps_plain / per_epoch:.2f} epochs in {seconds_plain:.1f} s; load -> {load_after:.1f})")
     print(f"ratio ours / plain: {ours / theirs:.4f}  (goal: at most 1.02)")
+    print(f"one training step, interleaved, median of 5: ours {step_ours:.3f} s, plain {step_plain:.3f} s "
+          f"(ratio {step_ours / step_plain:.3f})")
     return report
 
 
