@@ -21,8 +21,8 @@ def shared_data_dir() -> Path:
 # script -> flags for a tiny run ({out} is a fresh temporary directory, {data} the shared data folder)
 TINY_RUNS = {
     "shannon_letters.py": ["--num-chars", "3000", "--seeds", "0", "1", "--max-iterations", "40", "--out", "{out}"],
-    # Every published number is checked; the gradient fit (100 epochs, ~45 s) only in the slow test below.
-    "nile_local_level.py": ["--svi-epochs", "0", "--out", "{out}"],
+    # Every published number is checked; the gradient fits (~1 minute) only in the slow test below.
+    "nile_local_level.py": ["--svi-epochs", "0", "--lbfgs-iterations", "0", "--em-tolerance", "1e-8", "--out", "{out}"],
     "ozone.py": ["--data-dir", "{data}", "--days", "30", "--stations", "40", "--radii", "0", "100",
                  "--em-iterations", "5", "--out", "{out}"],
 }
