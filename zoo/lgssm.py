@@ -319,22 +319,23 @@ class _SmoothingPosterior(TorchDistribution):
         gain = torch.where(has_next[..., None, None], gain, torch.zeros_like(gain))
         cond_cov = torch.where(has_next[..., None, None], cov - gain @ predicted_next @ gain.transpose(-1, -2), cov)
         cond_cov = torch.where(valid[..., None, None], _symmetrise(cond_cov), eye)
-        self.mean, self.gain, self.predicted_mean_next = mean, gain, predicted_mean_next
+        self.filtered_mean, self.gain, self.predicted_mean_next = mean, gain, predicted_mean_next
         self.cond_tril = torch.linalg.cholesky(cond_cov)
         self.valid, self.has_next = valid, has_next
         super().__init__(torch.Size((num_seq,)), torch.Size((num_steps, dim)))
 
     def _cond_mean(self, next_states: Tensor) -> Tensor:
-        return self.mean + (self.gain @ (next_states - self.predicted_mean_next)[..., None])[..., 0]
+        return self.filtered_mean + (self.gain @ (next_states - self.predicted_mean_next)[..., None])[..., 0]
 
     def rsample(self, sample_shape=torch.Size()) -> Tensor:
         shape = self._extended_shape(sample_shape)
-        noise = torch.randn(shape, dtype=self.mean.dtype, device=self.mean.device)
+        dtype, device = self.filtered_mean.dtype, self.filtered_mean.device
+        noise = torch.randn(shape, dtype=dtype, device=device)
         num_steps = shape[-2]
-        state = torch.zeros(shape[:-2] + shape[-1:], dtype=self.mean.dtype, device=self.mean.device)
+        state = torch.zeros(shape[:-2] + shape[-1:], dtype=dtype, device=device)
         states = []
         for t in range(num_steps - 1, -1, -1):
-            cond_mean = self.mean[:, t] + (self.gain[:, t] @ (state - self.predicted_mean_next[:, t])[..., None])[..., 0]
+            cond_mean = self.filtered_mean[:, t] + (self.gain[:, t] @ (state - self.predicted_mean_next[:, t])[..., None])[..., 0]
             state = cond_mean + (self.cond_tril[:, t] @ noise[..., t, :, None])[..., 0]
             state = state * self.valid[:, t, None].to(state.dtype)
             states.append(state)
@@ -895,11 +896,11 @@ class LinearGaussianSSM(SequenceModel):
         if not isinstance(burn, int) or isinstance(burn, bool) or burn < 0:
             raise ValueError(f"burn: expected a non-negative int, got {burn!r}")
         values, lengths = self._inputs(values, lengths)
-        params = self._point()
-        total = self._log_marginal(params, values, lengths)
         if burn == 0:
-            return total
-        return total - self._log_marginal(params, values, lengths.clamp(max=burn))
+            return self._log_marginal(self._point(), values, lengths)
+        # The per-step terms are the increments of the prefixes' log-likelihoods (with the
+        # diffuse prior, 0 until the observations identify the state).
+        return self._call_kernel(kalman.kalman_filter, values, lengths).step_log_likelihood[:, burn:].sum(-1)
 
     def filter(self, values, lengths=None) -> kalman.KalmanFiltered:
         """Filtered and one-step predicted state moments (:func:`inference.kalman.kalman_filter`)."""

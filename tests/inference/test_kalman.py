@@ -293,21 +293,57 @@ def test_forecast_matches_brute_force_predictive():
     torch.testing.assert_close(ahead.observation_cov[0, 0], expected_cov, rtol=1e-8, atol=1e-8)
 
 
-def test_float32_long_local_level_is_stable():
-    num_steps = 10_000
+def _float32_local_level(num_steps: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     gen = torch.Generator().manual_seed(21)
     level = torch.cumsum(0.1 * torch.randn(num_steps, generator=gen, dtype=torch.float64), 0)
     observations = (level + torch.randn(num_steps, generator=gen, dtype=torch.float64)).reshape(1, -1, 1)
+    observations[0, ::97] = float("nan")  # gaps restart the full update (and the steady-state detection)
     params64 = (torch.eye(1, dtype=torch.float64), torch.full((1, 1), 0.01, dtype=torch.float64),
                 torch.eye(1, dtype=torch.float64), torch.eye(1, dtype=torch.float64),
                 torch.zeros(1, dtype=torch.float64), torch.full((1, 1), 100.0, dtype=torch.float64))
+    return params64, observations
+
+
+def _check_float32_run(num_steps: int, backend: str) -> None:
+    params64, observations = _float32_local_level(num_steps)
     result64 = kalman_filter(*params64, observations)
-    result32 = kalman_filter(*(value.float() for value in params64), observations.float())
+    params32 = tuple(value.float() for value in params64)
+    if backend == "torch":
+        result32 = _on_torch_path(kalman_filter, params32, observations.float())
+    else:
+        result32 = kalman_filter(*params32, observations.float())
     assert isinstance(result32, KalmanFiltered) and result32.log_normalizer.dtype == torch.float32
     assert torch.all(result32.filtered_cov > 0) and torch.all(result32.predicted_cov > 0)
     assert torch.isfinite(result32.log_normalizer).all()
     relative = abs(float(result32.log_normalizer) - float(result64.log_normalizer)) / abs(float(result64.log_normalizer))
     assert relative < 1e-4
+
+
+def test_float32_long_local_level_is_stable():
+    _check_float32_run(100_000, "numba")
+    _check_float32_run(2_000, "torch")
+
+
+@pytest.mark.slow
+def test_float32_torch_loop_is_stable_for_1e5_steps():
+    _check_float32_run(100_000, "torch")
+
+
+def test_gradcheck_diffuse_log_marginal():
+    params = random_system(2, 1, seed=9)
+    gen = torch.Generator().manual_seed(9)
+    observations = torch.randn(2, 5, 1, generator=gen, dtype=torch.float64)
+    observations[0, 1] = float("nan")
+    lengths = torch.tensor([5, 4])
+
+    def objective(transition, transition_root, obs_matrix, obs_log_scale):
+        transition_cov = transition_root @ transition_root.T + 0.1 * torch.eye(2, dtype=torch.float64)
+        return log_marginal(transition, transition_cov, obs_matrix, obs_log_scale.exp().reshape(1, 1),
+                            params[4], params[5], observations, lengths, diffuse=True)
+
+    inputs = (params[0].clone().requires_grad_(), torch.linalg.cholesky(params[1]).requires_grad_(),
+              params[2].clone().requires_grad_(), params[3].log().reshape(1).requires_grad_())
+    assert torch.autograd.gradcheck(objective, inputs)
 
 
 def test_bad_inputs_raise():
