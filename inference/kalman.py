@@ -91,26 +91,45 @@ exactly those of the unpadded sequence.
 :math:`m^s_t = m_t + J_t (m^s_{t+1} - m_{t+1|t})`,
 :math:`P^s_t = P_t + J_t (P^s_{t+1} - P_{t+1|t}) J_t^\top` and the lag-one covariance
 :math:`\operatorname{Cov}(S_{t+1}, S_t \mid x) = P^s_{t+1} J_t^\top` (the cross moments of
-the E-step of EM). The numba kernel reuses :math:`J` over a steady-state stretch.
+the E-step of EM). The numba kernel reuses :math:`J` over a steady-state stretch of the
+filter, and there, once two successive smoothed covariances agree to ``1e-13`` relative,
+also the smoothed and lag-one covariances (the backward recursion has converged), so
+only the means are updated.
 
 *Forward-filter backward-sample*: :math:`S_L \sim \mathcal N(m_L, P_L)`, then
 :math:`S_t \mid S_{t+1} \sim \mathcal N(m_t + J_t (S_{t+1} - m_{t+1|t}),
 P_t - J_t P_{t+1|t} J_t^\top)` (a torch loop). With ``diffuse``, :math:`S_1` is drawn
 from its posterior first and the path given it.
 
-Dispatch (``method="auto"`` or ``"sequential"``)
------------------------------------------------
-On CPU, when no input requires grad (or grad mode is off): the numba kernels, in float64
-(float32 inputs are converted and the results cast back), one compiled call over all
-sequences, single-threaded, releasing the GIL. Otherwise (inputs requiring grad, or
-another device): the torch loop over time, batched over sequences, in the input dtype,
-differentiable by autograd (exact gradients of :func:`log_marginal`).
+*Parallel in time* (``method="parallel"``; Särkkä & García-Fernández 2021). The filter
+is an associative scan (``O(log T)`` depth) over the elements
+:math:`(A_k, b_k, C_k, \eta_k, J_k)` of their eq. (10)–(12): :math:`p(s_k \mid s_{k-1}, x_k)
+= \mathcal N(A_k s_{k-1} + b_k, C_k)` and the information :math:`(\eta_k, J_k)` that
+:math:`x_k` carries on :math:`s_{k-1}`; step 1 is the filtered law of :math:`S_1`. Missing
+entries and padding use the same conventions as above (a padded step is the identity
+element). The log densities are then computed for all steps at once from the one-step
+predictions :math:`A m_{t-1}`, :math:`A P_{t-1} A^\top + Q`. The smoother is a backward
+scan of the affine kernels :math:`s_t = J_t s_{t+1} + (m_t - J_t m_{t+1|t}) +
+\mathcal N(0, P_t - J_t P_{t+1|t} J_t^\top)`. With ``diffuse``, the mean columns carry the
+basis :math:`X` as extra columns. Plain torch operations: any device, float32/float64,
+differentiable by autograd. It agrees with the sequential kernels to ~1e-12 in float64.
+
+Dispatch (``method``)
+---------------------
+``"auto"``: on CPU, when no input requires grad (or grad mode is off), the numba kernels,
+in float64 (float32 inputs are converted and the results cast back), one compiled call
+over all sequences, single-threaded, releasing the GIL; on CPU with inputs requiring grad,
+the torch loop over time, batched over sequences, in the input dtype, differentiable by
+autograd; on any other device (CUDA), the parallel scan. ``"sequential"``: numba or the
+torch loop as on CPU, on any device (the loop off CPU). ``"parallel"``: the scan on any
+device.
 
 Memory
 ------
 :func:`log_marginal` and :func:`forecast` by numba store ``O(N T)`` (per-step log
-densities) plus ``O(N d^2)``. The other functions, and the torch loop, store the moments:
-``O(N T d^2)`` (with ``diffuse``, a few more arrays of that size); nothing larger.
+densities) plus ``O(N d^2)``. The other functions, the torch loop and the parallel scan
+store the moments and a few temporaries of the same size: ``O(N T d^2)`` (``O(N T d
+(d + p))`` for the scan's elements); nothing larger.
 
 Example:
     >>> d, p = 2, 1
@@ -143,7 +162,7 @@ __all__ = [
 ]
 
 _LOG_2PI = math.log(2.0 * math.pi)
-_METHODS = ("auto", "sequential")
+_METHODS = ("auto", "sequential", "parallel")
 # Reassociation lets LLVM vectorise the inner products; no "nnan": NaN marks missing entries.
 _FASTMATH = {"contract", "reassoc", "nsz", "arcp"}
 # Relative change of the predicted covariance below which the numba kernel reuses the gain.
@@ -349,9 +368,11 @@ def _valid_mask(lengths: Tensor, num_steps: int) -> Tensor:
 
 
 def _choose_backend(params: _Params, method: str) -> str:
-    """Map ``method`` to ``"numba"`` or ``"torch"`` (see the module docstring)."""
+    """Map ``method`` to ``"numba"``, ``"torch"`` (sequential loop) or ``"parallel"`` (module docstring)."""
     if method not in _METHODS:
         raise ValueError(f"method: expected one of {_METHODS}, got {method!r}")
+    if method == "parallel" or (method == "auto" and params.observations.device.type != "cpu"):
+        return "parallel"
     needs_grad = torch.is_grad_enabled() and any(
         value.requires_grad for value in params if isinstance(value, Tensor)
     )
@@ -743,11 +764,13 @@ def _filter_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _smoother_kernel(transition, filtered_mean, filtered_cov, predicted_mean, predicted_cov, lengths,
-                     steady_epoch, diffuse, filtered_basis, predicted_basis,
+                     steady_epoch, steady_tol, diffuse, filtered_basis, predicted_basis,
                      smoothed_mean, smoothed_cov, lag_one_cov, smoothed_basis, status):  # pragma: no cover
     """RTS smoother of every sequence (arrays zero-initialised; padded steps stay zero).
 
-    The gain is reused over a steady-state epoch of the filter.
+    Within a steady-state epoch of the filter the gain is reused, and once two successive
+    smoothed covariances agree to ``steady_tol`` relative, so are the smoothed and lag-one
+    covariances (only the means are updated).
     """
     num_seq, num_steps, dim = filtered_mean.shape
     gain = np.empty((dim, dim))
@@ -756,6 +779,8 @@ def _smoother_kernel(transition, filtered_mean, filtered_cov, predicted_mean, pr
     diff = np.empty((dim, dim))
     work = np.empty((dim, dim))
     diff_vec = np.empty(dim)
+    ss_cov = np.empty((dim, dim))
+    ss_lag = np.empty((dim, dim))
     for n in range(num_seq):
         A = transition[n]
         length = lengths[n]
@@ -767,6 +792,7 @@ def _smoother_kernel(transition, filtered_mean, filtered_cov, predicted_mean, pr
         if diffuse:
             smoothed_basis[n, last] = filtered_basis[n, last]
         cached_epoch = 0
+        cov_epoch = 0
         for t in range(last - 1, -1, -1):
             epoch = steady_epoch[n, t]
             if epoch == 0 or epoch != cached_epoch:
@@ -803,31 +829,49 @@ def _smoother_kernel(transition, filtered_mean, filtered_cov, predicted_mean, pr
                     acc += gain[i, j] * diff_vec[j]
                 smoothed_mean[n, t, i] = acc
             next_cov = smoothed_cov[n, t + 1]
-            for i in range(dim):
-                for j in range(dim):
-                    diff[i, j] = next_cov[i, j] - predicted_cov[n, t + 1, i, j]
-            # work = J diff; cov = P_t + work J^T; lag_{t+1} = next_cov J^T
-            for i in range(dim):
-                for j in range(dim):
-                    work[i, j] = 0.0
-                for k in range(dim):
-                    g_ik = gain[i, k]
+            if epoch > 0 and epoch == cov_epoch:
+                # The backward Riccati recursion has converged within this steady-state epoch.
+                smoothed_cov[n, t] = ss_cov
+                lag_one_cov[n, t + 1] = ss_lag
+            else:
+                for i in range(dim):
                     for j in range(dim):
-                        work[i, j] += g_ik * diff[k, j]
-            for i in range(dim):
-                for j in range(i + 1):
-                    acc = 0.0
+                        diff[i, j] = next_cov[i, j] - predicted_cov[n, t + 1, i, j]
+                # work = J diff; cov = P_t + work J^T; lag_{t+1} = next_cov J^T
+                for i in range(dim):
+                    for j in range(dim):
+                        work[i, j] = 0.0
                     for k in range(dim):
-                        acc += work[i, k] * gain[j, k]
-                    value = 0.5 * (filtered_cov[n, t, i, j] + filtered_cov[n, t, j, i]) + acc
-                    smoothed_cov[n, t, i, j] = value
-                    smoothed_cov[n, t, j, i] = value
-            for i in range(dim):
-                for j in range(dim):
-                    acc = 0.0
-                    for k in range(dim):
-                        acc += next_cov[i, k] * gain[j, k]
-                    lag_one_cov[n, t + 1, i, j] = acc
+                        g_ik = gain[i, k]
+                        for j in range(dim):
+                            work[i, j] += g_ik * diff[k, j]
+                change = 0.0
+                scale = 0.0
+                for i in range(dim):
+                    for j in range(i + 1):
+                        acc = 0.0
+                        for k in range(dim):
+                            acc += work[i, k] * gain[j, k]
+                        value = 0.5 * (filtered_cov[n, t, i, j] + filtered_cov[n, t, j, i]) + acc
+                        smoothed_cov[n, t, i, j] = value
+                        smoothed_cov[n, t, j, i] = value
+                        change = max(change, abs(value - next_cov[i, j]))
+                        scale = max(scale, abs(value))
+                for i in range(dim):
+                    for j in range(dim):
+                        acc = 0.0
+                        for k in range(dim):
+                            acc += next_cov[i, k] * gain[j, k]
+                        lag_one_cov[n, t + 1, i, j] = acc
+                if epoch > 0 and change <= steady_tol * scale:
+                    cov_epoch = epoch
+                    ss_cov[:, :] = smoothed_cov[n, t]
+                    for i in range(dim):
+                        for j in range(dim):
+                            acc = 0.0
+                            for k in range(dim):
+                                acc += ss_cov[i, k] * gain[j, k]
+                            ss_lag[i, j] = acc
             if diffuse:
                 for i in range(dim):
                     for j in range(dim):
@@ -920,7 +964,7 @@ def _numba_smoother(params: _Params, raw: _Raw) -> tuple[Tensor, Tensor, Tensor,
         _as_numpy(params.transition_matrix), _as_numpy(raw.filtered_mean), _as_numpy(raw.filtered_cov),
         _as_numpy(raw.predicted_mean), _as_numpy(raw.predicted_cov),
         params.lengths.to("cpu", torch.long).contiguous().numpy(), raw.steady_epoch.contiguous().numpy(),
-        diffuse, _as_numpy(raw.filtered_basis) if diffuse else empty,
+        _STEADY_TOL, diffuse, _as_numpy(raw.filtered_basis) if diffuse else empty,
         _as_numpy(raw.predicted_basis) if diffuse else empty,
         smoothed_mean, smoothed_cov, lag_one_cov, smoothed_basis, status,
     )
@@ -1048,13 +1092,17 @@ def _run_filter(params: _Params, diffuse: bool, method: str, steady_state: bool,
     backend = _choose_backend(params, method)
     if backend == "numba":
         raw = _numba_filter(params, diffuse, store, steady_state)
+    elif backend == "parallel":
+        raw = _parallel_filter(params, diffuse)
     else:
         raw = _torch_filter(params, diffuse)
     return raw, _finish(raw, diffuse), backend
 
 
 def _mask_steps(values: Tensor, valid: Tensor) -> Tensor:
-    """Zero ``values`` ``(N, T, ...)`` at padded steps."""
+    """Zero ``values`` ``(N, T, ...)`` at padded steps (``values`` itself when there are none)."""
+    if bool(valid.all()):
+        return values
     shape = valid.shape + (1,) * (values.dim() - 2)
     return torch.where(valid.reshape(shape), values, torch.zeros((), dtype=values.dtype, device=values.device))
 
@@ -1109,6 +1157,199 @@ def _torch_smoother(params: _Params, raw: _Raw) -> tuple[Tensor, Tensor, Tensor,
 
 
 # --------------------------------------------------------------------------------------
+# Parallel-in-time filter and smoother (associative scans; any device, autograd)
+# --------------------------------------------------------------------------------------
+
+
+def _associative_scan(elements: tuple[Tensor, ...], combine) -> tuple[Tensor, ...]:
+    """Inclusive prefix combination along time (dim 1) of a tuple of ``(N, T, ...)`` tensors.
+
+    ``combine(earlier, later)`` must be associative; depth ``O(log T)``, work ``O(T)``.
+    """
+    num_steps = elements[0].shape[1]
+    if num_steps < 2:
+        return elements
+    odd = _associative_scan(
+        combine(tuple(e[:, 0:-1:2] for e in elements), tuple(e[:, 1::2] for e in elements)), combine
+    )  # prefixes ending at steps 1, 3, 5, ...
+    rest = tuple(e[:, 2::2] for e in elements)
+    if num_steps % 2 == 0:
+        even = combine(tuple(o[:, :-1] for o in odd), rest)
+    else:
+        even = combine(odd, rest)
+    even = tuple(torch.cat([e[:, :1], v], 1) for e, v in zip(elements, even))  # prefixes ending at 0, 2, 4, ...
+    result = []
+    for even_value, odd_value in zip(even, odd):
+        interleaved = torch.stack([even_value[:, : odd_value.shape[1]], odd_value], 2).flatten(1, 2)
+        if num_steps % 2:
+            interleaved = torch.cat([interleaved, even_value[:, -1:]], 1)
+        result.append(interleaved)
+    return tuple(result)
+
+
+def _combine_filter_elements(earlier: tuple[Tensor, ...], later: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """Särkkä & García-Fernández (2021), eq. (11)-(12): combination of filtering elements.
+
+    An element ``(A, b, C, eta, J)`` stands for :math:`p(s_k \\mid s_{i-1}, x_{i:k}) =
+    \\mathcal N(A s_{i-1} + b, C)` and :math:`p(x_{i:k} \\mid s_{i-1}) \\propto
+    \\exp(-\\tfrac12 s^\\top J s + s^\\top \\eta)`; ``b`` and ``eta`` have several columns
+    (the mean and the diffuse basis).
+    """
+    a_i, b_i, c_i, eta_i, j_i = earlier
+    a_j, b_j, c_j, eta_j, j_j = later
+    eye = torch.eye(a_i.shape[-1], dtype=a_i.dtype, device=a_i.device)
+    num_cols = b_i.shape[-1]
+    # (I + C_i J_j)^{-1} [A_i, b_i + C_i eta_j, C_i]
+    solved = torch.linalg.solve(eye + c_i @ j_j, torch.cat([a_i, b_i + c_i @ eta_j, c_i], -1))
+    state_dim = a_i.shape[-1]
+    solved_a, solved_b, solved_c = solved.split([state_dim, num_cols, state_dim], -1)
+    combined_a = a_j @ solved_a
+    combined_b = a_j @ solved_b + b_j
+    combined_c = _symmetrise(a_j @ solved_c @ a_j.transpose(-1, -2) + c_j)
+    # (I + J_j C_i)^{-1} [eta_j - J_j b_i, J_j A_i]
+    solved = torch.linalg.solve(eye + j_j @ c_i, torch.cat([eta_j - j_j @ b_i, j_j @ a_i], -1))
+    solved_eta, solved_j = solved.split([num_cols, state_dim], -1)
+    a_i_t = a_i.transpose(-1, -2)
+    combined_eta = a_i_t @ solved_eta + eta_i
+    combined_j = _symmetrise(a_i_t @ solved_j + j_i)
+    return combined_a, combined_b, combined_c, combined_eta, combined_j
+
+
+def _combine_smoother_elements(later: tuple[Tensor, ...], earlier: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """Composition of backward affine kernels ``s_k = E s_{k+1} + g + N(0, L)`` (scan runs backwards)."""
+    e_later, g_later, l_later = later
+    e_earlier, g_earlier, l_earlier = earlier
+    return (
+        e_earlier @ e_later,
+        e_earlier @ g_later + g_earlier,
+        _symmetrise(e_earlier @ l_later @ e_earlier.transpose(-1, -2) + l_earlier),
+    )
+
+
+def _parallel_filter(params: _Params, diffuse: bool) -> _Raw:
+    """The filter by an associative scan; the log densities from the one-step predictions."""
+    observations = params.observations
+    num_seq, num_steps, obs_dim = observations.shape
+    state_dim = params.transition_matrix.shape[-1]
+    dtype, device = observations.dtype, observations.device
+    valid = _valid_mask(params.lengths, num_steps)
+    observed = ~torch.isnan(observations) & valid[..., None]
+    mask = observed.to(dtype)  # (N, T, p)
+    values = torch.where(observed, observations, torch.zeros((), dtype=dtype, device=device))
+    state_eye = torch.eye(state_dim, dtype=dtype, device=device)
+    obs_matrix = params.observation_matrix[:, None] * mask[..., None]  # (N, T, p, d)
+    obs_cov = params.observation_cov[:, None] * (mask[..., :, None] * mask[..., None, :]) + torch.diag_embed(1.0 - mask)
+    transition = torch.where(valid[..., None, None], params.transition_matrix[:, None], state_eye)  # into step t
+    noise = torch.where(valid[..., None, None], params.transition_cov[:, None], torch.zeros_like(state_eye))
+    obs_matrix_t = obs_matrix.transpose(-1, -2)
+    num_cols = 1 + state_dim if diffuse else 1
+
+    # Step 1: the filtered moments of S_1 (prior N(m_0, P_0); with diffuse, m = 0, P = 0, basis I).
+    if diffuse:
+        first_mean = torch.zeros(num_seq, state_dim, 1, dtype=dtype, device=device)
+        first_cols = torch.cat([first_mean, state_eye.expand(num_seq, state_dim, state_dim)], -1)
+        first_cov = torch.zeros(num_seq, state_dim, state_dim, dtype=dtype, device=device)
+    else:
+        prior_mean, prior_cov = params.initial_mean, params.initial_cov
+        cross = prior_cov @ obs_matrix_t[:, 0]
+        chol = torch.linalg.cholesky(_symmetrise(obs_matrix[:, 0] @ cross + obs_cov[:, 0]))
+        gain = torch.cholesky_solve(cross.transpose(-1, -2), chol).transpose(-1, -2)
+        innovation = values[:, 0] - (obs_matrix[:, 0] @ prior_mean[..., None])[..., 0]
+        first_cols = (prior_mean + (gain @ innovation[..., None])[..., 0])[..., None]
+        residual_op = state_eye - gain @ obs_matrix[:, 0]
+        first_cov = _symmetrise(residual_op @ prior_cov @ residual_op.transpose(-1, -2)
+                                + gain @ obs_cov[:, 0] @ gain.transpose(-1, -2))
+
+    # Steps 2..T: elements of eq. (10) (Joseph form for C).
+    cross = noise @ obs_matrix_t  # (N, T, d, p)
+    chol = torch.linalg.cholesky(_symmetrise(obs_matrix @ cross + obs_cov))
+    gain = torch.cholesky_solve(cross.transpose(-1, -2), chol).transpose(-1, -2)  # (N, T, d, p)
+    residual_op = state_eye - gain @ obs_matrix
+    element_a = residual_op @ transition
+    element_b = torch.zeros(num_seq, num_steps, state_dim, num_cols, dtype=dtype, device=device)
+    element_b[..., :1] = gain @ values[..., None]
+    element_c = _symmetrise(residual_op @ noise @ residual_op.transpose(-1, -2) + gain @ obs_cov @ gain.transpose(-1, -2))
+    emitted = obs_matrix @ transition  # H F (N, T, p, d)
+    emitted_t = emitted.transpose(-1, -2)
+    element_eta = torch.zeros_like(element_b)
+    element_eta[..., :1] = emitted_t @ torch.cholesky_solve(values[..., None], chol)
+    element_j = _symmetrise(emitted_t @ torch.cholesky_solve(emitted, chol))
+    zero_matrix = torch.zeros_like(first_cov)
+    first = (zero_matrix, first_cols, first_cov, torch.zeros_like(first_cols), zero_matrix)
+    elements = tuple(
+        torch.cat([start[:, None], later[:, 1:]], 1)
+        for start, later in zip(first, (element_a, element_b, element_c, element_eta, element_j))
+    )
+    _a, filtered_cols, filtered_cov, _eta, _j = _associative_scan(elements, _combine_filter_elements)
+
+    # One-step predictions and the log densities, all steps at once.
+    if diffuse:
+        initial_cols = first_cols
+        initial_cov = first_cov
+    else:
+        initial_cols = params.initial_mean[..., None]
+        initial_cov = params.initial_cov
+    predicted_cols = torch.cat([initial_cols[:, None], transition[:, 1:] @ filtered_cols[:, :-1]], 1)
+    predicted_cov = torch.cat([
+        initial_cov[:, None],
+        _symmetrise(transition[:, 1:] @ filtered_cov[:, :-1] @ transition[:, 1:].transpose(-1, -2) + noise[:, 1:]),
+    ], 1)
+    innovation = values - (obs_matrix @ predicted_cols[..., :1])[..., 0]
+    innovation_chol = torch.linalg.cholesky(_symmetrise(obs_matrix @ predicted_cov @ obs_matrix_t + obs_cov))
+    whitened = torch.linalg.solve_triangular(innovation_chol, innovation[..., None], upper=False)[..., 0]
+    log_det = 2.0 * innovation_chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    step_ll = -0.5 * (whitened.square().sum(-1) + log_det + mask.sum(-1) * _LOG_2PI)
+    info_matrix = info_vector = None
+    if diffuse:
+        white_basis = torch.linalg.solve_triangular(innovation_chol, obs_matrix @ predicted_cols[..., 1:], upper=False)
+        info_matrix = torch.cumsum(white_basis.transpose(-1, -2) @ white_basis, 1)
+        info_vector = torch.cumsum((white_basis.transpose(-1, -2) @ whitened[..., None])[..., 0], 1)
+    return _Raw(
+        step_log_likelihood=step_ll,
+        filtered_mean=filtered_cols[..., 0],
+        filtered_cov=filtered_cov,
+        predicted_mean=predicted_cols[..., 0],
+        predicted_cov=predicted_cov,
+        filtered_basis=filtered_cols[..., 1:] if diffuse else None,
+        predicted_basis=predicted_cols[..., 1:] if diffuse else None,
+        info_matrix=info_matrix,
+        info_vector=info_vector,
+        final_mean=filtered_cols[:, -1, :, 0],
+        final_cov=filtered_cov[:, -1],
+        final_basis=filtered_cols[:, -1, :, 1:] if diffuse else None,
+        final_info_matrix=info_matrix[:, -1] if diffuse else None,
+        final_info_vector=info_vector[:, -1] if diffuse else None,
+        steady_epoch=None,
+        valid=valid,
+    )
+
+
+def _parallel_smoother(params: _Params, raw: _Raw) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Conditional RTS smoother by a backward associative scan: mean, cov, lag-one cov, basis."""
+    num_seq, num_steps, state_dim = raw.filtered_mean.shape
+    diffuse = raw.filtered_basis is not None
+    filtered_cols = raw.filtered_mean[..., None]
+    predicted_cols = raw.predicted_mean[..., None]
+    if diffuse:
+        filtered_cols = torch.cat([filtered_cols, raw.filtered_basis], -1)
+        predicted_cols = torch.cat([predicted_cols, raw.predicted_basis], -1)
+    gains = raw.filtered_cov.new_zeros(num_seq, num_steps, state_dim, state_dim)
+    if num_steps > 1:
+        gains = torch.cat([_smoother_gains(params, raw), gains[:, :1]], 1)  # E_T = 0
+    next_cols = torch.cat([predicted_cols[:, 1:], torch.zeros_like(predicted_cols[:, :1])], 1)
+    next_cov = torch.cat([raw.predicted_cov[:, 1:], torch.zeros_like(raw.predicted_cov[:, :1])], 1)
+    element_g = filtered_cols - gains @ next_cols
+    element_l = _symmetrise(raw.filtered_cov - gains @ next_cov @ gains.transpose(-1, -2))
+    reversed_elements = tuple(value.flip(1) for value in (gains, element_g, element_l))
+    _e, smoothed_cols, smoothed_cov = (
+        value.flip(1) for value in _associative_scan(reversed_elements, _combine_smoother_elements)
+    )
+    lag_one = smoothed_cov[:, 1:] @ gains[:, :-1].transpose(-1, -2)
+    lag_one_cov = torch.cat([torch.zeros_like(smoothed_cov[:, :1]), lag_one], 1)
+    return (smoothed_cols[..., 0], smoothed_cov, lag_one_cov, smoothed_cols[..., 1:] if diffuse else None)
+
+
+# --------------------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------------------
 
@@ -1133,7 +1374,7 @@ def kalman_filter(
         (model arguments): see the module docstring (shapes and the missing-value convention).
         diffuse: exact diffuse initialisation (improper flat prior on :math:`S_1`;
             ``initial_mean``/``initial_cov`` are shape-checked and ignored). See the module docstring.
-        method: ``"auto"`` or ``"sequential"`` (see *Dispatch* in the module docstring).
+        method: ``"auto"``, ``"sequential"`` or ``"parallel"`` (see *Dispatch* in the module docstring).
         steady_state: let the numba kernel switch to the converged gain of a time-invariant
             system (exact to ~1e-12 relative; see the module docstring). ``False`` runs the full
             update at every step.
@@ -1219,6 +1460,8 @@ def rts_smoother(
     raw, state, backend = _run_filter(params, diffuse, method, steady_state)
     if backend == "numba":
         smoothed_mean, smoothed_cov, lag_one_cov, smoothed_basis = _numba_smoother(params, raw)
+    elif backend == "parallel":
+        smoothed_mean, smoothed_cov, lag_one_cov, smoothed_basis = _parallel_smoother(params, raw)
     else:
         smoothed_mean, smoothed_cov, lag_one_cov, smoothed_basis = _torch_smoother(params, raw)
     if diffuse:
@@ -1231,8 +1474,7 @@ def rts_smoother(
         log_normalizer=state.log_normalizer,
         smoothed_mean=_mask_steps(smoothed_mean, state.valid),
         smoothed_cov=_mask_steps(smoothed_cov, state.valid),
-        lag_one_cov=_mask_steps(lag_one_cov, state.valid & (torch.arange(state.valid.shape[1],
-                                                                            device=state.valid.device) > 0)),
+        lag_one_cov=_mask_steps(lag_one_cov, state.valid),  # zero at t = 0 by construction
     )
 
 
