@@ -160,6 +160,8 @@ def build_lgssm(data: SequenceData, state_dim: int, transition: str = "learned",
     for flag, (value, allowed) in choices.items():
         if value not in allowed:
             raise UsageError(f"{flag}: expected one of {', '.join(allowed)}, got {value!r}")
+    if latent == "sampled" and initial == "diffuse":
+        raise UsageError("--latent sampled: the states need a proper prior on the first one; add --initial prior")
     dtype = data.batch.values.dtype
     fixed = {}
     if transition == "identity":
@@ -451,6 +453,8 @@ def cmd_decode(args) -> int:
     run = RunDirectory.open(args.run)
     config = run.read_json("config.json")
     model = load_model(run)
+    if not hasattr(model, "decode"):
+        raise UsageError(f"decode: {type(model).__name__} has no discrete states to decode (Viterbi paths are for HMMs)")
     vocabulary = Vocabulary.from_json(run.read_json("vocabulary.json")) if run.file("vocabulary.json").exists() else None
     args.data = args.data or config["data"]
     args.kind = args.kind or config.get("kind")

@@ -177,6 +177,8 @@ def test_fit_lgssm_on_nile_writes_a_run_directory_that_reloads(tmp_path, capsys)
     assert run_cli("sample", out, "--length", 7, "--seed", 1) == 0
     rows = capsys.readouterr().out.strip().splitlines()
     assert len(rows) == 7 and all(400 < float(r) < 2000 for r in rows)
+    assert run_cli("decode", out) == 2
+    assert "no discrete states" in capsys.readouterr().err
 
 
 def test_fit_lgssm_on_csv_with_missing_cells(two_series_csv, tmp_path):
@@ -228,6 +230,8 @@ def test_family_flags_are_checked_by_argparse(argv, message, tmp_path, capsys):
         (["fit", "lgssm", "--data", "builtin:nile", "--state-dim", "2", "--observation", "identity", "--out", "{tmp}/r"],
          "--observation identity"),
         (["fit", "lgssm", "--data", "builtin:nile", "--state-dim", "0", "--out", "{tmp}/r"], "--state-dim"),
+        (["fit", "lgssm", "--data", "builtin:nile", "--state-dim", "1", "--method", "svi", "--latent", "sampled",
+          "--out", "{tmp}/r"], "--initial prior"),
         (["compare", "--data", "builtin:nile", "--models", "lgssm:states=2", "--out", "{tmp}/r"], "unknown settings"),
     ],
 )
