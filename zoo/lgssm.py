@@ -38,7 +38,9 @@ The Pyro model has two forms (``latent=``):
   ``(T, d)``, under a Gauss–Markov chain prior; the guide draws them from the exact
   smoothing posterior given the guide's parameters (forward filter, backward sample) and
   scores them by its backward conditionals, so the ELBO equals the exact log-likelihood
-  for every draw.
+  for every draw (``states_guide="exact"``); or from a learned Markov Gaussian, the
+  smoothing posterior of a linear-Gaussian model with its own parameters
+  (``states_guide="learned"``), for which the ELBO is a bound.
 
 Guides over the parameters: ``"map"`` (Delta sites at point values) or ``"meanfield"``
 (Normal matrices and means, log-normal variances, inverse-Wishart full covariances). EM
@@ -82,6 +84,7 @@ _INITIALS = ("prior", "diffuse")
 _PRIORS = ("weak", "none")
 _GUIDES = ("map", "meanfield")
 _LATENTS = ("marginal", "sampled")
+_STATES_GUIDES = ("exact", "learned")
 _LOG_2PI = math.log(2 * math.pi)
 #: Weak-prior constants: variances ~ InverseGamma(shape, rate * scale), matrices' entry scales.
 _VARIANCE_SHAPE = 1.0
@@ -384,7 +387,11 @@ class LinearGaussianSSM(SequenceModel):
             (maximum likelihood; improper flat sites).
         guide: ``"map"`` or ``"meanfield"``.
         latent: ``"marginal"`` (states integrated out in ``model``) or ``"sampled"`` (states
-            as a sample site, guided by the exact smoothing posterior).
+            as a sample site ``"states"``).
+        states_guide: with ``latent="sampled"``, the guide of the states: ``"exact"`` (the
+            smoothing posterior at the guide's parameter draw) or ``"learned"`` (a learned
+            Markov Gaussian: the smoothing posterior of a linear-Gaussian model with its own
+            ``guide_states_*`` parameters, started at the model's point values).
         fixed: names among :data:`PARAMETER_NAMES` mapped to values held constant (not
             learned, not sample sites).
 
@@ -411,7 +418,8 @@ class LinearGaussianSSM(SequenceModel):
 
     def __init__(self, state_dim: int, obs_dim: int, *, transition_cov_type: str = "full",
                  observation_cov_type: str = "full", initial: str = "prior", prior: str = "weak",
-                 guide: str = "map", latent: str = "marginal", fixed: Mapping[str, Any] | None = None) -> None:
+                 guide: str = "map", latent: str = "marginal", states_guide: str = "exact",
+                 fixed: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         for name, value in (("state_dim", state_dim), ("obs_dim", obs_dim)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -419,7 +427,8 @@ class LinearGaussianSSM(SequenceModel):
         for name, value, allowed in (("transition_cov_type", transition_cov_type, _COV_TYPES),
                                      ("observation_cov_type", observation_cov_type, _COV_TYPES),
                                      ("initial", initial, _INITIALS), ("prior", prior, _PRIORS),
-                                     ("guide", guide, _GUIDES), ("latent", latent, _LATENTS)):
+                                     ("guide", guide, _GUIDES), ("latent", latent, _LATENTS),
+                                     ("states_guide", states_guide, _STATES_GUIDES)):
             if value not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
         if latent == "sampled" and initial == "diffuse":
@@ -428,6 +437,7 @@ class LinearGaussianSSM(SequenceModel):
         self.state_dim, self.obs_dim = state_dim, obs_dim
         self.transition_cov_type, self.observation_cov_type = transition_cov_type, observation_cov_type
         self.initial, self.prior_type, self.guide_type, self.latent = initial, prior, guide, latent
+        self.states_guide = states_guide
         d, p = state_dim, obs_dim
         self._shapes = {"transition_matrix": (d, d), "observation_matrix": (p, d), "transition_cov": (d, d),
                         "observation_cov": (p, p), "initial_mean": (d,), "initial_cov": (d, d)}
@@ -473,6 +483,8 @@ class LinearGaussianSSM(SequenceModel):
         self.values_given = False
         if self.guide_type == "meanfield":
             self._sync_variational_to_point(create=True)
+        if self.latent == "sampled" and self.states_guide == "learned":
+            self._sync_states_guide(create=True)
 
     # -- constructors --------------------------------------------------------------
     @classmethod
@@ -675,6 +687,7 @@ class LinearGaussianSSM(SequenceModel):
                 else:
                     raw.data.copy_(value)
             self._sync_variational_to_point()
+            self._sync_states_guide()
         self.values_given = True
 
     # -- the contract's parameter sites -----------------------------------------------
@@ -830,10 +843,40 @@ class LinearGaussianSSM(SequenceModel):
                 sites[site] = pyro.sample(site, dist.Delta(value, event_dim=value.dim()))
         if self.latent == "sampled":
             values = self._check_observations(batch.values, "batch.values")
-            params = self._params_from_sites(sites)
+            params = self._params_from_sites(sites) if self.states_guide == "exact" else self._states_guide_params()
             filtered = kalman.kalman_filter(*self._kernel_args(params), values, batch.lengths)
             with sequence_plate(batch):
                 pyro.sample("states", _SmoothingPosterior(filtered, params["transition_matrix"], batch.lengths))
+
+    def _states_guide_params(self) -> dict[str, Tensor]:
+        """The learned Markov Gaussian guide's own linear-Gaussian model, whose smoothing
+        posterior is the guide of the states."""
+        def cov(key):
+            tril = _constrain_tril(getattr(self, key))
+            return tril @ tril.T
+
+        return {"transition_matrix": self.guide_states_transition_matrix, "transition_cov": cov("guide_states_transition_tril"),
+                "observation_matrix": self.guide_states_observation_matrix,
+                "observation_cov": cov("guide_states_observation_tril"),
+                "initial_mean": self.guide_states_initial_mean, "initial_cov": cov("guide_states_initial_tril")}
+
+    def _sync_states_guide(self, create: bool = False) -> None:
+        """Sets the learned states guide to the smoothing posterior at the current point values
+        (where it is exact); SVI then moves it on its own."""
+        if not (self.latent == "sampled" and self.states_guide == "learned"):
+            return
+        point = {name: value.detach() for name, value in self._point().items()}
+        values = {"guide_states_transition_matrix": point["transition_matrix"].clone(),
+                  "guide_states_transition_tril": _unconstrain_tril(torch.linalg.cholesky(point["transition_cov"])),
+                  "guide_states_observation_matrix": point["observation_matrix"].clone(),
+                  "guide_states_observation_tril": _unconstrain_tril(torch.linalg.cholesky(point["observation_cov"])),
+                  "guide_states_initial_mean": point["initial_mean"].clone(),
+                  "guide_states_initial_tril": _unconstrain_tril(torch.linalg.cholesky(point["initial_cov"]))}
+        for key, value in values.items():
+            if create:
+                self.register_parameter(key, nn.Parameter(value))
+            else:
+                getattr(self, key).data.copy_(value)
 
     # -- the Pyro model ----------------------------------------------------------------
     def model(self, batch: SequenceBatch) -> None:
@@ -1202,4 +1245,4 @@ class LinearGaussianSSM(SequenceModel):
         return {"state_dim": self.state_dim, "obs_dim": self.obs_dim,
                 "transition_cov_type": self.transition_cov_type, "observation_cov_type": self.observation_cov_type,
                 "initial": self.initial, "prior": self.prior_type, "guide": self.guide_type, "latent": self.latent,
-                "fixed": {name: getattr(self, f"fixed_{name}").tolist() for name in self.fixed_names}}
+                "states_guide": self.states_guide, "fixed": {name: getattr(self, f"fixed_{name}").tolist() for name in self.fixed_names}}
