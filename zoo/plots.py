@@ -207,7 +207,8 @@ def station_maps(
     panels = len(levels)
     columns = min(columns, panels)
     rows = -(-panels // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns + 1.2, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns + 1.2, 4.0 * rows), squeeze=False)
+    fig.subplots_adjust(hspace=0.45, wspace=0.3)
     finite = [levels[np.isfinite(levels)]]
     if observed is not None:
         finite.append(observed[np.isfinite(observed)])
