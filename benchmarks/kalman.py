@@ -13,7 +13,9 @@ One sequence of ``T`` steps drawn from a random stable system with ``d = p``. Fo
   probe extrapolates to more than ``--pykalman-limit`` seconds);
 * Pyro: ``pyro.distributions.GaussianHMM(...).log_prob`` (no smoother).
 
-A reference whose warm-up alone takes more than 5 s is timed by that single run. Prints
+A reference whose warm-up alone takes more than 5 s is timed by that single run. Every
+library runs with ``--threads`` BLAS/OpenMP/torch threads (default 1: on a shared,
+loaded machine multi-threaded BLAS made statsmodels and Pyro over 10x slower). Prints
 a markdown table with seconds, ratios reference/ours (> 1: ours is faster) and the
 relative difference of our log-likelihood from statsmodels'. Pyro's initial
 distribution is that of the state *before* the first transition, so the benchmark
@@ -30,14 +32,30 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-import torch
+
+def _threads_from_argv(argv: list[str]) -> str:
+    """``--threads`` must take effect before numpy and torch load their BLAS/OpenMP pools."""
+    for index, value in enumerate(argv):
+        if value == "--threads" and index + 1 < len(argv):
+            return argv[index + 1]
+        if value.startswith("--threads="):
+            return value.split("=", 1)[1]
+    return "1"
+
+
+if __name__ == "__main__":
+    for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_variable] = _threads_from_argv(sys.argv[1:])
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -191,6 +209,7 @@ def format_table(rows: list[dict[str, object]]) -> str:
 
 
 def main(args: argparse.Namespace) -> list[dict[str, object]]:
+    torch.set_num_threads(args.threads)
     if args.quick:
         args.T, args.dims, args.repeat = [1000], [1, 4], 1
     rows = []
@@ -198,7 +217,7 @@ def main(args: argparse.Namespace) -> list[dict[str, object]]:
         for dim in args.dims:
             rows.append(benchmark_case(num_steps, dim, args.repeat, args.seed, args.pykalman_limit))
             print(f"done T={num_steps} d={dim}", file=sys.stderr, flush=True)
-    print(f"torch threads: {torch.get_num_threads()}")
+    print(f"threads (BLAS, OpenMP, torch): {torch.get_num_threads()}; ours: numba, single-threaded")
     print(format_table(rows))
     worst = max(row["rel_diff"] for row in rows)
     print(f"largest relative difference of our log-likelihood from statsmodels': {worst:.1e}")
@@ -213,6 +232,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pykalman-limit", type=float, default=60.0,
                         help="skip pykalman where a probe extrapolates to more seconds than this")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="BLAS/OpenMP/torch threads for every library (ours is single-threaded); the default 1 "
+                             "avoids oversubscription on a shared machine, where multi-threaded BLAS ran 10x slower")
     parser.add_argument("--quick", action="store_true", help="tiny run: T=1000, d in {1, 4}, one repeat")
     return parser.parse_args(argv)
 

@@ -49,9 +49,9 @@ Results agree with the full update to ~1e-12 relative (tested at 1e-10).
 
 *Exact diffuse initialisation* (``diffuse=True``; Durbin & Koopman 2012, §5.2, §7.2; here
 computed as de Jong's augmented filter, D&K §5.7). :math:`S_1` has an improper flat prior.
-Given :math:`S_1 = s`, every quantity of the filter is that of the filter started at
-:math:`m_1 = 0, P_1 = 0` except the means, which are affine in :math:`s`:
-:math:`m_{t} + X_t s`, with :math:`X_1 = I` and :math:`X` updated like the mean
+Write :math:`S_1 = c + s` for a fixed reference point :math:`c`. Given :math:`s`, every
+quantity of the filter is that of the filter started at :math:`m_1 = c, P_1 = 0` except
+the means, which are affine in :math:`s`: :math:`m_{t} + X_t s`, with :math:`X_1 = I` and :math:`X` updated like the mean
 (:math:`X \leftarrow A X`, :math:`X \leftarrow X - K_t H X`). The innovations are
 :math:`e_t - E_t s` with :math:`E_t = H X_{t|t-1}`, so the information on :math:`s`,
 :math:`\mathcal S_t = \sum E^\top F^{-1} E`, :math:`b_t = \sum E^\top F^{-1} e`, is
@@ -70,9 +70,12 @@ predicted and smoothed moments combine the conditional ones with it
 (:math:`m + X \hat s`, :math:`P + X \mathcal S^{-1} X^\top`) and are exact there; before
 that they are ``NaN``. A sequence whose observations never identify :math:`S_1` raises
 ``ValueError``. ``step_log_likelihood`` holds the increments of the diffuse
-log-likelihood of the prefixes (0 before identification). Numerically, the combination
-cancels :math:`\sum e^\top F^{-1} e` against :math:`b^\top \mathcal S^{-1} b`, which loses
-digits when the data are far from 0 for many steps before :math:`X_t` decays.
+log-likelihood of the prefixes (0 before identification). Nothing depends on :math:`c`
+mathematically, but the combination cancels :math:`\sum e^\top F^{-1} e` against
+:math:`b^\top \mathcal S^{-1} b`, which loses digits when :math:`c` is far from the data
+while :math:`X_t` decays slowly; so a first pass from :math:`c = 0` (log-likelihood only)
+estimates :math:`E[S_1 \mid x]` and the reported pass runs from there (about twice the
+cost of the non-diffuse filter).
 
 *Missing entries*, exactly and per sequence: at a step where entry ``j`` is missing, row
 ``j`` of :math:`H` is zeroed, row and column ``j`` of :math:`R` become those of the
@@ -239,13 +242,14 @@ class _Params(NamedTuple):
 class _Raw(NamedTuple):
     """Filter output before the diffuse combination; padded steps carry the last valid moments.
 
-    With ``diffuse`` the moments are those given :math:`S_1 = 0` (filter from
-    :math:`m_1 = 0, P_1 = 0`); the mean given :math:`S_1 = s` is ``mean + basis @ s``, and
+    With ``diffuse`` the moments are those given :math:`S_1 = c` (filter from
+    :math:`m_1 = c, P_1 = 0`, ``c`` passed as ``initial_mean``); the mean given
+    :math:`S_1 = c + s` is ``mean + basis @ s``, and
     ``info_matrix``/``info_vector`` are the accumulated information on :math:`S_1`. Fields of
     size ``T d^2`` are ``None`` when not stored.
     """
 
-    step_log_likelihood: Tensor  # (N, T), given S_1 = 0 with diffuse
+    step_log_likelihood: Tensor  # (N, T), given S_1 = c with diffuse
     filtered_mean: Tensor | None  # (N, T, d)
     filtered_cov: Tensor | None  # (N, T, d, d)
     predicted_mean: Tensor | None
@@ -389,7 +393,7 @@ def _choose_backend(params: _Params, method: str) -> str:
 def _torch_filter(params: _Params, diffuse: bool) -> _Raw:
     """Kalman filter over all ``T`` steps (padded steps: identity transition, nothing observed).
 
-    With ``diffuse``, runs from :math:`m_1 = 0, P_1 = 0` and carries the basis
+    With ``diffuse``, runs from :math:`m_1 = c` (``initial_mean``), :math:`P_1 = 0` and carries the basis
     :math:`X_t` of the dependence of the state mean on :math:`s_1` and the accumulated
     information :math:`(\\sum_t E_t^\\top F_t^{-1} E_t, \\sum_t E_t^\\top F_t^{-1} e_t)`.
     """
@@ -405,7 +409,7 @@ def _torch_filter(params: _Params, diffuse: bool) -> _Raw:
     step_lls, filtered_means, filtered_covs, predicted_means, predicted_covs = [], [], [], [], []
     filtered_bases, predicted_bases, info_matrices, info_vectors = [], [], [], []
     if diffuse:
-        mean = torch.zeros(num_seq, state_dim, dtype=dtype, device=device)
+        mean = params.initial_mean  # the reference point of the diffuse start (see _run_filter)
         cov = torch.zeros(num_seq, state_dim, state_dim, dtype=dtype, device=device)
         basis = state_eye.expand(num_seq, state_dim, state_dim)
         info_matrix = torch.zeros(num_seq, state_dim, state_dim, dtype=dtype, device=device)
@@ -555,7 +559,7 @@ def _filter_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean
         R = obs_cov[n]
         length = lengths[n]
         if diffuse:
-            mean[:] = 0.0
+            mean[:] = initial_mean[n]  # the reference point of the diffuse start
             cov[:, :] = 0.0
             basis[:, :] = 0.0
             for i in range(dim):
@@ -1090,12 +1094,25 @@ def _run_filter(params: _Params, diffuse: bool, method: str, steady_state: bool,
     if not isinstance(diffuse, bool):
         raise TypeError(f"diffuse: expected a bool, got {type(diffuse).__name__}")
     backend = _choose_backend(params, method)
-    if backend == "numba":
-        raw = _numba_filter(params, diffuse, store, steady_state)
-    elif backend == "parallel":
-        raw = _parallel_filter(params, diffuse)
-    else:
-        raw = _torch_filter(params, diffuse)
+
+    def run(start_params: _Params, store_moments: bool) -> _Raw:
+        if backend == "numba":
+            return _numba_filter(start_params, diffuse, store_moments, steady_state)
+        if backend == "parallel":
+            return _parallel_filter(start_params, diffuse)
+        return _torch_filter(start_params, diffuse)
+
+    if diffuse:
+        # The diffuse filter runs given S_1 = c + u (u flat); the result does not depend on c,
+        # but with c far from the data the combination cancels large terms. A first pass from
+        # c = 0 estimates E[S_1 | x]; the second runs from there (gradients: c is a constant).
+        with torch.no_grad():
+            first = run(params._replace(initial_mean=torch.zeros_like(params.initial_mean)), False)
+            first_posterior = _initial_posterior(first.final_info_matrix, first.final_info_vector)
+        if not bool(first_posterior.identified.all()):
+            raise _not_identified_error(first_posterior.identified)
+        params = params._replace(initial_mean=first_posterior.mean.to(params.initial_mean.dtype))
+    raw = run(params, store)
     return raw, _finish(raw, diffuse), backend
 
 
@@ -1246,7 +1263,7 @@ def _parallel_filter(params: _Params, diffuse: bool) -> _Raw:
 
     # Step 1: the filtered moments of S_1 (prior N(m_0, P_0); with diffuse, m = 0, P = 0, basis I).
     if diffuse:
-        first_mean = torch.zeros(num_seq, state_dim, 1, dtype=dtype, device=device)
+        first_mean = params.initial_mean[..., None]  # the reference point of the diffuse start
         first_cols = torch.cat([first_mean, state_eye.expand(num_seq, state_dim, state_dim)], -1)
         first_cov = torch.zeros(num_seq, state_dim, state_dim, dtype=dtype, device=device)
     else:
