@@ -9,13 +9,30 @@ from pathlib import Path
 import pytest
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
-SHARED_DATA = Path(os.environ.get("SEQZOO_SHARED_DATA") or Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
 
-# script -> flags for a tiny run ({out} is a fresh temporary directory)
+
+def shared_data_dir() -> Path:
+    """``$SEQZOO_SHARED_DATA`` if set, else ``../shared/data`` beside the repository root."""
+    if os.environ.get("SEQZOO_SHARED_DATA"):
+        return Path(os.environ["SEQZOO_SHARED_DATA"])
+    return Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+# script -> flags for a tiny run ({out} is a fresh temporary directory, {data} the shared data folder)
 TINY_RUNS = {
     "shannon_letters.py": ["--num-chars", "3000", "--seeds", "0", "1", "--max-iterations", "40", "--out", "{out}"],
     "shakespeare.py": ["--data", "{data}/tinyshakespeare.txt", "--first", "6000", "--budget-minutes", "0.05",
                        "--models", "hmm:4", "lstm:16", "--embedding", "8", "--sample-length", "40", "--out", "{out}"],
+    # Every published number is checked; the gradient fits (~1 minute) only in the slow test below.
+    "nile_local_level.py": ["--svi-epochs", "0", "--lbfgs-iterations", "0", "--em-tolerance", "1e-8", "--out", "{out}"],
+    "ozone.py": ["--data-dir", "{data}", "--days", "30", "--stations", "40", "--radii", "0", "100",
+                 "--em-iterations", "5", "--out", "{out}"],
+}
+
+# script -> files it needs in the shared data folder (the test skips, saying so, when they are absent)
+NEEDS_SHARED_DATA = {
+    "ozone.py": ["ozone2_y.csv", "ozone2_stations.csv"],
+    "shakespeare.py": ["tinyshakespeare.txt"],
 }
 
 
@@ -26,13 +43,22 @@ def test_every_example_is_listed():
 
 @pytest.mark.parametrize("script", sorted(TINY_RUNS))
 def test_example_runs_tiny(script, tmp_path):
-    argv = [a.format(out=tmp_path, data=SHARED_DATA) for a in TINY_RUNS[script]]
-    missing = [a for a in argv if a.startswith(str(SHARED_DATA)) and not Path(a).exists()]
-    if missing:
-        pytest.skip(f"shared data file {missing[0]} is absent (set SEQZOO_SHARED_DATA to the data directory)")
+    data_dir = shared_data_dir()
+    absent = [name for name in NEEDS_SHARED_DATA.get(script, []) if not (data_dir / name).is_file()]
+    if absent:
+        pytest.skip(f"{script} needs {', '.join(absent)} in {data_dir} (set SEQZOO_SHARED_DATA to the shared data folder)")
+    argv = [a.format(out=tmp_path, data=data_dir) for a in TINY_RUNS[script]]
     completed = subprocess.run(
         [sys.executable, str(EXAMPLES_DIR / script), *argv],
         capture_output=True, text=True, timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert any(tmp_path.iterdir()), "the example wrote nothing to --out"
+
+
+@pytest.mark.slow
+def test_nile_full_run_checks_the_gradient_fit_too(tmp_path):
+    completed = subprocess.run([sys.executable, str(EXAMPLES_DIR / "nile_local_level.py"), "--out", str(tmp_path)],
+                               capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "[ok] gradient: sigma2_eta within 1% of D&K" in completed.stdout

@@ -3,6 +3,7 @@
 Subcommands::
 
     seqzoo fit hmm --data DATA --states K [--emission ...] [--method em|svi] --out DIR
+    seqzoo fit lgssm --data DATA --state-dim d [--transition ...] [--method em|svi] --out DIR
     seqzoo fit rnn|gru|lstm --data DATA [--hidden 256 --layers 1 --embedding 64 --dropout 0] --out DIR
     seqzoo decode DIR --data DATA
     seqzoo sample DIR --length N [--prime "ROMEO:" --temperature 0.8]
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from inference.fit import fit
@@ -30,11 +32,12 @@ from inference.scoring import ratio_standard_error, score
 from zoo import baselines, plots
 from zoo.data import SequenceData, Vocabulary, load_data, split_data
 from zoo.hmm import CategoricalHMM, GaussianHMM, HiddenMarkovModel, PoissonHMM
+from zoo.lgssm import LinearGaussianSSM
 from zoo.rnn import RecurrentModel
 
 #: Every model class a run directory may name. Loading looks the class up here
 #: and nowhere else, so a run directory can never make us import arbitrary code.
-MODEL_CLASSES = {cls.__name__: cls for cls in (CategoricalHMM, GaussianHMM, PoissonHMM, RecurrentModel)}
+MODEL_CLASSES = {cls.__name__: cls for cls in (CategoricalHMM, GaussianHMM, PoissonHMM, LinearGaussianSSM, RecurrentModel)}
 
 EMISSION_FOR_KIND = {"categorical": "categorical", "real": "gaussian", "count": "poisson"}
 
@@ -135,6 +138,58 @@ def _build_hmm_from_settings(data: SequenceData, settings: dict[str, str]) -> Hi
                      settings.get("guide", "map"), settings.get("marginalize", "kernel"))
 
 
+LGSSM_MATRIX_NAMES = ("transition_matrix", "observation_matrix", "transition_cov", "observation_cov", "initial_mean", "initial_cov")
+
+
+def build_lgssm(data: SequenceData, state_dim: int, transition: str = "learned", observation: str = "learned",
+                covariance: str = "diag", initial: str = "diffuse", guide: str = "map", latent: str = "marginal",
+                prior: str = "weak") -> LinearGaussianSSM:
+    """A linear-Gaussian state-space model with ``state_dim`` states over the data's ``p`` real series.
+
+    ``transition="identity"`` fixes ``A = I`` (random-walk states); ``observation="identity"``
+    fixes ``B = I`` (needs ``state_dim == p``); ``covariance`` is the form of both noise
+    covariances Γ and Σ.
+    """
+    if data.kind == "categorical":
+        raise UsageError(f"fit lgssm: needs real-valued data, but {data.source} holds categorical data (use --kind real for a numeric CSV)")
+    if not isinstance(state_dim, int) or state_dim < 1:
+        raise UsageError(f"--state-dim: expected a positive integer, got {state_dim!r}")
+    obs_dim = data.dim
+    choices = {"--transition": (transition, ("identity", "learned")), "--observation": (observation, ("identity", "learned")),
+               "--covariance": (covariance, ("diag", "full")), "--initial": (initial, ("diffuse", "prior")),
+               "--guide": (guide, ("map", "meanfield")), "--latent": (latent, ("marginal", "sampled")),
+               "--prior": (prior, ("weak", "none"))}
+    for flag, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise UsageError(f"{flag}: expected one of {', '.join(allowed)}, got {value!r}")
+    if latent == "sampled" and initial == "diffuse":
+        raise UsageError("--latent sampled: the states need a proper prior on the first one; add --initial prior")
+    dtype = data.batch.values.dtype
+    fixed = {}
+    if transition == "identity":
+        fixed["transition_matrix"] = torch.eye(state_dim, dtype=dtype)
+    if observation == "identity":
+        if state_dim != obs_dim:
+            raise UsageError(f"--observation identity: needs --state-dim equal to the number of series ({obs_dim}), got {state_dim}")
+        fixed["observation_matrix"] = torch.eye(obs_dim, dtype=dtype)
+    model = LinearGaussianSSM(state_dim, obs_dim, transition_cov_type=covariance, observation_cov_type=covariance,
+                              initial=initial, prior=prior, guide=guide, latent=latent, fixed=fixed or None)
+    return model.to(dtype=dtype)
+
+
+def _build_lgssm_from_settings(data: SequenceData, settings: dict[str, str]) -> LinearGaussianSSM:
+    allowed = {"state_dim", "transition", "observation", "covariance", "initial", "guide", "latent", "prior", "method"}
+    unknown = set(settings) - allowed
+    if unknown:
+        raise UsageError(f"lgssm: unknown settings {sorted(unknown)}; allowed: {sorted(allowed)}")
+    try:
+        state_dim = int(settings.get("state_dim", 1))
+    except ValueError:
+        raise UsageError(f"lgssm: state_dim must be an integer, got {settings['state_dim']!r}") from None
+    options = {k: settings[k] for k in ("transition", "observation", "covariance", "initial", "guide", "latent", "prior") if k in settings}
+    return build_lgssm(data, state_dim, **options)
+
+
 #: Observation head of a recurrent network for each kind of data.
 RNN_HEAD_FOR_KIND = {"categorical": "categorical", "binary": "bernoulli", "real": "gaussian"}
 #: Settings of a recurrent-network spec (``lstm:hidden=256,layers=2``) -> constructor argument.
@@ -177,6 +232,7 @@ def build_rnn(data: SequenceData, cell: str, settings: dict[str, str]) -> Recurr
 
 MODEL_BUILDERS = {
     "hmm": _build_hmm_from_settings,
+    "lgssm": _build_lgssm_from_settings,
     "rnn": lambda data, settings: build_rnn(data, "rnn", settings),
     "gru": lambda data, settings: build_rnn(data, "gru", settings),
     "lstm": lambda data, settings: build_rnn(data, "lstm", settings),
@@ -185,13 +241,26 @@ MODEL_BUILDERS = {
 FIT_SETTINGS = {"lr": float, "batch_size": int, "chunk_length": int, "epochs": int}
 
 
+def _config_from_json(config: dict) -> dict:
+    """Constructor keyword arguments from ``model.json``: fixed matrices saved as nested lists become tensors."""
+    fixed = config.get("fixed")
+    if isinstance(fixed, dict):
+        config = {**config, "fixed": {name: torch.as_tensor(value, dtype=torch.get_default_dtype()) if not isinstance(value, torch.Tensor) else value
+                                      for name, value in fixed.items()}}
+    return config
+
+
 def load_model(run: RunDirectory):
     """Rebuilds the model saved in a run directory (weights via safetensors)."""
     description = run.read_json("model.json")
     cls = MODEL_CLASSES.get(description.get("class", "").rsplit(".", 1)[-1])
     if cls is None:
         raise UsageError(f"{run.file('model.json')}: unknown model class {description.get('class')!r}; known: {', '.join(MODEL_CLASSES)}")
-    model = cls(**description["config"])
+    model = cls(**_config_from_json(description["config"]))
+    tensors, _ = run.load_tensors("model")
+    first = next(iter(tensors.values()), None)
+    if first is not None and first.is_floating_point():
+        model = model.to(dtype=first.dtype)  # a model fitted in float64 reloads in float64
     run.load_state_dict_into(model)
     return model.eval()
 
@@ -272,7 +341,10 @@ def train_into(run: RunDirectory, model, splits, data: SequenceData, args, label
     summary["history"] = result.history
     run.write_json("summary.json", summary)
     run.save_figure("log_likelihood_trace.png", plots.log_likelihood_trace(result.history, title=label))
-    _plot_states(run, model, valid if has_valid else train, data)
+    if isinstance(model, LinearGaussianSSM):
+        _plot_lgssm(run, model, splits, data)
+    else:
+        _plot_states(run, model, valid if has_valid else train, data)
     return summary
 
 
@@ -322,6 +394,56 @@ def _plot_states(run: RunDirectory, model, part: SequenceData, data: SequenceDat
     run.save_figure("posterior_states.png", plots.state_probabilities(marginals, labels, title=f"p(state | data), first {length} steps"))
 
 
+def _plot_lgssm(run: RunDirectory, model: LinearGaussianSSM, splits, data: SequenceData,
+                max_history: int = 1000, max_horizon: int = 200) -> None:
+    """``smoothed_states.png`` (smoothed and filtered states, smoothed signal, 90% bands) on
+    the end of the training series, and ``forecast.png`` from there over the held-out steps.
+
+    One series (the data is one sequence): the history is the training part and the
+    forecast covers the validation and test parts that follow it in time. Many sequences:
+    the first sequence of the validation part (else training), its first 80% as history.
+    """
+    if data.num_sequences == 1:
+        series = data.batch.values[0, : int(data.batch.lengths[0])]
+        history_length = int(splits.train.batch.lengths[0])
+    else:
+        part = splits.valid if splits.valid is not None and splits.valid.batch.num_steps else splits.train
+        series = part.batch.values[0, : int(part.batch.lengths[0])]
+        history_length = max(1, int(0.8 * len(series)))
+    start = max(0, history_length - max_history)
+    horizon = min(max_horizon, len(series) - history_length)
+    device = next(model.parameters()).device
+    history = series[start:history_length].to(device)[None]
+    time = np.arange(start, history_length)
+    names = data.series_names
+    with torch.no_grad():
+        smoothed = model.smooth(history)
+        filtered = model.filter(history)
+        matrix = model.observation_matrix
+        signal_mean = (smoothed.smoothed_mean[0] @ matrix.T).cpu().numpy()
+        signal_var = torch.diagonal(matrix @ smoothed.smoothed_cov[0] @ matrix.T, dim1=-2, dim2=-1)
+        state_var = torch.diagonal(smoothed.smoothed_cov[0], dim1=-2, dim2=-1)
+        identity_observation = matrix.shape[0] == matrix.shape[1] and torch.allclose(matrix, torch.eye(len(matrix), dtype=matrix.dtype, device=device))
+    observed = history[0].cpu().numpy()
+    figure = plots.state_bands(
+        time, smoothed.smoothed_mean[0].cpu().numpy(), state_var.clamp_min(0).sqrt().cpu().numpy(),
+        filtered_mean=filtered.filtered_mean[0].cpu().numpy(),
+        signal_mean=None if identity_observation else signal_mean,
+        signal_std=None if identity_observation else signal_var.clamp_min(0).sqrt().cpu().numpy(),
+        observed=observed, series_names=names, title=f"{model.family}: smoothed states, 90% bands ({data.source})")
+    run.save_figure("smoothed_states.png", figure)
+    steps = horizon if horizon > 0 else min(max_horizon, max(10, len(history[0]) // 5))
+    with torch.no_grad():
+        prediction = model.forecast(history, steps)
+    mean = prediction.observation_mean[0].cpu().numpy()
+    std = torch.diagonal(prediction.observation_cov[0], dim1=-2, dim2=-1).clamp_min(0).sqrt().cpu().numpy()
+    actual = series[history_length: history_length + steps].cpu().numpy() if horizon > 0 else None
+    figure = plots.forecast_bands(time, observed, np.arange(history_length, history_length + steps), mean, std,
+                                  actual=actual, series_names=names,
+                                  title=f"{model.family}: {steps}-step forecast with 90% bands ({data.source})")
+    run.save_figure("forecast.png", figure)
+
+
 # -- subcommands -------------------------------------------------------------
 def _data_description(args, data: SequenceData, fractions) -> dict:
     return {"data": args.data, "kind": data.kind, "first": args.first, "split": list(fractions), "seed": args.seed,
@@ -332,16 +454,7 @@ def cmd_fit(args) -> int:
     fractions = _parse_split(args.split)
     data = _load(args)
     splits = split_data(data, fractions, seed=args.seed)
-    if args.family in ("rnn", "gru", "lstm"):
-        settings = {key: str(getattr(args, key)) for key in _RNN_SETTINGS if getattr(args, key, None) is not None}
-        label = f"{args.family}-hidden{args.hidden}" + (f"-layers{args.layers}" if args.layers != 1 else "")
-    else:
-        if args.states is None:
-            raise UsageError(f"fit {args.family}: --states is required")
-        settings = {"states": str(args.states), "covariance": args.covariance, "guide": args.guide, "marginalize": args.marginalize}
-        if args.emission:
-            settings["emission"] = args.emission
-        label = f"{args.family}-states{args.states}"
+    settings, label = FIT_FAMILIES[args.family][1](args)
     model = MODEL_BUILDERS[args.family](splits.train, settings)
     run = RunDirectory.open(args.out) if args.resume else RunDirectory.create(args.out, force=args.force)
     summary = train_into(run, model, splits, data, args, label, _data_description(args, data, fractions))
@@ -497,6 +610,8 @@ def cmd_decode(args) -> int:
     run = RunDirectory.open(args.run)
     config = run.read_json("config.json")
     model = load_model(run)
+    if not hasattr(model, "decode"):
+        raise UsageError(f"decode: {type(model).__name__} has no discrete states to decode (Viterbi paths are for HMMs)")
     vocabulary = Vocabulary.from_json(run.read_json("vocabulary.json")) if run.file("vocabulary.json").exists() else None
     args.data = args.data or config["data"]
     args.kind = args.kind or config.get("kind")
@@ -577,35 +692,88 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--force", action="store_true", help="replace an existing run directory")
 
 
+def _add_hmm_arguments(group) -> None:
+    group.add_argument("--states", type=int, required=True, help="number of hidden states K")
+    group.add_argument("--emission", choices=["categorical", "gaussian", "poisson"])
+    group.add_argument("--covariance", choices=["diag", "full"], default="diag")
+    group.add_argument("--guide", choices=["map", "meanfield"], default="map")
+    group.add_argument("--marginalize", choices=["kernel", "enumerate"], default="kernel")
+
+
+def _hmm_settings(args) -> tuple[dict[str, str], str]:
+    settings = {"states": str(args.states), "covariance": args.covariance, "guide": args.guide, "marginalize": args.marginalize}
+    if args.emission:
+        settings["emission"] = args.emission
+    return settings, f"hmm-states{args.states}"
+
+
+def _add_lgssm_arguments(group) -> None:
+    group.add_argument("--state-dim", type=int, required=True, metavar="D", help="dimension d of the latent state")
+    group.add_argument("--transition", choices=["learned", "identity"], default="learned",
+                       help="state transition matrix A: learned, or fixed to I (random walk)")
+    group.add_argument("--observation", choices=["learned", "identity"], default="learned",
+                       help="observation matrix B: learned, or fixed to I (needs --state-dim = number of series)")
+    group.add_argument("--covariance", choices=["diag", "full"], default="diag", help="form of the noise covariances Γ and Σ")
+    group.add_argument("--initial", choices=["diffuse", "prior"], default="diffuse",
+                       help="initial state: exact diffuse initialisation, or a learned Gaussian prior")
+    group.add_argument("--prior", choices=["weak", "none"], default="weak", help="weak priors on the parameters (MAP), or none (MLE)")
+    group.add_argument("--guide", choices=["map", "meanfield"], default="map")
+    group.add_argument("--latent", choices=["marginal", "sampled"], default="marginal",
+                       help="svi: states integrated out by the Kalman filter, or sampled with a structured guide")
+
+
+def _lgssm_settings(args) -> tuple[dict[str, str], str]:
+    names = ("transition", "observation", "covariance", "initial", "prior", "guide", "latent")
+    settings = {"state_dim": str(args.state_dim), **{name: getattr(args, name) for name in names}}
+    return settings, f"lgssm-d{args.state_dim}"
+
+
+def _add_rnn_arguments(group) -> None:
+    group.add_argument("--hidden", type=int, default=256, help="units per layer (default 256)")
+    group.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")
+    group.add_argument("--embedding", type=int, default=64, help="input embedding width, 0 = one-hot/raw input (default 64)")
+    group.add_argument("--dropout", type=float, default=0.0, help="dropout between layers and before the output (default 0)")
+    group.add_argument("--scale", choices=["learned", "predicted"], help="real data: per-dimension or predicted noise scale")
+
+
+def _rnn_settings(cell: str):
+    def settings(args) -> tuple[dict[str, str], str]:
+        values = {key: str(getattr(args, key)) for key in _RNN_SETTINGS if getattr(args, key, None) is not None}
+        return values, f"{cell}-hidden{args.hidden}" + (f"-layers{args.layers}" if args.layers != 1 else "")
+    return settings
+
+
+#: ``seqzoo fit FAMILY``: family -> (adds its own flags, reads them into builder settings and a label, help).
+#: Each family owns its flags, so argparse names the flag that is missing or wrong for that family.
+FIT_FAMILIES = {
+    "hmm": (_add_hmm_arguments, _hmm_settings, "hidden Markov model (discrete states)"),
+    "lgssm": (_add_lgssm_arguments, _lgssm_settings, "linear-Gaussian state-space model (Kalman filter)"),
+    "rnn": (_add_rnn_arguments, _rnn_settings("rnn"), "Elman recurrent network (deterministic state)"),
+    "gru": (_add_rnn_arguments, _rnn_settings("gru"), "gated recurrent unit network (deterministic state)"),
+    "lstm": (_add_rnn_arguments, _rnn_settings("lstm"), "long short-term memory network (deterministic state)"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seqzoo", description="Fit, compare, decode and sample latent-state sequence models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     fit_parser = sub.add_parser("fit", help="fit one model into a run directory")
-    fit_parser.add_argument("family", choices=sorted(MODEL_BUILDERS))
-    _add_data_arguments(fit_parser)
-    fit_parser.add_argument("--states", type=int, help="hmm: number of hidden states K (required)")
-    fit_parser.add_argument("--emission", choices=["categorical", "gaussian", "poisson"])
-    fit_parser.add_argument("--covariance", choices=["diag", "full"], default="diag")
-    fit_parser.add_argument("--method", choices=["em", "svi"], help="default: em where the model has it")
-    fit_parser.add_argument("--guide", choices=["map", "meanfield"], default="map")
-    fit_parser.add_argument("--marginalize", choices=["kernel", "enumerate"], default="kernel")
-    fit_parser.add_argument("--out", required=True, help="run directory to create")
-    fit_parser.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
-    fit_parser.add_argument("--time-budget", type=float, metavar="MINUTES")
-    recurrent = fit_parser.add_argument_group("recurrent networks (rnn, gru, lstm)")
-    recurrent.add_argument("--hidden", type=int, default=256, help="units per layer (default 256)")
-    recurrent.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")
-    recurrent.add_argument("--embedding", type=int, default=64, help="input embedding width, 0 = one-hot/raw input (default 64)")
-    recurrent.add_argument("--dropout", type=float, default=0.0, help="dropout between layers and before the output (default 0)")
-    recurrent.add_argument("--scale", choices=["learned", "predicted"], help="real data: per-dimension or predicted noise scale")
-    _add_training_arguments(fit_parser)
-    fit_parser.set_defaults(handler=cmd_fit)
+    families = fit_parser.add_subparsers(dest="family", required=True, metavar="FAMILY", help=", ".join(FIT_FAMILIES))
+    for family, (add_arguments, _settings, help_text) in FIT_FAMILIES.items():
+        family_parser = families.add_parser(family, help=help_text)
+        _add_data_arguments(family_parser)
+        add_arguments(family_parser.add_argument_group(f"{family} model"))
+        family_parser.add_argument("--method", choices=["em", "svi"], help="default: em where the model has it")
+        family_parser.add_argument("--out", required=True, help="run directory to create")
+        family_parser.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+        family_parser.add_argument("--time-budget", type=float, metavar="MINUTES")
+        _add_training_arguments(family_parser)
+        family_parser.set_defaults(handler=cmd_fit)
 
     compare_parser = sub.add_parser("compare", help="fit several models on one split and compare held-out likelihoods")
     _add_data_arguments(compare_parser)
-    compare_parser.add_argument("--models", nargs="+", required=True, metavar="SPEC",
-                                help="e.g. hmm:states=64 lstm:hidden=256,layers=2 gru:hidden=256,lr=0.002 rnn:hidden=256 "
+    compare_parser.add_argument("--models", nargs="+", required=True, metavar="SPEC", help="e.g. hmm:states=64 lstm:hidden=256,layers=2 gru:hidden=256,lr=0.002 lgssm:state_dim=2,transition=identity "
                                      "(training settings lr, batch_size, chunk_length, epochs may be given per model)")
     compare_parser.add_argument("--out", required=True)
     compare_parser.add_argument("--budget-minutes", type=float, help="training time budget per model")

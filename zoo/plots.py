@@ -58,3 +58,176 @@ def state_probabilities(marginals: np.ndarray, labels: Sequence[str] | None = No
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def _normal_quantile(level: float) -> float:
+    """The z with P(|Z| <= z) = level for a standard normal Z (e.g. 1.645 for 0.9)."""
+    from statistics import NormalDist
+
+    if not 0 < level < 1:
+        raise ValueError(f"level: expected a probability in (0, 1), got {level!r}")
+    return NormalDist().inv_cdf(0.5 + level / 2)
+
+
+def _panel_grid(count: int, width: float = 9.0, height: float = 2.4):
+    fig, axes = plt.subplots(count, 1, figsize=(width, 0.8 + height * count), sharex=True, squeeze=False)
+    return fig, axes[:, 0]
+
+
+def state_bands(
+    time: np.ndarray,
+    smoothed_mean: np.ndarray,
+    smoothed_std: np.ndarray,
+    *,
+    filtered_mean: np.ndarray | None = None,
+    signal_mean: np.ndarray | None = None,
+    signal_std: np.ndarray | None = None,
+    observed: np.ndarray | None = None,
+    state_names: Sequence[str] | None = None,
+    series_names: Sequence[str] | None = None,
+    level: float = 0.9,
+    title: str = "",
+    max_panels: int = 4,
+) -> "plt.Figure":
+    """Smoothed (and filtered) latent states of a linear-Gaussian model with central bands.
+
+    One panel per observed series (at most ``max_panels``): the data as dots and
+    the smoothed signal ``B E[S_t | x]`` with its band, when ``signal_mean`` is
+    given; then one panel per state dimension (at most ``max_panels``): the
+    smoothed mean with its ``level`` band and the filtered mean dashed. When no
+    signal is given and there are as many series as states, the data are drawn
+    on the state panels (for models whose observation matrix is the identity).
+
+    Args:
+        time: ``(T,)`` time axis.
+        smoothed_mean, smoothed_std: ``(T, d)`` posterior means and standard deviations.
+        filtered_mean: optional ``(T, d)`` filtered means.
+        signal_mean, signal_std: optional ``(T, p)`` posterior moments of ``B S_t``.
+        observed: optional ``(T, p)`` data, NaN where missing.
+        level: probability mass of the bands (0.9: 5% to 95%).
+    """
+    z = _normal_quantile(level)
+    state_dim = smoothed_mean.shape[1]
+    obs_dim = 0 if signal_mean is None else signal_mean.shape[1]
+    series_panels, state_panels = min(obs_dim, max_panels), min(state_dim, max_panels)
+    fig, axes = _panel_grid(series_panels + state_panels)
+    percent = f"{round(100 * level)}%"
+    for j in range(series_panels):
+        ax = axes[j]
+        name = series_names[j] if series_names else f"series {j}"
+        ax.fill_between(time, signal_mean[:, j] - z * signal_std[:, j], signal_mean[:, j] + z * signal_std[:, j],
+                        alpha=0.3, color="C0", label=f"{percent} band")
+        ax.plot(time, signal_mean[:, j], color="C0", label="smoothed signal")
+        if observed is not None:
+            ax.plot(time, observed[:, j], ".", color="k", markersize=3, label="data")
+        ax.set_ylabel(name)
+        ax.legend(fontsize="small", loc="best")
+    for i in range(state_panels):
+        ax = axes[series_panels + i]
+        mean, std = smoothed_mean[:, i], smoothed_std[:, i]
+        ax.fill_between(time, mean - z * std, mean + z * std, alpha=0.3, color="C1", label=f"{percent} band")
+        ax.plot(time, mean, color="C1", label="smoothed state")
+        if filtered_mean is not None:
+            ax.plot(time, filtered_mean[:, i], "--", color="C2", linewidth=1, label="filtered state")
+        if signal_mean is None and observed is not None and observed.shape[1] == state_dim:
+            ax.plot(time, observed[:, i], ".", color="k", markersize=3, label="data")
+        ax.set_ylabel(state_names[i] if state_names else f"state {i}")
+        ax.legend(fontsize="small", loc="best")
+    axes[-1].set_xlabel("time")
+    axes[0].set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def forecast_bands(
+    history_time: np.ndarray,
+    history: np.ndarray,
+    future_time: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    *,
+    actual: np.ndarray | None = None,
+    series_names: Sequence[str] | None = None,
+    level: float = 0.9,
+    title: str = "",
+    max_panels: int = 4,
+) -> "plt.Figure":
+    """Forecasts of observations with central predictive bands, after the observed history.
+
+    Args:
+        history_time: ``(T,)``; history: ``(T, p)`` the data the forecast starts from.
+        future_time: ``(K,)``; mean, std: ``(K, p)`` predictive moments of ``X_{T+k}``.
+        actual: optional ``(K, p)`` held-out values to compare with, NaN where missing.
+        level: probability mass of the bands.
+    """
+    z = _normal_quantile(level)
+    panels = min(history.shape[1], max_panels)
+    fig, axes = _panel_grid(panels)
+    percent = f"{round(100 * level)}%"
+    for j in range(panels):
+        ax = axes[j]
+        ax.plot(history_time, history[:, j], color="k", linewidth=1, label="data")
+        ax.fill_between(future_time, mean[:, j] - z * std[:, j], mean[:, j] + z * std[:, j], alpha=0.3, color="C0",
+                        label=f"{percent} predictive band")
+        ax.plot(future_time, mean[:, j], color="C0", label="forecast")
+        if actual is not None:
+            ax.plot(future_time, actual[:, j], ".", color="C3", markersize=4, label="held out")
+        ax.set_ylabel(series_names[j] if series_names else f"series {j}")
+        ax.legend(fontsize="small", loc="best")
+    axes[-1].set_xlabel("time")
+    axes[0].set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def station_maps(
+    lon: np.ndarray,
+    lat: np.ndarray,
+    levels: np.ndarray,
+    *,
+    observed: np.ndarray | None = None,
+    titles: Sequence[str] | None = None,
+    label: str = "",
+    columns: int = 3,
+) -> "plt.Figure":
+    """Maps of a field at fixed stations, one panel per row of ``levels``.
+
+    Each station is a large disc coloured by ``levels`` (e.g. the smoothed
+    ozone); where ``observed`` is given, a small inner dot is coloured by the
+    observed value on the same scale, and a cross marks a missing observation.
+
+    Args:
+        lon, lat: ``(M,)`` station coordinates (degrees).
+        levels: ``(D, M)`` values to map, one panel per row.
+        observed: optional ``(D, M)`` observed values, NaN where missing.
+        titles: optional ``D`` panel titles.
+        label: colour-bar label.
+    """
+    levels = np.atleast_2d(levels)
+    panels = len(levels)
+    columns = min(columns, panels)
+    rows = -(-panels // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns + 1.2, 4.0 * rows), squeeze=False)
+    fig.subplots_adjust(hspace=0.45, wspace=0.3)
+    finite = [levels[np.isfinite(levels)]]
+    if observed is not None:
+        finite.append(observed[np.isfinite(observed)])
+    values = np.concatenate(finite)
+    vmin, vmax = np.percentile(values, [1, 99]) if values.size else (0.0, 1.0)
+    image = None
+    for k, ax in enumerate(axes.ravel()):
+        if k >= panels:
+            ax.set_visible(False)
+            continue
+        image = ax.scatter(lon, lat, c=levels[k], s=70, cmap="viridis", vmin=vmin, vmax=vmax, edgecolors="none")
+        if observed is not None:
+            seen = np.isfinite(observed[k])
+            ax.scatter(lon[seen], lat[seen], c=observed[k][seen], s=12, cmap="viridis", vmin=vmin, vmax=vmax,
+                       edgecolors="white", linewidths=0.5)
+            ax.scatter(lon[~seen], lat[~seen], marker="x", s=14, color="red", linewidths=1)
+        ax.set_title(titles[k] if titles else "", fontsize="medium")
+        ax.set_xlabel("longitude")
+        ax.set_ylabel("latitude")
+        ax.set_aspect(1 / np.cos(np.deg2rad(np.mean(lat))))
+    fig.colorbar(image, ax=axes.ravel().tolist(), label=label, shrink=0.8)
+    return fig
