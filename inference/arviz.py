@@ -32,7 +32,8 @@ Groups:
 * ``posterior_predictive`` — ``obs`` replicated at ``num_predictive_draws``
   (thinned) draws: the model set to the draw, then ``model.sample`` with the
   observed number of sequences and length (NaN beyond each sequence's end when
-  lengths differ).
+  lengths differ). A point estimate is replicated ``num_predictive_draws``
+  times at its one draw (the plug-in predictive).
 * ``observed_data`` — ``obs`` with dims ``(sequence, time, *event)``.
 * ``sample_stats`` — NUTS: ``diverging``, ``tree_depth``, ``n_steps``,
   ``step_size``, ``acceptance_rate``, ``lp``. Guide draws: ``log_q`` (log
@@ -291,6 +292,9 @@ def _export(model, data, posterior, kind, *, num_draws, num_predictive_draws, fi
             sample_stats["log_joint"] = log_prior + values.sum(-1)
             sample_stats["log_importance_ratio"] = sample_stats["log_joint"] - sample_stats["log_q"]
     kept = _thin(num_chains, per_chain, num_predictive_draws)
+    if kind == "point":
+        # One draw: replicate the data num_predictive_draws times at it (plug-in predictive).
+        kept = np.arange(num_predictive_draws or 1)
     predictive = None
     smoothed: dict[str, np.ndarray] = {}
     if add_predictive or (add_states and hasattr(model, "smooth")):
@@ -302,11 +306,11 @@ def _export(model, data, posterior, kind, *, num_draws, num_predictive_draws, fi
             for chain in range(num_chains):
                 chain_replicated = []
                 for index in kept:
-                    set_draw(chain, int(index))
+                    set_draw(chain, 0 if kind == "point" else int(index))
                     if add_predictive:
                         sample = model.sample(data.num_sequences, data.max_length, generator=generator)
                         chain_replicated.append(_observations(SequenceBatch(sample.values, data.lengths.to(sample.values.device)), ragged))
-                    if add_states and hasattr(model, "smooth"):
+                    if add_states and hasattr(model, "smooth") and (kind != "point" or count == 0):
                         output = model.smooth(data.values, data.lengths)
                         fields = {"state_probs": output} if isinstance(output, Tensor) else {
                             f"smoothed_{key}": value for key, value in output._asdict().items() if isinstance(value, Tensor)}
