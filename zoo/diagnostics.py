@@ -189,21 +189,9 @@ def _lengths(values: np.ndarray) -> torch.Tensor:
 
 def posterior_predictive_checks(idata, model=None, num_symbols: int | None = None, occupancy: bool = True) -> list[dict[str, Any]]:
     """The table of the module docstring, one dict per statistic: ``statistic``,
-    ``observed``, ``replicated_mean``, ``replicated_5%``, ``replicated_95%``, ``p_value``."""
-    observed, replicated = replicated_statistics(idata, model, num_symbols, occupancy)
-    table = []
-    for name, value in observed.items():
-        samples = replicated[name]
-        samples = samples[~np.isnan(samples)]
-        if samples.size == 0 or math.isnan(value):
-            row = {"statistic": name, "observed": value, "replicated_mean": math.nan, "replicated_5%": math.nan,
-                   "replicated_95%": math.nan, "p_value": math.nan}
-        else:
-            row = {"statistic": name, "observed": value, "replicated_mean": float(samples.mean()),
-                   "replicated_5%": float(np.quantile(samples, 0.05)), "replicated_95%": float(np.quantile(samples, 0.95)),
-                   "p_value": float((samples >= value).mean())}
-        table.append(row)
-    return table
+    ``observed``, ``replicated_mean``, ``replicated_5%``, ``replicated_95%``,
+    ``p_value`` (``None`` where undefined)."""
+    return _table(*replicated_statistics(idata, model, num_symbols, occupancy))
 
 
 def plot_ppc_statistics(observed: dict[str, float], replicated: dict[str, np.ndarray], title: str = "") -> "plt.Figure":
@@ -261,3 +249,137 @@ def plot_posterior_states(idata, sequence: int = 0, steps: int = 200, title: str
     ax.legend(fontsize="small")
     fig.tight_layout()
     return fig
+
+
+# -- a diagnostics directory -------------------------------------------------------
+def _markdown_table(frame) -> str:
+    columns = [str(column) for column in frame.columns]
+    lines = ["| parameter | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for index, row in frame.iterrows():
+        cells = [f"{value:.4g}" if isinstance(value, (float, np.floating)) else str(value) for value in row.values]
+        lines.append(f"| {index} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _figure_of(axes) -> "plt.Figure":
+    return np.asarray(axes).ravel()[0].figure
+
+
+def write_diagnostics(out, model, idata, *, title: str = "", num_symbols: int | None = None) -> dict[str, Any]:
+    """Writes the diagnostics of one exported posterior into a run directory.
+
+    Files: ``summary.csv`` and ``summary.md`` (:func:`arviz.summary`: mean, sd,
+    94% HDI, MCSE, ``ess_bulk``, ``ess_tail``, ``r_hat``), ``trace.png``,
+    ``rank.png`` (several draws only), ``ppc.png`` (:func:`arviz.plot_ppc`),
+    ``ppc_statistics.png`` and ``ppc.json`` (:func:`posterior_predictive_checks`),
+    ``posterior_states.png`` (where the export has state summaries),
+    ``loo.json`` (PSIS-LOO over sequences, or why it was skipped) and
+    ``inference_data.nc`` (the whole export, netCDF).
+
+    Args:
+        out: a :class:`~inference.rundir.RunDirectory` (files are written atomically).
+        model: the exported model (for the occupancy check).
+        idata: from :func:`inference.arviz.to_inference_data`.
+        title: figure titles.
+        num_symbols: symbols of categorical data.
+
+    Returns:
+        A small report: ``posterior_kind``, ``num_chains``, ``num_draws``,
+        ``max_r_hat``, ``min_ess_bulk``, ``divergences``, ``loo`` (dict or None),
+        ``files``.
+    """
+    import os
+    import tempfile
+    import warnings
+
+    import arviz as az
+
+    from inference import arviz as export
+
+    files = []
+    posterior = getattr(idata, "posterior", None)
+    has_parameters = posterior is not None and bool(posterior.data_vars)
+    num_chains = int(posterior.sizes["chain"]) if has_parameters else 1
+    num_draws = int(posterior.sizes["draw"]) if has_parameters else 1
+    several = num_chains * num_draws > 1
+    report: dict[str, Any] = {"posterior_kind": idata.attrs.get("posterior_kind"), "num_chains": num_chains,
+                              "num_draws": num_draws, "max_r_hat": None, "min_ess_bulk": None, "divergences": None}
+    with warnings.catch_warnings():
+        # Degenerate statistics of a single draw (NaN sd, r_hat) and ArviZ's subplot caps are expected here.
+        warnings.simplefilter("ignore")
+        if has_parameters:
+            summary = az.summary(idata, kind="all" if several else "stats")
+            out.write_text("summary.csv", summary.to_csv())
+            note = "" if num_chains > 1 else ("\n\nOne chain: r_hat needs several (run `seqzoo diagnose --nuts`).\n" if several
+                                               else "\n\nA point estimate (one draw): sd, HDI, ESS and r_hat need posterior draws "
+                                                    "(`seqzoo diagnose --nuts`, or a model fitted with guide=meanfield).\n")
+            out.write_text("summary.md", f"# Posterior summary ({report['posterior_kind']}: {num_chains} chain(s) x "
+                                         f"{num_draws} draw(s))\n\n" + _markdown_table(summary) + note)
+            files += ["summary.csv", "summary.md"]
+            if several and "r_hat" in summary:
+                report["max_r_hat"] = float(np.nanmax(summary["r_hat"].values)) if np.isfinite(summary["r_hat"].values).any() else None
+                report["min_ess_bulk"] = float(np.nanmin(summary["ess_bulk"].values)) if np.isfinite(summary["ess_bulk"].values).any() else None
+            out.save_figure("trace.png", _figure_of(az.plot_trace(idata, compact=True)))
+            files.append("trace.png")
+            if several:
+                out.save_figure("rank.png", _figure_of(az.plot_rank(idata)))
+                files.append("rank.png")
+        if hasattr(idata, "sample_stats") and "diverging" in idata.sample_stats:
+            report["divergences"] = int(idata.sample_stats["diverging"].values.sum())
+        if hasattr(idata, "posterior_predictive"):
+            out.save_figure("ppc.png", _figure_of(az.plot_ppc(idata, num_pp_samples=min(50, int(idata.posterior_predictive.sizes["draw"]) * num_chains))))
+            observed, replicated = replicated_statistics(idata, model, num_symbols)
+            out.write_json("ppc.json", _table(observed, replicated))
+            out.save_figure("ppc_statistics.png", plot_ppc_statistics(observed, replicated, title=title))
+            files += ["ppc.png", "ppc.json", "ppc_statistics.png"]
+        figure = plot_posterior_states(idata, title=title)
+        if figure is not None:
+            out.save_figure("posterior_states.png", figure)
+            files.append("posterior_states.png")
+        loo_report: dict[str, Any]
+        num_sequences = int(idata.observed_data[export.OBSERVED_NAME].sizes["sequence"])
+        if not hasattr(idata, "log_likelihood"):
+            loo_report = {"skipped": "no log_likelihood group"}
+        elif not several:
+            loo_report = {"skipped": "a point estimate has one draw; PSIS-LOO needs posterior draws (--nuts or a meanfield guide)"}
+        elif num_sequences < 2:
+            loo_report = {"skipped": "one sequence: leave-one-sequence-out needs several sequences"}
+        else:
+            elpd = export.loo(idata, warn=False)
+            loo_report = {"elpd_loo": float(elpd["elpd_loo"]), "se": float(elpd["se"]), "p_loo": float(elpd["p_loo"]),
+                          "n_samples": int(elpd["n_samples"]), "n_sequences": int(elpd["n_data_points"]),
+                          "warning": bool(elpd["warning"]), "good_k": float(elpd["good_k"]),
+                          "pareto_k": [float(k) for k in np.asarray(elpd["pareto_k"]).reshape(-1)],
+                          "unit": "one whole sequence per point"}
+            if "log_importance_ratio" in getattr(idata, "sample_stats", {}):
+                loo_report["guide_pareto_k"] = export.importance_sampling_khat(idata)
+        out.write_json("loo.json", loo_report)
+        files.append("loo.json")
+        report["loo"] = loo_report
+    descriptor, temporary = tempfile.mkstemp(dir=out.path, prefix=".inference_data.", suffix=".nc.tmp")
+    os.close(descriptor)
+    try:
+        idata.to_netcdf(temporary)
+        os.replace(temporary, out.file("inference_data.nc"))
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    files.append("inference_data.nc")
+    report["files"] = files
+    return report
+
+
+def _table(observed: dict[str, float], replicated: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    table = []
+    for name, value in observed.items():
+        samples = replicated[name]
+        samples = samples[~np.isnan(samples)]
+        if samples.size == 0 or math.isnan(value):
+            row = {"statistic": name, "observed": None if math.isnan(value) else value, "replicated_mean": None, "replicated_5%": None,
+                   "replicated_95%": None, "p_value": None}
+        else:
+            row = {"statistic": name, "observed": value, "replicated_mean": float(samples.mean()),
+                   "replicated_5%": float(np.quantile(samples, 0.05)), "replicated_95%": float(np.quantile(samples, 0.95)),
+                   "p_value": float((samples >= value).mean())}
+        table.append(row)
+    return table
