@@ -21,7 +21,9 @@ Groups:
   (``state``, ``next_state``, ``symbol``, ``dim`` ...), state labels aligned
   across draws (:mod:`inference.labels`).
 * ``log_likelihood`` — ``obs`` with dims ``(chain, draw, sequence)``: the
-  log-likelihood of each **whole sequence** at each draw. The pointwise unit
+  log-likelihood of each **whole sequence** at each draw (read from a trace
+  of ``model.model`` conditioned on the draw, or ``log_prob`` after
+  ``set_parameter_values`` for models with enumerated state sites). The pointwise unit
   of PSIS-LOO/WAIC must be (approximately) exchangeable given the parameters;
   the time steps of one sequence are not (each depends on its past through
   the latent state), so leaving one step out is not leave-one-out
@@ -71,6 +73,7 @@ import pyro
 import torch
 import xarray as xr
 from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
 from .batch import SequenceBatch
@@ -159,6 +162,35 @@ def guide_is_point_mass(model: SequenceModel, batch: SequenceBatch) -> bool:
         if not isinstance(fn, pyro.distributions.Delta):
             return False
     return True
+
+
+def _conditioned_log_likelihood(model: SequenceModel, batch: SequenceBatch, values: Mapping[str, Tensor]) -> Tensor | None:
+    """``(N,)`` log-likelihood of each sequence read from a trace of ``model.model``
+    with the parameter sites conditioned on ``values``: the sum of the
+    observed sites' log densities over every dimension but the ``sequences``
+    plate. Exact whatever the guide (a mean-field guide's point is only close
+    to a written value). ``None`` when the trace holds a latent site (states
+    enumerated as sample sites) or an observed site outside the plate; the
+    caller then uses ``set_parameter_values`` and ``log_prob``."""
+    if not model.exact_likelihood or getattr(model, "has_enumerated_sites", False):
+        return None
+    trace = poutine.trace(poutine.condition(model.model, data=dict(values))).get_trace(batch)
+    total = torch.zeros(batch.num_sequences, dtype=torch.float64)
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or name in values or site_is_subsample(site):
+            continue
+        if not site["is_observed"]:
+            return None
+        frame = next((f for f in site["cond_indep_stack"] if f.name == "sequences"), None)
+        if frame is None or (frame.size != batch.num_sequences and frame.size != (batch.population or batch.num_sequences)):
+            return None
+        log_prob = site["fn"].log_prob(site["value"])
+        if site["mask"] is not None:
+            log_prob = torch.where(torch.as_tensor(site["mask"]).expand_as(log_prob), log_prob, torch.zeros_like(log_prob))
+        if log_prob.dim() < -frame.dim or log_prob.shape[frame.dim] != batch.num_sequences:
+            return None
+        total = total + log_prob.movedim(frame.dim, 0).reshape(batch.num_sequences, -1).sum(-1).double().cpu()
+    return total
 
 
 def _numpy(value: Tensor) -> np.ndarray:
@@ -281,8 +313,12 @@ def _export(model, data, posterior, kind, *, num_draws, num_predictive_draws, fi
         with torch.no_grad():
             for chain in range(num_chains):
                 for index in range(per_chain):
-                    set_draw(chain, index)
-                    values[chain, index] = _numpy(model.log_prob(data.values, data.lengths).double())
+                    draw = {name: value[chain, index] for name, value in draws.items()}
+                    exact = _conditioned_log_likelihood(model, data, draw)
+                    if exact is None:
+                        set_draw(chain, index)
+                        exact = model.log_prob(data.values, data.lengths)
+                    values[chain, index] = _numpy(exact.double())
         log_likelihood = {OBSERVED_NAME: values}
         if kind == "guide":
             log_prior = np.zeros((num_chains, per_chain))

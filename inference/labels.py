@@ -18,6 +18,8 @@ reference ordering.
    the Hungarian algorithm (:func:`scipy.optimize.linear_sum_assignment`).
 4. The reference becomes the mean of the aligned features, and steps 3-4 repeat
    until no permutation changes (at most ``max_iterations`` times).
+5. Finally the states are put in a canonical order: sorted by the reference
+   features, first feature first (for a 1-D Gaussian HMM, by increasing mean).
 
 Every state-indexed axis of every site (from
 :meth:`~inference.contract.SequenceModel.state_label_axes`) is permuted with the
@@ -88,8 +90,9 @@ def align_state_labels(
         max_iterations: reference updates at most.
 
     Returns:
-        ``(aligned draws, permutations)``: the draws relabelled, and the
-        ``(C, D, K)`` permutation applied to each (``aligned[k] = draw[perm[k]]``);
+        ``(aligned draws, permutations)``: the draws relabelled (states in the
+        canonical order of step 5), and the ``(C, D, K)`` permutation applied
+        to each (``aligned[k] = draw[perm[k]]``);
         ``(draws, None)`` unchanged when the model has no state labels.
     """
     label_axes = model.state_label_axes()
@@ -121,6 +124,10 @@ def align_state_labels(
         target = aligned_features.mean(0)
         if not changed:
             break
+    # Canonical order: the reference states sorted by their features (first feature first),
+    # so that e.g. the Gaussian state with the lowest mean is state 0 in every run.
+    order = np.lexsort(target.T[::-1])
+    permutations = permutations[:, order]
     permutation_tensor = torch.as_tensor(permutations, dtype=torch.long)
     aligned = _permute_draws(flat, permutation_tensor, label_axes)
     aligned = {name: value.reshape(chains, per_chain, *value.shape[1:]) for name, value in aligned.items()}
