@@ -30,6 +30,11 @@ moved by Gaussian noise of standard deviation ``init_jitter`` in the
 unconstrained space, so chains start apart and ``r_hat`` can see a chain that
 has not mixed.
 
+**Warm-up.** Pyro adapts the step size and a diagonal mass matrix in
+windows during warm-up; below about 100 warm-up iterations the adaptation is
+poor and a chain can be left with a tiny step size, crawling at
+``max_tree_depth``. Use at least 100 (500 for reported results).
+
 **Label switching.** Draws are relabelled to one ordering of the states with
 :func:`inference.labels.align_state_labels` (when the model declares state
 labels) before anything is averaged or states are sampled.

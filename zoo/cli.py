@@ -247,7 +247,7 @@ def cmd_compare(args) -> int:
     data = _load(args)
     splits = split_data(data, fractions, seed=args.seed)
     root = RunDirectory.create(args.out, force=args.force)
-    rows, curves, samples = [], {}, {}
+    rows, curves, samples, exports = [], {}, {}, {}
     if data.kind == "categorical":
         rows.extend(_baseline_rows(splits, data))
     for index, spec in enumerate(specs):
@@ -256,17 +256,40 @@ def cmd_compare(args) -> int:
         model = MODEL_BUILDERS[spec.family](splits.train, dict(spec.settings))
         run = RunDirectory.create(root.path / label, force=args.force)
         args.time_budget = args.budget_minutes
+        args.method = spec.settings.get("method")  # e.g. hmm:...,method=svi (default: EM where the model has it)
         summary = train_into(run, model, splits, data, args, label, _data_description(args, data, fractions))
         curves[label] = summary["history"]
         rows.append({k: v for k, v in summary.items() if k != "history"})
         samples[label] = _sample_text(model, data, length=200, seed=args.seed)
+        exports[label] = _guide_export(model, splits.train.batch)
     comparison = {"data": args.data, "split": list(fractions), "unit": "nats per time step", "models": rows, "samples": samples}
+    markdown = _comparison_markdown(comparison, data)
+    if exports and all(idata is not None for idata in exports.values()) and len(exports) > 1:
+        from inference.arviz import compare
+
+        # Every model has posterior draws (a mean-field guide): PSIS-LOO over training sequences.
+        table = compare(exports, warn=False)
+        comparison["loo_compare"] = json.loads(table.to_json(orient="index"))
+        root.write_text("loo_compare.csv", table.to_csv())
+        markdown += ("\n## PSIS-LOO over training sequences (az.compare, guide draws with the importance-sampling "
+                     "correction)\n\n```\n" + table.to_string() + "\n```\n")
     root.write_json("comparison.json", comparison)
-    root.write_text("comparison.md", _comparison_markdown(comparison, data))
+    root.write_text("comparison.md", markdown)
     root.save_figure("learning_curves.png", plots.learning_curves(curves, title=f"{args.data}: validation log-likelihood"))
     _print_summary(rows)
     print(f"comparison: {root.file('comparison.md')}")
     return 0
+
+
+def _guide_export(model, train, num_draws: int = 200):
+    """Guide draws with per-sequence log-likelihoods for az.compare, or None when the
+    model has no posterior draws (a point estimate) or the training part has one sequence."""
+    from inference.arviz import guide_is_point_mass, to_inference_data
+
+    batch = train.to(next(model.parameters()).device)
+    if batch.num_sequences < 2 or guide_is_point_mass(model, batch):
+        return None
+    return to_inference_data(model, batch, "guide", num_draws=num_draws, posterior_predictive=False, states=False)
 
 
 def _baseline_rows(splits, data: SequenceData) -> list[dict]:
@@ -415,6 +438,7 @@ def cmd_diagnose(args) -> int:
     if args.nuts:
         result = fit(model, batch, method="nuts", num_samples=args.draws, warmup_steps=args.warmup,
                      num_chains=args.chains, seed=args.seed, progress=not args.no_progress, initialize=False,
+                     max_tree_depth=args.max_tree_depth,
                      description=f"{label} nuts")
         posterior = result
     elif not guide_is_point_mass(model, batch):
@@ -497,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose_parser.add_argument("--chains", type=int, default=4, help="NUTS chains (default 4)")
     diagnose_parser.add_argument("--draws", type=int, default=500, help="NUTS draws per chain (default 500)")
     diagnose_parser.add_argument("--warmup", type=int, default=500, help="NUTS warm-up iterations per chain (default 500)")
+    diagnose_parser.add_argument("--max-tree-depth", type=int, default=10, help="NUTS maximum tree depth (default 10)")
     diagnose_parser.add_argument("--guide-draws", type=int, default=500, help="draws from a variational guide (default 500)")
     diagnose_parser.add_argument("--predictive-draws", type=int, default=100, help="replicated data sets for the PPC (default 100)")
     diagnose_parser.add_argument("--seed", type=int, default=0)
