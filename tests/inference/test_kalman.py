@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -291,21 +293,57 @@ def test_forecast_matches_brute_force_predictive():
     torch.testing.assert_close(ahead.observation_cov[0, 0], expected_cov, rtol=1e-8, atol=1e-8)
 
 
-def test_float32_long_local_level_is_stable():
-    num_steps = 10_000
+def _float32_local_level(num_steps: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     gen = torch.Generator().manual_seed(21)
     level = torch.cumsum(0.1 * torch.randn(num_steps, generator=gen, dtype=torch.float64), 0)
     observations = (level + torch.randn(num_steps, generator=gen, dtype=torch.float64)).reshape(1, -1, 1)
+    observations[0, ::97] = float("nan")  # gaps restart the full update (and the steady-state detection)
     params64 = (torch.eye(1, dtype=torch.float64), torch.full((1, 1), 0.01, dtype=torch.float64),
                 torch.eye(1, dtype=torch.float64), torch.eye(1, dtype=torch.float64),
                 torch.zeros(1, dtype=torch.float64), torch.full((1, 1), 100.0, dtype=torch.float64))
+    return params64, observations
+
+
+def _check_float32_run(num_steps: int, backend: str) -> None:
+    params64, observations = _float32_local_level(num_steps)
     result64 = kalman_filter(*params64, observations)
-    result32 = kalman_filter(*(value.float() for value in params64), observations.float())
+    params32 = tuple(value.float() for value in params64)
+    if backend == "torch":
+        result32 = _on_torch_path(kalman_filter, params32, observations.float())
+    else:
+        result32 = kalman_filter(*params32, observations.float())
     assert isinstance(result32, KalmanFiltered) and result32.log_normalizer.dtype == torch.float32
     assert torch.all(result32.filtered_cov > 0) and torch.all(result32.predicted_cov > 0)
     assert torch.isfinite(result32.log_normalizer).all()
     relative = abs(float(result32.log_normalizer) - float(result64.log_normalizer)) / abs(float(result64.log_normalizer))
     assert relative < 1e-4
+
+
+def test_float32_long_local_level_is_stable():
+    _check_float32_run(100_000, "numba")
+    _check_float32_run(2_000, "torch")
+
+
+@pytest.mark.slow
+def test_float32_torch_loop_is_stable_for_1e5_steps():
+    _check_float32_run(100_000, "torch")
+
+
+def test_gradcheck_diffuse_log_marginal():
+    params = random_system(2, 1, seed=9)
+    gen = torch.Generator().manual_seed(9)
+    observations = torch.randn(2, 5, 1, generator=gen, dtype=torch.float64)
+    observations[0, 1] = float("nan")
+    lengths = torch.tensor([5, 4])
+
+    def objective(transition, transition_root, obs_matrix, obs_log_scale):
+        transition_cov = transition_root @ transition_root.T + 0.1 * torch.eye(2, dtype=torch.float64)
+        return log_marginal(transition, transition_cov, obs_matrix, obs_log_scale.exp().reshape(1, 1),
+                            params[4], params[5], observations, lengths, diffuse=True)
+
+    inputs = (params[0].clone().requires_grad_(), torch.linalg.cholesky(params[1]).requires_grad_(),
+              params[2].clone().requires_grad_(), params[3].log().reshape(1).requires_grad_())
+    assert torch.autograd.gradcheck(objective, inputs)
 
 
 def test_bad_inputs_raise():
@@ -331,3 +369,189 @@ def test_bad_inputs_raise():
         forecast(*params, observations, steps=0)
     with pytest.raises(ValueError, match="num_samples"):
         sample_states(*params, observations, num_samples=0)
+
+
+# --------------------------------------------------------------------------------------
+# Exact diffuse initialisation, per-step log densities, numba vs torch
+# --------------------------------------------------------------------------------------
+
+
+def _on_torch_path(function, params, *args, **kwargs):
+    """Call a kernel with ``params[0]`` requiring grad, which forces the torch loop; detach the result."""
+    with torch.enable_grad():
+        result = function(params[0].clone().requires_grad_(), *params[1:], *args, **kwargs)
+    if isinstance(result, torch.Tensor):
+        return result.detach()
+    return type(result)(*(value.detach() for value in result))
+
+
+def _nile_local_level():
+    statsmodels_api = pytest.importorskip("statsmodels.api")
+    volume = statsmodels_api.datasets.nile.load_pandas().data["volume"].to_numpy(dtype=np.float64, copy=True)
+    one = torch.ones(1, 1, dtype=torch.float64)
+    params = (one, 1469.1 * one, one, 15099.0 * one, torch.zeros(1, dtype=torch.float64), 1e6 * one)
+    return volume, params
+
+
+def test_diffuse_nile_log_likelihood_matches_durbin_koopman():
+    volume, params = _nile_local_level()
+    observations = torch.from_numpy(volume).reshape(1, -1, 1)
+    value = float(log_marginal(*params, observations, diffuse=True))
+    torch_value = float(_on_torch_path(log_marginal, params, observations, diffuse=True))
+    print(f"Nile exact diffuse log-likelihood: {value:.4f} (torch loop {torch_value:.4f})")
+    assert round(value, 4) == -633.4646  # Durbin & Koopman (2012), section 7.2 (q/2 log(kappa) convention)
+    assert abs(torch_value - value) <= 1e-10 * abs(value)
+    filtered = kalman_filter(*params, observations, diffuse=True)
+    torch.testing.assert_close(filtered.step_log_likelihood.sum(-1), filtered.log_normalizer, rtol=1e-12, atol=0)
+    # The local level is identified by the first observation: the filtered level is x_1, variance sigma_eps^2.
+    assert float(filtered.filtered_mean[0, 0, 0]) == pytest.approx(volume[0], rel=1e-12)
+    assert float(filtered.filtered_cov[0, 0, 0, 0]) == pytest.approx(15099.0, rel=1e-12)
+
+
+def test_approximate_diffuse_matches_statsmodels_default():
+    statsmodels_api = pytest.importorskip("statsmodels.api")
+    volume, params = _nile_local_level()
+    model = statsmodels_api.tsa.UnobservedComponents(volume, "llevel")
+    # statsmodels' default: approximate diffuse (a_1 = 0, P_1 = 1e6) with the first term burnt.
+    assert model.ssm.initialization.initialization_type == "approximate_diffuse"
+    assert model.ssm.initialization.approximate_diffuse_variance == 1e6
+    assert model.loglikelihood_burn == 1
+    expected = model.loglike(np.array([15099.0, 1469.1]))
+    filtered = kalman_filter(*params, torch.from_numpy(volume).reshape(1, -1, 1))
+    ours = float(filtered.step_log_likelihood[:, 1:].sum(-1))
+    print(f"Nile approximate-diffuse log-likelihood, first term dropped: {ours:.4f} (statsmodels {expected:.4f})")
+    assert round(expected, 4) == -632.5377
+    assert abs(ours - expected) <= 1e-8 * abs(expected)
+
+
+def _missing_pattern(observations: torch.Tensor) -> torch.Tensor:
+    observations = observations.clone()
+    observations[0, 3] = float("nan")
+    observations[1, 0, 0] = float("nan")
+    observations[1, 1] = float("nan")
+    observations[2, 5, -1] = float("nan")
+    return observations
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_diffuse_equals_large_kappa_limit(backend):
+    state_dim, obs_dim, num_steps, kappa = 2, 1, 12, 1e8
+    params = random_system(state_dim, obs_dim, seed=31)
+    gen = torch.Generator().manual_seed(31)
+    observations = _missing_pattern(torch.randn(3, num_steps, obs_dim, generator=gen, dtype=torch.float64) * 2)
+    lengths = torch.tensor([12, 9, 6])
+    wide = (*params[:4], torch.zeros(state_dim, dtype=torch.float64),
+            kappa * torch.eye(state_dim, dtype=torch.float64))
+    call = (lambda fn, p, *a, **k: fn(*p, *a, **k)) if backend == "numba" else _on_torch_path
+    diffuse_filtered = call(kalman_filter, params, observations, lengths, diffuse=True)
+    diffuse_smoothed = call(rts_smoother, params, observations, lengths, diffuse=True)
+    wide_filtered = call(kalman_filter, wide, observations, lengths)
+    wide_smoothed = call(rts_smoother, wide, observations, lengths)
+    # p_kappa(x) -> (2 pi kappa)^{-d/2} \int p(x | s_1) ds_1, and D&K's L_d = lim kappa^{d/2} L_kappa.
+    limit = wide_filtered.log_normalizer + 0.5 * state_dim * math.log(kappa)
+    torch.testing.assert_close(diffuse_filtered.log_normalizer, limit, rtol=1e-6, atol=1e-6)
+    # Moments agree wherever the diffuse posterior is proper (here: from the second observed step on).
+    for n, first in enumerate([1, 3, 1]):
+        valid = slice(first, int(lengths[n]))
+        assert torch.isnan(diffuse_filtered.filtered_mean[n, first - 1]).all()
+        for ours, wide_value in ((diffuse_filtered.filtered_mean, wide_filtered.filtered_mean),
+                                 (diffuse_filtered.filtered_cov, wide_filtered.filtered_cov),
+                                 (diffuse_filtered.step_log_likelihood[:, 1:], wide_filtered.step_log_likelihood[:, 1:])):
+            torch.testing.assert_close(ours[n, valid], wide_value[n, valid], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(diffuse_filtered.predicted_mean[n, first + 1:int(lengths[n])],
+                                   wide_filtered.predicted_mean[n, first + 1:int(lengths[n])], rtol=1e-5, atol=1e-5)
+    for ours, wide_value in zip(diffuse_smoothed[1:], wide_smoothed[1:]):
+        torch.testing.assert_close(ours, wide_value, rtol=1e-5, atol=1e-5)
+    ahead = forecast(*params, observations, lengths, steps=2, diffuse=True)
+    wide_ahead = forecast(*wide, observations, lengths, steps=2)
+    for ours, wide_value in zip(ahead, wide_ahead):
+        torch.testing.assert_close(ours, wide_value, rtol=1e-5, atol=1e-5)
+
+
+def test_diffuse_not_identified_raises():
+    params = random_system(2, 1, seed=3)
+    observations = torch.randn(2, 5, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    observations[1] = float("nan")
+    with pytest.raises(ValueError, match=r"diffuse=True.*sequences \[1\]"):
+        log_marginal(*params, observations, diffuse=True)
+    with pytest.raises(ValueError, match="identify"):
+        _on_torch_path(kalman_filter, params, observations, diffuse=True)
+    # A = 0 forgets S_1 after one step: one scalar observation cannot identify a 2-d state.
+    stateless = (torch.zeros(2, 2, dtype=torch.float64), *params[1:])
+    with pytest.raises(ValueError, match="identify"):
+        rts_smoother(*stateless, observations[:1], diffuse=True)
+    # Ignored, but still checked.
+    with pytest.raises(ValueError, match="initial_cov"):
+        log_marginal(*params[:5], torch.eye(3, dtype=torch.float64), observations, diffuse=True)
+
+
+@pytest.mark.parametrize("diffuse", [False, True])
+def test_step_log_likelihood_is_prefix_increment(diffuse):
+    state_dim, obs_dim, num_steps = 2, 2, 7
+    params = random_system(state_dim, obs_dim, seed=41)
+    gen = torch.Generator().manual_seed(41)
+    observations = torch.randn(1, num_steps, obs_dim, generator=gen, dtype=torch.float64)
+    observations[0, 3] = float("nan")
+    observations[0, 5, 1] = float("nan")
+    filtered = kalman_filter(*params, observations, diffuse=diffuse)
+    # log p(x_{1:t}) from the filter run on each prefix (here both steps of x_1 identify s_1).
+    prefixes = torch.stack([
+        log_marginal(*params, observations, torch.tensor([t]), diffuse=diffuse)[0] for t in range(1, num_steps + 1)
+    ])
+    increments = torch.diff(prefixes, prepend=prefixes.new_zeros(1))
+    torch.testing.assert_close(filtered.step_log_likelihood[0], increments, rtol=1e-10, atol=1e-10)
+    assert float(filtered.step_log_likelihood[0, 3]) == 0.0
+    torch.testing.assert_close(filtered.step_log_likelihood.sum(-1), filtered.log_normalizer, rtol=1e-12, atol=1e-12)
+
+
+def _long_batch(state_dim: int, obs_dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three sequences long enough for the steady state, with a gap and padding."""
+    gen = torch.Generator().manual_seed(seed)
+    observations = torch.randn(3, 200, obs_dim, generator=gen, dtype=torch.float64) * 2
+    observations[0, 100:104] = float("nan")
+    observations[0, 150, 0] = float("nan")
+    observations[1, 5] = float("nan")
+    observations[2, 150:] = 1e6  # padding
+    return observations, torch.tensor([200, 181, 150])
+
+
+@pytest.mark.parametrize("state_dim,obs_dim,diffuse", [(1, 1, False), (3, 2, True), (4, 4, False), (2, 1, True)])
+def test_numba_matches_torch_loop(state_dim, obs_dim, diffuse):
+    from inference import kalman
+
+    params = random_system(state_dim, obs_dim, seed=50 + state_dim)
+    observations, lengths = _long_batch(state_dim, obs_dim, seed=state_dim)
+    reference_filtered = _on_torch_path(kalman_filter, params, observations, lengths, diffuse=diffuse)
+    reference_smoothed = _on_torch_path(rts_smoother, params, observations, lengths, diffuse=diffuse)
+    prepared = kalman._prepare(*params, observations, lengths)
+    assert (kalman._numba_filter(prepared, diffuse, True, True).steady_epoch > 0).sum() > 100
+    for steady_state in (True, False):
+        filtered = kalman_filter(*params, observations, lengths, diffuse=diffuse, steady_state=steady_state)
+        smoothed = rts_smoother(*params, observations, lengths, diffuse=diffuse, steady_state=steady_state)
+        value = log_marginal(*params, observations, lengths, diffuse=diffuse, steady_state=steady_state)
+        torch.testing.assert_close(value, reference_filtered.log_normalizer, rtol=1e-10, atol=1e-10)
+        for ours, reference in zip(filtered, reference_filtered):
+            torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-10, equal_nan=True)
+        for ours, reference in zip(smoothed, reference_smoothed):
+            torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-10)
+
+
+def test_diffuse_ffbs_matches_smoother():
+    state_dim, obs_dim, num_samples = 2, 1, 4000
+    params = random_system(state_dim, obs_dim, seed=61)
+    gen = torch.Generator().manual_seed(61)
+    observations = torch.randn(2, 6, obs_dim, generator=gen, dtype=torch.float64)
+    observations[0, 2] = float("nan")
+    lengths = torch.tensor([6, 4])
+    smoothed = rts_smoother(*params, observations, lengths, diffuse=True)
+    samples = sample_states(*params, observations, lengths, num_samples=num_samples,
+                            generator=torch.Generator().manual_seed(1), diffuse=True)
+    assert torch.all(samples[:, 1, 4:] == 0)
+    std = smoothed.smoothed_cov.diagonal(dim1=-2, dim2=-1).sqrt()
+    assert torch.all((samples.mean(0) - smoothed.smoothed_mean).abs() <= 6 * std / num_samples ** 0.5)
+    centred = samples - smoothed.smoothed_mean
+    sample_cov = torch.einsum("snti,sntj->ntij", centred, centred) / num_samples
+    cov = smoothed.smoothed_cov
+    var_diag = cov.diagonal(dim1=-2, dim2=-1)
+    cov_std = ((var_diag[..., :, None] * var_diag[..., None, :] + cov.square()) / num_samples).sqrt()
+    assert torch.all((sample_cov - cov).abs() <= 6 * cov_std + 1e-12)
