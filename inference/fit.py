@@ -350,8 +350,11 @@ def fit(
     same parameters as an uninterrupted run; a run that had already converged
     or stopped early is returned as is.
 
-    **Time budget.** Checked after every step (so a run may overrun by at most
-    one epoch or iteration); ``max_epochs``/``max_iterations`` apply as well.
+    **Time budget.** Checked after every SVI mini-batch (an epoch cut short by
+    the budget counts as the last step, its objective the mean of the
+    mini-batches done, and ``valid`` is scored at its end) and after every EM
+    iteration, so a run overruns by at most one mini-batch or iteration plus
+    the final validation; ``max_epochs``/``max_iterations`` apply as well.
 
     Args:
         model: the model to fit (modified in place).
@@ -633,11 +636,15 @@ class _SVILoop(_LoopBase):
                     torch.nn.utils.clip_grad_norm_(parameters, self.clip_norm)
                     self.optimizer.step()
                     losses.append(loss.detach().item())
+                    if clock.over_budget:
+                        # A long epoch (one big text in many mini-batches) ends mid-way when the
+                        # budget runs out; the epoch's objective averages the mini-batches done.
+                        break
                 self.scheduler.step()
                 self.step += 1
                 objective = -sum(losses) / len(losses)
                 last = self.step == self.max_epochs
-                valid_per_step = self.evaluate(last)
+                valid_per_step = self.evaluate(last or clock.over_budget)
                 if self.valid is None:
                     self.best_step = self.step
                 elif valid_per_step is not None:

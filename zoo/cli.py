@@ -3,9 +3,10 @@
 Subcommands::
 
     seqzoo fit hmm --data DATA --states K [--emission ...] [--method em|svi] --out DIR
+    seqzoo fit rnn|gru|lstm --data DATA [--hidden 256 --layers 1 --embedding 64 --dropout 0] --out DIR
     seqzoo decode DIR --data DATA
-    seqzoo sample DIR --length N
-    seqzoo compare --data DATA --models hmm:states=2 hmm:states=8 ... --out DIR
+    seqzoo sample DIR --length N [--prime "ROMEO:" --temperature 0.8]
+    seqzoo compare --data DATA --models hmm:states=8 lstm:hidden=256,layers=2 gru:hidden=256 ... --out DIR
     seqzoo diagnose DIR [--data DATA] [--nuts --chains 4 --draws 500 --warmup 500]
 
 This is the only module that parses arguments or prints for a person.
@@ -26,14 +27,15 @@ import torch
 
 from inference.fit import fit
 from inference.rundir import RunDirectory
-from inference.scoring import score
+from inference.scoring import ratio_standard_error, score
 from zoo import baselines, plots
 from zoo.data import SequenceData, Vocabulary, load_data, split_data
 from zoo.hmm import CategoricalHMM, GaussianHMM, HiddenMarkovModel, PoissonHMM
+from zoo.rnn import RecurrentModel
 
 #: Every model class a run directory may name. Loading looks the class up here
 #: and nowhere else, so a run directory can never make us import arbitrary code.
-MODEL_CLASSES = {cls.__name__: cls for cls in (CategoricalHMM, GaussianHMM, PoissonHMM)}
+MODEL_CLASSES = {cls.__name__: cls for cls in (CategoricalHMM, GaussianHMM, PoissonHMM, RecurrentModel)}
 
 EMISSION_FOR_KIND = {"categorical": "categorical", "real": "gaussian", "count": "poisson"}
 
@@ -134,7 +136,54 @@ def _build_hmm_from_settings(data: SequenceData, settings: dict[str, str]) -> Hi
                      settings.get("guide", "map"), settings.get("marginalize", "kernel"))
 
 
-MODEL_BUILDERS = {"hmm": _build_hmm_from_settings}
+#: Observation head of a recurrent network for each kind of data.
+RNN_HEAD_FOR_KIND = {"categorical": "categorical", "binary": "bernoulli", "real": "gaussian"}
+#: Settings of a recurrent-network spec (``lstm:hidden=256,layers=2``) -> constructor argument.
+_RNN_SETTINGS = {"hidden": "hidden_size", "layers": "num_layers", "embedding": "embedding_dim",
+                 "dropout": "dropout", "scale": "scale"}
+
+
+def build_rnn(data: SequenceData, cell: str, settings: dict[str, str]) -> RecurrentModel:
+    """A recurrent network (``cell`` = rnn, gru or lstm) with the head that fits the data's kind."""
+    unknown = set(settings) - set(_RNN_SETTINGS)
+    if unknown:
+        raise UsageError(f"{cell}: unknown settings {sorted(unknown)}; allowed: {sorted(_RNN_SETTINGS)} "
+                         f"(and the training settings {sorted(FIT_SETTINGS)})")
+    head = RNN_HEAD_FOR_KIND.get(data.kind)
+    if head is None:
+        raise UsageError(f"{cell}: data of kind {data.kind!r} is not supported; read counts as --kind real")
+    options: dict[str, Any] = {}
+    for key, value in settings.items():
+        name = _RNN_SETTINGS[key]
+        try:
+            if name == "dropout":
+                options[name] = float(value)
+            elif name == "scale":
+                options[name] = value
+            elif name == "embedding_dim" and value.lower() in ("none", "0"):
+                options[name] = None
+            else:
+                options[name] = int(value)
+        except ValueError:
+            raise UsageError(f"{cell}: setting {key}={value!r} is not a number") from None
+    if head == "categorical":
+        options["num_symbols"] = data.num_symbols
+    else:
+        options["dim"] = data.num_series
+    try:
+        return RecurrentModel(head, cell=cell, **options)
+    except ValueError as error:
+        raise UsageError(f"{cell}: {error}") from None
+
+
+MODEL_BUILDERS = {
+    "hmm": _build_hmm_from_settings,
+    "rnn": lambda data, settings: build_rnn(data, "rnn", settings),
+    "gru": lambda data, settings: build_rnn(data, "gru", settings),
+    "lstm": lambda data, settings: build_rnn(data, "lstm", settings),
+}
+#: Training settings any model spec may carry (``lstm:hidden=256,lr=0.002,batch_size=32``) -> type.
+FIT_SETTINGS = {"lr": float, "batch_size": int, "chunk_length": int, "epochs": int, "method": str}
 
 
 def load_model(run: RunDirectory):
@@ -149,6 +198,19 @@ def load_model(run: RunDirectory):
 
 
 # -- training one model into a run directory ---------------------------------
+#: SVI settings when neither the command line nor the model's family names one.
+_SVI_DEFAULTS = {"learning_rate": 0.05, "batch_size": None, "chunk_length": 2000}
+
+
+def _training_setting(args, model, name: str):
+    """An SVI setting: the command line's, else the family's default (e.g. an
+    RNN's learning rate 2e-3 and sequences of 128), else the general default."""
+    value = getattr(args, {"learning_rate": "lr"}.get(name, name), None)
+    if value is not None:
+        return value
+    return getattr(model, "default_fit_options", {}).get(name, _SVI_DEFAULTS[name])
+
+
 def _fit_options(args, model, data: SequenceData) -> dict[str, Any]:
     method = getattr(args, "method", None) or ("em" if model.supports_em else "svi")
     options = dict(method=method, seed=args.seed, progress=not args.no_progress, device=args.device,
@@ -156,7 +218,8 @@ def _fit_options(args, model, data: SequenceData) -> dict[str, Any]:
     if method == "em":
         options.update(max_iterations=args.max_iterations, tolerance=args.tolerance, num_restarts=args.restarts)
     else:
-        options.update(max_epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size)
+        options.update(max_epochs=args.epochs, learning_rate=_training_setting(args, model, "learning_rate"),
+                       batch_size=_training_setting(args, model, "batch_size"))
     return options
 
 
@@ -164,8 +227,11 @@ def train_into(run: RunDirectory, model, splits, data: SequenceData, args, label
     """Fits ``model`` on the train split, scores every split, writes the run directory."""
     train, valid, test = splits.train, splits.valid, splits.test
     options = _fit_options(args, model, data)
-    if options["method"] == "svi" and args.chunk_length and train.batch.num_sequences == 1:
-        train_batch = train.batch.chunk(args.chunk_length)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    chunk_length = _training_setting(args, model, "chunk_length")
+    if options["method"] == "svi" and chunk_length and train.batch.num_sequences == 1:
+        train_batch = train.batch.chunk(chunk_length)
     else:
         train_batch = train.batch
     device = torch.device(args.device) if args.device else train_batch.device
@@ -178,7 +244,8 @@ def train_into(run: RunDirectory, model, splits, data: SequenceData, args, label
     started = time.perf_counter()
     has_valid = valid is not None and valid.batch.num_steps > 0
     result = fit(model, train_batch.to(device), valid=valid.batch.to(device) if has_valid else None,
-                 checkpoint=run, resume=getattr(args, "resume", False), description=label, **options)
+                 checkpoint=run, resume=getattr(args, "resume", False),
+                 description=getattr(args, "progress_label", None) or label, **options)
     seconds = time.perf_counter() - started
     run.save_model(model)
     summary = {
@@ -197,6 +264,8 @@ def train_into(run: RunDirectory, model, splits, data: SequenceData, args, label
             summary[f"{name}_log_likelihood"] = result_score.per_step
             summary[f"{name}_stderr"] = result_score.stderr
             summary[f"{name}_steps"] = result_score.num_steps
+            if result_score.stderr is None and part.batch.num_sequences == 1 and name != "train":
+                summary[f"{name}_stderr"] = _block_stderr(lambda b: _per_step_log_probs(model, b), part.batch.to(device))
     if data.kind == "categorical":
         for name in ("train", "valid", "test"):
             if f"{name}_log_likelihood" in summary:
@@ -206,6 +275,40 @@ def train_into(run: RunDirectory, model, splits, data: SequenceData, args, label
     run.save_figure("log_likelihood_trace.png", plots.log_likelihood_trace(result.history, title=label))
     _plot_states(run, model, valid if has_valid else train, data)
     return summary
+
+
+#: Contiguous blocks of one long held-out sequence over which a standard error is taken.
+NUM_BLOCKS = 20
+
+
+def _per_step_log_probs(model, batch) -> torch.Tensor | None:
+    """``(T,)`` log p(x_t | x_<t) of a one-sequence batch, or None when the model cannot say."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if hasattr(model, "log_prob_steps"):
+                return model.log_prob_steps(batch.values, batch.lengths)[0].double().cpu()
+            if isinstance(model, CategoricalHMM):
+                codes = batch.values[0, : int(batch.lengths[0])]
+                filtered = model.filter(codes.unsqueeze(0))[0].double()  # (T, K)
+                transition = model.transition_probs.double()
+                predicted = torch.cat([model.initial_probs.double().unsqueeze(0), filtered[:-1] @ transition])
+                emission = model.emission_probs.double()[:, codes].T  # (T, K)
+                return (predicted * emission).sum(-1).log().cpu()
+    finally:
+        model.train(was_training)
+    return None
+
+
+def _block_stderr(per_step_scorer, batch, num_blocks: int = NUM_BLOCKS) -> float | None:
+    """Standard error of the per-step log-likelihood of one long sequence over
+    ``num_blocks`` contiguous blocks (each scored in its full left context)."""
+    log_probs = per_step_scorer(batch)
+    if log_probs is None or len(log_probs) < 2 * num_blocks:
+        return None
+    blocks = torch.tensor_split(log_probs[: int(batch.lengths[0])], num_blocks)
+    return ratio_standard_error(torch.stack([b.sum() for b in blocks]), torch.tensor([len(b) for b in blocks]))
 
 
 def _plot_states(run: RunDirectory, model, part: SequenceData, data: SequenceData, steps: int = 120) -> None:
@@ -230,12 +333,19 @@ def cmd_fit(args) -> int:
     fractions = _parse_split(args.split)
     data = _load(args)
     splits = split_data(data, fractions, seed=args.seed)
-    settings = {"states": str(args.states), "covariance": args.covariance, "guide": args.guide, "marginalize": args.marginalize}
-    if args.emission:
-        settings["emission"] = args.emission
+    if args.family in ("rnn", "gru", "lstm"):
+        settings = {key: str(getattr(args, key)) for key in _RNN_SETTINGS if getattr(args, key, None) is not None}
+        label = f"{args.family}-hidden{args.hidden}" + (f"-layers{args.layers}" if args.layers != 1 else "")
+    else:
+        if args.states is None:
+            raise UsageError(f"fit {args.family}: --states is required")
+        settings = {"states": str(args.states), "covariance": args.covariance, "guide": args.guide, "marginalize": args.marginalize}
+        if args.emission:
+            settings["emission"] = args.emission
+        label = f"{args.family}-states{args.states}"
     model = MODEL_BUILDERS[args.family](splits.train, settings)
     run = RunDirectory.open(args.out) if args.resume else RunDirectory.create(args.out, force=args.force)
-    summary = train_into(run, model, splits, data, args, f"{args.family}-states{args.states}", _data_description(args, data, fractions))
+    summary = train_into(run, model, splits, data, args, label, _data_description(args, data, fractions))
     _print_summary([summary])
     print(f"run directory: {run.path}")
     return 0
@@ -250,19 +360,28 @@ def cmd_compare(args) -> int:
     rows, curves, samples, exports = [], {}, {}, {}
     if data.kind == "categorical":
         rows.extend(_baseline_rows(splits, data))
+    started = time.perf_counter()
     for index, spec in enumerate(specs):
         label = spec.label
-        print(f"[{index + 1}/{len(specs)}] training {label}", file=sys.stderr)
-        model = MODEL_BUILDERS[spec.family](splits.train, dict(spec.settings))
+        model_settings, fit_settings = _split_spec_settings(spec)
+        model = MODEL_BUILDERS[spec.family](splits.train, model_settings)
+        model_args = argparse.Namespace(**{**vars(args), **fit_settings})
+        model_args.time_budget = args.budget_minutes
+        model_args.progress_label = f"[{index + 1}/{len(specs)}] {label}"
+        print(f"[{index + 1}/{len(specs)}] training {label}{_time_left(args.budget_minutes, len(specs) - index, started)}",
+              file=sys.stderr)
         run = RunDirectory.create(root.path / label, force=args.force)
-        args.time_budget = args.budget_minutes
-        args.method = spec.settings.get("method")  # e.g. hmm:...,method=svi (default: EM where the model has it)
-        summary = train_into(run, model, splits, data, args, label, _data_description(args, data, fractions))
+        summary = train_into(run, model, splits, data, model_args, label, _data_description(args, data, fractions))
         curves[label] = summary["history"]
         rows.append({k: v for k, v in summary.items() if k != "history"})
-        samples[label] = _sample_text(model, data, length=200, seed=args.seed)
+        temperature = SAMPLE_TEMPERATURE if isinstance(model, RecurrentModel) else 1.0
+        samples[label] = _sample_text(model, data, length=200, seed=args.seed, temperature=temperature)
         exports[label] = _guide_export(model, splits.train.batch)
-    comparison = {"data": args.data, "split": list(fractions), "unit": "nats per time step", "models": rows, "samples": samples}
+    print(f"compared {len(specs)} model(s) in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    comparison = {"data": args.data, "split": list(fractions), "unit": "nats per time step",
+                  "stderr": "over held-out sequences, or over 20 contiguous blocks of a single held-out sequence",
+                  "sample_temperature": {"recurrent networks": SAMPLE_TEMPERATURE, "other models": 1.0},
+                  "models": rows, "samples": samples}
     markdown = _comparison_markdown(comparison, data)
     if exports and all(idata is not None for idata in exports.values()) and len(exports) > 1:
         from inference.arviz import compare
@@ -292,6 +411,33 @@ def _guide_export(model, train, num_draws: int = 200):
     return to_inference_data(model, batch, "guide", num_draws=num_draws, posterior_predictive=False, states=False)
 
 
+#: Temperature of the recurrent networks' samples in a comparison.
+SAMPLE_TEMPERATURE = 0.8
+
+
+def _split_spec_settings(spec: ModelSpec) -> tuple[dict[str, str], dict[str, Any]]:
+    """A spec's model settings and its training settings (``lr``, ``batch_size``, ...)."""
+    model_settings, fit_settings = {}, {}
+    for key, value in spec.settings.items():
+        if key in FIT_SETTINGS:
+            try:
+                fit_settings[key] = FIT_SETTINGS[key](value)
+            except ValueError:
+                raise UsageError(f"{spec.label}: setting {key}={value!r} is not a number") from None
+        else:
+            model_settings[key] = value
+    return model_settings, fit_settings
+
+
+def _time_left(budget_minutes: float | None, models_left: int, started: float) -> str:
+    """A status note: elapsed time and, with a per-model budget, at most how much is left."""
+    elapsed = time.perf_counter() - started
+    note = f" ({elapsed / 60:.1f} min elapsed"
+    if budget_minutes:
+        note += f", at most about {models_left * budget_minutes:.1f} min of training left"
+    return note + ")"
+
+
 def _baseline_rows(splits, data: SequenceData) -> list[dict]:
     v = data.num_symbols
     unigram = baselines.unigram_log_probs(splits.train.batch, v)
@@ -308,14 +454,27 @@ def _baseline_rows(splits, data: SequenceData) -> list[dict]:
                 per_sequence = scorer(part.batch)
                 row[f"{part_name}_log_likelihood"] = float(per_sequence.sum()) / part.batch.num_steps
                 row[f"{part_name}_bits_per_symbol"] = -row[f"{part_name}_log_likelihood"] / math.log(2)
+                row[f"{part_name}_stderr"] = ratio_standard_error(per_sequence, part.batch.lengths)
+                if row[f"{part_name}_stderr"] is None and part_name != "train":
+                    row[f"{part_name}_stderr"] = _block_stderr(
+                        lambda b, name=name: _baseline_per_step(name, unigram, initial, transition, b), part.batch)
         rows.append(row)
     return rows
 
 
-def _sample_text(model, data: SequenceData, length: int, seed: int) -> str | None:
+def _baseline_per_step(name: str, unigram, initial, transition, batch) -> torch.Tensor:
+    """``(T,)`` per-step log-likelihoods of a one-sequence batch under a count table."""
+    codes = batch.values[0, : int(batch.lengths[0])].long().cpu()
+    if name == "unigram":
+        return unigram[codes]
+    return torch.cat([initial[codes[:1]], transition[codes[:-1], codes[1:]]])
+
+
+def _sample_text(model, data: SequenceData, length: int, seed: int, temperature: float = 1.0) -> str | None:
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    options = {"temperature": temperature} if temperature != 1.0 else {}
     with torch.no_grad():
-        batch = model.sample(1, length, generator=generator)
+        batch = model.sample(1, length, generator=generator, **options)
     if data.vocabulary is not None:
         return data.vocabulary.decode(batch.values[0].cpu().tolist())
     return None
@@ -323,9 +482,11 @@ def _sample_text(model, data: SequenceData, length: int, seed: int) -> str | Non
 
 def _comparison_markdown(comparison: dict, data: SequenceData) -> str:
     symbols = data.kind == "categorical"
-    header = "| model | parameters | seconds | train | valid | test |" + (" test bits/symbol |" if symbols else "")
+    header = "| model | likelihood | parameters | seconds | train | valid | test |" + (" test bits/symbol |" if symbols else "")
     lines = [f"# Comparison on {comparison['data']}", "",
-             "Held-out log-likelihood in nats per time step (higher is better), ± one standard error over sequences where there are several.", "",
+             "Held-out log-likelihood in nats per time step (higher is better), ± one standard error over held-out "
+             "sequences, or over 20 contiguous blocks of a single held-out sequence. Every likelihood here is exact "
+             "(column 'likelihood'); a bound would be named there. Bits per symbol = -nats / ln 2.", "",
              header, "|" + "---|" * (header.count("|") - 1)]
     for row in comparison["models"]:
         def cell(part):
@@ -334,13 +495,14 @@ def _comparison_markdown(comparison: dict, data: SequenceData) -> str:
                 return "—"
             stderr = row.get(f"{part}_stderr")
             return f"{value:.4f}" + (f" ± {stderr:.4f}" if stderr else "")
-        line = f"| {row['model']} | {row['num_parameters']} | {row['seconds']:.1f} | {cell('train')} | {cell('valid')} | {cell('test')} |"
+        line = (f"| {row['model']} | {row.get('likelihood', 'exact')} | {row['num_parameters']} | {row['seconds']:.1f} | "
+                f"{cell('train')} | {cell('valid')} | {cell('test')} |")
         if symbols:
             bits = row.get("test_bits_per_symbol")
             line += f" {bits:.3f} |" if bits is not None else " — |"
         lines.append(line)
     if comparison.get("samples"):
-        lines += ["", "## Samples", ""]
+        lines += ["", f"## Samples (recurrent networks at temperature {SAMPLE_TEMPERATURE}, other models at 1)", ""]
         for name, text in comparison["samples"].items():
             if text is not None:
                 lines += [f"**{name}**", "", "```", text, "```", ""]
@@ -385,13 +547,23 @@ def cmd_sample(args) -> int:
     model = load_model(run)
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    with torch.no_grad():
-        batch = model.sample(args.num_sequences, args.length, generator=generator)
     vocabulary = Vocabulary.from_json(run.read_json("vocabulary.json")) if run.file("vocabulary.json").exists() else None
+    options: dict[str, Any] = {}
+    if args.temperature is not None or args.prime is not None:
+        if not isinstance(model, RecurrentModel):
+            raise UsageError(f"--temperature and --prime need a recurrent network; {run.path} holds a {type(model).__name__}")
+        if args.temperature is not None:
+            options["temperature"] = args.temperature
+        if args.prime is not None:
+            if vocabulary is None:
+                raise UsageError("--prime: the run directory has no vocabulary.json; priming takes text")
+            options["prime"] = vocabulary.encode(args.prime).to(device)
+    with torch.no_grad():
+        batch = model.sample(args.num_sequences, args.length, generator=generator, **options)
     for n in range(batch.num_sequences):
         values = batch.values[n].cpu()
         if vocabulary is not None:
-            print(vocabulary.decode(values.tolist()))
+            print((args.prime or "") + vocabulary.decode(values.tolist()))
         else:
             for row in values.reshape(len(values), -1).tolist():
                 print(",".join(f"{v:.6g}" for v in row))
@@ -473,9 +645,13 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tolerance", type=float, default=1e-8, help="EM convergence: nats per step gained per iteration")
     group.add_argument("--restarts", type=int, default=1, help="EM random restarts; the best is kept")
     group.add_argument("--epochs", type=int, default=200, help="SVI epochs (default 200)")
-    group.add_argument("--lr", type=float, default=0.05, help="SVI learning rate")
-    group.add_argument("--batch-size", type=int, help="SVI mini-batch size in sequences (default: all)")
-    group.add_argument("--chunk-length", type=int, default=2000, help="SVI: cut one long training sequence into pieces of this many steps")
+    group.add_argument("--lr", type=float, help="SVI learning rate (default 0.05; recurrent networks 0.002)")
+    group.add_argument("--batch-size", type=int, help="SVI mini-batch size in sequences (default: all; recurrent networks 64)")
+    group.add_argument("--chunk-length", type=int,
+                       help="SVI: cut one long training sequence into pieces of this many steps "
+                            "(truncated backpropagation through time; default 2000, recurrent networks 128)")
+    group.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is often fastest "
+                                                   "for small recurrent networks on a busy machine)")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
     group.add_argument("--force", action="store_true", help="replace an existing run directory")
 
@@ -487,7 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit_parser = sub.add_parser("fit", help="fit one model into a run directory")
     fit_parser.add_argument("family", choices=sorted(MODEL_BUILDERS))
     _add_data_arguments(fit_parser)
-    fit_parser.add_argument("--states", type=int, required=True, help="number of hidden states K")
+    fit_parser.add_argument("--states", type=int, help="hmm: number of hidden states K (required)")
     fit_parser.add_argument("--emission", choices=["categorical", "gaussian", "poisson"])
     fit_parser.add_argument("--covariance", choices=["diag", "full"], default="diag")
     fit_parser.add_argument("--method", choices=["em", "svi"], help="default: em where the model has it")
@@ -496,12 +672,20 @@ def build_parser() -> argparse.ArgumentParser:
     fit_parser.add_argument("--out", required=True, help="run directory to create")
     fit_parser.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     fit_parser.add_argument("--time-budget", type=float, metavar="MINUTES")
+    recurrent = fit_parser.add_argument_group("recurrent networks (rnn, gru, lstm)")
+    recurrent.add_argument("--hidden", type=int, default=256, help="units per layer (default 256)")
+    recurrent.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")
+    recurrent.add_argument("--embedding", type=int, default=64, help="input embedding width, 0 = one-hot/raw input (default 64)")
+    recurrent.add_argument("--dropout", type=float, default=0.0, help="dropout between layers and before the output (default 0)")
+    recurrent.add_argument("--scale", choices=["learned", "predicted"], help="real data: per-dimension or predicted noise scale")
     _add_training_arguments(fit_parser)
     fit_parser.set_defaults(handler=cmd_fit)
 
     compare_parser = sub.add_parser("compare", help="fit several models on one split and compare held-out likelihoods")
     _add_data_arguments(compare_parser)
-    compare_parser.add_argument("--models", nargs="+", required=True, metavar="SPEC", help="e.g. hmm:states=2 hmm:states=8,emission=categorical")
+    compare_parser.add_argument("--models", nargs="+", required=True, metavar="SPEC",
+                                help="e.g. hmm:states=64 lstm:hidden=256,layers=2 gru:hidden=256,lr=0.002 rnn:hidden=256 "
+                                     "(training settings lr, batch_size, chunk_length, epochs may be given per model)")
     compare_parser.add_argument("--out", required=True)
     compare_parser.add_argument("--budget-minutes", type=float, help="training time budget per model")
     _add_training_arguments(compare_parser)
@@ -534,6 +718,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample_parser.add_argument("--length", type=int, required=True)
     sample_parser.add_argument("--num-sequences", type=int, default=1)
     sample_parser.add_argument("--seed", type=int, default=0)
+    sample_parser.add_argument("--prime", help="recurrent networks: text the samples continue (printed before them)")
+    sample_parser.add_argument("--temperature", type=float, help="recurrent networks: q_i ∝ exp(z_i / T); 0 = greedy (default 1)")
     sample_parser.set_defaults(handler=cmd_sample)
     return parser
 

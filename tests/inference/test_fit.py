@@ -326,6 +326,33 @@ def test_time_budget_stops_cleanly():
     assert result.stopped == "time_budget" and 2 <= len(result.history) <= 5
 
 
+
+class SlowPointGaussian(PointGaussian):
+    """A :class:`PointGaussian` whose every loss evaluation takes ``delay`` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    def model(self, batch):
+        time.sleep(self.delay)
+        super().model(batch)
+
+
+def test_time_budget_is_checked_within_a_long_epoch():
+    # 200 mini-batches of 0.02 s make a 4 s epoch; a 0.2 s budget must end it mid-way.
+    data = _gaussian_data(num_sequences=200)
+    valid = _gaussian_data(seed=5)
+    model = SlowPointGaussian(delay=0.02)
+    started = time.perf_counter()
+    result = fit(model, data, valid=valid, batch_size=1, max_epochs=3, time_budget=0.2, progress=False)
+    elapsed = time.perf_counter() - started
+    assert result.stopped == "time_budget"
+    assert len(result.history) == 1 and elapsed < 1.5
+    # The cut-short epoch is scored, and its state is the one kept.
+    assert result.history[0]["valid_log_prob_per_step"] is not None
+    assert result.best_valid_log_prob_per_step == pytest.approx(score(model, valid).per_step)
+
 def _resume_options(run):
     return dict(max_epochs=6, batch_size=3, learning_rate=0.1, final_learning_rate=0.01, checkpoint=run,
                 checkpoint_every=3, seed=7, progress=False, valid=_gaussian_data(seed=9, dtype=torch.float64))
