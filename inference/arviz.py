@@ -47,7 +47,9 @@ Groups:
   ``smooth``: ``state_probs`` ``(sequence, time, state)``, the smoothed
   marginals :math:`p(s_t \mid x)` averaged over the predictive draws (for
   models whose ``smooth`` returns several tensors, e.g. Kalman means and
-  covariances, each field averaged, named ``smoothed_<field>``); and, for
+  covariances, each ``(sequence, time, ...)`` field averaged, named
+  ``smoothed_<field>``, with ``smoothed_cov`` the covariance of the mixture over
+  draws: mean covariance plus covariance of the means); and, for
   MCMC runs that drew them, ``sampled_states`` ``(chain, draw, sequence, time)``
   from forward-filtering backward-sampling.
 
@@ -191,6 +193,27 @@ def _conditioned_log_likelihood(model: SequenceModel, batch: SequenceBatch, valu
             return None
         total = total + log_prob.movedim(frame.dim, 0).reshape(batch.num_sequences, -1).sum(-1).double().cpu()
     return total
+
+
+def _state_summaries(output: Any, batch: SequenceBatch) -> dict[str, Tensor]:
+    """The per-step tensors of ``model.smooth``: a tensor ``(N, T, K)`` becomes
+    ``state_probs``; a NamedTuple's ``(N, T, ...)`` fields keep their names
+    (prefixed ``smoothed_``), and a ``smoothed_mean`` also yields its outer
+    product, to turn averaged covariances into the mixture's covariance."""
+    if isinstance(output, Tensor):
+        fields = {"state_probs": output}
+    elif hasattr(output, "_asdict"):
+        fields = {key if key.startswith("smoothed") else f"smoothed_{key}": value for key, value in output._asdict().items()}
+    else:
+        return {}
+    summaries = {}
+    for key, value in fields.items():
+        if isinstance(value, Tensor) and value.dim() >= 2 and tuple(value.shape[:2]) == (batch.num_sequences, batch.max_length):
+            summaries[key] = value.detach().double().cpu()
+    if "smoothed_mean" in summaries:
+        mean = summaries["smoothed_mean"]
+        summaries["_mean_outer"] = mean.unsqueeze(-1) * mean.unsqueeze(-2)
+    return summaries
 
 
 def _numpy(value: Tensor) -> np.ndarray:
@@ -347,16 +370,18 @@ def _export(model, data, posterior, kind, *, num_draws, num_predictive_draws, fi
                         sample = model.sample(data.num_sequences, data.max_length, generator=generator)
                         chain_replicated.append(_observations(SequenceBatch(sample.values, data.lengths.to(sample.values.device)), ragged))
                     if add_states and hasattr(model, "smooth") and (kind != "point" or count == 0):
-                        output = model.smooth(data.values, data.lengths)
-                        fields = {"state_probs": output} if isinstance(output, Tensor) else {
-                            f"smoothed_{key}": value for key, value in output._asdict().items() if isinstance(value, Tensor)}
-                        for key, value in fields.items():
-                            sums[key] = sums.get(key, 0) + value.detach().double().cpu()
+                        for key, value in _state_summaries(model.smooth(data.values, data.lengths), data).items():
+                            sums[key] = sums.get(key, 0) + value
                         count += 1
                 replicated.append(np.stack(chain_replicated) if chain_replicated else None)
         if add_predictive:
             predictive = {OBSERVED_NAME: np.stack(replicated)}
-        smoothed = {key: _numpy(value / count) for key, value in sums.items()}
+        smoothed = {key: value / count for key, value in sums.items()}
+        if "smoothed_mean" in smoothed and "smoothed_cov" in smoothed and "_mean_outer" in smoothed:
+            # Law of total covariance over the draws: E[Cov] + E[m m^T] - E[m] E[m]^T.
+            mean = smoothed["smoothed_mean"]
+            smoothed["smoothed_cov"] = smoothed["smoothed_cov"] + smoothed["_mean_outer"] - mean.unsqueeze(-1) * mean.unsqueeze(-2)
+        smoothed = {key: _numpy(value) for key, value in smoothed.items() if not key.startswith("_")}
     coords: dict[str, Any] = {"sequence": np.arange(data.num_sequences), "time": np.arange(data.max_length)}
     if fit_result is not None and getattr(fit_result, "history", None) and fit_result.method in ("svi", "em"):
         trace = np.array([record["objective"] for record in fit_result.history], dtype=float)
@@ -389,10 +414,12 @@ def _export(model, data, posterior, kind, *, num_draws, num_predictive_draws, fi
         idata.sample_stats[name] = xr.DataArray(trace, dims=["fit_step"])
     state_vars = {}
     for key, value in smoothed.items():
-        extra = [f"{key}_dim_{i}" if i else ("state" if key == "state_probs" else f"{key}_dim") for i in range(value.ndim - 2)]
+        names = ["state"] if key == "state_probs" else ["latent", "latent_bis"]
+        extra = [names[i] if i < len(names) else f"{key}_dim_{i}" for i in range(value.ndim - 2)]
         state_vars[key] = xr.DataArray(value, dims=["sequence", "time", *extra])
     if sampled_states is not None:
-        state_vars["sampled_states"] = xr.DataArray(_numpy(sampled_states), dims=["chain", "draw", "sequence", "time"])
+        extra = [f"sampled_states_dim_{i}" for i in range(sampled_states.dim() - 4)]
+        state_vars["sampled_states"] = xr.DataArray(_numpy(sampled_states), dims=["chain", "draw", "sequence", "time", *extra])
     if state_vars:
         idata.add_groups({"posterior_states": xr.Dataset(state_vars, coords={"sequence": np.arange(data.num_sequences),
                                                                               "time": np.arange(data.max_length)})})

@@ -25,8 +25,9 @@ that forks a process holding numba kernels and torch thread pools, and pickles
 the model; sequential chains are slower on a many-core machine and always safe.
 
 **Starts.** Every chain starts at the model's current point values
-(``parameter_values()``, e.g. a MAP fit or a data-driven initialisation),
-moved by Gaussian noise of standard deviation ``init_jitter`` in the
+(``parameter_values()``, e.g. a MAP fit or a data-driven initialisation;
+simplex values mixed with 1% of the uniform distribution so that a MAP
+probability of exactly 0 does not start the chain at infinity), moved by Gaussian noise of standard deviation ``init_jitter`` in the
 unconstrained space, so chains start apart and ``r_hat`` can see a chain that
 has not mixed.
 
@@ -58,13 +59,15 @@ import torch
 from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide.initialization import init_to_value
 from torch import Tensor
-from torch.distributions import biject_to
+from torch.distributions import biject_to, constraints
 from tqdm.auto import tqdm
 
 from .batch import SequenceBatch
 from .contract import SequenceModel
 from .labels import align_state_labels
 
+#: Simplex-valued starts are mixed with this much of the uniform distribution.
+_SIMPLEX_SHRINK = 0.01
 #: Names of the per-draw NUTS statistics, as ArviZ names them.
 SAMPLE_STAT_NAMES = ("diverging", "tree_depth", "n_steps", "step_size", "acceptance_rate", "lp")
 
@@ -177,6 +180,13 @@ def _jittered_start(model: SequenceModel, jitter: float, generator: torch.Genera
     values = model.parameter_values()
     for name, prior in model.parameter_sites().items():
         value = values[name].detach()
+        support = prior.support
+        while isinstance(support, constraints.independent):
+            support = support.base_constraint
+        if isinstance(support, type(constraints.simplex)):
+            # A MAP fit can sit on the boundary (an initial or transition probability of
+            # exactly 0), which is -inf in the stick-breaking coordinates: start inside.
+            value = (1 - _SIMPLEX_SHRINK) * value + _SIMPLEX_SHRINK / value.shape[-1]
         if jitter > 0:
             transform = biject_to(prior.support)
             unconstrained = transform.inv(value)

@@ -349,3 +349,74 @@ def test_compare_prefers_the_true_number_of_states():
     assert table.loc["K=1", "elpd_diff"] > 5 * table.loc["K=1", "dse"]
     with pytest.raises(ValueError, match="at least two"):
         export.compare({"K=3": models["K=3"]})
+
+
+# -- the other families: Kalman (LGSSM) and recurrent networks ---------------------------
+def test_lgssm_guide_export_summary_loo_ppc_and_states(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from zoo.diagnostics import plot_posterior_states, posterior_predictive_checks
+    from zoo.lgssm import LinearGaussianSSM
+
+    truth = LinearGaussianSSM.local_level(level_var=0.5, noise_var=1.0, dtype=torch.float64)
+    batch = truth.sample(6, 30, generator=torch.Generator().manual_seed(0))
+    model = LinearGaussianSSM.local_level(level_var=0.5, noise_var=1.0, dtype=torch.float64, guide="meanfield")
+    idata = export.to_inference_data(model, batch, "guide", num_draws=30, num_predictive_draws=5)
+    assert set(idata.posterior.data_vars) == {"transition_var", "observation_var"}
+    assert idata.posterior["transition_var"].dims == ("chain", "draw", "state")
+    states = idata.posterior_states
+    assert states["smoothed_mean"].dims == ("sequence", "time", "latent")
+    assert states["smoothed_cov"].dims == ("sequence", "time", "latent", "latent_bis")
+    # The exported log-likelihood at a draw is the Kalman filter's at that draw.
+    copy = LinearGaussianSSM.local_level(dtype=torch.float64)
+    copy.set_parameter_values({name: torch.as_tensor(idata.posterior[name].values[0, 3]) for name in ("transition_var", "observation_var")})
+    np.testing.assert_allclose(idata.log_likelihood["obs"].values[0, 3], copy.log_prob(batch.values).detach().numpy(), rtol=1e-8)
+    # Mixture covariance over draws >= the covariance at the mean draw's smoother (it adds the spread of the means).
+    assert (states["smoothed_cov"].values[..., 0, 0] > 0).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        az.summary(idata, kind="stats")
+        az.plot_trace(idata)
+        az.plot_ppc(idata, num_pp_samples=5)
+        elpd = export.loo(idata, warn=False)
+    assert np.isfinite(elpd["elpd_loo"]) and elpd["n_data_points"] == 6
+    table = {row["statistic"]: row for row in posterior_predictive_checks(idata, model)}
+    assert {"mean", "sd", "lag1_autocorrelation", "mean_run_length"} <= set(table)
+    assert plot_posterior_states(idata) is not None
+    plt.close("all")
+    idata.to_netcdf(str(tmp_path / "lgssm.nc"))
+    loaded = az.from_netcdf(str(tmp_path / "lgssm.nc"))
+    np.testing.assert_array_equal(loaded.posterior_states["smoothed_cov"].values, states["smoothed_cov"].values)
+
+
+def test_rnn_point_export_has_likelihood_and_predictive_but_no_posterior(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from zoo.rnn import RecurrentModel
+
+    torch.manual_seed(0)
+    model = RecurrentModel("categorical", num_symbols=4, cell="gru", hidden_size=8, embedding_dim=4).double()
+    batch = SequenceBatch(torch.randint(4, (5, 12)), torch.tensor([12, 12, 9, 12, 5]))
+    assert model.parameter_sites() == {}
+    idata = export.to_inference_data(model, batch, None, num_predictive_draws=6)
+    assert not hasattr(idata, "posterior")
+    np.testing.assert_allclose(idata.log_likelihood["obs"].values[0, 0],
+                               model.log_prob(batch.values, batch.lengths).detach().numpy(), rtol=1e-10)
+    replicated = idata.posterior_predictive["obs"].values
+    assert replicated.shape == (1, 6, 5, 12) and np.isnan(replicated[:, :, 4, 5:]).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        az.plot_ppc(idata, num_pp_samples=6)
+    plt.close("all")
+    with pytest.raises(ValueError, match="point estimate"):
+        export.loo(idata)
+    idata.to_netcdf(str(tmp_path / "rnn.nc"))
+    np.testing.assert_array_equal(az.from_netcdf(str(tmp_path / "rnn.nc")).log_likelihood["obs"].values,
+                                  idata.log_likelihood["obs"].values)
