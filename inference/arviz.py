@@ -418,7 +418,7 @@ def _export(model, data, posterior, kind, *, num_draws, num_predictive_draws, fi
         extra = [names[i] if i < len(names) else f"{key}_dim_{i}" for i in range(value.ndim - 2)]
         state_vars[key] = xr.DataArray(value, dims=["sequence", "time", *extra])
     if sampled_states is not None:
-        extra = [f"sampled_states_dim_{i}" for i in range(sampled_states.dim() - 4)]
+        extra = ["latent", "latent_bis"][: sampled_states.dim() - 4]
         state_vars["sampled_states"] = xr.DataArray(_numpy(sampled_states), dims=["chain", "draw", "sequence", "time", *extra])
     if state_vars:
         idata.add_groups({"posterior_states": xr.Dataset(state_vars, coords={"sequence": np.arange(data.num_sequences),

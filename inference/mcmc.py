@@ -167,7 +167,7 @@ class _RecordingNUTS(NUTS):
             "tree_depth": self.max_doubling + 1,
             "n_steps": self.leapfrog_steps,
             "step_size": float(self.step_size),
-            "acceptance_rate": float(accept),
+            "acceptance_rate": min(max(float(accept), 0.0), 1.0),  # recovered from a running mean: rounding
             "lp": -float(potential) if potential is not None else math.nan,
             "t": t_before,
         }

@@ -6,9 +6,8 @@ Sizes. The default run uses 4 chains of 100 warm-up + 50 draws started at an EM
 fit (about 30-50 s of CPU; a warm-up much shorter than 100 leaves Pyro's mass
 matrix and step size badly adapted, and a chain can crawl at tree depth 10) and
 checks r_hat < 1.1 (split r_hat of 25-draw halves is itself noisy: 1.07 seen
-on a converged run), bulk ESS > 100 (of 200 draws),
-every true value inside its 99% interval and at most 3 of the 18 outside their
-90% intervals. The full-size version (@slow: 4 x (500 + 500)) checks
+on a converged run), bulk ESS > 100 (of 200 draws), at most 1 of the 18 true
+values outside its 99% interval and at most 4 outside their 90% intervals. The full-size version (@slow: 4 x (500 + 500)) checks
 r_hat < 1.01, bulk ESS > 400 and at most 4 of 18 outside the 90% intervals
 (P(>= 5 misses) = 0.028 for 18 independent 90% intervals). Simulation-based
 calibration: 100 replications with the exact posterior by quadrature (default)
@@ -92,8 +91,10 @@ def test_nuts_converges_and_covers_the_truth_ci_size(three_state_run):
     summary = az.summary(idata, kind="diagnostics")
     assert summary["r_hat"].max() < 1.1, summary
     assert summary["ess_bulk"].min() > 100, summary
-    assert coverage_misses(idata, truth, 0.99) == 0
-    assert coverage_misses(idata, truth, 0.90) <= 3
+    # 18 scalar parameters: P(>= 2 outside their 99% intervals) = 0.014 and
+    # P(>= 5 outside their 90% intervals) = 0.028 for independent exact intervals.
+    assert coverage_misses(idata, truth, 0.99) <= 1
+    assert coverage_misses(idata, truth, 0.90) <= 4
     # Labels aligned and in canonical order: posterior means of the states sorted like the truth.
     np.testing.assert_allclose(idata.posterior["means"].mean(("chain", "draw")).values, TRUE_MEANS.numpy(), atol=0.4)
 
