@@ -47,12 +47,11 @@ Example:
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
-
-import math
 
 import pyro
 import torch
