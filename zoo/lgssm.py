@@ -160,6 +160,9 @@ class _VectorToPositiveDefinite(Transform):
     def __eq__(self, other):
         return isinstance(other, _VectorToPositiveDefinite)
 
+    def __hash__(self):
+        return hash(type(self))
+
     @staticmethod
     def _indices(dim: int, device) -> tuple[Tensor, Tensor]:
         return torch.tril_indices(dim, dim, device=device).unbind(0)
