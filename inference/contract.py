@@ -119,6 +119,21 @@ class SequenceModel(PyroModule):
         (e.g. ``{"transition": ("state", "next_state")}``)."""
         return {}
 
+    def state_label_axes(self) -> dict[str, tuple[int, ...]]:
+        """For a model whose discrete states are exchangeable labels (an HMM,
+        a topic model): the event axes of each parameter site that the label
+        indexes (e.g. ``{"transition": (0, 1), "means": (0,)}``), so that
+        posterior draws can be aligned to one labelling
+        (:func:`inference.arviz.align_state_labels`). ``{}``: nothing to align."""
+        return {}
+
+    def state_label_features(self, values: Mapping[str, Tensor]) -> Tensor:
+        """``(K, F)`` features of each state at parameter-site ``values`` that
+        tell states apart (emission means, word distributions ...); labels are
+        matched across draws on them. Needed when :meth:`state_label_axes` is
+        not empty."""
+        raise NotImplementedError(f"{type(self).__name__} does not describe its state labels")
+
     # -- shared -----------------------------------------------------------
     @property
     def num_parameters(self) -> int:

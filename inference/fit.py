@@ -2,7 +2,7 @@
 
 :func:`fit` knows nothing about any family: it depends only on
 :class:`~inference.contract.SequenceModel` and
-:class:`~inference.batch.SequenceBatch`. Two methods:
+:class:`~inference.batch.SequenceBatch`. Three methods:
 
 * ``"svi"`` — stochastic variational inference. Parameters are module-local
   (importing :mod:`inference` switches Pyro's ``module_local_params`` on), so
@@ -12,6 +12,8 @@
   training sequences (in mini-batches if ``batch_size`` is given).
 * ``"em"`` — expectation-maximisation through the family's
   ``model.em_step(batch)``. One *step* is one EM iteration.
+* ``"nuts"`` — posterior draws of the parameter sites by the No-U-Turn
+  sampler (:mod:`inference.mcmc`), for models with an exact likelihood.
 
 Every step appends a record to the history, reports it to the callbacks and to
 a progress bar; the loop stops on ``max_epochs``/``max_iterations``, early
@@ -71,6 +73,8 @@ class FitResult:
             ``"converged"`` or ``"time_budget"``.
         seconds: total wall time of the fit (including earlier resumed runs).
         restarts: EM only: the last objective of each restart.
+        mcmc: NUTS only: the :class:`~inference.mcmc.MCMCResult` (draws per
+            chain, sample statistics, state paths).
     """
 
     method: str
@@ -80,6 +84,7 @@ class FitResult:
     stopped: str = "max_steps"
     seconds: float = 0.0
     restarts: list[float] | None = None
+    mcmc: Any = None
 
 
 def make_elbo(model: SequenceModel, elbo: str = "auto", num_particles: int = 1) -> ELBO:
@@ -284,8 +289,13 @@ def fit(
     time_budget: float | None = None,
     callbacks: Sequence[Callable[[dict], None]] = (),
     description: str | None = None,
+    num_samples: int = 500,
+    warmup_steps: int = 500,
+    num_chains: int = 4,
+    initialize: bool = True,
+    **nuts_options: Any,
 ) -> FitResult:
-    """Fits ``model`` to ``train`` by SVI or EM.
+    """Fits ``model`` to ``train`` by SVI or EM, or samples its posterior by NUTS.
 
     Both methods first seed ``torch``, Pyro, Python and NumPy from ``seed``,
     move the model and data to ``device``, and call
@@ -322,6 +332,14 @@ def fit(
     ``1..num_restarts-1`` from ``model.reset_parameters(generator)``; the
     restart with the highest last objective is kept (its ``state_dict``
     restored). ``valid`` is scored for the history only.
+
+    **NUTS.** Samples the posterior of the parameter sites with
+    :func:`inference.mcmc.run_nuts` (``num_chains`` chains of ``warmup_steps``
+    + ``num_samples`` iterations, chain ``c`` seeded ``seed + c``), for models
+    whose ``model()`` marginalises the states exactly. ``history`` holds one
+    record per chain; ``mcmc`` the draws; the model is left at the posterior
+    mean. ``valid``, checkpoints, resume and the time budget do not apply
+    (with ``checkpoint`` the final model is still saved).
 
     **Checkpoints.** With ``checkpoint``, every ``checkpoint_every`` steps and
     at the end the loop writes ``checkpoint.safetensors`` (model and best
@@ -368,6 +386,15 @@ def fit(
         time_budget: seconds this call may train for (``None``: unlimited).
         callbacks: functions called with each history record.
         description: progress-bar label (default: the model's family).
+        num_samples: NUTS draws kept per chain.
+        warmup_steps: NUTS adaptation iterations per chain.
+        num_chains: NUTS chains (run one after another).
+        initialize: call ``model.initialize_from_data`` first (default). Pass
+            False to start from the model's current parameters, e.g. NUTS
+            chains started at an EM or SVI fit.
+        **nuts_options: further options of :func:`inference.mcmc.run_nuts`
+            (``target_accept_prob``, ``max_tree_depth``, ``init_jitter``,
+            ``sample_states``, ``align_labels``, ``point``).
 
     Returns:
         A :class:`FitResult`.
@@ -384,8 +411,10 @@ def fit(
         raise TypeError(f"train: expected a SequenceBatch, got {type(train).__name__}")
     if valid is not None and not isinstance(valid, SequenceBatch):
         raise TypeError(f"valid: expected a SequenceBatch or None, got {type(valid).__name__}")
-    if method not in ("svi", "em"):
-        raise ValueError(f"method: expected 'svi' or 'em', got {method!r}")
+    if method not in ("svi", "em", "nuts"):
+        raise ValueError(f"method: expected 'svi', 'em' or 'nuts', got {method!r}")
+    if nuts_options and method != "nuts":
+        raise TypeError(f"fit: unexpected keyword arguments {sorted(nuts_options)} (NUTS options need method='nuts')")
     for name, value in [("max_epochs", max_epochs), ("max_iterations", max_iterations),
                         ("num_restarts", num_restarts), ("patience", patience),
                         ("eval_every", eval_every), ("checkpoint_every", checkpoint_every)]:
@@ -422,7 +451,12 @@ def fit(
     pyro.set_rng_seed(seed)  # torch, Python and NumPy
     # Shuffling and restarts draw from a CPU generator so results do not depend on the device.
     generator = torch.Generator().manual_seed(seed)
-    model.initialize_from_data(train, generator)
+    if initialize:
+        model.initialize_from_data(train, generator)
+    if method == "nuts":
+        return _fit_nuts(model, train, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains,
+                         seed=seed, progress=progress, description=description, callbacks=callbacks,
+                         checkpoint=checkpoint, **nuts_options)
 
     loop_class = _SVILoop if method == "svi" else _EMLoop
     options = dict(
@@ -768,3 +802,26 @@ class _EMLoop(_LoopBase):
         self.iteration = 0
         self.previous_objective = None
         self.small_gains = 0
+
+
+def _fit_nuts(model: SequenceModel, train: SequenceBatch, *, num_samples: int, warmup_steps: int, num_chains: int,
+              seed: int, progress: bool, description: str | None, callbacks, checkpoint: RunDirectory | None,
+              **nuts_options: Any) -> FitResult:
+    """``fit(method="nuts")``: one history record per chain."""
+    from .mcmc import run_nuts  # imported here: Pyro's MCMC machinery is only needed for NUTS
+
+    history: list[dict] = []
+
+    def record(chain_record: dict) -> None:
+        entry = {"step": chain_record["chain"] + 1, **chain_record}
+        history.append(entry)
+        for callback in callbacks:
+            callback(entry)
+
+    started = time.perf_counter()
+    result = run_nuts(model, train, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=num_chains,
+                      seed=seed, progress=progress, description=description, callbacks=[record], **nuts_options)
+    if checkpoint is not None:
+        checkpoint.save_model(model)
+    return FitResult(method="nuts", history=history, best_step=num_chains, stopped="max_steps",
+                     seconds=time.perf_counter() - started, mcmc=result)

@@ -8,6 +8,7 @@ Subcommands::
     seqzoo decode DIR --data DATA
     seqzoo sample DIR --length N [--prime "ROMEO:" --temperature 0.8]
     seqzoo compare --data DATA --models hmm:states=8 lstm:hidden=256,layers=2 gru:hidden=256 ... --out DIR
+    seqzoo diagnose DIR [--data DATA] [--nuts --chains 4 --draws 500 --warmup 500]
 
 This is the only module that parses arguments or prints for a person.
 """
@@ -238,7 +239,7 @@ MODEL_BUILDERS = {
     "lstm": lambda data, settings: build_rnn(data, "lstm", settings),
 }
 #: Training settings any model spec may carry (``lstm:hidden=256,lr=0.002,batch_size=32``) -> type.
-FIT_SETTINGS = {"lr": float, "batch_size": int, "chunk_length": int, "epochs": int}
+FIT_SETTINGS = {"lr": float, "batch_size": int, "chunk_length": int, "epochs": int, "method": str}
 
 
 def _config_from_json(config: dict) -> dict:
@@ -469,7 +470,7 @@ def cmd_compare(args) -> int:
     data = _load(args)
     splits = split_data(data, fractions, seed=args.seed)
     root = RunDirectory.create(args.out, force=args.force)
-    rows, curves, samples = [], {}, {}
+    rows, curves, samples, exports = [], {}, {}, {}
     if data.kind == "categorical":
         rows.extend(_baseline_rows(splits, data))
     started = time.perf_counter()
@@ -488,17 +489,39 @@ def cmd_compare(args) -> int:
         rows.append({k: v for k, v in summary.items() if k != "history"})
         temperature = SAMPLE_TEMPERATURE if isinstance(model, RecurrentModel) else 1.0
         samples[label] = _sample_text(model, data, length=200, seed=args.seed, temperature=temperature)
+        exports[label] = _guide_export(model, splits.train.batch)
     print(f"compared {len(specs)} model(s) in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     comparison = {"data": args.data, "split": list(fractions), "unit": "nats per time step",
                   "stderr": "over held-out sequences, or over 20 contiguous blocks of a single held-out sequence",
                   "sample_temperature": {"recurrent networks": SAMPLE_TEMPERATURE, "other models": 1.0},
                   "models": rows, "samples": samples}
+    markdown = _comparison_markdown(comparison, data)
+    if exports and all(idata is not None for idata in exports.values()) and len(exports) > 1:
+        from inference.arviz import compare
+
+        # Every model has posterior draws (a mean-field guide): PSIS-LOO over training sequences.
+        table = compare(exports, warn=False)
+        comparison["loo_compare"] = json.loads(table.to_json(orient="index"))
+        root.write_text("loo_compare.csv", table.to_csv())
+        markdown += ("\n## PSIS-LOO over training sequences (az.compare, guide draws with the importance-sampling "
+                     "correction)\n\n```\n" + table.to_string() + "\n```\n")
     root.write_json("comparison.json", comparison)
-    root.write_text("comparison.md", _comparison_markdown(comparison, data))
+    root.write_text("comparison.md", markdown)
     root.save_figure("learning_curves.png", plots.learning_curves(curves, title=f"{args.data}: validation log-likelihood"))
     _print_summary(rows)
     print(f"comparison: {root.file('comparison.md')}")
     return 0
+
+
+def _guide_export(model, train, num_draws: int = 200):
+    """Guide draws with per-sequence log-likelihoods for az.compare, or None when the
+    model has no posterior draws (a point estimate) or the training part has one sequence."""
+    from inference.arviz import guide_is_point_mass, to_inference_data
+
+    batch = train.to(next(model.parameters()).device)
+    if batch.num_sequences < 2 or guide_is_point_mass(model, batch):
+        return None
+    return to_inference_data(model, batch, "guide", num_draws=num_draws, posterior_predictive=False, states=False)
 
 
 #: Temperature of the recurrent networks' samples in a comparison.
@@ -672,6 +695,62 @@ def _write_text_atomic(path: Path, text: str, force: bool) -> None:
     tmp.replace(path)
 
 
+def cmd_diagnose(args) -> int:
+    """Posterior diagnostics of a fitted run into RUN/diagnostics (see zoo.diagnostics.write_diagnostics)."""
+    from inference.arviz import guide_is_point_mass, to_inference_data
+    from zoo import diagnostics
+
+    run = RunDirectory.open(args.run)
+    config = run.read_json("config.json")
+    model = load_model(run)
+    vocabulary = Vocabulary.from_json(run.read_json("vocabulary.json")) if run.file("vocabulary.json").exists() else None
+    same_data = args.data is None or args.data == config["data"]
+    args.data = args.data or config["data"]
+    args.kind = args.kind or config.get("kind")
+    for option in ("time_column", "sequence_column"):
+        if getattr(args, option) is None and same_data:
+            setattr(args, option, config.get(option))
+    if same_data and args.first is None:
+        args.first = config.get("first")
+    data = _load(args, vocabulary=vocabulary)
+    if same_data:
+        # The posterior is of the data the model was fitted to: the same training split.
+        part = split_data(data, tuple(config.get("split", (0.8, 0.1, 0.1))), seed=config.get("seed", 0)).train
+        where = f"the training split of {args.data}"
+    else:
+        part, where = data, f"all of {args.data}"
+    out = RunDirectory.create(run.path / "diagnostics", force=args.force)
+    batch = part.batch.to(next(model.parameters()).device)
+    label = config.get("model", type(model).__name__)
+    if args.nuts:
+        result = fit(model, batch, method="nuts", num_samples=args.draws, warmup_steps=args.warmup,
+                     num_chains=args.chains, seed=args.seed, progress=not args.no_progress, initialize=False,
+                     max_tree_depth=args.max_tree_depth,
+                     description=f"{label} nuts")
+        posterior = result
+    elif not guide_is_point_mass(model, batch):
+        posterior = "guide"
+    else:
+        posterior = "point"
+    idata = to_inference_data(model, batch, posterior, num_draws=args.guide_draws,
+                              num_predictive_draws=args.predictive_draws, seed=args.seed)
+    report = diagnostics.write_diagnostics(out, model, idata, title=label, num_symbols=getattr(model, "num_symbols", None))
+    if args.nuts:
+        out.save_model(model, "posterior_mean_model")
+        report["files"].append("posterior_mean_model.safetensors")
+    out.write_json("diagnose.json", {"run": str(run.path), "data": where, "posterior": report["posterior_kind"],
+                                     **{k: v for k, v in report.items() if k not in ("files",)}})
+    print(f"posterior: {report['posterior_kind']} ({report['num_chains']} chain(s) x {report['num_draws']} draw(s)) on {where}")
+    if report["max_r_hat"] is not None:
+        print(f"max r_hat {report['max_r_hat']:.4f}, min bulk ESS {report['min_ess_bulk']:.0f}"
+              + (f", divergences {report['divergences']}" if report["divergences"] is not None else ""))
+    loo = report["loo"]
+    print("LOO: " + (f"elpd_loo {loo['elpd_loo']:.2f} ± {loo['se']:.2f} over {loo['n_sequences']} sequences"
+                     if "elpd_loo" in loo else f"skipped ({loo['skipped']})"))
+    print(f"diagnostics: {out.path}")
+    return 0
+
+
 # -- argument parsing --------------------------------------------------------
 def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training")
@@ -786,6 +865,21 @@ def build_parser() -> argparse.ArgumentParser:
     decode_parser.add_argument("--output", help="CSV to write (default RUN/decoded.csv)")
     decode_parser.add_argument("--force", action="store_true", help="overwrite the output file")
     decode_parser.set_defaults(handler=cmd_decode)
+
+    diagnose_parser = sub.add_parser("diagnose", help="posterior summary, trace/rank/PPC/state plots and LOO of a fitted run")
+    diagnose_parser.add_argument("run", help="run directory of a fitted model")
+    _add_data_arguments(diagnose_parser, required=False)
+    diagnose_parser.add_argument("--nuts", action="store_true", help="sample the posterior by NUTS (started at the fitted parameters)")
+    diagnose_parser.add_argument("--chains", type=int, default=4, help="NUTS chains (default 4)")
+    diagnose_parser.add_argument("--draws", type=int, default=500, help="NUTS draws per chain (default 500)")
+    diagnose_parser.add_argument("--warmup", type=int, default=500, help="NUTS warm-up iterations per chain (default 500)")
+    diagnose_parser.add_argument("--max-tree-depth", type=int, default=10, help="NUTS maximum tree depth (default 10)")
+    diagnose_parser.add_argument("--guide-draws", type=int, default=500, help="draws from a variational guide (default 500)")
+    diagnose_parser.add_argument("--predictive-draws", type=int, default=100, help="replicated data sets for the PPC (default 100)")
+    diagnose_parser.add_argument("--seed", type=int, default=0)
+    diagnose_parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    diagnose_parser.add_argument("--force", action="store_true", help="replace RUN/diagnostics if it exists")
+    diagnose_parser.set_defaults(handler=cmd_diagnose)
 
     sample_parser = sub.add_parser("sample", help="synthesise sequences from a fitted model")
     sample_parser.add_argument("run", help="run directory of a fitted model")

@@ -175,6 +175,64 @@ class HiddenMarkovModel(SequenceModel):
         k = self.num_states
         return (k - 1) + k * (k - 1) + self._num_emission_parameters()
 
+    # -- parameter sites (MCMC, posterior export) -------------------------
+    def parameter_sites(self) -> dict[str, dist.Distribution]:
+        """Priors of the global sites of :meth:`model`: ``initial``, ``transition``
+        and the emission sites, in sampling order."""
+        return self._priors()
+
+    def parameter_values(self) -> dict[str, Tensor]:
+        """Point value of each parameter site (detached)."""
+        return {name: value.detach().clone() for name, value in self._point().items()}
+
+    def set_parameter_values(self, values) -> None:
+        """Writes site values into the MAP parameters (``initial_logits``,
+        ``transition_logits`` and the emission parameters) and recentres a
+        mean-field guide on them.
+
+        With ``guide="meanfield"`` the point values are the guide's means, which
+        follow the written values to within about 1e-3 (a Dirichlet factor is
+        never centred exactly; see ``_sync_variational_to_point``).
+
+        Raises:
+            KeyError: a name that is not a parameter site.
+            ValueError: a value of the wrong shape.
+        """
+        priors = self._priors()
+        with torch.no_grad():
+            for name, value in values.items():
+                if name not in priors:
+                    raise KeyError(f"values: {name!r} is not a parameter site of {type(self).__name__}; "
+                                   f"expected some of {list(priors)}")
+                value = torch.as_tensor(value, dtype=self._dtype, device=self._device)
+                expected = priors[name].shape()
+                if value.shape != expected:
+                    raise ValueError(f"values[{name!r}]: expected shape {tuple(expected)}, got {tuple(value.shape)}")
+                if name == "initial":
+                    self.initial_logits.data.copy_(value.clamp(min=torch.finfo(value.dtype).tiny).log())
+                elif name == "transition":
+                    self.transition_logits.data.copy_(value.clamp(min=torch.finfo(value.dtype).tiny).log())
+                else:
+                    self._set_emission_value(name, value)
+            self._sync_variational_to_point()
+
+    def site_dims(self) -> dict[str, tuple[str, ...]]:
+        dims = {"initial": ("state",), "transition": ("state", "next_state")}
+        dims.update(self._emission_site_dims())
+        return dims
+
+    def state_label_axes(self) -> dict[str, tuple[int, ...]]:
+        """For each site, the event axes indexed by the state label (the labels
+        of an HMM are exchangeable under its symmetric priors)."""
+        axes = {"initial": (0,), "transition": (0, 1)}
+        axes.update({name: (0,) for name in self._emission_priors()})
+        return axes
+
+    def state_label_features(self, values) -> Tensor:
+        """``(K, F)`` what tells the states apart, for aligning labels across draws:
+        the emission parameters (see the subclasses)."""
+        raise NotImplementedError
+
     def log_prior(self, point: dict[str, Tensor] | None = None) -> Tensor:
         """Log prior density of the point values (the MAP objective's prior term)."""
         point = self._point() if point is None else point
@@ -476,6 +534,16 @@ class CategoricalHMM(HiddenMarkovModel):
     def _simplex_logits(self) -> list[nn.Parameter]:
         return [self.initial_logits, self.transition_logits, self.emission_logits]
 
+    def _set_emission_value(self, name: str, value: Tensor) -> None:
+        self.emission_logits.data.copy_(value.clamp(min=torch.finfo(value.dtype).tiny).log())
+
+    def _emission_site_dims(self) -> dict[str, tuple[str, ...]]:
+        return {"emission": ("state", "symbol")}
+
+    def state_label_features(self, values) -> Tensor:
+        """Emission probabilities ``(K, V)``."""
+        return torch.as_tensor(values["emission"])
+
     def _check_observations(self, x, name: str) -> Tensor:
         codes = torch.as_tensor(x, device=self._device)
         if codes.dim() != 2 or codes.is_floating_point() or codes.dtype == torch.bool:
@@ -650,6 +718,26 @@ class GaussianHMM(_VectorEmissionHMM):
 
     def _scale_tril(self) -> Tensor:
         return _constrain_tril(self.scale_tril_unconstrained)
+
+    def _set_emission_value(self, name: str, value: Tensor) -> None:
+        if name == "means":
+            self.emission_loc.data.copy_(value)
+        elif self.covariance_type == "diag":
+            self.log_scales.data.copy_(-0.5 * value.log())
+        else:
+            covariance = torch.linalg.inv(value)
+            covariance = 0.5 * (covariance + covariance.transpose(-1, -2))
+            self.scale_tril_unconstrained.data.copy_(_unconstrain_tril(torch.linalg.cholesky(covariance)))
+
+    def _emission_site_dims(self) -> dict[str, tuple[str, ...]]:
+        if self.covariance_type == "diag":
+            return {"means": ("state", "dim"), "precisions": ("state", "dim")}
+        return {"means": ("state", "dim"), "precisions": ("state", "dim", "dim_bis")}
+
+    def state_label_features(self, values) -> Tensor:
+        """State means ``(K, D)`` in units of the data's standard deviation."""
+        means = torch.as_tensor(values["means"])
+        return means / self.data_var.to(device=means.device, dtype=means.dtype).sqrt()
 
     def _emission_point(self) -> dict[str, Tensor]:
         if self.covariance_type == "diag":
@@ -897,6 +985,16 @@ class PoissonHMM(_VectorEmissionHMM):
 
     def _emission_point(self) -> dict[str, Tensor]:
         return {"rates": self.log_rates.exp()}
+
+    def _set_emission_value(self, name: str, value: Tensor) -> None:
+        self.log_rates.data.copy_(value.clamp(min=torch.finfo(value.dtype).tiny).log())
+
+    def _emission_site_dims(self) -> dict[str, tuple[str, ...]]:
+        return {"rates": ("state", "dim")}
+
+    def state_label_features(self, values) -> Tensor:
+        """Log rates ``(K, D)``."""
+        return torch.as_tensor(values["rates"]).log()
 
     def _emission_log_prob(self, values: Tensor, params: dict[str, Tensor]) -> Tensor:
         observed, x = self._observed(values)
