@@ -36,13 +36,7 @@ with warnings.catch_warnings():
     import arviz as az
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids thread-pool overhead."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TRUE_MEANS = torch.tensor([[-4.0], [0.0], [4.0]], dtype=torch.float64)

@@ -19,12 +19,7 @@ with warnings.catch_warnings():
     import arviz as az
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_summary_statistics_of_symbols_by_hand():

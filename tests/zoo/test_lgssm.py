@@ -199,14 +199,7 @@ def test_bad_input_raises_naming_the_argument(call, message):
         call(model)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The kernels loop over time with tiny batched ops; on a shared 2-core machine a second
-    intra-op thread makes each of them an order of magnitude slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def objectives_never_decrease(history):

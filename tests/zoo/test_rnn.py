@@ -17,13 +17,7 @@ from zoo.hmm import CategoricalHMM
 from zoo.rnn import RecurrentModel, elman_rnn, gru, lstm
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small recurrent networks are many times faster on one thread than on two busy ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomise(model: RecurrentModel, seed: int, spread: float = 0.5) -> RecurrentModel:
