@@ -70,6 +70,10 @@ _SCALES = ("learned", "predicted")
 _MIN_SCALE = 1e-3
 
 
+#: Steps per recurrent-kernel call when scoring: bounds the memory of ``log_prob`` on long texts.
+SCORE_WINDOW = 8192
+
+
 class RecurrentModel(SequenceModel):
     """An Elman RNN, GRU or LSTM next-step model with a categorical, Bernoulli or Gaussian head.
 
@@ -375,9 +379,30 @@ class RecurrentModel(SequenceModel):
         mask = mask.to(values.device)
         context = self._check_context(context, values.shape[0])
         obs, observed = self._observed(values, mask)
-        log_probs = self._head(self.hidden_states(values, context)).log_prob(obs)
+        pieces = [self._head(states).log_prob(obs[:, start:stop])
+                  for states, start, stop in self._hidden_state_windows(values, context)]
+        log_probs = torch.cat(pieces, 1) if pieces else torch.zeros(obs.shape, dtype=self.output.weight.dtype,
+                                                                     device=values.device)
         log_probs = torch.where(observed, log_probs, torch.zeros_like(log_probs))
         return log_probs if self.observation == "categorical" else log_probs.sum(-1)
+
+    def _hidden_state_windows(self, values: Tensor, context: Tensor | None, window: int | None = None):
+        """Yields ``(states (N, stop - start, H), start, stop)`` over consecutive windows of
+        at most ``window`` steps (default :data:`SCORE_WINDOW`), the states that predict steps
+        ``start .. stop - 1``.
+
+        The recurrent state is carried from one window to the next, so the result equals
+        :meth:`hidden_states` exactly; memory is bounded by the window, which lets a whole
+        long text (a million characters) be scored in one call.
+        """
+        window = window or SCORE_WINDOW
+        n, length = values.shape[:2]
+        state = self._initial_state(n, context)
+        for start in range(0, length, window):
+            stop = min(start + window, length)
+            previous = self._top(state).unsqueeze(1)  # (N, 1, H): predicts step `start`
+            outputs, state = self.rnn(self._step_inputs(values[:, start:stop], context), state)
+            yield self.output_dropout(torch.cat([previous, outputs[:, :-1]], 1)), start, stop
 
     def log_prob(self, values, lengths=None, context=None) -> Tensor:
         """``(N,)`` exact log-likelihood of each sequence, :math:`\\sum_t \\log p(x_t \\mid x_{<t})`.

@@ -14,6 +14,7 @@ from inference.batch import SequenceBatch
 from inference.fit import fit
 from inference.scoring import score
 from zoo.hmm import CategoricalHMM
+import zoo.rnn as rnn_module
 from zoo.rnn import RecurrentModel, elman_rnn, gru, lstm
 
 
@@ -189,6 +190,24 @@ def test_masked_batch_equals_one_by_one_scoring(cell):
     padded[torch.arange(9) >= lengths.unsqueeze(-1)] = 123.0
     single = torch.stack([gaussian.log_prob(series[n : n + 1, : lengths[n]])[0] for n in range(4)])
     torch.testing.assert_close(gaussian.log_prob(padded, lengths), single, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_scoring_in_windows_carries_the_state_exactly(cell, monkeypatch):
+    """Long texts are scored a window of steps at a time; the result must not depend on the window."""
+    generator = torch.Generator().manual_seed(6)
+    model = _randomise(RecurrentModel("categorical", num_symbols=5, cell=cell, hidden_size=6, num_layers=2,
+                                      embedding_dim=4), seed=7).double()
+    values = torch.randint(0, 5, (3, 23), generator=generator)
+    lengths = torch.tensor([23, 11, 1])
+    whole = model.log_prob_steps(values, lengths)
+    # The reference: one recurrent call over the whole batch.
+    states = model.hidden_states(values)
+    reference = model._head(states).log_prob(values) * (torch.arange(23) < lengths.unsqueeze(-1))
+    torch.testing.assert_close(whole, reference, rtol=0, atol=1e-12)
+    for window in (1, 3, 22, 23):
+        monkeypatch.setattr(rnn_module, "SCORE_WINDOW", window)
+        torch.testing.assert_close(model.log_prob_steps(values, lengths), whole, rtol=0, atol=1e-12)
 
 
 def test_missing_entries_at_the_last_step_drop_exactly_their_density():
