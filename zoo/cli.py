@@ -126,11 +126,17 @@ def build_hmm(data: SequenceData, states: int, emission: str | None = None, cova
     raise UsageError(f"--emission: expected categorical, gaussian or poisson, got {emission!r}")
 
 
-def _build_hmm_from_settings(data: SequenceData, settings: dict[str, str]) -> HiddenMarkovModel:
-    allowed = {"states", "emission", "covariance", "guide", "marginalize", "method"}
+def _reject_unknown_settings(family: str, settings: dict[str, str], allowed: set[str]) -> None:
+    """A model spec's settings must be the family's own (training settings such as
+    ``lr`` or ``method`` are split off before the family's builder sees them)."""
     unknown = set(settings) - allowed
     if unknown:
-        raise UsageError(f"hmm: unknown settings {sorted(unknown)}; allowed: {sorted(allowed)}")
+        raise UsageError(f"{family}: unknown settings {sorted(unknown)}; allowed: {sorted(allowed)} "
+                         f"(and the training settings {sorted(FIT_SETTINGS)})")
+
+
+def _build_hmm_from_settings(data: SequenceData, settings: dict[str, str]) -> HiddenMarkovModel:
+    _reject_unknown_settings("hmm", settings, {"states", "emission", "covariance", "guide", "marginalize"})
     try:
         states = int(settings.get("states", 8))
     except ValueError:
@@ -179,10 +185,8 @@ def build_lgssm(data: SequenceData, state_dim: int, transition: str = "learned",
 
 
 def _build_lgssm_from_settings(data: SequenceData, settings: dict[str, str]) -> LinearGaussianSSM:
-    allowed = {"state_dim", "transition", "observation", "covariance", "initial", "guide", "latent", "prior", "method"}
-    unknown = set(settings) - allowed
-    if unknown:
-        raise UsageError(f"lgssm: unknown settings {sorted(unknown)}; allowed: {sorted(allowed)}")
+    _reject_unknown_settings("lgssm", settings, {"state_dim", "transition", "observation", "covariance", "initial",
+                                                 "guide", "latent", "prior"})
     try:
         state_dim = int(settings.get("state_dim", 1))
     except ValueError:
@@ -200,10 +204,7 @@ _RNN_SETTINGS = {"hidden": "hidden_size", "layers": "num_layers", "embedding": "
 
 def build_rnn(data: SequenceData, cell: str, settings: dict[str, str]) -> RecurrentModel:
     """A recurrent network (``cell`` = rnn, gru or lstm) with the head that fits the data's kind."""
-    unknown = set(settings) - set(_RNN_SETTINGS)
-    if unknown:
-        raise UsageError(f"{cell}: unknown settings {sorted(unknown)}; allowed: {sorted(_RNN_SETTINGS)} "
-                         f"(and the training settings {sorted(FIT_SETTINGS)})")
+    _reject_unknown_settings(cell, settings, set(_RNN_SETTINGS))
     head = RNN_HEAD_FOR_KIND.get(data.kind)
     if head is None:
         raise UsageError(f"{cell}: data of kind {data.kind!r} is not supported; read counts as --kind real")
