@@ -50,8 +50,18 @@ class SequenceModel(PyroModule):
     event dimensions of each site in ``site_dims()`` for ArviZ. A model with no
     prior (e.g. an RNN whose weights are plain parameters) keeps the empty
     defaults. A family with a closed-form EM implements ``em_step`` (and
-    sets ``supports_em``); ``reset_parameters(generator)`` draws a fresh
+    sets ``supports_em``), preferably as ``e_step(batch)`` (additive
+    sufficient statistics, with ``"log_likelihood"``) and ``m_step(statistics)``
+    plus ``log_prior()``, so statistics of mini-batches or processes can be
+    summed before the M-step; ``reset_parameters(generator)`` draws a fresh
     initialisation (used by random restarts).
+
+    **Scoring and training hooks.** ``log_prob_batch(batch, num_particles=1)``
+    is what scoring and validation call (covariates reach it through the
+    batch); ``likelihood_label()`` words its column; a family may define
+    ``loss(batch, **step_kwargs)`` (a Tensor to minimise or a
+    :class:`~inference.trainer.LossOutput`) for ``fit(..., loss="model")``, and
+    ``default_fit_options()`` for its SVI defaults.
 
     Parameters are module-local (``pyro.settings`` ``module_local_params``,
     switched on when :mod:`inference` is imported), so two models in one
@@ -87,10 +97,46 @@ class SequenceModel(PyroModule):
         raise NotImplementedError(f"{type(self).__name__} must implement config()")
 
     # -- optional ---------------------------------------------------------
+    def e_step(self, batch: SequenceBatch) -> dict[str, Tensor]:
+        """Additive sufficient statistics of ``batch`` at the current parameters
+        (sums over sequences, so statistics of mini-batches or processes add up);
+        ``"log_likelihood"`` holds the summed log-likelihood."""
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form EM; fit it with method='svi'")
+
+    def m_step(self, statistics: Mapping[str, Tensor]) -> None:
+        """Sets the parameters that maximise the expected complete-data log-likelihood
+        (plus log-prior) given summed :meth:`e_step` statistics."""
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form EM; fit it with method='svi'")
+
+    def log_prior(self) -> Tensor:
+        """Log-density of the current point parameters under the priors (0 without priors)."""
+        return torch.zeros(())
+
     def em_step(self, batch: SequenceBatch) -> Tensor:
         """One EM iteration on ``batch``; returns the objective (log-likelihood
         plus log-prior, in nats) at the parameters *before* the update."""
-        raise NotImplementedError(f"{type(self).__name__} has no closed-form EM; fit it with method='svi'")
+        statistics = self.e_step(batch)
+        objective = statistics["log_likelihood"] + self.log_prior()
+        self.m_step(statistics)
+        return objective
+
+    def em_converged_check(self) -> bool:
+        """Whether the current parameters may be declared an EM fixed point once
+        the objective has stopped rising (default True). A family whose states
+        are exchangeable labels can return False while two states are nearly
+        identical (a symmetric saddle that EM leaves only slowly); see
+        :func:`near_duplicate_states`."""
+        return True
+
+    def default_fit_options(self) -> dict[str, Any]:
+        """Per-family defaults of :func:`inference.fit.fit`'s SVI keywords
+        (``learning_rate``, ``batch_size``, ``chunk_length`` ...); ``{}`` by default."""
+        return {}
+
+    def likelihood_label(self, num_particles: int = 1) -> str:
+        """How a report should label :meth:`log_prob_batch` scores: ``"exact"``,
+        ``"ELBO"``, ``"IWAE bound (M=...)"`` ...; default ``likelihood_kind``."""
+        return self.likelihood_kind
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Draws a fresh random initialisation (for restarts)."""
@@ -140,9 +186,39 @@ class SequenceModel(PyroModule):
         """Number of free scalar parameters of the point model (guide excluded)."""
         return sum(p.numel() for name, p in self.named_parameters() if not name.startswith("guide_"))
 
-    def log_prob_batch(self, batch: SequenceBatch) -> Tensor:
-        """``log_prob`` of a :class:`SequenceBatch`, ``(N,)``."""
+    def log_prob_batch(self, batch: SequenceBatch, *, num_particles: int = 1) -> Tensor:
+        """THE scoring hook: ``(N,)`` log-likelihood (or the family's bound) of
+        each sequence of ``batch``, covariates included.
+
+        The default is ``log_prob(batch.values, batch.lengths)``; a family
+        whose likelihood reads covariates (``batch.covariates``) or is a
+        stochastic bound overrides it. A stochastic bound draws from torch's
+        global RNG with ``num_particles`` samples;
+        :func:`inference.scoring.score` seeds it, so scores are reproducible.
+        """
         return self.log_prob(batch.values, batch.lengths)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+
+
+def near_duplicate_states(features: Tensor, tolerance: float = 1e-2) -> bool:
+    """Whether two states are nearly identical.
+
+    Args:
+        features: ``(K, F)`` what tells the states apart (as
+            :meth:`SequenceModel.state_label_features` returns).
+        tolerance: two states are near duplicates when the largest absolute
+            difference of their features is below ``tolerance`` times the
+            largest absolute feature.
+
+    Returns:
+        True when some pair of the ``K`` states is that close.
+    """
+    features = torch.as_tensor(features).detach().double().reshape(features.shape[0], -1)
+    if features.shape[0] < 2:
+        return False
+    scale = float(features.abs().max())
+    distance = (features.unsqueeze(0) - features.unsqueeze(1)).abs().amax(-1)  # (K, K)
+    distance.fill_diagonal_(float("inf"))
+    return bool(distance.min() <= tolerance * max(scale, torch.finfo(torch.float64).tiny))

@@ -9,6 +9,7 @@ integer data (symbols, counts) every real step counts, i.e.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -29,7 +30,8 @@ class Score:
         per_step: ``log_prob / num_steps``, nats per observed step.
         stderr: standard error of ``per_step`` over sequences (ratio
             estimator), ``None`` when there are fewer than two sequences.
-        kind: ``model.likelihood_kind`` — ``"exact"`` or the name of the bound.
+        kind: ``model.likelihood_label(num_particles)`` — ``"exact"`` or the
+            name of the bound.
         per_sequence: ``(N,)`` float64 CPU log-likelihood of each sequence.
     """
 
@@ -90,25 +92,41 @@ def ratio_standard_error(log_probs: Tensor, num_steps: Tensor) -> float | None:
     return math.sqrt(float(residual_variance) / (n * float(x.mean()) ** 2))
 
 
-def score(model: SequenceModel, batch: SequenceBatch, *, batch_size: int | None = None) -> Score:
-    """Scores ``batch`` under ``model.log_prob`` (no gradients, model in eval mode).
+def score(model: SequenceModel, batch: SequenceBatch, *, batch_size: int | None = None, num_particles: int = 1,
+          seed: int | None = 0) -> Score:
+    """Scores ``batch`` under ``model.log_prob_batch`` (no gradients, model in eval mode).
+
+    A stochastic bound (an ELBO, an IWAE bound) draws its samples from torch's
+    global RNG; ``score`` runs inside :func:`torch.random.fork_rng` seeded with
+    ``seed``, so the same model and batch always get the same score (early
+    stopping on a bound is deterministic) and the caller's RNG stream is left
+    untouched. Covariates reach the model through the batch.
 
     Args:
         model: a fitted :class:`SequenceModel`; its training mode is restored
             afterwards.
         batch: held-out sequences, on the model's device.
-        batch_size: sequences per ``log_prob`` call, to bound memory (``None``:
-            all at once).
+        batch_size: sequences per ``log_prob_batch`` call, to bound memory
+            (``None``: all at once).
+        num_particles: samples per sequence of a stochastic bound (passed to
+            ``log_prob_batch``; exact likelihoods ignore it).
+        seed: seed of the RNG the bound draws from (``None``: do not fork or
+            seed; draw from the global stream).
 
     Returns:
-        A :class:`Score`.
+        A :class:`Score` whose ``kind`` is ``model.likelihood_label(num_particles)``.
 
     Raises:
-        ValueError: ``batch_size`` is not positive, ``batch`` is empty or has
-            no observed step, or ``log_prob`` returns the wrong shape.
+        ValueError: ``batch_size`` or ``num_particles`` is not positive,
+            ``batch`` is empty or has no observed step, or ``log_prob_batch``
+            returns the wrong shape.
     """
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+    if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
         raise ValueError(f"batch_size: expected a positive int or None, got {batch_size!r}")
+    if not isinstance(num_particles, int) or isinstance(num_particles, bool) or num_particles < 1:
+        raise ValueError(f"num_particles: expected a positive int, got {num_particles!r}")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise ValueError(f"seed: expected an int or None, got {seed!r}")
     num_sequences = batch.num_sequences
     if num_sequences == 0:
         raise ValueError("batch: expected at least one sequence, got none")
@@ -120,14 +138,18 @@ def score(model: SequenceModel, batch: SequenceBatch, *, batch_size: int | None 
     was_training = model.training
     model.eval()
     pieces = []
+    devices = [batch.device] if batch.device.type == "cuda" else []
+    rng = torch.random.fork_rng(devices=devices) if seed is not None else contextlib.nullcontext()
     try:
-        with torch.no_grad():
+        with rng, torch.no_grad():
+            if seed is not None:
+                torch.manual_seed(seed)
             for start in range(0, num_sequences, chunk):
                 part = batch[start : start + chunk]
-                log_probs = model.log_prob_batch(part)
+                log_probs = model.log_prob_batch(part, num_particles=num_particles)
                 if log_probs.shape != (part.num_sequences,):
                     raise ValueError(
-                        f"{type(model).__name__}.log_prob: expected shape ({part.num_sequences},), "
+                        f"{type(model).__name__}.log_prob_batch: expected shape ({part.num_sequences},), "
                         f"got {tuple(log_probs.shape)}"
                     )
                 pieces.append(log_probs.detach().double().cpu())
@@ -140,6 +162,6 @@ def score(model: SequenceModel, batch: SequenceBatch, *, batch_size: int | None 
         num_steps=total_steps,
         per_step=log_prob / total_steps,
         stderr=ratio_standard_error(per_sequence, steps),
-        kind=model.likelihood_kind,
+        kind=model.likelihood_label(num_particles),
         per_sequence=per_sequence,
     )

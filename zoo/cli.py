@@ -278,7 +278,7 @@ def _training_setting(args, model, name: str):
     value = getattr(args, {"learning_rate": "lr"}.get(name, name), None)
     if value is not None:
         return value
-    return getattr(model, "default_fit_options", {}).get(name, _SVI_DEFAULTS[name])
+    return model.default_fit_options().get(name, _SVI_DEFAULTS[name])
 
 
 def _fit_options(args, model, data: SequenceData) -> dict[str, Any]:

@@ -107,8 +107,9 @@ class RecurrentModel(SequenceModel):
     family = "rnn"
     exact_likelihood = True
     likelihood_kind = "exact"
-    #: Training options that suit this family when the user names none (the CLI reads them).
-    default_fit_options = {"learning_rate": 2e-3, "batch_size": 64, "chunk_length": 128}
+    def default_fit_options(self) -> dict[str, Any]:
+        """Training options that suit this family when the user names none (the CLI reads them)."""
+        return {"learning_rate": 2e-3, "batch_size": 64, "chunk_length": 128}
 
     def __init__(self, observation: str = "categorical", *, num_symbols: int | None = None, dim: int | None = None,
                  cell: str = "lstm", hidden_size: int = 256, num_layers: int = 1, embedding_dim: int | None = 64,
@@ -414,13 +415,30 @@ class RecurrentModel(SequenceModel):
         """
         return self.log_prob_steps(values, lengths, context).sum(-1)
 
+    def _batch_context(self, batch: SequenceBatch, context: Tensor | None = None) -> Tensor | None:
+        """The context ``θ``: ``context`` if given, else the batch's ``"context"``
+        covariate ``(N, context_dim)`` (ignored by a model built without one)."""
+        if context is None and self.context_dim:
+            context = batch.covariates.get("context")
+            if context is None:
+                raise ValueError(f"context: this model takes a ({batch.num_sequences}, {self.context_dim}) context; "
+                                 f"give the batch a 'context' covariate (batch.with_covariates(context=...))")
+        return self._check_context(context, batch.num_sequences)
+
+    def log_prob_batch(self, batch: SequenceBatch, *, num_particles: int = 1) -> Tensor:
+        """``(N,)`` exact log-likelihood of each sequence of ``batch``, conditioned
+        on its ``"context"`` covariate when the model takes one (``num_particles``
+        is ignored: the likelihood is exact)."""
+        return self.log_prob(batch.values, batch.lengths, self._batch_context(batch))
+
     # -- the Pyro model ------------------------------------------------------
     def model(self, batch: SequenceBatch, context: Tensor | None = None) -> None:
         """Teacher-forced next-step likelihood of the batch as one masked
-        observation site (no latent variable)."""
+        observation site (no latent variable). The context ``θ`` is ``context``
+        or the batch's ``"context"`` covariate."""
         mask = batch.mask
         values = self._check_observations(batch.values, "batch.values", mask)
-        context = self._check_context(context, batch.num_sequences)
+        context = self._batch_context(batch, context)
         obs, observed = self._observed(values, mask)
         head = self._head(self.hidden_states(values, context))
         with sequence_plate(batch):

@@ -1,0 +1,962 @@
+"""The trainer behind :func:`inference.fit.fit`: typed options and explicit hooks.
+
+One small trainer per method (:class:`SVITrainer`, :class:`EMTrainer`), each
+configured by one typed record (:class:`SVIOptions`, :class:`EMOptions`;
+:class:`NUTSOptions` for the sampler). The loops know nothing about any
+family; what varies between objectives and runs plugs in through hooks:
+
+* the **loss** — any :class:`pyro.infer.ELBO` instance, a name
+  (:func:`make_elbo`), a callable ``loss(model, batch, **step_kwargs)`` or
+  ``"model"`` (the family's own ``model.loss(batch, **step_kwargs)``), each
+  returning a Tensor to minimise or a :class:`LossOutput`;
+* **per-step keyword arguments** for ``model``/``guide`` (e.g.
+  :class:`KLAnnealing`);
+* the **learning-rate schedule**, weight decay and one global-norm clip;
+* ``gradient_hook`` (after backward, before the clip: an all-reduce),
+  ``stop_hook`` (a collective stop decision), ``statistics_hook`` (EM: a
+  reduction of the E-step statistics), epoch ``callbacks`` and
+  ``step_callbacks``;
+* a :class:`RunWriter` through which every progress, checkpoint and
+  final-model write goes.
+
+:func:`inference.fit.fit` builds the records from its keywords; the trainers
+never import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
+from pyro.infer.elbo import ELBO
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .batch import SequenceBatch, iterate_minibatches
+from .contract import SequenceModel
+from .rundir import RunDirectory
+from .scoring import count_observed_steps, score
+
+#: Stop reasons after which ``resume`` returns at once instead of training on.
+FINAL_STOPS = ("converged", "early_stopping", "stop_hook")
+#: Names :func:`make_elbo` accepts.
+ELBO_NAMES = ("auto", "trace", "traceenum", "meanfield")
+#: Names of the built-in learning-rate schedules.
+LR_SCHEDULES = ("exponential", "constant", "cosine", "warmup_cosine", "plateau")
+
+
+# -- loss ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LossOutput:
+    """What a custom loss returns when what it minimises is not the objective.
+
+    Attributes:
+        loss: scalar Tensor to minimise (e.g. an annealed negative ELBO).
+        objective: the quantity logged and early-stopped on, in total nats,
+            higher is better (e.g. the unannealed ELBO or an IWAE bound).
+    """
+
+    loss: Tensor
+    objective: float | Tensor
+
+
+def make_elbo(model: SequenceModel, elbo: str | ELBO = "auto", num_particles: int = 1) -> ELBO:
+    """Builds the ELBO :func:`inference.fit.fit` uses.
+
+    Args:
+        model: the model; ``"auto"`` reads its ``has_enumerated_sites``.
+        elbo: an :class:`~pyro.infer.elbo.ELBO` instance (returned as is) or
+            ``"auto"`` (``"traceenum"`` if the model has enumerated discrete
+            sites, else ``"trace"``), ``"trace"``, ``"traceenum"``,
+            or ``"meanfield"`` (:class:`~pyro.infer.TraceMeanField_ELBO`, analytic
+            KL where known). Other ELBOs (``TraceGraph_ELBO``, ``RenyiELBO``
+            ...) are passed as instances.
+        num_particles: Monte Carlo samples per loss evaluation (for a name).
+
+    Returns:
+        The ELBO.
+    """
+    if isinstance(elbo, ELBO):
+        return elbo
+    if not isinstance(num_particles, int) or isinstance(num_particles, bool) or num_particles < 1:
+        raise ValueError(f"num_particles: expected a positive int, got {num_particles!r}")
+    if elbo == "auto":
+        elbo = "traceenum" if model.has_enumerated_sites else "trace"
+    classes = {"trace": Trace_ELBO, "traceenum": TraceEnum_ELBO, "meanfield": TraceMeanField_ELBO}
+    if elbo not in classes:
+        raise ValueError(f"elbo: expected a pyro.infer.ELBO instance or one of {ELBO_NAMES}, got {elbo!r}")
+    return classes[elbo](num_particles=num_particles)
+
+
+class _ELBOLoss:
+    """An ELBO as the trainer's loss.
+
+    ``evaluate`` returns ``(loss, objective)``: a Tensor to backpropagate, or
+    ``None`` when the ELBO has no ``differentiable_loss`` (RenyiELBO,
+    TraceGraph_ELBO) and its ``loss_and_grads`` has already filled the
+    gradients. With step keyword arguments (an annealing factor) the logged
+    objective is the unannealed ELBO, from one more evaluation without them.
+    """
+
+    def __init__(self, elbo: ELBO) -> None:
+        self.elbo = elbo
+        self.differentiable = callable(getattr(type(elbo), "differentiable_loss", None))
+
+    def evaluate(self, model: SequenceModel, batch: SequenceBatch, step_kwargs: Mapping[str, Any]):
+        if self.differentiable:
+            loss = self.elbo.differentiable_loss(model.model, model.guide, batch, **step_kwargs)
+            objective = -float(loss.detach())
+        else:
+            loss = None
+            # Such ELBOs (RenyiELBO) backpropagate only when the trace holds "param" sites; inside
+            # the module's Pyro context each PyroParam read is one, as in PyroModule.__call__.
+            context = getattr(model, "_pyro_context", contextlib.nullcontext())
+            with context:
+                objective = -float(self.elbo.loss_and_grads(model.model, model.guide, batch, **step_kwargs))
+            if not any(p.grad is not None for p in model.parameters() if p.requires_grad):
+                raise ValueError(f"loss: {type(self.elbo).__name__}.loss_and_grads computed no gradient for "
+                                 f"{type(model).__name__}'s parameters (it sees only PyroParam sites); use an "
+                                 f"ELBO with differentiable_loss or a callable loss")
+        if step_kwargs:
+            with torch.no_grad():
+                objective = -float(self.elbo.loss(model.model, model.guide, batch))
+        return loss, objective
+
+
+class _CallableLoss:
+    """``loss(model, batch, **step_kwargs)`` returning a Tensor (objective = -loss) or a :class:`LossOutput`."""
+
+    def __init__(self, function: Callable[..., Any], name: str) -> None:
+        self.function = function
+        self.name = name
+
+    def evaluate(self, model: SequenceModel, batch: SequenceBatch, step_kwargs: Mapping[str, Any]):
+        output = self.function(model, batch, **step_kwargs)
+        if isinstance(output, LossOutput):
+            loss, objective = output.loss, output.objective
+            objective = float(objective.detach()) if isinstance(objective, Tensor) else float(objective)
+        elif isinstance(output, Tensor):
+            loss, objective = output, -float(output.detach())
+        else:
+            raise TypeError(f"{self.name}: expected a scalar Tensor or a LossOutput, got {type(output).__name__}")
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            raise ValueError(f"{self.name}: expected a scalar loss Tensor, got {getattr(loss, 'shape', loss)!r}")
+        if not loss.requires_grad:
+            raise ValueError(f"{self.name}: the loss does not depend on any trainable parameter (no gradient)")
+        return loss.reshape(()), objective
+
+
+def _model_loss(model: SequenceModel, batch: SequenceBatch, **step_kwargs: Any):
+    return model.loss(batch, **step_kwargs)
+
+
+def build_loss(model: SequenceModel, loss: Any, num_particles: int):
+    """The trainer's loss object for ``SVIOptions.loss`` (see :class:`SVIOptions`)."""
+    if loss == "model":
+        if not callable(getattr(model, "loss", None)):
+            raise ValueError(f"loss: 'model' needs {type(model).__name__}.loss(batch, **step_kwargs), which it lacks")
+        return _CallableLoss(_model_loss, f"{type(model).__name__}.loss")
+    if isinstance(loss, (str, ELBO)):
+        return _ELBOLoss(make_elbo(model, loss, num_particles))
+    if callable(loss):
+        return _CallableLoss(loss, "loss")
+    raise ValueError(f"loss: expected an ELBO name {ELBO_NAMES}, a pyro.infer.ELBO, 'model' or a callable, "
+                     f"got {loss!r}")
+
+
+# -- per-step keyword arguments -----------------------------------------------------
+@dataclass(frozen=True)
+class KLAnnealing:
+    """A KL-annealing schedule for ``step_kwargs``: ``{name: a}`` with
+    ``a = min(1, start + (1 - start) * epoch / epochs)``, the factor that scales
+    the latent sites' log-densities in model and guide (Bowman et al., 2016;
+    Krishnan et al., 2017).
+
+    Args:
+        start: the factor at epoch 0, in ``[0, 1]``.
+        epochs: epochs until the factor reaches 1.
+        name: the keyword ``model``/``guide`` take.
+
+    Example:
+        >>> schedule = KLAnnealing(start=0.2, epochs=4)
+        >>> [schedule(epoch, 0)["annealing_factor"] for epoch in range(6)]
+        [0.2, 0.4, 0.6000000000000001, 0.8, 1.0, 1.0]
+    """
+
+    start: float = 0.1
+    epochs: int = 100
+    name: str = "annealing_factor"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.start, (int, float)) or not 0 <= self.start <= 1:
+            raise ValueError(f"KLAnnealing.start: expected a number in [0, 1], got {self.start!r}")
+        if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 1:
+            raise ValueError(f"KLAnnealing.epochs: expected a positive int, got {self.epochs!r}")
+
+    def __call__(self, epoch: int, step: int) -> dict[str, float]:
+        return {self.name: min(1.0, self.start + (1.0 - self.start) * epoch / self.epochs)}
+
+
+# -- learning-rate schedules -----------------------------------------------------
+class _ScheduleFactor:
+    """Multiplier of the base learning rate after ``epoch`` scheduler steps:
+    a linear warm-up over ``warmup`` epochs, then the named decay over the
+    remaining epochs. A plain object (not a lambda) so ``LambdaLR.state_dict``
+    stores its settings as JSON."""
+
+    def __init__(self, kind: str, warmup: int, total: int, final_ratio: float) -> None:
+        self.kind, self.warmup, self.total, self.final_ratio = kind, warmup, total, final_ratio
+
+    def __call__(self, epoch: int) -> float:
+        if epoch < self.warmup:
+            return (epoch + 1) / (self.warmup + 1)
+        progress = min(1.0, (epoch - self.warmup) / max(1, self.total - self.warmup))
+        if self.kind == "constant":
+            return 1.0
+        if self.kind == "exponential":
+            return self.final_ratio**progress
+        return self.final_ratio + (1 - self.final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, options: "SVIOptions"):
+    """The learning-rate scheduler of ``options.lr_schedule`` (stepped once per epoch)."""
+    schedule = options.lr_schedule
+    if callable(schedule):
+        scheduler = schedule(optimizer)
+        if not isinstance(scheduler, (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)):
+            raise TypeError(f"lr_schedule: the callable must return a torch.optim.lr_scheduler scheduler, "
+                            f"got {type(scheduler).__name__}")
+        return scheduler
+    if schedule == "plateau":
+        # Halve the rate when the validation score (or, without one, the objective) stalls.
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5,
+                                                          patience=max(1, options.patience // 2))
+    final = options.final_learning_rate
+    if schedule == "exponential" and not options.warmup_epochs:
+        gamma = ((final or options.learning_rate) / options.learning_rate) ** (1.0 / options.max_epochs)
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
+    if schedule in ("cosine", "warmup_cosine"):
+        final_ratio = (final or 0.0) / options.learning_rate
+    else:
+        final_ratio = (final or options.learning_rate) / options.learning_rate
+    factor = _ScheduleFactor(schedule.replace("warmup_", ""), options.warmup_epochs, options.max_epochs, final_ratio)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# -- options ---------------------------------------------------------------------
+def _check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name}: expected a positive int{' or None' if allow_none else ''}, got {value!r}")
+
+
+def _check_positive_float(name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or not math.isfinite(value):
+        raise ValueError(f"{name}: expected a positive finite number{' or None' if allow_none else ''}, got {value!r}")
+
+
+def _check_callable(name: str, value: Any) -> None:
+    if value is not None and not callable(value):
+        raise TypeError(f"{name}: expected a callable or None, got {type(value).__name__}")
+
+
+@dataclass
+class _LoopOptions:
+    """Options shared by the SVI and EM trainers (see :func:`inference.fit.fit`)."""
+
+    patience: int = 10
+    eval_every: int = 1
+    checkpoint_every: int = 10
+    time_budget: float | None = None
+    progress: bool = True
+    description: str | None = None
+    callbacks: Sequence[Callable[[dict], None]] = ()
+    stop_hook: Callable[[bool], bool] | None = None
+    valid_batch_size: int | None = None
+    valid_num_particles: int = 1
+
+    def check(self) -> None:
+        for name in ("patience", "eval_every", "checkpoint_every", "valid_num_particles"):
+            _check_positive_int(name, getattr(self, name))
+        _check_positive_int("valid_batch_size", self.valid_batch_size, allow_none=True)
+        if self.time_budget is not None and (not isinstance(self.time_budget, (int, float)) or self.time_budget < 0):
+            raise ValueError(f"time_budget: expected a non-negative number of seconds or None, got {self.time_budget!r}")
+        _check_callable("stop_hook", self.stop_hook)
+        for callback in self.callbacks:
+            _check_callable("callbacks", callback)
+
+
+@dataclass
+class SVIOptions(_LoopOptions):
+    """Options of :class:`SVITrainer` (``fit(method="svi")``).
+
+    Attributes:
+        max_epochs: epochs (one step = one pass over the training sequences).
+        batch_size: sequences per mini-batch (``None``: full batch).
+        learning_rate: base learning rate of Adam(W).
+        final_learning_rate: where ``"exponential"`` decays to at
+            ``max_epochs`` (``None``: constant) and ``"cosine"`` ends (``None``: 0).
+        lr_schedule: ``"exponential"``, ``"constant"``, ``"cosine"``,
+            ``"warmup_cosine"`` (cosine after ``warmup_epochs`` of linear
+            warm-up), ``"plateau"`` (halve the rate when the validation score
+            stalls for ``patience // 2`` evaluations) or a callable
+            ``optimizer -> torch.optim.lr_scheduler`` scheduler. Stepped once
+            per epoch.
+        warmup_epochs: epochs of linear warm-up before the named schedule.
+        weight_decay: decoupled weight decay (AdamW); 0 is plain Adam.
+        clip_norm: the global L2 norm gradients are clipped to (one clip).
+        betas: Adam moment decay rates.
+        loss: ``"auto"`` / ``"trace"`` / ``"traceenum"`` / ``"meanfield"``, any :class:`pyro.infer.elbo.ELBO` instance,
+            ``"model"`` (``model.loss(batch, **step_kwargs)``) or a callable
+            ``loss(model, batch, **step_kwargs)``; a custom loss returns a
+            scalar Tensor to minimise or a :class:`LossOutput`.
+        num_particles: particles of an ELBO given by name.
+        step_kwargs: ``(epoch, step) -> dict`` of keyword arguments for
+            ``model``/``guide`` (or the custom loss), e.g. :class:`KLAnnealing`.
+            ``epoch`` counts finished epochs, ``step`` optimiser steps.
+        gradient_hook: ``hook(parameters)``, after backward and before the clip
+            (e.g. an all-reduce of the gradients); it may modify ``.grad``.
+        step_callbacks: called after every optimiser step with
+            ``{"epoch", "step", "loss", "objective", "lr"}``.
+    """
+
+    max_epochs: int = 100
+    batch_size: int | None = None
+    learning_rate: float = 1e-2
+    final_learning_rate: float | None = None
+    lr_schedule: str | Callable[[torch.optim.Optimizer], Any] = "exponential"
+    warmup_epochs: int = 0
+    weight_decay: float = 0.0
+    clip_norm: float = 10.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    loss: Any = "auto"
+    num_particles: int = 1
+    step_kwargs: Callable[[int, int], Mapping[str, Any]] | None = None
+    gradient_hook: Callable[[list[Tensor]], None] | None = None
+    step_callbacks: Sequence[Callable[[dict], None]] = ()
+
+    def check(self) -> None:
+        super().check()
+        _check_positive_int("max_epochs", self.max_epochs)
+        _check_positive_int("batch_size", self.batch_size, allow_none=True)
+        _check_positive_int("num_particles", self.num_particles)
+        _check_positive_float("learning_rate", self.learning_rate)
+        _check_positive_float("final_learning_rate", self.final_learning_rate, allow_none=True)
+        _check_positive_float("clip_norm", self.clip_norm)
+        if not isinstance(self.warmup_epochs, int) or isinstance(self.warmup_epochs, bool) or not (
+                0 <= self.warmup_epochs < self.max_epochs):
+            raise ValueError(f"warmup_epochs: expected an int in [0, max_epochs={self.max_epochs}), "
+                             f"got {self.warmup_epochs!r}")
+        if not isinstance(self.weight_decay, (int, float)) or not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight_decay: expected a non-negative number, got {self.weight_decay!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas: expected two numbers in [0, 1), got {self.betas!r}")
+        if not callable(self.lr_schedule):
+            if self.lr_schedule not in LR_SCHEDULES:
+                raise ValueError(f"lr_schedule: expected one of {LR_SCHEDULES} or a callable, got {self.lr_schedule!r}")
+            if self.lr_schedule == "warmup_cosine" and self.warmup_epochs < 1:
+                raise ValueError("lr_schedule: 'warmup_cosine' needs warmup_epochs >= 1")
+            if self.lr_schedule == "plateau" and self.warmup_epochs:
+                raise ValueError("warmup_epochs: not supported with lr_schedule='plateau'")
+        _check_callable("step_kwargs", self.step_kwargs)
+        _check_callable("gradient_hook", self.gradient_hook)
+        for callback in self.step_callbacks:
+            _check_callable("step_callbacks", callback)
+
+
+@dataclass
+class EMOptions(_LoopOptions):
+    """Options of :class:`EMTrainer` (``fit(method="em")``).
+
+    Attributes:
+        max_iterations: EM iterations per restart.
+        tolerance: convergence threshold on the objective's gain per observed
+            step and iteration.
+        num_restarts: random restarts (restart 0 starts from the model as it is).
+        statistics_hook: ``hook(statistics) -> statistics`` applied to the
+            summed E-step statistics before the objective and the M-step (an
+            all-reduce over processes); needs a model with ``e_step``/``m_step``.
+        patience: iterations in a row the gain must stay below the threshold.
+    """
+
+    max_iterations: int = 500
+    tolerance: float = 1e-8
+    num_restarts: int = 1
+    statistics_hook: Callable[[dict[str, Tensor]], Mapping[str, Tensor]] | None = None
+
+    def check(self) -> None:
+        super().check()
+        _check_positive_int("max_iterations", self.max_iterations)
+        _check_positive_int("num_restarts", self.num_restarts)
+        if not isinstance(self.tolerance, (int, float)) or not math.isfinite(self.tolerance):
+            raise ValueError(f"tolerance: expected a finite number, got {self.tolerance!r}")
+        _check_callable("statistics_hook", self.statistics_hook)
+
+
+@dataclass
+class NUTSOptions:
+    """Options of ``fit(method="nuts")`` (see :func:`inference.mcmc.run_nuts`).
+
+    Attributes:
+        num_samples: draws kept per chain.
+        warmup_steps: adaptation iterations per chain.
+        num_chains: chains, run one after another.
+        sampler_options: further keywords of ``run_nuts`` (``target_accept_prob``,
+            ``max_tree_depth``, ``init_jitter``, ``sample_states``,
+            ``align_labels``, ``point``).
+    """
+
+    num_samples: int = 500
+    warmup_steps: int = 500
+    num_chains: int = 4
+    progress: bool = True
+    description: str | None = None
+    callbacks: Sequence[Callable[[dict], None]] = ()
+    sampler_options: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        _check_positive_int("num_samples", self.num_samples)
+        _check_positive_int("num_chains", self.num_chains)
+        if not isinstance(self.warmup_steps, int) or isinstance(self.warmup_steps, bool) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps: expected a non-negative int, got {self.warmup_steps!r}")
+
+
+# -- writing -----------------------------------------------------------------------
+class RunWriter:
+    """Every write of a fit (progress bar, checkpoints, the final model) goes
+    through this object, so a rank-aware subclass (only rank 0 writes) can
+    replace it without touching the loops.
+
+    Args:
+        run: the run directory to checkpoint into (``None``: no files).
+    """
+
+    def __init__(self, run: RunDirectory | None = None) -> None:
+        self.run = run
+
+    @property
+    def can_resume(self) -> bool:
+        return self.run is not None
+
+    def describe(self) -> str:
+        return repr(str(self.run.path)) if self.run is not None else "no run directory"
+
+    def progress_bar(self, total: int, initial: int, description: str, enabled: bool):
+        """A context-managed progress bar with ``update(n)`` and ``set_postfix(dict, refresh=)``."""
+        return tqdm(total=total, initial=initial, desc=description, unit="step", file=sys.stderr,
+                    disable=not enabled, dynamic_ncols=True)
+
+    def save_checkpoint(self, tensors: dict[str, Tensor], state: dict[str, Any]) -> None:
+        if self.run is not None:
+            ckpt.save_checkpoint(self.run, tensors, state)
+
+    def load_checkpoint(self, device: torch.device) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        if self.run is None:
+            raise ValueError("resume: needs a checkpoint run directory, got none")
+        return ckpt.load_checkpoint(self.run, device)
+
+    def save_model(self, model: torch.nn.Module) -> None:
+        if self.run is not None:
+            self.run.save_model(model)
+
+
+# -- the trainers --------------------------------------------------------------------
+@dataclass
+class FitResult:
+    """What :func:`inference.fit.fit` did.
+
+    Attributes:
+        method: ``"svi"``, ``"em"`` or ``"nuts"``.
+        history: one record per step (SVI epoch or EM iteration), each a dict
+            with ``step``, ``objective`` (ELBO or EM objective, total nats),
+            ``objective_per_step`` (per observed training time step),
+            ``valid_log_prob_per_step`` (when evaluated at that step), ``lr``
+            (SVI) and ``seconds`` (cumulative wall time); EM records also hold
+            ``restart`` and ``iteration``.
+        best_step: the step whose parameters the model holds at the end.
+        best_valid_log_prob_per_step: validation score of those parameters, or
+            ``None`` without validation data.
+        stopped: why the loop stopped: ``"max_steps"``, ``"early_stopping"``,
+            ``"converged"``, ``"time_budget"`` or ``"stop_hook"``.
+        seconds: total wall time of the fit (including earlier resumed runs).
+        restarts: EM only: the last objective of each restart.
+        mcmc: NUTS only: the :class:`~inference.mcmc.MCMCResult` (draws per
+            chain, sample statistics, state paths).
+    """
+
+    method: str
+    history: list[dict] = field(default_factory=list)
+    best_step: int = 0
+    best_valid_log_prob_per_step: float | None = None
+    stopped: str = "max_steps"
+    seconds: float = 0.0
+    restarts: list[float] | None = None
+    mcmc: Any = None
+
+
+def rounding_noise_per_step(objective: Tensor | float, num_steps: int) -> float:
+    """Per-step size of rounding noise in an objective: 16 machine epsilons of
+    its magnitude in its own dtype (float64 for a Python number)."""
+    dtype = objective.dtype if isinstance(objective, Tensor) and objective.is_floating_point() else torch.float64
+    return 16 * torch.finfo(dtype).eps * abs(float(objective)) / num_steps
+
+
+class _Clock:
+    """Cumulative wall time (carried across resumes) and this call's time budget."""
+
+    def __init__(self, previous_seconds: float, budget: float | None) -> None:
+        self.start = time.perf_counter()
+        self.previous = previous_seconds
+        self.budget = budget
+
+    @property
+    def total(self) -> float:
+        return self.previous + time.perf_counter() - self.start
+
+    @property
+    def over_budget(self) -> bool:
+        return self.budget is not None and time.perf_counter() - self.start >= self.budget
+
+
+class Trainer:
+    """State and book-keeping shared by :class:`SVITrainer` and :class:`EMTrainer`.
+
+    Args:
+        model: the model (already on its device and initialised).
+        train: training sequences (on the model's device).
+        options: the method's options record.
+        valid: validation sequences, scored with :func:`inference.scoring.score`.
+        writer: where progress, checkpoints and the final model go.
+        generator: CPU generator for shuffling and restarts.
+        seed: seed of the validation score's RNG (a stochastic bound).
+        resume: continue from the writer's checkpoint.
+    """
+
+    method = ""
+
+    def __init__(self, model: SequenceModel, train: SequenceBatch, options: _LoopOptions, *,
+                 valid: SequenceBatch | None = None, writer: RunWriter | None = None,
+                 generator: torch.Generator | None = None, seed: int = 0, resume: bool = False) -> None:
+        options.check()
+        self.model, self.train, self.valid, self.options = model, train, valid, options
+        self.writer = writer if writer is not None else RunWriter()
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+        self.seed, self.resume = seed, resume
+        if resume and not self.writer.can_resume:
+            raise ValueError("resume: needs a checkpoint run directory, got checkpoint=None")
+        self.num_train_steps = count_observed_steps(train)
+        if self.num_train_steps == 0:
+            raise ValueError("train: has no observed time step")
+        self.device = train.device
+        self.history: list[dict] = []
+        self.step = 0
+        self.best_state: dict[str, Tensor] | None = None
+        self.best_step = 0
+        self.best_valid: float | None = None
+        self.stopped: str | None = None
+        self.previous_seconds = 0.0
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    # -- per-method state (checkpointed) -----------------------------------------------
+    def loop_state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def restore_loop_state(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------------
+    def save_checkpoint(self, clock: _Clock) -> None:
+        state = {"method": self.method, "step": self.step, "history": self.history, "best_step": self.best_step,
+                 "best_valid": self.best_valid, "stopped": self.stopped, "seconds": clock.total,
+                 **self.loop_state()}
+        tensors, state = ckpt.checkpoint_payload(model=self.model, best_state=self.best_state,
+                                                 optimizer=self.optimizer, loop_state=state,
+                                                 generator=self.generator)
+        self.writer.save_checkpoint(tensors, state)
+
+    def load_checkpoint(self) -> None:
+        tensors, state = self.writer.load_checkpoint(self.device)
+        if state["method"] != self.method:
+            raise ValueError(f"resume: the checkpoint in {self.writer.describe()} is from method "
+                             f"{state['method']!r}, not {self.method!r}")
+        self.model.load_state_dict(ckpt.unprefixed("model", tensors))
+        self.best_state = ckpt.unprefixed("best", tensors) if state["has_best_state"] else None
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(ckpt.join_optimizer_state(tensors, state["optimizer"]))
+        ckpt.set_rng_state(tensors, state["rng"])
+        self.generator.set_state(tensors["rng.shuffle"].cpu())
+        self.step = state["step"]
+        self.history = state["history"]
+        self.best_step = state["best_step"]
+        self.best_valid = state["best_valid"]
+        self.stopped = state["stopped"]
+        self.previous_seconds = state["seconds"]
+        self.restore_loop_state(state)
+
+    def evaluate(self, last: bool) -> float | None:
+        """Validation log-likelihood per step every ``eval_every`` steps and at the last."""
+        if self.valid is None or not (self.step % self.options.eval_every == 0 or last):
+            return None
+        return score(self.model, self.valid, batch_size=self.options.valid_batch_size,
+                     num_particles=self.options.valid_num_particles, seed=self.seed).per_step
+
+    def decide_stop(self, reason: str | None) -> str | None:
+        """The local stop ``reason`` (or ``None``), through ``stop_hook``'s collective decision."""
+        hook = self.options.stop_hook
+        if hook is None:
+            return reason
+        if hook(reason is not None):
+            return reason or "stop_hook"
+        return None
+
+    def emit(self, record: dict, clock: _Clock, bar) -> None:
+        self.history.append(record)
+        postfix = {"objective/step": f"{record['objective_per_step']:.4f}"}
+        if record.get("valid_log_prob_per_step") is not None:
+            postfix["valid ll/step"] = f"{record['valid_log_prob_per_step']:.4f}"
+        bar.set_postfix(postfix, refresh=False)
+        bar.update(1)
+        if self.step % self.options.checkpoint_every == 0:
+            self.save_checkpoint(clock)
+        for callback in self.options.callbacks:
+            callback(record)
+
+    def progress_bar(self, total: int, initial: int):
+        return self.writer.progress_bar(total, initial, self.options.description or self.model.family,
+                                        self.options.progress)
+
+    def finish(self, clock: _Clock, restarts: list[float] | None = None, save: bool = True) -> FitResult:
+        if save:
+            self.save_checkpoint(clock)
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        self.writer.save_model(self.model)
+        return FitResult(method=self.method, history=self.history, best_step=self.best_step,
+                         best_valid_log_prob_per_step=self.best_valid, stopped=self.stopped, seconds=clock.total,
+                         restarts=restarts)
+
+
+class SVITrainer(Trainer):
+    """Stochastic variational inference (or any gradient objective) over
+    ``model.parameters()`` with Adam(W); one step is one epoch.
+
+    Example:
+        >>> trainer = SVITrainer(model, train, SVIOptions(max_epochs=50, lr_schedule="cosine"))  # doctest: +SKIP
+        >>> result = trainer.run()  # doctest: +SKIP
+    """
+
+    method = "svi"
+    options: SVIOptions
+
+    def loop_state(self) -> dict[str, Any]:
+        return {"scheduler": self.scheduler.state_dict(), "evaluations_without_improvement": self.stale}
+
+    def restore_loop_state(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.stale = state["evaluations_without_improvement"]
+
+    def step_kwargs(self, optimizer_steps: int) -> dict[str, Any]:
+        if self.options.step_kwargs is None:
+            return {}
+        kwargs = self.options.step_kwargs(self.step, optimizer_steps)
+        if not isinstance(kwargs, Mapping):
+            raise TypeError(f"step_kwargs: expected the schedule to return a dict, got {type(kwargs).__name__}")
+        return dict(kwargs)
+
+    def run(self) -> FitResult:
+        model, train, options = self.model, self.train, self.options
+        loss_function = build_loss(model, options.loss, options.num_particles)
+        batch_size = options.batch_size or train.num_sequences
+        # One evaluation creates lazily initialised parameters before the optimizer collects them
+        # (with gradients on: TraceEnum_ELBO refuses to evaluate a loss it cannot differentiate).
+        loss_function.evaluate(model, train[:batch_size].with_population(train.num_sequences), self.step_kwargs(0))
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        if not parameters:
+            raise ValueError(f"model: {type(model).__name__} has no trainable parameter to fit by SVI")
+        for parameter in parameters:
+            parameter.grad = None
+        self.optimizer = torch.optim.AdamW(parameters, lr=options.learning_rate, betas=tuple(options.betas),
+                                           weight_decay=options.weight_decay)
+        self.scheduler = build_scheduler(self.optimizer, options)
+        plateau = isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        self.stale = 0
+        if self.resume:
+            self.load_checkpoint()
+        clock = _Clock(self.previous_seconds, options.time_budget)
+        if self.stopped in FINAL_STOPS or self.step >= options.max_epochs:
+            # Already finished (or at or past this call's epoch limit): nothing to train.
+            self.stopped = self.stopped if self.stopped in FINAL_STOPS else "max_steps"
+            return self.finish(clock)
+        self.stopped = None
+        optimizer_steps = 0  # this call's optimiser steps, for step_kwargs and step_callbacks
+
+        with self.progress_bar(options.max_epochs, self.step) as bar:
+            while self.step < options.max_epochs:
+                model.train()
+                learning_rate = self.optimizer.param_groups[0]["lr"]
+                objectives = []
+                for minibatch in iterate_minibatches(train, batch_size, self.generator):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss, objective = loss_function.evaluate(model, minibatch, self.step_kwargs(optimizer_steps))
+                    if loss is not None:
+                        if not torch.isfinite(loss):
+                            raise FloatingPointError(
+                                f"fit: the loss is {loss.detach().item()} at epoch {self.step + 1}; "
+                                f"try a smaller learning_rate or a better initialisation")
+                        loss.backward()
+                    elif not math.isfinite(objective):
+                        raise FloatingPointError(f"fit: the objective is {objective} at epoch {self.step + 1}")
+                    if options.gradient_hook is not None:
+                        options.gradient_hook(parameters)
+                    torch.nn.utils.clip_grad_norm_(parameters, options.clip_norm)
+                    self.optimizer.step()
+                    optimizer_steps += 1
+                    objectives.append(objective)
+                    for callback in options.step_callbacks:
+                        callback({"epoch": self.step, "step": optimizer_steps,
+                                  "loss": None if loss is None else loss.detach().item(),
+                                  "objective": objective, "lr": learning_rate})
+                    if clock.over_budget:
+                        # A long epoch (one big text in many mini-batches) ends mid-way when the
+                        # budget runs out; the epoch's objective averages the mini-batches done.
+                        break
+                self.step += 1
+                objective = sum(objectives) / len(objectives)
+                last = self.step == options.max_epochs
+                valid_per_step = self.evaluate(last or clock.over_budget)
+                reason = None
+                if self.valid is None:
+                    self.best_step = self.step
+                elif valid_per_step is not None:
+                    if self.best_valid is None or valid_per_step > self.best_valid:
+                        self.best_valid, self.best_step, self.stale = valid_per_step, self.step, 0
+                        self.best_state = ckpt.clone_state(model)
+                    else:
+                        self.stale += 1
+                    if self.stale >= options.patience:
+                        reason = "early_stopping"
+                if plateau:
+                    if valid_per_step is not None or self.valid is None:
+                        self.scheduler.step(valid_per_step if valid_per_step is not None else objective)
+                else:
+                    self.scheduler.step()
+                if reason is None and clock.over_budget and not last:
+                    reason = "time_budget"
+                self.stopped = self.decide_stop(reason)
+                record = {"step": self.step, "objective": objective,
+                          "objective_per_step": objective / self.num_train_steps,
+                          "valid_log_prob_per_step": valid_per_step, "lr": learning_rate, "seconds": clock.total}
+                self.emit(record, clock, bar)
+                if self.stopped is not None:
+                    break
+        if self.stopped is None:
+            self.stopped = "max_steps"
+        return self.finish(clock)
+
+
+def _uses_split_em(model: SequenceModel) -> bool:
+    """Whether the model implements the contract's ``e_step``/``m_step`` split."""
+    return type(model).e_step is not SequenceModel.e_step and type(model).m_step is not SequenceModel.m_step
+
+
+def gains_accelerating(gains: Sequence[float], noise: float, factor: float = 1.1) -> bool:
+    """Whether a window of per-iteration gains is rising: the mean of its later
+    half exceeds ``factor`` times that of its earlier half (and the rounding
+    ``noise``). EM converging to a fixed point gains geometrically less each
+    iteration; EM leaving a saddle (a plateau) gains geometrically more, so a
+    window of small but rising gains is a plateau, not convergence.
+
+    Args:
+        gains: per-step gains of the last iterations, oldest first.
+        noise: gains below this are rounding noise and count as 0.
+    """
+    half = len(gains) // 2
+    if half == 0:
+        return False
+    cleaned = [gain if gain > noise else 0.0 for gain in gains]
+    earlier = sum(cleaned[:half]) / half
+    later = sum(cleaned[-half:]) / half
+    return later > noise and later > factor * earlier
+
+
+class EMTrainer(Trainer):
+    """Expectation-maximisation with restarts; one step is one EM iteration.
+
+    Each iteration is ``statistics = model.e_step(train)`` → ``statistics_hook``
+    → ``objective = statistics["log_likelihood"] + model.log_prior()`` →
+    ``model.m_step(statistics)`` when the model implements the split, else
+    ``model.em_step(train)``.
+
+    **Convergence.** With ``gain = (objective_i - objective_{i-1}) /
+    num_observed_steps``, a restart converges when (1) ``gain < threshold``
+    for ``patience`` iterations in a row, ``threshold = max(tolerance,
+    rounding noise)``; (2) the gains of that window are not rising (see
+    :func:`gains_accelerating`: a plateau on the way out of a saddle gains a
+    little more every iteration); and (3) ``model.em_converged_check()`` is
+    True (a family may refuse while two states are near duplicates).
+    """
+
+    method = "em"
+    options: EMOptions
+    _STATE_KEYS = ("restart", "iteration", "previous_objective", "small_gains", "recent_gains",
+                   "restart_objectives", "restart_stops", "best_objective")
+
+    def loop_state(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in self._STATE_KEYS}
+
+    def restore_loop_state(self, state: dict[str, Any]) -> None:
+        for key in self._STATE_KEYS:
+            setattr(self, key, state.get(key, [] if key == "recent_gains" else None))
+
+    def em_iteration(self) -> Tensor | float:
+        """One EM iteration on the full training batch; the objective before the update."""
+        model = self.model
+        if not _uses_split_em(model):
+            if self.options.statistics_hook is not None:
+                raise ValueError(f"statistics_hook: {type(model).__name__} has no e_step/m_step to reduce "
+                                 f"statistics between")
+            return model.em_step(self.train)
+        with torch.no_grad():
+            statistics = model.e_step(self.train)
+            if self.options.statistics_hook is not None:
+                statistics = self.options.statistics_hook(statistics)
+            if "log_likelihood" not in statistics:
+                raise KeyError(f"{type(model).__name__}.e_step: the statistics lack 'log_likelihood'")
+            objective = statistics["log_likelihood"] + model.log_prior()
+            model.m_step(statistics)
+        return objective
+
+    def run(self) -> FitResult:
+        model, options = self.model, self.options
+        self.restart = 0  # index of the restart in progress
+        self.iteration = 0  # iterations done in it
+        self.previous_objective: float | None = None
+        self.small_gains = 0
+        self.recent_gains: list[float] = []  # per-step gains of the current window, oldest first
+        self.restart_objectives: list[float] = []
+        self.restart_stops: list[str] = []
+        self.best_objective: float | None = None
+        if self.resume:
+            self.load_checkpoint()
+            self.reopen_last_restart()
+        clock = _Clock(self.previous_seconds, options.time_budget)
+        if self.stopped in FINAL_STOPS:
+            return self.finish(clock, self.restart_objectives)
+        self.stopped = None
+
+        total = options.max_iterations * options.num_restarts
+        done_before = len(self.restart_objectives) * options.max_iterations + self.iteration
+        out_of_time = stopped_by_hook = False
+        valid_per_step = None
+        with self.progress_bar(total, done_before) as bar:
+            while self.restart < options.num_restarts and not (out_of_time or stopped_by_hook):
+                if self.iteration >= options.max_iterations:
+                    # Resumed with max_iterations at or below the checkpoint's iteration: this
+                    # restart has already used its iterations (without this, the loop never advances).
+                    self.close_restart(self.previous_objective, "max_steps", None)
+                    continue
+                if self.iteration == 0 and self.restart > 0:
+                    model.reset_parameters(self.generator)
+                while self.iteration < options.max_iterations:
+                    model.train()
+                    objective_value = self.em_iteration()
+                    if isinstance(objective_value, Tensor):
+                        objective_value = objective_value.detach()
+                    objective = float(objective_value)
+                    if not math.isfinite(objective):
+                        raise FloatingPointError(f"fit: the EM objective is {objective} at iteration "
+                                                 f"{self.iteration + 1} of restart {self.restart}")
+                    self.iteration += 1
+                    self.step += 1
+                    noise = rounding_noise_per_step(objective_value, self.num_train_steps)
+                    if self.previous_objective is not None:
+                        gain = (objective - self.previous_objective) / self.num_train_steps
+                        threshold = max(options.tolerance, noise)
+                        self.small_gains = self.small_gains + 1 if gain < threshold else 0
+                        self.recent_gains = (self.recent_gains + [gain])[-options.patience:]
+                    self.previous_objective = objective
+                    converged = (self.small_gains >= options.patience
+                                 and not gains_accelerating(self.recent_gains, noise)
+                                 and bool(model.em_converged_check()))
+                    at_limit = self.iteration == options.max_iterations
+                    reason = "converged" if converged else ("time_budget" if not at_limit and clock.over_budget else None)
+                    decision = self.decide_stop(reason)  # a stop_hook makes it collective
+                    converged, out_of_time, stopped_by_hook = (decision == "converged", decision == "time_budget",
+                                                               decision == "stop_hook")
+                    last = converged or at_limit
+                    valid_per_step = self.evaluate(last or out_of_time or stopped_by_hook)
+                    record = {"step": self.step, "restart": self.restart, "iteration": self.iteration,
+                              "objective": objective, "objective_per_step": objective / self.num_train_steps,
+                              "valid_log_prob_per_step": valid_per_step, "seconds": clock.total}
+                    if last or stopped_by_hook:
+                        self.close_restart(objective, "converged" if converged else
+                                           ("stop_hook" if stopped_by_hook else "max_steps"), valid_per_step)
+                    self.emit(record, clock, bar)
+                    if last or out_of_time or stopped_by_hook:
+                        break
+        restarts = list(self.restart_objectives)
+        if out_of_time:
+            # The interrupted restart stays open in the checkpoint (resume continues it) but
+            # competes here with the finished ones on its latest objective.
+            self.stopped = "time_budget"
+            restarts.append(self.previous_objective)
+            self.save_checkpoint(clock)
+            if self.best_objective is None or self.previous_objective > self.best_objective:
+                self.best_state = ckpt.clone_state(model)
+                self.best_step = self.step
+                self.best_valid = valid_per_step
+            return self.finish(clock, restarts, save=False)
+        best = max(range(len(restarts)), key=restarts.__getitem__)
+        self.stopped = "stop_hook" if stopped_by_hook else self.restart_stops[best]
+        return self.finish(clock, restarts)
+
+    def reopen_last_restart(self) -> None:
+        """On resume with a larger ``max_iterations``: a last restart that ended
+        only because it ran out of iterations continues where it stopped."""
+        options = self.options
+        if not self.restart_stops or self.restart_stops[-1] != "max_steps" or self.restart != options.num_restarts:
+            return
+        last = len(self.restart_stops) - 1
+        records = [r for r in self.history if r.get("restart") == last]
+        if not records or len(records) >= options.max_iterations:
+            return
+        self.restart_objectives.pop()
+        self.restart_stops.pop()
+        self.restart = last
+        self.iteration = len(records)
+        self.previous_objective = records[-1]["objective"]
+        self.small_gains = 0
+        self.recent_gains = []
+        self.stopped = None
+        self.best_objective = max(self.restart_objectives) if self.restart_objectives else None
+
+    def close_restart(self, objective: float, restart_stop: str, valid_per_step: float | None) -> None:
+        """Ends the current restart, keeping its state if it is the best so far."""
+        self.restart_objectives.append(objective)
+        self.restart_stops.append(restart_stop)
+        if self.best_objective is None or objective > self.best_objective:
+            self.best_objective = objective
+            self.best_state = ckpt.clone_state(self.model)
+            self.best_step = self.step
+            self.best_valid = valid_per_step
+        self.restart += 1
+        self.iteration = 0
+        self.previous_objective = None
+        self.small_gains = 0
+        self.recent_gains = []
+
+
+def options_fields(options_class: type) -> set[str]:
+    """Names of an options record's fields."""
+    return {f.name for f in dataclasses.fields(options_class)}
