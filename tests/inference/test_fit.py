@@ -454,7 +454,7 @@ def test_em_rejects_models_without_em():
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"method": "nuts"}, "method"),
+        ({"method": "mcmc"}, "method: expected 'svi', 'em' or 'nuts'"),
         ({"max_epochs": 0}, "max_epochs"),
         ({"learning_rate": -1.0}, "learning_rate"),
         ({"batch_size": 0}, "batch_size"),
@@ -464,6 +464,13 @@ def test_em_rejects_models_without_em():
 def test_bad_arguments_raise(options, message):
     with pytest.raises(ValueError, match=message):
         fit(PointGaussian(), _gaussian_data(), progress=False, **options)
+
+
+def test_nuts_is_a_method_but_needs_parameter_sites():
+    # "nuts" is valid: the refusal names the model's missing priors, not the method.
+    with pytest.raises(ValueError, match="no parameter sites"):
+        fit(PointGaussian(), _gaussian_data(), method="nuts", num_samples=5, warmup_steps=5, num_chains=1,
+            progress=False)
 
 
 def test_result_and_progress_bar(capsys):
@@ -491,3 +498,26 @@ def test_em_resume_with_more_iterations_continues_the_last_restart(tmp_path):
     assert [r["objective"] for r in result.history] == [r["objective"] for r in reference_result.history]
     assert torch.equal(resumed.guide_locs, reference.guide_locs)
     assert result.restarts == reference_result.restarts
+
+
+def test_em_does_not_stop_on_the_shannon_letters_plateau():
+    """Issue 15: a 2-state HMM on 20,000 letters from the near-uniform start of
+    ``examples/shannon_letters.py`` (noise seed 7) sits on a plateau with two
+    near-identical states whose gains stay below 1e-10 nats per letter for ~100
+    iterations; the old rule (50 small gains in a row) stopped at iteration 52.
+    The gains there rise, so the run must go on to the vowel/consonant split."""
+    from examples.shannon_letters import near_uniform_hmm
+    from zoo.data import load_data
+
+    data = load_data("builtin:letters").head(20_000)
+    symbols = "".join(data.vocabulary.symbols)
+    model = near_uniform_hmm(2, len(symbols), 0.01, torch.Generator().manual_seed(7))
+    result = fit(model, data.batch, method="em", max_iterations=1500, tolerance=1e-10, patience=50, progress=False,
+                 seed=7)
+    objectives = [r["objective"] for r in result.history]
+    plateau = objectives[51]  # where the old rule stopped
+    assert result.stopped == "converged" and len(objectives) > 150
+    assert objectives[-1] > plateau + 1000  # the split gains over a thousand nats
+    emission = model.emission_probs.detach()
+    vowel_state = int(emission[:, [symbols.index(c) for c in " aeiou"]].sum(1).argmax())
+    assert float(emission[vowel_state, [symbols.index(c) for c in " aeiou"]].sum()) > 0.7
