@@ -101,3 +101,34 @@ def test_score_rejects_bad_input():
     empty = SequenceBatch(torch.full((1, 3, 2), float("nan"), dtype=torch.float64), torch.tensor([3]))
     with pytest.raises(ValueError, match="no observed"):
         score(model, empty)
+
+
+class ImportanceBound(IndependentGaussian):
+    """A stochastic lower bound: the exact log-likelihood minus the mean of
+    ``num_particles`` |N(0, 1)| draws from torch's global RNG."""
+
+    def log_prob_batch(self, batch, *, num_particles=1):
+        self.particles_seen = num_particles
+        gap = torch.randn(num_particles, batch.num_sequences, dtype=torch.float64).abs().mean(0)
+        return self.log_prob(batch.values, batch.lengths) - gap
+
+    def likelihood_label(self, num_particles=1):
+        return f"IWAE bound (M={num_particles})"
+
+
+def test_score_of_a_stochastic_bound_is_seeded_and_leaves_the_global_rng_alone():
+    batch = _data()
+    model = ImportanceBound()
+    exact = score(IndependentGaussian(), batch).log_prob
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    first = score(model, batch, num_particles=4, seed=5)
+    assert torch.equal(torch.rand(3), expected_next)  # the caller's stream did not move
+    other = score(model, batch, num_particles=4, seed=6)
+    assert model.particles_seen == 4 and first.kind == "IWAE bound (M=4)"
+    assert first.log_prob < exact and other.log_prob < exact
+    assert first.log_prob != other.log_prob
+    assert score(model, batch, num_particles=4, seed=5).log_prob == first.log_prob
+    with pytest.raises(ValueError, match="num_particles"):
+        score(model, batch, num_particles=0)
