@@ -501,3 +501,40 @@ def test_compare_table_is_right_when_the_truth_is_known(tmp_path):
     assert rows["hmm-states3"]["test_log_likelihood"] == pytest.approx(best.per_step, abs=0.02)
     # The states hold more memory than a bigram table can.
     assert rows["bigram"]["test_log_likelihood"] < best.per_step - 0.02
+
+
+# -- a context vector θ through fit and score --------------------------------------
+def _context_source(num_sequences: int, length: int, seed: int) -> SequenceBatch:
+    """Each sequence draws i.i.d. symbols from one of two distributions over 4
+    symbols, chosen by its context θ (a one-hot of the class, as a covariate).
+    Without θ a model must guess the class from the symbols seen so far."""
+    generator = torch.Generator().manual_seed(seed)
+    classes = torch.randint(0, 2, (num_sequences,), generator=generator)
+    probs = torch.tensor([[0.85, 0.05, 0.05, 0.05], [0.05, 0.05, 0.05, 0.85]])
+    values = torch.multinomial(probs[classes], length, replacement=True, generator=generator)  # (N, T)
+    context = torch.nn.functional.one_hot(classes, 2).float()  # (N, 2)
+    return SequenceBatch.from_tensor(values, covariates={"context": context})
+
+
+def test_context_conditioned_rnn_is_trained_validated_and_scored_through_fit():
+    train, valid, test = (_context_source(n, 4, seed) for n, seed in ((256, 0), (128, 1), (256, 2)))
+    options = dict(max_epochs=60, learning_rate=3e-2, lr_schedule="constant", progress=False, seed=0)
+    plain = RecurrentModel("categorical", num_symbols=4, cell="gru", hidden_size=8, embedding_dim=4)
+    plain_result = fit(plain, train, valid=valid, **options)  # the batch's context is ignored without context_dim
+    conditioned = RecurrentModel("categorical", num_symbols=4, cell="gru", hidden_size=8, embedding_dim=4,
+                                 context_dim=2)
+    result = fit(conditioned, train, valid=valid, **options)
+    # Entropy of the source given the class: what a model that knows θ can reach per step.
+    probs = torch.tensor([0.85, 0.05, 0.05, 0.05])
+    entropy = float(-(probs * probs.log()).sum())
+    conditioned_score, plain_score = score(conditioned, test).per_step, score(plain, test).per_step
+    assert conditioned_score > plain_score + 0.15
+    assert conditioned_score > -entropy - 0.05
+    # fit's validation scores read the context: the best one is the score of the kept state on valid ...
+    assert result.best_valid_log_prob_per_step == pytest.approx(score(conditioned, valid).per_step, abs=1e-12)
+    assert result.best_valid_log_prob_per_step > plain_result.best_valid_log_prob_per_step + 0.15
+    # ... and a wrong context (classes swapped) scores far worse.
+    swapped = valid.with_covariates(context=valid.covariates["context"].flip(-1))
+    assert score(conditioned, swapped).per_step < result.best_valid_log_prob_per_step - 1.0
+    with pytest.raises(ValueError, match="'context' covariate"):
+        score(conditioned, SequenceBatch.from_tensor(valid.values))
