@@ -8,6 +8,7 @@ test_mcmc.py).
 import warnings
 
 import numpy as np
+import pyro
 import pytest
 import torch
 
@@ -158,9 +159,20 @@ def test_log_likelihood_is_log_prob_per_sequence_at_each_draw(family):
         copy.set_parameter_values(values)
         expected = copy.log_prob(batch.values, batch.lengths).detach().numpy()
         np.testing.assert_allclose(idata.log_likelihood["obs"].values[0, draw], expected, rtol=1e-6, atol=1e-6)
-    # log_joint = log prior + total log-likelihood, and the ratio subtracts log q.
+    # The importance ratio log p(θ, x) - log q(θ), against Pyro's own densities: the model's trace
+    # conditioned on the draw (log prior + marginal log-likelihood) and the guide's trace at the draw.
+    # Unaligned draws: q is evaluated where it drew (a relabelled draw has another q density).
+    assert not model.has_enumerated_sites  # the model's trace holds the exact marginal likelihood
+    idata = export.to_inference_data(model, batch, "guide", num_draws=5, posterior_predictive=False, states=False,
+                                     align_labels=False)
     stats = idata.sample_stats
-    np.testing.assert_allclose(stats["log_importance_ratio"].values, stats["log_joint"].values - stats["log_q"].values)
+    for draw in range(5):
+        values = {name: torch.as_tensor(idata.posterior[name].values[0, draw]) for name in model.parameter_sites()}
+        with torch.no_grad():
+            log_joint = pyro.poutine.trace(pyro.poutine.condition(model.model, data=values)).get_trace(batch)
+            log_q = pyro.poutine.trace(pyro.poutine.condition(model.guide, data=values)).get_trace(batch)
+            expected = float(log_joint.log_prob_sum()) - float(log_q.log_prob_sum())
+        np.testing.assert_allclose(stats["log_importance_ratio"].values[0, draw], expected, rtol=1e-9, atol=1e-6)
 
 
 def test_point_export_is_one_draw_and_replicates_the_plug_in_predictive():
@@ -306,19 +318,31 @@ def test_variational_loo_with_constant_ratios_is_plain_psis_loo():
     np.testing.assert_allclose(corrected["pareto_k"].values, np.asarray(plain["pareto_k"]), rtol=1e-10)
 
 
-def test_guide_too_narrow_warning_follows_the_pareto_k_of_the_importance_ratios():
+def _generalized_pareto_log_ratios(k: float, num_draws: int) -> np.ndarray:
+    """Log importance ratios whose upper tail is a generalized Pareto of shape ``k``:
+    ``1 + x`` at the ``(i + 1/2) / S`` quantiles of GPD(k), shuffled."""
+    u = (np.arange(num_draws) + 0.5) / num_draws
+    x = ((1 - u) ** (-k) - 1) / k
+    return np.random.default_rng(0).permutation(np.log1p(x))
+
+
+def test_guide_too_narrow_warning_on_ratios_with_a_known_tail():
+    """Pareto k-hat recovers the tail shape of the ratios, and the warning uses
+    the sample-size-aware threshold of Vehtari et al. (2024, PSIS, Sec. 3):
+    k < min(1 - 1/log10 S, 0.7), which is 0.60 for S = 300 draws, so a tail of
+    shape 0.65 is already flagged although it is below 0.7."""
     model, batch = model_and_data("gaussian-diag", seed=5)
     idata = export.to_inference_data(model, batch, "guide", num_draws=300, posterior_predictive=False, states=False)
-    khat = export.importance_sampling_khat(idata)
-    assert np.isfinite(khat)
-    # A guide centred at the truth with concentration 100 is narrower than the
-    # posterior of 150 steps in some directions: the diagnostic flags it or not,
-    # but the warning follows the threshold exactly.
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        export.loo(idata, warn=True)
-    flagged = any("too narrow" in str(w.message) for w in caught)
-    assert flagged == (khat > min(1 - 1 / np.log10(300), export.PARETO_K_THRESHOLD))
+    for shape, too_narrow in ((0.3, False), (0.65, True), (0.9, True)):
+        ratios = _generalized_pareto_log_ratios(shape, 300).reshape(1, -1)
+        idata.sample_stats["log_importance_ratio"] = idata.sample_stats["log_importance_ratio"] * 0 + ratios
+        khat = export.importance_sampling_khat(idata)
+        assert khat == pytest.approx(shape, abs=0.1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            export.loo(idata, warn=True)
+        flagged = any("too narrow" in str(w.message) for w in caught)
+        assert flagged == too_narrow, (shape, khat)
 
 
 def test_compare_prefers_the_true_number_of_states():
