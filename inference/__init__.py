@@ -16,6 +16,6 @@ import pyro
 pyro.settings.set(module_local_params=True)
 
 from .batch import SequenceBatch, iterate_minibatches, sequence_plate  # noqa: E402
-from .contract import SequenceModel  # noqa: E402
+from .contract import SequenceModel, near_duplicate_states  # noqa: E402
 
-__all__ = ["SequenceBatch", "SequenceModel", "iterate_minibatches", "sequence_plate"]
+__all__ = ["SequenceBatch", "SequenceModel", "iterate_minibatches", "near_duplicate_states", "sequence_plate"]

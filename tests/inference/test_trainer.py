@@ -454,3 +454,14 @@ def test_validation_of_a_stochastic_bound_is_reproducible():
     model = NoisyBound()
     assert score(model, data, seed=3).log_prob == score(model, data, seed=3).log_prob
     assert score(model, data, seed=3).log_prob != score(model, data, seed=4).log_prob
+
+
+def test_near_duplicate_states():
+    from inference import near_duplicate_states
+
+    distinct = torch.tensor([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
+    assert not near_duplicate_states(distinct)
+    nearly = distinct.clone()
+    nearly[2] = nearly[0] + torch.tensor([1e-3, -1e-3, 0.0])
+    assert near_duplicate_states(nearly) and not near_duplicate_states(nearly, tolerance=1e-4)
+    assert not near_duplicate_states(distinct[:1])
