@@ -54,6 +54,9 @@ class SequenceBatch:
     covariates: Mapping[str, Tensor] = field(default_factory=dict)
     index: Tensor | None = None
 
+    # Identity hash, as before covariates (a mapping is not hashable; tensors hash by identity anyway).
+    __hash__ = object.__hash__
+
     def __post_init__(self) -> None:
         if not isinstance(self.values, Tensor):
             raise TypeError(f"values: expected a torch.Tensor, got {type(self.values).__name__}")
