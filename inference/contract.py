@@ -87,10 +87,28 @@ class SequenceModel(PyroModule):
         raise NotImplementedError(f"{type(self).__name__} must implement config()")
 
     # -- optional ---------------------------------------------------------
+    def e_step(self, batch: SequenceBatch) -> dict[str, Tensor]:
+        """Additive sufficient statistics of ``batch`` at the current parameters
+        (sums over sequences, so statistics of mini-batches or processes add up);
+        ``"log_likelihood"`` holds the summed log-likelihood."""
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form EM; fit it with method='svi'")
+
+    def m_step(self, statistics: Mapping[str, Tensor]) -> None:
+        """Sets the parameters that maximise the expected complete-data log-likelihood
+        (plus log-prior) given summed :meth:`e_step` statistics."""
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form EM; fit it with method='svi'")
+
+    def log_prior(self) -> Tensor:
+        """Log-density of the current point parameters under the priors (0 without priors)."""
+        return torch.zeros(())
+
     def em_step(self, batch: SequenceBatch) -> Tensor:
         """One EM iteration on ``batch``; returns the objective (log-likelihood
         plus log-prior, in nats) at the parameters *before* the update."""
-        raise NotImplementedError(f"{type(self).__name__} has no closed-form EM; fit it with method='svi'")
+        statistics = self.e_step(batch)
+        objective = statistics["log_likelihood"] + self.log_prior()
+        self.m_step(statistics)
+        return objective
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Draws a fresh random initialisation (for restarts)."""
