@@ -36,7 +36,7 @@ from torch.distributions.transforms import Transform
 
 __all__ = [
     "BartlettWishart", "Constraint", "InverseWishart", "MEANFIELD_LOG_SCALE", "MEANFIELD_STRENGTH", "ParameterSpec",
-    "PointParameters", "constrain_tril", "dirichlet_factor", "dirichlet_factor_values", "inverse_wishart_factor",
+    "PointParameters", "Role", "constrain_tril", "dirichlet_factor", "dirichlet_factor_values", "inverse_wishart_factor",
     "inverse_wishart_factor_values", "lognormal_factor", "lognormal_factor_values", "normal_factor",
     "normal_factor_values", "point_property", "positive_definite_matrix", "symmetrise", "unconstrain_tril",
     "wishart_factor", "wishart_factor_values", "write_parameters",
@@ -74,29 +74,74 @@ class Constraint(str, enum.Enum):
     POSITIVE_DEFINITE = "positive_definite"
 
 
+class Role(str, enum.Enum):
+    """Whether a parameter is learned, and how it is held when it is not."""
+
+    #: An ``nn.Parameter`` holding the unconstrained storage, and a sample site of the model.
+    LEARNED = "learned"
+    #: A buffer holding the value itself (given by the user, never changed by fitting).
+    FIXED = "fixed"
+    #: A buffer holding the unconstrained storage of a value that is not a sample site but
+    #: may be set (e.g. what only seeds simulation).
+    HELD = "held"
+
+
 @dataclass(frozen=True)
 class ParameterSpec:
-    """One parameter of a family, declared: the generic code of :meth:`to_storage`,
-    :meth:`from_storage`, :meth:`site_value`, ... does the rest.
+    """One parameter of a family, declared: the generic methods (:meth:`register`,
+    :meth:`read`, :meth:`write`, :meth:`site_value`, :meth:`site_prior`, ...) do the rest.
 
     Attributes:
         name: what the family calls the value (e.g. ``"transition_cov"``).
         shape: shape of the value (a diagonal covariance is still ``(d, d)``).
         constraint: see :class:`Constraint`.
-        learned: learned (an ``nn.Parameter`` and a sample site) or not (a buffer).
-        storage: attribute name of the unconstrained storage on the module.
-        site: name of the sample site (``name`` unless the site is a diagonal).
+        role: learned, fixed or held (see :class:`Role`).
+        storage: attribute name of the storage on the module (a parameter or buffer).
+        site: name of the sample site: ``name``, or for a ``POSITIVE_DIAG`` parameter the
+            name of its diagonal (e.g. ``"transition_var"``).
         prior: ``prior(module) -> Distribution`` of the site value (the prior may depend on
             the module's data scale); ``None`` for an improper flat prior on the support.
+
+    Example:
+        >>> spec = ParameterSpec("noise_cov", (2, 2), Constraint.POSITIVE_DIAG, Role.LEARNED, "noise_log_var", "noise_var")
+        >>> module = torch.nn.Module()
+        >>> spec.register(module, torch.diag(torch.tensor([1.0, 4.0])))
+        >>> module.noise_log_var.data.exp().tolist(), spec.site_value(spec.read(module)).tolist()
+        ([1.0, 4.0], [1.0, 4.0])
     """
 
     name: str
     shape: tuple[int, ...]
     constraint: Constraint
-    learned: bool
+    role: Role
     storage: str
     site: str
     prior: Callable[[Any], dist.Distribution] | None = None
+
+    @property
+    def learned(self) -> bool:
+        return self.role is Role.LEARNED
+
+    def register(self, module: nn.Module, value: Tensor) -> None:
+        """Creates the storage of ``value`` on ``module``: a parameter if learned, else a buffer."""
+        stored = value.clone() if self.role is Role.FIXED else self.to_storage(value)
+        if self.learned:
+            module.register_parameter(self.storage, nn.Parameter(stored))
+        else:
+            module.register_buffer(self.storage, stored)
+
+    def read(self, module: nn.Module) -> Tensor:
+        """The value (shape ``shape``) held by ``module``."""
+        stored = getattr(module, self.storage)
+        return stored if self.role is Role.FIXED else self.from_storage(stored)
+
+    def write(self, module: nn.Module, value: Tensor) -> None:
+        """Checks ``value`` (see :meth:`check`) and writes it into the storage (no gradient)."""
+        if self.role is Role.FIXED:
+            raise ValueError(f"values: {self.name!r} is fixed; build a model that learns it to change it")
+        self.check(self.name, value)
+        with torch.no_grad():
+            getattr(module, self.storage).data.copy_(self.to_storage(value))
 
     @property
     def site_shape(self) -> tuple[int, ...]:
