@@ -374,9 +374,9 @@ class HiddenMarkovModel(PointParameters, SequenceModel):
         return self.sample_with_states(num_sequences, length, generator)[0]
 
     # -- EM ------------------------------------------------------------------
-    def _check_em(self) -> None:
+    def _check_em(self, caller: str) -> None:
         if self.guide_type != "map":
-            raise ValueError("em_step: EM fits point estimates; build the model with guide='map' (or fit meanfield by SVI)")
+            raise ValueError(f"{caller}: EM fits point estimates; build the model with guide='map' (or fit meanfield by SVI)")
 
     def e_step(self, batch: SequenceBatch) -> dict[str, Tensor]:
         """Baum–Welch E-step: forward–backward at the point parameters, and the expected
@@ -388,7 +388,7 @@ class HiddenMarkovModel(PointParameters, SequenceModel):
             states), ``"transition_counts"`` ``(K, K)`` (expected transitions ``[from, to]``),
             and the emission statistics of the subclass (``_emission_statistics``).
         """
-        self._check_em()
+        self._check_em("e_step")
         with torch.no_grad():
             values = self._check_observations(batch.values, "batch.values")
             point = self._point()
@@ -410,7 +410,7 @@ class HiddenMarkovModel(PointParameters, SequenceModel):
         """Closed-form MAP M-step under the priors from summed :meth:`e_step` statistics
         (Gaussian emissions: conditional maximisation, means given the current precisions
         then precisions given the new means)."""
-        self._check_em()
+        self._check_em("m_step")
         with torch.no_grad():
             point = self._point()
             self.initial_logits.data.copy_(
@@ -782,7 +782,7 @@ class GaussianHMM(_VectorEmissionHMM):
         complete = observed.reshape(-1, d).all(-1)
         partial = observed.reshape(-1, d).any(-1) & ~complete
         if partial.any():
-            raise ValueError("em_step: GaussianHMM with covariance_type='full' needs each row fully observed or fully "
+            raise ValueError("e_step: GaussianHMM with covariance_type='full' needs each row fully observed or fully "
                              "missing for EM; fit it with method='svi' or use covariance_type='diag'")
         weights = weights * complete.unsqueeze(-1).to(values.dtype)
         return {"observed_weights": weights.sum(0), "weighted_sums": weights.T @ xf,

@@ -63,9 +63,9 @@ class LinearGaussianEM:
     """EM of :class:`zoo.lgssm.LinearGaussianSSM` (a mixin: it reads the model's specs,
     priors, point values and kernel adapter)."""
 
-    def _check_em(self) -> None:
+    def _check_em(self, caller: str) -> None:
         if self.guide_type != "map":
-            raise ValueError("em_step: EM fits point estimates; build the model with guide='map' "
+            raise ValueError(f"{caller}: EM fits point estimates; build the model with guide='map' "
                              "(or fit meanfield by SVI)")
 
     def _learned_names(self) -> set[str]:
@@ -82,7 +82,7 @@ class LinearGaussianEM:
     def e_step(self, batch: SequenceBatch) -> dict[str, Tensor]:
         """RTS smoother at the point parameters (in float64) and the sufficient statistics of
         ``batch`` summed over its sequences (keys in the module docstring of :mod:`zoo.lgssm.em`)."""
-        self._check_em()
+        self._check_em("e_step")
         with torch.no_grad():
             values, lengths = self._inputs(batch.values, batch.lengths)
             params = {name: value.double() for name, value in self._point().items()}
@@ -122,7 +122,7 @@ class LinearGaussianEM:
                     "observation_squares": filled.square().sum((0, 1))}
         complete = observed.all(-1)
         if (observed.any(-1) & ~complete).any():
-            raise ValueError("em_step: a full observation covariance needs each step fully observed or fully "
+            raise ValueError("e_step: a full observation covariance needs each step fully observed or fully "
                              "missing for EM; fit it with method='svi' or use observation_cov_type='diag'")
         w = complete.double()
         return {"observed_count": w.sum(),
@@ -133,7 +133,7 @@ class LinearGaussianEM:
     # -- M-step ----------------------------------------------------------------------------
     def m_step(self, statistics: Mapping[str, Tensor]) -> None:
         """Sets the learned matrices to the ECM update from summed :meth:`e_step` statistics."""
-        self._check_em()
+        self._check_em("m_step")
         with torch.no_grad():
             params = {name: value.double() for name, value in self._point().items()}
             new = self._maximise(params, statistics)
