@@ -116,7 +116,8 @@ class SequenceModel(PyroModule):
         """One EM iteration on ``batch``; returns the objective (log-likelihood
         plus log-prior, in nats) at the parameters *before* the update."""
         statistics = self.e_step(batch)
-        objective = statistics["log_likelihood"] + self.log_prior()
+        with torch.no_grad():  # the objective is reported, not differentiated
+            objective = statistics["log_likelihood"] + self.log_prior()
         self.m_step(statistics)
         return objective
 

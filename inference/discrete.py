@@ -78,6 +78,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .validation import check_lengths
+from .validation import valid_mask as _valid_mask
+
 __all__ = [
     "Filtered",
     "MAPPath",
@@ -173,19 +176,7 @@ def _prepare(
         if value.device != device:
             raise ValueError(f"{name}: expected device {device} (that of log_emission), got {value.device}")
 
-    if lengths is None:
-        lengths = torch.full((num_seq,), num_steps, dtype=torch.long, device=device)
-    else:
-        if not isinstance(lengths, Tensor):
-            raise TypeError(f"lengths: expected a torch.Tensor or None, got {type(lengths).__name__}")
-        if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
-            raise ValueError(f"lengths: expected an integer dtype (int64), got {lengths.dtype}")
-        if lengths.shape != (num_seq,):
-            raise ValueError(f"lengths: expected shape ({num_seq},), got {tuple(lengths.shape)}")
-        lengths = lengths.to(device=device, dtype=torch.long)
-        if num_seq and (int(lengths.min()) < 0 or int(lengths.max()) > num_steps):
-            raise ValueError(f"lengths: expected values in [0, {num_steps}], got min {int(lengths.min())}, "
-                             f"max {int(lengths.max())}")
+    lengths = check_lengths(lengths, num_seq, num_steps, device)
     log_initial = log_initial.to(dtype).reshape(-1, num_states)
     log_transition = log_transition.to(dtype).reshape(-1, num_states, num_states)
     return log_initial, log_transition, log_emission, lengths
@@ -216,11 +207,6 @@ def _choose_backend(method: str, device: torch.device, work_bytes: float) -> str
 def _scan_bytes(log_emission: Tensor, power: int = 2) -> float:
     num_seq, num_steps, num_states = log_emission.shape
     return float(num_seq * num_steps * num_states**power * log_emission.element_size())
-
-
-def _valid_mask(lengths: Tensor, num_steps: int) -> Tensor:
-    """``(N, T)`` bool, True on real steps."""
-    return torch.arange(num_steps, device=lengths.device) < lengths[:, None]
 
 
 def _shift(values: Tensor, dims: tuple[int, ...]) -> Tensor:

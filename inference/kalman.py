@@ -153,6 +153,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .validation import check_lengths
+from .validation import valid_mask as _valid_mask
+
 __all__ = [
     "KalmanFiltered",
     "KalmanForecast",
@@ -344,31 +347,12 @@ def _prepare(
             raise ValueError(f"{name}: expected device {device} (that of observations), got {value.device}")
         expanded[name] = value.expand(num_seq, *shape)
 
-    if lengths is None:
-        lengths = torch.full((num_seq,), num_steps, dtype=torch.long, device=device)
-    else:
-        if not isinstance(lengths, Tensor):
-            raise TypeError(f"lengths: expected a torch.Tensor or None, got {type(lengths).__name__}")
-        if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
-            raise ValueError(f"lengths: expected an integer dtype (int64), got {lengths.dtype}")
-        if lengths.shape != (num_seq,):
-            raise ValueError(f"lengths: expected shape ({num_seq},), got {tuple(lengths.shape)}")
-        lengths = lengths.to(device=device, dtype=torch.long)
-        if num_seq and (int(lengths.min()) < 0 or int(lengths.max()) > num_steps):
-            raise ValueError(
-                f"lengths: expected values in [0, {num_steps}], got min {int(lengths.min())}, "
-                f"max {int(lengths.max())}"
-            )
+    lengths = check_lengths(lengths, num_seq, num_steps, device)
     return _Params(**expanded, observations=observations, lengths=lengths)
 
 
 def _symmetrise(matrix: Tensor) -> Tensor:
     return 0.5 * (matrix + matrix.transpose(-1, -2))
-
-
-def _valid_mask(lengths: Tensor, num_steps: int) -> Tensor:
-    """``(N, T)`` bool, True on real steps."""
-    return torch.arange(num_steps, device=lengths.device) < lengths[:, None]
 
 
 def _choose_backend(params: _Params, method: str) -> str:

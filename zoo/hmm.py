@@ -26,13 +26,15 @@ with emissions
 ``TraceEnum_ELBO`` as enumerated sample sites (``marginalize="enumerate"``); both give the
 same ELBO. Guides: ``"map"`` (point estimates, Delta sites) and ``"meanfield"``
 (Dirichlet rows, Normal means, log-normal diagonal precisions and rates, Wishart full precision matrices). Baum–Welch EM
-(:meth:`HiddenMarkovModel.em_step`) maximises the same MAP objective in closed form.
+(:meth:`HiddenMarkovModel.e_step` returns the expected counts and emission statistics summed
+over sequences, :meth:`HiddenMarkovModel.m_step` maximises the same MAP objective from them
+in closed form; the contract's ``em_step`` chains the two).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import pyro
 import pyro.distributions as dist
@@ -44,6 +46,10 @@ from torch import Tensor, nn
 from inference import discrete
 from inference.batch import SequenceBatch, sequence_plate
 from inference.contract import SequenceModel
+from inference.validation import check_lengths
+from zoo.params import (BartlettWishart, PointParameters, constrain_tril, dirichlet_factor, dirichlet_factor_values,
+                        lognormal_factor, lognormal_factor_values, normal_factor, normal_factor_values, point_property,
+                        unconstrain_tril, wishart_factor, wishart_factor_values, write_parameters)
 
 _GUIDES = ("map", "meanfield")
 #: At most this many observed steps are kept for k-means++ seeding of Gaussian means.
@@ -83,12 +89,12 @@ def _as_probs(name: str, value: Any, shape: tuple[int, ...]) -> Tensor:
     return probs
 
 
-class HiddenMarkovModel(SequenceModel):
+class HiddenMarkovModel(PointParameters, SequenceModel):
     """Shared machinery of the HMM family; subclasses define the emissions.
 
     Subclasses implement ``_emission_priors()``, ``_emission_point()``,
-    ``_emission_log_prob(values, params)`` (``(N, T, K)``), ``_emission_mstep``,
-    ``_sample_emission`` and ``_check_observations``.
+    ``_emission_log_prob(values, params)`` (``(N, T, K)``), ``_emission_statistics``
+    and ``_emission_m_step`` (EM), ``_sample_emission`` and ``_check_observations``.
 
     Example (every family shares these methods):
         >>> hmm = CategoricalHMM.from_probs(torch.tensor([1.0, 0.0]),
@@ -105,6 +111,7 @@ class HiddenMarkovModel(SequenceModel):
 
     family = "hmm"
     supports_em = True
+    _placement_tensor = "initial_logits"
 
     def __init__(self, num_states: int, *, guide: str = "map", marginalize: str = "kernel",
                  initial_concentration: float = 1.0, transition_concentration: float = 1.0) -> None:
@@ -132,14 +139,6 @@ class HiddenMarkovModel(SequenceModel):
     def has_enumerated_sites(self) -> bool:  # type: ignore[override]
         return self.marginalize == "enumerate"
 
-    @property
-    def _dtype(self) -> torch.dtype:
-        return self.initial_logits.dtype
-
-    @property
-    def _device(self) -> torch.device:
-        return self.initial_logits.device
-
     def _priors(self) -> dict[str, dist.Distribution]:
         """Prior of every global site, in the order the model samples them."""
         k = self.num_states
@@ -160,15 +159,8 @@ class HiddenMarkovModel(SequenceModel):
         point.update(self._emission_point())
         return point
 
-    @property
-    def initial_probs(self) -> Tensor:
-        """``(K,)`` distribution of the first state."""
-        return self._point()["initial"]
-
-    @property
-    def transition_probs(self) -> Tensor:
-        """``(K, K)`` transition matrix, ``[from, to]``."""
-        return self._point()["transition"]
+    initial_probs = point_property("initial", "``(K,)`` distribution of the first state.")
+    transition_probs = point_property("transition", "``(K, K)`` transition matrix, ``[from, to]``.")
 
     @property
     def num_parameters(self) -> int:
@@ -240,23 +232,20 @@ class HiddenMarkovModel(SequenceModel):
 
     # -- variational guide ------------------------------------------------
     def _variational(self) -> dict[str, dist.Distribution]:
-        """The mean-field family: one factor per global site."""
+        """The mean-field family: one factor per global site (the prior's conjugate family
+        for simplex and precision-matrix sites, Normal means, log-normal positive sites)."""
         self._ensure_variational_parameters()
-        q = {
-            "initial": dist.Dirichlet(self.guide_initial_concentration.exp()),
-            "transition": dist.Dirichlet(self.guide_transition_concentration.exp()).to_event(1),
-        }
-        for name, prior in self._emission_priors().items():
-            if isinstance(prior.base_dist if isinstance(prior, dist.Independent) else prior, dist.Dirichlet):
-                q[name] = dist.Dirichlet(getattr(self, f"guide_{name}_concentration").exp()).to_event(1)
-            elif name == "means":
-                q[name] = dist.Normal(self.guide_means_loc, self.guide_means_log_scale.exp()).to_event(2)
-            elif isinstance(prior.base_dist if isinstance(prior, dist.Independent) else prior, dist.Wishart):
-                # Full precision matrices: a Wishart factor per state (the prior's conjugate family).
-                df = self.dim - 1 + self.guide_precisions_log_excess_df.exp()
-                q[name] = _BartlettWishart(df, scale_tril=_constrain_tril(self.guide_precisions_scale_tril_unconstrained)).to_event(1)
+        q = {}
+        for name, prior in self._priors().items():
+            kind = _factor_kind(name, prior)
+            if kind == "dirichlet":
+                q[name] = dirichlet_factor(self, name)
+            elif kind == "normal":
+                q[name] = normal_factor(self, name, 2)
+            elif kind == "wishart":
+                q[name] = wishart_factor(self, name)
             else:  # positive sites: precisions (diag) and rates
-                q[name] = dist.LogNormal(getattr(self, f"guide_{name}_loc"), getattr(self, f"guide_{name}_log_scale").exp()).to_event(2)
+                q[name] = lognormal_factor(self, name, 2)
         return q
 
     def _ensure_variational_parameters(self) -> None:
@@ -264,45 +253,28 @@ class HiddenMarkovModel(SequenceModel):
             self._sync_variational_to_point(create=True)
 
     def _sync_variational_to_point(self, create: bool = False) -> None:
-        """Centres the mean-field factors on the current point values (each
-        factor's mean is the point value, Dirichlet means to within 1e-3), fairly
-        confident: Dirichlet concentration 100 per entry, Wishart ``df = D - 1 + 100``,
-        scales e^-3 on the log scale."""
+        """Centres the mean-field factors on the current point values (each factor's mean is
+        the point value, Dirichlet means to within 1e-3; see :mod:`zoo.params`), so the point
+        properties (initial_probs, means, ...) barely change with the guide."""
         if self.guide_type != "meanfield":
             return
         point = {"initial": self.initial_logits.softmax(-1), "transition": self.transition_logits.softmax(-1)}
         point.update(self._emission_point())
-        strength, log_scale = 100.0, -3.0
         values: dict[str, Tensor] = {}
         for name, prior in self._priors().items():
-            base = prior.base_dist if isinstance(prior, dist.Independent) else prior
             value = point[name].detach()
-            # Each factor's mean is the point value, so the point properties (initial_probs,
-            # means, ...) barely change with the guide. A Dirichlet row of size S gets total
-            # concentration strength * S plus a floor of 0.1 per entry, which moves its mean
-            # by less than 0.1 / strength: draws from a tinier concentration underflow
-            # towards 0, where log q is huge and the ELBO estimate useless.
-            if isinstance(base, dist.Dirichlet):
-                values[f"guide_{name}_concentration"] = (strength * value.shape[-1] * value + 0.1).log()
-            elif name == "means":
-                values["guide_means_loc"] = value.clone()
-                values["guide_means_log_scale"] = torch.full_like(value, log_scale)
-            elif isinstance(base, dist.Gamma):
-                # A log-normal's mean is exp(loc + scale^2 / 2).
-                values[f"guide_{name}_loc"] = value.log() - 0.5 * math.exp(2 * log_scale)
-                values[f"guide_{name}_log_scale"] = torch.full_like(value, log_scale)
-            elif isinstance(base, dist.Wishart):
-                # Mean df * W = the point precision, with df = D - 1 + strength.
-                df = self.dim - 1 + strength
-                values[f"guide_{name}_log_excess_df"] = torch.full(value.shape[:1], math.log(strength), dtype=value.dtype, device=value.device)
-                values[f"guide_{name}_scale_tril_unconstrained"] = _unconstrain_tril(torch.linalg.cholesky(value / df))
+            kind = _factor_kind(name, prior)
+            if kind == "dirichlet":
+                values.update(dirichlet_factor_values(name, value))
+            elif kind == "normal":
+                values.update(normal_factor_values(name, value))
+            elif kind == "lognormal":
+                values.update(lognormal_factor_values(name, value))
+            elif kind == "wishart":
+                values.update(wishart_factor_values(name, value))
             else:
                 raise ValueError(f"guide='meanfield' does not support the {name!r} site of {type(self).__name__}; use guide='map'")
-        for key, value in values.items():
-            if create:
-                self.register_parameter(key, nn.Parameter(value))
-            else:
-                getattr(self, key).data.copy_(value)
+        write_parameters(self, values, create)
 
     def guide(self, batch: SequenceBatch) -> None:
         if self.guide_type == "meanfield":
@@ -342,9 +314,7 @@ class HiddenMarkovModel(SequenceModel):
     def _kernel_inputs(self, x, lengths) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         values = self._check_observations(x, "x")
         if lengths is not None:
-            lengths = torch.as_tensor(lengths, device=values.device)
-            if lengths.shape != values.shape[:1]:
-                raise ValueError(f"lengths: expected shape ({values.shape[0]},), got {tuple(lengths.shape)}")
+            lengths = check_lengths(torch.as_tensor(lengths), values.shape[0], values.shape[1], values.device)
         point = self._point()
         return point["initial"].log(), point["transition"].log(), self._emission_log_prob(values, point), lengths
 
@@ -404,11 +374,21 @@ class HiddenMarkovModel(SequenceModel):
         return self.sample_with_states(num_sequences, length, generator)[0]
 
     # -- EM ------------------------------------------------------------------
-    def em_step(self, batch: SequenceBatch) -> Tensor:
-        """One Baum–Welch iteration: E-step by forward–backward, closed-form MAP
-        M-step under the priors. Returns log-likelihood + log prior before the update."""
+    def _check_em(self, caller: str) -> None:
         if self.guide_type != "map":
-            raise ValueError("em_step: EM fits point estimates; build the model with guide='map' (or fit meanfield by SVI)")
+            raise ValueError(f"{caller}: EM fits point estimates; build the model with guide='map' (or fit meanfield by SVI)")
+
+    def e_step(self, batch: SequenceBatch) -> dict[str, Tensor]:
+        """Baum–Welch E-step: forward–backward at the point parameters, and the expected
+        sufficient statistics of ``batch`` summed over its sequences (float64; statistics of
+        disjoint batches add up).
+
+        Returns:
+            ``"log_likelihood"`` ``()``, ``"initial_counts"`` ``(K,)`` (expected first
+            states), ``"transition_counts"`` ``(K, K)`` (expected transitions ``[from, to]``),
+            and the emission statistics of the subclass (``_emission_statistics``).
+        """
+        self._check_em("e_step")
         with torch.no_grad():
             values = self._check_observations(batch.values, "batch.values")
             point = self._point()
@@ -418,14 +398,26 @@ class HiddenMarkovModel(SequenceModel):
             log_emission = self._emission_log_prob(values, point).double()
             posterior = discrete.forward_backward(point["initial"].log().double(), point["transition"].log().double(),
                                                   log_emission, batch.lengths)
-            objective = posterior.log_normalizer.sum() + self.log_prior(point).double()
-            gamma = posterior.state_marginals.to(self._dtype)  # (N, T, K), zeros on padding
-            initial_counts = posterior.state_marginals[:, 0].sum(0)
-            transition_counts = posterior.transition_counts.sum(0)
-            self.initial_logits.data.copy_(_dirichlet_mode(initial_counts, self.initial_concentration).log().to(self._dtype))
-            self.transition_logits.data.copy_(_dirichlet_mode(transition_counts, self.transition_concentration).log().to(self._dtype))
-            self._emission_mstep(values, gamma, point)
-        return objective
+            state_marginals = posterior.state_marginals  # (N, T, K), zeros on padding
+            statistics = {"log_likelihood": posterior.log_normalizer.sum(),
+                          "initial_counts": state_marginals[:, 0].sum(0),
+                          "transition_counts": posterior.transition_counts.sum(0)}
+            statistics.update(self._emission_statistics(values.double() if values.is_floating_point() else values,
+                                                        state_marginals))
+        return statistics
+
+    def m_step(self, statistics: Mapping[str, Tensor]) -> None:
+        """Closed-form MAP M-step under the priors from summed :meth:`e_step` statistics
+        (Gaussian emissions: conditional maximisation, means given the current precisions
+        then precisions given the new means)."""
+        self._check_em("m_step")
+        with torch.no_grad():
+            point = self._point()
+            self.initial_logits.data.copy_(
+                _dirichlet_mode(statistics["initial_counts"], self.initial_concentration).log().to(self._dtype))
+            self.transition_logits.data.copy_(
+                _dirichlet_mode(statistics["transition_counts"], self.transition_concentration).log().to(self._dtype))
+            self._emission_m_step(statistics, point)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Random rows from flat Dirichlets; emissions spread around the data."""
@@ -460,6 +452,22 @@ class HiddenMarkovModel(SequenceModel):
         with torch.no_grad():
             self.initial_logits.data = initial.log().to(self._device)
             self.transition_logits.data = transition.log().to(self._device)
+
+
+def _factor_kind(name: str, prior: dist.Distribution) -> str:
+    """The mean-field factor of a site with this prior: ``"dirichlet"``, ``"normal"`` (means),
+    ``"wishart"`` (precision matrices), ``"lognormal"`` (Gamma: precisions and rates) or
+    ``"unsupported"``."""
+    base = prior.base_dist if isinstance(prior, dist.Independent) else prior
+    if isinstance(base, dist.Dirichlet):
+        return "dirichlet"
+    if name == "means":
+        return "normal"
+    if isinstance(base, dist.Wishart):
+        return "wishart"
+    if isinstance(base, dist.Gamma):
+        return "lognormal"
+    return "unsupported"
 
 
 def _dirichlet_mode(counts: Tensor, concentration: float) -> Tensor:
@@ -513,10 +521,7 @@ class CategoricalHMM(HiddenMarkovModel):
             model._sync_variational_to_point()
         return model
 
-    @property
-    def emission_probs(self) -> Tensor:
-        """``(K, V)`` emission probabilities."""
-        return self._point()["emission"]
+    emission_probs = point_property("emission", "``(K, V)`` emission probabilities.")
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "num_symbols": self.num_symbols, "emission_concentration": self.emission_concentration}
@@ -557,11 +562,16 @@ class CategoricalHMM(HiddenMarkovModel):
     def _emission_log_prob(self, codes: Tensor, params: dict[str, Tensor]) -> Tensor:
         return params["emission"].log().T[codes]  # (N, T, K)
 
-    def _emission_mstep(self, codes: Tensor, gamma: Tensor, point) -> None:
+    def _emission_statistics(self, codes: Tensor, state_marginals: Tensor) -> dict[str, Tensor]:
+        """``"emission_counts"`` ``(K, V)``: expected number of emissions of each symbol from each state."""
         k, v = self.num_states, self.num_symbols
-        counts = torch.zeros(v, k, dtype=gamma.dtype, device=gamma.device)
-        counts.index_add_(0, codes.reshape(-1), gamma.reshape(-1, k))
-        self.emission_logits.data.copy_(_dirichlet_mode(counts.T, self.emission_concentration).log().to(self._dtype))
+        counts = torch.zeros(v, k, dtype=state_marginals.dtype, device=state_marginals.device)
+        counts.index_add_(0, codes.reshape(-1), state_marginals.reshape(-1, k))
+        return {"emission_counts": counts.T}
+
+    def _emission_m_step(self, statistics: Mapping[str, Tensor], point) -> None:
+        emission = _dirichlet_mode(statistics["emission_counts"], self.emission_concentration)
+        self.emission_logits.data.copy_(emission.log().to(self._dtype))
 
     def _reset_emission(self, generator) -> None:
         self.emission_logits.data.copy_(_random_simplex((self.num_states, self.num_symbols), generator, self._dtype, self._device).log())
@@ -677,14 +687,11 @@ class GaussianHMM(_VectorEmissionHMM):
                     raise ValueError("covariances: expected positive variances")
                 model.log_scales.data = 0.5 * covariances.log()
             else:
-                model.scale_tril_unconstrained.data = _unconstrain_tril(torch.linalg.cholesky(covariances))
+                model.scale_tril_unconstrained.data = unconstrain_tril(torch.linalg.cholesky(covariances))
             model._sync_variational_to_point()
         return model
 
-    @property
-    def means(self) -> Tensor:
-        """``(K, D)`` state means."""
-        return self._point()["means"]
+    means = point_property("means", "``(K, D)`` state means.")
 
     @property
     def covariances(self) -> Tensor:
@@ -717,7 +724,7 @@ class GaussianHMM(_VectorEmissionHMM):
         return priors
 
     def _scale_tril(self) -> Tensor:
-        return _constrain_tril(self.scale_tril_unconstrained)
+        return constrain_tril(self.scale_tril_unconstrained)
 
     def _set_emission_value(self, name: str, value: Tensor) -> None:
         if name == "means":
@@ -727,7 +734,7 @@ class GaussianHMM(_VectorEmissionHMM):
         else:
             covariance = torch.linalg.inv(value)
             covariance = 0.5 * (covariance + covariance.transpose(-1, -2))
-            self.scale_tril_unconstrained.data.copy_(_unconstrain_tril(torch.linalg.cholesky(covariance)))
+            self.scale_tril_unconstrained.data.copy_(unconstrain_tril(torch.linalg.cholesky(covariance)))
 
     def _emission_site_dims(self) -> dict[str, tuple[str, ...]]:
         if self.covariance_type == "diag":
@@ -757,50 +764,61 @@ class GaussianHMM(_VectorEmissionHMM):
             return -0.5 * (quadratic - normalizer)
         return _full_gaussian_log_prob(x, observed, means, precisions)
 
-    def _emission_mstep(self, values: Tensor, gamma: Tensor, point) -> None:
+    def _emission_statistics(self, values: Tensor, state_marginals: Tensor) -> dict[str, Tensor]:
+        """Expected emission statistics per state. Diagonal: ``"observed_weights"``,
+        ``"weighted_sums"`` and ``"weighted_squares"``, each ``(K, D)`` (sums over the steps
+        where coordinate ``d`` is observed of the state probability, times 1, ``x_d``,
+        ``x_d^2``). Full: ``"observed_weights"`` ``(K,)``, ``"weighted_sums"`` ``(K, D)`` and
+        ``"weighted_outer_products"`` ``(K, D, D)`` over fully observed steps (a step must be
+        fully observed or fully missing)."""
         observed, x = self._observed(values)
         k, d = self.num_states, self.dim
-        weights = gamma.reshape(-1, k).to(values.dtype)  # (NT, K)
-        o = observed.reshape(-1, d).to(values.dtype)
+        weights = state_marginals.reshape(-1, k).to(values.dtype)  # (NT, K)
         xf = x.reshape(-1, d)
-        prior_mean = self.data_mean.to(values.dtype)
-        prior_precision = 1 / (self.mean_prior_scale**2 * self.data_var.to(values.dtype))
         if self.covariance_type == "diag":
-            count = weights.T @ o  # (K, D)
-            first = weights.T @ xf
-            second = weights.T @ (xf * xf)
-            precision = point["precisions"]
-            # Conditional maximisation: means given the current precisions, then precisions given the new means.
-            means = (precision * first + prior_precision * prior_mean) / (precision * count + prior_precision)
-            squares = second - 2 * means * first + means**2 * count
-            rate = self.precision_rate * self.data_var.to(values.dtype)
-            variance = (rate + 0.5 * squares) / (self.precision_shape - 1 + 0.5 * count).clamp(min=1e-12)
-            self.emission_loc.data.copy_(means)
-            self.log_scales.data.copy_(0.5 * variance.clamp(min=1e-12).log())
-            return
+            o = observed.reshape(-1, d).to(values.dtype)
+            return {"observed_weights": weights.T @ o, "weighted_sums": weights.T @ xf,
+                    "weighted_squares": weights.T @ (xf * xf)}
         complete = observed.reshape(-1, d).all(-1)
         partial = observed.reshape(-1, d).any(-1) & ~complete
         if partial.any():
-            raise ValueError("em_step: GaussianHMM with covariance_type='full' needs each row fully observed or fully "
+            raise ValueError("e_step: GaussianHMM with covariance_type='full' needs each row fully observed or fully "
                              "missing for EM; fit it with method='svi' or use covariance_type='diag'")
         weights = weights * complete.unsqueeze(-1).to(values.dtype)
-        count = weights.sum(0)  # (K,)
-        first = weights.T @ xf  # (K, D)
-        precision = point["precisions"]  # (K, D, D)
+        return {"observed_weights": weights.sum(0), "weighted_sums": weights.T @ xf,
+                "weighted_outer_products": torch.einsum("nk,nd,ne->kde", weights, xf, xf)}
+
+    def _emission_m_step(self, statistics: Mapping[str, Tensor], point) -> None:
+        d = self.dim
+        count, first = statistics["observed_weights"], statistics["weighted_sums"]
+        dtype = first.dtype
+        prior_mean = self.data_mean.to(dtype)
+        prior_precision = 1 / (self.mean_prior_scale**2 * self.data_var.to(dtype))
+        precision = point["precisions"].to(dtype)
+        if self.covariance_type == "diag":
+            second = statistics["weighted_squares"]
+            # Conditional maximisation: means given the current precisions, then precisions given the new means.
+            means = (precision * first + prior_precision * prior_mean) / (precision * count + prior_precision)
+            squares = second - 2 * means * first + means**2 * count
+            rate = self.precision_rate * self.data_var.to(dtype)
+            variance = (rate + 0.5 * squares) / (self.precision_shape - 1 + 0.5 * count).clamp(min=1e-12)
+            self.emission_loc.data.copy_(means.to(self._dtype))
+            self.log_scales.data.copy_((0.5 * variance.clamp(min=1e-12).log()).to(self._dtype))
+            return
+        second = statistics["weighted_outer_products"]
         # means given current precisions under the N(m0, s0^2 I) prior
         system = count[:, None, None] * precision + prior_precision.diag_embed()
         rhs = (precision @ first.unsqueeze(-1)).squeeze(-1) + prior_precision * prior_mean
         means = torch.linalg.solve(system, rhs)
-        second = torch.einsum("nk,nd,ne->kde", weights, xf, xf)
         scatter = second - means.unsqueeze(-1) * first.unsqueeze(-2) - first.unsqueeze(-1) * means.unsqueeze(-2) \
             + count[:, None, None] * means.unsqueeze(-1) * means.unsqueeze(-2)
         # Wishart(df, W) prior on the precision: the posterior mode's inverse.
-        prior_scatter = torch.diag_embed(2 * self.precision_rate * self.data_var.to(values.dtype))
+        prior_scatter = torch.diag_embed(2 * self.precision_rate * self.data_var.to(dtype))
         df = d - 1 + 2 * self.precision_shape
         covariance = (prior_scatter + scatter) / (df + count - d - 1).clamp(min=1e-12)[:, None, None]
         covariance = 0.5 * (covariance + covariance.transpose(-1, -2))
-        self.emission_loc.data.copy_(means)
-        self.scale_tril_unconstrained.data.copy_(_unconstrain_tril(torch.linalg.cholesky(covariance)))
+        self.emission_loc.data.copy_(means.to(self._dtype))
+        self.scale_tril_unconstrained.data.copy_(unconstrain_tril(torch.linalg.cholesky(covariance)).to(self._dtype))
 
     def _reset_emission(self, generator) -> None:
         """Means by k-means++ seeding on the data seen by ``initialize_from_data``
@@ -820,7 +838,7 @@ class GaussianHMM(_VectorEmissionHMM):
         if self.covariance_type == "diag":
             self.log_scales.data.copy_(sd.log().expand(k, d))
         else:
-            self.scale_tril_unconstrained.data.copy_(_unconstrain_tril(torch.diag_embed(sd.expand(k, d))))
+            self.scale_tril_unconstrained.data.copy_(unconstrain_tril(torch.diag_embed(sd.expand(k, d))))
 
     def _sample_emission(self, states: Tensor, point, generator) -> Tensor:
         noise = torch.randn(*states.shape, self.dim, generator=generator, dtype=self._dtype,
@@ -860,33 +878,8 @@ def _kmeans_plus_plus(points: Tensor, num_centres: int, generator: torch.Generat
     return torch.stack(centres)
 
 
-class _BartlettWishart(dist.Wishart):
-    """A Wishart whose reparametrised sample is the plain Bartlett construction.
-
-    torch's ``Wishart.rsample`` (2.x) tests its draws with the support check
-    inverted, so it warns "Singular sample detected" on every positive-definite
-    draw and redraws them; this class draws once, correctly.
-    """
-
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        shape = self._extended_shape(sample_shape)  # (*sample, *batch, D, D)
-        d = shape[-1]
-        # Bartlett: A lower-triangular, A_ii^2 ~ chi^2(df - i), A_ij ~ N(0, 1) below; W = L A A^T L^T.
-        offsets = torch.arange(d, dtype=self.df.dtype, device=self.df.device)
-        chi2 = dist.Chi2((self.df.unsqueeze(-1) - offsets).expand(shape[len(sample_shape):-1])).rsample(sample_shape)
-        noise = torch.randn(shape, dtype=self.df.dtype, device=self.df.device).tril(-1)
-        bartlett = noise + torch.diag_embed(chi2.sqrt())
-        factor = self._unbroadcasted_scale_tril @ bartlett
-        return factor @ factor.transpose(-1, -2)
-
-
-def _constrain_tril(raw: Tensor) -> Tensor:
-    """Lower-triangular with a positive diagonal: the strict lower part of ``raw`` and the exp of its diagonal."""
-    return raw.tril(-1) + torch.diag_embed(raw.diagonal(dim1=-2, dim2=-1).exp())
-
-
-def _unconstrain_tril(tril: Tensor) -> Tensor:
-    return tril.tril(-1) + torch.diag_embed(tril.diagonal(dim1=-2, dim2=-1).log())
+#: Kept under its former name (tests and pickles refer to it); defined in :mod:`zoo.params`.
+_BartlettWishart = BartlettWishart
 
 
 def _full_gaussian_log_prob(x: Tensor, observed: Tensor, means: Tensor, precisions: Tensor) -> Tensor:
@@ -957,10 +950,7 @@ class PoissonHMM(_VectorEmissionHMM):
             model._sync_variational_to_point()
         return model
 
-    @property
-    def rates(self) -> Tensor:
-        """``(K, D)`` Poisson rates."""
-        return self._point()["rates"]
+    rates = point_property("rates", "``(K, D)`` Poisson rates.")
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "rate_shape": self.rate_shape, "rate_rate": self.rate_rate}
@@ -1002,15 +992,20 @@ class PoissonHMM(_VectorEmissionHMM):
         rates = params["rates"]
         return (x * o) @ rates.log().T - o @ rates.T - (torch.lgamma(x + 1) * o).sum(-1, keepdim=True)
 
-    def _emission_mstep(self, values: Tensor, gamma: Tensor, point) -> None:
+    def _emission_statistics(self, values: Tensor, state_marginals: Tensor) -> dict[str, Tensor]:
+        """``"observed_weights"`` ``(K, D)`` (expected exposure: state probability summed over
+        the steps where coordinate ``d`` is observed) and ``"weighted_sums"`` ``(K, D)``
+        (expected counts)."""
         observed, x = self._observed(values)
         k, d = self.num_states, self.dim
-        weights = gamma.reshape(-1, k).to(values.dtype)
+        weights = state_marginals.reshape(-1, k).to(values.dtype)
         o = observed.reshape(-1, d).to(values.dtype)
-        counts = weights.T @ (x.reshape(-1, d) * o)
-        exposure = weights.T @ o
+        return {"observed_weights": weights.T @ o, "weighted_sums": weights.T @ (x.reshape(-1, d) * o)}
+
+    def _emission_m_step(self, statistics: Mapping[str, Tensor], point) -> None:
+        counts, exposure = statistics["weighted_sums"], statistics["observed_weights"]
         rates = (counts + self.rate_shape - 1).clamp(min=0) / (exposure + self.rate_rate)
-        self.log_rates.data.copy_(rates.clamp(min=1e-10).log())
+        self.log_rates.data.copy_(rates.clamp(min=1e-10).log().to(self._dtype))
 
     def _reset_emission(self, generator) -> None:
         k, d = self.num_states, self.dim

@@ -12,8 +12,10 @@ import pytest
 import torch
 
 from inference.batch import SequenceBatch
+from inference.contract import SequenceModel
 from inference.fit import fit
 from zoo.hmm import CategoricalHMM, GaussianHMM, PoissonHMM, _BartlettWishart, _kmeans_plus_plus
+from tests.zoo import em_reference
 
 DTYPE = torch.float64
 
@@ -699,3 +701,78 @@ def test_docstring_examples_run():
 
     failures, attempted = doctest.testmod(zoo.hmm, optionflags=doctest.ELLIPSIS)
     assert attempted >= 8 and failures == 0
+
+
+# -- EM split into additive statistics (e_step) and their maximiser (m_step) ---------------
+
+
+def _clone(model):
+    copy = type(model)(**model.config()).to(DTYPE)
+    copy.load_state_dict(model.state_dict())
+    return copy
+
+
+@pytest.mark.parametrize("case", em_reference.HMM_CASES)
+def test_e_step_statistics_of_two_halves_give_the_whole_batch_m_step(case):
+    """Statistics are sums over sequences: two halves (one padded, one with missing values)
+    add up to the whole batch's, and the M-step from the sum is the whole batch's M-step."""
+    model, batch = em_reference.build_case(case)
+    whole = model.e_step(batch)
+    first, second = model.e_step(batch[:1]), model.e_step(batch[1:])
+    assert set(whole) == set(first) == set(second)
+    assert {"log_likelihood", "initial_counts", "transition_counts"} <= set(whole)
+    summed = {key: first[key] + second[key] for key in whole}
+    for key in whole:
+        assert torch.allclose(summed[key], whole[key], rtol=1e-12, atol=1e-12), key
+    # The halves are not the whole: a statistic that ignored one half would fail above.
+    assert not torch.allclose(first["transition_counts"], whole["transition_counts"])
+    from_halves, from_whole = _clone(model), _clone(model)
+    from_halves.m_step(summed)
+    from_whole.m_step(whole)
+    for name, value in from_whole.parameter_values().items():
+        assert torch.allclose(from_halves.parameter_values()[name], value, rtol=1e-10, atol=1e-12), name
+    assert not torch.allclose(from_whole.transition_probs, model.transition_probs)  # the M-step moved something
+
+
+@pytest.mark.parametrize("case", em_reference.HMM_CASES)
+def test_default_em_step_reproduces_the_per_step_posterior_em(case):
+    """The contract's em_step (e_step, log prior, m_step) gives the objective and the
+    parameters the former per-step-posterior Baum–Welch gave on the same case."""
+    reference = json.loads(em_reference.REFERENCE_PATH.read_text())[case]
+    model, batch = em_reference.build_case(case)
+    assert type(model).em_step is SequenceModel.em_step  # no family override left
+    objective = model.em_step(batch)
+    assert objective.item() == pytest.approx(reference["objective"], rel=1e-12)
+    for name, value in em_reference.state_of(model).items():
+        assert np.allclose(value, reference["after"][name], rtol=1e-9, atol=1e-12), name
+
+
+def test_e_step_counts_are_the_expected_counts_over_all_state_paths():
+    """Expected initial, transition and emission counts by enumerating every state path."""
+    model = models()[0]
+    codes = torch.tensor([[0, 3, 3, 1, 2], [2, 2, 0, 1, 1]])
+    statistics = model.e_step(SequenceBatch(codes, torch.tensor([5, 4])))
+    k, v = model.num_states, model.num_symbols
+    initial, transition, emission = (x.detach() for x in (model.initial_probs, model.transition_probs, model.emission_probs))
+    expected = {"initial_counts": torch.zeros(k, dtype=DTYPE), "transition_counts": torch.zeros(k, k, dtype=DTYPE),
+                "emission_counts": torch.zeros(k, v, dtype=DTYPE)}
+    log_likelihood = 0.0
+    for sequence in (codes[0], codes[1, :4]):
+        joints = {}
+        for path in itertools.product(range(k), repeat=len(sequence)):
+            p = initial[path[0]] * emission[path[0], sequence[0]]
+            for t in range(1, len(sequence)):
+                p = p * transition[path[t - 1], path[t]] * emission[path[t], sequence[t]]
+            joints[path] = p
+        total = sum(joints.values())
+        log_likelihood += float(total.log())
+        for path, p in joints.items():
+            weight = p / total
+            expected["initial_counts"][path[0]] += weight
+            for t in range(1, len(path)):
+                expected["transition_counts"][path[t - 1], path[t]] += weight
+            for t, symbol in enumerate(sequence.tolist()):
+                expected["emission_counts"][path[t], symbol] += weight
+    assert statistics["log_likelihood"].item() == pytest.approx(log_likelihood, rel=1e-12)
+    for key, value in expected.items():
+        assert torch.allclose(statistics[key], value, atol=1e-12), key

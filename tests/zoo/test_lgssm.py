@@ -1,6 +1,7 @@
 """The linear-Gaussian state-space family against a dense joint Gaussian (brute force),
 between its two Pyro forms, and by parameter recovery; constructors and bad input."""
 
+import json
 import math
 
 import pyro
@@ -10,9 +11,11 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from inference.batch import SequenceBatch
+from inference.contract import SequenceModel
 from inference.fit import fit
 from zoo.lgssm import (PARAMETER_NAMES, Imputation, LinearGaussianSSM, _InverseWishart, _VectorToPositiveDefinite,
                        positive_definite_matrix)
+from tests.zoo import em_reference
 
 DTYPE = torch.float64
 
@@ -489,3 +492,119 @@ def test_learned_markov_guide_is_exact_at_the_start_and_a_bound_elsewhere():
     loss = Trace_ELBO(num_particles=8).differentiable_loss(model.model, model.guide, batch)
     gradients = torch.autograd.grad(loss, guide_parameters)
     assert all(torch.isfinite(g).all() for g in gradients) and any(g.abs().max() > 0 for g in gradients)
+
+
+# -- EM split into additive statistics (e_step) and their maximiser (m_step) ---------------
+
+
+def _clone(model):
+    copy = LinearGaussianSSM(**model.config()).to(DTYPE)
+    copy.load_state_dict(model.state_dict())
+    with torch.no_grad():  # the data scale lives in buffers the priors read
+        copy.data_mean.copy_(model.data_mean)
+        copy.data_var.copy_(model.data_var)
+    return copy
+
+
+@pytest.mark.parametrize("case", em_reference.LGSSM_CASES)
+def test_e_step_statistics_of_two_halves_give_the_whole_batch_m_step(case):
+    """Diagonal and full covariances, with padding, single missing entries (diagonal) and
+    whole missing rows: the statistics of two halves add up to the whole batch's, and the
+    M-step from the sum is the whole batch's M-step."""
+    model, batch = em_reference.build_case(case)
+    whole = model.e_step(batch)
+    first, second = model.e_step(batch[:1]), model.e_step(batch[1:])
+    assert set(whole) == set(first) == set(second)
+    assert "log_likelihood" in whole and "lag_state_outer" in whole and "observation_state_cross" in whole
+    summed = {key: first[key] + second[key] for key in whole}
+    for key in whole:
+        assert torch.allclose(summed[key], whole[key], rtol=1e-10, atol=1e-10), key
+    assert not torch.allclose(first["current_state_outer"], whole["current_state_outer"])
+    from_halves, from_whole = _clone(model), _clone(model)
+    from_halves.m_step(summed)
+    from_whole.m_step(whole)
+    after_halves, after_whole = from_halves._point(), from_whole._point()
+    for name in PARAMETER_NAMES:
+        assert torch.allclose(after_halves[name], after_whole[name], rtol=1e-9, atol=1e-12), name
+    assert not torch.allclose(after_whole["transition_matrix"], model.transition_matrix)  # the M-step moved it
+
+
+@pytest.mark.parametrize("case", em_reference.LGSSM_CASES)
+def test_default_em_step_reproduces_the_smoothed_moment_em(case):
+    """The contract's em_step (e_step, log prior, m_step) gives the objective and the
+    matrices that the former EM on per-step smoothed moments gave on the same case."""
+    reference = json.loads(em_reference.REFERENCE_PATH.read_text())[case]
+    model, batch = em_reference.build_case(case)
+    assert type(model).em_step is SequenceModel.em_step  # no family override left
+    objective = model.em_step(batch)
+    assert objective.item() == pytest.approx(reference["objective"], rel=1e-12)
+    for name, value in em_reference.state_of(model).items():
+        assert torch.allclose(torch.tensor(value, dtype=DTYPE), torch.tensor(reference["after"][name], dtype=DTYPE),
+                              rtol=1e-9, atol=1e-12), name
+
+
+@pytest.mark.parametrize("cov_type", ["full", "diag"])
+def test_e_step_statistics_match_a_dense_joint_gaussian(cov_type):
+    """The summed second moments of the states and the observation statistics, from the
+    dense Gaussian posterior of one sequence."""
+    d, p, length = 2, 3, 5
+    params = random_params(d, p, 3)
+    if cov_type == "diag":
+        params["transition_cov"] = torch.diag(params["transition_cov"].diagonal())
+        params["observation_cov"] = torch.diag(params["observation_cov"].diagonal())
+    model = LinearGaussianSSM.from_params(*(params[name] for name in PARAMETER_NAMES), transition_cov_type=cov_type,
+                                          observation_cov_type=cov_type)
+    x = model.sample(1, length, torch.Generator().manual_seed(2)).values.clone()
+    x[0, 2] = float("nan")  # a whole row: allowed for both covariance types
+    if cov_type == "diag":
+        x[0, 1, 0] = float("nan")
+    statistics = model.e_step(SequenceBatch.from_tensor(x))
+    log_like, state_mean, state_cov, *_ = dense_posterior(model, x[0])
+    outer = state_cov.reshape(length, d, length, d).permute(0, 2, 1, 3) \
+        + state_mean[:, None, :, None] * state_mean[None, :, None, :]  # outer[t, s] = E[s_t s_s^T]
+    steps = range(1, length)
+    assert statistics["log_likelihood"].item() == pytest.approx(log_like.item(), rel=1e-10)
+    assert statistics["transition_count"].item() == length - 1
+    assert torch.allclose(statistics["previous_state_outer"], sum(outer[t - 1, t - 1] for t in steps), atol=1e-9)
+    assert torch.allclose(statistics["current_state_outer"], sum(outer[t, t] for t in steps), atol=1e-9)
+    assert torch.allclose(statistics["lag_state_outer"], sum(outer[t, t - 1] for t in steps), atol=1e-9)
+    assert statistics["initial_count"].item() == 1
+    assert torch.allclose(statistics["initial_state_sum"], state_mean[0], atol=1e-9)
+    assert torch.allclose(statistics["initial_state_outer"], outer[0, 0], atol=1e-9)
+    observed = ~x[0].isnan()
+    filled = torch.where(observed, x[0], torch.zeros((), dtype=DTYPE))
+    if cov_type == "diag":
+        o = observed.to(DTYPE)
+        assert torch.equal(statistics["observed_count"], o.sum(0))
+        expected_gram = torch.stack([sum(o[t, j] * outer[t, t] for t in range(length)) for j in range(p)])
+        assert torch.allclose(statistics["observed_state_outer"], expected_gram, atol=1e-9)
+        assert torch.allclose(statistics["observation_squares"], filled.square().sum(0), atol=1e-12)
+    else:
+        rows = [t for t in range(length) if observed[t].all()]
+        assert statistics["observed_count"].item() == len(rows)
+        assert torch.allclose(statistics["observed_state_outer"], sum(outer[t, t] for t in rows), atol=1e-9)
+        assert torch.allclose(statistics["observation_outer"], sum(torch.outer(x[0, t], x[0, t]) for t in rows),
+                              atol=1e-12)
+    assert torch.allclose(statistics["observation_state_cross"],
+                          sum(torch.outer(filled[t], state_mean[t]) for t in range(length)), atol=1e-9)
+
+
+def test_parameter_specs_declare_storage_sites_and_roles():
+    """The declarative specs drive storage, sites and counting: a diffuse model holds the
+    initial matrices as buffers, a fixed matrix is a buffer of its value, a diagonal
+    covariance is stored as log variances under a ``*_var`` site."""
+    model = LinearGaussianSSM(2, 3, transition_cov_type="diag", initial="diffuse",
+                              fixed={"observation_matrix": torch.ones(3, 2)})
+    specs = model._specs
+    assert [spec.role.value for spec in specs.values()] == ["learned", "fixed", "learned", "learned", "held", "held"]
+    parameters = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    assert set(parameters) == {"transition_weight", "transition_log_var", "observation_scale_tril_unconstrained"}
+    assert {"fixed_observation_matrix", "initial_loc", "initial_scale_tril_unconstrained"} <= set(buffers)
+    assert list(model.parameter_sites()) == ["transition_matrix", "transition_var", "observation_cov"]
+    assert model.num_parameters == 4 + 2 + 6
+    assert torch.equal(model.observation_matrix, torch.ones(3, 2))
+    with pytest.raises(ValueError, match="'observation_matrix' is fixed"):
+        model.set_values({"observation_matrix": torch.zeros(3, 2)})
+    with pytest.raises(ValueError, match="expected a diagonal matrix"):
+        model.set_values({"transition_cov": torch.tensor([[1.0, 0.1], [0.1, 1.0]])})
