@@ -28,13 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from inference.fit import fit
 from inference.rundir import RunDirectory
 from inference.scoring import ratio_standard_error, score
-from zoo import baselines, families, plots  # noqa: F401  (zoo.families registers every family)
+import zoo.families  # noqa: F401  (registers every family)
+from zoo import baselines, plots
 from zoo.data import KINDS, SPLIT_METHODS, SequenceData, Splits, Vocabulary, load_data, load_splits, split_data
 from zoo.registry import REGISTRY, Family, UsageError, family_of
 
@@ -109,7 +109,7 @@ def _data_and_splits(args) -> tuple[SequenceData, Splits, dict]:
     return data, splits, {"split": list(fractions), "split_by": args.split_by}
 
 
-def _describe_split(splits: Splits, how: dict) -> str:
+def _describe_split(data: SequenceData, splits: Splits, how: dict) -> str:
     """One line for a person: which split, and how big each part is."""
     parts = [part for part in splits]
     sizes = "/".join(str(part.num_sequences) if part is not None else "0" for part in parts)
@@ -117,7 +117,10 @@ def _describe_split(splits: Splits, how: dict) -> str:
     if how["split"] == "own":
         return f"split: the data set's own train/valid/test parts ({sizes} sequences, {steps} steps)"
     fractions = "/".join(f"{f:g}" for f in how["split"])
-    method = "the last steps of every sequence held out" if how["split_by"] == "time" else "shuffled sequences (one sequence: cut in time)"
+    if how["split_by"] == "time":
+        method = "the last steps of every sequence held out"
+    else:
+        method = "one sequence cut in time" if data.num_sequences == 1 else "shuffled whole sequences"
     return f"split: {fractions}, {method} ({sizes} sequences, {steps} steps)"
 
 
@@ -320,7 +323,7 @@ def _data_description(args, data: SequenceData, how: dict) -> dict:
 def cmd_fit(args) -> int:
     family = REGISTRY[args.family]
     data, splits, how = _data_and_splits(args)
-    print(_describe_split(splits, how))
+    print(_describe_split(data, splits, how))
     settings = family.settings_from_args(args)
     model = build_model(family, splits.train, settings)
     run = RunDirectory.open(args.out) if args.resume else RunDirectory.create(args.out, force=args.force)
@@ -333,7 +336,7 @@ def cmd_fit(args) -> int:
 def cmd_compare(args) -> int:
     specs = [ModelSpec.parse(text) for text in args.models]
     data, splits, how = _data_and_splits(args)
-    print(_describe_split(splits, how))
+    print(_describe_split(data, splits, how))
     # Every spec is checked before any model trains, so a bad setting in the last one costs no training time.
     for spec in specs:
         check_spec(REGISTRY[spec.family], splits.train, _split_spec_settings(spec)[0])
@@ -360,7 +363,7 @@ def cmd_compare(args) -> int:
         samples[label] = _sample_text(model, data, length=200, seed=args.seed, temperature=temperatures[label])
         exports[label] = _guide_export(model, splits.train.batch)
     print(f"compared {len(specs)} model(s) in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    comparison = {"data": args.data, **how, "split_description": _describe_split(splits, how), "unit": "nats per time step",
+    comparison = {"data": args.data, **how, "split_description": _describe_split(data, splits, how), "unit": "nats per time step",
                   "stderr": "over held-out sequences, or over 20 contiguous blocks of a single held-out sequence",
                   "sample_temperature": temperatures, "models": rows, "samples": samples}
     markdown = _comparison_markdown(comparison, data)
@@ -662,11 +665,11 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tolerance", type=float, default=1e-8, help="EM convergence: nats per step gained per iteration")
     group.add_argument("--restarts", type=int, default=1, help="EM random restarts; the best is kept")
     group.add_argument("--epochs", type=int, default=200, help="SVI epochs (default 200)")
-    group.add_argument("--lr", type=float, help="SVI learning rate (default 0.05; recurrent networks 0.002)")
-    group.add_argument("--batch-size", type=int, help="SVI mini-batch size in sequences (default: all; recurrent networks 64)")
+    group.add_argument("--lr", type=float, help="SVI learning rate (default: the family's own, else 0.05)")
+    group.add_argument("--batch-size", type=int, help="SVI mini-batch size in sequences (default: the family's own, else all)")
     group.add_argument("--chunk-length", type=int,
                        help="SVI: cut one long training sequence into pieces of this many steps "
-                            "(truncated backpropagation through time; default 2000, recurrent networks 128)")
+                            "(truncated backpropagation through time; default: the family's own, else 2000)")
     group.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is often fastest "
                                                    "for small recurrent networks on a busy machine)")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
