@@ -127,14 +127,17 @@ class Family:
 class _RecordingGroup:
     """An argument group that remembers the destination of every flag added to it."""
 
-    def __init__(self, group: argparse._ArgumentGroup) -> None:
+    def __init__(self, group: argparse._ArgumentGroup, destinations: list[str] | None = None) -> None:
         self._group = group
-        self.destinations: list[str] = []
+        self.destinations: list[str] = [] if destinations is None else destinations
 
     def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
         action = self._group.add_argument(*args, **kwargs)
         self.destinations.append(action.dest)
         return action
+
+    def add_mutually_exclusive_group(self, **kwargs: Any) -> "_RecordingGroup":
+        return _RecordingGroup(self._group.add_mutually_exclusive_group(**kwargs), self.destinations)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._group, name)

@@ -464,3 +464,31 @@ def test_comparison_markdown_words_the_likelihood_column_from_the_rows():
     assert "Lower bounds on the log-likelihood, not its exact value: dmm (ELBO); dmm-iwae (IWAE bound (M=8))." in mixed
     assert "Exact: hmm-states2." in mixed
     assert "| dmm | ELBO |" in mixed and "| dmm-iwae | IWAE bound (M=8) |" in mixed
+
+
+def test_family_entries_are_checked_and_their_settings_are_their_flags():
+    def add_arguments(group):
+        group.add_argument("--state-dim", type=int)
+        exclusive = group.add_mutually_exclusive_group()
+        exclusive.add_argument("--fast", action="store_true")
+        exclusive.add_argument("--slow", dest="careful", action="store_true")
+
+    entry = dict(name="x", help="", add_arguments=add_arguments, settings_from_args=vars, build=_build_toy,
+                 label=str, model_classes=(UnigramModel,), data_kinds=("categorical",))
+    assert Family(**entry).settings_names() == ("state_dim", "fast", "careful")
+    for field, value, message in (("name", "a:b", "Family.name"), ("model_classes", (), "model_classes"),
+                                  ("data_kinds", ("symbols",), "data_kinds")):
+        with pytest.raises(ValueError, match=message):
+            Family(**{**entry, field: value})
+    with pytest.raises(TypeError, match="expected a Family"):
+        register(entry)
+    # Every shipped family is registered by importing zoo.families, and a saved model finds its entry.
+    import zoo.families  # noqa: F401
+    from zoo.hmm import CategoricalHMM
+    from zoo.registry import family_of
+    from zoo.rnn import RecurrentModel
+
+    assert {"hmm", "lgssm", "rnn", "gru", "lstm"} <= set(REGISTRY)
+    assert family_of(CategoricalHMM(2, 3)).name == "hmm"
+    assert family_of(RecurrentModel("categorical", num_symbols=3, cell="gru", hidden_size=4)).name == "gru"
+    assert family_of(UnigramModel(3)) is None  # not registered outside the toy_family fixture
