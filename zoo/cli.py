@@ -2,20 +2,24 @@
 
 Subcommands::
 
-    seqzoo fit hmm --data DATA --states K [--emission ...] [--method em|svi] --out DIR
-    seqzoo fit lgssm --data DATA --state-dim d [--transition ...] [--method em|svi] --out DIR
-    seqzoo fit rnn|gru|lstm --data DATA [--hidden 256 --layers 1 --embedding 64 --dropout 0] --out DIR
+    seqzoo fit FAMILY --data DATA [the family's flags] [--method em|svi] --out DIR
     seqzoo decode DIR --data DATA
     seqzoo sample DIR --length N [--prime "ROMEO:" --temperature 0.8]
-    seqzoo compare --data DATA --models hmm:states=8 lstm:hidden=256,layers=2 gru:hidden=256 ... --out DIR
+    seqzoo compare --data DATA --models FAMILY:key=value,... FAMILY:key=value,... --out DIR
     seqzoo diagnose DIR [--data DATA] [--nuts --chains 4 --draws 500 --warmup 500]
 
-This is the only module that parses arguments or prints for a person.
+This is the only module that parses arguments or prints for a person. It names
+no model family: the families register themselves in :data:`zoo.registry.REGISTRY`
+(:mod:`zoo.families` imports them all), and every subcommand iterates that table
+(``docs/families.md``). ``seqzoo fit --help`` lists the families,
+``seqzoo fit FAMILY --help`` a family's flags, whose names are also the keys of
+its ``compare`` spec (``--state-dim 2`` -> ``FAMILY:state_dim=2``).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import sys
@@ -24,35 +28,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from inference.fit import fit
 from inference.rundir import RunDirectory
 from inference.scoring import ratio_standard_error, score
+import zoo.families  # noqa: F401  (registers every family)
 from zoo import baselines, plots
-from zoo.data import SequenceData, Vocabulary, load_data, split_data
-from zoo.hmm import CategoricalHMM, GaussianHMM, HiddenMarkovModel, PoissonHMM
-from zoo.lgssm import LinearGaussianSSM
-from zoo.rnn import RecurrentModel
+from zoo.data import KINDS, SPLIT_METHODS, SequenceData, Splits, Vocabulary, load_data, load_splits, split_data
+from zoo.registry import REGISTRY, Family, UsageError, family_of
 
-#: Every model class a run directory may name. Loading looks the class up here
-#: and nowhere else, so a run directory can never make us import arbitrary code.
-MODEL_CLASSES = {cls.__name__: cls for cls in (CategoricalHMM, GaussianHMM, PoissonHMM, LinearGaussianSSM, RecurrentModel)}
+__all__ = ["ModelSpec", "UsageError", "build_model", "check_spec", "build_parser", "load_model", "main", "train_into"]
 
-EMISSION_FOR_KIND = {"categorical": "categorical", "real": "gaussian", "count": "poisson"}
-
-
-class UsageError(Exception):
-    """A mistake in the command line or its inputs, reported without a traceback."""
+#: The train, valid, test fractions when the data ships no split and --split is not given.
+DEFAULT_SPLIT = (0.8, 0.1, 0.1)
 
 
 # -- data ------------------------------------------------------------------
 def _add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("--data", required=required, help="a file (.txt, .csv, .csv.gz, .npz) or builtin:letters|nile|sunspots")
-    parser.add_argument("--kind", choices=["categorical", "real", "count"], help="how to read the data (default: from the file type)")
+    parser.add_argument("--data", required=required, help="a file (.txt, .csv, .csv.gz, .npz, .json) or builtin:letters|nile|sunspots")
+    parser.add_argument("--kind", choices=list(KINDS), help="how to read the data (default: from the file type; "
+                                                            "binary = multi-hot frames, e.g. polyphonic music)")
     parser.add_argument("--first", type=int, metavar="N", help="keep only the first N time steps of each sequence")
-    parser.add_argument("--split", default="0.8,0.1,0.1", help="train,valid,test fractions (default 0.8,0.1,0.1)")
+    parser.add_argument("--split", help="train,valid,test fractions (default 0.8,0.1,0.1); refused for a file that "
+                                        "ships its own split (JSB chorales .json), whose parts are used as they are")
+    parser.add_argument("--split-by", choices=list(SPLIT_METHODS), default="shuffle",
+                        help="shuffle: whole sequences, shuffled (default; one sequence is cut in time); "
+                             "time: hold out the last steps of every sequence")
     parser.add_argument("--time-column", help="CSV: a column of dates/times to drop")
     parser.add_argument("--sequence-column", help="CSV: a column of sequence ids, to read many sequences from one file")
 
@@ -82,10 +84,50 @@ def _load(args, vocabulary: Vocabulary | None = None) -> SequenceData:
     return data
 
 
+def _own_splits(args) -> Splits | None:
+    """The parts the data file ships (JSB chorales), or None when it ships none."""
+    return load_splits(args.data, kind=args.kind, first_n=args.first,
+                       time_column=getattr(args, "time_column", None), sequence_column=getattr(args, "sequence_column", None))
+
+
+def _data_and_splits(args) -> tuple[SequenceData, Splits, dict]:
+    """The data, its train/valid/test parts and how they were made (for config.json).
+
+    A file that ships its own split is used as shipped: ``--split`` or
+    ``--split-by`` with it is refused rather than silently ignored, since
+    published results on such data use exactly those parts.
+    """
+    own = _own_splits(args)
+    if own is not None:
+        if args.split is not None or args.split_by != "shuffle":
+            raise UsageError(f"--split/--split-by: {args.data} ships its own train/valid/test split; "
+                             "drop the option to use the file's parts")
+        return own.combined(), own, {"split": "own", "split_by": None}
+    fractions = _parse_split(args.split) if args.split is not None else DEFAULT_SPLIT
+    data = _load(args)
+    splits = split_data(data, fractions, seed=args.seed, by=args.split_by)
+    return data, splits, {"split": list(fractions), "split_by": args.split_by}
+
+
+def _describe_split(data: SequenceData, splits: Splits, how: dict) -> str:
+    """One line for a person: which split, and how big each part is."""
+    parts = [part for part in splits]
+    sizes = "/".join(str(part.num_sequences) if part is not None else "0" for part in parts)
+    steps = "/".join(str(part.num_steps) if part is not None else "0" for part in parts)
+    if how["split"] == "own":
+        return f"split: the data set's own train/valid/test parts ({sizes} sequences, {steps} steps)"
+    fractions = "/".join(f"{f:g}" for f in how["split"])
+    if how["split_by"] == "time":
+        method = "the last steps of every sequence held out"
+    else:
+        method = "one sequence cut in time" if data.num_sequences == 1 else "shuffled whole sequences"
+    return f"split: {fractions}, {method} ({sizes} sequences, {steps} steps)"
+
+
 # -- models ----------------------------------------------------------------
 @dataclass
 class ModelSpec:
-    """A model named on the command line, e.g. ``hmm:states=8,emission=gaussian``."""
+    """A model named on the command line: ``FAMILY:key=value,...`` (the keys are the family's fit flags)."""
 
     family: str
     settings: dict[str, str]
@@ -99,8 +141,8 @@ class ModelSpec:
             if not eq:
                 raise UsageError(f"model spec {text!r}: expected key=value settings after ':', got {item!r}")
             settings[key.strip().replace("-", "_")] = value.strip()
-        if family not in MODEL_BUILDERS:
-            raise UsageError(f"model spec {text!r}: unknown model {family!r}; available: {', '.join(MODEL_BUILDERS)}")
+        if family not in REGISTRY:
+            raise UsageError(f"model spec {text!r}: unknown model {family!r}; available: {', '.join(REGISTRY)}")
         return cls(family, settings)
 
     @property
@@ -108,139 +150,25 @@ class ModelSpec:
         return self.family + "".join(f"-{k}{v}" for k, v in self.settings.items())
 
 
-def build_hmm(data: SequenceData, states: int, emission: str | None = None, covariance: str = "diag",
-              guide: str = "map", marginalize: str = "kernel") -> HiddenMarkovModel:
-    """An HMM matching the data: categorical for symbols, Gaussian for reals, Poisson for counts."""
-    emission = emission or EMISSION_FOR_KIND.get(data.kind)
-    if emission is None:
-        raise UsageError(f"--emission: data of kind {data.kind!r} needs an explicit emission (categorical, gaussian or poisson)")
-    common = dict(guide=guide, marginalize=marginalize)
-    if emission == "categorical":
-        if data.kind != "categorical":
-            raise UsageError(f"--emission categorical needs symbol data, but {data.source} holds {data.kind} data")
-        return CategoricalHMM(states, data.num_symbols, **common)
-    if emission == "gaussian":
-        return GaussianHMM(states, data.dim, covariance_type=covariance, **common)
-    if emission == "poisson":
-        return PoissonHMM(states, data.dim, **common)
-    raise UsageError(f"--emission: expected categorical, gaussian or poisson, got {emission!r}")
+#: Training settings any model spec may carry (``FAMILY:...,lr=0.002,batch_size=32``) -> type.
+FIT_SETTINGS = {"lr": float, "batch_size": int, "chunk_length": int, "epochs": int, "method": str}
 
 
-def _reject_unknown_settings(family: str, settings: dict[str, str], allowed: set[str]) -> None:
-    """A model spec's settings must be the family's own (training settings such as
-    ``lr`` or ``method`` are split off before the family's builder sees them)."""
-    unknown = set(settings) - allowed
+def check_spec(family: Family, data: SequenceData, settings: dict[str, str]) -> None:
+    """The one check of a model's settings, for ``fit`` and ``compare`` alike: the family
+    must model the data's kind and every setting must be one of its flags."""
+    family.check_data_kind(data)
+    allowed = family.settings_names()
+    unknown = set(settings) - set(allowed)
     if unknown:
-        raise UsageError(f"{family}: unknown settings {sorted(unknown)}; allowed: {sorted(allowed)} "
+        raise UsageError(f"{family.name}: unknown settings {sorted(unknown)}; allowed: {sorted(allowed)} "
                          f"(and the training settings {sorted(FIT_SETTINGS)})")
 
 
-def _build_hmm_from_settings(data: SequenceData, settings: dict[str, str]) -> HiddenMarkovModel:
-    _reject_unknown_settings("hmm", settings, {"states", "emission", "covariance", "guide", "marginalize"})
-    try:
-        states = int(settings.get("states", 8))
-    except ValueError:
-        raise UsageError(f"hmm: states must be an integer, got {settings['states']!r}") from None
-    return build_hmm(data, states, settings.get("emission"), settings.get("covariance", "diag"),
-                     settings.get("guide", "map"), settings.get("marginalize", "kernel"))
-
-
-LGSSM_MATRIX_NAMES = ("transition_matrix", "observation_matrix", "transition_cov", "observation_cov", "initial_mean", "initial_cov")
-
-
-def build_lgssm(data: SequenceData, state_dim: int, transition: str = "learned", observation: str = "learned",
-                covariance: str = "diag", initial: str = "diffuse", guide: str = "map", latent: str = "marginal",
-                prior: str = "weak") -> LinearGaussianSSM:
-    """A linear-Gaussian state-space model with ``state_dim`` states over the data's ``p`` real series.
-
-    ``transition="identity"`` fixes ``A = I`` (random-walk states); ``observation="identity"``
-    fixes ``B = I`` (needs ``state_dim == p``); ``covariance`` is the form of both noise
-    covariances Γ and Σ.
-    """
-    if data.kind == "categorical":
-        raise UsageError(f"fit lgssm: needs real-valued data, but {data.source} holds categorical data (use --kind real for a numeric CSV)")
-    if not isinstance(state_dim, int) or state_dim < 1:
-        raise UsageError(f"--state-dim: expected a positive integer, got {state_dim!r}")
-    obs_dim = data.dim
-    choices = {"--transition": (transition, ("identity", "learned")), "--observation": (observation, ("identity", "learned")),
-               "--covariance": (covariance, ("diag", "full")), "--initial": (initial, ("diffuse", "prior")),
-               "--guide": (guide, ("map", "meanfield")), "--latent": (latent, ("marginal", "sampled")),
-               "--prior": (prior, ("weak", "none"))}
-    for flag, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise UsageError(f"{flag}: expected one of {', '.join(allowed)}, got {value!r}")
-    if latent == "sampled" and initial == "diffuse":
-        raise UsageError("--latent sampled: the states need a proper prior on the first one; add --initial prior")
-    dtype = data.batch.values.dtype
-    fixed = {}
-    if transition == "identity":
-        fixed["transition_matrix"] = torch.eye(state_dim, dtype=dtype)
-    if observation == "identity":
-        if state_dim != obs_dim:
-            raise UsageError(f"--observation identity: needs --state-dim equal to the number of series ({obs_dim}), got {state_dim}")
-        fixed["observation_matrix"] = torch.eye(obs_dim, dtype=dtype)
-    model = LinearGaussianSSM(state_dim, obs_dim, transition_cov_type=covariance, observation_cov_type=covariance,
-                              initial=initial, prior=prior, guide=guide, latent=latent, fixed=fixed or None)
-    return model.to(dtype=dtype)
-
-
-def _build_lgssm_from_settings(data: SequenceData, settings: dict[str, str]) -> LinearGaussianSSM:
-    _reject_unknown_settings("lgssm", settings, {"state_dim", "transition", "observation", "covariance", "initial",
-                                                 "guide", "latent", "prior"})
-    try:
-        state_dim = int(settings.get("state_dim", 1))
-    except ValueError:
-        raise UsageError(f"lgssm: state_dim must be an integer, got {settings['state_dim']!r}") from None
-    options = {k: settings[k] for k in ("transition", "observation", "covariance", "initial", "guide", "latent", "prior") if k in settings}
-    return build_lgssm(data, state_dim, **options)
-
-
-#: Observation head of a recurrent network for each kind of data.
-RNN_HEAD_FOR_KIND = {"categorical": "categorical", "binary": "bernoulli", "real": "gaussian"}
-#: Settings of a recurrent-network spec (``lstm:hidden=256,layers=2``) -> constructor argument.
-_RNN_SETTINGS = {"hidden": "hidden_size", "layers": "num_layers", "embedding": "embedding_dim",
-                 "dropout": "dropout", "scale": "scale"}
-
-
-def build_rnn(data: SequenceData, cell: str, settings: dict[str, str]) -> RecurrentModel:
-    """A recurrent network (``cell`` = rnn, gru or lstm) with the head that fits the data's kind."""
-    _reject_unknown_settings(cell, settings, set(_RNN_SETTINGS))
-    head = RNN_HEAD_FOR_KIND.get(data.kind)
-    if head is None:
-        raise UsageError(f"{cell}: data of kind {data.kind!r} is not supported; read counts as --kind real")
-    options: dict[str, Any] = {}
-    for key, value in settings.items():
-        name = _RNN_SETTINGS[key]
-        try:
-            if name == "dropout":
-                options[name] = float(value)
-            elif name == "scale":
-                options[name] = value
-            elif name == "embedding_dim" and value.lower() in ("none", "0"):
-                options[name] = None
-            else:
-                options[name] = int(value)
-        except ValueError:
-            raise UsageError(f"{cell}: setting {key}={value!r} is not a number") from None
-    if head == "categorical":
-        options["num_symbols"] = data.num_symbols
-    else:
-        options["dim"] = data.num_series
-    try:
-        return RecurrentModel(head, cell=cell, **options)
-    except ValueError as error:
-        raise UsageError(f"{cell}: {error}") from None
-
-
-MODEL_BUILDERS = {
-    "hmm": _build_hmm_from_settings,
-    "lgssm": _build_lgssm_from_settings,
-    "rnn": lambda data, settings: build_rnn(data, "rnn", settings),
-    "gru": lambda data, settings: build_rnn(data, "gru", settings),
-    "lstm": lambda data, settings: build_rnn(data, "lstm", settings),
-}
-#: Training settings any model spec may carry (``lstm:hidden=256,lr=0.002,batch_size=32``) -> type.
-FIT_SETTINGS = {"lr": float, "batch_size": int, "chunk_length": int, "epochs": int, "method": str}
+def build_model(family: Family, data: SequenceData, settings: dict[str, str]):
+    """The one way both ``fit`` and ``compare`` build a model: :func:`check_spec`, then ``family.build``."""
+    check_spec(family, data, settings)
+    return family.build(data, settings)
 
 
 def _config_from_json(config: dict) -> dict:
@@ -252,12 +180,20 @@ def _config_from_json(config: dict) -> dict:
     return config
 
 
+def _model_classes() -> dict[str, type]:
+    """Every model class a run directory may name: those of the registered families.
+    Loading looks the class up here and nowhere else, so a run directory can never
+    make us import arbitrary code."""
+    return {cls.__name__: cls for family in REGISTRY.values() for cls in family.model_classes}
+
+
 def load_model(run: RunDirectory):
     """Rebuilds the model saved in a run directory (weights via safetensors)."""
     description = run.read_json("model.json")
-    cls = MODEL_CLASSES.get(description.get("class", "").rsplit(".", 1)[-1])
+    classes = _model_classes()
+    cls = classes.get(description.get("class", "").rsplit(".", 1)[-1])
     if cls is None:
-        raise UsageError(f"{run.file('model.json')}: unknown model class {description.get('class')!r}; known: {', '.join(MODEL_CLASSES)}")
+        raise UsageError(f"{run.file('model.json')}: unknown model class {description.get('class')!r}; known: {', '.join(classes)}")
     model = cls(**_config_from_json(description["config"]))
     tensors, _ = run.load_tensors("model")
     first = next(iter(tensors.values()), None)
@@ -273,15 +209,16 @@ _SVI_DEFAULTS = {"learning_rate": 0.05, "batch_size": None, "chunk_length": 2000
 
 
 def _training_setting(args, model, name: str):
-    """An SVI setting: the command line's, else the family's default (e.g. an
-    RNN's learning rate 2e-3 and sequences of 128), else the general default."""
+    """An SVI setting: the command line's, else the model's own default
+    (``model.default_fit_options()``, e.g. an RNN's learning rate 2e-3 and
+    sequences of 128), else the general default."""
     value = getattr(args, {"learning_rate": "lr"}.get(name, name), None)
     if value is not None:
         return value
     return model.default_fit_options().get(name, _SVI_DEFAULTS[name])
 
 
-def _fit_options(args, model, data: SequenceData) -> dict[str, Any]:
+def _fit_options(args, model, family: Family) -> dict[str, Any]:
     method = getattr(args, "method", None) or ("em" if model.supports_em else "svi")
     options = dict(method=method, seed=args.seed, progress=not args.no_progress, device=args.device,
                    time_budget=args.time_budget * 60 if getattr(args, "time_budget", None) else None)
@@ -293,10 +230,11 @@ def _fit_options(args, model, data: SequenceData) -> dict[str, Any]:
     return options
 
 
-def train_into(run: RunDirectory, model, splits, data: SequenceData, args, label: str, description: dict) -> dict:
-    """Fits ``model`` on the train split, scores every split, writes the run directory."""
+def train_into(run: RunDirectory, model, family: Family, splits: Splits, data: SequenceData, args, label: str,
+               description: dict) -> dict:
+    """Fits ``model`` (of ``family``) on the train split, scores every split, writes the run directory."""
     train, valid, test = splits.train, splits.valid, splits.test
-    options = _fit_options(args, model, data)
+    options = _fit_options(args, model, family)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     chunk_length = _training_setting(args, model, "chunk_length")
@@ -306,7 +244,7 @@ def train_into(run: RunDirectory, model, splits, data: SequenceData, args, label
         train_batch = train.batch
     device = torch.device(args.device) if args.device else train_batch.device
     model.to(device)
-    run.write_json("config.json", {**description, "model": label, "model_config": model.config(),
+    run.write_json("config.json", {**description, "family": family.name, "model": label, "model_config": model.config(),
                                    "fit": {k: v for k, v in options.items() if k != "device"},
                                    "device": str(device)})
     if data.vocabulary is not None:
@@ -335,7 +273,7 @@ def train_into(run: RunDirectory, model, splits, data: SequenceData, args, label
             summary[f"{name}_stderr"] = result_score.stderr
             summary[f"{name}_steps"] = result_score.num_steps
             if result_score.stderr is None and part.batch.num_sequences == 1 and name != "train":
-                summary[f"{name}_stderr"] = _block_stderr(lambda b: _per_step_log_probs(model, b), part.batch.to(device))
+                summary[f"{name}_stderr"] = _block_stderr(lambda b: _per_step_log_probs(family, model, b), part.batch.to(device))
     if data.kind == "categorical":
         for name in ("train", "valid", "test"):
             if f"{name}_log_likelihood" in summary:
@@ -343,10 +281,8 @@ def train_into(run: RunDirectory, model, splits, data: SequenceData, args, label
     summary["history"] = result.history
     run.write_json("summary.json", summary)
     run.save_figure("log_likelihood_trace.png", plots.log_likelihood_trace(result.history, title=label))
-    if isinstance(model, LinearGaussianSSM):
-        _plot_lgssm(run, model, splits, data)
-    else:
-        _plot_states(run, model, valid if has_valid else train, data)
+    if family.plots is not None:
+        family.plots(run, model, splits, data)
     return summary
 
 
@@ -354,24 +290,19 @@ def train_into(run: RunDirectory, model, splits, data: SequenceData, args, label
 NUM_BLOCKS = 20
 
 
-def _per_step_log_probs(model, batch) -> torch.Tensor | None:
-    """``(T,)`` log p(x_t | x_<t) of a one-sequence batch, or None when the model cannot say."""
+def _per_step_log_probs(family: Family, model, batch) -> torch.Tensor | None:
+    """``(T,)`` log p(x_t | x_<t) of a one-sequence batch through the family's
+    ``per_step_log_probs``, or None when the family cannot say."""
+    if family.per_step_log_probs is None:
+        return None
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            if hasattr(model, "log_prob_steps"):
-                return model.log_prob_steps(batch.values, batch.lengths)[0].double().cpu()
-            if isinstance(model, CategoricalHMM):
-                codes = batch.values[0, : int(batch.lengths[0])]
-                filtered = model.filter(codes.unsqueeze(0))[0].double()  # (T, K)
-                transition = model.transition_probs.double()
-                predicted = torch.cat([model.initial_probs.double().unsqueeze(0), filtered[:-1] @ transition])
-                emission = model.emission_probs.double()[:, codes].T  # (T, K)
-                return (predicted * emission).sum(-1).log().cpu()
+            log_probs = family.per_step_log_probs(model, batch)
     finally:
         model.train(was_training)
-    return None
+    return None if log_probs is None else log_probs[0].double().cpu()
 
 
 def _block_stderr(per_step_scorer, batch, num_blocks: int = NUM_BLOCKS) -> float | None:
@@ -384,118 +315,58 @@ def _block_stderr(per_step_scorer, batch, num_blocks: int = NUM_BLOCKS) -> float
     return ratio_standard_error(torch.stack([b.sum() for b in blocks]), torch.tensor([len(b) for b in blocks]))
 
 
-def _plot_states(run: RunDirectory, model, part: SequenceData, data: SequenceData, steps: int = 120) -> None:
-    if not hasattr(model, "smooth"):
-        return
-    batch = part.batch[0]
-    length = min(steps, int(batch.lengths[0]))
-    values = batch.values[:, :length].to(next(model.parameters()).device)
-    with torch.no_grad():
-        marginals = model.smooth(values)[0].cpu().numpy()
-    labels = list(data.vocabulary.decode(batch.values[0, :length].tolist())) if data.vocabulary else None
-    run.save_figure("posterior_states.png", plots.state_probabilities(marginals, labels, title=f"p(state | data), first {length} steps"))
-
-
-def _plot_lgssm(run: RunDirectory, model: LinearGaussianSSM, splits, data: SequenceData,
-                max_history: int = 1000, max_horizon: int = 200) -> None:
-    """``smoothed_states.png`` (smoothed and filtered states, smoothed signal, 90% bands) on
-    the end of the training series, and ``forecast.png`` from there over the held-out steps.
-
-    One series (the data is one sequence): the history is the training part and the
-    forecast covers the validation and test parts that follow it in time. Many sequences:
-    the first sequence of the validation part (else training), its first 80% as history.
-    """
-    if data.num_sequences == 1:
-        series = data.batch.values[0, : int(data.batch.lengths[0])]
-        history_length = int(splits.train.batch.lengths[0])
-    else:
-        part = splits.valid if splits.valid is not None and splits.valid.batch.num_steps else splits.train
-        series = part.batch.values[0, : int(part.batch.lengths[0])]
-        history_length = max(1, int(0.8 * len(series)))
-    start = max(0, history_length - max_history)
-    horizon = min(max_horizon, len(series) - history_length)
-    device = next(model.parameters()).device
-    history = series[start:history_length].to(device)[None]
-    time = np.arange(start, history_length)
-    names = data.series_names
-    with torch.no_grad():
-        smoothed = model.smooth(history)
-        filtered = model.filter(history)
-        matrix = model.observation_matrix
-        signal_mean = (smoothed.smoothed_mean[0] @ matrix.T).cpu().numpy()
-        signal_var = torch.diagonal(matrix @ smoothed.smoothed_cov[0] @ matrix.T, dim1=-2, dim2=-1)
-        state_var = torch.diagonal(smoothed.smoothed_cov[0], dim1=-2, dim2=-1)
-        identity_observation = matrix.shape[0] == matrix.shape[1] and torch.allclose(matrix, torch.eye(len(matrix), dtype=matrix.dtype, device=device))
-    observed = history[0].cpu().numpy()
-    figure = plots.state_bands(
-        time, smoothed.smoothed_mean[0].cpu().numpy(), state_var.clamp_min(0).sqrt().cpu().numpy(),
-        filtered_mean=filtered.filtered_mean[0].cpu().numpy(),
-        signal_mean=None if identity_observation else signal_mean,
-        signal_std=None if identity_observation else signal_var.clamp_min(0).sqrt().cpu().numpy(),
-        observed=observed, series_names=names, title=f"{model.family}: smoothed states, 90% bands ({data.source})")
-    run.save_figure("smoothed_states.png", figure)
-    steps = horizon if horizon > 0 else min(max_horizon, max(10, len(history[0]) // 5))
-    with torch.no_grad():
-        prediction = model.forecast(history, steps)
-    mean = prediction.observation_mean[0].cpu().numpy()
-    std = torch.diagonal(prediction.observation_cov[0], dim1=-2, dim2=-1).clamp_min(0).sqrt().cpu().numpy()
-    actual = series[history_length: history_length + steps].cpu().numpy() if horizon > 0 else None
-    figure = plots.forecast_bands(time, observed, np.arange(history_length, history_length + steps), mean, std,
-                                  actual=actual, series_names=names,
-                                  title=f"{model.family}: {steps}-step forecast with 90% bands ({data.source})")
-    run.save_figure("forecast.png", figure)
-
-
 # -- subcommands -------------------------------------------------------------
-def _data_description(args, data: SequenceData, fractions) -> dict:
-    return {"data": args.data, "kind": data.kind, "first": args.first, "split": list(fractions), "seed": args.seed,
+def _data_description(args, data: SequenceData, how: dict) -> dict:
+    return {"data": args.data, "kind": data.kind, "first": args.first, **how, "seed": args.seed,
             "time_column": args.time_column, "sequence_column": args.sequence_column}
 
 
 def cmd_fit(args) -> int:
-    fractions = _parse_split(args.split)
-    data = _load(args)
-    splits = split_data(data, fractions, seed=args.seed)
-    settings, label = FIT_FAMILIES[args.family][1](args)
-    model = MODEL_BUILDERS[args.family](splits.train, settings)
+    family = REGISTRY[args.family]
+    data, splits, how = _data_and_splits(args)
+    print(_describe_split(data, splits, how))
+    settings = family.settings_from_args(args)
+    model = build_model(family, splits.train, settings)
     run = RunDirectory.open(args.out) if args.resume else RunDirectory.create(args.out, force=args.force)
-    summary = train_into(run, model, splits, data, args, label, _data_description(args, data, fractions))
+    summary = train_into(run, model, family, splits, data, args, family.label(settings), _data_description(args, data, how))
     _print_summary([summary])
     print(f"run directory: {run.path}")
     return 0
 
 
 def cmd_compare(args) -> int:
-    fractions = _parse_split(args.split)
     specs = [ModelSpec.parse(text) for text in args.models]
-    data = _load(args)
-    splits = split_data(data, fractions, seed=args.seed)
+    data, splits, how = _data_and_splits(args)
+    print(_describe_split(data, splits, how))
+    # Every spec is checked before any model trains, so a bad setting in the last one costs no training time.
+    for spec in specs:
+        check_spec(REGISTRY[spec.family], splits.train, _split_spec_settings(spec)[0])
     root = RunDirectory.create(args.out, force=args.force)
-    rows, curves, samples, exports = [], {}, {}, {}
+    rows, curves, samples, temperatures, exports = [], {}, {}, {}, {}
     if data.kind == "categorical":
         rows.extend(_baseline_rows(splits, data))
     started = time.perf_counter()
     for index, spec in enumerate(specs):
         label = spec.label
+        family = REGISTRY[spec.family]
         model_settings, fit_settings = _split_spec_settings(spec)
-        model = MODEL_BUILDERS[spec.family](splits.train, model_settings)
+        model = build_model(family, splits.train, model_settings)
         model_args = argparse.Namespace(**{**vars(args), **fit_settings})
         model_args.time_budget = args.budget_minutes
         model_args.progress_label = f"[{index + 1}/{len(specs)}] {label}"
         print(f"[{index + 1}/{len(specs)}] training {label}{_time_left(args.budget_minutes, len(specs) - index, started)}",
               file=sys.stderr)
         run = RunDirectory.create(root.path / label, force=args.force)
-        summary = train_into(run, model, splits, data, model_args, label, _data_description(args, data, fractions))
+        summary = train_into(run, model, family, splits, data, model_args, label, _data_description(args, data, how))
         curves[label] = summary["history"]
         rows.append({k: v for k, v in summary.items() if k != "history"})
-        temperature = SAMPLE_TEMPERATURE if isinstance(model, RecurrentModel) else 1.0
-        samples[label] = _sample_text(model, data, length=200, seed=args.seed, temperature=temperature)
+        temperatures[label] = SAMPLE_TEMPERATURE if _sampler_takes(model, "temperature") else 1.0
+        samples[label] = _sample_text(model, data, length=200, seed=args.seed, temperature=temperatures[label])
         exports[label] = _guide_export(model, splits.train.batch)
     print(f"compared {len(specs)} model(s) in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    comparison = {"data": args.data, "split": list(fractions), "unit": "nats per time step",
+    comparison = {"data": args.data, **how, "split_description": _describe_split(data, splits, how), "unit": "nats per time step",
                   "stderr": "over held-out sequences, or over 20 contiguous blocks of a single held-out sequence",
-                  "sample_temperature": {"recurrent networks": SAMPLE_TEMPERATURE, "other models": 1.0},
-                  "models": rows, "samples": samples}
+                  "sample_temperature": temperatures, "models": rows, "samples": samples}
     markdown = _comparison_markdown(comparison, data)
     if exports and all(idata is not None for idata in exports.values()) and len(exports) > 1:
         from inference.arviz import compare
@@ -512,6 +383,11 @@ def cmd_compare(args) -> int:
     _print_summary(rows)
     print(f"comparison: {root.file('comparison.md')}")
     return 0
+
+
+def _sampler_takes(model, option: str) -> bool:
+    """Whether ``model.sample`` accepts the keyword ``option`` (e.g. ``temperature``, ``prime``)."""
+    return option in inspect.signature(model.sample).parameters
 
 
 def _guide_export(model, train, num_draws: int = 200):
@@ -594,14 +470,30 @@ def _sample_text(model, data: SequenceData, length: int, seed: int, temperature:
     return None
 
 
+def _likelihood_note(rows: Sequence[dict]) -> str:
+    """What the 'likelihood' column means for these rows: exact log-likelihoods, or which rows are bounds."""
+    kinds = {row["model"]: row.get("likelihood", "exact") for row in rows}
+    bounds = {model: kind for model, kind in kinds.items() if kind != "exact"}
+    if not bounds:
+        return "Every likelihood here is exact (column 'likelihood')."
+    exact = [model for model, kind in kinds.items() if kind == "exact"]
+    note = ("Column 'likelihood' says what each score is. Lower bounds on the log-likelihood, not its exact value: "
+            + "; ".join(f"{model} ({kind})" for model, kind in bounds.items())
+            + ". A bound understates its model: a bound that beats an exact score wins by at least the gap, "
+              "one that falls short may not truly lose.")
+    return note + (f" Exact: {', '.join(exact)}." if exact else "")
+
+
 def _comparison_markdown(comparison: dict, data: SequenceData) -> str:
     symbols = data.kind == "categorical"
     header = "| model | likelihood | parameters | seconds | train | valid | test |" + (" test bits/symbol |" if symbols else "")
-    lines = [f"# Comparison on {comparison['data']}", "",
-             "Held-out log-likelihood in nats per time step (higher is better), ± one standard error over held-out "
-             "sequences, or over 20 contiguous blocks of a single held-out sequence. Every likelihood here is exact "
-             "(column 'likelihood'); a bound would be named there. Bits per symbol = -nats / ln 2.", "",
-             header, "|" + "---|" * (header.count("|") - 1)]
+    lines = [f"# Comparison on {comparison['data']}", ""]
+    if comparison.get("split_description"):
+        lines += [comparison["split_description"][0].upper() + comparison["split_description"][1:] + ".", ""]
+    lines += ["Held-out log-likelihood in nats per time step (higher is better), ± one standard error over held-out "
+              "sequences, or over 20 contiguous blocks of a single held-out sequence. "
+              + _likelihood_note(comparison["models"]) + " Bits per symbol = -nats / ln 2.", "",
+              header, "|" + "---|" * (header.count("|") - 1)]
     for row in comparison["models"]:
         def cell(part):
             value = row.get(f"{part}_log_likelihood")
@@ -615,8 +507,11 @@ def _comparison_markdown(comparison: dict, data: SequenceData) -> str:
             bits = row.get("test_bits_per_symbol")
             line += f" {bits:.3f} |" if bits is not None else " — |"
         lines.append(line)
-    if comparison.get("samples"):
-        lines += ["", f"## Samples (recurrent networks at temperature {SAMPLE_TEMPERATURE}, other models at 1)", ""]
+    if any(text is not None for text in comparison.get("samples", {}).values()):
+        temperatures = comparison.get("sample_temperature", {})
+        cooled = [name for name, temperature in temperatures.items() if temperature != 1.0]
+        lines += ["", f"## Samples (at temperature {SAMPLE_TEMPERATURE}: {', '.join(cooled)}; others at temperature 1)"
+                  if cooled else "## Samples (at temperature 1)", ""]
         for name, text in comparison["samples"].items():
             if text is not None:
                 lines += [f"**{name}**", "", "```", text, "```", ""]
@@ -634,8 +529,10 @@ def cmd_decode(args) -> int:
     run = RunDirectory.open(args.run)
     config = run.read_json("config.json")
     model = load_model(run)
-    if not hasattr(model, "decode"):
-        raise UsageError(f"decode: {type(model).__name__} has no discrete states to decode (Viterbi paths are for HMMs)")
+    family = family_of(model)
+    if family is None or family.decode is None:
+        decoders = ", ".join(name for name, entry in REGISTRY.items() if entry.decode is not None)
+        raise UsageError(f"decode: {type(model).__name__} has no discrete states to decode (families that decode: {decoders})")
     vocabulary = Vocabulary.from_json(run.read_json("vocabulary.json")) if run.file("vocabulary.json").exists() else None
     args.data = args.data or config["data"]
     args.kind = args.kind or config.get("kind")
@@ -646,13 +543,14 @@ def cmd_decode(args) -> int:
     device = next(model.parameters()).device
     batch = data.batch.to(device)
     with torch.no_grad():
-        paths = model.decode(batch.values, batch.lengths).cpu()
+        decoding = family.decode(model, batch)
+    paths = decoding.paths.cpu()
     out = Path(args.output) if args.output else run.file("decoded.csv")
     lines = ["sequence,time,state"]
     for n, length in enumerate(batch.lengths.tolist()):
         lines.extend(f"{n},{t},{int(paths[n, t])}" for t in range(length))
     _write_text_atomic(out, "\n".join(lines) + "\n", force=args.force)
-    counts = torch.bincount(paths[paths >= 0], minlength=model.num_states)
+    counts = torch.bincount(paths[paths >= 0], minlength=decoding.num_states)
     print(f"decoded {batch.num_steps} steps of {batch.num_sequences} sequence(s) into {out}")
     print("state occupancy: " + ", ".join(f"{k}: {int(c)}" for k, c in enumerate(counts)))
     return 0
@@ -665,9 +563,13 @@ def cmd_sample(args) -> int:
     generator = torch.Generator(device=device).manual_seed(args.seed)
     vocabulary = Vocabulary.from_json(run.read_json("vocabulary.json")) if run.file("vocabulary.json").exists() else None
     options: dict[str, Any] = {}
+    for option in ("temperature", "prime"):
+        if getattr(args, option) is not None and not _sampler_takes(model, option):
+            takers = [f"{name} ({entry.help})" for name, entry in REGISTRY.items()
+                      if any(_sampler_takes(cls, option) for cls in entry.model_classes)]
+            raise UsageError(f"--{option}: needs a model whose sampler takes it ({', '.join(takers) or 'none registered'}); "
+                             f"{run.path} holds a {type(model).__name__}")
     if args.temperature is not None or args.prime is not None:
-        if not isinstance(model, RecurrentModel):
-            raise UsageError(f"--temperature and --prime need a recurrent network; {run.path} holds a {type(model).__name__}")
         if args.temperature is not None:
             options["temperature"] = args.temperature
         if args.prime is not None:
@@ -713,13 +615,16 @@ def cmd_diagnose(args) -> int:
             setattr(args, option, config.get(option))
     if same_data and args.first is None:
         args.first = config.get("first")
-    data = _load(args, vocabulary=vocabulary)
     if same_data:
         # The posterior is of the data the model was fitted to: the same training split.
-        part = split_data(data, tuple(config.get("split", (0.8, 0.1, 0.1))), seed=config.get("seed", 0)).train
+        if config.get("split") == "own":
+            part = _own_splits(args).train
+        else:
+            part = split_data(_load(args, vocabulary=vocabulary), tuple(config.get("split", DEFAULT_SPLIT)),
+                              seed=config.get("seed", 0), by=config.get("split_by") or "shuffle").train
         where = f"the training split of {args.data}"
     else:
-        part, where = data, f"all of {args.data}"
+        part, where = _load(args, vocabulary=vocabulary), f"all of {args.data}"
     out = RunDirectory.create(run.path / "diagnostics", force=args.force)
     batch = part.batch.to(next(model.parameters()).device)
     label = config.get("model", type(model).__name__)
@@ -761,77 +666,15 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tolerance", type=float, default=1e-8, help="EM convergence: nats per step gained per iteration")
     group.add_argument("--restarts", type=int, default=1, help="EM random restarts; the best is kept")
     group.add_argument("--epochs", type=int, default=200, help="SVI epochs (default 200)")
-    group.add_argument("--lr", type=float, help="SVI learning rate (default 0.05; recurrent networks 0.002)")
-    group.add_argument("--batch-size", type=int, help="SVI mini-batch size in sequences (default: all; recurrent networks 64)")
+    group.add_argument("--lr", type=float, help="SVI learning rate (default: the family's own, else 0.05)")
+    group.add_argument("--batch-size", type=int, help="SVI mini-batch size in sequences (default: the family's own, else all)")
     group.add_argument("--chunk-length", type=int,
                        help="SVI: cut one long training sequence into pieces of this many steps "
-                            "(truncated backpropagation through time; default 2000, recurrent networks 128)")
+                            "(truncated backpropagation through time; default: the family's own, else 2000)")
     group.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is often fastest "
                                                    "for small recurrent networks on a busy machine)")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
     group.add_argument("--force", action="store_true", help="replace an existing run directory")
-
-
-def _add_hmm_arguments(group) -> None:
-    group.add_argument("--states", type=int, required=True, help="number of hidden states K")
-    group.add_argument("--emission", choices=["categorical", "gaussian", "poisson"])
-    group.add_argument("--covariance", choices=["diag", "full"], default="diag")
-    group.add_argument("--guide", choices=["map", "meanfield"], default="map")
-    group.add_argument("--marginalize", choices=["kernel", "enumerate"], default="kernel")
-
-
-def _hmm_settings(args) -> tuple[dict[str, str], str]:
-    settings = {"states": str(args.states), "covariance": args.covariance, "guide": args.guide, "marginalize": args.marginalize}
-    if args.emission:
-        settings["emission"] = args.emission
-    return settings, f"hmm-states{args.states}"
-
-
-def _add_lgssm_arguments(group) -> None:
-    group.add_argument("--state-dim", type=int, required=True, metavar="D", help="dimension d of the latent state")
-    group.add_argument("--transition", choices=["learned", "identity"], default="learned",
-                       help="state transition matrix A: learned, or fixed to I (random walk)")
-    group.add_argument("--observation", choices=["learned", "identity"], default="learned",
-                       help="observation matrix B: learned, or fixed to I (needs --state-dim = number of series)")
-    group.add_argument("--covariance", choices=["diag", "full"], default="diag", help="form of the noise covariances Γ and Σ")
-    group.add_argument("--initial", choices=["diffuse", "prior"], default="diffuse",
-                       help="initial state: exact diffuse initialisation, or a learned Gaussian prior")
-    group.add_argument("--prior", choices=["weak", "none"], default="weak", help="weak priors on the parameters (MAP), or none (MLE)")
-    group.add_argument("--guide", choices=["map", "meanfield"], default="map")
-    group.add_argument("--latent", choices=["marginal", "sampled"], default="marginal",
-                       help="svi: states integrated out by the Kalman filter, or sampled with a structured guide")
-
-
-def _lgssm_settings(args) -> tuple[dict[str, str], str]:
-    names = ("transition", "observation", "covariance", "initial", "prior", "guide", "latent")
-    settings = {"state_dim": str(args.state_dim), **{name: getattr(args, name) for name in names}}
-    return settings, f"lgssm-d{args.state_dim}"
-
-
-def _add_rnn_arguments(group) -> None:
-    group.add_argument("--hidden", type=int, default=256, help="units per layer (default 256)")
-    group.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")
-    group.add_argument("--embedding", type=int, default=64, help="input embedding width, 0 = one-hot/raw input (default 64)")
-    group.add_argument("--dropout", type=float, default=0.0, help="dropout between layers and before the output (default 0)")
-    group.add_argument("--scale", choices=["learned", "predicted"], help="real data: per-dimension or predicted noise scale")
-
-
-def _rnn_settings(cell: str):
-    def settings(args) -> tuple[dict[str, str], str]:
-        values = {key: str(getattr(args, key)) for key in _RNN_SETTINGS if getattr(args, key, None) is not None}
-        return values, f"{cell}-hidden{args.hidden}" + (f"-layers{args.layers}" if args.layers != 1 else "")
-    return settings
-
-
-#: ``seqzoo fit FAMILY``: family -> (adds its own flags, reads them into builder settings and a label, help).
-#: Each family owns its flags, so argparse names the flag that is missing or wrong for that family.
-FIT_FAMILIES = {
-    "hmm": (_add_hmm_arguments, _hmm_settings, "hidden Markov model (discrete states)"),
-    "lgssm": (_add_lgssm_arguments, _lgssm_settings, "linear-Gaussian state-space model (Kalman filter)"),
-    "rnn": (_add_rnn_arguments, _rnn_settings("rnn"), "Elman recurrent network (deterministic state)"),
-    "gru": (_add_rnn_arguments, _rnn_settings("gru"), "gated recurrent unit network (deterministic state)"),
-    "lstm": (_add_rnn_arguments, _rnn_settings("lstm"), "long short-term memory network (deterministic state)"),
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -839,11 +682,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     fit_parser = sub.add_parser("fit", help="fit one model into a run directory")
-    families = fit_parser.add_subparsers(dest="family", required=True, metavar="FAMILY", help=", ".join(FIT_FAMILIES))
-    for family, (add_arguments, _settings, help_text) in FIT_FAMILIES.items():
-        family_parser = families.add_parser(family, help=help_text)
+    families = fit_parser.add_subparsers(dest="family", required=True, metavar="FAMILY", help=", ".join(REGISTRY))
+    for name, family in REGISTRY.items():
+        # Each family owns its flags, so argparse names the flag that is missing or wrong for that family.
+        family_parser = families.add_parser(name, help=family.help)
         _add_data_arguments(family_parser)
-        add_arguments(family_parser.add_argument_group(f"{family} model"))
+        family.add_arguments(family_parser.add_argument_group(f"{name} model"))
         family_parser.add_argument("--method", choices=["em", "svi"], help="default: em where the model has it")
         family_parser.add_argument("--out", required=True, help="run directory to create")
         family_parser.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
@@ -853,8 +697,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare_parser = sub.add_parser("compare", help="fit several models on one split and compare held-out likelihoods")
     _add_data_arguments(compare_parser)
-    compare_parser.add_argument("--models", nargs="+", required=True, metavar="SPEC", help="e.g. hmm:states=64 lstm:hidden=256,layers=2 gru:hidden=256,lr=0.002 lgssm:state_dim=2,transition=identity "
-                                     "(training settings lr, batch_size, chunk_length, epochs may be given per model)")
+    compare_parser.add_argument("--models", nargs="+", required=True, metavar="SPEC", help="FAMILY:key=value,... with FAMILY one of " + ", ".join(REGISTRY) + " and the keys its "
+                                     "`seqzoo fit FAMILY` flags without dashes (--state-dim 2 -> state_dim=2); the training "
+                                     "settings lr, batch_size, chunk_length, epochs, method may be given per model")
     compare_parser.add_argument("--out", required=True)
     compare_parser.add_argument("--budget-minutes", type=float, help="training time budget per model")
     _add_training_arguments(compare_parser)

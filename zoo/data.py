@@ -19,7 +19,9 @@ binary        ``(D,)``       floating            0 or 1 (e.g. piano-roll frames)
 :func:`load_data` reads a file (``.txt``, ``.csv``, ``.csv.gz``, ``.npz``, the
 polyphonic-music ``.json``) or a built-in data set (``builtin:letters``,
 ``builtin:nile``, ``builtin:sunspots``) that ships with every install.
-:func:`split_data` cuts it into train/validation/test parts.
+:func:`split_data` cuts it into train/validation/test parts (shuffled sequences, or
+the last steps of every sequence held out with ``by="time"``); :func:`load_splits`
+reads the parts of a file that ships its own split (JSB chorales).
 
 Example:
     >>> data = load_data("builtin:nile")
@@ -59,6 +61,7 @@ __all__ = [
     "load_builtin",
     "load_data",
     "load_polyphonic",
+    "load_splits",
     "read_csv",
     "read_npz",
     "read_text",
@@ -862,6 +865,7 @@ def load_polyphonic(path: str | Path, split: str = "train", *, kind: str = "bina
     each part a list of sequences, each sequence a list of frames, each frame
     a list of MIDI pitches (ints in ``[21, 108]``; an empty frame is a rest).
     This is the format of JSB Chorales in ``../shared/data/jsb_chorales.json``.
+    :func:`load_splits` reads all of its parts at once.
 
     Args:
         path: the ``.json`` file.
@@ -873,8 +877,20 @@ def load_polyphonic(path: str | Path, split: str = "train", *, kind: str = "bina
         the pitch sounds; ``series_names`` the MIDI pitches 21..108 as strings.
     """
     path = Path(path)
+    _check_polyphonic_kind(kind)
+    content = _read_polyphonic_parts(path)
+    if split not in content:
+        raise ValueError(f"split: {path} has no part {split!r}; parts are {sorted(content)!r}")
+    return _piano_roll(path, split, content[split], kind)
+
+
+def _check_polyphonic_kind(kind: str) -> None:
     if kind not in ("binary", "count"):
         raise ValueError(f"kind: polyphonic frames are kind 'binary' or 'count', got {kind!r}")
+
+
+def _read_polyphonic_parts(path: Path) -> dict[str, Any]:
+    """The JSON object of parts of a polyphonic-music file (unchecked parts)."""
     raw = _read_bytes(path)
     try:
         content = json.loads(raw.decode("utf-8"))
@@ -882,9 +898,11 @@ def load_polyphonic(path: str | Path, split: str = "train", *, kind: str = "bina
         raise ValueError(f"{path}: not valid JSON ({error})") from error
     if not isinstance(content, dict):
         raise ValueError(f"{path}: expected a JSON object of parts (e.g. 'train', 'valid', 'test'), got {type(content).__name__}")
-    if split not in content:
-        raise ValueError(f"split: {path} has no part {split!r}; parts are {sorted(content)!r}")
-    part = content[split]
+    return content
+
+
+def _piano_roll(path: Path, split: str, part: Any, kind: str) -> SequenceData:
+    """One part of a polyphonic-music file as ``(N, T, 88)`` 0/1 frames."""
     if not isinstance(part, list) or not part:
         raise ValueError(f"{path}: part {split!r}: expected a non-empty list of sequences")
     highest = _LOWEST_PITCH + _PIANO_KEYS - 1
@@ -1113,6 +1131,70 @@ class Splits(NamedTuple):
     valid: SequenceData | None
     test: SequenceData | None
 
+    def combined(self) -> SequenceData:
+        """Every sequence of the parts that are not None, train first, as one data set
+        (named and described like the training part; sequence names are dropped)."""
+        parts = [part for part in self if part is not None]
+        if not parts:
+            raise ValueError("splits: every part is None; nothing to combine")
+        sequences = [sequence for part in parts for sequence in part.batch.sequences()]
+        return replace(parts[0], batch=SequenceBatch.from_sequences(sequences), sequence_names=None)
+
+
+#: The parts a file may ship, in order.
+SPLIT_NAMES = ("train", "valid", "test")
+#: How :func:`split_data` cuts data: shuffled whole sequences, or the last steps of every sequence.
+SPLIT_METHODS = ("shuffle", "time")
+
+
+def load_splits(
+    spec: str | Path,
+    *,
+    kind: str | None = None,
+    first_n: int | None = None,
+    sequence_column: str | None = None,
+    time_column: str | None = None,
+) -> Splits | None:
+    """The train/validation/test parts a data file ships, or None when it ships none.
+
+    A polyphonic-music ``.json`` file (see :func:`load_polyphonic`) with a
+    ``"train"`` part and a ``"valid"`` or ``"test"`` part ships its split (JSB
+    chorales: 229/76/77 chorales, the split every published result uses); a
+    missing part is None. Every other file and every built-in data set ships
+    none: cut those with :func:`split_data`.
+
+    Args:
+        spec: as for :func:`load_data`.
+        kind: as for :func:`load_data` (``"binary"`` by default for polyphonic music).
+        first_n: keep only the first ``first_n`` steps of every sequence of every part.
+        sequence_column, time_column: CSV options; given with a file that ships a
+            split they are an error, as in :func:`load_data`.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`load_data` does for the same file.
+
+    Example:
+        >>> load_splits("builtin:nile") is None
+        True
+    """
+    if str(spec).startswith(_BUILTIN_PREFIX):
+        return None
+    path = Path(spec)
+    if _extension(path) != ".json":
+        return None
+    given = [name for name, value in (("sequence_column", sequence_column), ("time_column", time_column)) if value is not None]
+    if given:
+        raise ValueError(f"option(s) {', '.join(given)} do not apply to a polyphonic-music .json file")
+    kind = kind or "binary"
+    _check_polyphonic_kind(kind)
+    content = _read_polyphonic_parts(path)
+    if "train" not in content or not any(name in content for name in SPLIT_NAMES[1:]):
+        return None
+    parts = [_piano_roll(path, name, content[name], kind) if name in content else None for name in SPLIT_NAMES]
+    if first_n is not None:
+        parts = [part.head(first_n) if part is not None else None for part in parts]
+    return Splits(*parts)
+
 
 def _check_fractions(fractions: Iterable[float]) -> tuple[float, float, float]:
     values = tuple(float(f) for f in fractions)
@@ -1127,34 +1209,51 @@ def split_data(
     seed: int = 0,
     *,
     first_n: int | None = None,
+    by: str = "shuffle",
 ) -> Splits:
     """Cuts data into train, validation and test parts, deterministically.
 
     A single sequence (a text, a time series) is cut contiguously in time:
     the first ``fractions[0]`` of its steps, the next ``fractions[1]``, the
-    rest. Many sequences are shuffled with a ``torch.Generator`` seeded by
-    ``seed`` and divided by count, every part with a positive fraction
-    getting at least one sequence; each part keeps its sequences in their
-    original order.
+    rest. Many sequences are, with ``by="shuffle"`` (the default), shuffled
+    with a ``torch.Generator`` seeded by ``seed`` and divided by count, every
+    part with a positive fraction getting at least one sequence; each part
+    keeps its sequences in their original order. With ``by="time"`` every
+    sequence is cut in time like a single one: sequence ``n`` of length
+    ``L_n`` gives its steps ``[0, round(L_n f_0))`` to the training part,
+    the next ``round(L_n (f_0 + f_1))`` to the validation part and the tail to
+    the test part (a held-out piece is scored as a sequence of its own).
+    A sequence too short to give a part a step is left out of that part.
 
     Args:
         data: the data to split.
         fractions: ``(train, valid, test)`` fractions, nonnegative, summing to 1.
-        seed: the shuffle seed (many sequences only).
+        seed: the shuffle seed (many sequences, ``by="shuffle"`` only).
         first_n: first keep only the first ``first_n`` steps of every sequence.
+        by: ``"shuffle"`` (whole sequences) or ``"time"`` (the last steps of
+            every sequence held out).
 
     Returns:
         The three parts; a part whose fraction is 0 is None.
 
     Raises:
         ValueError: a part with a positive fraction would be empty.
+
+    Example:
+        >>> data = as_sequence_data([torch.arange(10.0).reshape(10, 1)] * 2, "real")
+        >>> [p.lengths.tolist() for p in split_data(data, (0.6, 0.2, 0.2), by="time")]
+        [[6, 6], [2, 2], [2, 2]]
     """
     if not isinstance(data, SequenceData):
         raise TypeError(f"data: expected SequenceData, got {type(data).__name__}")
+    if by not in SPLIT_METHODS:
+        raise ValueError(f"by: expected one of {', '.join(SPLIT_METHODS)}, got {by!r}")
     parts_fractions = _check_fractions(fractions)
     if first_n is not None:
         data = data.head(first_n)
     positive = [f > 0 for f in parts_fractions]
+    if by == "time" and data.num_sequences > 1:
+        return _split_by_time(data, parts_fractions)
     if data.num_sequences == 1:
         total = int(data.batch.lengths[0])
         first = round(total * parts_fractions[0])
@@ -1192,4 +1291,31 @@ def split_data(
         else:
             parts.append(None)
         start += size
+    return Splits(*parts)
+
+
+def _split_by_time(data: SequenceData, fractions: tuple[float, float, float]) -> Splits:
+    """Every sequence cut at ``round(L f_0)`` and ``round(L (f_0 + f_1))``: the
+    first steps train, the next validate, the tail tests; empty pieces are left out."""
+    pieces: list[list[Tensor]] = [[], [], []]
+    owners: list[list[int]] = [[], [], []]
+    for n, sequence in enumerate(data.batch.sequences()):
+        total = len(sequence)
+        first = round(total * fractions[0])
+        second = round(total * (fractions[0] + fractions[1]))
+        for part, (start, end) in enumerate(((0, first), (first, second), (second, total))):
+            if fractions[part] > 0 and end > start:
+                pieces[part].append(sequence[start:end])
+                owners[part].append(n)
+    parts = []
+    for part, fraction in enumerate(fractions):
+        if fraction == 0:
+            parts.append(None)
+            continue
+        if not pieces[part]:
+            longest = int(data.batch.lengths.max())
+            raise ValueError(f"data: sequences of at most {longest} steps are too short to give the "
+                             f"{SPLIT_NAMES[part]} part (fraction {fraction}) a step of any sequence")
+        names = [data.sequence_names[n] for n in owners[part]] if data.sequence_names is not None else None
+        parts.append(replace(data, batch=SequenceBatch.from_sequences(pieces[part]), sequence_names=names))
     return Splits(*parts)

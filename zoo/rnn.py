@@ -539,3 +539,85 @@ def gru(observation: str = "categorical", **kwargs) -> RecurrentModel:
 def lstm(observation: str = "categorical", **kwargs) -> RecurrentModel:
     """A :class:`RecurrentModel` with the LSTM cell."""
     return RecurrentModel(observation, cell="lstm", **kwargs)
+
+
+# -- command-line registration ------------------------------------------------
+# What `seqzoo` needs to offer this family (see zoo/registry.py and docs/families.md).
+from zoo.registry import Family, UsageError, register  # noqa: E402
+
+#: Observation head of a recurrent network for each kind of data.
+_HEAD_FOR_KIND = {"categorical": "categorical", "binary": "bernoulli", "real": "gaussian"}
+#: Settings (the fit flags' destinations, the keys of ``lstm:hidden=256,layers=2``) -> constructor argument.
+_CLI_SETTINGS = {"hidden": "hidden_size", "layers": "num_layers", "embedding": "embedding_dim",
+                 "dropout": "dropout", "scale": "scale"}
+#: SVI settings that suit recurrent networks when the command line names none: Adam at 2e-3
+#: on mini-batches of 64 sequences of at most 128 steps (truncated backpropagation through time).
+def _add_cli_arguments(group) -> None:
+    group.add_argument("--hidden", type=int, default=256, help="units per layer (default 256)")
+    group.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")
+    group.add_argument("--embedding", type=int, default=64, help="input embedding width, 0 = one-hot/raw input (default 64)")
+    group.add_argument("--dropout", type=float, default=0.0, help="dropout between layers and before the output (default 0)")
+    group.add_argument("--scale", choices=["learned", "predicted"], help="real data: per-dimension or predicted noise scale")
+
+
+def _cli_settings(args) -> dict[str, str]:
+    return {key: str(getattr(args, key)) for key in _CLI_SETTINGS if getattr(args, key, None) is not None}
+
+
+def _cli_builder(cell: str):
+    def build(data, settings: dict[str, str]) -> RecurrentModel:
+        """A recurrent network with ``cell`` and the head that fits the data's kind."""
+        head = _HEAD_FOR_KIND.get(data.kind)
+        if head is None:
+            raise UsageError(f"{cell}: data of kind {data.kind!r} is not supported; read counts as --kind real")
+        options: dict[str, Any] = {}
+        for key, value in settings.items():
+            name = _CLI_SETTINGS[key]
+            try:
+                if name == "dropout":
+                    options[name] = float(value)
+                elif name == "scale":
+                    options[name] = value
+                elif name == "embedding_dim" and value.lower() in ("none", "0"):
+                    options[name] = None
+                else:
+                    options[name] = int(value)
+            except ValueError:
+                raise UsageError(f"{cell}: setting {key}={value!r} is not a number") from None
+        if head == "categorical":
+            options["num_symbols"] = data.num_symbols
+        else:
+            options["dim"] = data.num_series
+        try:
+            return RecurrentModel(head, cell=cell, **options)
+        except ValueError as error:
+            raise UsageError(f"{cell}: {error}") from None
+    return build
+
+
+def _cli_label(cell: str):
+    def label(settings: dict[str, str]) -> str:
+        layers = settings.get("layers", "1")
+        return f"{cell}-hidden{settings.get('hidden', 256)}" + (f"-layers{layers}" if layers != "1" else "")
+    return label
+
+
+def _one_step_log_probs(model: RecurrentModel, batch: SequenceBatch) -> Tensor:
+    """``(N, T)`` log p(x_t | x_<t), 0 on padding."""
+    return model.log_prob_steps(batch.values, batch.lengths)
+
+
+for _cell, _help in (("rnn", "Elman recurrent network (deterministic state)"),
+                     ("gru", "gated recurrent unit network (deterministic state)"),
+                     ("lstm", "long short-term memory network (deterministic state)")):
+    register(Family(
+        name=_cell,
+        help=_help,
+        add_arguments=_add_cli_arguments,
+        settings_from_args=_cli_settings,
+        build=_cli_builder(_cell),
+        label=_cli_label(_cell),
+        model_classes=(RecurrentModel,),
+        data_kinds=tuple(_HEAD_FOR_KIND),
+        per_step_log_probs=_one_step_log_probs,
+    ))

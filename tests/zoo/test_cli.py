@@ -1,6 +1,7 @@
 """End-to-end tests of the ``seqzoo`` command line on tiny data."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -238,3 +239,258 @@ def test_family_flags_are_checked_by_argparse(argv, message, tmp_path, capsys):
 def test_bad_lgssm_input_is_reported_without_traceback(argv, message, tmp_path, text_file, capsys):
     assert main([a.format(tmp=tmp_path, text=text_file) for a in argv]) == 2
     assert message in capsys.readouterr().err
+
+
+# -- families register themselves ---------------------------------------------------
+import pyro  # noqa: E402
+import pyro.distributions as dist  # noqa: E402
+from torch import nn  # noqa: E402
+
+from inference.batch import SequenceBatch, sequence_plate  # noqa: E402
+from inference.contract import SequenceModel  # noqa: E402
+from zoo.registry import REGISTRY, Family, UsageError, register  # noqa: E402
+
+
+class UnigramModel(SequenceModel):
+    """Independent symbols with learned frequencies: the smallest family there is."""
+
+    family = "toy"
+
+    def __init__(self, num_symbols: int) -> None:
+        super().__init__()
+        self.num_symbols = num_symbols
+        self.logits = nn.Parameter(torch.zeros(num_symbols))
+
+    def model(self, batch: SequenceBatch) -> None:
+        symbols = dist.Categorical(logits=self.logits).expand(batch.values.shape).mask(batch.mask).to_event(1)
+        with sequence_plate(batch):
+            pyro.sample("observations", symbols, obs=batch.values)
+
+    def guide(self, batch: SequenceBatch) -> None:
+        """No latent variable."""
+
+    def log_prob_steps(self, values, lengths=None) -> torch.Tensor:
+        values = torch.as_tensor(values)
+        lengths = values.new_full(values.shape[:1], values.shape[1]) if lengths is None else torch.as_tensor(lengths)
+        inside = torch.arange(values.shape[1]) < lengths.unsqueeze(-1)
+        return torch.where(inside, self.logits.log_softmax(-1)[values], torch.zeros(()))
+
+    def log_prob(self, values, lengths=None) -> torch.Tensor:
+        return self.log_prob_steps(values, lengths).sum(-1)
+
+    def sample(self, num_sequences: int, length: int, generator=None) -> SequenceBatch:
+        probs = self.logits.detach().softmax(-1).expand(num_sequences, -1)
+        return SequenceBatch.from_tensor(torch.multinomial(probs, length, replacement=True, generator=generator))
+
+    def config(self) -> dict:
+        return {"num_symbols": self.num_symbols}
+
+    def default_fit_options(self) -> dict:
+        return {"learning_rate": 0.1}
+
+
+def _build_toy(data, settings):
+    model = UnigramModel(data.num_symbols)
+    if settings.get("init", "uniform") == "counts":
+        counts = torch.bincount(data.batch.values[data.batch.mask], minlength=data.num_symbols).double()
+        model.logits.data.copy_((counts / counts.sum()).log().float())
+    elif settings.get("init", "uniform") != "uniform":
+        raise UsageError(f"toy: init must be uniform or counts, got {settings['init']!r}")
+    return model
+
+
+def _plot_toy(run, model, splits, data):
+    from zoo import plots
+
+    marginals = model.logits.detach().softmax(-1).expand(3, -1).numpy()
+    run.save_figure("symbol_frequencies.png", plots.state_probabilities(marginals, title="symbol frequencies"))
+
+
+@pytest.fixture
+def toy_family():
+    """A family defined here and registered at run time: the CLI learns of it only through the registry."""
+    family = register(Family(
+        name="toy", help="independent symbols (a family defined in a test)",
+        add_arguments=lambda group: group.add_argument("--init", choices=["uniform", "counts"], default="uniform"),
+        settings_from_args=lambda args: {"init": args.init},
+        build=_build_toy,
+        label=lambda settings: f"toy-{settings['init']}",
+        model_classes=(UnigramModel,),
+        data_kinds=("categorical",),
+        plots=_plot_toy,
+        per_step_log_probs=lambda model, batch: model.log_prob_steps(batch.values, batch.lengths),
+    ))
+    yield family
+    del REGISTRY[family.name]
+
+
+def test_a_family_registered_at_run_time_is_fitted_compared_and_reloaded(toy_family, text_file, tmp_path, capsys):
+    from inference.rundir import RunDirectory
+    from zoo.cli import load_model
+
+    out = tmp_path / "fit"
+    assert run_cli("fit", "toy", "--data", text_file, "--epochs", 150, "--out", out, "--no-progress") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert summary["model"] == "toy-uniform" and summary["class"] == "UnigramModel" and summary["method"] == "svi"
+    assert config["family"] == "toy" and config["fit"]["learning_rate"] == 0.1  # the model's default_fit_options()
+    assert (out / "symbol_frequencies.png").is_file()  # the entry's plots ran
+    assert summary["valid_stderr"] > 0  # one held-out text: blocks through the entry's per_step_log_probs
+    # Reloaded through the registry's model_classes, the model scores the held-out text as recorded.
+    model = load_model(RunDirectory.open(out))
+    from zoo.data import load_data, split_data
+
+    valid = split_data(load_data(text_file)).valid.batch
+    with torch.no_grad():
+        assert float(model.log_prob(valid.values, valid.lengths).sum()) / valid.num_steps == pytest.approx(
+            summary["valid_log_likelihood"], rel=1e-5)
+    capsys.readouterr()
+    assert run_cli("sample", out, "--length", 30) == 0
+    assert set(capsys.readouterr().out.strip("\n")) <= set(TEXT)
+    assert run_cli("decode", out) == 2
+    assert "no discrete states" in capsys.readouterr().err
+
+    cmp = tmp_path / "cmp"
+    assert run_cli("compare", "--data", text_file, "--models", "toy:init=uniform,epochs=150", "toy:init=counts,epochs=1",
+                   "hmm:states=2", "--max-iterations", 10, "--out", cmp, "--no-progress") == 0
+    rows = {row["model"]: row for row in json.loads((cmp / "comparison.json").read_text())["models"]}
+    assert list(rows) == ["unigram", "bigram", "toy-inituniform-epochs150", "toy-initcounts-epochs1", "hmm-states2"]
+    # Trained by SVI through the CLI, independent symbols score what the unigram count table scores.
+    for name in ("toy-inituniform-epochs150", "toy-initcounts-epochs1"):
+        assert rows[name]["valid_log_likelihood"] == pytest.approx(rows["unigram"]["valid_log_likelihood"], abs=0.01)
+    assert rows["toy-inituniform-epochs150"]["valid_log_likelihood"] < rows["bigram"]["valid_log_likelihood"]
+    # The spec's settings are checked against the family's own flags.
+    assert run_cli("compare", "--data", text_file, "--models", "toy:states=2", "--out", tmp_path / "bad") == 2
+    err = capsys.readouterr().err
+    assert "toy: unknown settings ['states']; allowed: ['init']" in err
+    assert not (tmp_path / "bad").exists()  # refused before any model trained
+
+
+def test_registered_family_flags_and_data_kinds_are_enforced(toy_family, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "toy", "--data", "builtin:nile", "--init", "random", "--out", str(tmp_path / "r")])
+    assert "--init" in capsys.readouterr().err
+    # Real-valued data is not the toy's kind: refused before its builder runs, naming both kinds.
+    assert main(["fit", "toy", "--data", "builtin:nile", "--out", str(tmp_path / "r")]) == 2
+    assert "toy: models categorical (symbol) data, but builtin:nile holds real-valued data" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="already registered"):
+        register(toy_family)
+
+
+def test_fit_help_lists_every_registered_family(toy_family, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    listing = capsys.readouterr().out
+    for name, family in REGISTRY.items():
+        assert name in listing and family.help in listing
+
+
+# -- data options: binary frames, a data set's own split, a split by time -------------
+from pathlib import Path  # noqa: E402
+
+JSB_PATH = Path(__file__).resolve().parents[3] / "shared" / "data" / "jsb_chorales.json"
+needs_jsb = pytest.mark.skipif(not JSB_PATH.exists(), reason=f"JSB chorales data not found at {JSB_PATH}")
+
+
+@needs_jsb
+def test_jsb_chorales_fit_uses_the_files_own_split_as_binary_frames(tmp_path, capsys):
+    from zoo.data import load_polyphonic
+
+    out = tmp_path / "run"
+    assert run_cli("fit", "gru", "--data", JSB_PATH, "--kind", "binary", "--hidden", 8, "--embedding", 8,
+                   "--epochs", 2, "--lr", 0.02, "--out", out, "--no-progress") == 0
+    printed = capsys.readouterr().out
+    assert "the data set's own train/valid/test parts (229/76/77 sequences" in printed
+    config = json.loads((out / "config.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    assert config["split"] == "own" and config["kind"] == "binary"
+    steps = {part: load_polyphonic(JSB_PATH, part).num_steps for part in ("train", "valid", "test")}
+    assert {part: summary[f"{part}_steps"] for part in steps} == steps
+    # Bernoulli frames of 88 keys: the network beats independent keys at their training frequencies
+    # (about -11.10 nats per frame on the test chorales), itself far above a fair coin per key (-88 ln 2).
+    train, test = (load_polyphonic(JSB_PATH, part) for part in ("train", "test"))
+    frequency = train.values[train.batch.mask].double().mean(0).clamp(1e-3, 1 - 1e-3)
+    frames = test.values[test.batch.mask].double()
+    independent = float((frames * frequency.log() + (1 - frames) * (1 - frequency).log()).sum(-1).mean())
+    assert -88 * math.log(2) < independent < summary["test_log_likelihood"] < 0
+    # The file's split is not to be re-cut, and a symbol HMM does not model multi-hot frames.
+    assert run_cli("fit", "gru", "--data", JSB_PATH, "--split", "0.5,0.25,0.25", "--out", tmp_path / "r2") == 2
+    assert "ships its own train/valid/test split" in capsys.readouterr().err
+    assert run_cli("fit", "hmm", "--data", JSB_PATH, "--states", 2, "--out", tmp_path / "r3") == 2
+    assert "holds binary (multi-hot) data" in capsys.readouterr().err
+
+
+@needs_jsb
+def test_jsb_chorales_compare_uses_the_files_own_split(tmp_path):
+    out = tmp_path / "cmp"
+    assert run_cli("compare", "--data", JSB_PATH, "--models", "rnn:hidden=6,embedding=0,epochs=1",
+                   "--out", out, "--no-progress") == 0
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert comparison["split"] == "own" and "(229/76/77 sequences" in comparison["split_description"]
+    assert "229/76/77 sequences" in (out / "comparison.md").read_text()
+
+
+def test_split_by_time_holds_out_the_tail_of_every_sequence(tmp_path):
+    from zoo.data import load_data, split_data
+
+    # Three sequences of different lengths whose value is the time index: the held-out parts must be the tails.
+    lines = ["id,t,value"] + [f"{name},{t},{t}.0" for name, length in (("a", 40), ("b", 60), ("c", 50)) for t in range(length)]
+    path = tmp_path / "three.csv"
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    assert run_cli("fit", "lgssm", "--data", path, "--sequence-column", "id", "--time-column", "t", "--state-dim", 1,
+                   "--split", "0.6,0.2,0.2", "--split-by", "time", "--max-iterations", 5, "--out", out, "--no-progress") == 0
+    config = json.loads((out / "config.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    assert config["split"] == [0.6, 0.2, 0.2] and config["split_by"] == "time"
+    assert [summary[f"{p}_steps"] for p in ("train", "valid", "test")] == [24 + 36 + 30, 8 + 12 + 10, 8 + 12 + 10]
+    parts = split_data(load_data(path, sequence_column="id", time_column="t"), (0.6, 0.2, 0.2), by="time")
+    assert [float(s[0, 0]) for s in parts.test.batch.sequences()] == [32.0, 48.0, 40.0]
+
+
+def test_comparison_markdown_words_the_likelihood_column_from_the_rows():
+    from zoo.cli import _comparison_markdown
+    from zoo.data import load_data
+
+    data = load_data("builtin:nile")
+
+    def row(name, likelihood):
+        return {"model": name, "likelihood": likelihood, "num_parameters": 3, "seconds": 1.0,
+                "train_log_likelihood": -1.0, "valid_log_likelihood": -1.1, "test_log_likelihood": -1.2}
+
+    exact = _comparison_markdown({"data": "x", "models": [row("hmm-states2", "exact"), row("lgssm-d1", "exact")]}, data)
+    assert "Every likelihood here is exact" in exact
+    mixed = _comparison_markdown({"data": "x", "models": [row("hmm-states2", "exact"), row("dmm", "ELBO"),
+                                                          row("dmm-iwae", "IWAE bound (M=8)")]}, data)
+    assert "Every likelihood here is exact" not in mixed
+    assert "Lower bounds on the log-likelihood, not its exact value: dmm (ELBO); dmm-iwae (IWAE bound (M=8))." in mixed
+    assert "Exact: hmm-states2." in mixed
+    assert "| dmm | ELBO |" in mixed and "| dmm-iwae | IWAE bound (M=8) |" in mixed
+
+
+def test_family_entries_are_checked_and_their_settings_are_their_flags():
+    def add_arguments(group):
+        group.add_argument("--state-dim", type=int)
+        exclusive = group.add_mutually_exclusive_group()
+        exclusive.add_argument("--fast", action="store_true")
+        exclusive.add_argument("--slow", dest="careful", action="store_true")
+
+    entry = dict(name="x", help="", add_arguments=add_arguments, settings_from_args=vars, build=_build_toy,
+                 label=str, model_classes=(UnigramModel,), data_kinds=("categorical",))
+    assert Family(**entry).settings_names() == ("state_dim", "fast", "careful")
+    for field, value, message in (("name", "a:b", "Family.name"), ("model_classes", (), "model_classes"),
+                                  ("data_kinds", ("symbols",), "data_kinds")):
+        with pytest.raises(ValueError, match=message):
+            Family(**{**entry, field: value})
+    with pytest.raises(TypeError, match="expected a Family"):
+        register(entry)
+    # Every shipped family is registered by importing zoo.families, and a saved model finds its entry.
+    import zoo.families  # noqa: F401
+    from zoo.hmm import CategoricalHMM
+    from zoo.registry import family_of
+    from zoo.rnn import RecurrentModel
+
+    assert {"hmm", "lgssm", "rnn", "gru", "lstm"} <= set(REGISTRY)
+    assert family_of(CategoricalHMM(2, 3)).name == "hmm"
+    assert family_of(RecurrentModel("categorical", num_symbols=3, cell="gru", hidden_size=4)).name == "gru"
+    assert family_of(UnigramModel(3)) is None  # not registered outside the toy_family fixture

@@ -425,3 +425,78 @@ def test_many_sequence_split_edge_cases():
         split_data(_numbered_sequences(2))
     with pytest.raises(ValueError, match="fractions: expected three nonnegative numbers summing to 1"):
         split_data(_numbered_sequences(5), (0.5, 0.6, 0.1))
+
+
+# --------------------------------------------------------------------------
+# A data set's own split, and a split by time
+# --------------------------------------------------------------------------
+@pytest.mark.skipif(not JSB_PATH.exists(), reason=f"JSB chorales data not found at {JSB_PATH}")
+def test_load_splits_reads_the_parts_jsb_chorales_ships():
+    from zoo.data import load_splits
+
+    splits = load_splits(JSB_PATH)
+    assert [part.num_sequences for part in splits] == [229, 76, 77]
+    assert all(part.kind == "binary" and part.values.shape[-1] == 88 for part in splits)
+    for part, name in zip(splits, ("train", "valid", "test")):
+        assert torch.equal(part.values, load_polyphonic(JSB_PATH, name).values)
+    whole = splits.combined()
+    assert whole.num_sequences == 382 and whole.num_steps == sum(part.num_steps for part in splits)
+    assert torch.equal(whole.batch.sequences()[229], splits.valid.batch.sequences()[0])
+    heads = load_splits(JSB_PATH, first_n=10)
+    assert all(int(part.lengths.max()) == 10 for part in heads)
+
+
+def test_load_splits_is_none_for_data_without_a_split(tmp_path):
+    from zoo.data import load_splits
+
+    assert load_splits("builtin:nile") is None
+    assert load_splits(write(tmp_path / "a.txt", "abc")) is None
+    train_only = write(tmp_path / "train_only.json", json.dumps({"train": [[[60], [62, 64]]]}))
+    assert load_splits(train_only) is None  # one part: nothing to respect, split_data cuts it
+    two = write(tmp_path / "two.json", json.dumps({"train": [[[60], [62, 64]]], "test": [[[21]]]}))
+    train, valid, test = load_splits(two)
+    assert valid is None and train.num_steps == 2 and test.values[0, 0, 0] == 1
+    with pytest.raises(ValueError, match="time_column do not apply"):
+        load_splits(two, time_column="t")
+    with pytest.raises(FileNotFoundError):
+        load_splits(tmp_path / "missing.json")
+
+
+def test_split_by_time_keeps_order_and_holds_out_the_tails():
+    # Sequence n counts 0, 1, ..., L_n - 1 (plus 100 n, to tell them apart); names follow the pieces.
+    lengths = [10, 20, 5, 2]
+    data = replace_names(as_sequence_data([torch.arange(100.0 * n, 100.0 * n + L).reshape(L, 1) for n, L in enumerate(lengths)], "real"),
+                         ["a", "b", "c", "d"])
+    train, valid, test = split_data(data, (0.6, 0.2, 0.2), seed=123, by="time")
+    for n, length in enumerate(lengths):
+        first, second = round(length * 0.6), round(length * 0.8)
+        expected = [list(range(0, first)), list(range(first, second)), list(range(second, length))]
+        got = []
+        for part, want in zip((train, valid, test), expected):
+            names = part.sequence_names
+            got.append([int(v) - 100 * n for v in part.batch.sequences()[names.index("abcd"[n])][:, 0]] if "abcd"[n] in names else [])
+        assert got == expected, n
+    # The two-step sequence "d" has no test step (round(1.6) = 2): it is left out of the test part only.
+    assert train.sequence_names == ["a", "b", "c", "d"] and valid.sequence_names == ["a", "b", "c", "d"]
+    assert test.sequence_names == ["a", "b", "c"]
+    # Nothing is shuffled: the seed changes nothing, and every step is in exactly one part.
+    again = split_data(data, (0.6, 0.2, 0.2), seed=7, by="time")
+    assert all(torch.equal(a.values, b.values) for a, b in zip((train, valid, test), again))
+    assert sum(part.num_steps for part in (train, valid, test)) == sum(lengths)
+    # One sequence: the same contiguous cut as the default split.
+    nile = load_data("builtin:nile")
+    assert all(torch.equal(a.values, b.values) for a, b in zip(split_data(nile, by="time"), split_data(nile)))
+
+
+def test_split_by_time_bad_input():
+    data = as_sequence_data([torch.zeros(1, 1), torch.zeros(1, 1)], "real")
+    with pytest.raises(ValueError, match="too short to give the valid part"):
+        split_data(data, (0.8, 0.2, 0.0), by="time")
+    with pytest.raises(ValueError, match="by: expected one of shuffle, time"):
+        split_data(data, by="random")
+
+
+def replace_names(data: SequenceData, names: list[str]) -> SequenceData:
+    from dataclasses import replace
+
+    return replace(data, sequence_names=names)

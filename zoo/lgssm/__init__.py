@@ -75,3 +75,136 @@ from .parameters import PARAMETER_NAMES
 LinearGaussianSSM.__module__ = Imputation.__module__ = __name__
 
 __all__ = ["Imputation", "LinearGaussianSSM", "PARAMETER_NAMES", "positive_definite_matrix"]
+
+
+# -- command-line registration ------------------------------------------------
+# What `seqzoo` needs to offer this family (see zoo/registry.py and docs/families.md).
+import numpy as np  # noqa: E402  (this block stands on its own imports)
+import torch  # noqa: E402
+
+from zoo.registry import Family, UsageError, register  # noqa: E402
+
+#: Choices of each setting (the first is the default), as the flags and a compare spec give them.
+_CLI_CHOICES = {"transition": ("learned", "identity"), "observation": ("learned", "identity"),
+                "covariance": ("diag", "full"), "initial": ("diffuse", "prior"), "prior": ("weak", "none"),
+                "guide": ("map", "meanfield"), "latent": ("marginal", "sampled")}
+
+
+def _add_cli_arguments(group) -> None:
+    group.add_argument("--state-dim", type=int, required=True, metavar="D", help="dimension d of the latent state")
+    group.add_argument("--transition", choices=["learned", "identity"], default="learned",
+                       help="state transition matrix A: learned, or fixed to I (random walk)")
+    group.add_argument("--observation", choices=["learned", "identity"], default="learned",
+                       help="observation matrix B: learned, or fixed to I (needs --state-dim = number of series)")
+    group.add_argument("--covariance", choices=["diag", "full"], default="diag", help="form of the noise covariances Γ and Σ")
+    group.add_argument("--initial", choices=["diffuse", "prior"], default="diffuse",
+                       help="initial state: exact diffuse initialisation, or a learned Gaussian prior")
+    group.add_argument("--prior", choices=["weak", "none"], default="weak", help="weak priors on the parameters (MAP), or none (MLE)")
+    group.add_argument("--guide", choices=["map", "meanfield"], default="map")
+    group.add_argument("--latent", choices=["marginal", "sampled"], default="marginal",
+                       help="svi: states integrated out by the Kalman filter, or sampled with a structured guide")
+
+
+def _cli_settings(args) -> dict[str, str]:
+    return {"state_dim": str(args.state_dim), **{name: getattr(args, name) for name in _CLI_CHOICES}}
+
+
+def _build_from_settings(data, settings: dict[str, str]) -> LinearGaussianSSM:
+    """A linear-Gaussian state-space model with ``state_dim`` states over the data's ``p`` real series.
+
+    ``transition="identity"`` fixes ``A = I`` (random-walk states); ``observation="identity"``
+    fixes ``B = I`` (needs ``state_dim == p``); ``covariance`` is the form of both noise
+    covariances Γ and Σ.
+    """
+    if data.kind == "categorical":
+        raise UsageError(f"fit lgssm: needs real-valued data, but {data.source} holds categorical data (use --kind real for a numeric CSV)")
+    try:
+        state_dim = int(settings.get("state_dim", 1))
+    except ValueError:
+        raise UsageError(f"lgssm: state_dim must be an integer, got {settings['state_dim']!r}") from None
+    if state_dim < 1:
+        raise UsageError(f"--state-dim: expected a positive integer, got {state_dim!r}")
+    chosen = {name: settings.get(name, allowed[0]) for name, allowed in _CLI_CHOICES.items()}
+    for name, value in chosen.items():
+        if value not in _CLI_CHOICES[name]:
+            raise UsageError(f"--{name}: expected one of {', '.join(_CLI_CHOICES[name])}, got {value!r}")
+    if chosen["latent"] == "sampled" and chosen["initial"] == "diffuse":
+        raise UsageError("--latent sampled: the states need a proper prior on the first one; add --initial prior")
+    obs_dim = data.dim
+    dtype = data.batch.values.dtype
+    fixed = {}
+    if chosen["transition"] == "identity":
+        fixed["transition_matrix"] = torch.eye(state_dim, dtype=dtype)
+    if chosen["observation"] == "identity":
+        if state_dim != obs_dim:
+            raise UsageError(f"--observation identity: needs --state-dim equal to the number of series ({obs_dim}), got {state_dim}")
+        fixed["observation_matrix"] = torch.eye(obs_dim, dtype=dtype)
+    model = LinearGaussianSSM(state_dim, obs_dim, transition_cov_type=chosen["covariance"],
+                              observation_cov_type=chosen["covariance"], initial=chosen["initial"],
+                              prior=chosen["prior"], guide=chosen["guide"], latent=chosen["latent"], fixed=fixed or None)
+    return model.to(dtype=dtype)
+
+
+def _plot_states_and_forecast(run, model: LinearGaussianSSM, splits, data,
+                              max_history: int = 1000, max_horizon: int = 200) -> None:
+    """``smoothed_states.png`` (smoothed and filtered states, smoothed signal, 90% bands) on
+    the end of the training series, and ``forecast.png`` from there over the held-out steps.
+
+    One series (the data is one sequence): the history is the training part and the
+    forecast covers the validation and test parts that follow it in time. Many sequences:
+    the first sequence of the validation part (else training), its first 80% as history.
+    """
+    from zoo import plots  # matplotlib only when a figure is drawn
+
+    if data.num_sequences == 1:
+        series = data.batch.values[0, : int(data.batch.lengths[0])]
+        history_length = int(splits.train.batch.lengths[0])
+    else:
+        part = splits.valid if splits.valid is not None and splits.valid.batch.num_steps else splits.train
+        series = part.batch.values[0, : int(part.batch.lengths[0])]
+        history_length = max(1, int(0.8 * len(series)))
+    start = max(0, history_length - max_history)
+    horizon = min(max_horizon, len(series) - history_length)
+    device = next(model.parameters()).device
+    history = series[start:history_length].to(device)[None]
+    time = np.arange(start, history_length)
+    names = data.series_names
+    with torch.no_grad():
+        smoothed = model.smooth(history)
+        filtered = model.filter(history)
+        matrix = model.observation_matrix
+        signal_mean = (smoothed.smoothed_mean[0] @ matrix.T).cpu().numpy()
+        signal_var = torch.diagonal(matrix @ smoothed.smoothed_cov[0] @ matrix.T, dim1=-2, dim2=-1)
+        state_var = torch.diagonal(smoothed.smoothed_cov[0], dim1=-2, dim2=-1)
+        identity_observation = matrix.shape[0] == matrix.shape[1] and torch.allclose(matrix, torch.eye(len(matrix), dtype=matrix.dtype, device=device))
+    observed = history[0].cpu().numpy()
+    figure = plots.state_bands(
+        time, smoothed.smoothed_mean[0].cpu().numpy(), state_var.clamp_min(0).sqrt().cpu().numpy(),
+        filtered_mean=filtered.filtered_mean[0].cpu().numpy(),
+        signal_mean=None if identity_observation else signal_mean,
+        signal_std=None if identity_observation else signal_var.clamp_min(0).sqrt().cpu().numpy(),
+        observed=observed, series_names=names, title=f"{model.family}: smoothed states, 90% bands ({data.source})")
+    run.save_figure("smoothed_states.png", figure)
+    steps = horizon if horizon > 0 else min(max_horizon, max(10, len(history[0]) // 5))
+    with torch.no_grad():
+        prediction = model.forecast(history, steps)
+    mean = prediction.observation_mean[0].cpu().numpy()
+    std = torch.diagonal(prediction.observation_cov[0], dim1=-2, dim2=-1).clamp_min(0).sqrt().cpu().numpy()
+    actual = series[history_length: history_length + steps].cpu().numpy() if horizon > 0 else None
+    figure = plots.forecast_bands(time, observed, np.arange(history_length, history_length + steps), mean, std,
+                                  actual=actual, series_names=names,
+                                  title=f"{model.family}: {steps}-step forecast with 90% bands ({data.source})")
+    run.save_figure("forecast.png", figure)
+
+
+register(Family(
+    name="lgssm",
+    help="linear-Gaussian state-space model (Kalman filter)",
+    add_arguments=_add_cli_arguments,
+    settings_from_args=_cli_settings,
+    build=_build_from_settings,
+    label=lambda settings: f"lgssm-d{settings.get('state_dim', 1)}",
+    model_classes=(LinearGaussianSSM,),
+    data_kinds=("real", "count"),
+    plots=_plot_states_and_forecast,
+))
