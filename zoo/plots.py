@@ -76,6 +76,8 @@ def state_probabilities(marginals: np.ndarray, labels: Sequence[str] | None = No
     top axis, one per step.
     """
     length, num_states = marginals.shape
+    if labels is not None and len(labels) != length:
+        raise ValueError(f"labels: expected one symbol per step ({length}), got {len(labels)}")
     fig, ax = plt.subplots(figsize=(min(16, 3 + 0.12 * length), 1.2 + 0.35 * num_states))
     extent = (first_step - 0.5, first_step + length - 0.5, num_states - 0.5, -0.5)
     image = ax.imshow(marginals.T, aspect="auto", interpolation="nearest", vmin=0, vmax=1, cmap="viridis", extent=extent)

@@ -52,6 +52,8 @@ def test_posterior_states_numbers_the_steps_and_writes_the_symbols_on_top():
     plain = _drawn(plots.state_probabilities(marginals)).axes[0]
     assert not [c for c in plain.get_children() if type(c).__name__ == "SecondaryAxis"]
     assert min(_visible_ticks(plain)) == 0
+    with pytest.raises(ValueError, match=r"labels: expected one symbol per step \(60\), got 3"):
+        plots.state_probabilities(marginals, list("abc"))
 
 
 def test_forecast_uses_the_datas_time_column_and_units():
