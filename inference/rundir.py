@@ -622,12 +622,13 @@ class RunDirectory:
         if missing or unexpected:
             parts = ([f"lacks {_some(missing)}"] if missing else []) + ([f"holds unknown {_some(unexpected)}"] if unexpected else [])
             raise self._damaged(file_name, "from another model: it " + " and ".join(parts), what)
-        for key, value in state.items():
-            if tuple(tensors[key].shape) != tuple(value.shape):
-                raise self._damaged(
-                    file_name, f"tensor {key!r} has shape {tuple(tensors[key].shape)}",
-                    f"shape {tuple(value.shape)} for the model in model.json; the file is from another model "
-                    "or config.json/model.json was changed")
+        wrong = [f"{key!r} has shape {tuple(tensors[key].shape)}, not {tuple(value.shape)}"
+                 for key, value in state.items() if tuple(tensors[key].shape) != tuple(value.shape)]
+        if wrong:
+            raise self._damaged(
+                file_name, "tensor " + "; ".join(wrong[:4]) + (f"; and {len(wrong) - 4} more" if len(wrong) > 4 else ""),
+                "the shapes of the model that model.json describes; the file is from another model "
+                "or config.json/model.json was changed")
         model.load_state_dict(tensors)
         return model
 
