@@ -59,7 +59,7 @@ RUN_SIGNATURE_FILES = ("config.json", "model.json", "comparison.json", "diagnose
 #: ``fit``, ``compare``, ``decode`` and ``diagnose`` write, and our atomic writes'
 #: temporary files left by a crash. A CSV is a run's only under these names: a
 #: user's data file never is.
-RUN_FILE_PATTERNS = ("*.json", "*.safetensors", "*.png", "*.md", "decoded.csv", "summary.csv",
+RUN_FILE_PATTERNS = ("*.json", "*.safetensors", "*.png", "*.md", "inference_data.nc", "decoded.csv", "summary.csv",
                      "loo_compare.csv", ".*.tmp")
 
 
