@@ -67,6 +67,7 @@ __all__ = [
     "require_real",
     "save_npz",
     "split_data",
+    "time_axis",
 ]
 
 #: The kinds of data a :class:`SequenceData` can hold.
@@ -1083,6 +1084,71 @@ def load_builtin(name: str, *, kind: str | None = None) -> SequenceData:
         raise ValueError(f"unknown built-in data set {name!r}; available: {', '.join(sorted(BUILTIN_DATASETS))}")
     loader, _ = BUILTIN_DATASETS[name]
     return loader(kind)
+
+
+class TimeAxis(NamedTuple):
+    """The data's own time axis for plots: ``values`` ``(T,)`` (numbers, e.g. years,
+    or ``datetime64``), the axis ``label``, and the series' ``units`` (None when unknown)."""
+
+    values: np.ndarray
+    label: str
+    units: str | None = None
+
+
+#: Built-in series' time column (in statsmodels' frame), axis label and units.
+_BUILTIN_TIME = {"nile": ("year", "year", "10⁸ m³"), "sunspots": ("YEAR", "year", None)}
+
+
+def time_axis(
+    spec: str | Path, *, time_column: str | None = None, sequence_column: str | None = None, sequence: int = 0
+) -> TimeAxis | None:
+    """The time axis of one sequence of a data set, for the x-axis of its plots.
+
+    Built-in series give their years (and the Nile its units); a CSV file its
+    ``time_column`` (numbers, else dates ``datetime64``, else None: plots fall
+    back to step numbers); anything else None.
+
+    Args:
+        spec: as for :func:`load_data`.
+        time_column: the CSV's time column (as given to :func:`read_csv`).
+        sequence_column: the CSV's sequence column; ``sequence`` picks the
+            sequence (by order of first appearance, as :func:`read_csv` orders them).
+        sequence: which sequence.
+
+    Raises:
+        ValueError: ``time_column`` is not a column of the file.
+    """
+    spec_text = str(spec)
+    if spec_text.startswith(_BUILTIN_PREFIX):
+        name = spec_text.removeprefix(_BUILTIN_PREFIX)
+        if name not in _BUILTIN_TIME:
+            return None
+        column, label, units = _BUILTIN_TIME[name]
+        module = __import__(f"statsmodels.datasets.{name}", fromlist=["load"])
+        return TimeAxis(np.asarray(module.load().data[column], dtype=np.float64), label, units)
+    path = Path(spec)
+    if time_column is None or _extension(path) not in (".csv", ".csv.gz"):
+        return None
+    rows = list(csv.reader(io.StringIO(_read_bytes(path).decode("utf-8-sig"), newline="")))
+    rows = [row for row in rows if any(cell.strip() for cell in row)]
+    header = [cell.strip() for cell in rows[0]] if rows else []
+    for argument, column in (("time_column", time_column), ("sequence_column", sequence_column)):
+        if column is not None and column not in header:
+            raise ValueError(f"{argument}: no column {column!r} in {path}; columns are {header!r}")
+    cells = [row[header.index(time_column)].strip() for row in rows[1:]]
+    if sequence_column is not None:
+        ids = [row[header.index(sequence_column)].strip() for row in rows[1:]]
+        order = list(dict.fromkeys(ids))
+        if not 0 <= sequence < len(order):
+            raise ValueError(f"sequence: {path} has {len(order)} sequences, got {sequence}")
+        cells = [cell for cell, own in zip(cells, ids) if own == order[sequence]]
+    numbers = [_parse_float(cell) for cell in cells]
+    if all(number is not None and math.isfinite(number) for number in numbers):
+        return TimeAxis(np.asarray(numbers, dtype=np.float64), time_column)
+    try:
+        return TimeAxis(np.asarray(cells, dtype="datetime64"), time_column)
+    except ValueError:
+        return None
 
 
 # --------------------------------------------------------------------------

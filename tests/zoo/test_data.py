@@ -522,3 +522,23 @@ def test_split_without_empty_sequences_is_unchanged_and_too_few_nonempty_is_refu
     with pytest.raises(ValueError, match=r"only 2 of 5 sequences have any steps; 3 parts"):
         split_data(_with_empty_sequences([0, 4, 0, 0, 2]), (0.6, 0.2, 0.2))
     assert split_data(_with_empty_sequences([0, 4, 0, 0, 2]), (0.8, 0.2, 0.0)).test is None
+
+
+def test_time_axis_gives_the_datas_own_times(tmp_path):
+    from zoo.data import time_axis
+
+    nile = time_axis("builtin:nile")
+    assert nile.label == "year" and nile.units == "10⁸ m³"
+    assert nile.values.tolist() == list(range(1871, 1971)) and len(nile.values) == load_data("builtin:nile").num_steps
+    assert time_axis("builtin:letters") is None
+    path = tmp_path / "series.csv"
+    path.write_text("id,day,x\na,2020-01-01,1\nb,2020-01-01,5\na,2020-01-03,2\nb,2020-01-02,6\n")
+    dates = time_axis(path, time_column="day", sequence_column="id", sequence=1)
+    assert dates.label == "day" and dates.values.dtype.kind == "M"
+    assert [str(d) for d in dates.values] == ["2020-01-01", "2020-01-02"]
+    assert time_axis(path, time_column="x").values.tolist() == [1.0, 5.0, 2.0, 6.0]
+    assert time_axis(path) is None
+    path.write_text("t,x\nspring,1\nsummer,2\n")
+    assert time_axis(path, time_column="t") is None  # neither numbers nor dates: steps are used
+    with pytest.raises(ValueError, match=r"time_column: no column 'when'"):
+        time_axis(path, time_column="when")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -73,6 +75,13 @@ def test_forecast_uses_the_datas_time_column_and_units():
     two = _drawn(plots.forecast_bands(np.arange(10), np.zeros((10, 2)), np.arange(10, 13), np.zeros((3, 2)),
                                       np.ones((3, 2)), series_names=["a", "b"], units=["°C", None]))
     assert [a.get_ylabel() for a in two.axes] == ["a (°C)", "b"] and two.axes[-1].get_xlabel() == "time step"
+    # Dates (a CSV's time column read as datetime64) are written as dates.
+    days = np.arange("2020-01-01", "2020-03-01", dtype="datetime64[D]")
+    dated = _drawn(plots.forecast_bands(days[:50], np.zeros((50, 1)), days[50:], np.zeros((10, 1)), np.ones((10, 1)),
+                                        time_label="day"))
+    assert dated.axes[-1].get_xlabel() == "day"
+    texts = _tick_texts(dated.axes[-1].xaxis)
+    assert len(texts) >= 3 and all(re.fullmatch(r"2020-0[123]-\d\d", text) for text in texts)
 
 
 def test_smoothed_states_use_the_datas_time_column_and_units():
