@@ -633,6 +633,31 @@ class RunDirectory:
         return model
 
 
+def interrupted_message(run: RunDirectory, command: Sequence[str], *, checkpoint_name: str = "checkpoint") -> str:
+    """The one line to print on Ctrl-C: where the last checkpoint is and the command
+    that continues from it (``command`` with ``--resume`` added, ``--force`` dropped).
+
+    Args:
+        run: the run directory the interrupted command wrote.
+        command: the command line as typed, e.g. ``["seqzoo", "fit", "hmm", ...]``.
+        checkpoint_name: the checkpoint's file name without suffix (``inference.fit.CHECKPOINT_NAME``).
+    """
+    import shlex
+
+    tensors = run.file(checkpoint_name + ".safetensors")
+    if not tensors.is_file():
+        return f"interrupted before the first checkpoint: nothing to resume in {str(run.path)!r}"
+    try:
+        step = run.read_json(checkpoint_name).get("step")
+    except (OSError, ValueError, AttributeError):
+        step = None
+    resumed = [word for word in command if word != "--force"]
+    if "--resume" not in resumed:
+        resumed.append("--resume")
+    where = f"{tensors}" + (f" (step {step})" if step is not None else "")
+    return f"interrupted; the last checkpoint is {where}; continue with: {shlex.join(resumed)}"
+
+
 def _normalise(value: Any) -> Any:
     """JSON round trip: tuples become lists, so a recorded value compares equal to a requested one."""
     return json.loads(json.dumps(value, default=str))

@@ -410,3 +410,17 @@ def test_an_invalid_config_json_is_named(tmp_path, content, message):
     (run.path / "config.json").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(DamagedRunError, match="not UTF-8 text"):
         run.read_json("config")
+
+
+def test_interrupted_message_names_the_checkpoint_and_the_resume_command(tmp_path):
+    from inference.rundir import interrupted_message
+
+    run = RunDirectory.create(tmp_path / "my run")
+    command = ["seqzoo", "fit", "hmm", "--data", "a b.txt", "--out", str(run.path), "--force"]
+    assert interrupted_message(run, command) == f"interrupted before the first checkpoint: nothing to resume in {str(run.path)!r}"
+    run.save_tensors("checkpoint", {"w": torch.zeros(1)}, metadata={"step": 20})
+    run.write_json("checkpoint", {"step": 20})
+    message = interrupted_message(run, command)
+    assert message == (f"interrupted; the last checkpoint is {run.path / 'checkpoint.safetensors'} (step 20); continue with: "
+                       f"seqzoo fit hmm --data 'a b.txt' --out '{run.path}' --resume")
+    assert interrupted_message(run, command[:-1] + ["--resume"]).count("--resume") == 1
