@@ -126,16 +126,25 @@ def run_seed(batch, symbols: str, seed: int, args, num_restarts: int = 1) -> dic
     }
 
 
-def plot(results: list[dict], symbols: str, out: Path) -> None:
+def plot(results: list[dict], symbols: str, out: Path, labels: list[str] | None = None) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for r in results:
-        axes[0].plot(np.arange(1, len(r["log_likelihood_trace"]) + 1), r["log_likelihood_trace"], label=f"seed {r['seed']}")
+    # One colour per end point (the seeds are too many for a legend entry each).
+    labels = labels or [f"seed {r['seed']}" for r in results]
+    colours = {label: f"C{i}" for i, label in enumerate(dict.fromkeys(labels))}
+    shown = set()
+    # The plateau's runs last and thick: they stop early, under the others' lines.
+    for r, label in sorted(zip(results, labels), key=lambda pair: pair[1] == "plateau"):
+        count = labels.count(label)
+        axes[0].plot(np.arange(1, len(r["log_likelihood_trace"]) + 1), r["log_likelihood_trace"], color=colours[label],
+                     lw=2.5 if label == "plateau" else 1, alpha=0.8,
+                     label=None if label in shown else f"{label} ({count} seed{'s' if count > 1 else ''})")
+        shown.add(label)
     # Zoom on the plateau and the jump; the first step (fitting letter frequencies) gains far more.
     later = np.concatenate([r["log_likelihood_trace"][2:] for r in results if len(r["log_likelihood_trace"]) > 2] or [[0.0]])
     span = max(later.max() - later.min(), 1.0)
     axes[0].set_ylim(later.min() - 0.2 * span, later.max() + 0.1 * span)
     axes[0].set_xlabel("Baum–Welch iteration")
-    axes[0].set_ylabel("log-likelihood (nats)")
+    axes[0].set_ylabel("log-likelihood + log prior (nats)")
     axes[0].set_title("The plateau and the jump")
     axes[0].legend(fontsize="small")
     best = max(results, key=lambda r: r["final_log_likelihood"])
@@ -171,6 +180,15 @@ def optimum_labels(results: list[dict], tolerance: float) -> list[str]:
     return labels
 
 
+def _spread(values: list[int]) -> dict:
+    """Count, min, quartiles, median and max of jump iterations."""
+    if not values:
+        return {"runs": 0}
+    array = np.array(values)
+    return {"runs": int(len(array)), "min": int(array.min()), "median": float(np.median(array)), "max": int(array.max()),
+            "quartiles": [float(q) for q in np.percentile(array, [25, 75])]}
+
+
 def summarise(results: list[dict], tolerance: float) -> dict:
     """Share of seeds per end point, and the spread of the jump iteration among runs that jumped."""
     labels = optimum_labels(results, tolerance)
@@ -185,10 +203,11 @@ def summarise(results: list[dict], tolerance: float) -> dict:
             "final_log_likelihood": best["final_log_likelihood"],
             "preferred_letters": [best["preferred_letters"][k], best["preferred_letters"][1 - k]],
         }
-    jumps = np.array([r["jump_iteration"] for r, label in zip(results, labels) if label != "plateau" and r["jump_nats"] > 1.0])
-    spread = ({"runs": int(len(jumps)), "min": int(jumps.min()), "median": float(np.median(jumps)),
-               "max": int(jumps.max()), "quartiles": [float(q) for q in np.percentile(jumps, [25, 75])]}
-              if len(jumps) else {"runs": 0})
+    for label, optimum in optima.items():
+        if label != "plateau":
+            optimum["jump_iteration"] = _spread([r["jump_iteration"] for r, own in zip(results, labels)
+                                                 if own == label and r["jump_nats"] > 1.0])
+    spread = _spread([r["jump_iteration"] for r, label in zip(results, labels) if label != "plateau" and r["jump_nats"] > 1.0])
     return {"num_seeds": len(results), "optima": optima, "jump_iteration": spread,
             "stopped_on_plateau": [r["seed"] for r, label in zip(results, labels) if label == "plateau"]}
 
@@ -211,10 +230,10 @@ def main(args) -> list[dict]:
     for label, optimum in summary["optima"].items():
         print(f"  {label:<10} {optimum['share']:6.1%}  final ll {optimum['final_log_likelihood']:12.1f}  "
               f"{' | '.join(optimum['preferred_letters'])}  seeds {optimum['seeds']}")
-    spread = summary["jump_iteration"]
-    if spread["runs"]:
-        print(f"jump iteration over {spread['runs']} runs: min {spread['min']}, quartiles {spread['quartiles'][0]:.0f}"
-              f"-{spread['quartiles'][1]:.0f}, median {spread['median']:.0f}, max {spread['max']}")
+        spread = optimum.get("jump_iteration", {"runs": 0})
+        if spread["runs"]:
+            print(f"             jump at iteration: min {spread['min']}, quartiles {spread['quartiles'][0]:.0f}"
+                  f"-{spread['quartiles'][1]:.0f}, median {spread['median']:.0f}, max {spread['max']} ({spread['runs']} runs)")
     best_label = next(iter(summary["optima"]))
     missed = [r for r, label in zip(results, optimum_labels(results, args.optimum_tolerance)) if label != best_label]
     restarted = []
@@ -231,7 +250,7 @@ def main(args) -> list[dict]:
                   "restarts' objectives (log-likelihood + log prior) "
                   + ", ".join(f"{value:.1f}" for value in again["restart_objectives"])
                   + ("; best optimum reached" if again["reached_best"] else "; best optimum NOT reached"))
-    plot(results, symbols, out)
+    plot(results, symbols, out, optimum_labels(results, args.optimum_tolerance))
     trim = lambda r: {k: v for k, v in r.items() if k not in ("log_likelihood_trace", "state0_given_letter")}  # noqa: E731
     summary["restarts"] = {"num_restarts": args.restarts, "runs": [trim(r) for r in restarted]}
     summary["settings"] = {"num_chars": data.num_steps, "noise": args.noise, "max_iterations": args.max_iterations,
