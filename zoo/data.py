@@ -65,8 +65,12 @@ __all__ = [
     "read_csv",
     "read_npz",
     "read_text",
+    "require_counts",
+    "require_kind",
+    "require_real",
     "save_npz",
     "split_data",
+    "time_axis",
 ]
 
 #: The kinds of data a :class:`SequenceData` can hold.
@@ -645,9 +649,13 @@ def read_csv(
         ``values`` ``(N, T, D)``, with ``series_names`` the D column names and
         ``sequence_names`` the ids when ``sequence_column`` is given.
 
+    A column of kind 'real' whose every cell is missing is dropped with an
+    :class:`EmptyColumnWarning` (it would be fitted as a constant and counted
+    in the parameters), or refused when ``columns`` names it.
+
     Raises:
         ValueError: naming the file, the line (1-based, as an editor shows it)
-            and the column for a non-numeric cell; the line and expected
+            and the column for a non-numeric or infinite cell; the line and expected
             number of fields for a ragged row; the file for an empty file or
             a missing header.
     """
@@ -712,6 +720,9 @@ def read_csv(
             number = _parse_float(cell)
             if number is None:
                 raise ValueError(f"{path}: line {line}, column {name!r}: expected a number, got {cell!r}")
+            if math.isinf(number):
+                raise ValueError(f"{path}: line {line}, column {name!r}: expected a finite number "
+                                 f"(an empty cell or NaN for a missing value), got {cell!r}")
             numbers.append(number)
         sequence_id = row[id_index].strip() if id_index is not None else ""
         if id_index is not None and not sequence_id:
@@ -722,6 +733,8 @@ def read_csv(
         raise ValueError(f"{path}: has a header but no data rows")
 
     arrays = {key: np.asarray(rows, dtype=np.float64) for key, rows in rows_by_sequence.items()}
+    if kind == "real":  # other kinds have no missing values: their check below names the line
+        arrays, series_names = _drop_empty_columns(path, arrays, series_names, explicit=columns is not None)
     if kind != "real":
         for key, array in arrays.items():
             if kind == "count":
@@ -748,6 +761,96 @@ def read_csv(
         source=str(path),
         sequence_names=list(arrays) if sequence_column is not None else None,
     )
+
+
+class EmptyColumnWarning(UserWarning):
+    """A CSV column without a single number was dropped."""
+
+
+def _drop_empty_columns(
+    path: Path, arrays: dict[str, np.ndarray], series_names: list[str], explicit: bool
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Drops (with a warning) the columns whose every cell is missing: fitted, such a
+    column's variance floors at a tiny constant and it counts in the parameters while
+    telling nothing. Refuses when the columns were asked for by name, or none is left."""
+    stacked = np.concatenate(list(arrays.values()), axis=0)  # (total rows, D)
+    empty = [j for j in range(stacked.shape[1]) if np.isnan(stacked[:, j]).all()]
+    if not empty:
+        return arrays, series_names
+    names = [series_names[j] for j in empty]
+    if explicit:
+        raise ValueError(f"{path}: column(s) {names!r} hold no numbers (every cell is missing); leave them out of columns")
+    if len(empty) == len(series_names):
+        raise ValueError(f"{path}: no column holds a number (every cell of {names!r} is missing)")
+    import warnings
+
+    warnings.warn(f"{path}: dropped column(s) {names!r}: every cell is missing", EmptyColumnWarning, stacklevel=3)
+    keep = [j for j in range(len(series_names)) if j not in empty]
+    return {key: array[:, keep] for key, array in arrays.items()}, [series_names[j] for j in keep]
+
+
+# --------------------------------------------------------------------------
+# Checks of data against what a model's flag needs
+# --------------------------------------------------------------------------
+def _first_bad_entry(data: "SequenceData", bad: Tensor) -> str:
+    """``"sequence 0, step 3, column 'x'"`` of the first True entry of ``bad`` ``(N, T, D)`` on real steps."""
+    n, t, d = (int(i) for i in torch.nonzero(bad)[0])
+    where = f"sequence {data.sequence_names[n]!r}" if data.sequence_names else f"sequence {n}"
+    column = f", column {data.series_names[d]!r}" if data.series_names and d < len(data.series_names) else (
+        f", column {d}" if bad.shape[-1] > 1 else "")
+    return f"{where}, step {t}{column}"
+
+
+def require_kind(data: "SequenceData", kinds: Sequence[str], flag: str) -> None:
+    """Refuses ``data`` unless its kind is one of ``kinds``, naming the flag and the file.
+
+    Args:
+        data: the loaded data.
+        kinds: the kinds the model named by ``flag`` accepts.
+        flag: the option as the user typed it, e.g. ``"--emission gaussian"``.
+
+    Raises:
+        ValueError: e.g. ``--emission gaussian needs real-valued data (kind 'real'), but
+            book.txt is text (kind 'categorical')``.
+    """
+    if data.kind in kinds:
+        return
+    wanted = " or ".join(f"kind {k!r}" for k in kinds)
+    what = {"categorical": "text or symbol codes", "real": "real numbers", "count": "counts",
+            "binary": "0/1 frames"}.get(data.kind, data.kind)
+    hint = {"real": "a .csv or .npz file of numbers", "count": "a .csv or .npz file of counts",
+            "binary": "0/1 frames, e.g. --kind binary", "categorical": "a .txt file or symbol codes"}
+    raise ValueError(f"{flag} needs {' or '.join(hint.get(k, k) for k in kinds)} ({wanted}), but {data.source} "
+                     f"holds {what} (kind {data.kind!r})")
+
+
+def require_counts(data: "SequenceData", flag: str) -> None:
+    """Refuses ``data`` unless every observed value is a nonnegative integer (a count),
+    naming the flag, the file and the first offending entry.
+
+    Real-valued data (a CSV read as kind 'real') that happen to hold counts pass.
+
+    Raises:
+        ValueError: e.g. ``--emission poisson needs nonnegative integer counts, but
+            rain.csv has -1.5 at sequence 0, step 3, column 'mm'``.
+    """
+    if data.kind not in ("count", "real", "binary"):
+        require_kind(data, ("count",), flag)
+    values = data.batch.values
+    mask = data.batch.mask[..., None].expand_as(values) if values.dim() == 3 else data.batch.mask
+    values = values.double()
+    bad = mask & (values.isnan() | (values < 0) | (values != values.round()) | values.isinf())
+    if bad.any():
+        value = float(values[bad][0])
+        shown = "a missing value" if math.isnan(value) else repr(value)
+        raise ValueError(f"{flag} needs nonnegative integer counts, but {data.source} has {shown} at "
+                         f"{_first_bad_entry(data, bad if bad.dim() == 3 else bad[..., None])}")
+
+
+def require_real(data: "SequenceData", flag: str) -> None:
+    """Refuses ``data`` unless it is real-valued (kind 'real', or counts/binary frames
+    read as numbers), naming the flag and the file (a ``.txt`` file is text)."""
+    require_kind(data, ("real", "count", "binary"), flag)
 
 
 # --------------------------------------------------------------------------
@@ -999,6 +1102,71 @@ def load_builtin(name: str, *, kind: str | None = None) -> SequenceData:
         raise ValueError(f"unknown built-in data set {name!r}; available: {', '.join(sorted(BUILTIN_DATASETS))}")
     loader, _ = BUILTIN_DATASETS[name]
     return loader(kind)
+
+
+class TimeAxis(NamedTuple):
+    """The data's own time axis for plots: ``values`` ``(T,)`` (numbers, e.g. years,
+    or ``datetime64``), the axis ``label``, and the series' ``units`` (None when unknown)."""
+
+    values: np.ndarray
+    label: str
+    units: str | None = None
+
+
+#: Built-in series' time column (in statsmodels' frame), axis label and units.
+_BUILTIN_TIME = {"nile": ("year", "year", "10⁸ m³"), "sunspots": ("YEAR", "year", None)}
+
+
+def time_axis(
+    spec: str | Path, *, time_column: str | None = None, sequence_column: str | None = None, sequence: int = 0
+) -> TimeAxis | None:
+    """The time axis of one sequence of a data set, for the x-axis of its plots.
+
+    Built-in series give their years (and the Nile its units); a CSV file its
+    ``time_column`` (numbers, else dates ``datetime64``, else None: plots fall
+    back to step numbers); anything else None.
+
+    Args:
+        spec: as for :func:`load_data`.
+        time_column: the CSV's time column (as given to :func:`read_csv`).
+        sequence_column: the CSV's sequence column; ``sequence`` picks the
+            sequence (by order of first appearance, as :func:`read_csv` orders them).
+        sequence: which sequence.
+
+    Raises:
+        ValueError: ``time_column`` is not a column of the file.
+    """
+    spec_text = str(spec)
+    if spec_text.startswith(_BUILTIN_PREFIX):
+        name = spec_text.removeprefix(_BUILTIN_PREFIX)
+        if name not in _BUILTIN_TIME:
+            return None
+        column, label, units = _BUILTIN_TIME[name]
+        module = __import__(f"statsmodels.datasets.{name}", fromlist=["load"])
+        return TimeAxis(np.asarray(module.load().data[column], dtype=np.float64), label, units)
+    path = Path(spec)
+    if time_column is None or _extension(path) not in (".csv", ".csv.gz"):
+        return None
+    rows = list(csv.reader(io.StringIO(_read_bytes(path).decode("utf-8-sig"), newline="")))
+    rows = [row for row in rows if any(cell.strip() for cell in row)]
+    header = [cell.strip() for cell in rows[0]] if rows else []
+    for argument, column in (("time_column", time_column), ("sequence_column", sequence_column)):
+        if column is not None and column not in header:
+            raise ValueError(f"{argument}: no column {column!r} in {path}; columns are {header!r}")
+    cells = [row[header.index(time_column)].strip() for row in rows[1:]]
+    if sequence_column is not None:
+        ids = [row[header.index(sequence_column)].strip() for row in rows[1:]]
+        order = list(dict.fromkeys(ids))
+        if not 0 <= sequence < len(order):
+            raise ValueError(f"sequence: {path} has {len(order)} sequences, got {sequence}")
+        cells = [cell for cell, own in zip(cells, ids) if own == order[sequence]]
+    numbers = [_parse_float(cell) for cell in cells]
+    if all(number is not None and math.isfinite(number) for number in numbers):
+        return TimeAxis(np.asarray(numbers, dtype=np.float64), time_column)
+    try:
+        return TimeAxis(np.asarray(cells, dtype="datetime64"), time_column)
+    except ValueError:
+        return None
 
 
 # --------------------------------------------------------------------------
@@ -1284,13 +1452,13 @@ def split_data(
             raise ValueError(f"data: {count} sequences cannot fill the parts {parts_fractions}")
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(count, generator=generator)
-    parts, start = [], 0
-    for size, keep in zip(sizes, positive):
-        if keep:
-            parts.append(data.select(order[start : start + size].sort().values))
-        else:
-            parts.append(None)
+    members, start = [], 0
+    for size in sizes:
+        members.append(order[start : start + size].tolist())
         start += size
+    members = _give_every_part_steps(members, data.batch.lengths.tolist(), positive)
+    parts = [data.select(torch.tensor(sorted(indices), dtype=torch.long)) if keep else None
+             for indices, keep in zip(members, positive)]
     return Splits(*parts)
 
 
@@ -1319,3 +1487,29 @@ def _split_by_time(data: SequenceData, fractions: tuple[float, float, float]) ->
         names = [data.sequence_names[n] for n in owners[part]] if data.sequence_names is not None else None
         parts.append(replace(data, batch=SequenceBatch.from_sequences(pieces[part]), sequence_names=names))
     return Splits(*parts)
+
+
+def _give_every_part_steps(members: list[list[int]], lengths: list[int], positive: list[bool]) -> list[list[int]]:
+    """Swaps sequences so that no part with a positive fraction holds only empty
+    (zero-length) sequences: its scores would be NaN. A part takes a nonempty
+    sequence from the part holding the most, giving back an empty one; parts keep
+    their sizes.
+
+    Raises:
+        ValueError: fewer nonempty sequences than parts to fill.
+    """
+    nonempty = sum(1 for length in lengths if length > 0)
+    if nonempty < sum(positive):
+        raise ValueError(f"data: only {nonempty} of {len(lengths)} sequences have any steps; "
+                         f"{sum(positive)} parts with a positive fraction need one each")
+    members = [list(indices) for indices in members]
+    for part, keep in enumerate(members):
+        if not positive[part] or any(lengths[i] > 0 for i in keep):
+            continue
+        donor = max((p for p in range(len(members)) if p != part),
+                    key=lambda p: (sum(lengths[i] > 0 for i in members[p]), -p))
+        given = next(i for i in members[donor] if lengths[i] > 0)
+        taken = members[part][0]
+        members[donor][members[donor].index(given)] = taken
+        members[part][0] = given
+    return members

@@ -10,10 +10,30 @@ import matplotlib
 matplotlib.use("Agg")  # run directories are written headless
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator, ScalarFormatter  # noqa: E402
+
+
+def _plain_numbers(axis) -> None:
+    """Tick labels as the values themselves: no offset ("+1e4") or scale factor,
+    which hide log-likelihoods that differ in the fourth digit."""
+    formatter = ScalarFormatter(useOffset=False)
+    formatter.set_scientific(False)
+    axis.set_major_formatter(formatter)
+
+
+def _with_unit(name: str, unit: str | None) -> str:
+    return f"{name} ({unit})" if unit else name
+
+
+def _unit_of(units: str | Sequence[str | None] | None, index: int) -> str | None:
+    if units is None or isinstance(units, str):
+        return units
+    return units[index] if index < len(units) else None
 
 
 def log_likelihood_trace(history: Sequence[dict], title: str = "") -> "plt.Figure":
-    """Training objective and validation log-likelihood (nats per step) against step."""
+    """Training objective and validation log-likelihood (nats per step) against step
+    (EM iterations or optimiser steps: integer ticks), values written out in full."""
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     steps = [r["step"] for r in history]
     ax.plot(steps, [r["objective_per_step"] for r in history], label="train objective / step")
@@ -21,6 +41,8 @@ def log_likelihood_trace(history: Sequence[dict], title: str = "") -> "plt.Figur
     if valid:
         ax.plot(*zip(*valid), label="valid log-likelihood / step")
     ax.set_xlabel("iteration" if history and history[0].get("method") == "em" else "step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _plain_numbers(ax.yaxis)
     ax.set_ylabel("nats per time step")
     ax.set_title(title)
     ax.legend()
@@ -29,7 +51,8 @@ def log_likelihood_trace(history: Sequence[dict], title: str = "") -> "plt.Figur
 
 
 def learning_curves(curves: dict[str, Sequence[dict]], title: str = "") -> "plt.Figure":
-    """Validation log-likelihood per step against wall time, one line per model."""
+    """Validation log-likelihood per step against wall time, one line per model
+    (values written out in full, never as an offset plus small deltas)."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, history in curves.items():
         points = [(r["seconds"], r["valid_log_prob_per_step"]) for r in history if r.get("valid_log_prob_per_step") is not None]
@@ -37,25 +60,38 @@ def learning_curves(curves: dict[str, Sequence[dict]], title: str = "") -> "plt.
             ax.plot(*zip(*points), label=name)
     ax.set_xlabel("training time (s)")
     ax.set_ylabel("valid log-likelihood (nats / step)")
+    _plain_numbers(ax.yaxis)
     ax.set_title(title)
     ax.legend(fontsize="small")
     fig.tight_layout()
     return fig
 
 
-def state_probabilities(marginals: np.ndarray, labels: Sequence[str] | None = None, title: str = "") -> "plt.Figure":
-    """Posterior state probabilities ``(T, K)`` over time as a heat map,
-    with the observed symbols along the time axis when ``labels`` is given."""
+def state_probabilities(marginals: np.ndarray, labels: Sequence[str] | None = None, title: str = "",
+                        first_step: int = 0) -> "plt.Figure":
+    """Posterior state probabilities ``(T, K)`` over time as a heat map.
+
+    The bottom axis numbers the time steps (from ``first_step``); when ``labels``
+    (``T`` observed symbols) is given and ``T <= 200``, they are written along the
+    top axis, one per step.
+    """
     length, num_states = marginals.shape
+    if labels is not None and len(labels) != length:
+        raise ValueError(f"labels: expected one symbol per step ({length}), got {len(labels)}")
     fig, ax = plt.subplots(figsize=(min(16, 3 + 0.12 * length), 1.2 + 0.35 * num_states))
-    image = ax.imshow(marginals.T, aspect="auto", interpolation="nearest", vmin=0, vmax=1, cmap="viridis")
+    extent = (first_step - 0.5, first_step + length - 0.5, num_states - 0.5, -0.5)
+    image = ax.imshow(marginals.T, aspect="auto", interpolation="nearest", vmin=0, vmax=1, cmap="viridis", extent=extent)
     ax.set_ylabel("state")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("time step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if labels is not None and length <= 200:
-        ax.set_xticks(range(length))
-        ax.set_xticklabels(labels, fontsize=6, family="monospace")
+        top = ax.secondary_xaxis("top")
+        top.set_xticks(range(first_step, first_step + length))
+        top.set_xticklabels(["␣" if label == " " else label for label in labels], fontsize=6, family="monospace")
+        top.tick_params(length=0, pad=1)
     fig.colorbar(image, ax=ax, label="p(state | data)")
-    ax.set_title(title)
+    ax.set_title(title, pad=14 if labels is not None and length <= 200 else 6)
     fig.tight_layout()
     return fig
 
@@ -88,6 +124,8 @@ def state_bands(
     level: float = 0.9,
     title: str = "",
     max_panels: int = 4,
+    time_label: str = "time step",
+    units: str | Sequence[str | None] | None = None,
 ) -> "plt.Figure":
     """Smoothed (and filtered) latent states of a linear-Gaussian model with central bands.
 
@@ -99,12 +137,15 @@ def state_bands(
     on the state panels (for models whose observation matrix is the identity).
 
     Args:
-        time: ``(T,)`` time axis.
+        time: ``(T,)`` time axis: the data's own time column (e.g. years) or step numbers.
         smoothed_mean, smoothed_std: ``(T, d)`` posterior means and standard deviations.
         filtered_mean: optional ``(T, d)`` filtered means.
         signal_mean, signal_std: optional ``(T, p)`` posterior moments of ``B S_t``.
         observed: optional ``(T, p)`` data, NaN where missing.
         level: probability mass of the bands (0.9: 5% to 95%).
+        time_label: the time axis' label, e.g. ``"year"``.
+        units: the data's unit (one for all series, or one per series), shown on
+            the series panels and on state panels drawn in the data's scale.
     """
     z = _normal_quantile(level)
     state_dim = smoothed_mean.shape[1]
@@ -120,7 +161,7 @@ def state_bands(
         ax.plot(time, signal_mean[:, j], color="C0", label="smoothed signal")
         if observed is not None:
             ax.plot(time, observed[:, j], ".", color="k", markersize=3, label="data")
-        ax.set_ylabel(name)
+        ax.set_ylabel(_with_unit(name, _unit_of(units, j)))
         ax.legend(fontsize="small", loc="best")
     for i in range(state_panels):
         ax = axes[series_panels + i]
@@ -131,12 +172,25 @@ def state_bands(
             ax.plot(time, filtered_mean[:, i], "--", color="C2", linewidth=1, label="filtered state")
         if signal_mean is None and observed is not None and observed.shape[1] == state_dim:
             ax.plot(time, observed[:, i], ".", color="k", markersize=3, label="data")
-        ax.set_ylabel(state_names[i] if state_names else f"state {i}")
+        state_unit = _unit_of(units, i) if signal_mean is None and observed is not None and observed.shape[1] == state_dim else None
+        ax.set_ylabel(_with_unit(state_names[i] if state_names else f"state {i}", state_unit))
         ax.legend(fontsize="small", loc="best")
-    axes[-1].set_xlabel("time")
+    _time_axis(axes[-1], time, time_label)
     axes[0].set_title(title)
     fig.tight_layout()
     return fig
+
+
+def _time_axis(ax, time: np.ndarray, label: str) -> None:
+    """Labels the time axis; whole-numbered times (steps, years) get whole-numbered
+    ticks written in full (1871, not 1.871e3 or an offset)."""
+    ax.set_xlabel(label)
+    values = np.asarray(time)
+    if np.issubdtype(values.dtype, np.number):
+        finite = values[np.isfinite(values)] if np.issubdtype(values.dtype, np.floating) else values
+        if finite.size and np.all(finite == np.round(finite)):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _plain_numbers(ax.xaxis)
 
 
 def forecast_bands(
@@ -151,6 +205,8 @@ def forecast_bands(
     level: float = 0.9,
     title: str = "",
     max_panels: int = 4,
+    time_label: str = "time step",
+    units: str | Sequence[str | None] | None = None,
 ) -> "plt.Figure":
     """Forecasts of observations with central predictive bands, after the observed history.
 
@@ -159,6 +215,8 @@ def forecast_bands(
         future_time: ``(K,)``; mean, std: ``(K, p)`` predictive moments of ``X_{T+k}``.
         actual: optional ``(K, p)`` held-out values to compare with, NaN where missing.
         level: probability mass of the bands.
+        time_label: the time axis' label, e.g. ``"year"`` when the times are the data's years.
+        units: the data's unit, one for all series or one per series.
     """
     z = _normal_quantile(level)
     panels = min(history.shape[1], max_panels)
@@ -172,9 +230,9 @@ def forecast_bands(
         ax.plot(future_time, mean[:, j], color="C0", label="forecast")
         if actual is not None:
             ax.plot(future_time, actual[:, j], ".", color="C3", markersize=4, label="held out")
-        ax.set_ylabel(series_names[j] if series_names else f"series {j}")
+        ax.set_ylabel(_with_unit(series_names[j] if series_names else f"series {j}", _unit_of(units, j)))
         ax.legend(fontsize="small", loc="best")
-    axes[-1].set_xlabel("time")
+    _time_axis(axes[-1], np.concatenate([np.asarray(history_time), np.asarray(future_time)]), time_label)
     axes[0].set_title(title)
     fig.tight_layout()
     return fig

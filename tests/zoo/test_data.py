@@ -500,3 +500,120 @@ def replace_names(data: SequenceData, names: list[str]) -> SequenceData:
     from dataclasses import replace
 
     return replace(data, sequence_names=names)
+
+
+# -- issue 15: infinities, empty columns, a model's flag, empty splits ---------
+from zoo.data import EmptyColumnWarning, require_counts, require_kind, require_real  # noqa: E402
+
+
+@pytest.mark.parametrize("cell", ["inf", "-inf", "Infinity", "1e999", "-INF"])
+def test_csv_infinity_is_refused_naming_file_line_and_column(tmp_path, cell):
+    path = tmp_path / "bad.csv"
+    path.write_text(f"year,flow\n1871,1120\n1872,{cell}\n")
+    with pytest.raises(ValueError, match=rf"bad\.csv: line 3, column 'flow': expected a finite number .* got '{re.escape(cell)}'"):
+        read_csv(path)
+    with pytest.raises(ValueError, match=r"line 3, column 'flow'"):
+        read_csv(path, kind="count")
+
+
+def test_csv_all_missing_column_is_dropped_with_a_warning_or_refused_when_named(tmp_path):
+    path = tmp_path / "gaps.csv"
+    path.write_text("a,empty,b\n1,,2\n3,NA,4\n5,nan,\n")
+    with pytest.warns(EmptyColumnWarning, match=r"gaps\.csv: dropped column\(s\) \['empty'\]: every cell is missing"):
+        data = read_csv(path)
+    assert data.series_names == ["a", "b"]
+    expected = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, math.nan]])
+    assert torch.equal(data.batch.values[0].isnan(), expected.isnan())
+    assert torch.equal(data.batch.values[0].nan_to_num(-1), expected.nan_to_num(-1))
+    with pytest.raises(ValueError, match=r"column\(s\) \['empty'\] hold no numbers"):
+        read_csv(path, columns=["a", "empty"])
+    # Missing across sequences only counts when every sequence misses it.
+    by_id = tmp_path / "ids.csv"
+    by_id.write_text("id,x,y\nu,1,\nu,2,\nv,3,7\n")
+    assert read_csv(by_id, sequence_column="id").series_names == ["x", "y"]
+    only = tmp_path / "only.csv"
+    only.write_text("x\n\nNA\nnan\n")
+    with pytest.raises(ValueError, match=r"only\.csv: no column holds a number"):
+        read_csv(only)
+
+
+def test_require_counts_names_the_flag_the_file_and_the_entry(tmp_path):
+    path = tmp_path / "rain.csv"
+    path.write_text("mm,days\n1,2\n0,3\n-1.5,4\n")
+    with pytest.raises(ValueError, match=r"--emission poisson needs nonnegative integer counts, but .*rain\.csv "
+                                         r"has -1\.5 at sequence 0, step 2, column 'mm'"):
+        require_counts(read_csv(path), "--emission poisson")
+    path.write_text("mm,days\n1,2\n0,3.25\n")
+    with pytest.raises(ValueError, match=r"has 3\.25 at sequence 0, step 1, column 'days'"):
+        require_counts(read_csv(path), "--emission poisson")
+    path.write_text("mm,days\n1,2\n0,\n")
+    with pytest.raises(ValueError, match=r"has a missing value at sequence 0, step 1, column 'days'"):
+        require_counts(read_csv(path), "--emission poisson")
+    path.write_text("mm,days\n1,2\n0,3\n")
+    require_counts(read_csv(path), "--emission poisson")  # real numbers that are counts pass
+    require_counts(read_csv(path, kind="count"), "--emission poisson")
+    # Padding of shorter sequences is never mistaken for data.
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("id,n\na,1\na,2\nb,3\n")
+    require_counts(read_csv(ragged, sequence_column="id"), "--emission poisson")
+    text = tmp_path / "book.txt"
+    text.write_text("some words\n")
+    with pytest.raises(ValueError, match=r"--emission poisson needs a \.csv or \.npz file of counts \(kind 'count'\), "
+                                         r"but .*book\.txt holds text or symbol codes \(kind 'categorical'\)"):
+        require_counts(load_data(text), "--emission poisson")
+
+
+def test_require_real_names_the_flag_and_the_text_file(tmp_path):
+    text = tmp_path / "book.txt"
+    text.write_text("some words\n")
+    with pytest.raises(ValueError, match=r"^--emission gaussian needs a \.csv or \.npz file of numbers .*book\.txt "
+                                         r"holds text or symbol codes \(kind 'categorical'\)$"):
+        require_real(load_data(text), "--emission gaussian")
+    require_real(load_data("builtin:nile"), "--emission gaussian")
+    with pytest.raises(ValueError, match=r"^hmm --kind binary needs 0/1 frames"):
+        require_kind(load_data("builtin:nile"), ("binary",), "hmm --kind binary")
+
+
+def _with_empty_sequences(lengths):
+    values = torch.zeros(len(lengths), max(lengths), 1)
+    return as_sequence_data(values, "real", lengths=torch.tensor(lengths))
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_no_split_holds_only_empty_sequences(seed):
+    data = _with_empty_sequences([0, 0, 0, 5, 0, 7, 0, 0, 3, 0])
+    parts = split_data(data, (0.6, 0.2, 0.2), seed=seed)
+    assert [p.num_sequences for p in parts] == [6, 2, 2]  # sizes as without empty sequences
+    assert all(p.batch.num_steps > 0 for p in parts)
+    kept = sorted(int(i) for p in parts for i in p.batch.lengths)
+    assert kept == sorted([0, 0, 0, 5, 0, 7, 0, 0, 3, 0])  # every sequence in exactly one part
+
+
+def test_split_without_empty_sequences_is_unchanged_and_too_few_nonempty_is_refused():
+    data = _with_empty_sequences([2, 3, 4, 5, 6, 7, 8, 9, 10, 11])
+    parts = split_data(data, (0.6, 0.2, 0.2), seed=3)
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(3))
+    assert parts.valid.batch.lengths.tolist() == sorted((order[6:8] + 2).tolist())
+    with pytest.raises(ValueError, match=r"only 2 of 5 sequences have any steps; 3 parts"):
+        split_data(_with_empty_sequences([0, 4, 0, 0, 2]), (0.6, 0.2, 0.2))
+    assert split_data(_with_empty_sequences([0, 4, 0, 0, 2]), (0.8, 0.2, 0.0)).test is None
+
+
+def test_time_axis_gives_the_datas_own_times(tmp_path):
+    from zoo.data import time_axis
+
+    nile = time_axis("builtin:nile")
+    assert nile.label == "year" and nile.units == "10⁸ m³"
+    assert nile.values.tolist() == list(range(1871, 1971)) and len(nile.values) == load_data("builtin:nile").num_steps
+    assert time_axis("builtin:letters") is None
+    path = tmp_path / "series.csv"
+    path.write_text("id,day,x\na,2020-01-01,1\nb,2020-01-01,5\na,2020-01-03,2\nb,2020-01-02,6\n")
+    dates = time_axis(path, time_column="day", sequence_column="id", sequence=1)
+    assert dates.label == "day" and dates.values.dtype.kind == "M"
+    assert [str(d) for d in dates.values] == ["2020-01-01", "2020-01-02"]
+    assert time_axis(path, time_column="x").values.tolist() == [1.0, 5.0, 2.0, 6.0]
+    assert time_axis(path) is None
+    path.write_text("t,x\nspring,1\nsummer,2\n")
+    assert time_axis(path, time_column="t") is None  # neither numbers nor dates: steps are used
+    with pytest.raises(ValueError, match=r"time_column: no column 'when'"):
+        time_axis(path, time_column="when")
