@@ -128,7 +128,8 @@ def fit(
     **SVI.** Minimises the loss (``loss``: an ELBO's
     ``differentiable_loss(model.model, model.guide, minibatch, **step_kwargs)``
     by default; see :class:`~inference.trainer.SVIOptions`) over
-    ``model.parameters()`` with Adam (AdamW with ``weight_decay``); after
+    ``model.parameters()`` with Adam (:class:`~pyro.optim.clipped_adam.ClippedAdam`,
+    L2 ``weight_decay``); after
     backward, ``gradient_hook(parameters)`` runs, then the gradient is rescaled
     to global L2 norm at most ``clip_norm``. One loss evaluation runs before
     the optimizer is built, so lazily created Pyro parameters exist. A step is
@@ -219,7 +220,7 @@ def fit(
         lr_schedule: ``"exponential"``, ``"constant"``, ``"cosine"``,
             ``"warmup_cosine"``, ``"plateau"`` or ``optimizer -> scheduler``.
         warmup_epochs: epochs of linear learning-rate warm-up.
-        weight_decay: decoupled weight decay (AdamW).
+        weight_decay: L2 weight decay added to the gradient.
         clip_norm: global L2 norm the gradient is clipped to.
         betas: Adam moment decay rates.
         step_kwargs: ``(epoch, step) -> dict`` of keyword arguments for

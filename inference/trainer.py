@@ -36,6 +36,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.infer.elbo import ELBO
+from pyro.optim.clipped_adam import ClippedAdam
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -304,7 +305,7 @@ class SVIOptions(_LoopOptions):
     Attributes:
         max_epochs: epochs (one step = one pass over the training sequences).
         batch_size: sequences per mini-batch (``None``: full batch).
-        learning_rate: base learning rate of Adam(W).
+        learning_rate: base learning rate of Adam.
         final_learning_rate: where ``"exponential"`` decays to at
             ``max_epochs`` (``None``: constant) and ``"cosine"`` ends (``None``: 0).
         lr_schedule: ``"exponential"``, ``"constant"``, ``"cosine"``,
@@ -314,7 +315,7 @@ class SVIOptions(_LoopOptions):
             ``optimizer -> torch.optim.lr_scheduler`` scheduler. Stepped once
             per epoch.
         warmup_epochs: epochs of linear warm-up before the named schedule.
-        weight_decay: decoupled weight decay (AdamW); 0 is plain Adam.
+        weight_decay: L2 weight decay added to the gradient (Adam's ``weight_decay``).
         clip_norm: the global L2 norm gradients are clipped to (one clip).
         betas: Adam moment decay rates.
         loss: ``"auto"`` / ``"trace"`` / ``"traceenum"`` / ``"meanfield"``, any :class:`pyro.infer.elbo.ELBO` instance,
@@ -649,7 +650,7 @@ class Trainer:
 
 class SVITrainer(Trainer):
     """Stochastic variational inference (or any gradient objective) over
-    ``model.parameters()`` with Adam(W); one step is one epoch.
+    ``model.parameters()`` with Adam; one step is one epoch.
 
     Example:
         >>> trainer = SVITrainer(model, train, SVIOptions(max_epochs=50, lr_schedule="cosine"))  # doctest: +SKIP
@@ -686,8 +687,10 @@ class SVITrainer(Trainer):
             raise ValueError(f"model: {type(model).__name__} has no trainable parameter to fit by SVI")
         for parameter in parameters:
             parameter.grad = None
-        self.optimizer = torch.optim.AdamW(parameters, lr=options.learning_rate, betas=tuple(options.betas),
-                                           weight_decay=options.weight_decay)
+        # Pyro's ClippedAdam, as before the trainer existed (same numbers as earlier runs); its
+        # per-entry clamp at clip_norm never binds after the global-norm clip to clip_norm below.
+        self.optimizer = ClippedAdam(parameters, lr=options.learning_rate, betas=tuple(options.betas),
+                                     clip_norm=options.clip_norm, weight_decay=options.weight_decay)
         self.scheduler = build_scheduler(self.optimizer, options)
         plateau = isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
         self.stale = 0
