@@ -432,8 +432,14 @@ def _reached_limit(run: RunDirectory, args, method: str) -> str | None:
     if not isinstance(state, dict) or state.get("method") != method:
         return None
     if method == "em":
-        iteration = state.get("iteration", state.get("step", 0)) or 0
-        if state.get("restart", 0) + 1 >= args.restarts and iteration >= args.max_iterations:
+        closed = len(state.get("restart_objectives") or [])
+        if closed and not state.get("iteration"):
+            # Every restart so far is closed: the last one's iterations are its history records.
+            last = closed - 1
+            iteration = sum(1 for record in state.get("history", []) if record.get("restart", 0) == last)
+        else:
+            last, iteration = state.get("restart", 0), state.get("iteration", 0)
+        if last + 1 >= args.restarts and iteration >= args.max_iterations:
             return (f"the run in {run.path} already reached its limit: checkpoint at iteration {iteration}, "
                     f"--max-iterations {args.max_iterations}; nothing to train (raise --max-iterations to continue)")
     elif state.get("step", 0) >= args.epochs:
