@@ -536,7 +536,9 @@ def cmd_compare(args) -> int:
                      "correction)\n\n```\n" + table.to_string() + "\n```\n")
     root.write_json("comparison.json", comparison)
     root.write_text("comparison.md", markdown)
-    root.save_figure("learning_curves.png", plots.learning_curves(curves, title=f"{args.data}: validation log-likelihood"))
+    if any(record.get("valid_log_prob_per_step") is not None for history in curves.values() for record in history):
+        # Without a validation part (--split 1,0,0) there is no curve to draw.
+        root.save_figure("learning_curves.png", plots.learning_curves(curves, title=f"{args.data}: validation log-likelihood"))
     _print_summary(rows)
     print(f"comparison: {root.file('comparison.md')}")
     return 0
@@ -707,11 +709,14 @@ def cmd_decode(args) -> int:
         decoders = ", ".join(name for name, entry in REGISTRY.items() if entry.decode is not None)
         raise UsageError(f"decode: {type(model).__name__} has no discrete states to decode (families that decode: {decoders})")
     vocabulary = Vocabulary.from_json(run.read_json("vocabulary.json")) if run.file("vocabulary.json").exists() else None
+    same_data = args.data is None or args.data == config["data"]
     args.data = args.data or config["data"]
     args.kind = args.kind or config.get("kind")
     for option in ("time_column", "sequence_column"):
-        if getattr(args, option) is None and args.data == config["data"]:
+        if getattr(args, option) is None and same_data:
             setattr(args, option, config.get(option))
+    if same_data and args.first is None:
+        args.first = config.get("first")  # the steps the model was fitted on, e.g. of a built-in text
     data = _load(args, vocabulary=vocabulary)
     device = next(model.parameters()).device
     batch = data.batch.to(device)
