@@ -33,7 +33,7 @@ import torch
 from inference.checkpoint import CHECKPOINT_NAME
 from inference.fit import fit
 from inference.memory import check_memory, generic_fit_memory
-from inference.rundir import RunDirectory, fingerprint_file, fingerprint_tensor, interrupted_message
+from inference.rundir import RunDirectory, StagedRunDirectory, fingerprint_file, fingerprint_tensor, interrupted_message
 from inference.scoring import ratio_standard_error, score
 import zoo.families  # noqa: F401  (registers every family)
 from zoo import baselines, plots
@@ -468,6 +468,15 @@ def cmd_fit(args) -> int:
         if reached is not None:
             print(reached)
             return 0
+    elif args.force and Path(args.out).is_dir() and any(Path(args.out).iterdir()):
+        # Replacing a run: the new one is written beside it and swapped in only when complete,
+        # so a failed or interrupted fit leaves the old run as it was.
+        with RunDirectory.stage(args.out, force=True, data_paths=_data_paths(args)) as run:
+            args.interrupted_run = run
+            summary = train_into(run, model, family, splits, data, args, label, description)
+        _print_summary([summary])
+        print(f"run directory: {run.path}")
+        return 0
     else:
         run = RunDirectory.create(args.out, force=args.force, data_paths=_data_paths(args), manifest=True)
     args.interrupted_run = run  # for main's Ctrl-C line
@@ -942,6 +951,8 @@ EXIT_INTERRUPTED = 130
 def _interrupted_line(args, argv: Sequence[str]) -> str:
     """What to say on Ctrl-C: where the last checkpoint is and how to continue."""
     run = getattr(args, "interrupted_run", None)
+    if args.command == "fit" and isinstance(run, StagedRunDirectory) and run.state != "committed":
+        return f"interrupted; the run in {run.target} is left as it was (the replacement was discarded)"
     if args.command == "fit" and run is not None:
         return interrupted_message(run, ["seqzoo", *argv], checkpoint_name=CHECKPOINT_NAME)
     if args.command == "compare" and run is not None:

@@ -645,3 +645,25 @@ def test_compare_without_held_out_data_says_so(text_file, tmp_path, capsys):
     assert "valid and test: no held-out data" in printed and "nan" not in printed
     markdown = (out / "comparison.md").read_text()
     assert "Valid and test: no held-out data" in markdown and "nan" not in markdown
+
+
+def test_fit_force_keeps_the_old_run_until_the_new_one_is_complete(text_file, tmp_path, capsys, monkeypatch):
+    import zoo.cli
+
+    out = tmp_path / "run"
+    assert run_cli("fit", "hmm", "--data", text_file, "--states", 3, "--max-iterations", 2, "--out", out, "--no-progress") == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zoo.cli, "fit", interrupted)
+    capsys.readouterr()
+    assert run_cli("fit", "hmm", "--data", text_file, "--states", 2, "--out", out, "--force", "--no-progress") == 130
+    assert f"the run in {out} is left as it was" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    monkeypatch.undo()
+    _small_fit(text_file, out, "--force")  # uninterrupted, the replacement is swapped in
+    assert json.loads((out / "model.json").read_text())["config"]["num_states"] == 2
+    assert (out / ".seqzoo-run.json").is_file()
