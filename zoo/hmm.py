@@ -1134,7 +1134,10 @@ def _plot_state_posterior(run, model: HiddenMarkovModel, splits, data, steps: in
     with torch.no_grad():
         marginals = model.smooth(values)[0].cpu().numpy()
     labels = list(data.vocabulary.decode(batch.values[0, :length].tolist())) if data.vocabulary else None
-    run.save_figure("posterior_states.png", plots.state_probabilities(marginals, labels, title=f"p(state | data), first {length} steps"))
+    # One series cut in time: the validation part starts where the training part ends, so number its steps so.
+    first_step = int(splits.train.batch.lengths[0]) if part is splits.valid and data.num_sequences == 1 else 0
+    title = f"p(state | data), steps {first_step}–{first_step + length - 1}" + (" (validation part)" if part is splits.valid else "")
+    run.save_figure("posterior_states.png", plots.state_probabilities(marginals, labels, title=title, first_step=first_step))
 
 
 register(Family(

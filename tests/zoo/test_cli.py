@@ -667,3 +667,22 @@ def test_fit_force_keeps_the_old_run_until_the_new_one_is_complete(text_file, tm
     _small_fit(text_file, out, "--force")  # uninterrupted, the replacement is swapped in
     assert json.loads((out / "model.json").read_text())["config"]["num_states"] == 2
     assert (out / ".seqzoo-run.json").is_file()
+
+
+def test_posterior_states_numbers_the_validation_steps_where_they_are(text_file, tmp_path, monkeypatch):
+    from zoo import plots
+
+    seen = {}
+    real = plots.state_probabilities
+
+    def record(marginals, labels=None, title="", first_step=0):
+        seen.update(length=len(marginals), first_step=first_step, labels=labels)
+        return real(marginals, labels, title=title, first_step=first_step)
+
+    monkeypatch.setattr(plots, "state_probabilities", record)
+    out = tmp_path / "run"
+    _small_fit(text_file, out)
+    train_steps = json.loads((out / "summary.json").read_text())["train_steps"]
+    # One text cut in time: the validation part (plotted) starts right after the training part.
+    assert seen["first_step"] == train_steps > 0
+    assert "".join(seen["labels"]) == TEXT[train_steps: train_steps + seen["length"]]
