@@ -233,8 +233,8 @@ def spec_settings(spec: "ModelSpec", data: SequenceData) -> tuple[dict[str, str]
     except UsageError as error:
         hint = (f" (as `seqzoo fit {spec.family}` requires them; a spec names --state-dim as state_dim=...)"
                 if "required" in str(error) else "")
-        raise UsageError(f"model spec {spec.family}:{','.join(f'{k}={v}' for k, v in spec.settings.items())}: "
-                         f"{error}{hint}") from None
+        given = ",".join(f"{k}={v}" for k, v in spec.settings.items())
+        raise UsageError(f"model spec {spec.family + (':' + given if given else '')!r}: {error}{hint}") from None
     return family.settings_from_args(namespace), fit_settings
 
 
