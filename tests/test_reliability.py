@@ -8,6 +8,7 @@ which the CLI prints as one line, never a traceback) and name the problem.
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -215,3 +216,254 @@ def test_refused_force_leaves_every_file_in_place(tmp_path, monkeypatch):
             path.unlink()
         work.rmdir()
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# -- the same cases through the command line ------------------------------------
+# Each row: a setup in a fresh directory returning (argv, watched directory); the
+# command must exit with the stated code, print the fragment (one line, no traceback)
+# and leave every file under the watched directory byte for byte as it was.
+from zoo.cli import main  # noqa: E402
+
+TEXT = "the cat sat on the mat and the dog ate a bone " * 6
+
+
+def _text(tmp_path, name="tiny.txt", text=TEXT):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _fit_run(tmp_path, *extra):
+    """A fitted 2-state HMM run directory (3 EM iterations) on a tiny text."""
+    out = tmp_path / "run"
+    argv = ["fit", "hmm", "--data", str(_text(tmp_path)), "--states", "2", "--out", str(out),
+            "--max-iterations", "3", "--no-progress", *extra]
+    assert main(argv) == 0
+    return out, argv
+
+
+def _snapshot(directory):
+    if directory is None or not directory.exists():
+        return None
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _cli_work_dir(tmp_path):
+    """``work/`` of the issue's first case, with a series long enough to split."""
+    work = _work_dir(tmp_path)
+    (work / "good.csv").write_text("x\n" + "\n".join(str(v % 7) for v in range(60)) + "\n")
+    return work
+
+
+def cli_force_on_a_users_directory(tmp_path):
+    work = _cli_work_dir(tmp_path)
+    data = _text(tmp_path)  # elsewhere: refused for the user's files alone
+    return ["fit", "hmm", "--data", str(data), "--states", "2", "--out", str(work), "--force"], work
+
+
+def cli_force_on_the_datas_directory(tmp_path):
+    work = _cli_work_dir(tmp_path)
+    return ["fit", "hmm", "--data", str(work / "good.csv"), "--states", "2", "--out", str(work), "--force"], work
+
+
+def cli_force_on_the_current_directory(tmp_path):
+    work = _cli_work_dir(tmp_path)
+    os.chdir(work)
+    return ["fit", "hmm", "--data", "good.csv", "--states", "2", "--out", ".", "--force"], work
+
+
+def cli_force_on_the_parent_directory(tmp_path):
+    work = _cli_work_dir(tmp_path)
+    inner = work / "inner"
+    inner.mkdir()
+    os.chdir(inner)
+    return ["fit", "hmm", "--data", "../good.csv", "--states", "2", "--out", "..", "--force"], work
+
+
+def cli_compare_force_on_a_users_directory(tmp_path):
+    work = _cli_work_dir(tmp_path)
+    return ["compare", "--data", str(_text(tmp_path)), "--models", "hmm:states=2", "--out", str(work), "--force"], work
+
+
+def cli_resume_as_another_family(tmp_path):
+    out, _ = _fit_run(tmp_path)
+    other = _text(tmp_path, "other.txt", "completely different text, with 92 other symbols? " * 5)
+    return ["fit", "gru", "--data", str(other), "--out", str(out), "--resume", "--epochs", "1"], out
+
+
+def cli_resume_with_other_states(tmp_path):
+    out, argv = _fit_run(tmp_path)
+    return [*(a if a != "2" else "8" for a in argv), "--resume"], out
+
+
+def cli_resume_with_another_first(tmp_path):
+    out, argv = _fit_run(tmp_path, "--first", "200")
+    return [*(a if a != "200" else "100" for a in argv), "--resume"], out
+
+
+def cli_resume_on_other_data_under_the_same_name(tmp_path):
+    out, argv = _fit_run(tmp_path)
+    _text(tmp_path, text=TEXT.replace("cat", "act"))  # same path and symbols, other contents
+    return [*argv, "--resume"], out
+
+
+def cli_resume_past_the_iteration_limit(tmp_path):
+    out, argv = _fit_run(tmp_path)
+    return [*(a if a != "3" else "2" for a in argv), "--resume"], out
+
+
+def cli_a_100000_state_hmm(tmp_path):
+    return ["fit", "hmm", "--data", str(_text(tmp_path)), "--states", "100000", "--out", str(tmp_path / "run")], tmp_path
+
+
+def cli_compare_a_100000_state_hmm_last(tmp_path):
+    return ["compare", "--data", str(_text(tmp_path)), "--models", "hmm:states=2", "hmm:states=100000",
+            "--out", str(tmp_path / "cmp")], tmp_path
+
+
+def cli_zero_states(tmp_path):
+    return ["fit", "hmm", "--data", str(_text(tmp_path)), "--states", "0", "--out", str(tmp_path / "run")], tmp_path
+
+
+def cli_first_zero(tmp_path):
+    return ["fit", "hmm", "--data", str(_text(tmp_path)), "--states", "2", "--first", "0",
+            "--out", str(tmp_path / "run")], tmp_path
+
+
+def cli_time_budget_negative(tmp_path):
+    return ["fit", "hmm", "--data", str(_text(tmp_path)), "--states", "2", "--time-budget", "-1",
+            "--out", str(tmp_path / "run")], tmp_path
+
+
+def cli_time_budget_zero(tmp_path):
+    return ["fit", "hmm", "--data", str(_text(tmp_path)), "--states", "2", "--time-budget", "0",
+            "--out", str(tmp_path / "run")], tmp_path
+
+
+def cli_poisson_on_negative_data(tmp_path):
+    data = tmp_path / "series.csv"
+    data.write_text("x\n" + "\n".join(str(v) for v in [1, 2, -2, 3] * 5) + "\n")
+    return ["fit", "hmm", "--data", str(data), "--states", "2", "--emission", "poisson",
+            "--out", str(tmp_path / "run")], tmp_path
+
+
+def cli_poisson_on_fractional_data(tmp_path):
+    data = tmp_path / "series.csv"
+    data.write_text("x\n" + "\n".join(str(v) for v in [1, 2, 2.5, 3] * 5) + "\n")
+    return ["fit", "hmm", "--data", str(data), "--states", "2", "--emission", "poisson",
+            "--out", str(tmp_path / "run")], tmp_path
+
+
+def cli_gaussian_on_a_text_file(tmp_path):
+    return ["fit", "hmm", "--data", str(_text(tmp_path)), "--states", "2", "--emission", "gaussian",
+            "--out", str(tmp_path / "run")], tmp_path
+
+
+def cli_sampled_states_with_a_diffuse_start(tmp_path):
+    return ["fit", "lgssm", "--data", "builtin:nile", "--state-dim", "1", "--latent", "sampled",
+            "--out", str(tmp_path / "run")], tmp_path
+
+
+def cli_compare_hmm_without_states(tmp_path):
+    return ["compare", "--data", str(_text(tmp_path)), "--models", "hmm", "--out", str(tmp_path / "cmp")], tmp_path
+
+
+def cli_compare_a_setting_given_twice(tmp_path):
+    return ["compare", "--data", str(_text(tmp_path)), "--models", "hmm:states=2,states=3",
+            "--out", str(tmp_path / "cmp")], tmp_path
+
+
+def cli_compare_two_identical_specs(tmp_path):
+    return ["compare", "--data", str(_text(tmp_path)), "--models", "hmm:states=2", "hmm:states=2",
+            "--out", str(tmp_path / "cmp")], tmp_path
+
+
+def cli_decode_an_empty_model_safetensors(tmp_path):
+    out, _ = _fit_run(tmp_path)
+    (out / "model.safetensors").write_bytes(b"")
+    return ["decode", str(out)], out
+
+
+def cli_decode_a_foreign_model_safetensors(tmp_path):
+    out, _ = _fit_run(tmp_path)
+    (out / "model.safetensors").write_bytes(b"PK\x03\x04 a zip file, not tensors")
+    return ["decode", str(out)], out
+
+
+def cli_decode_a_tensor_of_the_wrong_shape(tmp_path):
+    out, _ = _fit_run(tmp_path)
+    description = json.loads((out / "model.json").read_text())
+    description["config"]["num_states"] = 3  # model.json edited: the tensors are 2-state
+    (out / "model.json").write_text(json.dumps(description))
+    return ["decode", str(out)], out
+
+
+def cli_decode_an_invalid_config_json(tmp_path):
+    out, _ = _fit_run(tmp_path)
+    (out / "config.json").write_text('{"data": "a.txt", ')
+    return ["decode", str(out)], out
+
+
+def cli_decode_a_model_json_that_fits_no_class(tmp_path):
+    out, _ = _fit_run(tmp_path)
+    description = json.loads((out / "model.json").read_text())
+    description["config"]["no_such_setting"] = 1
+    (out / "model.json").write_text(json.dumps(description))
+    return ["diagnose", str(out)], out
+
+
+def cli_split_without_held_out_data(tmp_path):
+    return ["fit", "hmm", "--data", str(_text(tmp_path)), "--states", "2", "--split", "1,0,0",
+            "--max-iterations", "2", "--no-progress", "--out", str(tmp_path / "run")], None
+
+
+#: (setup, exit code, a fragment of what is printed).
+CLI_CASES = [
+    (cli_force_on_a_users_directory, 2, "is not a seqzoo run directory"),
+    (cli_force_on_the_datas_directory, 2, "holds the data file"),
+    (cli_force_on_the_current_directory, 2, "'.' is the current directory"),
+    (cli_force_on_the_parent_directory, 2, "'..' is a directory above the current one"),
+    (cli_compare_force_on_a_users_directory, 2, "is not a seqzoo run directory"),
+    (cli_resume_as_another_family, 2, "the run was fitted with the family hmm, not gru"),
+    (cli_resume_with_other_states, 2, "the run was fitted with --states 2, not 8"),
+    (cli_resume_with_another_first, 2, "the run was fitted with --first 200, not 100"),
+    (cli_resume_on_other_data_under_the_same_name, 2, "the run was fitted on other data"),
+    (cli_resume_past_the_iteration_limit, 0, "already reached its limit: checkpoint at iteration 3, --max-iterations 2"),
+    (cli_a_100000_state_hmm, 2, "an HMM with 100,000 states"),
+    (cli_compare_a_100000_state_hmm_last, 2, "compare hmm-states100000: an HMM with 100,000 states"),
+    (cli_zero_states, 2, "--states: expected a positive integer, got 0"),
+    (cli_first_zero, 2, "--first: expected a positive number of time steps, got 0"),
+    (cli_time_budget_negative, 2, "--time-budget: expected a positive number of minutes, got -1"),
+    (cli_time_budget_zero, 2, "--time-budget: expected a positive number of minutes, got 0"),
+    (cli_poisson_on_negative_data, 2, "--emission poisson needs nonnegative integer counts, but"),
+    (cli_poisson_on_fractional_data, 2, "has 2.5 at sequence 0, step 2"),
+    (cli_gaussian_on_a_text_file, 2, "--emission gaussian needs a .csv or .npz file of numbers"),
+    (cli_sampled_states_with_a_diffuse_start, 2, "add --initial prior"),
+    (cli_compare_hmm_without_states, 2, "the following arguments are required: --states"),
+    (cli_compare_a_setting_given_twice, 2, "states is given twice (states=2, states=3)"),
+    (cli_compare_two_identical_specs, 2, "hmm-states2 given more than once"),
+    (cli_decode_an_empty_model_safetensors, 2, "model.safetensors: the file is empty"),
+    (cli_decode_a_foreign_model_safetensors, 2, "model.safetensors: not a readable safetensors file"),
+    (cli_decode_a_tensor_of_the_wrong_shape, 2, "'transition_logits' has shape (2, 2), not (3, 3)"),
+    (cli_decode_an_invalid_config_json, 2, "config.json: invalid JSON at line 1"),
+    (cli_decode_a_model_json_that_fits_no_class, 2, "model.json: its settings do not make a CategoricalHMM"),
+    (cli_split_without_held_out_data, 0, "valid and test: no held-out data"),
+]
+
+
+@pytest.mark.parametrize("setup, exit_code, fragment", CLI_CASES, ids=[case[0].__name__ for case in CLI_CASES])
+def test_cli_bad_input_gets_one_line_and_changes_nothing(tmp_path, monkeypatch, capsys, setup, exit_code, fragment):
+    monkeypatch.chdir(tmp_path)
+    argv, watched = setup(tmp_path)
+    before = _snapshot(watched)
+    capsys.readouterr()
+    assert main(argv) == exit_code
+    printed = capsys.readouterr()
+    assert fragment in printed.out + printed.err
+    assert "Traceback" not in printed.err
+    if exit_code:
+        assert len(printed.err.strip().splitlines()) == 1, printed.err
+    assert _snapshot(watched) == before  # a refusal writes, deletes and rewrites nothing
+    assert not list(tmp_path.rglob(".new-*")) and not list(tmp_path.rglob(".old-*"))  # no staging left behind
+    if "100,000 states" in fragment:
+        assert not (tmp_path / "run").exists() and not (tmp_path / "cmp").exists()  # no half-written run

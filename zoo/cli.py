@@ -30,8 +30,10 @@ from typing import Any, Sequence
 
 import torch
 
+from inference.checkpoint import CHECKPOINT_NAME
 from inference.fit import fit
-from inference.rundir import RunDirectory
+from inference.memory import check_memory, generic_fit_memory
+from inference.rundir import RunDirectory, StagedRunDirectory, fingerprint_file, fingerprint_tensor, interrupted_message
 from inference.scoring import ratio_standard_error, score
 import zoo.families  # noqa: F401  (registers every family)
 from zoo import baselines, plots
@@ -69,16 +71,46 @@ def _parse_split(text: str) -> tuple[float, float, float]:
     return parts
 
 
+def _check_first(args) -> None:
+    """``--first 0`` (or less) would silently mean "all the data": refuse it by its flag."""
+    first = getattr(args, "first", None)
+    if first is not None and first < 1:
+        raise UsageError(f"--first: expected a positive number of time steps, got {first}")
+
+
+def _check_minutes(flag: str, minutes: float | None) -> None:
+    """A time budget of 0 or less would silently mean "no budget": refuse it as typed."""
+    if minutes is not None and not minutes > 0:
+        raise UsageError(f"{flag}: expected a positive number of minutes, got {minutes:g}")
+
+
+def _data_paths(args) -> list[str]:
+    """The data file a run reads (never inside a directory ``--force`` replaces); none for built-in data."""
+    return [args.data] if args.data and Path(args.data).is_file() else []
+
+
+def _data_fingerprint(args, data: SequenceData) -> dict:
+    """What ``--resume`` compares: the file's size and hash, or the built-in data's tensors."""
+    if Path(args.data).is_file():
+        return fingerprint_file(args.data)
+    return fingerprint_tensor(data.batch.values, data.batch.lengths)
+
+
 def _load(args, vocabulary: Vocabulary | None = None) -> SequenceData:
+    _check_first(args)
     options: dict[str, Any] = {}
     if args.kind:
         options["kind"] = args.kind
-    if vocabulary is not None:
+    if vocabulary is not None and not str(args.data).startswith("builtin:"):
+        # A built-in text has its own fixed symbols (checked against the run's below).
         options["vocabulary"] = vocabulary
     for option in ("time_column", "sequence_column"):
         if getattr(args, option, None):
             options[option] = getattr(args, option)
     data = load_data(args.data, **options)
+    if vocabulary is not None and data.vocabulary is not None and data.vocabulary.symbols != vocabulary.symbols:
+        raise UsageError(f"--data: {args.data} has other symbols than the model's vocabulary.json "
+                         f"({len(data.vocabulary.symbols)} vs {len(vocabulary.symbols)})")
     if args.first:
         data = data.head(args.first)
     return data
@@ -97,6 +129,7 @@ def _data_and_splits(args) -> tuple[SequenceData, Splits, dict]:
     ``--split-by`` with it is refused rather than silently ignored, since
     published results on such data use exactly those parts.
     """
+    _check_first(args)
     own = _own_splits(args)
     if own is not None:
         if args.split is not None or args.split_by != "shuffle":
@@ -140,7 +173,11 @@ class ModelSpec:
             key, eq, value = item.partition("=")
             if not eq:
                 raise UsageError(f"model spec {text!r}: expected key=value settings after ':', got {item!r}")
-            settings[key.strip().replace("-", "_")] = value.strip()
+            key = key.strip().replace("-", "_")
+            if key in settings:
+                raise UsageError(f"model spec {text!r}: {key} is given twice ({key}={settings[key]}, {key}={value.strip()}); "
+                                 "give each setting once")
+            settings[key] = value.strip()
         if family not in REGISTRY:
             raise UsageError(f"model spec {text!r}: unknown model {family!r}; available: {', '.join(REGISTRY)}")
         return cls(family, settings)
@@ -163,6 +200,42 @@ def check_spec(family: Family, data: SequenceData, settings: dict[str, str]) -> 
     if unknown:
         raise UsageError(f"{family.name}: unknown settings {sorted(unknown)}; allowed: {sorted(allowed)} "
                          f"(and the training settings {sorted(FIT_SETTINGS)})")
+
+
+class _SpecArgumentParser(argparse.ArgumentParser):
+    """Parses a compare spec's settings as the family's fit flags; errors are UsageErrors."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def spec_settings(spec: "ModelSpec", data: SequenceData) -> tuple[dict[str, str], dict[str, Any]]:
+    """A compare spec's model settings, read exactly as ``seqzoo fit FAMILY`` reads its flags
+    (required flags, choices and types are argparse's, so ``hmm`` without ``states`` is refused
+    as ``fit hmm`` without ``--states`` is), and its training settings."""
+    family = REGISTRY[spec.family]
+    model_settings, fit_settings = _split_spec_settings(spec)
+    check_spec(family, data, model_settings)
+    parser = _SpecArgumentParser(prog=f"compare {spec.family}", add_help=False)
+    family.add_arguments(parser.add_argument_group(spec.family))
+    actions = {action.dest: action for action in parser._actions if action.option_strings}
+    argv: list[str] = []
+    for key, value in model_settings.items():
+        action = actions[key]
+        if action.nargs == 0:  # a switch: key=true sets it
+            if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                raise UsageError(f"{spec.label}: setting {key}={value!r}: expected true or false")
+            argv += [action.option_strings[0]] if value.lower() in ("1", "true", "yes") else []
+        else:
+            argv += [action.option_strings[0], value]
+    try:
+        namespace = parser.parse_args(argv)
+    except UsageError as error:
+        hint = (f" (as `seqzoo fit {spec.family}` requires them; a spec names --state-dim as state_dim=...)"
+                if "required" in str(error) else "")
+        given = ",".join(f"{k}={v}" for k, v in spec.settings.items())
+        raise UsageError(f"model spec {spec.family + (':' + given if given else '')!r}: {error}{hint}") from None
+    return family.settings_from_args(namespace), fit_settings
 
 
 def build_model(family: Family, data: SequenceData, settings: dict[str, str]):
@@ -190,17 +263,42 @@ def _model_classes() -> dict[str, type]:
 def load_model(run: RunDirectory):
     """Rebuilds the model saved in a run directory (weights via safetensors)."""
     description = run.read_json("model.json")
+    expected = "{\"class\": ..., \"config\": {...}} as seqzoo writes it"
+    if not isinstance(description, dict) or not isinstance(description.get("config"), dict):
+        raise UsageError(f"{run.file('model.json')}: not a model description (run {str(run.path)!r}; expected {expected})")
     classes = _model_classes()
-    cls = classes.get(description.get("class", "").rsplit(".", 1)[-1])
+    cls = classes.get(str(description.get("class", "")).rsplit(".", 1)[-1])
     if cls is None:
         raise UsageError(f"{run.file('model.json')}: unknown model class {description.get('class')!r}; known: {', '.join(classes)}")
-    model = cls(**_config_from_json(description["config"]))
+    try:
+        model = cls(**_config_from_json(description["config"]))
+    except (TypeError, ValueError, RuntimeError) as error:
+        # Settings edited by hand or from another version: name the file, not the constructor's internals.
+        raise UsageError(f"{run.file('model.json')}: its settings do not make a {cls.__name__} ({error}); "
+                         f"the file is damaged or from another seqzoo version (run {str(run.path)!r})") from None
     tensors, _ = run.load_tensors("model")
     first = next(iter(tensors.values()), None)
     if first is not None and first.is_floating_point():
         model = model.to(dtype=first.dtype)  # a model fitted in float64 reloads in float64
     run.load_state_dict_into(model)
     return model.eval()
+
+
+def _check_fit_memory(family: Family, train: SequenceData, settings: dict[str, str], method: str | None,
+                      device: str | None, what: str) -> None:
+    """Refuses a fit whose estimated peak memory exceeds what is free, BEFORE its
+    parameters are allocated (the family's ``memory_estimate``), or, for a family
+    without one, from the built model's parameter count (``generic_fit_memory``)."""
+    batch = train.batch
+    if family.memory_estimate is not None:
+        estimate = family.memory_estimate(train, settings, method or "em")
+    else:
+        model = family.build(train, settings)
+        estimate = generic_fit_memory(int(model.num_parameters), batch_sequences=max(1, batch.num_sequences),
+                                      batch_steps=int(batch.values.shape[1]), description=f"a {type(model).__name__}")
+        del model
+    check_memory(estimate, device=device or "cpu", what=what,
+                 hint="choose a smaller model, or fewer or shorter sequences (--first)")
 
 
 # -- training one model into a run directory ---------------------------------
@@ -219,7 +317,7 @@ def _training_setting(args, model, name: str):
 
 
 def _fit_options(args, model, family: Family) -> dict[str, Any]:
-    method = getattr(args, "method", None) or ("em" if model.supports_em else "svi")
+    method = _method(args, model)
     options = dict(method=method, seed=args.seed, progress=not args.no_progress, device=args.device,
                    time_budget=args.time_budget * 60 if getattr(args, "time_budget", None) else None)
     if method == "em":
@@ -321,14 +419,68 @@ def _data_description(args, data: SequenceData, how: dict) -> dict:
             "time_column": args.time_column, "sequence_column": args.sequence_column}
 
 
+def _method(args, model) -> str:
+    return getattr(args, "method", None) or ("em" if model.supports_em else "svi")
+
+
+def _reached_limit(run: RunDirectory, args, method: str) -> str | None:
+    """For ``--resume``: a line saying the checkpoint is already at this command's
+    iteration limit (nothing to train), or None."""
+    if not run.exists(CHECKPOINT_NAME + ".json"):
+        return None
+    state = run.read_json(CHECKPOINT_NAME)
+    if not isinstance(state, dict) or state.get("method") != method:
+        return None
+    if method == "em":
+        closed = len(state.get("restart_objectives") or [])
+        if closed and not state.get("iteration"):
+            # Every restart so far is closed: the last one's iterations are its history records.
+            last = closed - 1
+            iteration = sum(1 for record in state.get("history", []) if record.get("restart", 0) == last)
+        else:
+            last, iteration = state.get("restart", 0), state.get("iteration", 0)
+        if last + 1 >= args.restarts and iteration >= args.max_iterations:
+            return (f"the run in {run.path} already reached its limit: checkpoint at iteration {iteration}, "
+                    f"--max-iterations {args.max_iterations}; nothing to train (raise --max-iterations to continue)")
+    elif state.get("step", 0) >= args.epochs:
+        return (f"the run in {run.path} already reached its limit: checkpoint at epoch {state['step']}, "
+                f"--epochs {args.epochs}; nothing to train (raise --epochs to continue)")
+    return None
+
+
 def cmd_fit(args) -> int:
     family = REGISTRY[args.family]
+    _check_minutes("--time-budget", args.time_budget)
     data, splits, how = _data_and_splits(args)
     print(_describe_split(data, splits, how))
     settings = family.settings_from_args(args)
+    label = family.label(settings)
+    check_spec(family, splits.train, settings)
+    _check_fit_memory(family, splits.train, settings, args.method, args.device, what=f"fit {label}")
     model = build_model(family, splits.train, settings)
-    run = RunDirectory.open(args.out) if args.resume else RunDirectory.create(args.out, force=args.force)
-    summary = train_into(run, model, family, splits, data, args, family.label(settings), _data_description(args, data, how))
+    description = {**_data_description(args, data, how), "data_fingerprint": _data_fingerprint(args, data)}
+    if args.resume:
+        run = RunDirectory.open(args.out)
+        # Every setting and the data are compared before any file of the run is touched.
+        run.check_resume({**description, "family": family.name, "class": type(model).__name__,
+                          "model_config": model.config(), "fit": {"method": _method(args, model)}})
+        reached = _reached_limit(run, args, _method(args, model))
+        if reached is not None:
+            print(reached)
+            return 0
+    elif args.force and Path(args.out).is_dir() and any(Path(args.out).iterdir()):
+        # Replacing a run: the new one is written beside it and swapped in only when complete,
+        # so a failed or interrupted fit leaves the old run as it was.
+        with RunDirectory.stage(args.out, force=True, data_paths=_data_paths(args)) as run:
+            args.interrupted_run = run
+            summary = train_into(run, model, family, splits, data, args, label, description)
+        _print_summary([summary])
+        print(f"run directory: {run.path}")
+        return 0
+    else:
+        run = RunDirectory.create(args.out, force=args.force, data_paths=_data_paths(args), manifest=True)
+    args.interrupted_run = run  # for main's Ctrl-C line
+    summary = train_into(run, model, family, splits, data, args, label, description)
     _print_summary([summary])
     print(f"run directory: {run.path}")
     return 0
@@ -336,12 +488,25 @@ def cmd_fit(args) -> int:
 
 def cmd_compare(args) -> int:
     specs = [ModelSpec.parse(text) for text in args.models]
+    _check_minutes("--budget-minutes", args.budget_minutes)
+    labels = [spec.label for spec in specs]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise UsageError(f"--models: {', '.join(repeated)} given more than once; each model needs its own settings "
+                         "(it is written to OUT/<its name>)")
     data, splits, how = _data_and_splits(args)
     print(_describe_split(data, splits, how))
-    # Every spec is checked before any model trains, so a bad setting in the last one costs no training time.
+    # Every spec is checked, by fit's rules and for memory, before any model trains or any file is written,
+    # so a bad setting in the last one costs no training time.
+    settings_of = {}
     for spec in specs:
-        check_spec(REGISTRY[spec.family], splits.train, _split_spec_settings(spec)[0])
-    root = RunDirectory.create(args.out, force=args.force)
+        settings_of[spec.label] = spec_settings(spec, splits.train)
+        family = REGISTRY[spec.family]
+        model_settings, fit_settings = settings_of[spec.label]
+        _check_fit_memory(family, splits.train, model_settings, fit_settings.get("method", args.method), args.device,
+                          what=f"compare {spec.label}")
+    description = {**_data_description(args, data, how), "data_fingerprint": _data_fingerprint(args, data)}
+    root = RunDirectory.create(args.out, force=args.force, data_paths=_data_paths(args), manifest=True)
     rows, curves, samples, temperatures, exports = [], {}, {}, {}, {}
     if data.kind == "categorical":
         rows.extend(_baseline_rows(splits, data))
@@ -349,15 +514,16 @@ def cmd_compare(args) -> int:
     for index, spec in enumerate(specs):
         label = spec.label
         family = REGISTRY[spec.family]
-        model_settings, fit_settings = _split_spec_settings(spec)
+        model_settings, fit_settings = settings_of[label]
         model = build_model(family, splits.train, model_settings)
         model_args = argparse.Namespace(**{**vars(args), **fit_settings})
         model_args.time_budget = args.budget_minutes
         model_args.progress_label = f"[{index + 1}/{len(specs)}] {label}"
         print(f"[{index + 1}/{len(specs)}] training {label}{_time_left(args.budget_minutes, len(specs) - index, started)}",
               file=sys.stderr)
-        run = RunDirectory.create(root.path / label, force=args.force)
-        summary = train_into(run, model, family, splits, data, model_args, label, _data_description(args, data, how))
+        run = RunDirectory.create(root.path / label, manifest=True)  # inside the fresh root: always new
+        args.interrupted_run = root  # for main's Ctrl-C line
+        summary = train_into(run, model, family, splits, data, model_args, label, description)
         curves[label] = summary["history"]
         rows.append({k: v for k, v in summary.items() if k != "history"})
         temperatures[label] = SAMPLE_TEMPERATURE if _sampler_takes(model, "temperature") else 1.0
@@ -379,7 +545,9 @@ def cmd_compare(args) -> int:
                      "correction)\n\n```\n" + table.to_string() + "\n```\n")
     root.write_json("comparison.json", comparison)
     root.write_text("comparison.md", markdown)
-    root.save_figure("learning_curves.png", plots.learning_curves(curves, title=f"{args.data}: validation log-likelihood"))
+    if any(record.get("valid_log_prob_per_step") is not None for history in curves.values() for record in history):
+        # Without a validation part (--split 1,0,0) there is no curve to draw.
+        root.save_figure("learning_curves.png", plots.learning_curves(curves, title=f"{args.data}: validation log-likelihood"))
     _print_summary(rows)
     print(f"comparison: {root.file('comparison.md')}")
     return 0
@@ -507,6 +675,9 @@ def _comparison_markdown(comparison: dict, data: SequenceData) -> str:
             bits = row.get("test_bits_per_symbol")
             line += f" {bits:.3f} |" if bits is not None else " — |"
         lines.append(line)
+    empty = _empty_parts(comparison["models"])
+    if empty:
+        lines += ["", f"{' and '.join(empty).capitalize()}: {NO_HELD_OUT} (the split gives {'them' if len(empty) > 1 else 'it'} no steps)."]
     if any(text is not None for text in comparison.get("samples", {}).values()):
         temperatures = comparison.get("sample_temperature", {})
         cooled = [name for name, temperature in temperatures.items() if temperature != 1.0]
@@ -518,11 +689,24 @@ def _comparison_markdown(comparison: dict, data: SequenceData) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: What a table shows for a part of the split that holds no data (never NaN).
+NO_HELD_OUT = "no held-out data"
+
+
+def _empty_parts(rows: Sequence[dict]) -> list[str]:
+    """The held-out parts no row has a score for (e.g. valid and test of --split 1,0,0)."""
+    return [part for part in ("valid", "test") if rows and all(f"{part}_log_likelihood" not in row for row in rows)]
+
+
 def _print_summary(rows: Sequence[dict]) -> None:
     print(f"{'model':<28} {'params':>8} {'seconds':>8} {'train':>9} {'valid':>9} {'test':>9}   (nats per step)")
     for row in rows:
-        cells = [f"{row.get(f'{p}_log_likelihood', float('nan')):9.4f}" for p in ("train", "valid", "test")]
+        cells = [f"{row[f'{p}_log_likelihood']:9.4f}" if f"{p}_log_likelihood" in row else f"{'—':>9}"
+                 for p in ("train", "valid", "test")]
         print(f"{row['model']:<28} {row['num_parameters']:>8} {row['seconds']:>8.1f} {' '.join(cells)}")
+    empty = _empty_parts(rows)
+    if empty:
+        print(f"{' and '.join(empty)}: {NO_HELD_OUT} (the split gives {'them' if len(empty) > 1 else 'it'} no steps)")
 
 
 def cmd_decode(args) -> int:
@@ -534,11 +718,14 @@ def cmd_decode(args) -> int:
         decoders = ", ".join(name for name, entry in REGISTRY.items() if entry.decode is not None)
         raise UsageError(f"decode: {type(model).__name__} has no discrete states to decode (families that decode: {decoders})")
     vocabulary = Vocabulary.from_json(run.read_json("vocabulary.json")) if run.file("vocabulary.json").exists() else None
+    same_data = args.data is None or args.data == config["data"]
     args.data = args.data or config["data"]
     args.kind = args.kind or config.get("kind")
     for option in ("time_column", "sequence_column"):
-        if getattr(args, option) is None and args.data == config["data"]:
+        if getattr(args, option) is None and same_data:
             setattr(args, option, config.get(option))
+    if same_data and args.first is None:
+        args.first = config.get("first")  # the steps the model was fitted on, e.g. of a built-in text
     data = _load(args, vocabulary=vocabulary)
     device = next(model.parameters()).device
     batch = data.batch.to(device)
@@ -600,9 +787,6 @@ def _write_text_atomic(path: Path, text: str, force: bool) -> None:
 
 def cmd_diagnose(args) -> int:
     """Posterior diagnostics of a fitted run into RUN/diagnostics (see zoo.diagnostics.write_diagnostics)."""
-    from inference.arviz import guide_is_point_mass, to_inference_data
-    from zoo import diagnostics
-
     run = RunDirectory.open(args.run)
     config = run.read_json("config.json")
     model = load_model(run)
@@ -625,14 +809,36 @@ def cmd_diagnose(args) -> int:
         where = f"the training split of {args.data}"
     else:
         part, where = _load(args, vocabulary=vocabulary), f"all of {args.data}"
-    out = RunDirectory.create(run.path / "diagnostics", force=args.force)
+    # The new diagnostics are written beside the old ones and swapped in only when complete:
+    # a failed or interrupted diagnosis leaves RUN/diagnostics as it was.
+    with RunDirectory.stage(run.path / "diagnostics", force=args.force) as out:
+        args.interrupted_diagnosis = out.target
+        return _diagnose_into(out, run, model, config, part, where, args)
+
+
+def _chain_line(num_chains: int, draws: int):
+    """Without a progress bar, one line per NUTS chain as it ends (the sampler runs them in turn)."""
+    def report(record: dict) -> None:
+        print(f"chain {record['chain'] + 1}/{num_chains}: {draws} draws in {record['seconds']:.1f} s, "
+              f"{record['divergences']} divergences, acceptance {record['mean_acceptance_rate']:.2f}, "
+              f"mean tree depth {record['mean_tree_depth']:.1f}", file=sys.stderr, flush=True)
+    return report
+
+
+def _diagnose_into(out: RunDirectory, run: RunDirectory, model, config: dict, part: SequenceData, where: str, args) -> int:
+    from inference.arviz import guide_is_point_mass, to_inference_data
+    from zoo import diagnostics
+
     batch = part.batch.to(next(model.parameters()).device)
     label = config.get("model", type(model).__name__)
     if args.nuts:
+        if args.no_progress:
+            print(f"NUTS: {args.chains} chain(s) of {args.warmup} warm-up + {args.draws} draws, one after another",
+                  file=sys.stderr, flush=True)
         result = fit(model, batch, method="nuts", num_samples=args.draws, warmup_steps=args.warmup,
                      num_chains=args.chains, seed=args.seed, progress=not args.no_progress, initialize=False,
-                     max_tree_depth=args.max_tree_depth,
-                     description=f"{label} nuts")
+                     max_tree_depth=args.max_tree_depth, description=f"{label} nuts",
+                     callbacks=[_chain_line(args.chains, args.draws)] if args.no_progress else [])
         posterior = result
     elif not guide_is_point_mass(model, batch):
         posterior = "guide"
@@ -653,7 +859,7 @@ def cmd_diagnose(args) -> int:
     loo = report["loo"]
     print("LOO: " + (f"elpd_loo {loo['elpd_loo']:.2f} ± {loo['se']:.2f} over {loo['n_sequences']} sequences"
                      if "elpd_loo" in loo else f"skipped ({loo['skipped']})"))
-    print(f"diagnostics: {out.path}")
+    print(f"diagnostics: {out.target}")
     return 0
 
 
@@ -738,11 +944,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The exit status after Ctrl-C (128 + SIGINT), as a shell reports it.
+EXIT_INTERRUPTED = 130
+
+
+def _interrupted_line(args, argv: Sequence[str]) -> str:
+    """What to say on Ctrl-C: where the last checkpoint is and how to continue."""
+    run = getattr(args, "interrupted_run", None)
+    if args.command == "fit" and isinstance(run, StagedRunDirectory) and run.state != "committed":
+        return f"interrupted; the run in {run.target} is left as it was (the replacement was discarded)"
+    if args.command == "fit" and run is not None:
+        return interrupted_message(run, ["seqzoo", *argv], checkpoint_name=CHECKPOINT_NAME)
+    if args.command == "compare" and run is not None:
+        return f"interrupted; the comparison in {run.path} is incomplete (the models trained so far are in it)"
+    if args.command == "diagnose" and getattr(args, "interrupted_diagnosis", None) is not None:
+        return f"interrupted; {args.interrupted_diagnosis} is left as it was"
+    return "interrupted"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
+    except KeyboardInterrupt:
+        print(f"seqzoo {args.command}: {_interrupted_line(args, argv)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (UsageError, FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"seqzoo {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -1028,6 +1028,8 @@ class PoissonHMM(_VectorEmissionHMM):
 # What `seqzoo` needs to offer this family (see zoo/registry.py and docs/families.md).
 import torch  # noqa: E402  (this block stands on its own imports)
 
+from inference.memory import hmm_fit_memory  # noqa: E402
+from zoo.data import require_counts, require_real  # noqa: E402
 from zoo.registry import Decoding, Family, UsageError, register  # noqa: E402
 
 #: The emission an HMM takes for each kind of data when the user names none.
@@ -1050,23 +1052,54 @@ def _cli_settings(args) -> dict[str, str]:
     return settings
 
 
-def _build_from_settings(data, settings: dict[str, str]) -> HiddenMarkovModel:
-    """An HMM matching the data: categorical for symbols, Gaussian for reals, Poisson for counts."""
+def _states_setting(settings: dict[str, str]) -> int:
+    """``--states`` as a positive int, refused by its flag (not the constructor's ``num_states``)."""
     try:
         states = int(settings.get("states", 8))
     except ValueError:
-        raise UsageError(f"hmm: states must be an integer, got {settings['states']!r}") from None
+        raise UsageError(f"--states: expected a positive integer, got {settings['states']!r}") from None
+    if states < 1:
+        raise UsageError(f"--states: expected a positive integer, got {states}")
+    return states
+
+
+def _emission_setting(data, settings: dict[str, str]) -> str:
     emission = settings.get("emission") or _EMISSION_FOR_KIND.get(data.kind)
     if emission is None:
         raise UsageError(f"--emission: data of kind {data.kind!r} needs an explicit emission (categorical, gaussian or poisson)")
+    return emission
+
+
+def _fit_memory(data, settings: dict[str, str], method: str):
+    """The fit's peak memory from ``--states`` and the data's sizes alone, before any
+    ``(K, K)`` parameter is allocated (see :func:`inference.memory.hmm_fit_memory`)."""
+    states, emission = _states_setting(settings), _emission_setting(data, settings)
+    batch = data.batch
+    if emission == "categorical" and data.kind == "categorical":
+        sizes = {"num_symbols": data.num_symbols}
+    else:
+        d = data.dim
+        per_state = d + d * d if settings.get("covariance") == "full" and emission == "gaussian" else 2 * d
+        sizes = {"emission_parameters_per_state": per_state}
+    return hmm_fit_memory(states, **sizes, batch_sequences=max(1, batch.num_sequences),
+                          batch_steps=int(batch.values.shape[1]), method=method if method in ("em", "svi") else "em",
+                          parameter_bytes=batch.values.element_size() if batch.values.is_floating_point() else 4)
+
+
+def _build_from_settings(data, settings: dict[str, str]) -> HiddenMarkovModel:
+    """An HMM matching the data: categorical for symbols, Gaussian for reals, Poisson for counts."""
+    states = _states_setting(settings)
+    emission = _emission_setting(data, settings)
     common = dict(guide=settings.get("guide", "map"), marginalize=settings.get("marginalize", "kernel"))
     if emission == "categorical":
         if data.kind != "categorical":
             raise UsageError(f"--emission categorical needs symbol data, but {data.source} holds {data.kind} data")
         return CategoricalHMM(states, data.num_symbols, **common)
     if emission == "gaussian":
+        require_real(data, "--emission gaussian")
         return GaussianHMM(states, data.dim, covariance_type=settings.get("covariance", "diag"), **common)
     if emission == "poisson":
+        require_counts(data, "--emission poisson")
         return PoissonHMM(states, data.dim, **common)
     raise UsageError(f"--emission: expected categorical, gaussian or poisson, got {emission!r}")
 
@@ -1101,7 +1134,10 @@ def _plot_state_posterior(run, model: HiddenMarkovModel, splits, data, steps: in
     with torch.no_grad():
         marginals = model.smooth(values)[0].cpu().numpy()
     labels = list(data.vocabulary.decode(batch.values[0, :length].tolist())) if data.vocabulary else None
-    run.save_figure("posterior_states.png", plots.state_probabilities(marginals, labels, title=f"p(state | data), first {length} steps"))
+    # One series cut in time: the validation part starts where the training part ends, so number its steps so.
+    first_step = int(splits.train.batch.lengths[0]) if part is splits.valid and data.num_sequences == 1 else 0
+    title = f"p(state | data), steps {first_step}–{first_step + length - 1}" + (" (validation part)" if part is splits.valid else "")
+    run.save_figure("posterior_states.png", plots.state_probabilities(marginals, labels, title=title, first_step=first_step))
 
 
 register(Family(
@@ -1116,4 +1152,5 @@ register(Family(
     plots=_plot_state_posterior,
     per_step_log_probs=_one_step_log_probs,
     decode=lambda model, batch: Decoding(model.decode(batch.values, batch.lengths), model.num_states),
+    memory_estimate=_fit_memory,
 ))

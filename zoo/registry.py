@@ -84,6 +84,11 @@ class Family:
             one long held-out sequence.
         decode: ``(model, batch) -> Decoding``: what ``seqzoo decode`` writes; None when
             the family has no discrete states.
+        memory_estimate: ``(training data, settings, method) -> MemoryEstimate``
+            (:mod:`inference.memory`): the fit's peak memory from the settings
+            alone, checked BEFORE ``build`` (whose parameters may not fit, e.g. an
+            HMM's K² transitions). None: the command line builds the model and
+            estimates from its parameter count (``generic_fit_memory``).
     """
 
     name: str
@@ -97,6 +102,7 @@ class Family:
     plots: Callable[["RunDirectory", "SequenceModel", "Splits", "SequenceData"], None] | None = None
     per_step_log_probs: Callable[["SequenceModel", "SequenceBatch"], "Tensor | None"] | None = None
     decode: Callable[["SequenceModel", "SequenceBatch"], Decoding] | None = None
+    memory_estimate: Callable[["SequenceData", dict[str, str], str], Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or any(c in self.name for c in ":, \t"):

@@ -494,3 +494,195 @@ def test_family_entries_are_checked_and_their_settings_are_their_flags():
     assert family_of(CategoricalHMM(2, 3)).name == "hmm"
     assert family_of(RecurrentModel("categorical", num_symbols=3, cell="gru", hidden_size=4)).name == "gru"
     assert family_of(UnigramModel(3)) is None  # not registered outside the toy_family fixture
+
+
+# -- issue 15: every run directory that fit and compare write decodes and diagnoses ----------
+def _npz_counts(tmp_path):
+    from zoo.data import as_sequence_data, save_npz
+
+    generator = torch.Generator().manual_seed(0)
+    rates = torch.where((torch.arange(60) // 10) % 2 == 0, 1.0, 6.0)
+    counts = torch.poisson(rates.expand(3, 60), generator=generator)[..., None]
+    path = tmp_path / "counts.npz"
+    save_npz(as_sequence_data(counts, "count"), path)
+    return path
+
+
+#: (what, how the run is made: a function of (tmp_path, text_file, csv_file) -> (argv, run directory), decodes?)
+RUNS = [
+    ("fit builtin:letters", lambda t, txt, csv: (["fit", "hmm", "--data", "builtin:letters", "--first", 400, "--states", 2,
+                                                  "--max-iterations", 2], t / "run"), True),
+    ("compare builtin:letters", lambda t, txt, csv: (["compare", "--data", "builtin:letters", "--first", 400,
+                                                      "--models", "hmm:states=2", "--max-iterations", 2], t / "run" / "hmm-states2"), True),
+    ("fit builtin:sunspots", lambda t, txt, csv: (["fit", "hmm", "--data", "builtin:sunspots", "--states", 2,
+                                                   "--max-iterations", 2], t / "run"), True),
+    ("fit builtin:nile", lambda t, txt, csv: (["fit", "lgssm", "--data", "builtin:nile", "--state-dim", 1,
+                                               "--max-iterations", 2], t / "run"), False),
+    ("fit .txt", lambda t, txt, csv: (["fit", "hmm", "--data", txt, "--states", 2, "--max-iterations", 2], t / "run"), True),
+    ("compare .txt", lambda t, txt, csv: (["compare", "--data", txt, "--models", "hmm:states=2", "--max-iterations", 2],
+                                          t / "run" / "hmm-states2"), True),
+    ("fit .csv", lambda t, txt, csv: (["fit", "hmm", "--data", csv, "--time-column", "t", "--states", 2,
+                                       "--max-iterations", 2], t / "run"), True),
+    ("fit .npz", lambda t, txt, csv: (["fit", "hmm", "--data", _npz_counts(t), "--states", 2, "--max-iterations", 2], t / "run"), True),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("what, make, decodes", RUNS, ids=[run[0] for run in RUNS])
+def test_every_run_directory_decodes_and_diagnoses(what, make, decodes, text_file, csv_file, tmp_path, capsys):
+    argv, run = make(tmp_path, text_file, csv_file)
+    assert run_cli(*argv, "--out", tmp_path / "run", "--no-progress") == 0
+    capsys.readouterr()
+    if decodes:
+        assert run_cli("decode", run) == 0, capsys.readouterr().err
+        rows = (run / "decoded.csv").read_text().splitlines()
+        config = json.loads((run / "config.json").read_text())
+        assert rows[0] == "sequence,time,state" and len(rows) > 1
+        if config.get("first"):  # the steps the model was fitted on, not the whole built-in text
+            assert len(rows) == 1 + config["first"]
+    else:
+        assert run_cli("decode", run) == 2
+        assert "has no discrete states to decode" in capsys.readouterr().err
+    assert run_cli("diagnose", run, "--guide-draws", 10, "--predictive-draws", 3, "--no-progress") == 0, capsys.readouterr().err
+    assert (run / "diagnostics" / "diagnose.json").is_file()
+
+
+def test_a_builtin_letters_run_decodes_its_own_steps(tmp_path, capsys):
+    """The README's main job: decode once failed with "option(s) vocabulary do not apply to built-in data"."""
+    out = tmp_path / "run"
+    assert run_cli("fit", "hmm", "--data", "builtin:letters", "--first", 300, "--states", 2, "--max-iterations", 2,
+                   "--out", out, "--no-progress") == 0
+    capsys.readouterr()
+    assert run_cli("decode", out) == 0, capsys.readouterr().err
+    assert len((out / "decoded.csv").read_text().splitlines()) == 1 + 300
+
+
+def _small_fit(text_file, out, *extra):
+    assert run_cli("fit", "hmm", "--data", text_file, "--states", 2, "--max-iterations", 2, "--out", out,
+                   "--no-progress", *extra) == 0
+
+
+def test_diagnose_force_keeps_the_old_diagnostics_when_the_new_run_fails(text_file, tmp_path, capsys, monkeypatch):
+    from zoo import diagnostics
+
+    out = tmp_path / "run"
+    _small_fit(text_file, out)
+    assert run_cli("diagnose", out, "--guide-draws", 5, "--predictive-draws", 2) == 0
+    before = {p.name: p.read_bytes() for p in (out / "diagnostics").iterdir()}
+    assert "diagnose.json" in before
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C in the middle of writing the new diagnostics
+
+    monkeypatch.setattr(diagnostics, "write_diagnostics", fail)
+    capsys.readouterr()
+    assert run_cli("diagnose", out, "--guide-draws", 5, "--predictive-draws", 2, "--force") == 130
+    assert f"{out / 'diagnostics'} is left as it was" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (out / "diagnostics").iterdir()} == before
+    assert not [p for p in out.iterdir() if p.name.startswith((".new-", ".old-"))]
+
+
+def test_ctrl_c_names_the_checkpoint_and_the_resume_command(text_file, tmp_path, capsys, monkeypatch):
+    import zoo.cli
+
+    real_fit = zoo.cli.fit
+
+    def fit_then_interrupt(*args, **kwargs):
+        real_fit(*args, **kwargs)  # writes the checkpoint, then the user presses Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zoo.cli, "fit", fit_then_interrupt)
+    out = tmp_path / "run"
+    argv = ["fit", "hmm", "--data", str(text_file), "--states", "2", "--max-iterations", "2", "--out", str(out),
+            "--no-progress", "--force"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert f"the last checkpoint is {out / 'checkpoint.safetensors'} (step 2)" in err
+    assert "continue with: seqzoo fit hmm" in err and err.strip().endswith("--resume") and "--force" not in err
+
+
+@pytest.mark.slow
+def test_diagnose_nuts_without_progress_prints_a_line_per_chain(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    _small_fit(text_file, out, "--first", 60)
+    capsys.readouterr()
+    assert run_cli("diagnose", out, "--nuts", "--chains", 2, "--draws", 4, "--warmup", 4, "--max-tree-depth", 3,
+                   "--guide-draws", 5, "--predictive-draws", 2, "--no-progress") == 0
+    err = capsys.readouterr().err
+    assert "NUTS: 2 chain(s) of 4 warm-up + 4 draws" in err
+    assert "chain 1/2: 4 draws in" in err and "chain 2/2: 4 draws in" in err
+
+
+def test_lgssm_plots_use_the_niles_years_and_units(tmp_path, monkeypatch):
+    from zoo import plots
+
+    seen = {}
+    for name in ("state_bands", "forecast_bands"):
+        real = getattr(plots, name)
+
+        def record(*args, _name=name, _real=real, **kwargs):
+            seen[_name] = (args, kwargs)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(plots, name, record)
+    out = tmp_path / "run"
+    assert run_cli("fit", "lgssm", "--data", "builtin:nile", "--state-dim", 1, "--max-iterations", 2, "--out", out,
+                   "--no-progress") == 0
+    (time, *_), options = seen["state_bands"]
+    assert options["time_label"] == "year" and options["units"] == "10⁸ m³"
+    assert time[0] == 1871 and np.all(np.diff(time) == 1)
+    (history_time, _, future_time, *_), options = seen["forecast_bands"]
+    assert options["time_label"] == "year" and options["units"] == "10⁸ m³"
+    assert future_time[0] == history_time[-1] + 1 and future_time[-1] == 1970  # the held-out years, to the end
+
+
+def test_compare_without_held_out_data_says_so(text_file, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert run_cli("compare", "--data", text_file, "--models", "hmm:states=2", "--max-iterations", 2, "--split", "1,0,0",
+                   "--out", out, "--no-progress") == 0
+    printed = capsys.readouterr().out
+    assert "valid and test: no held-out data" in printed and "nan" not in printed
+    markdown = (out / "comparison.md").read_text()
+    assert "Valid and test: no held-out data" in markdown and "nan" not in markdown
+
+
+def test_fit_force_keeps_the_old_run_until_the_new_one_is_complete(text_file, tmp_path, capsys, monkeypatch):
+    import zoo.cli
+
+    out = tmp_path / "run"
+    assert run_cli("fit", "hmm", "--data", text_file, "--states", 3, "--max-iterations", 2, "--out", out, "--no-progress") == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zoo.cli, "fit", interrupted)
+    capsys.readouterr()
+    assert run_cli("fit", "hmm", "--data", text_file, "--states", 2, "--out", out, "--force", "--no-progress") == 130
+    assert f"the run in {out} is left as it was" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    monkeypatch.undo()
+    _small_fit(text_file, out, "--force")  # uninterrupted, the replacement is swapped in
+    assert json.loads((out / "model.json").read_text())["config"]["num_states"] == 2
+    assert (out / ".seqzoo-run.json").is_file()
+
+
+def test_posterior_states_numbers_the_validation_steps_where_they_are(text_file, tmp_path, monkeypatch):
+    from zoo import plots
+
+    seen = {}
+    real = plots.state_probabilities
+
+    def record(marginals, labels=None, title="", first_step=0):
+        seen.update(length=len(marginals), first_step=first_step, labels=labels)
+        return real(marginals, labels, title=title, first_step=first_step)
+
+    monkeypatch.setattr(plots, "state_probabilities", record)
+    out = tmp_path / "run"
+    _small_fit(text_file, out)
+    train_steps = json.loads((out / "summary.json").read_text())["train_steps"]
+    # One text cut in time: the validation part (plotted) starts right after the training part.
+    assert seen["first_step"] == train_steps > 0
+    assert "".join(seen["labels"]) == TEXT[train_steps: train_steps + seen["length"]]

@@ -145,6 +145,31 @@ def _build_from_settings(data, settings: dict[str, str]) -> LinearGaussianSSM:
     return model.to(dtype=dtype)
 
 
+def _time_axis_of(data):
+    """The data's own time axis (:func:`zoo.data.time_axis`: years and units of a built-in
+    series), or None when it has none or it does not match the series."""
+    from zoo.data import time_axis
+
+    try:
+        axis = time_axis(data.source)
+    except (ValueError, OSError, ImportError):
+        return None
+    if axis is None or not np.issubdtype(axis.values.dtype, np.number) or len(axis.values) < int(data.batch.lengths[0]):
+        return None
+    return axis
+
+
+def _times(axis, start: int, stop: int, end: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """History times ``(stop - start,)``, forecast times ``(end - stop,)`` and the axis label:
+    the data's own times (continued at their last spacing past the data's end), else step numbers."""
+    if axis is None:
+        return np.arange(start, stop), np.arange(stop, end), "time step"
+    values = np.asarray(axis.values, dtype=np.float64)
+    spacing = values[-1] - values[-2] if len(values) > 1 else 1.0
+    extended = np.concatenate([values, values[-1] + spacing * np.arange(1, max(0, end - len(values)) + 1)])
+    return extended[start:stop], extended[stop:end], axis.label
+
+
 def _plot_states_and_forecast(run, model: LinearGaussianSSM, splits, data,
                               max_history: int = 1000, max_horizon: int = 200) -> None:
     """``smoothed_states.png`` (smoothed and filtered states, smoothed signal, 90% bands) on
@@ -167,7 +192,11 @@ def _plot_states_and_forecast(run, model: LinearGaussianSSM, splits, data,
     horizon = min(max_horizon, len(series) - history_length)
     device = next(model.parameters()).device
     history = series[start:history_length].to(device)[None]
-    time = np.arange(start, history_length)
+    steps = horizon if horizon > 0 else min(max_horizon, max(10, (history_length - start) // 5))
+    # The data's own time column (the Nile's years, with units) for one series; step numbers otherwise.
+    axis = _time_axis_of(data) if data.num_sequences == 1 else None
+    time, future_time, time_label = _times(axis, start, history_length, history_length + steps)
+    units = axis.units if axis is not None else None
     names = data.series_names
     with torch.no_grad():
         smoothed = model.smooth(history)
@@ -183,16 +212,16 @@ def _plot_states_and_forecast(run, model: LinearGaussianSSM, splits, data,
         filtered_mean=filtered.filtered_mean[0].cpu().numpy(),
         signal_mean=None if identity_observation else signal_mean,
         signal_std=None if identity_observation else signal_var.clamp_min(0).sqrt().cpu().numpy(),
-        observed=observed, series_names=names, title=f"{model.family}: smoothed states, 90% bands ({data.source})")
+        observed=observed, series_names=names, title=f"{model.family}: smoothed states, 90% bands ({data.source})",
+        time_label=time_label, units=units)
     run.save_figure("smoothed_states.png", figure)
-    steps = horizon if horizon > 0 else min(max_horizon, max(10, len(history[0]) // 5))
     with torch.no_grad():
         prediction = model.forecast(history, steps)
     mean = prediction.observation_mean[0].cpu().numpy()
     std = torch.diagonal(prediction.observation_cov[0], dim1=-2, dim2=-1).clamp_min(0).sqrt().cpu().numpy()
     actual = series[history_length: history_length + steps].cpu().numpy() if horizon > 0 else None
-    figure = plots.forecast_bands(time, observed, np.arange(history_length, history_length + steps), mean, std,
-                                  actual=actual, series_names=names,
+    figure = plots.forecast_bands(time, observed, future_time, mean, std,
+                                  actual=actual, series_names=names, time_label=time_label, units=units,
                                   title=f"{model.family}: {steps}-step forecast with 90% bands ({data.source})")
     run.save_figure("forecast.png", figure)
 
