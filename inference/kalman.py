@@ -121,10 +121,14 @@ Dispatch (``method``)
 ---------------------
 ``"auto"``: on CPU, when no input requires grad (or grad mode is off), the numba kernels,
 in float64 (float32 inputs are converted and the results cast back), one compiled call
-over all sequences, single-threaded, releasing the GIL; on CPU with inputs requiring grad,
-the torch loop over time, batched over sequences, in the input dtype, differentiable by
-autograd; on any other device (CUDA), the parallel scan. ``"sequential"``: numba or the
-torch loop as on CPU, on any device (the loop off CPU). ``"parallel"``: the scan on any
+over all sequences, single-threaded, releasing the GIL. On CPU with inputs requiring grad,
+:func:`log_marginal` is an autograd Function whose forward pass is the numba filter and
+whose backward pass is one numba smoother pass plus the closed-form score of Fisher's
+identity (``_LogMarginal``; exact, first derivatives only); the other functions run the
+torch loop over time, batched over sequences, in the input dtype, differentiable by
+autograd. On any other device (CUDA), the parallel scan (differentiable by autograd).
+``"sequential"``: numba without gradients, else the torch loop (the reference the
+smoother's gradient is tested against), on any device. ``"parallel"``: the scan on any
 device.
 
 Memory
@@ -1774,8 +1778,11 @@ def log_marginal(
 ) -> Tensor:
     """Log marginal likelihood :math:`\\log p(x_{1:L})` over the observed entries.
 
-    Differentiable by autograd with respect to every parameter (inputs that require grad
-    run the torch loop). Without gradients, on CPU, nothing of size ``T d^2`` is stored.
+    Differentiable with respect to every input. On CPU (``method="auto"``) the gradient
+    comes from one smoother pass (Fisher's identity, see ``_LogMarginal``): covariance
+    inputs are read through their symmetric part, and it is not twice differentiable;
+    ``method="sequential"`` differentiates the torch loop instead (any order). Without
+    gradients, on CPU, nothing of size ``T d^2`` is stored.
 
     Args:
         (model arguments), diffuse, method, steady_state: as in :func:`kalman_filter`.
