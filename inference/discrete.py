@@ -384,22 +384,20 @@ def _backward_kernel(
             continue
         beta = np.ones(num_states)
         beta_prev = np.empty(num_states)
-        weights = np.empty(num_states)
+        # weights_t = e_t * beta_t / c_t, kept for all steps: the expected counts
+        # sum_t alpha_{t-1} weights_t^T are then one matrix product (BLAS) after the loop
+        # instead of a rank-one update per step (the dominant cost at large K).
+        step_weights = np.zeros((length, num_states))
         counts = transition_counts[n]
         for k in range(num_states):
             state_marginals[n, length - 1, k] = filtered[n, length - 1, k]
         for t in range(length - 1, 0, -1):
             scale = scales[n, t]
             inv = 1.0 / scale if scale > 0.0 else 0.0
+            weights = step_weights[t]
             for j in range(num_states):
                 weights[j] = emission_probs[n, t, j] * beta[j] * inv
             prev = filtered[n, t - 1]
-            for i in range(num_states):
-                alpha_i = prev[i]
-                if alpha_i != 0.0:
-                    row = counts[i]
-                    for j in range(num_states):
-                        row[j] += alpha_i * weights[j]
             for i in range(num_states):
                 beta_prev[i] = 0.0
             # beta_prev = trans @ weights, as contiguous updates with rows of trans.T.
@@ -412,6 +410,8 @@ def _backward_kernel(
             beta, beta_prev = beta_prev, beta
             for k in range(num_states):
                 state_marginals[n, t - 1, k] = prev[k] * beta[k]
+        if length > 1:
+            counts[:, :] = np.dot(np.ascontiguousarray(filtered[n, : length - 1].T), step_weights[1:])
         for i in range(num_states):
             for j in range(num_states):
                 counts[i, j] *= trans[i, j]
