@@ -1261,8 +1261,7 @@ def _fisher_score(params: _Params, diffuse: bool, steady_state: bool) -> tuple[n
     with torch.no_grad():
         smoothed = rts_smoother(*params[:7], params.lengths, diffuse=diffuse, method="sequential",
                                 steady_state=steady_state)
-    num_seq, num_steps, obs_dim = params.observations.shape
-    state_dim = params.transition_matrix.shape[-1]
+    num_seq = params.observations.shape[0]
     inputs = [_as_numpy(value) for value in params[:7]]
     grads = [np.zeros((num_seq, *value.shape[1:])) for value in inputs]
     status = np.zeros(num_seq, dtype=np.int64)

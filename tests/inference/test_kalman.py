@@ -658,7 +658,7 @@ def _gradient_problem(seed: int, state_dim: int = 3, obs_dim: int = 2):
     return params, observations, torch.tensor([9, 6, 4])
 
 
-def _kernel_inputs(leaves, cov_form: str, state_dim: int, obs_dim: int):
+def _kernel_inputs(leaves, cov_form: str):
     """The kernel's arguments from unconstrained leaves: roots (full) or log-variances (diagonal)."""
     transition, transition_cov, obs_matrix, obs_cov, initial_mean, initial_cov, observations = leaves
     if cov_form == "diag":
@@ -688,7 +688,7 @@ def test_smoother_gradient_matches_torch_loop(diffuse, cov_form, per_sequence):
     gradients = {}
     for method in ("auto", "sequential"):  # auto: numba + smoother; sequential: the torch loop
         inputs = [value.clone().requires_grad_() for value in leaves]
-        value = log_marginal(*_kernel_inputs(inputs, cov_form, state_dim, obs_dim), lengths,
+        value = log_marginal(*_kernel_inputs(inputs, cov_form), lengths,
                              diffuse=diffuse, method=method)
         grads = torch.autograd.grad((weights * value).sum(), inputs, allow_unused=True)
         gradients[method] = [torch.zeros_like(leaf) if grad is None else grad for leaf, grad in zip(leaves, grads)]
@@ -720,7 +720,7 @@ def test_gradcheck_smoother_gradient(diffuse):
                    for value in (params[0], roots[0], params[2], roots[1], params[4], roots[2], observations))
 
     def objective(*leaves):
-        return log_marginal(*_kernel_inputs(leaves, "full", state_dim, obs_dim), lengths, diffuse=diffuse)
+        return log_marginal(*_kernel_inputs(leaves, "full"), lengths, diffuse=diffuse)
 
     assert torch.autograd.gradcheck(objective, inputs)
 
