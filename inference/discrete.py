@@ -264,6 +264,98 @@ def _forward_kernel(initial_probs, transition_probs, emission_probs, lengths, fi
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_SAFE_FASTMATH)
+def _exp_shifted(log_values, out):  # pragma: no cover
+    """``out = exp(log_values - max)`` over all entries; returns the max (0 when it is not finite)."""
+    flat = log_values.ravel()
+    shift = -np.inf
+    for value in flat:
+        if value > shift:
+            shift = value
+    if not np.isfinite(shift):
+        shift = 0.0
+    out_flat = out.ravel()
+    for index in range(flat.size):
+        out_flat[index] = np.exp(flat[index] - shift)
+    return shift
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_SAFE_FASTMATH)
+def _fused_forward_kernel(log_initial, log_transition, log_emission, lengths, store,
+                          initial_probs, transition_probs, emission_probs, filtered, scales,
+                          log_normalizer):  # pragma: no cover
+    """Scaled forward pass from the log potentials themselves (the shifts and ``exp`` done here,
+    row by row, instead of as whole-array tensor operations before the call).
+
+    Writes ``log_normalizer`` (N,). With ``store``, also what :func:`_backward_kernel` needs:
+    the shifted ``exp`` potentials (``initial_probs`` (NP, K), ``transition_probs`` (NA, K, K),
+    ``emission_probs`` (N, T, K)), the normalised alphas ``filtered`` (zeros-initialised) and
+    the per-step constants ``scales`` (1 on padding); without it those are not written
+    (and may have 0 steps).
+    """
+    num_seq, num_steps, num_states = log_emission.shape
+    init_shifts = np.empty(initial_probs.shape[0])
+    trans_shifts = np.empty(transition_probs.shape[0])
+    for n in range(initial_probs.shape[0]):
+        init_shifts[n] = _exp_shifted(log_initial[n], initial_probs[n])
+    for n in range(transition_probs.shape[0]):
+        trans_shifts[n] = _exp_shifted(log_transition[n], transition_probs[n])
+    alpha = np.empty(num_states)
+    cur = np.empty(num_states)
+    emitted = np.empty(num_states)
+    trans_t = np.empty((num_states, num_states))
+    cached = -1
+    for n in range(num_seq):
+        ni = 0 if initial_probs.shape[0] == 1 else n
+        na = 0 if transition_probs.shape[0] == 1 else n
+        if na != cached:
+            trans_t[:, :] = transition_probs[na].T
+            cached = na
+        length = lengths[n]
+        if store:
+            for t in range(length, num_steps):
+                scales[n, t] = 1.0
+        if length == 0:
+            log_normalizer[n] = 0.0
+            continue
+        total_log = init_shifts[ni] + (length - 1) * trans_shifts[na]
+        for t in range(length):
+            row = log_emission[n, t]
+            shift = -np.inf
+            for k in range(num_states):
+                if row[k] > shift:
+                    shift = row[k]
+            if not np.isfinite(shift):
+                shift = 0.0
+            for k in range(num_states):
+                emitted[k] = np.exp(row[k] - shift)
+            if store:
+                emission_probs[n, t] = emitted
+            total = 0.0
+            if t == 0:
+                for k in range(num_states):
+                    value = initial_probs[ni, k] * emitted[k]
+                    cur[k] = value
+                    total += value
+            else:
+                for j in range(num_states):
+                    weights = trans_t[j]
+                    acc = 0.0
+                    for i in range(num_states):
+                        acc += alpha[i] * weights[i]
+                    acc *= emitted[j]
+                    cur[j] = acc
+                    total += acc
+            inv = 1.0 / total if total > 0.0 else 0.0
+            for k in range(num_states):
+                alpha[k] = cur[k] * inv
+            if store:
+                scales[n, t] = total
+                filtered[n, t] = alpha
+            total_log += np.log(total) + shift
+        log_normalizer[n] = total_log
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_SAFE_FASTMATH)
 def _backward_kernel(
     transition_probs, emission_probs, lengths, filtered, scales, state_marginals, transition_counts
 ):  # pragma: no cover
@@ -278,22 +370,20 @@ def _backward_kernel(
             continue
         beta = np.ones(num_states)
         beta_prev = np.empty(num_states)
-        weights = np.empty(num_states)
+        # weights_t = e_t * beta_t / c_t, kept for all steps: the expected counts
+        # sum_t alpha_{t-1} weights_t^T are then one matrix product (BLAS) after the loop
+        # instead of a rank-one update per step (the dominant cost at large K).
+        step_weights = np.zeros((length, num_states))
         counts = transition_counts[n]
         for k in range(num_states):
             state_marginals[n, length - 1, k] = filtered[n, length - 1, k]
         for t in range(length - 1, 0, -1):
             scale = scales[n, t]
             inv = 1.0 / scale if scale > 0.0 else 0.0
+            weights = step_weights[t]
             for j in range(num_states):
                 weights[j] = emission_probs[n, t, j] * beta[j] * inv
             prev = filtered[n, t - 1]
-            for i in range(num_states):
-                alpha_i = prev[i]
-                if alpha_i != 0.0:
-                    row = counts[i]
-                    for j in range(num_states):
-                        row[j] += alpha_i * weights[j]
             for i in range(num_states):
                 beta_prev[i] = 0.0
             # beta_prev = trans @ weights, as contiguous updates with rows of trans.T.
@@ -306,6 +396,8 @@ def _backward_kernel(
             beta, beta_prev = beta_prev, beta
             for k in range(num_states):
                 state_marginals[n, t - 1, k] = prev[k] * beta[k]
+        if length > 1:
+            counts[:, :] = np.dot(np.ascontiguousarray(filtered[n, : length - 1].T), step_weights[1:])
         for i in range(num_states):
             for j in range(num_states):
                 counts[i, j] *= trans[i, j]
@@ -453,17 +545,38 @@ def _numba_backward(potentials: _ScaledPotentials, filtered: np.ndarray,
 
 
 class _NumbaLogMarginal(torch.autograd.Function):
-    """``log Z`` by the numba forward kernel; exact gradients by the backward kernel."""
+    """``log Z`` by the fused numba forward kernel; exact gradients by the backward kernel."""
 
     @staticmethod
     def forward(ctx, log_initial: Tensor, log_transition: Tensor, log_emission: Tensor,
                 lengths: Tensor) -> Tensor:
-        potentials = _scaled_potentials(log_initial, log_transition, log_emission, lengths)
-        log_normalizer, filtered, scales = _numba_forward(potentials)
-        if any(ctx.needs_input_grad[:3]):
+        store = any(ctx.needs_input_grad[:3])
+        initial = log_initial.detach().to("cpu", torch.float64).contiguous().numpy()
+        transition = log_transition.detach().to("cpu", torch.float64).contiguous().numpy()
+        # Emissions stay in their own dtype (float32 or float64): the kernel accumulates in
+        # float64 either way, and skipping a float64 copy halves the traffic of the (N, T, K) array.
+        emission = log_emission.detach().to("cpu")
+        if emission.dtype not in (torch.float32, torch.float64):
+            emission = emission.to(torch.float64)
+        emission = emission.contiguous().numpy()
+        num_seq, num_steps, num_states = emission.shape
+        stored_steps = num_steps if store else 0
+        initial_probs = np.empty(initial.shape)
+        transition_probs = np.empty(transition.shape)
+        emission_probs = np.empty((num_seq, stored_steps, num_states), dtype=emission.dtype)
+        filtered = np.zeros((num_seq, stored_steps, num_states))
+        scales = np.empty((num_seq, stored_steps))
+        log_normalizer = np.empty(num_seq)
+        lengths_array = lengths.detach().to("cpu", torch.long).contiguous().numpy()
+        _fused_forward_kernel(initial, transition, emission, lengths_array, store, initial_probs,
+                              transition_probs, emission_probs, filtered, scales, log_normalizer)
+        if store:
+            empty = torch.empty(0)
+            potentials = _ScaledPotentials(initial_probs, transition_probs, emission_probs, lengths_array,
+                                           empty, empty, empty)
             ctx.state = (potentials, filtered, scales)
             ctx.shapes = (log_initial.shape[0], log_transition.shape[0])
-        return log_normalizer.to(device=log_emission.device, dtype=log_emission.dtype)
+        return torch.from_numpy(log_normalizer).to(device=log_emission.device, dtype=log_emission.dtype)
 
     @staticmethod
     @once_differentiable

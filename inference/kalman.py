@@ -95,7 +95,7 @@ exactly those of the unpadded sequence.
 :math:`P^s_t = P_t + J_t (P^s_{t+1} - P_{t+1|t}) J_t^\top` and the lag-one covariance
 :math:`\operatorname{Cov}(S_{t+1}, S_t \mid x) = P^s_{t+1} J_t^\top` (the cross moments of
 the E-step of EM). The numba kernel reuses :math:`J` over a steady-state stretch of the
-filter, and there, once two successive smoothed covariances agree to ``1e-13`` relative,
+filter, and there, once two successive smoothed covariances agree to ``1e-12`` relative,
 also the smoothed and lag-one covariances (the backward recursion has converged), so
 only the means are updated.
 
@@ -121,10 +121,14 @@ Dispatch (``method``)
 ---------------------
 ``"auto"``: on CPU, when no input requires grad (or grad mode is off), the numba kernels,
 in float64 (float32 inputs are converted and the results cast back), one compiled call
-over all sequences, single-threaded, releasing the GIL; on CPU with inputs requiring grad,
-the torch loop over time, batched over sequences, in the input dtype, differentiable by
-autograd; on any other device (CUDA), the parallel scan. ``"sequential"``: numba or the
-torch loop as on CPU, on any device (the loop off CPU). ``"parallel"``: the scan on any
+over all sequences, single-threaded, releasing the GIL. On CPU with inputs requiring grad,
+:func:`log_marginal` is an autograd Function whose forward pass is the numba filter and
+whose backward pass is one numba smoother pass plus the closed-form score of Fisher's
+identity (``_LogMarginal``; exact, first derivatives only); the other functions run the
+torch loop over time, batched over sequences, in the input dtype, differentiable by
+autograd. On any other device (CUDA), the parallel scan (differentiable by autograd).
+``"sequential"``: numba without gradients, else the torch loop (the reference the
+smoother's gradient is tested against), on any device. ``"parallel"``: the scan on any
 device.
 
 Memory
@@ -173,6 +177,10 @@ _METHODS = ("auto", "sequential", "parallel")
 _FASTMATH = {"contract", "reassoc", "nsz", "arcp"}
 # Relative change of the predicted covariance below which the numba kernel reuses the gain.
 _STEADY_TOL = 1e-13
+# The smoother's test of convergence of its covariances: looser, as the backward recursion's
+# rounding noise at d = 64 sits near 1e-13 relative and the test then never passed (the
+# smoothed moments still agree with the full recursion to ~1e-13 relative).
+_SMOOTHER_STEADY_TOL = 1e-12
 
 
 class KalmanFiltered(NamedTuple):
@@ -952,7 +960,7 @@ def _numba_smoother(params: _Params, raw: _Raw) -> tuple[Tensor, Tensor, Tensor,
         _as_numpy(params.transition_matrix), _as_numpy(raw.filtered_mean), _as_numpy(raw.filtered_cov),
         _as_numpy(raw.predicted_mean), _as_numpy(raw.predicted_cov),
         params.lengths.to("cpu", torch.long).contiguous().numpy(), raw.steady_epoch.contiguous().numpy(),
-        _STEADY_TOL, diffuse, _as_numpy(raw.filtered_basis) if diffuse else empty,
+        _SMOOTHER_STEADY_TOL, diffuse, _as_numpy(raw.filtered_basis) if diffuse else empty,
         _as_numpy(raw.predicted_basis) if diffuse else empty,
         smoothed_mean, smoothed_cov, lag_one_cov, smoothed_basis, status,
     )
@@ -963,6 +971,348 @@ def _numba_smoother(params: _Params, raw: _Raw) -> tuple[Tensor, Tensor, Tensor,
     convert = lambda array: torch.from_numpy(array).to(device=device, dtype=dtype)  # noqa: E731
     return (convert(smoothed_mean), convert(smoothed_cov), convert(lag_one_cov),
             convert(smoothed_basis) if diffuse else None)
+
+
+# --------------------------------------------------------------------------------------
+# Gradient of the log marginal by the smoother (Fisher's identity), numba (CPU, float64)
+# --------------------------------------------------------------------------------------
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _back_substitute(chol, size, rhs, num_cols):  # pragma: no cover
+    """``rhs[:size, :num_cols] <- chol[:size, :size]^{-T} rhs`` (``chol`` lower triangular)."""
+    for i in range(size - 1, -1, -1):
+        inv = 1.0 / chol[i, i]
+        for c in range(num_cols):
+            acc = rhs[i, c]
+            for k in range(i + 1, size):
+                acc -= chol[k, i] * rhs[k, c]
+            rhs[i, c] = acc * inv
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _spd_inverse(matrix, size, chol, out):  # pragma: no cover
+    """``out[:size, :size] <- matrix[:size, :size]^{-1}`` by Cholesky; False if not positive definite."""
+    chol[:size, :size] = matrix[:size, :size]
+    if not _cholesky_in_place(chol, size):
+        return False
+    out[:size, :size] = 0.0
+    for i in range(size):
+        out[i, i] = 1.0
+    _forward_substitute(chol, size, out, size)
+    _back_substitute(chol, size, out, size)
+    return True
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _sandwich(left, middle, out, work):  # pragma: no cover
+    """``out <- left @ middle @ left.T`` for ``left`` (a, b), ``middle`` (b, b); ``work`` (a, b)."""
+    rows, inner = left.shape
+    for i in range(rows):
+        for j in range(inner):
+            acc = 0.0
+            for k in range(inner):
+                acc += left[i, k] * middle[k, j]
+            work[i, j] = acc
+    for i in range(rows):
+        for j in range(rows):
+            acc = 0.0
+            for k in range(inner):
+                acc += work[i, k] * left[j, k]
+            out[i, j] = acc
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _score_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean, initial_cov, observations,
+                  lengths, smoothed_mean, smoothed_cov, lag_one_cov, diffuse,
+                  grad_transition, grad_transition_cov, grad_obs_matrix, grad_obs_cov, grad_initial_mean,
+                  grad_initial_cov, grad_observations, status):  # pragma: no cover
+    """Score of every sequence by Fisher's identity from its smoothed moments (gradients zero-initialised).
+
+    ``status[n]`` is 1 when ``transition_cov``, 2 when ``observation_cov`` (or a sub-block of
+    it), 3 when ``initial_cov`` is not positive definite.
+    """
+    num_seq, num_steps, obs_dim = observations.shape
+    dim = transition.shape[1]
+    sum_rr = np.empty((dim, dim))  # sum r_t r_t^T, r_t = E[s_t] - A E[s_{t-1}]
+    sum_rs = np.empty((dim, dim))  # sum r_t E[s_{t-1}]^T
+    sum_lag = np.empty((dim, dim))  # sum Cov(s_t, s_{t-1})
+    sum_prev = np.empty((dim, dim))  # sum Cov(s_{t-1})
+    sum_next = np.empty((dim, dim))  # sum Cov(s_t), t >= 2
+    sum_full = np.empty((dim, dim))  # sum Cov(s_t) over fully observed steps
+    sum_ws = np.empty((obs_dim, dim))  # sum w_t E[s_t]^T, w_t = R^{-1} (x_t - H E[s_t])
+    sum_ww = np.empty((obs_dim, obs_dim))
+    residual = np.empty(dim)
+    square = np.empty((dim, dim))
+    square2 = np.empty((dim, dim))
+    inverse = np.empty((dim, dim))
+    chol_state = np.empty((dim, dim))
+    obs_inverse = np.empty((obs_dim, obs_dim))
+    chol_obs = np.empty((obs_dim, obs_dim))
+    sub_cov = np.empty((obs_dim, obs_dim))
+    sub_inverse = np.empty((obs_dim, obs_dim))
+    white = np.empty((obs_dim, 1))
+    gain = np.empty((obs_dim, dim))  # R_O^{-1} H_O
+    gain_cov = np.empty((obs_dim, dim))  # R_O^{-1} H_O Cov(s_t)
+    observed = np.empty(obs_dim, np.int64)
+    for n in range(num_seq):
+        length = lengths[n]
+        if length == 0:
+            continue
+        A = transition[n]
+        Q = transition_cov[n]
+        H = obs_matrix[n]
+        R = obs_cov[n]
+        mean = smoothed_mean[n]
+        cov = smoothed_cov[n]
+        # -- transitions: grad_A = Q^{-1} E[sum (s_t - A s_{t-1}) s_{t-1}^T],
+        #    grad_Q = Q^{-1} (E[sum (s_t - A s_{t-1})(.)^T] - (L-1) Q) Q^{-1} / 2
+        if length > 1:
+            sum_rr[:, :] = 0.0
+            sum_rs[:, :] = 0.0
+            sum_lag[:, :] = 0.0
+            sum_prev[:, :] = 0.0
+            sum_next[:, :] = 0.0
+            for t in range(1, length):
+                for i in range(dim):
+                    acc = mean[t, i]
+                    for j in range(dim):
+                        acc -= A[i, j] * mean[t - 1, j]
+                    residual[i] = acc
+                for i in range(dim):
+                    r_i = residual[i]
+                    for j in range(dim):
+                        sum_rr[i, j] += r_i * residual[j]
+                        sum_rs[i, j] += r_i * mean[t - 1, j]
+                        sum_lag[i, j] += lag_one_cov[n, t, i, j]
+                        sum_next[i, j] += cov[t, i, j]
+                        sum_prev[i, j] += cov[t - 1, i, j]
+            if not _spd_inverse(Q, dim, chol_state, inverse):
+                status[n] = 1
+                continue
+            # square = sum_rs + sum_lag - A sum_prev  (the expected sum of (s_t - A s_{t-1}) s_{t-1}^T)
+            for i in range(dim):
+                for j in range(dim):
+                    acc = sum_rs[i, j] + sum_lag[i, j]
+                    for k in range(dim):
+                        acc -= A[i, k] * sum_prev[k, j]
+                    square[i, j] = acc
+            for i in range(dim):
+                for j in range(dim):
+                    acc = 0.0
+                    for k in range(dim):
+                        acc += inverse[i, k] * square[k, j]
+                    grad_transition[n, i, j] = acc
+            # square2 = E[sum (s_t - A s_{t-1})(.)^T] - (L-1) Q
+            #         = sum_rr + sum_next - sum_lag A^T - A sum_lag^T + A sum_prev A^T - (L-1) Q
+            _sandwich(A, sum_prev, square2, square)
+            for i in range(dim):
+                for j in range(dim):
+                    acc = 0.0
+                    for k in range(dim):
+                        acc -= sum_lag[i, k] * A[j, k] + A[i, k] * sum_lag[j, k]
+                    square[i, j] = acc
+            for i in range(dim):
+                for j in range(dim):
+                    square2[i, j] += square[i, j] + sum_rr[i, j] + sum_next[i, j] - (length - 1) * Q[i, j]
+            _sandwich(inverse, square2, square, sum_rr)
+            for i in range(dim):
+                for j in range(dim):
+                    grad_transition_cov[n, i, j] = 0.25 * (square[i, j] + square[j, i])
+        # -- observations: the gradient of sum_t log N(x_t; H s_t, R) in expectation.
+        if not _spd_inverse(R, obs_dim, chol_obs, obs_inverse):
+            status[n] = 2
+            continue
+        sum_ws[:, :] = 0.0
+        sum_ww[:, :] = 0.0
+        sum_full[:, :] = 0.0
+        num_full = 0
+        for t in range(length):
+            num_obs = 0
+            for j in range(obs_dim):
+                if not np.isnan(observations[n, t, j]):
+                    observed[num_obs] = j
+                    num_obs += 1
+            if num_obs == obs_dim:
+                num_full += 1
+                for a in range(obs_dim):
+                    acc = observations[n, t, a]
+                    for j in range(dim):
+                        acc -= H[a, j] * mean[t, j]
+                    white[a, 0] = acc
+                for a in range(obs_dim):
+                    acc = 0.0
+                    for b in range(obs_dim):
+                        acc += obs_inverse[a, b] * white[b, 0]
+                    grad_observations[n, t, a] = -acc
+                for a in range(obs_dim):
+                    w_a = -grad_observations[n, t, a]
+                    for j in range(dim):
+                        sum_ws[a, j] += w_a * mean[t, j]
+                    for b in range(obs_dim):
+                        sum_ww[a, b] -= w_a * grad_observations[n, t, b]
+                for i in range(dim):
+                    for j in range(dim):
+                        sum_full[i, j] += cov[t, i, j]
+            elif num_obs > 0:
+                # The marginal model of the observed entries O: R_O = R[O, O], H_O = H[O].
+                for a in range(num_obs):
+                    for b in range(num_obs):
+                        sub_cov[a, b] = R[observed[a], observed[b]]
+                if not _spd_inverse(sub_cov, num_obs, chol_obs, sub_inverse):
+                    status[n] = 2
+                    break
+                for a in range(num_obs):
+                    row = observed[a]
+                    acc = observations[n, t, row]
+                    for j in range(dim):
+                        acc -= H[row, j] * mean[t, j]
+                    white[a, 0] = acc
+                for a in range(num_obs):
+                    acc = 0.0
+                    for b in range(num_obs):
+                        acc += sub_inverse[a, b] * white[b, 0]
+                    grad_observations[n, t, observed[a]] = -acc
+                    for j in range(dim):
+                        acc2 = 0.0
+                        for b in range(num_obs):
+                            acc2 += sub_inverse[a, b] * H[observed[b], j]
+                        gain[a, j] = acc2
+                for a in range(num_obs):
+                    for j in range(dim):
+                        acc = 0.0
+                        for k in range(dim):
+                            acc += gain[a, k] * cov[t, k, j]
+                        gain_cov[a, j] = acc
+                for a in range(num_obs):
+                    row = observed[a]
+                    w_a = -grad_observations[n, t, row]
+                    for j in range(dim):
+                        grad_obs_matrix[n, row, j] += w_a * mean[t, j] - gain_cov[a, j]
+                    for b in range(num_obs):
+                        acc = 0.0
+                        for k in range(dim):
+                            acc += gain_cov[a, k] * gain[b, k]
+                        w_b = -grad_observations[n, t, observed[b]]
+                        grad_obs_cov[n, row, observed[b]] += 0.5 * (w_a * w_b + acc - sub_inverse[a, b])
+        if status[n] != 0:
+            continue
+        if num_full > 0:
+            # gain = R^{-1} H; grad_H += sum_ws - gain sum_full; grad_R += (sum_ww + gain sum_full gain^T - n R^{-1}) / 2
+            for a in range(obs_dim):
+                for j in range(dim):
+                    acc = 0.0
+                    for b in range(obs_dim):
+                        acc += obs_inverse[a, b] * H[b, j]
+                    gain[a, j] = acc
+            _sandwich(gain, sum_full, sub_cov, gain_cov)
+            for a in range(obs_dim):
+                for j in range(dim):
+                    grad_obs_matrix[n, a, j] += sum_ws[a, j] - gain_cov[a, j]
+                for b in range(obs_dim):
+                    grad_obs_cov[n, a, b] += 0.5 * (sum_ww[a, b] + sub_cov[a, b] - num_full * obs_inverse[a, b])
+        # -- the initial state (not with the diffuse start, whose prior has no parameters)
+        if not diffuse:
+            if not _spd_inverse(initial_cov[n], dim, chol_state, inverse):
+                status[n] = 3
+                continue
+            for i in range(dim):
+                residual[i] = mean[0, i] - initial_mean[n, i]
+            for i in range(dim):
+                acc = 0.0
+                for j in range(dim):
+                    acc += inverse[i, j] * residual[j]
+                grad_initial_mean[n, i] = acc
+            for i in range(dim):
+                for j in range(dim):
+                    square2[i, j] = residual[i] * residual[j] + cov[0, i, j] - initial_cov[n, i, j]
+            _sandwich(inverse, square2, square, sum_rr)
+            for i in range(dim):
+                for j in range(dim):
+                    grad_initial_cov[n, i, j] = 0.25 * (square[i, j] + square[j, i])
+
+
+_SCORE_ERRORS = {1: "transition_cov", 2: "observation_cov", 3: "initial_cov"}
+
+
+def _fisher_score(params: _Params, diffuse: bool, steady_state: bool) -> tuple[np.ndarray, ...]:
+    """Gradients of the summed-per-sequence log marginal w.r.t. the seven inputs, ``(N, ...)`` float64.
+
+    One smoother pass (numba) gives :math:`E[s_t]`, :math:`\\operatorname{Cov}(s_t)` and
+    :math:`\\operatorname{Cov}(s_t, s_{t-1})` given all observations; the score is the
+    posterior expectation of the complete-data score (Fisher's identity), see :class:`_LogMarginal`.
+    """
+    with torch.no_grad():
+        smoothed = rts_smoother(*params[:7], params.lengths, diffuse=diffuse, method="sequential",
+                                steady_state=steady_state)
+    num_seq = params.observations.shape[0]
+    inputs = [_as_numpy(value) for value in params[:7]]
+    grads = [np.zeros((num_seq, *value.shape[1:])) for value in inputs]
+    status = np.zeros(num_seq, dtype=np.int64)
+    _score_kernel(*inputs, params.lengths.to("cpu", torch.long).contiguous().numpy(),
+                  _as_numpy(smoothed.smoothed_mean), _as_numpy(smoothed.smoothed_cov),
+                  _as_numpy(smoothed.lag_one_cov), diffuse, *grads, status)
+    if status.any():
+        code = int(status[status != 0][0])
+        raise ValueError(f"{_SCORE_ERRORS[code]}: not positive definite "
+                         f"(sequences {np.nonzero(status == code)[0].tolist()})")
+    return tuple(grads)
+
+
+class _LogMarginal(torch.autograd.Function):
+    r"""Log marginal by the numba filter; its gradient by one smoother pass (Fisher's identity).
+
+    The score of the model is the posterior expectation of the complete-data score,
+    :math:`\nabla_\theta \log p(x) = E[\nabla_\theta \log p(s, x) \mid x]`, which for a
+    linear-Gaussian model is a closed form of the smoothed moments
+    :math:`\hat s_t = E[s_t]`, :math:`V_t = \operatorname{Cov}(s_t)`,
+    :math:`C_t = \operatorname{Cov}(s_t, s_{t-1})` (given :math:`x_{1:L}`). With
+    :math:`r_t = \hat s_t - A \hat s_{t-1}` and the sums over :math:`t = 2..L`,
+
+    .. math::
+
+        \partial_A = Q^{-1} \textstyle\sum (r_t \hat s_{t-1}^\top + C_t - A V_{t-1}), \quad
+        \partial_Q = \tfrac12 Q^{-1} \big(\textstyle\sum [r_t r_t^\top + V_t - C_t A^\top
+        - A C_t^\top + A V_{t-1} A^\top] - (L-1) Q\big) Q^{-1};
+
+    per step, over its observed entries :math:`O` (:math:`e_t = x_O - H_O \hat s_t`,
+    :math:`w_t = R_O^{-1} e_t`, :math:`Z_t = R_O^{-1} H_O`):
+    :math:`\partial_{H_O} \mathrel{+}= w_t \hat s_t^\top - Z_t V_t`,
+    :math:`\partial_{R_O} \mathrel{+}= \tfrac12 (w_t w_t^\top + Z_t V_t Z_t^\top - R_O^{-1})`,
+    :math:`\partial_{x_O} = -w_t` (0 at missing entries and padding); and
+    :math:`\partial_{\mu_0} = \Sigma_0^{-1} u`, :math:`\partial_{\Sigma_0} = \tfrac12
+    \Sigma_0^{-1} (u u^\top + V_1 - \Sigma_0) \Sigma_0^{-1}` with :math:`u = \hat s_1 - \mu_0`
+    (zero with the diffuse start, whose limit :math:`\kappa \to \infty` leaves only the
+    flat-prior posterior in the expectation). Covariance inputs are read through their
+    symmetric part, so their gradients are symmetric. Sums of the moments' covariances
+    rather than of raw second moments keep the cancellation small when the states are far
+    from 0. Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, transition_matrix, transition_cov, observation_matrix, observation_cov,
+                initial_mean, initial_cov, observations, lengths, diffuse, steady_state):
+        params = _Params(transition_matrix, _symmetrise(transition_cov), observation_matrix,
+                         _symmetrise(observation_cov), initial_mean, _symmetrise(initial_cov), observations, lengths)
+        ctx.save_for_backward(*params)
+        ctx.diffuse, ctx.steady_state = diffuse, steady_state
+        return _run_filter(params, diffuse, "sequential", steady_state, store=False)[1].log_normalizer
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        params = _Params(*ctx.saved_tensors)
+        grads = _fisher_score(params, ctx.diffuse, ctx.steady_state)
+        dtype, device = params.observations.dtype, params.observations.device
+        scale = grad_output.to(torch.float64).cpu().numpy()
+        results = []
+        for needed, grad in zip(ctx.needs_input_grad[:7], grads):
+            if not needed:
+                results.append(None)
+                continue
+            grad *= scale.reshape(-1, *(1,) * (grad.ndim - 1))
+            results.append(torch.from_numpy(grad).to(device=device, dtype=dtype))
+        return (*results, None, None, None)
 
 
 # --------------------------------------------------------------------------------------
@@ -1415,8 +1765,11 @@ def log_marginal(
 ) -> Tensor:
     """Log marginal likelihood :math:`\\log p(x_{1:L})` over the observed entries.
 
-    Differentiable by autograd with respect to every parameter (inputs that require grad
-    run the torch loop). Without gradients, on CPU, nothing of size ``T d^2`` is stored.
+    Differentiable with respect to every input. On CPU (``method="auto"``) the gradient
+    comes from one smoother pass (Fisher's identity, see ``_LogMarginal``): covariance
+    inputs are read through their symmetric part, and it is not twice differentiable;
+    ``method="sequential"`` differentiates the torch loop instead (any order). Without
+    gradients, on CPU, nothing of size ``T d^2`` is stored.
 
     Args:
         (model arguments), diffuse, method, steady_state: as in :func:`kalman_filter`.
@@ -1429,6 +1782,9 @@ def log_marginal(
         transition_matrix, transition_cov, observation_matrix, observation_cov,
         initial_mean, initial_cov, observations, lengths,
     )
+    if _choose_backend(params, method) == "torch" and method == "auto" and params.observations.device.type == "cpu":
+        # Gradients on CPU: the numba filter, and the smoother in the backward pass.
+        return _LogMarginal.apply(*params, diffuse, steady_state)
     return _run_filter(params, diffuse, method, steady_state, store=False)[1].log_normalizer
 
 
