@@ -230,6 +230,7 @@ def step_log_likelihoods(model: SequenceModel, batch, *, start: int = 0,
                     owners.append(i)
                     ends.append(end)
         log_probs = []
+        out_dtype = None
         for first in range(0, len(ends), _PREFIXES_PER_CALL):
             owner = torch.tensor(owners[first:first + _PREFIXES_PER_CALL], device=batch.device)
             end = torch.tensor(ends[first:first + _PREFIXES_PER_CALL], device=batch.device)
@@ -240,9 +241,11 @@ def step_log_likelihoods(model: SequenceModel, batch, *, start: int = 0,
             positive = end > 0
             if bool(positive.any()):
                 index = positive.nonzero().squeeze(-1)
-                values[index] = model.log_prob_batch(pieces[index]).to(torch.float64)
+                scores = model.log_prob_batch(pieces[index])
+                out_dtype = out_dtype or scores.dtype
+                values[index] = scores.to(torch.float64)
             log_probs.append(values)
-        dtype = batch.values.dtype if batch.values.is_floating_point() else torch.get_default_dtype()
+        dtype = out_dtype or (batch.values.dtype if batch.values.is_floating_point() else torch.get_default_dtype())
         result = torch.zeros(n, length, dtype=torch.float64, device=batch.device)
         if log_probs:
             prefix_log_probs = torch.cat(log_probs)
