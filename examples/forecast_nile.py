@@ -56,6 +56,8 @@ from zoo.rnn import gru
 
 #: Held-out steps at the end of each series.
 TEST_STEPS = {"nile": 30, "sunspots": 60}
+#: Calendar year of each series' first value.
+FIRST_YEAR = {"nile": 1871, "sunspots": 1700}
 #: Number of HMM states per series.
 HMM_STATES = {"nile": 2, "sunspots": 3}
 
@@ -161,7 +163,9 @@ def evaluate_series(name: str, args, out: Path) -> dict:
         print(f"{label:>18}: from initial state {unconditioned:8.3f}  given history {conditioned:8.3f} nats/step | "
               f"h=1 RMSE {row['h1_rmse']:8.2f} CRPS {row['h1_crps']:7.2f} cov50 {row['h1_coverage_50']:.2f} "
               f"cov90 {row['h1_coverage_90']:.2f} | LFO elpd {lfo.elpd:8.2f} ± {lfo.se:.2f} ({lfo.num_refits} refits)")
-    figure = forecast_fan(series, fans, origin=test_start, title=f"{name}: forecasts from step {test_start}",
+    years = [FIRST_YEAR[name] + t for t in range(length)]
+    figure = forecast_fan(series, fans, origin=test_start, time=years,
+                          title=f"{name}: forecasts from {years[test_start - 1]} (fit on the years before)",
                           ylabel=data.series_names[0] if data.series_names else "")
     figure.savefig(out / f"fan_{name}.png", dpi=120)
     return rows

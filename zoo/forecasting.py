@@ -322,7 +322,8 @@ def forecast_targets(series: SequenceBatch, origins: Sequence[int], steps: int, 
 
 def evaluate_forecasts(model: SequenceModel, series, *, test_start: int, steps: int,
                        levels: Sequence[float] = (0.5, 0.9), num_samples: int = 500,
-                       generator: torch.Generator | None = None) -> ForecastEvaluation:
+                       generator: torch.Generator | None = None,
+                       max_origins: int | None = None) -> ForecastEvaluation:
     """Scores ``1..steps``-step-ahead forecasts of the held-out steps
     ``[test_start, T)`` of one series.
 
@@ -337,10 +338,18 @@ def evaluate_forecasts(model: SequenceModel, series, *, test_start: int, steps: 
         test_start: first held-out step (0-based).
         steps: ``H``, the longest lead.
         levels: central interval levels whose coverage is reported.
+        max_origins: at most this many origins, evenly spaced (every origin's history is
+            padded into one batch, so a long series needs a cap).
     """
     series = series if isinstance(series, SequenceBatch) else SequenceBatch.from_tensor(torch.as_tensor(series))
     length = int(series.lengths[0]) if series.num_sequences == 1 else -1
     origins = list(range(max(test_start - steps + 1, 1), length))
+    if max_origins is not None:
+        if not isinstance(max_origins, int) or max_origins < 1:
+            raise ValueError(f"max_origins: expected a positive int or None, got {max_origins!r}")
+        if len(origins) > max_origins:
+            chosen = torch.linspace(0, len(origins) - 1, max_origins).round().long().unique().tolist()
+            origins = [origins[i] for i in chosen]
     histories, targets, held_out = forecast_targets(series, origins, steps, test_start)
     prediction = forecast(model, histories, steps, num_samples=num_samples, generator=generator)
     leads = torch.arange(1, steps + 1)
@@ -379,7 +388,8 @@ def forecast_fan(series, forecasts: Mapping[str, ForecastDistribution], *, origi
         series: the observed series, ``(T,)``, ``(T, D)`` or a one-sequence batch.
         forecasts: model label -> a one-sequence :class:`ForecastDistribution` from ``origin``.
         origin: steps observed before the forecast (the fans start at step ``origin``).
-        levels: central interval levels drawn as bands (wider is lighter).
+        levels: central interval levels: the widest drawn as dashed bounds, the others as
+            filled bands.
         time: labels of the ``T`` steps (default 0..T-1); forecasts past ``T`` extend them
             by the last spacing.
         dim: which series dimension to draw.
@@ -405,7 +415,7 @@ def forecast_fan(series, forecasts: Mapping[str, ForecastDistribution], *, origi
         raise ValueError(f"origin: expected an int in (0, {length}], got {origin!r}")
     spacing = times[1] - times[0] if length > 1 else 1.0
     fig, ax = plt.subplots(figsize=(8, 4.2))
-    ax.plot(times, values, color="black", lw=1.2, label="observed")
+    ax.plot(times, values, color="black", lw=1.2, label="observed", zorder=5)
     ax.axvline(times[origin - 1], color="grey", ls=":", lw=1)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for number, (name, prediction) in enumerate(forecasts.items()):
@@ -416,13 +426,20 @@ def forecast_fan(series, forecasts: Mapping[str, ForecastDistribution], *, origi
         steps = prediction.shape[1]
         future = times[origin - 1] + spacing * np.arange(1, steps + 1)
         colour = colours[number % len(colours)]
-        for level in sorted(levels, reverse=True):
+        style = ("-", "--", "-.", ":")[number % 4]
+        ordered = sorted(levels)
+        # Inner intervals filled, the widest as dashed bounds: several models' fans stay readable.
+        for level in ordered[:-1]:
             lower, upper = prediction.interval(level)
             ax.fill_between(future, lower[0, :, dim].cpu().numpy(), upper[0, :, dim].cpu().numpy(), color=colour,
-                            alpha=0.12 + 0.18 * (1 - level), lw=0)
-        ax.plot(future, prediction.mean()[0, :, dim].cpu().numpy(), color=colour, lw=1.5,
-                label=f"{name} ({', '.join(f'{round(100 * l)}%' for l in sorted(levels))})")
-    ax.set_xlabel("time")
+                            alpha=0.2, lw=0)
+        if ordered:
+            lower, upper = prediction.interval(ordered[-1])
+            for bound in (lower, upper):
+                ax.plot(future, bound[0, :, dim].cpu().numpy(), color=colour, lw=0.9, ls="--")
+        ax.plot(future, prediction.mean()[0, :, dim].cpu().numpy(), color=colour, lw=1.8, ls=style,
+                label=f"{name}: mean, {' / '.join(f'{round(100 * l)}%' for l in ordered)} (filled / dashed)")
+    ax.set_xlabel("time" if time is None else "")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8, loc="best")

@@ -105,8 +105,9 @@ def test_forecast_fan_draws_every_model(tmp_path):
     fans = {"local level": forecast(model, series[:, :20], 10), "hmm": forecast(two_regime_hmm(), series[:, :20], 10)}
     figure = forecast_fan(series, fans, origin=20, title="test")
     axis = figure.axes[0]
-    assert len(axis.lines) == 1 + 1 + len(fans)  # observed, origin marker, one mean per model
-    assert len(axis.collections) == 2 * len(fans)  # a 50% and a 90% band per model
+    # Observed, origin marker, and per model its mean and the two dashed 90% bounds.
+    assert len(axis.lines) == 1 + 1 + 3 * len(fans)
+    assert len(axis.collections) == len(fans)  # one filled 50% band per model
     figure.savefig(tmp_path / "fan.png")
     with pytest.raises(ValueError, match="origin"):
         forecast_fan(series, fans, origin=0)
