@@ -19,6 +19,7 @@ from inference.timeseries import (
     posterior_step_log_likelihoods,
     prefix,
     psis_lfo,
+    psis_lfo_model,
     rolling_origin,
     split_in_time,
     step_log_likelihoods,
@@ -348,3 +349,20 @@ def test_lfo_rejects_bad_origins(grid_posterior, simulated_series):
                        first_origin=1)
     with pytest.raises(ValueError, match=r"\(S, 60\)"):
         psis_lfo(lambda origin: torch.zeros(3, 10), 60, first_origin=20)
+
+
+def test_psis_lfo_model_fits_draws_on_the_history_and_scores_them_through_the_model(simulated_series):
+    seen = []
+    generator = torch.Generator().manual_seed(4)
+    fixed = {"transition_var": LEVEL_VARS[torch.randint(0, 15, (12,), generator=generator)].unsqueeze(-1),
+             "observation_var": NOISE_VARS[torch.randint(0, 15, (12,), generator=generator)].unsqueeze(-1)}
+
+    def fit_draws(history):
+        seen.append(history.max_length)
+        return fixed
+
+    result = psis_lfo_model(local_level(), simulated_series, fit_draws, first_origin=50, k_threshold=0.0)
+    assert seen == list(range(50, 60))
+    terms = posterior_step_log_likelihoods(local_level(), simulated_series, fixed)  # prefix differences
+    expected = [torch.logsumexp(terms[:, i], 0) - math.log(12) for i in range(50, 60)]
+    assert result.pointwise.tolist() == pytest.approx([float(e) for e in expected], abs=1e-8)
