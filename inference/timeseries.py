@@ -285,8 +285,9 @@ class LFOResult(NamedTuple):
         pointwise: ``(n,)`` the terms :math:`\\mathrm{elpd}_i`.
         origins: ``(n,)`` long, :math:`i` = steps observed before each scored block.
         horizon: :math:`M`, the steps scored at each origin.
-        pareto_k: ``(n,)`` the Pareto :math:`\\hat k` of the importance weights
-            (NaN where the origin was fit exactly: no weights).
+        pareto_k: ``(n,)`` the Pareto :math:`\\hat k` of the importance weights at each
+            origin; at a refit origin the one that triggered the refit (NaN at the first
+            fit, with ``k_threshold <= 0``, and for point-estimate rolling origins).
         refit_origins: origins at which the model was (re)fit, the first fit included.
         num_refits: refits after the first fit (``len(refit_origins) - 1``).
         method: ``"exact"`` / ``"psis"`` / ``"rolling origin (point)"``.
@@ -481,10 +482,10 @@ def psis_lfo(fit_posterior: Callable[[int], Tensor], num_steps: int, *, first_or
             if k_hat <= k_threshold:
                 weights = log_weights
         if weights is None and (step_terms is None or origin > fit_origin):
+            # k_hat stays what triggered the refit (NaN for the first fit and for k_threshold <= 0).
             step_terms = _check_step_terms(fit_posterior(origin), num_steps)
             fit_origin = origin
             refits.append(origin)
-            k_hat = float("nan")
         predictive = step_terms[:, origin:origin + horizon].sum(-1)  # (S,)
         if weights is None:
             weights = torch.full_like(predictive, -math.log(predictive.numel()))
