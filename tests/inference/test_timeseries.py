@@ -362,7 +362,8 @@ def test_psis_lfo_model_fits_draws_on_the_history_and_scores_them_through_the_mo
         seen.append(history.max_length)
         return fixed
 
-    result = psis_lfo_model(local_level(), simulated_series, fit_draws, first_origin=50, k_threshold=0.0)
+    result = psis_lfo_model(local_level(), simulated_series, fit_draws, first_origin=50, k_threshold=0.0,
+                            step_log_probs=kalman_steps)
     assert seen == list(range(50, 60))
     terms = posterior_step_log_likelihoods(local_level(), simulated_series, fixed)  # prefix differences
     expected = [torch.logsumexp(terms[:, i], 0) - math.log(12) for i in range(50, 60)]
