@@ -42,7 +42,6 @@ from inference.fit import fit
 from inference.timeseries import (
     conditional_log_prob,
     posterior_step_log_likelihoods,
-    prefix,
     psis_lfo,
     rolling_origin,
     split_in_time,

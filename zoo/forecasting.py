@@ -32,7 +32,7 @@ from inference import forecast_scores
 from inference.batch import SequenceBatch
 from inference.contract import SequenceModel
 
-from .hmm import CategoricalHMM, GaussianHMM, HiddenMarkovModel, PoissonHMM
+from .hmm import CategoricalHMM, GaussianHMM, PoissonHMM
 from .lgssm import LinearGaussianSSM
 from .rnn import RecurrentModel
 
