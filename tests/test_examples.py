@@ -25,6 +25,8 @@ TINY_RUNS = {
                        "--models", "hmm:4", "lstm:16", "--embedding", "8", "--sample-length", "40", "--out", "{out}"],
     # Every published number is checked; the gradient fits (~1 minute) only in the slow test below.
     "nile_local_level.py": ["--svi-epochs", "0", "--lbfgs-iterations", "0", "--em-tolerance", "1e-8", "--out", "{out}"],
+    "forecast_nile.py": ["--datasets", "nile", "--gru-epochs", "3", "--em-iterations", "5", "--restarts", "1",
+                         "--num-samples", "20", "--grid", "6", "--draws", "40", "--refit-every", "15", "--out", "{out}"],
     "ozone.py": ["--data-dir", "{data}", "--days", "30", "--stations", "40", "--radii", "0", "100",
                  "--em-iterations", "5", "--out", "{out}"],
 }
