@@ -100,9 +100,12 @@ class ExactGuideDMM(DeepMarkovModel):
         return a, q, h, r, a @ self.z_0, q
 
     def _guide_features(self, batch, inputs):
-        smoothed = rts_smoother(*self.kalman_arguments(), batch.values, batch.lengths)
-        mean, var = smoothed.smoothed_mean[..., 0], smoothed.smoothed_cov[..., 0, 0]
-        cross = smoothed.lag_one_cov[..., 0, 0]  # Cov(z_t, z_{t-1} | x)
+        # enable_grad: parameters that need gradients select the torch loop, which needs no numba
+        # compilation (a minute on a loaded machine) for these tiny sizes.
+        with torch.enable_grad():
+            smoothed = rts_smoother(*self.kalman_arguments(), batch.values, batch.lengths)
+        mean, var = smoothed.smoothed_mean[..., 0].detach(), smoothed.smoothed_cov[..., 0, 0].detach()
+        cross = smoothed.lag_one_cov[..., 0, 0].detach()  # Cov(z_t, z_{t-1} | x)
         prev_mean = torch.cat([torch.zeros_like(mean[:, :1]), mean[:, :-1]], 1)
         prev_var = torch.cat([torch.ones_like(var[:, :1]), var[:, :-1]], 1)
         real = batch.mask
@@ -131,7 +134,7 @@ def _linear_gaussian(seed=0):
     x[0, 7:] = 123.0  # padding garbage
     batch = SequenceBatch(x, torch.tensor([7, 9, 1, 5]))
     exact = log_marginal(*model.kalman_arguments(), torch.where(batch.mask[..., None], x, 0.0), batch.lengths)
-    return model, batch, exact
+    return model, batch, exact.detach()
 
 
 def test_elbo_with_the_exact_smoother_as_guide_is_the_kalman_log_likelihood():
