@@ -178,7 +178,7 @@ def test_masked_batch_equals_one_by_one_and_ignores_padding(observation, guide):
     noise = torch.randn(4, 6, 3, dtype=torch.float64)
     garbage = batch.values.clone()
     pad = ~batch.mask
-    garbage[pad] = (torch.full_like(garbage[pad], 3) if observation == "categorical"
+    garbage[pad] = (torch.full_like(garbage[pad], 99) if observation == "categorical"
                     else torch.full_like(garbage[pad], float("nan")))
     with torch.no_grad():
         together = model.elbo_per_sequence(batch, "mc", noise=noise)
