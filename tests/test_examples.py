@@ -29,12 +29,16 @@ TINY_RUNS = {
                          "--num-samples", "20", "--grid", "6", "--draws", "40", "--refit-every", "15", "--out", "{out}"],
     "ozone.py": ["--data-dir", "{data}", "--days", "30", "--stations", "40", "--radii", "0", "100",
                  "--em-iterations", "5", "--out", "{out}"],
+    "dmm_jsb.py": ["--data", "{data}/jsb_chorales.json", "--train-sequences", "8", "--test-sequences", "4",
+                   "--z-dim", "4", "--transition-dim", "8", "--emitter-dim", "8", "--rnn-dim", "8",
+                   "--epochs", "2", "--particles", "3", "--out", "{out}"],
 }
 
 # script -> files it needs in the shared data folder (the test skips, saying so, when they are absent)
 NEEDS_SHARED_DATA = {
     "ozone.py": ["ozone2_y.csv", "ozone2_stations.csv"],
     "shakespeare.py": ["tinyshakespeare.txt"],
+    "dmm_jsb.py": ["jsb_chorales.json"],
 }
 
 

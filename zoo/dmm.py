@@ -1,0 +1,732 @@
+"""Deep Markov models (Krishnan, Shalit & Sontag, AAAI 2017).
+
+A deep Markov model keeps the stochastic, continuous latent state of a Kalman
+filter but lets neural networks parameterise its transition and emission:
+
+.. math::
+
+    z_1 \\sim \\mathcal N(\\mu(z_0), \\sigma(z_0)), \\quad
+    z_t \\mid z_{t-1} \\sim \\mathcal N(\\mu(z_{t-1}), \\operatorname{diag} \\sigma^2(z_{t-1})), \\quad
+    x_t \\mid z_t \\sim p(x_t \\mid \\eta(z_t)),
+
+with :math:`z_0` a learned vector. The guide is structured like the true
+posterior, which is Markov given the observations:
+:math:`q(z_{1:T} \\mid x_{1:T}) = \\prod_t q(z_t \\mid z_{t-1}, x_{\\ge t})`.
+
+Guides (the paper's names, Table 1 of Krishnan et al. 2017):
+
+* ``"st-r"`` ("ST-R", structured, right): a *backward* RNN summarises
+  :math:`x_{t:T}`; a combiner mixes it with :math:`z_{t-1}`. This is Pyro's
+  ``examples/dmm.py`` guide and the one whose conditional independences match
+  the exact posterior.
+* ``"st-lr"`` ("ST-LR", structured, left and right): a bidirectional RNN
+  (summaries of :math:`x_{1:t}` and :math:`x_{t:T}`) plus :math:`z_{t-1}`.
+* ``"mf"`` ("MF-LR", mean field): :math:`q(z_t \\mid x_{1:T})` from the
+  bidirectional RNN only; no sequential sampling at all.
+
+Each :math:`q(z_t \\mid \\cdot)` may be followed by ``num_iafs`` inverse
+autoregressive flows (Kingma et al. 2016), as in Pyro's DMM tutorial.
+
+**Estimator.** :meth:`DeepMarkovModel.loss` samples :math:`z_{1:T}` from the
+guide (the only sequential part: :math:`z_t` needs :math:`z_{t-1}`), then
+evaluates every transition and emission term for all steps at once. Without
+flows both :math:`q(z_t \\mid z_{t-1}, x)` and :math:`p(z_t \\mid z_{t-1})` are
+diagonal Gaussians, so the KL term of each step is computed analytically at the
+sampled :math:`z_{t-1}` (the estimator of Pyro's ``TraceMeanField_ELBO``):
+it integrates :math:`z_t` out exactly, so its variance is lower than the
+single-sample Monte Carlo :math:`\\log q - \\log p` and it is still unbiased for
+the ELBO and its reparameterised gradient. With flows the density of
+:math:`q(z_t)` is not Gaussian and the estimator falls back to Monte Carlo.
+
+Shapes: observations ``(N, T, D)`` (Bernoulli frames, Gaussian vectors with NaN
+for missing entries) or ``(N, T)`` integer codes (categorical); latent paths
+``(N, T, Z)``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, NamedTuple
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro import poutine
+from pyro.distributions.transforms import AffineAutoregressive
+from pyro.nn import AutoRegressiveNN
+from torch import Tensor, nn
+
+from inference.batch import SequenceBatch, iterate_minibatches, sequence_plate
+from inference.contract import SequenceModel
+
+__all__ = ["DeepMarkovModel", "DMMPosterior", "LossOutput", "GUIDES", "OBSERVATIONS", "train_dmm", "length_buckets"]
+
+OBSERVATIONS: tuple[str, ...] = ("bernoulli", "categorical", "gaussian")
+GUIDES: tuple[str, ...] = ("st-r", "st-lr", "mf")
+TRANSITIONS: tuple[str, ...] = ("gated", "linear")
+EMISSIONS: tuple[str, ...] = ("mlp", "linear")
+
+try:  # The trainer's record of a custom objective (INTERFACES §3); a local twin until it lands.
+    from inference.fit import LossOutput  # type: ignore[attr-defined]
+except ImportError:  # SHIM: remove at merge once inference.fit defines LossOutput.
+    class LossOutput(NamedTuple):
+        """``loss`` is minimised (annealed negative ELBO); ``objective`` is logged (unannealed ELBO, nats)."""
+
+        loss: Tensor
+        objective: Tensor
+
+
+class DMMPosterior(NamedTuple):
+    """Posterior state trajectories of the guide.
+
+    Attributes:
+        loc: ``(N, T, Z)`` the mean of each :math:`q(z_t \\mid z_{t-1}, x)` along the guide's
+            mean path (:math:`z_{t-1}` set to the previous step's mean; before any flow).
+        scale: ``(N, T, Z)`` its standard deviations.
+        samples: ``(S, N, T, Z)`` paths drawn from the guide (flows included), or None.
+        mask: ``(N, T)`` True on real steps.
+    """
+
+    loc: Tensor
+    scale: Tensor
+    samples: Tensor | None
+    mask: Tensor
+
+
+class _GuidePath(NamedTuple):
+    z: Tensor  # (N, T, Z) sampled path (after flows)
+    base: Tensor  # (N, T, Z) the Gaussian draw before flows
+    loc: Tensor  # (N, T, Z)
+    scale: Tensor  # (N, T, Z)
+    log_det: Tensor | None  # (N, T) sum of flow log-Jacobians, None without flows
+
+
+def _gaussian_kl(q_loc: Tensor, q_scale: Tensor, p_loc: Tensor, p_scale: Tensor) -> Tensor:
+    """``KL(N(q) || N(p))`` of diagonal Gaussians summed over the last dim."""
+    ratio = (q_scale / p_scale).pow(2)
+    return 0.5 * (ratio + ((q_loc - p_loc) / p_scale).pow(2) - 1.0 - ratio.log()).sum(-1)
+
+
+def _normal_log_prob(value: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+    """Diagonal Gaussian log-density summed over the last dim."""
+    return (-0.5 * ((value - loc) / scale).pow(2) - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+class GatedTransition(nn.Module):
+    """:math:`p(z_t \\mid z_{t-1})`: a learned gate mixes a linear and a nonlinear proposal for the mean.
+
+    ``loc = (1 - g) * A z + g * h(z)``, ``g = sigmoid(MLP(z))``, ``scale = softplus(W relu(h(z))) + floor``
+    (Krishnan et al. 2017, Sec. 5; Pyro's ``GatedTransition``). ``A`` starts at the identity.
+    """
+
+    def __init__(self, z_dim: int, transition_dim: int, min_scale: float) -> None:
+        super().__init__()
+        self.gate_hidden = nn.Linear(z_dim, transition_dim)
+        self.gate_out = nn.Linear(transition_dim, z_dim)
+        self.proposal_hidden = nn.Linear(z_dim, transition_dim)
+        self.proposal_out = nn.Linear(transition_dim, z_dim)
+        self.linear_mean = nn.Linear(z_dim, z_dim)
+        self.scale_out = nn.Linear(z_dim, z_dim)
+        self.min_scale = min_scale
+        with torch.no_grad():
+            self.linear_mean.weight.copy_(torch.eye(z_dim))
+            self.linear_mean.bias.zero_()
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """``(..., Z) -> loc (..., Z), scale (..., Z)``."""
+        gate = torch.sigmoid(self.gate_out(F.relu(self.gate_hidden(z))))
+        proposal = self.proposal_out(F.relu(self.proposal_hidden(z)))
+        loc = torch.lerp(self.linear_mean(z), proposal, gate)
+        scale = F.softplus(self.scale_out(F.relu(proposal))) + self.min_scale
+        return loc, scale
+
+
+class LinearTransition(nn.Module):
+    """:math:`z_t = A z_{t-1} + b + \\epsilon`, :math:`\\epsilon \\sim N(0, \\operatorname{diag}(s^2))`, s = softplus + floor."""
+
+    def __init__(self, z_dim: int, min_scale: float) -> None:
+        super().__init__()
+        self.matrix = nn.Linear(z_dim, z_dim)
+        self.raw_scale = nn.Parameter(torch.zeros(z_dim))
+        self.min_scale = min_scale
+        with torch.no_grad():
+            self.matrix.weight.copy_(0.9 * torch.eye(z_dim))
+            self.matrix.bias.zero_()
+
+    def scale(self) -> Tensor:
+        return F.softplus(self.raw_scale) + self.min_scale
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        loc = self.matrix(z)
+        return loc, self.scale().expand_as(loc)
+
+
+class DeepMarkovModel(SequenceModel):
+    """A deep Markov model with a structured RNN guide.
+
+    Args:
+        observation: ``"bernoulli"`` (multi-hot frames ``(N, T, D)``), ``"categorical"``
+            (codes ``(N, T)`` in ``[0, num_symbols)``) or ``"gaussian"`` (``(N, T, D)`` floats,
+            NaN = missing, one learned standard deviation per dimension).
+        dim: ``D`` (Bernoulli and Gaussian). num_symbols: ``K`` (categorical).
+        z_dim: ``Z``, latent width. transition_dim: hidden width of the gated transition.
+        emitter_dim: hidden width of the MLP emitter. rnn_dim: guide RNN width.
+        guide: ``"st-r"``, ``"st-lr"`` or ``"mf"`` (see the module docstring).
+        num_iafs: inverse autoregressive flows after each ``q(z_t | .)``; iaf_dim their hidden width.
+        transition: ``"gated"`` or ``"linear"`` (linear-Gaussian).
+        emission: ``"mlp"`` (two ReLU layers) or ``"linear"``; linear transition + linear Gaussian
+            emission is a Kalman filter with diagonal noise.
+        min_scale: floor added to every standard deviation (prior, guide, Gaussian emission), so a
+            high learning rate cannot collapse a scale to 0 (Pyro's example NaNs there).
+
+    Example:
+        >>> model = DeepMarkovModel("bernoulli", dim=4, z_dim=2, transition_dim=8, emitter_dim=8, rnn_dim=8)
+        >>> batch = SequenceBatch.from_sequences([torch.ones(5, 4), torch.zeros(3, 4)])
+        >>> model.log_prob_batch(batch, num_particles=3).shape
+        torch.Size([2])
+        >>> model.sample(2, 7).values.shape
+        torch.Size([2, 7, 4])
+    """
+
+    family = "dmm"
+    exact_likelihood = False
+    likelihood_kind = "ELBO"
+
+    def __init__(self, observation: str = "bernoulli", *, dim: int | None = None, num_symbols: int | None = None,
+                 z_dim: int = 100, transition_dim: int = 200, emitter_dim: int = 100, rnn_dim: int = 600,
+                 guide: str = "st-r", num_iafs: int = 0, iaf_dim: int = 100, transition: str = "gated",
+                 emission: str = "mlp", min_scale: float = 1e-2) -> None:
+        super().__init__()
+        for name, value, allowed in (("observation", observation, OBSERVATIONS), ("guide", guide, GUIDES),
+                                     ("transition", transition, TRANSITIONS), ("emission", emission, EMISSIONS)):
+            if value not in allowed:
+                raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
+        for name, value in (("z_dim", z_dim), ("transition_dim", transition_dim), ("emitter_dim", emitter_dim),
+                            ("rnn_dim", rnn_dim), ("iaf_dim", iaf_dim)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        if not isinstance(num_iafs, int) or num_iafs < 0:
+            raise ValueError(f"num_iafs: expected a nonnegative int, got {num_iafs!r}")
+        if not (isinstance(min_scale, (int, float)) and min_scale > 0):
+            raise ValueError(f"min_scale: expected a positive float, got {min_scale!r}")
+        if observation == "categorical":
+            if not isinstance(num_symbols, int) or num_symbols < 1 or dim is not None:
+                raise ValueError(f"categorical observations need num_symbols (a positive int) and no dim; "
+                                 f"got num_symbols={num_symbols!r}, dim={dim!r}")
+        elif not isinstance(dim, int) or dim < 1 or num_symbols is not None:
+            raise ValueError(f"{observation} observations need dim (a positive int) and no num_symbols; "
+                             f"got dim={dim!r}, num_symbols={num_symbols!r}")
+        self.observation, self.dim, self.num_symbols = observation, dim, num_symbols
+        self.z_dim, self.transition_dim, self.emitter_dim, self.rnn_dim = z_dim, transition_dim, emitter_dim, rnn_dim
+        self.guide_kind, self.num_iafs, self.iaf_dim = guide, num_iafs, iaf_dim
+        self.transition_kind, self.emission_kind, self.min_scale = transition, emission, float(min_scale)
+
+        width = num_symbols if observation == "categorical" else dim
+        # -- generative model
+        self.transition = (GatedTransition(z_dim, transition_dim, self.min_scale) if transition == "gated"
+                           else LinearTransition(z_dim, self.min_scale))
+        self.emitter = (nn.Sequential(nn.Linear(z_dim, emitter_dim), nn.ReLU(), nn.Linear(emitter_dim, emitter_dim),
+                                      nn.ReLU(), nn.Linear(emitter_dim, width))
+                        if emission == "mlp" else nn.Linear(z_dim, width))
+        self.emission_raw_scale = nn.Parameter(torch.zeros(dim)) if observation == "gaussian" else None
+        self.z_0 = nn.Parameter(torch.zeros(z_dim))
+        # -- guide (names start with "guide_", so num_parameters counts the model only)
+        rnn_input = 2 * dim if observation == "gaussian" else width  # Gaussian: values + observed indicators
+        bidirectional = guide != "st-r"
+        # tanh, not Pyro's relu: a bounded state cannot blow up at a high learning rate.
+        # Two single-direction RNNs rather than nn.RNN(bidirectional=True), whose backward pass
+        # would read the padding first.
+        self.guide_rnn = nn.RNN(rnn_input, rnn_dim, nonlinearity="tanh", batch_first=True)
+        self.guide_rnn_forward = (nn.RNN(rnn_input, rnn_dim, nonlinearity="tanh", batch_first=True)
+                                  if bidirectional else None)
+        self.guide_h_0 = nn.Parameter(torch.zeros(2 if bidirectional else 1, rnn_dim))
+        self.guide_z_q_0 = nn.Parameter(torch.zeros(z_dim))
+        self.guide_z_to_hidden = nn.Linear(z_dim, rnn_dim) if guide != "mf" else None
+        self.guide_loc_scale = nn.Linear(rnn_dim, 2 * z_dim)
+        self.guide_iafs = nn.ModuleList(
+            AffineAutoregressive(AutoRegressiveNN(z_dim, [iaf_dim]), sigmoid_bias=3.0) for _ in range(num_iafs))
+
+    def config(self) -> dict[str, Any]:
+        return {"observation": self.observation, "dim": self.dim, "num_symbols": self.num_symbols,
+                "z_dim": self.z_dim, "transition_dim": self.transition_dim, "emitter_dim": self.emitter_dim,
+                "rnn_dim": self.rnn_dim, "guide": self.guide_kind, "num_iafs": self.num_iafs,
+                "iaf_dim": self.iaf_dim, "transition": self.transition_kind, "emission": self.emission_kind,
+                "min_scale": self.min_scale}
+
+    def default_fit_options(self) -> dict[str, Any]:
+        """SVI defaults for this family (INTERFACES §2)."""
+        return {"learning_rate": 3e-3, "batch_size": 20, "clip_norm": 10.0}
+
+    def likelihood_label(self, num_particles: int = 1) -> str:
+        return "ELBO" if num_particles == 1 else f"IWAE bound (M={num_particles})"
+
+    # -- observations ------------------------------------------------------
+    def _check_batch(self, batch: SequenceBatch) -> None:
+        values = batch.values
+        if self.observation == "categorical":
+            if values.dim() != 2:
+                raise ValueError(f"batch.values: categorical observations need shape (N, T), got {tuple(values.shape)}")
+            real = values[batch.mask]
+            if real.numel() and (real.is_floating_point() or int(real.min()) < 0 or int(real.max()) >= self.num_symbols):
+                raise ValueError(f"batch.values: expected integer codes in [0, {self.num_symbols}) on real steps")
+        elif values.dim() != 3 or values.shape[-1] != self.dim:
+            raise ValueError(f"batch.values: {self.observation} observations need shape (N, T, {self.dim}), "
+                             f"got {tuple(values.shape)}")
+
+    def _inputs(self, batch: SequenceBatch) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(rnn inputs (N, T, I), clean observations, observed-entry mask or None)``; padding zeroed."""
+        mask = batch.mask
+        values = batch.values
+        dtype = self.guide_loc_scale.weight.dtype
+        if self.observation == "categorical":
+            codes = torch.where(mask, values.long(), torch.zeros_like(values, dtype=torch.long))
+            return F.one_hot(codes, self.num_symbols).to(dtype), codes, None
+        values = values.to(dtype)
+        if self.observation == "bernoulli":
+            clean = torch.where(mask.unsqueeze(-1), values, torch.zeros((), dtype=dtype))
+            return clean, clean, None
+        observed = mask.unsqueeze(-1) & ~torch.isnan(values)
+        clean = torch.where(observed, values, torch.zeros((), dtype=dtype))
+        return torch.cat([clean, observed.to(dtype)], -1), clean, observed
+
+    def _emission_log_prob(self, z: Tensor, clean: Tensor, observed: Tensor | None) -> Tensor:
+        """``log p(x_t | z_t)`` for every step, ``(..., N, T)`` (padded steps not yet masked)."""
+        out = self.emitter(z)
+        if self.observation == "bernoulli":
+            return -F.binary_cross_entropy_with_logits(out, clean.expand_as(out), reduction="none").sum(-1)
+        if self.observation == "categorical":
+            return out.log_softmax(-1).gather(-1, clean.expand(out.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+        scale = self.emission_scale()
+        return torch.where(observed, _normal_log_prob(clean.unsqueeze(-1), out.unsqueeze(-1), scale.unsqueeze(-1)),
+                           torch.zeros((), dtype=out.dtype)).sum(-1)
+
+    def emission_scale(self) -> Tensor:
+        """``(D,)`` Gaussian emission standard deviations."""
+        return F.softplus(self.emission_raw_scale) + self.min_scale
+
+    def _emission_distribution(self, z: Tensor) -> dist.Distribution:
+        out = self.emitter(z)
+        if self.observation == "bernoulli":
+            return dist.Bernoulli(logits=out).to_event(1)
+        if self.observation == "categorical":
+            return dist.Categorical(logits=out)
+        return dist.Normal(out, self.emission_scale()).to_event(1)
+
+    # -- guide -------------------------------------------------------------
+    def _rnn_summary(self, inputs: Tensor, lengths: Tensor) -> Tensor:
+        """``(N, T, R)``: the backward RNN over :math:`x_{t:L}` (``st-r``) or the mean of both
+        directions (``st-lr``, ``mf``). Each sequence is reversed within its own length, so padding
+        is read after the real steps and never reaches them."""
+        n, t = inputs.shape[:2]
+        steps = torch.arange(t, device=inputs.device)
+        reverse = torch.where(steps < lengths.unsqueeze(-1), lengths.unsqueeze(-1) - 1 - steps, steps)  # (N, T)
+        gather = reverse.unsqueeze(-1)
+        reversed_inputs = inputs.gather(1, gather.expand_as(inputs))
+        h_0 = self.guide_h_0
+        backward, _ = self.guide_rnn(reversed_inputs, h_0[:1, None].expand(1, n, self.rnn_dim).contiguous())
+        backward = backward.gather(1, gather.expand_as(backward))
+        if self.guide_rnn_forward is None:
+            return backward
+        forward, _ = self.guide_rnn_forward(inputs, h_0[1:, None].expand(1, n, self.rnn_dim).contiguous())
+        return 0.5 * (forward + backward)
+
+    def _guide_features(self, batch: SequenceBatch, inputs: Tensor) -> Tensor:
+        """``(N, T, 2Z)``: the part of each step's ``[loc, raw scale]`` that does not depend on
+        :math:`z_{t-1}`, for all steps at once (the combiner is linear after its tanh, so the
+        RNN's share is computed outside the sequential loop)."""
+        summary = self._rnn_summary(inputs, batch.lengths)
+        if self.guide_kind == "mf":
+            return self.guide_loc_scale(summary)
+        # Combiner (Pyro's): h = (tanh(W z_{t-1}) + h_rnn) / 2; loc, scale from h; the h_rnn half here.
+        return F.linear(0.5 * summary, self.guide_loc_scale.weight, self.guide_loc_scale.bias)
+
+    def _guide_conditional(self, z_prev: Tensor, features: Tensor) -> tuple[Tensor, Tensor]:
+        """``q(z_t | z_{t-1}, x)``'s ``loc, scale`` ``(..., Z)`` from ``z_prev (..., Z)`` and one step of
+        :meth:`_guide_features`."""
+        if self.guide_z_to_hidden is not None:
+            features = features + F.linear(0.5 * torch.tanh(self.guide_z_to_hidden(z_prev)),
+                                            self.guide_loc_scale.weight)
+        loc, raw_scale = features.chunk(2, -1)
+        return loc, F.softplus(raw_scale) + self.min_scale
+
+    def _sample_guide(self, batch: SequenceBatch, inputs: Tensor, mean_path: bool = False,
+                      noise: Tensor | None = None) -> _GuidePath:
+        """Draws :math:`z_{1:T} \\sim q` step by step (``mean_path``: feeds each step's mean forward, no
+        noise; ``noise``: ``(N, T, Z)`` standard normal draws to use instead of torch's RNG)."""
+        features = self._guide_features(batch, inputs)
+        n, t = features.shape[:2]
+        z_prev = self.guide_z_q_0.expand(n, self.z_dim)
+        zs, bases, locs, scales, log_dets = [], [], [], [], []
+        iafs = list(self.guide_iafs)
+        for step in range(t):
+            loc, scale = self._guide_conditional(z_prev, features[:, step])
+            if mean_path:
+                base = loc
+            else:
+                base = loc + scale * (torch.randn_like(loc) if noise is None else noise[:, step])
+            z = base
+            if iafs:
+                log_det = torch.zeros(n, dtype=z.dtype, device=z.device)
+                for iaf in iafs:
+                    z_next = iaf(z)
+                    log_det = log_det + iaf.log_abs_det_jacobian(z, z_next)
+                    z = z_next
+                log_dets.append(log_det)
+            zs.append(z)
+            bases.append(base)
+            locs.append(loc)
+            scales.append(scale)
+            z_prev = z
+        stack = lambda xs: torch.stack(xs, 1)  # noqa: E731  (N, T, Z)
+        return _GuidePath(stack(zs), stack(bases), stack(locs), stack(scales),
+                          torch.stack(log_dets, 1) if iafs else None)
+
+    # -- the vectorised objective ----------------------------------------
+    def _step_terms(self, batch: SequenceBatch, estimator: str, noise: Tensor | None = None
+                    ) -> tuple[Tensor, Tensor]:
+        """One guide sample; ``(log p(x_t | z_t), KL_t)`` each ``(N, T)``, zero at padded steps.
+
+        ``estimator``: ``"analytic"`` (Gaussian KL at the sampled :math:`z_{t-1}`; needs no flows)
+        or ``"mc"`` (:math:`\\log q(z_t \\mid \\cdot) - \\log p(z_t \\mid z_{t-1})` at the sample).
+        """
+        self._check_batch(batch)
+        inputs, clean, observed = self._inputs(batch)
+        path = self._sample_guide(batch, inputs, noise=noise)
+        n = path.z.shape[0]
+        z_prev = torch.cat([self.z_0.expand(n, 1, self.z_dim), path.z[:, :-1]], 1)  # (N, T, Z)
+        prior_loc, prior_scale = self.transition(z_prev)
+        if estimator == "analytic":
+            if self.num_iafs:
+                raise ValueError("estimator: the analytic KL needs a Gaussian guide; with flows use 'mc'")
+            kl = _gaussian_kl(path.loc, path.scale, prior_loc, prior_scale)
+        elif estimator == "mc":
+            log_q = _normal_log_prob(path.base, path.loc, path.scale)
+            if path.log_det is not None:
+                log_q = log_q - path.log_det
+            kl = log_q - _normal_log_prob(path.z, prior_loc, prior_scale)
+        else:
+            raise ValueError(f"estimator: expected 'analytic' or 'mc', got {estimator!r}")
+        log_lik = self._emission_log_prob(path.z, clean, observed)
+        mask = batch.mask
+        zero = torch.zeros((), dtype=kl.dtype)
+        return torch.where(mask, log_lik, zero), torch.where(mask, kl, zero)
+
+    def default_estimator(self) -> str:
+        """``"analytic"`` KL without flows, ``"mc"`` with them."""
+        return "mc" if self.num_iafs else "analytic"
+
+    def elbo_per_sequence(self, batch: SequenceBatch, estimator: str | None = None,
+                          noise: Tensor | None = None) -> Tensor:
+        """``(N,)`` single-sample ELBO estimate of each sequence (``noise``: optional ``(N, T, Z)``
+        standard normal draws for the guide; default torch's global RNG)."""
+        log_lik, kl = self._step_terms(batch, estimator or self.default_estimator(), noise)
+        return (log_lik - kl).sum(-1)
+
+    def loss(self, batch: SequenceBatch, annealing_factor: float = 1.0, estimator: str | None = None) -> LossOutput:
+        """The fast training objective (INTERFACES §3, ``fit(..., loss="model")``).
+
+        Returns:
+            ``LossOutput(loss, objective)``: ``loss`` = annealed negative ELBO
+            :math:`-(\\sum \\log p(x|z) - a \\sum KL)`, ``objective`` = the unannealed ELBO (a float
+            tensor, nats), both scaled by ``population / N`` to the whole data set like Pyro's
+            ``sequence_plate``.
+        """
+        log_lik, kl = self._step_terms(batch, estimator or self.default_estimator())
+        scale = (batch.population or batch.num_sequences) / batch.num_sequences
+        log_lik, kl = log_lik.sum() * scale, kl.sum() * scale
+        return LossOutput(loss=-(log_lik - annealing_factor * kl), objective=(log_lik - kl).detach())
+
+    # -- scoring -----------------------------------------------------------
+    def log_prob_batch(self, batch: SequenceBatch, *, num_particles: int = 1) -> Tensor:
+        """``(N,)`` ELBO (``num_particles == 1``, analytic KL without flows) or the importance-weighted
+        bound :math:`\\log \\frac1M \\sum_m p(x, z^m) / q(z^m \\mid x)` (Burda et al. 2016), which
+        rises with ``M`` towards :math:`\\log p(x)`. Randomness from torch's global RNG."""
+        if not isinstance(num_particles, int) or num_particles < 1:
+            raise ValueError(f"num_particles: expected a positive int, got {num_particles!r}")
+        if num_particles == 1:
+            return self.elbo_per_sequence(batch)
+        n = batch.num_sequences
+        repeated = SequenceBatch(batch.values.repeat((num_particles,) + (1,) * (batch.values.dim() - 1)),
+                                 batch.lengths.repeat(num_particles))
+        log_weights = self.elbo_per_sequence(repeated, estimator="mc").reshape(num_particles, n)
+        return log_weights.logsumexp(0) - math.log(num_particles)
+
+    def log_prob(self, values: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """``(N,)`` single-sample ELBO of each sequence (a bound: see :meth:`log_prob_batch`)."""
+        return self.log_prob_batch(SequenceBatch.from_tensor(values, lengths))
+
+    def log_joint(self, batch: SequenceBatch, z: Tensor) -> Tensor:
+        """``(N,)`` :math:`\\log p(x_{1:L}, z_{1:L})` at a given path ``z (N, T, Z)`` (padding ignored)."""
+        self._check_batch(batch)
+        _, clean, observed = self._inputs(batch)
+        z_prev = torch.cat([self.z_0.expand(z.shape[0], 1, self.z_dim), z[:, :-1]], 1)
+        prior_loc, prior_scale = self.transition(z_prev)
+        terms = _normal_log_prob(z, prior_loc, prior_scale) + self._emission_log_prob(z, clean, observed)
+        return torch.where(batch.mask, terms, torch.zeros((), dtype=terms.dtype)).sum(-1)
+
+    # -- Pyro model and guide (the reference; the per-step loop of Pyro's examples/dmm.py) --------
+    def model(self, batch: SequenceBatch, annealing_factor: float = 1.0) -> None:
+        self._check_batch(batch)
+        _, clean, observed = self._inputs(batch)
+        mask = batch.mask
+        n = batch.num_sequences
+        with sequence_plate(batch):
+            z_prev = self.z_0.expand(n, self.z_dim)
+            for t in pyro.markov(range(batch.max_length)):
+                loc, scale = self.transition(z_prev)
+                with poutine.scale(scale=annealing_factor):
+                    z = pyro.sample(f"z_{t + 1}", dist.Normal(loc, scale).to_event(1).mask(mask[:, t]))
+                emission = self._emission_distribution(z)
+                if self.observation == "gaussian":
+                    # Missing entries: a per-entry mask under the event dim.
+                    emission = dist.Normal(emission.base_dist.loc, emission.base_dist.scale).mask(
+                        observed[:, t]).to_event(1)
+                pyro.sample(f"x_{t + 1}", emission.mask(mask[:, t]), obs=clean[:, t])
+                z_prev = z
+
+    def guide(self, batch: SequenceBatch, annealing_factor: float = 1.0) -> None:
+        self._check_batch(batch)
+        inputs, _, _ = self._inputs(batch)
+        features = self._guide_features(batch, inputs)
+        mask = batch.mask
+        n = batch.num_sequences
+        with sequence_plate(batch):
+            z_prev = self.guide_z_q_0.expand(n, self.z_dim)
+            for t in pyro.markov(range(batch.max_length)):
+                loc, scale = self._guide_conditional(z_prev, features[:, t])
+                if self.num_iafs:
+                    # The flows have event_dim 1, so the transformed distribution already has event_dim 1.
+                    q = dist.TransformedDistribution(dist.Normal(loc, scale), list(self.guide_iafs))
+                else:
+                    q = dist.Normal(loc, scale).to_event(1)
+                with poutine.scale(scale=annealing_factor):
+                    z_prev = pyro.sample(f"z_{t + 1}", q.mask(mask[:, t]))
+
+    # -- generation and posterior ----------------------------------------
+    @torch.no_grad()
+    def sample(self, num_sequences: int, length: int, generator: torch.Generator | None = None) -> SequenceBatch:
+        """``num_sequences`` new sequences of ``length`` steps drawn from the model."""
+        return self.sample_with_states(num_sequences, length, generator)[0]
+
+    @torch.no_grad()
+    def sample_with_states(self, num_sequences: int, length: int, generator: torch.Generator | None = None
+                           ) -> tuple[SequenceBatch, Tensor]:
+        """Like :meth:`sample`, also returning the latent path ``(N, T, Z)``."""
+        if not isinstance(num_sequences, int) or num_sequences < 1 or not isinstance(length, int) or length < 1:
+            raise ValueError(f"num_sequences, length: expected positive ints, got {num_sequences!r}, {length!r}")
+        ref = self.z_0
+        z_prev = ref.expand(num_sequences, self.z_dim)
+        zs = []
+        for _ in range(length):
+            loc, scale = self.transition(z_prev)
+            z_prev = loc + scale * torch.randn(loc.shape, generator=generator, dtype=ref.dtype, device=ref.device)
+            zs.append(z_prev)
+        z = torch.stack(zs, 1)
+        out = self.emitter(z)
+        if self.observation == "bernoulli":
+            values = torch.bernoulli(torch.sigmoid(out), generator=generator)
+        elif self.observation == "categorical":
+            values = torch.multinomial(out.softmax(-1).reshape(-1, self.num_symbols), 1, generator=generator
+                                       ).reshape(num_sequences, length)
+        else:
+            values = out + self.emission_scale() * torch.randn(out.shape, generator=generator, dtype=out.dtype,
+                                                               device=out.device)
+        return SequenceBatch.from_tensor(values), z
+
+    @torch.no_grad()
+    def posterior(self, batch: SequenceBatch, num_samples: int = 0) -> DMMPosterior:
+        """The guide's state trajectories for ``batch`` (what ``seqzoo decode`` writes)."""
+        self._check_batch(batch)
+        inputs, _, _ = self._inputs(batch)
+        mean = self._sample_guide(batch, inputs, mean_path=True)
+        samples = None
+        if num_samples:
+            samples = torch.stack([self._sample_guide(batch, inputs).z for _ in range(num_samples)])
+        mask = batch.mask.unsqueeze(-1)
+        zero = torch.zeros((), dtype=mean.loc.dtype)
+        return DMMPosterior(torch.where(mask, mean.loc, zero), torch.where(mask, mean.scale, zero),
+                            None if samples is None else torch.where(mask, samples, zero), batch.mask)
+
+    def transition_fixed_point(self, start: Tensor, iterations: int = 500) -> Tensor:
+        """Iterates the transition mean ``z -> loc(z)`` from ``start (..., Z)``; a fixed point when it converges."""
+        z = start
+        with torch.no_grad():
+            for _ in range(iterations):
+                z = self.transition(z)[0]
+        return z
+
+
+# ----------------------------------------------------------------------------
+# SHIM (remove at merge): a minimal training loop with KL annealing and the
+# vectorised loss, until inference.fit takes `loss="model"` and
+# `step_kwargs=KLAnnealing(...)` (INTERFACES §3). The lead replaces calls to
+# train_dmm(model, train, ...) by
+#   fit(model, train, valid=valid, loss="model", step_kwargs=KLAnnealing(start=min_annealing,
+#       epochs=annealing_epochs), learning_rate=..., batch_size=..., clip_norm=..., lr_schedule=...)
+# ----------------------------------------------------------------------------
+def annealing_factor(epoch: int, step: int, steps_per_epoch: int, annealing_epochs: int, min_annealing: float) -> float:
+    """Pyro's examples/dmm.py schedule: linear from ``min_annealing`` to 1 over ``annealing_epochs``, per step."""
+    if annealing_epochs <= 0 or epoch >= annealing_epochs:
+        return 1.0
+    progress = (epoch * steps_per_epoch + step + 1) / (annealing_epochs * steps_per_epoch)
+    return min_annealing + (1.0 - min_annealing) * progress
+
+
+def length_buckets(batch: SequenceBatch, batch_size: int, generator: torch.Generator):
+    """Mini-batches of sequences of similar length (sorted by length after a random jitter, batches
+    in random order), scaled to the full data; the sequential guide loop then runs ~the mean length,
+    not each batch's longest."""
+    n = batch.num_sequences
+    jitter = torch.rand(n, generator=generator) * 0.5 * float(batch.lengths.float().std().clamp(min=1.0))
+    order = torch.argsort(batch.lengths.float() + jitter)
+    pieces = list(order.split(batch_size))
+    for i in torch.randperm(len(pieces), generator=generator).tolist():
+        yield batch[pieces[i]].with_population(n)
+
+
+def train_dmm(model: DeepMarkovModel, train: SequenceBatch, *, epochs: int, batch_size: int = 20,
+              learning_rate: float = 3e-3, final_learning_rate: float | None = None, warmup_epochs: float = 1.0,
+              annealing_epochs: int = 0, min_annealing: float = 0.2, clip_norm: float = 10.0, seed: int = 0,
+              bucket_by_length: bool = True, time_budget: float | None = None,
+              callback: Callable[[dict], None] | None = None) -> list[dict]:
+    """SHIM: Adam on :meth:`DeepMarkovModel.loss` with linear LR warm-up, global-norm clipping and KL
+    annealing; the learning rate decays exponentially to ``final_learning_rate`` over ``epochs`` (or
+    over ``time_budget`` seconds when given). Returns one record per epoch (``epoch``, ``seconds``,
+    ``elbo_per_step`` (unannealed, mean over the epoch's mini-batches), ``annealing_factor``, ``lr``).
+    Raises on a non-finite loss."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(parameters, lr=learning_rate)
+    steps_per_epoch = math.ceil(train.num_sequences / batch_size)
+    warmup_steps = max(1, int(warmup_epochs * steps_per_epoch))
+    decay = (final_learning_rate or learning_rate) / learning_rate
+    total_steps = train.num_steps
+    records, start, global_step = [], time.perf_counter(), 0
+    batches = length_buckets if bucket_by_length else iterate_minibatches
+    for epoch in range(epochs):
+        model.train()
+        objectives, factor = [], 1.0
+        progress = (time.perf_counter() - start) / time_budget if time_budget else epoch / epochs
+        base_lr = learning_rate * decay ** min(1.0, progress)
+        for step, minibatch in enumerate(batches(train, batch_size, generator)):
+            factor = annealing_factor(epoch, step, steps_per_epoch, annealing_epochs, min_annealing)
+            lr = base_lr * min(1.0, (global_step + 1) / warmup_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            out = model.loss(minibatch, annealing_factor=factor)
+            if not torch.isfinite(out.loss):
+                raise FloatingPointError(f"train_dmm: loss {out.loss.item()} at epoch {epoch + 1}, step {step + 1}")
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, clip_norm)
+            optimizer.step()
+            objectives.append(float(out.objective))
+            global_step += 1
+        record = {"epoch": epoch + 1, "seconds": time.perf_counter() - start,
+                  "elbo_per_step": sum(objectives) / len(objectives) / total_steps,
+                  "annealing_factor": factor, "lr": optimizer.param_groups[0]["lr"]}
+        records.append(record)
+        if callback is not None:
+            callback(record)
+        if time_budget is not None and record["seconds"] > time_budget:
+            break
+    return records
+
+
+# ----------------------------------------------------------------------------
+# Registry entry (INTERFACES §4). Guarded until zoo/registry.py lands.
+# ----------------------------------------------------------------------------
+def _add_arguments(group) -> None:
+    group.add_argument("--z-dim", type=int, default=100, help="latent state width (default 100)")
+    group.add_argument("--transition-dim", type=int, default=200, help="gated transition hidden width (200)")
+    group.add_argument("--emitter-dim", type=int, default=100, help="emitter hidden width (100)")
+    group.add_argument("--rnn-dim", type=int, default=600, help="guide RNN width (600)")
+    group.add_argument("--guide", choices=GUIDES, default="st-r",
+                       help="st-r: backward RNN + z_{t-1} (paper's ST-R); st-lr: bidirectional; mf: mean field")
+    group.add_argument("--iafs", type=int, default=0, help="inverse autoregressive flows per step (0)")
+    group.add_argument("--transition", choices=TRANSITIONS, default="gated", help="gated (default) or linear")
+    group.add_argument("--emission", choices=EMISSIONS, default="mlp", help="mlp (default) or linear")
+    group.add_argument("--annealing-epochs", type=int, default=10, help="epochs of linear KL annealing (10)")
+    group.add_argument("--min-annealing", type=float, default=0.2, help="initial KL annealing factor (0.2)")
+    group.add_argument("--particles", type=int, default=1, help="IWAE particles for scoring (1 = ELBO)")
+
+
+def _settings_from_args(args) -> dict[str, str]:
+    return {"z_dim": str(args.z_dim), "transition_dim": str(args.transition_dim),
+            "emitter_dim": str(args.emitter_dim), "rnn_dim": str(args.rnn_dim), "guide": args.guide,
+            "iafs": str(args.iafs), "transition": args.transition, "emission": args.emission,
+            "annealing_epochs": str(args.annealing_epochs), "min_annealing": str(args.min_annealing),
+            "particles": str(args.particles)}
+
+
+_INT_SETTINGS = {"z_dim": "z_dim", "transition_dim": "transition_dim", "emitter_dim": "emitter_dim",
+                 "rnn_dim": "rnn_dim", "iafs": "num_iafs"}
+_TRAINING_SETTINGS = {"annealing_epochs", "min_annealing", "particles"}  # read by the trainer/scorer, not the builder
+
+
+def build_dmm(data, settings: dict[str, str]) -> DeepMarkovModel:
+    """A :class:`DeepMarkovModel` for ``data`` (a ``zoo.data.SequenceData``) from spec settings."""
+    try:
+        from zoo.registry import UsageError
+    except ImportError:  # SHIM: remove at merge
+        UsageError = ValueError  # noqa: N806
+    allowed = set(_INT_SETTINGS) | {"guide", "transition", "emission"} | _TRAINING_SETTINGS
+    unknown = set(settings) - allowed
+    if unknown:
+        raise UsageError(f"dmm: unknown settings {sorted(unknown)}; allowed: {sorted(allowed)}")
+    observation = {"binary": "bernoulli", "count": "bernoulli", "categorical": "categorical",
+                   "real": "gaussian"}.get(data.kind)
+    if observation is None:
+        raise UsageError(f"dmm: cannot model {data.kind!r} data")
+    options: dict[str, Any] = {}
+    for key, name in _INT_SETTINGS.items():
+        if key in settings:
+            try:
+                options[name] = int(settings[key])
+            except ValueError:
+                raise UsageError(f"dmm: {key} must be an int, got {settings[key]!r}") from None
+    for key in ("guide", "transition", "emission"):
+        if key in settings:
+            options[key] = settings[key]
+    if observation == "categorical":
+        options["num_symbols"] = data.num_symbols
+    else:
+        options["dim"] = data.dim
+    try:
+        return DeepMarkovModel(observation, **options)
+    except ValueError as error:
+        raise UsageError(f"dmm: {error}") from None
+
+
+def _label(settings: dict[str, str]) -> str:
+    label = f"dmm(z={settings.get('z_dim', 100)}, {settings.get('guide', 'st-r')}"
+    if int(settings.get("iafs", 0) or 0):
+        label += f", {settings['iafs']} IAF"
+    return label + ")"
+
+
+def _decode(model: DeepMarkovModel, batch: SequenceBatch) -> dict[str, Tensor]:
+    """What ``seqzoo decode`` writes: the guide's means and scales along its mean path."""
+    post = model.posterior(batch)
+    return {"loc": post.loc, "scale": post.scale, "mask": post.mask}
+
+
+try:
+    from zoo.registry import Family, register
+
+    register(Family(
+        name="dmm",
+        help="deep Markov model (Krishnan et al. 2017): neural transition/emission, structured RNN guide",
+        add_arguments=_add_arguments,
+        settings_from_args=_settings_from_args,
+        build=build_dmm,
+        label=_label,
+        model_classes=(DeepMarkovModel,),
+        data_kinds=("binary", "categorical", "real"),
+        decode=_decode,
+    ))
+except ImportError:  # SHIM: zoo.registry is not on this branch yet.
+    pass
