@@ -31,7 +31,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
@@ -285,6 +285,13 @@ class _LoopOptions:
     stop_hook: Callable[[bool], bool] | None = None
     valid_batch_size: int | None = None
     valid_num_particles: int = 1
+    # Data-parallel hooks (inference.distributed); None keeps the single-process behaviour.
+    #: ``hook(model)`` once the parameters exist (after ``initialize_from_data`` and, for SVI, the
+    #: lazy first evaluation), before a resumed checkpoint is loaded: a broadcast from rank 0.
+    initialization_hook: Callable[[SequenceModel], None] | None = None
+    #: replaces :func:`inference.scoring.score` for validation (same signature), e.g. a score
+    #: whose sums and standard error are gathered over processes.
+    validation_score: Callable[..., Any] | None = None
 
     def check(self) -> None:
         for name in ("patience", "eval_every", "checkpoint_every", "valid_num_particles"):
@@ -293,6 +300,8 @@ class _LoopOptions:
         if self.time_budget is not None and (not isinstance(self.time_budget, (int, float)) or self.time_budget < 0):
             raise ValueError(f"time_budget: expected a non-negative number of seconds or None, got {self.time_budget!r}")
         _check_callable("stop_hook", self.stop_hook)
+        _check_callable("initialization_hook", self.initialization_hook)
+        _check_callable("validation_score", self.validation_score)
         for callback in self.callbacks:
             _check_callable("callbacks", callback)
 
@@ -329,6 +338,10 @@ class SVIOptions(_LoopOptions):
             (e.g. an all-reduce of the gradients); it may modify ``.grad``.
         step_callbacks: called after every optimiser step with
             ``{"epoch", "step", "loss", "objective", "lr"}``.
+        minibatches: ``minibatches(train, batch_size, generator)`` yielding
+            one epoch's mini-batches (default
+            :func:`~inference.batch.iterate_minibatches`), e.g. this process's
+            shard of each (:func:`inference.distributed.shard_minibatches`).
     """
 
     max_epochs: int = 100
@@ -345,9 +358,11 @@ class SVIOptions(_LoopOptions):
     step_kwargs: Callable[[int, int], Mapping[str, Any]] | None = None
     gradient_hook: Callable[[list[Tensor]], None] | None = None
     step_callbacks: Sequence[Callable[[dict], None]] = ()
+    minibatches: Callable[[SequenceBatch, int, torch.Generator], Iterable[SequenceBatch]] | None = None
 
     def check(self) -> None:
         super().check()
+        _check_callable("minibatches", self.minibatches)
         _check_positive_int("max_epochs", self.max_epochs)
         _check_positive_int("batch_size", self.batch_size, allow_none=True)
         _check_positive_int("num_particles", self.num_particles)
@@ -388,15 +403,21 @@ class EMOptions(_LoopOptions):
             summed E-step statistics before the objective and the M-step (an
             all-reduce over processes); needs a model with ``e_step``/``m_step``.
         patience: iterations in a row the gain must stay below the threshold.
+        shard: ``shard(train) -> batch``, the part of the training batch this
+            process's ``e_step`` reads (data-parallel EM, with a
+            ``statistics_hook`` summing over processes); the objective's
+            per-step scale still counts the full ``train``.
     """
 
     max_iterations: int = 500
     tolerance: float = 1e-8
     num_restarts: int = 1
     statistics_hook: Callable[[dict[str, Tensor]], Mapping[str, Tensor]] | None = None
+    shard: Callable[[SequenceBatch], SequenceBatch] | None = None
 
     def check(self) -> None:
         super().check()
+        _check_callable("shard", self.shard)
         _check_positive_int("max_iterations", self.max_iterations)
         _check_positive_int("num_restarts", self.num_restarts)
         if not isinstance(self.tolerance, (int, float)) or not math.isfinite(self.tolerance):
@@ -608,8 +629,9 @@ class Trainer:
         """Validation log-likelihood per step every ``eval_every`` steps and at the last."""
         if self.valid is None or not (self.step % self.options.eval_every == 0 or last):
             return None
-        return score(self.model, self.valid, batch_size=self.options.valid_batch_size,
-                     num_particles=self.options.valid_num_particles, seed=self.seed).per_step
+        scorer = self.options.validation_score or score
+        return scorer(self.model, self.valid, batch_size=self.options.valid_batch_size,
+                      num_particles=self.options.valid_num_particles, seed=self.seed).per_step
 
     def decide_stop(self, reason: str | None) -> str | None:
         """The local stop ``reason`` (or ``None``), through ``stop_hook``'s collective decision."""
@@ -681,6 +703,8 @@ class SVITrainer(Trainer):
         # One evaluation creates lazily initialised parameters before the optimizer collects them
         # (with gradients on: TraceEnum_ELBO refuses to evaluate a loss it cannot differentiate).
         loss_function.evaluate(model, train[:batch_size].with_population(train.num_sequences), self.step_kwargs(0))
+        if options.initialization_hook is not None:
+            options.initialization_hook(model)
         parameters = [p for p in model.parameters() if p.requires_grad]
         if not parameters:
             raise ValueError(f"model: {type(model).__name__} has no trainable parameter to fit by SVI")
@@ -706,7 +730,7 @@ class SVITrainer(Trainer):
                 model.train()
                 learning_rate = self.optimizer.param_groups[0]["lr"]
                 objectives = []
-                for minibatch in iterate_minibatches(train, batch_size, self.generator):
+                for minibatch in (options.minibatches or iterate_minibatches)(train, batch_size, self.generator):
                     self.optimizer.zero_grad(set_to_none=True)
                     loss, objective = loss_function.evaluate(model, minibatch, self.step_kwargs(optimizer_steps))
                     if loss is not None:
@@ -826,9 +850,14 @@ class EMTrainer(Trainer):
             if self.options.statistics_hook is not None:
                 raise ValueError(f"statistics_hook: {type(model).__name__} has no e_step/m_step to reduce "
                                  f"statistics between")
+            if self.options.shard is not None:
+                raise ValueError(f"shard: {type(model).__name__} has no e_step/m_step, so EM cannot be split "
+                                 f"over processes")
             return model.em_step(self.train)
+        if self.options.shard is not None and not hasattr(self, "_local_train"):
+            self._local_train = self.options.shard(self.train)
         with torch.no_grad():
-            statistics = model.e_step(self.train)
+            statistics = model.e_step(getattr(self, "_local_train", self.train))
             if self.options.statistics_hook is not None:
                 statistics = self.options.statistics_hook(statistics)
             if "log_likelihood" not in statistics:
@@ -847,6 +876,8 @@ class EMTrainer(Trainer):
         self.restart_objectives: list[float] = []
         self.restart_stops: list[str] = []
         self.best_objective: float | None = None
+        if options.initialization_hook is not None:
+            options.initialization_hook(model)
         if self.resume:
             self.load_checkpoint()
             self.reopen_last_restart()
