@@ -15,7 +15,7 @@ import torch
 
 from inference import SequenceBatch
 from inference.batch import iterate_minibatches
-from inference.distributed import DataParallel, shard_minibatches, shard_slice
+from inference.distributed import WATCHDOG_EXIT_CODE, DataParallel, _Watchdog, shard_minibatches, shard_slice
 from inference.fit import fit
 from inference.trainer import _uses_split_em
 from zoo.hmm import CategoricalHMM, _dirichlet_mode
@@ -199,6 +199,25 @@ def test_shard_slices_partition():
         slices = [shard_slice(n, rank, 3) for rank in range(3)]
         assert [i for s in slices for i in range(n)[s]] == list(range(n))
         assert max(s.stop - s.start for s in slices) - min(s.stop - s.start for s in slices) <= 1
+
+
+def hang_in_a_collective() -> None:
+    watchdog = _Watchdog(rank=0, timeout=0.5, grace=0.5)
+    watchdog.pending = ("a collective that never returns", time.monotonic())
+    time.sleep(60)
+
+
+def test_watchdog_ends_a_process_stuck_in_a_collective():
+    process = multiprocessing.get_context("spawn").Process(target=hang_in_a_collective, daemon=True)
+    started = time.monotonic()
+    process.start()
+    process.join(50)
+    if process.is_alive():
+        process.kill()
+        process.join()
+        pytest.fail("the watchdog did not end the process")
+    assert process.exitcode == WATCHDOG_EXIT_CODE
+    assert time.monotonic() - started < 50
 
 
 # -- spawned tests ------------------------------------------------------------------------------
