@@ -22,6 +22,8 @@ hooks of :mod:`inference.trainer`; the training loops are not forked:
 * **Parameters** (:meth:`DataParallel.broadcast_state`, ``initialization_hook``):
   broadcast from rank 0 once the parameters exist, after the data-dependent
   initialisation and the lazy first evaluation that creates Pyro parameters.
+* **Non-finite loss** (``nonfinite_hook``): a flag in the gradient bucket, so
+  every rank raises the same :class:`FloatingPointError` after the all-reduce.
 * **Decisions** (:class:`CollectiveStop`, ``stop_hook``): the time budget,
   early stopping, convergence and the iteration limit are decided on rank 0
   and broadcast. The validation score is global (:meth:`DataParallel.score`:
@@ -421,7 +423,9 @@ class DataParallel:
                 raise ValueError("lr_schedule: 'plateau' without valid would follow each rank's own objective; "
                                  "give valid= or another schedule")
             world, rank = self.world_size, self.rank
-            hooks["gradient_hook"] = GradientAllReduce(self, options.gradient_hook)
+            gradient_hook = GradientAllReduce(self, options.gradient_hook)
+            hooks["gradient_hook"] = gradient_hook
+            hooks["nonfinite_hook"] = gradient_hook.defer_nonfinite
             hooks["minibatches"] = lambda batch, size, generator: shard_minibatches(
                 batch, size, generator, rank=rank, world_size=world)
         else:
@@ -446,18 +450,38 @@ def _has_split_em(model: SequenceModel) -> bool:
 class GradientAllReduce:
     """``gradient_hook``: averages the gradients over ranks with one bucketed
     ``all_reduce`` per dtype (one call per step for a model of one dtype);
-    a parameter without a gradient on this rank contributes zeros."""
+    a parameter without a gradient on this rank contributes zeros.
+
+    Also the ``nonfinite_hook``: a rank whose loss is not finite sets a flag
+    that travels in the same bucket, and every rank then raises the same
+    :class:`FloatingPointError` after that all-reduce, none waiting for another."""
 
     def __init__(self, parallel: DataParallel, then: Callable[[list[Tensor]], None] | None = None) -> None:
         self.parallel, self.then = parallel, then
+        self.nonfinite_epoch: int | None = None
+
+    def defer_nonfinite(self, epoch: int) -> bool:
+        self.nonfinite_epoch = epoch
+        return True
 
     def __call__(self, parameters: list[Tensor]) -> None:
         groups: dict[torch.dtype, list[Tensor]] = {}
         for parameter in parameters:
             groups.setdefault(parameter.dtype, []).append(parameter)
-        for dtype, group in groups.items():
+        for index, (dtype, group) in enumerate(groups.items()):
             flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in group])
-            flat = self.parallel.all_reduce_sum(flat, "all-reduce of the gradients") / self.parallel.world_size
+            if index == 0:  # the non-finite flag rides in the first bucket: no extra collective
+                flag = torch.tensor([float(self.nonfinite_epoch is not None)], dtype=flat.dtype, device=flat.device)
+                flat = torch.cat([flat, flag])
+            flat = self.parallel.all_reduce_sum(flat, "all-reduce of the gradients")
+            if index == 0:
+                flat, failed = flat[:-1], int(flat[-1].item())
+                if failed:
+                    raise FloatingPointError(
+                        f"fit: the loss is not finite on {failed} of {self.parallel.world_size} processes "
+                        f"(this one: {'yes' if self.nonfinite_epoch is not None else 'no'}) at an optimiser step; "
+                        f"try a smaller learning_rate or a better initialisation")
+            flat = flat / self.parallel.world_size
             offset = 0
             for parameter in group:
                 gradient = flat[offset : offset + parameter.numel()].view_as(parameter)

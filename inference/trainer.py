@@ -338,6 +338,9 @@ class SVIOptions(_LoopOptions):
             (e.g. an all-reduce of the gradients); it may modify ``.grad``.
         step_callbacks: called after every optimiser step with
             ``{"epoch", "step", "loss", "objective", "lr"}``.
+        nonfinite_hook: ``hook(epoch) -> bool`` on a non-finite loss or
+            objective; True defers the error to a later hook (the gradient
+            all-reduce raises it on every process together), False raises now.
         minibatches: ``minibatches(train, batch_size, generator)`` yielding
             one epoch's mini-batches (default
             :func:`~inference.batch.iterate_minibatches`), e.g. this process's
@@ -359,10 +362,12 @@ class SVIOptions(_LoopOptions):
     gradient_hook: Callable[[list[Tensor]], None] | None = None
     step_callbacks: Sequence[Callable[[dict], None]] = ()
     minibatches: Callable[[SequenceBatch, int, torch.Generator], Iterable[SequenceBatch]] | None = None
+    nonfinite_hook: Callable[[int], bool] | None = None
 
     def check(self) -> None:
         super().check()
         _check_callable("minibatches", self.minibatches)
+        _check_callable("nonfinite_hook", self.nonfinite_hook)
         _check_positive_int("max_epochs", self.max_epochs)
         _check_positive_int("batch_size", self.batch_size, allow_none=True)
         _check_positive_int("num_particles", self.num_particles)
@@ -688,6 +693,11 @@ class SVITrainer(Trainer):
         self.scheduler.load_state_dict(state["scheduler"])
         self.stale = state["evaluations_without_improvement"]
 
+    def defer_nonfinite(self) -> bool:
+        """Whether ``nonfinite_hook`` takes over a non-finite loss (to raise on every process at once)."""
+        hook = self.options.nonfinite_hook
+        return hook is not None and bool(hook(self.step + 1))
+
     def step_kwargs(self, optimizer_steps: int) -> dict[str, Any]:
         if self.options.step_kwargs is None:
             return {}
@@ -734,12 +744,12 @@ class SVITrainer(Trainer):
                     self.optimizer.zero_grad(set_to_none=True)
                     loss, objective = loss_function.evaluate(model, minibatch, self.step_kwargs(optimizer_steps))
                     if loss is not None:
-                        if not torch.isfinite(loss):
+                        if not torch.isfinite(loss) and not self.defer_nonfinite():
                             raise FloatingPointError(
                                 f"fit: the loss is {loss.detach().item()} at epoch {self.step + 1}; "
                                 f"try a smaller learning_rate or a better initialisation")
                         loss.backward()
-                    elif not math.isfinite(objective):
+                    elif not math.isfinite(objective) and not self.defer_nonfinite():
                         raise FloatingPointError(f"fit: the objective is {objective} at epoch {self.step + 1}")
                     if options.gradient_hook is not None:
                         options.gradient_hook(parameters)

@@ -125,7 +125,22 @@ def scenario_resume(parallel: DataParallel, out: Path, family: str) -> dict:
             "files": sorted(p.name for p in (out / "run").iterdir())}
 
 
-SCENARIOS = {"svi": scenario_svi, "em": scenario_em, "killed": scenario_killed, "resume": scenario_resume}
+def scenario_nonfinite(parallel: DataParallel, out: Path, family: str) -> dict:
+    from pyro.infer import Trace_ELBO
+
+    calls = []
+
+    def loss(model, batch):
+        calls.append(1)
+        value = Trace_ELBO().differentiable_loss(model.model, model.guide, batch)
+        # Rank 1 alone sees a NaN loss at its third evaluation (the first is the lazy one).
+        return value * float("nan") if parallel.rank == 1 and len(calls) == 3 else value
+
+    parallel.fit(make_rnn(), symbol_data(), loss=loss, **SVI_OPTIONS)
+    return {}
+
+
+SCENARIOS = {"nonfinite": scenario_nonfinite, "svi": scenario_svi, "em": scenario_em, "killed": scenario_killed, "resume": scenario_resume}
 
 
 def run_rank(rank: int, init_file: str, out: str, scenario: str, family: str) -> None:
@@ -267,6 +282,17 @@ def test_killed_rank_ends_the_run_with_an_error(tmp_path):
     assert "DistributedError" in error and "another process probably died" in error, error
     # Rank 0 gave up within the stated timeout (plus the watchdog's grace), not after a hang.
     assert float((tmp_path / "rank0.seconds").read_text()) < COLLECTIVE_TIMEOUT + 10
+
+
+@pytest.mark.slow
+def test_nonfinite_loss_on_one_rank_stops_every_rank_with_the_same_error(tmp_path):
+    exitcodes = spawn(tmp_path, "nonfinite")
+    assert exitcodes == [1, 1]
+    for rank in range(WORLD_SIZE):
+        error = (tmp_path / f"rank{rank}.error").read_text()
+        assert "FloatingPointError: fit: the loss is not finite on 1 of 2 processes" in error, error
+        assert "DistributedError" not in error
+    assert "(this one: yes)" in (tmp_path / "rank1.error").read_text()
 
 
 @pytest.mark.slow
