@@ -31,7 +31,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
@@ -286,6 +286,13 @@ class _LoopOptions:
     stop_hook: Callable[[bool], bool] | None = None
     valid_batch_size: int | None = None
     valid_num_particles: int = 1
+    # Data-parallel hooks (inference.distributed); None keeps the single-process behaviour.
+    #: ``hook(model)`` once the parameters exist (after ``initialize_from_data`` and, for SVI, the
+    #: lazy first evaluation), before a resumed checkpoint is loaded: a broadcast from rank 0.
+    initialization_hook: Callable[[SequenceModel], None] | None = None
+    #: replaces :func:`inference.scoring.score` for validation (same signature), e.g. a score
+    #: whose sums and standard error are gathered over processes.
+    validation_score: Callable[..., Any] | None = None
 
     def check(self) -> None:
         for name in ("patience", "eval_every", "checkpoint_every", "valid_num_particles"):
@@ -294,6 +301,8 @@ class _LoopOptions:
         if self.time_budget is not None and (not isinstance(self.time_budget, (int, float)) or self.time_budget < 0):
             raise ValueError(f"time_budget: expected a non-negative number of seconds or None, got {self.time_budget!r}")
         _check_callable("stop_hook", self.stop_hook)
+        _check_callable("initialization_hook", self.initialization_hook)
+        _check_callable("validation_score", self.validation_score)
         for callback in self.callbacks:
             _check_callable("callbacks", callback)
 
@@ -330,6 +339,13 @@ class SVIOptions(_LoopOptions):
             (e.g. an all-reduce of the gradients); it may modify ``.grad``.
         step_callbacks: called after every optimiser step with
             ``{"epoch", "step", "loss", "objective", "lr"}``.
+        nonfinite_hook: ``hook(epoch) -> bool`` on a non-finite loss or
+            objective; True defers the error to a later hook (the gradient
+            all-reduce raises it on every process together), False raises now.
+        minibatches: ``minibatches(train, batch_size, generator)`` yielding
+            one epoch's mini-batches (default
+            :func:`~inference.batch.iterate_minibatches`), e.g. this process's
+            shard of each (:func:`inference.distributed.shard_minibatches`).
     """
 
     max_epochs: int = 100
@@ -346,9 +362,13 @@ class SVIOptions(_LoopOptions):
     step_kwargs: Callable[[int, int], Mapping[str, Any]] | None = None
     gradient_hook: Callable[[list[Tensor]], None] | None = None
     step_callbacks: Sequence[Callable[[dict], None]] = ()
+    minibatches: Callable[[SequenceBatch, int, torch.Generator], Iterable[SequenceBatch]] | None = None
+    nonfinite_hook: Callable[[int], bool] | None = None
 
     def check(self) -> None:
         super().check()
+        _check_callable("minibatches", self.minibatches)
+        _check_callable("nonfinite_hook", self.nonfinite_hook)
         _check_positive_int("max_epochs", self.max_epochs)
         _check_positive_int("batch_size", self.batch_size, allow_none=True)
         _check_positive_int("num_particles", self.num_particles)
@@ -389,15 +409,21 @@ class EMOptions(_LoopOptions):
             summed E-step statistics before the objective and the M-step (an
             all-reduce over processes); needs a model with ``e_step``/``m_step``.
         patience: iterations in a row the gain must stay below the threshold.
+        shard: ``shard(train) -> batch``, the part of the training batch this
+            process's ``e_step`` reads (data-parallel EM, with a
+            ``statistics_hook`` summing over processes); the objective's
+            per-step scale still counts the full ``train``.
     """
 
     max_iterations: int = 500
     tolerance: float = 1e-8
     num_restarts: int = 1
     statistics_hook: Callable[[dict[str, Tensor]], Mapping[str, Tensor]] | None = None
+    shard: Callable[[SequenceBatch], SequenceBatch] | None = None
 
     def check(self) -> None:
         super().check()
+        _check_callable("shard", self.shard)
         _check_positive_int("max_iterations", self.max_iterations)
         _check_positive_int("num_restarts", self.num_restarts)
         if not isinstance(self.tolerance, (int, float)) or not math.isfinite(self.tolerance):
@@ -609,8 +635,9 @@ class Trainer:
         """Validation log-likelihood per step every ``eval_every`` steps and at the last."""
         if self.valid is None or not (self.step % self.options.eval_every == 0 or last):
             return None
-        return score(self.model, self.valid, batch_size=self.options.valid_batch_size,
-                     num_particles=self.options.valid_num_particles, seed=self.seed).per_step
+        scorer = self.options.validation_score or score
+        return scorer(self.model, self.valid, batch_size=self.options.valid_batch_size,
+                      num_particles=self.options.valid_num_particles, seed=self.seed).per_step
 
     def decide_stop(self, reason: str | None) -> str | None:
         """The local stop ``reason`` (or ``None``), through ``stop_hook``'s collective decision."""
@@ -667,6 +694,11 @@ class SVITrainer(Trainer):
         self.scheduler.load_state_dict(state["scheduler"])
         self.stale = state["evaluations_without_improvement"]
 
+    def defer_nonfinite(self) -> bool:
+        """Whether ``nonfinite_hook`` takes over a non-finite loss (to raise on every process at once)."""
+        hook = self.options.nonfinite_hook
+        return hook is not None and bool(hook(self.step + 1))
+
     def step_kwargs(self, optimizer_steps: int) -> dict[str, Any]:
         if self.options.step_kwargs is None:
             return {}
@@ -682,6 +714,8 @@ class SVITrainer(Trainer):
         # One evaluation creates lazily initialised parameters before the optimizer collects them
         # (with gradients on: TraceEnum_ELBO refuses to evaluate a loss it cannot differentiate).
         loss_function.evaluate(model, train[:batch_size].with_population(train.num_sequences), self.step_kwargs(0))
+        if options.initialization_hook is not None:
+            options.initialization_hook(model)
         parameters = [p for p in model.parameters() if p.requires_grad]
         if not parameters:
             raise ValueError(f"model: {type(model).__name__} has no trainable parameter to fit by SVI")
@@ -709,16 +743,16 @@ class SVITrainer(Trainer):
                 model.train()
                 learning_rate = self.optimizer.param_groups[0]["lr"]
                 objectives = []
-                for minibatch in iterate_minibatches(train, batch_size, self.generator):
+                for minibatch in (options.minibatches or iterate_minibatches)(train, batch_size, self.generator):
                     self.optimizer.zero_grad(set_to_none=True)
                     loss, objective = loss_function.evaluate(model, minibatch, self.step_kwargs(optimizer_steps))
                     if loss is not None:
-                        if not torch.isfinite(loss):
+                        if not torch.isfinite(loss) and not self.defer_nonfinite():
                             raise FloatingPointError(
                                 f"fit: the loss is {loss.detach().item()} at epoch {self.step + 1}; "
                                 f"try a smaller learning_rate or a better initialisation")
                         loss.backward()
-                    elif not math.isfinite(objective):
+                    elif not math.isfinite(objective) and not self.defer_nonfinite():
                         raise FloatingPointError(f"fit: the objective is {objective} at epoch {self.step + 1}")
                     if options.gradient_hook is not None:
                         options.gradient_hook(parameters)
@@ -829,9 +863,14 @@ class EMTrainer(Trainer):
             if self.options.statistics_hook is not None:
                 raise ValueError(f"statistics_hook: {type(model).__name__} has no e_step/m_step to reduce "
                                  f"statistics between")
+            if self.options.shard is not None:
+                raise ValueError(f"shard: {type(model).__name__} has no e_step/m_step, so EM cannot be split "
+                                 f"over processes")
             return model.em_step(self.train)
+        if self.options.shard is not None and not hasattr(self, "_local_train"):
+            self._local_train = self.options.shard(self.train)
         with torch.no_grad():
-            statistics = model.e_step(self.train)
+            statistics = model.e_step(getattr(self, "_local_train", self.train))
             if self.options.statistics_hook is not None:
                 statistics = self.options.statistics_hook(statistics)
             if "log_likelihood" not in statistics:
@@ -850,6 +889,8 @@ class EMTrainer(Trainer):
         self.restart_objectives: list[float] = []
         self.restart_stops: list[str] = []
         self.best_objective: float | None = None
+        if options.initialization_hook is not None:
+            options.initialization_hook(model)
         if self.resume:
             self.load_checkpoint()
             self.reopen_last_restart()
