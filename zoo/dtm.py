@@ -341,6 +341,16 @@ class DynamicTopicModel(SequenceModel):
         self.guide_alpha_coupling = nn.Parameter(torch.ones(S, K))
         self.guide_encoder = _Encoder(V, K, hidden_size)
 
+    def initialize_from_data(self, batch: SequenceBatch, generator: torch.Generator | None = None) -> None:
+        """Starts every topic at the corpus's centred log word frequencies plus noise (a background
+        that the topics then leave), the same at every slice."""
+        word_ids, counts = _split_batch(batch)
+        totals = torch.full((self.num_words,), 0.5).index_add_(0, word_ids.reshape(-1), counts.reshape(-1).float())
+        log_freq = totals.log() - totals.log().mean()
+        noise = 0.5 * torch.randn(self.num_topics, self.num_words, generator=generator)
+        with torch.no_grad():
+            self.guide_beta_loc.copy_((log_freq + noise).reshape(1, -1).expand_as(self.guide_beta_loc))
+
     # -- configuration ----------------------------------------------------
     def config(self) -> dict[str, Any]:
         return dict(num_words=self.num_words, num_topics=self.num_topics, num_slices=self.num_slices,
