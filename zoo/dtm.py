@@ -184,12 +184,14 @@ class MarkovNormal(TorchDistribution):
 def markov_normal_kl(q: MarkovNormal, p: RandomWalkNormal) -> Tensor:
     r"""Closed-form :math:`\mathrm{KL}(q \,\|\, p)` of a Markov guide from a random-walk prior.
 
-    :math:`E_q[(x_t - x_{t-1})^2] = (m_t - m_{t-1})^2 + v_t + v_{t-1} - 2 \rho_t v_{t-1}`.
+    :math:`E_q[(x_t - x_{t-1})^2] = (m_t - m_{t-1})^2 + v_t + v_{t-1} - 2 \rho_t v_{t-1}
+    = (m_t - m_{t-1})^2 + s_t^2 + (1 - \rho_t)^2 v_{t-1}`.
     """
     variance = q.marginal_variance()  # (S, D)
     s0, g = p.initial_scale, p.drift_scale
     first = 0.5 * (2 * torch.log(s0 * torch.ones_like(q.loc[0])) + _LOG_2PI) + (q.loc[0] ** 2 + variance[0]) / (2 * s0**2)
-    cross = (q.loc[1:] - q.loc[:-1]) ** 2 + variance[1:] + variance[:-1] - 2 * q.coupling[1:] * variance[:-1]
+    # v_t + v_{t-1} - 2 rho_t v_{t-1} = s_t^2 + (1 - rho_t)^2 v_{t-1}: no cancellation when gamma is tiny
+    cross = (q.loc[1:] - q.loc[:-1]) ** 2 + q.scale[1:] ** 2 + (1 - q.coupling[1:]) ** 2 * variance[:-1]
     steps = 0.5 * (2 * torch.log(g * torch.ones_like(cross)) + _LOG_2PI) + cross / (2 * g**2)
     return first.sum() + steps.sum() - q.entropy()
 
