@@ -44,14 +44,17 @@ def parse_args(argv=None):
     parser.add_argument("--max-vocab", type=int, default=None)
     parser.add_argument("--min-tokens", type=int, default=10, help="drop paragraphs with fewer vocabulary tokens")
     parser.add_argument("--topics", type=int, default=20)
-    parser.add_argument("--topic-drift", type=float, default=0.05)
+    parser.add_argument("--topic-drift", type=float, default=0.2)
     parser.add_argument("--held-out", type=float, default=0.1, help="fraction of paragraphs held out")
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--learning-rate", type=float, default=0.02)
+    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--learning-rate", type=float, default=0.05)
     parser.add_argument("--completion-steps", type=int, default=100)
     parser.add_argument("--budget-minutes", type=float, default=None, help="time budget per model fit")
     parser.add_argument("--models", nargs="+", default=["dtm", "lda"], choices=["dtm", "lda"])
+    parser.add_argument("--forecast", action="store_true",
+                        help="also fit on the slices before the last and score the last slice's paragraphs")
+    parser.add_argument("--skip-completion", action="store_true", help="run only the --forecast experiment")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="examples/output/dtm_sotu")
     return parser.parse_args(argv)
@@ -130,6 +133,27 @@ def plots(out: Path, model: DynamicTopicModel, vocabulary, labels, prevalence, t
     return written
 
 
+def forecast_next_slice(batch, num_words: int, num_slices: int, args) -> dict:
+    """Fits on every paragraph before the last slice and scores the last slice's paragraphs by
+    document completion: the DTM's topics and alpha at the last slice are its random walks'
+    forecasts (the slice has no training data), LDA's are its static topics."""
+    slices = batch_slices(batch)
+    last = int(slices.max())
+    if int(slices.min()) == last:
+        raise SystemExit("--forecast: the corpus has a single slice; nothing to forecast from")
+    past, future = batch[torch.nonzero(slices < last).squeeze(-1)], batch[torch.nonzero(slices == last).squeeze(-1)]
+    observed, held_half = split_document_halves(future, torch.Generator().manual_seed(args.seed + 1))
+    out = {"train_documents": len(past), "forecast_documents": len(future), "perplexity": {}, "fit_seconds": {}}
+    out["perplexity"]["unigram"] = unigram_completion(past, held_half, num_words).perplexity
+    for name in args.models:
+        model = (DynamicTopicModel(num_words, args.topics, num_slices, topic_drift=args.topic_drift) if name == "dtm"
+                 else StaticTopicModel(num_words, args.topics))
+        out["fit_seconds"][name] = train(model, past, args)
+        out["perplexity"][name] = model.complete_documents(observed, held_half, steps=args.completion_steps).perplexity
+        print(f"forecast {name}: perplexity {out['perplexity'][name]:.1f}", flush=True)
+    return out
+
+
 def main(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -164,7 +188,7 @@ def main(args) -> dict:
     results["perplexity"]["unigram"] = unigram.perplexity
     print(f"unigram perplexity {unigram.perplexity:.1f}", flush=True)
     fitted = {}
-    for name in args.models:
+    for name in [] if args.skip_completion else args.models:
         model = (DynamicTopicModel(V, args.topics, S, topic_drift=args.topic_drift) if name == "dtm"
                  else StaticTopicModel(V, args.topics))
         seconds = train(model, train_batch, args)
@@ -173,6 +197,9 @@ def main(args) -> dict:
         results["fit_seconds"][name] = seconds
         fitted[name] = model
         print(f"{name}: perplexity {score.perplexity:.1f}, fit {seconds:.0f} s", flush=True)
+
+    if args.forecast:
+        results["forecast"] = forecast_next_slice(batch, V, S, args)
 
     files = ["results.json"]
     if "dtm" in fitted:

@@ -27,6 +27,8 @@ TINY_RUNS = {
     "nile_local_level.py": ["--svi-epochs", "0", "--lbfgs-iterations", "0", "--em-tolerance", "1e-8", "--out", "{out}"],
     "ozone.py": ["--data-dir", "{data}", "--days", "30", "--stations", "40", "--radii", "0", "100",
                  "--em-iterations", "5", "--out", "{out}"],
+    "dtm_sotu.py": ["--first-year", "1990", "--topics", "3", "--epochs", "1", "--batch-size", "256",
+                    "--completion-steps", "5", "--forecast", "--out", "{out}"],
 }
 
 # script -> files it needs in the shared data folder (the test skips, saying so, when they are absent)

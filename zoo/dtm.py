@@ -281,6 +281,8 @@ class _Encoder(nn.Module):
             self.head.bias[num_topics:] = -1.0
 
     def forward(self, word_ids: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+        if word_ids.shape[-1] == 0:  # documents without words (EmbeddingBag needs a column)
+            word_ids, counts = word_ids.new_zeros(word_ids.shape[0], 1), counts.new_zeros(counts.shape[0], 1)
         weights = torch.log1p(counts.to(self.bias.dtype))
         h = F.softplus(self.embedding(word_ids, per_sample_weights=weights) + self.bias)
         h = F.softplus(self.hidden(h))
@@ -316,7 +318,7 @@ class DynamicTopicModel(SequenceModel):
     likelihood_kind: ClassVar[str] = "ELBO"
     family: ClassVar[str] = "dtm"
 
-    def __init__(self, num_words: int, num_topics: int, num_slices: int, *, topic_drift: float = 0.05,
+    def __init__(self, num_words: int, num_topics: int, num_slices: int, *, topic_drift: float = 0.2,
                  proportion_drift: float = 0.2, document_scale: float = 1.0, topic_scale: float = 3.0,
                  proportion_scale: float = 1.0, hidden_size: int = 100) -> None:
         super().__init__()
@@ -362,7 +364,7 @@ class DynamicTopicModel(SequenceModel):
 
     def default_fit_options(self) -> dict[str, Any]:
         """SVI defaults (INTERFACES §2): the analytic-KL loss, mini-batches of documents."""
-        return {"loss": "model", "batch_size": 256, "learning_rate": 0.02}
+        return {"loss": "model", "batch_size": 512, "learning_rate": 0.05}
 
     def likelihood_label(self, num_particles: int = 1) -> str:
         return f"ELBO per document at the posterior-mean topics (M={num_particles})"
@@ -767,7 +769,7 @@ else:
         num_words, num_slices = _corpus_sizes(data)
         try:
             topics = int(settings.get("topics", 20))
-            drift = float(settings.get("topic_drift", 0.05))
+            drift = float(settings.get("topic_drift", 0.2))
         except ValueError as error:
             raise UsageError(f"dtm: {error}") from None
         return DynamicTopicModel(num_words, topics, num_slices, topic_drift=drift)
