@@ -517,6 +517,45 @@ class DynamicTopicModel(SequenceModel):
             log_prob = document_log_likelihood(eta, beta, held_ids, held_counts, slices)
         return CompletionScore(log_prob.double(), held_counts.sum(-1))
 
+    # -- export -----------------------------------------------------------
+    def to_inference_data(self, batch: SequenceBatch | None = None, *, vocabulary: WordVocabulary | None = None,
+                          slice_labels: list[str] | None = None, num_draws: int = 10, seed: int = 0):
+        """ArviZ ``InferenceData`` of ``num_draws`` draws from the variational posterior.
+
+        ``posterior``: ``beta`` (chain, draw, slice, topic, word) word logits and ``alpha``
+        (chain, draw, slice, topic); all draws come from one guide, so the topic labels agree
+        across draws by construction. ``log_likelihood`` (with ``batch``): ``documents``
+        (chain, draw, document), each document's ELBO (:meth:`log_prob_batch`) at that draw's
+        topics. Memory: ``num_draws * S * K * V`` floats.
+        """
+        import arviz as az
+
+        S, K, V = self.num_slices, self.num_topics, self.num_words
+        with torch.random.fork_rng(), torch.no_grad():
+            torch.manual_seed(seed)
+            beta = self.beta_guide().rsample((num_draws,)).reshape(num_draws, S, K, V)
+            alpha = self.alpha_guide().rsample((num_draws,))
+            log_lik = None
+            if batch is not None:
+                slices = self._slices(batch)
+                word_ids, counts = _split_batch(batch)
+                loc, scale = self.guide_encoder(word_ids, counts)
+                draws = []
+                for m in range(num_draws):
+                    eta_q = dist.Normal(loc + alpha[m, slices], scale)
+                    bound = document_log_likelihood(eta_q.rsample(), beta[m], word_ids, counts, slices)
+                    bound = bound - torch.distributions.kl_divergence(eta_q, dist.Normal(alpha[m, slices], self.document_scale)).sum(-1)
+                    draws.append(bound)
+                log_lik = torch.stack(draws)
+        coords = {"slice": slice_labels or list(range(S)), "topic": list(range(K)),
+                  "word": list(vocabulary.words) if vocabulary is not None else list(range(V))}
+        dims = {"beta": ["slice", "topic", "word"], "alpha": ["slice", "topic"], "documents": ["document"]}
+        return az.from_dict(
+            posterior={"beta": beta.numpy()[None], "alpha": alpha.numpy()[None]},
+            log_likelihood=None if log_lik is None else {"documents": log_lik.numpy()[None]},
+            coords=coords, dims=dims,
+        )
+
     # -- sampling ---------------------------------------------------------
     def sample_documents(self, topic_word_logits: Tensor, proportion_logits: Tensor, slices: Tensor, length: int,
                          generator: torch.Generator | None = None) -> SequenceBatch:

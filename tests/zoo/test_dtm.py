@@ -252,6 +252,28 @@ def test_bad_batches_are_rejected():
         DynamicTopicModel(5, 0, 3)
 
 
+def test_arviz_export_names_dims_and_scores_documents():
+    model = DynamicTopicModel(6, 2, 3, hidden_size=4)
+    batch = bag_of_words_batch(TOKENS, TOKEN_SLICES)
+    idata = model.to_inference_data(batch, slice_labels=["1990", "2000", "2010"], num_draws=4)
+    beta = idata.posterior["beta"]
+    assert beta.dims == ("chain", "draw", "slice", "topic", "word") and beta.shape == (1, 4, 3, 2, 6)
+    assert list(idata.posterior["alpha"].coords["slice"].values) == ["1990", "2000", "2010"]
+    documents = idata.log_likelihood["documents"]
+    assert documents.shape == (1, 4, len(TOKENS))
+    # with the topics' posterior shrunk to its mean, the draws' bounds average to log_prob_batch's
+    with torch.no_grad():
+        model.guide_beta_loc.normal_()
+        model.guide_beta_log_scale.fill_(-14.0)
+        model.guide_alpha_log_scale.fill_(-14.0)
+    idata = model.to_inference_data(batch, num_draws=400)
+    assert torch.allclose(torch.from_numpy(idata.posterior["beta"].values[0, 0]), model.topic_word_logits(), atol=1e-4)
+    torch.manual_seed(0)
+    expected = model.log_prob_batch(batch, num_particles=4000)
+    averaged = torch.from_numpy(idata.log_likelihood["documents"].values[0]).mean(0)
+    assert torch.allclose(averaged.float(), expected, atol=0.3), (averaged, expected)
+
+
 # -- the discrete Kalman filter ---------------------------------------------
 def test_discrete_kalman_filter_is_the_lgssm_filter_at_a_fixed_linearisation():
     """With one word per slice and the Gaussian approximation taken at one fixed point (the prior
