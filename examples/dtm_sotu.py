@@ -60,19 +60,20 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def train(model, train_batch, args) -> float:
-    """Fits ``model`` on its analytic-KL loss; returns wall seconds."""
+def train(model, train_batch, args) -> tuple[float, int]:
+    """Fits ``model`` on its analytic-KL loss; returns (wall seconds, epochs run)."""
     start = time.perf_counter()
     if "loss" in inspect.signature(fit).parameters:  # the core trainer (INTERFACES §3)
-        fit(model, train_batch, method="svi", loss="model", max_epochs=args.epochs, batch_size=args.batch_size,
+        result = fit(model, train_batch, method="svi", loss="model", max_epochs=args.epochs, batch_size=args.batch_size,
             learning_rate=args.learning_rate, seed=args.seed, progress=False,
             time_budget=None if args.budget_minutes is None else 60 * args.budget_minutes)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, len(result.history)
     # SHIM until fit(loss="model") lands: the same Adam loop on model.loss.
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     model.initialize_from_data(train_batch, generator)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
+    epoch = -1
     for epoch in range(args.epochs):
         total = 0.0
         for minibatch in iterate_minibatches(train_batch, args.batch_size, generator):
@@ -86,7 +87,7 @@ def train(model, train_batch, args) -> float:
               flush=True)
         if args.budget_minutes is not None and time.perf_counter() - start > 60 * args.budget_minutes:
             break
-    return time.perf_counter() - start
+    return time.perf_counter() - start, epoch + 1
 
 
 def train_tokens(batch) -> int:
@@ -148,7 +149,7 @@ def forecast_next_slice(batch, num_words: int, num_slices: int, args) -> dict:
     for name in args.models:
         model = (DynamicTopicModel(num_words, args.topics, num_slices, topic_drift=args.topic_drift) if name == "dtm"
                  else StaticTopicModel(num_words, args.topics))
-        out["fit_seconds"][name] = train(model, past, args)
+        out["fit_seconds"][name], out.setdefault("epochs_run", {})[name] = train(model, past, args)
         out["perplexity"][name] = model.complete_documents(observed, held_half, steps=args.completion_steps).perplexity
         print(f"forecast {name}: perplexity {out['perplexity'][name]:.1f}", flush=True)
     return out
@@ -191,7 +192,8 @@ def main(args) -> dict:
     for name in [] if args.skip_completion else args.models:
         model = (DynamicTopicModel(V, args.topics, S, topic_drift=args.topic_drift) if name == "dtm"
                  else StaticTopicModel(V, args.topics))
-        seconds = train(model, train_batch, args)
+        seconds, epochs_run = train(model, train_batch, args)
+        results.setdefault("epochs_run", {})[name] = epochs_run
         score = model.complete_documents(observed, held_half, steps=args.completion_steps)
         results["perplexity"][name] = score.perplexity
         results["fit_seconds"][name] = seconds
