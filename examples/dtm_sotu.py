@@ -55,6 +55,7 @@ def parse_args(argv=None):
     parser.add_argument("--forecast", action="store_true",
                         help="also fit on the slices before the last and score the last slice's paragraphs")
     parser.add_argument("--skip-completion", action="store_true", help="run only the --forecast experiment")
+    parser.add_argument("--save-state", default=None, help="also save the fitted DTM's state_dict here")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="examples/output/dtm_sotu")
     return parser.parse_args(argv)
@@ -103,7 +104,7 @@ def plots(out: Path, model: DynamicTopicModel, vocabulary, labels, prevalence, t
     written = []
     years = [float(x) for x in labels]
     fig, ax = plt.subplots(figsize=(9, 5))
-    words = model.top_words(vocabulary, 3)
+    words = model.top_words(vocabulary, 3, relevance=0.6)
     for k in range(model.num_topics):
         ax.plot(years, prevalence[:, k].numpy(), label=f"{k}: {' '.join(words[-1][k])}")
     ax.set_xlabel("decade")
@@ -116,11 +117,13 @@ def plots(out: Path, model: DynamicTopicModel, vocabulary, labels, prevalence, t
     written.append("topic_prevalence.png")
 
     probs = torch.softmax(model.topic_word_logits(), -1)  # (S, K, V)
+    relevant = model.top_words(vocabulary, 3, relevance=0.6)
     topics = [k for k in topics if k < model.num_topics]
     fig, axes = plt.subplots(1, len(topics), figsize=(5 * len(topics), 4), squeeze=False)
     for ax, k in zip(axes[0], topics):
         # the words that are ever among the topic's top 3
-        chosen = sorted({int(i) for s in range(model.num_slices) for i in probs[s, k].topk(3).indices})
+        # the words that are ever among the topic's 3 most relevant (lambda = 0.6)
+        chosen = sorted({int(vocabulary.encode([w])[0]) for s in range(model.num_slices) for w in relevant[s][k][:3]})
         for v in chosen:
             ax.plot(years, probs[:, k, v].numpy(), label=vocabulary.words[v])
         ax.set_title(f"topic {k}")
@@ -206,13 +209,17 @@ def main(args) -> dict:
     files = ["results.json"]
     if "dtm" in fitted:
         model = fitted["dtm"]
-        top = model.top_words(corpus.vocabulary, 8)
-        with open(out / "top_words.txt", "w") as handle:
-            for k in range(model.num_topics):
-                handle.write(f"topic {k}\n")
-                for s, label in enumerate(corpus.slice_labels):
-                    handle.write(f"  {label}: {' '.join(top[s][k])}\n")
-        files.append("top_words.txt")
+        for relevance, name in ((1.0, "top_words.txt"), (0.6, "top_words_relevance.txt")):
+            top = model.top_words(corpus.vocabulary, 8, relevance=relevance)
+            with open(out / name, "w") as handle:
+                handle.write(f"# ranked by relevance lambda = {relevance} (1: probability; Sievert & Shirley 2014)\n")
+                for k in range(model.num_topics):
+                    handle.write(f"topic {k}\n")
+                    for s, label in enumerate(corpus.slice_labels):
+                        handle.write(f"  {label}: {' '.join(top[s][k])}\n")
+            files.append(name)
+        if args.save_state:
+            torch.save(model.state_dict(), args.save_state)
         prevalence = model.topic_prevalence(train_batch)
         results["prevalence"] = {label: [round(float(x), 4) for x in prevalence[s]] for s, label in enumerate(corpus.slice_labels)}
         files += plots(out, model, corpus.vocabulary, corpus.slice_labels, prevalence)
