@@ -325,3 +325,16 @@ def test_iterated_laplace_smoother_finds_the_map_path_and_tracks_the_states():
         assert bool(((posterior.smoothed_mean - states).abs() < 3 * sd + 1e-3).float().mean() > 0.9)
     finally:
         torch.set_default_dtype(torch.float32)
+
+
+def test_top_words_by_probability_and_by_relevance():
+    from zoo.corpus import WordVocabulary
+
+    model = StaticTopicModel(3, 2, hidden_size=4)
+    # topic 0: 'the' 0.6, 'war' 0.3, 'tax' 0.1; topic 1: 'the' 0.6, 'war' 0.05, 'tax' 0.35
+    with torch.no_grad():
+        model.guide_beta_loc.copy_(torch.tensor([[0.6, 0.3, 0.1], [0.6, 0.05, 0.35]]).log().reshape(1, -1))
+    vocabulary = WordVocabulary(("the", "war", "tax"))
+    assert model.top_words(vocabulary, 2) == [[["the", "war"], ["the", "tax"]]]
+    # by lift over the average topic alone (lambda = 0) the shared word 'the' drops to the end
+    assert model.top_words(vocabulary, 3, relevance=0.0) == [[["war", "the", "tax"], ["tax", "the", "war"]]]
