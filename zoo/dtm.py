@@ -347,15 +347,22 @@ class DynamicTopicModel(SequenceModel):
         self.guide_alpha_coupling = nn.Parameter(torch.full((S, K), math.atanh(0.9)))
         self.guide_encoder = _Encoder(V, K, hidden_size)
 
-    def initialize_from_data(self, batch: SequenceBatch, generator: torch.Generator | None = None) -> None:
-        """Starts every topic at the corpus's centred log word frequencies plus noise (a background
-        that the topics then leave), the same at every slice."""
+    def initialize_from_data(self, batch: SequenceBatch, generator: torch.Generator | None = None,
+                             seed_documents: int = 20) -> None:
+        """Starts topic ``k`` at ``log(p_corpus + p_k)`` (centred), ``p_k`` the word frequencies of
+        ``seed_documents`` random documents, the same at every slice: topics that differ from the
+        start (from the corpus background plus noise alone, one topic took every document)."""
         word_ids, counts = _split_batch(batch)
         totals = torch.full((self.num_words,), 0.5).index_add_(0, word_ids.reshape(-1), counts.reshape(-1).float())
-        log_freq = totals.log() - totals.log().mean()
-        noise = 0.5 * torch.randn(self.num_topics, self.num_words, generator=generator)
+        background = totals / totals.sum()
+        logits = torch.empty(self.num_topics, self.num_words)
+        for k in range(self.num_topics):
+            chosen = torch.randint(0, batch.num_sequences, (seed_documents,), generator=generator)
+            seed = torch.zeros(self.num_words).index_add_(0, word_ids[chosen].reshape(-1), counts[chosen].reshape(-1).float())
+            logits[k] = torch.log(background + seed / seed.sum().clamp(min=1))
+        logits -= logits.mean(-1, keepdim=True)
         with torch.no_grad():
-            self.guide_beta_loc.copy_((log_freq + noise).reshape(1, -1).expand_as(self.guide_beta_loc))
+            self.guide_beta_loc.copy_(logits.reshape(1, -1).expand_as(self.guide_beta_loc))
 
     # -- configuration ----------------------------------------------------
     def config(self) -> dict[str, Any]:
