@@ -32,6 +32,8 @@ TINY_RUNS = {
     "dmm_jsb.py": ["--data", "{data}/jsb_chorales.json", "--train-sequences", "8", "--test-sequences", "4",
                    "--z-dim", "4", "--transition-dim", "8", "--emitter-dim", "8", "--rnn-dim", "8",
                    "--epochs", "2", "--particles", "3", "--out", "{out}"],
+    "dtm_sotu.py": ["--first-year", "1990", "--topics", "3", "--epochs", "1", "--batch-size", "256",
+                    "--completion-steps", "5", "--forecast", "--out", "{out}"],
 }
 
 # script -> files it needs in the shared data folder (the test skips, saying so, when they are absent)

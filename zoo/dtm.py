@@ -1,0 +1,851 @@
+r"""Dynamic topic models (Blei & Lafferty, ICML 2006), static LDA, and the discrete Kalman filter.
+
+**The dynamic topic model.** Documents ``d`` carry a time slice ``t(d)`` in
+``0..S-1``. K topics have word logits :math:`\beta_{t,k} \in \mathbb R^V` that
+drift as Gaussian random walks, and the slices' mean topic logits
+:math:`\alpha_t \in \mathbb R^K` drift likewise:
+
+.. math::
+    \beta_{0,k} \sim N(0, \sigma_0^2 I),\quad \beta_{t,k} \mid \beta_{t-1,k} \sim N(\beta_{t-1,k}, \gamma^2 I),\\
+    \alpha_0 \sim N(0, \sigma_\alpha^2 I),\quad \alpha_t \mid \alpha_{t-1} \sim N(\alpha_{t-1}, \delta^2 I),\\
+    \eta_d \sim N(\alpha_{t(d)}, a^2 I),\quad \theta_d = \mathrm{softmax}(\eta_d),\quad
+    w_{d,i} \sim \textstyle\sum_k \theta_{d,k}\, \mathrm{softmax}(\beta_{t(d),k}).
+
+The word's topic assignment is summed out exactly (the mixture above), so a
+document's likelihood is :math:`\sum_{v} c_{d,v} \log \sum_k \theta_{d,k}
+\phi_{t(d),k,v}` over its *distinct* words ``v`` with counts ``c`` (the
+sparse ``(id, count)`` layout of :mod:`zoo.corpus`; it equals the per-token
+likelihood of the ordered words). Static LDA (:class:`StaticTopicModel`) is the
+same code with one slice (a logistic-normal prior on the proportions, as in
+the DTM paper's comparison, not a Dirichlet).
+
+**Guides.** Each topic's chain :math:`\beta_{0:S-1,k}` (and the chain of
+:math:`\alpha`) gets a structured Gauss-Markov guide, elementwise per word:
+
+.. math:: q(\beta_t \mid \beta_{t-1}) = N\big(m_t + \rho_t (\beta_{t-1} - m_{t-1}),\ s_t^2\big),
+
+the family of the Kalman-smoother posterior of a random walk (marginal
+variances :math:`v_t = \rho_t^2 v_{t-1} + s_t^2`, lag-one covariances
+:math:`\rho_t v_{t-1}`). We fit it by SVI instead of Blei & Lafferty's
+variational Kalman filter because that filter needs a Gaussian
+pseudo-observation variance that changes at every slice (and iterates to a
+fixed point per topic and word), while the Markov guide gives the same
+family, a closed-form KL divergence to the random-walk prior
+(:func:`markov_normal_kl`, registered with ``torch.distributions.kl`` so
+``TraceMeanField_ELBO`` uses it) and mini-batches over documents. Each
+document's :math:`\eta_d` comes from an amortised encoder: an MLP on the bag of
+words (a sum of word embeddings weighted by ``log(1 + count)``, never a dense
+documents x vocabulary matrix), whose mean is an offset from the guide's mean
+of :math:`\alpha_{t(d)}`.
+
+**The discrete Kalman filter** (:class:`DiscreteKalmanFilter`): one Gaussian
+state per slice, :math:`S_t \mid S_{t-1} \sim N(A S_{t-1}, \Gamma)`, and the
+slice's words :math:`W_t \sim \mathrm{Softmax}(B S_t)`. The softmax likelihood
+is replaced by its Gaussian (Laplace) approximation at a linearisation point,
+a pseudo-observation :math:`y_t = S_t + \epsilon_t`,
+:math:`\epsilon_t \sim N(0, R_t)`, so filtering and smoothing are a Kalman
+filter with a time-varying observation covariance ``R_t``; iterating the
+linearisation at the smoothed means gives the Laplace posterior.
+
+Shapes: ``S`` slices, ``K`` topics, ``V`` words, ``N`` documents, ``L`` distinct
+words of the longest document.
+
+References:
+    D. Blei and J. Lafferty, "Dynamic topic models", ICML 2006.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, NamedTuple
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.distributions.torch_distribution import TorchDistribution
+from pyro.nn import PyroModule, PyroParam
+from torch import Tensor, nn
+from torch.distributions import constraints
+from torch.distributions.kl import register_kl
+
+from inference.batch import SequenceBatch, sequence_plate
+from inference.contract import SequenceModel
+
+from .corpus import WordVocabulary, bag_of_words_batch, batch_slices
+
+__all__ = [
+    "CompletionScore",
+    "DiscreteKalmanFilter",
+    "DynamicTopicModel",
+    "LaplacePosterior",
+    "MarkovNormal",
+    "RandomWalkNormal",
+    "StaticTopicModel",
+    "document_log_likelihood",
+    "markov_normal_kl",
+    "unigram_completion",
+]
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+# --------------------------------------------------------------------------
+# Gaussian chains over slices: the random-walk prior and the Markov guide
+# --------------------------------------------------------------------------
+class RandomWalkNormal(TorchDistribution):
+    r"""A Gaussian random walk over ``S`` slices of ``D`` independent coordinates.
+
+    :math:`x_0 \sim N(0, \sigma_0^2)`, :math:`x_t \mid x_{t-1} \sim N(x_{t-1}, \gamma^2)`,
+    elementwise. ``event_shape`` is ``(S, D)``.
+
+    Args:
+        initial_scale: :math:`\sigma_0` (float or broadcastable to ``(D,)``).
+        drift_scale: :math:`\gamma` (the random walk's step scale).
+        num_slices: ``S``.
+        dim: ``D``.
+    """
+
+    arg_constraints = {}
+    support = constraints.independent(constraints.real, 2)
+    has_rsample = False
+
+    def __init__(self, initial_scale: float | Tensor, drift_scale: float | Tensor, num_slices: int, dim: int,
+                 validate_args=None) -> None:
+        self.initial_scale = torch.as_tensor(initial_scale, dtype=torch.get_default_dtype())
+        self.drift_scale = torch.as_tensor(drift_scale, dtype=torch.get_default_dtype())
+        self.num_slices, self.dim = int(num_slices), int(dim)
+        super().__init__(torch.Size(), torch.Size((self.num_slices, self.dim)), validate_args=validate_args)
+
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        shape = torch.Size(sample_shape) + self.event_shape
+        with torch.no_grad():
+            steps = torch.randn(shape)
+            steps[..., :1, :] *= self.initial_scale
+            steps[..., 1:, :] *= self.drift_scale
+            return steps.cumsum(-2)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        first = dist.Normal(0.0, self.initial_scale).log_prob(value[..., 0, :]).sum(-1)
+        steps = dist.Normal(0.0, self.drift_scale).log_prob(value[..., 1:, :] - value[..., :-1, :]).sum((-2, -1))
+        return first + steps
+
+
+class MarkovNormal(TorchDistribution):
+    r"""A Gauss-Markov chain over ``S`` slices, elementwise over ``D`` coordinates.
+
+    :math:`x_0 = m_0 + s_0 \epsilon_0`,
+    :math:`x_t = m_t + \rho_t (x_{t-1} - m_{t-1}) + s_t \epsilon_t`. Means are
+    ``loc``; marginal variances :math:`v_t = \rho_t^2 v_{t-1} + s_t^2`.
+    ``event_shape`` is ``(S, D)``.
+
+    Args:
+        loc: ``(S, D)`` means :math:`m`.
+        scale: ``(S, D)`` positive innovation scales :math:`s`.
+        coupling: ``(S, D)`` coefficients :math:`\rho` (row 0 unused).
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive, "coupling": constraints.real}
+    support = constraints.independent(constraints.real, 2)
+    has_rsample = True
+
+    def __init__(self, loc: Tensor, scale: Tensor, coupling: Tensor, validate_args=None) -> None:
+        if loc.dim() != 2 or scale.shape != loc.shape or coupling.shape != loc.shape:
+            raise ValueError(
+                f"loc, scale, coupling: expected equal (S, D) shapes, got {tuple(loc.shape)}, "
+                f"{tuple(scale.shape)}, {tuple(coupling.shape)}"
+            )
+        self.loc, self.scale, self.coupling = loc, scale, coupling
+        super().__init__(torch.Size(), loc.shape, validate_args=validate_args)
+
+    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+        noise = self.scale * torch.randn(torch.Size(sample_shape) + self.event_shape, dtype=self.loc.dtype)
+        deviations = [noise[..., 0, :]]
+        for t in range(1, self.event_shape[0]):
+            deviations.append(self.coupling[t] * deviations[-1] + noise[..., t, :])
+        return self.loc + torch.stack(deviations, -2)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        deviation = value - self.loc
+        innovation = torch.cat([deviation[..., :1, :], deviation[..., 1:, :] - self.coupling[1:] * deviation[..., :-1, :]], -2)
+        return dist.Normal(0.0, self.scale).log_prob(innovation).sum((-2, -1))
+
+    def marginal_variance(self) -> Tensor:
+        """``(S, D)`` marginal variances :math:`v_t`."""
+        variances = [self.scale[0] ** 2]
+        for t in range(1, self.event_shape[0]):
+            variances.append(self.coupling[t] ** 2 * variances[-1] + self.scale[t] ** 2)
+        return torch.stack(variances, 0)
+
+    def entropy(self) -> Tensor:
+        return (0.5 * (1 + _LOG_2PI) + self.scale.log()).sum()
+
+
+def markov_normal_kl(q: MarkovNormal, p: RandomWalkNormal) -> Tensor:
+    r"""Closed-form :math:`\mathrm{KL}(q \,\|\, p)` of a Markov guide from a random-walk prior.
+
+    :math:`E_q[(x_t - x_{t-1})^2] = (m_t - m_{t-1})^2 + v_t + v_{t-1} - 2 \rho_t v_{t-1}
+    = (m_t - m_{t-1})^2 + s_t^2 + (1 - \rho_t)^2 v_{t-1}`.
+    """
+    variance = q.marginal_variance()  # (S, D)
+    s0, g = p.initial_scale, p.drift_scale
+    first = 0.5 * (2 * torch.log(s0 * torch.ones_like(q.loc[0])) + _LOG_2PI) + (q.loc[0] ** 2 + variance[0]) / (2 * s0**2)
+    # v_t + v_{t-1} - 2 rho_t v_{t-1} = s_t^2 + (1 - rho_t)^2 v_{t-1}: no cancellation when gamma is tiny
+    cross = (q.loc[1:] - q.loc[:-1]) ** 2 + q.scale[1:] ** 2 + (1 - q.coupling[1:]) ** 2 * variance[:-1]
+    steps = 0.5 * (2 * torch.log(g * torch.ones_like(cross)) + _LOG_2PI) + cross / (2 * g**2)
+    return first.sum() + steps.sum() - q.entropy()
+
+
+register_kl(MarkovNormal, RandomWalkNormal)(markov_normal_kl)
+
+
+# --------------------------------------------------------------------------
+# The likelihood, topic assignments summed out
+# --------------------------------------------------------------------------
+def document_log_likelihood(eta: Tensor, topic_word_logits: Tensor, word_ids: Tensor, counts: Tensor,
+                            slices: Tensor) -> Tensor:
+    r"""Log-likelihood of bag-of-words documents with each word's topic summed out.
+
+    :math:`\sum_i c_{d,i} \log \sum_k \mathrm{softmax}(\eta_d)_k\, \mathrm{softmax}(\beta_{t(d),k})_{w_{d,i}}`.
+
+    Args:
+        eta: ``(*sample, N, K)`` topic logits of each document.
+        topic_word_logits: ``(*sample, S, K, V)`` :math:`\beta`.
+        word_ids: ``(N, L)`` int64 word ids.
+        counts: ``(N, L)`` counts (0 on padding).
+        slices: ``(N,)`` int64 slice of each document.
+
+    Returns:
+        ``(*sample, N)`` log-likelihoods.
+    """
+    log_topic_word = torch.log_softmax(topic_word_logits, -1).transpose(-1, -2)  # (*sample, S, V, K)
+    # (*sample, N, L, K): each document's words under each topic of its slice
+    log_word_topic = log_topic_word[..., slices[:, None], word_ids, :]
+    log_theta = torch.log_softmax(eta, -1).unsqueeze(-2)  # (*sample, N, 1, K)
+    log_word = torch.logsumexp(log_theta + log_word_topic, -1)  # (*sample, N, L)
+    return (counts.to(log_word.dtype) * log_word).sum(-1)
+
+
+class CompletionScore(NamedTuple):
+    """Held-out log-likelihood of documents' second halves given their first halves.
+
+    Attributes:
+        log_prob: ``(N,)`` nats of each document's held-out words.
+        num_tokens: ``(N,)`` held-out tokens per document.
+    """
+
+    log_prob: Tensor
+    num_tokens: Tensor
+
+    @property
+    def perplexity(self) -> float:
+        """Per-word perplexity ``exp(-sum log_prob / sum num_tokens)``."""
+        return math.exp(-float(self.log_prob.sum()) / float(self.num_tokens.sum()))
+
+
+def unigram_completion(train: SequenceBatch, held_out: SequenceBatch, num_words: int, pseudo_count: float = 0.5) -> CompletionScore:
+    """The unigram baseline: every word drawn from the training corpus's word
+    frequencies (``pseudo_count`` added to every word)."""
+    totals = torch.full((num_words,), float(pseudo_count), dtype=torch.float64)
+    totals.scatter_add_(0, train.values[..., 0].reshape(-1), (train.values[..., 1] * train.mask).reshape(-1).double())
+    log_p = (totals / totals.sum()).log()
+    counts = (held_out.values[..., 1] * held_out.mask).double()
+    return CompletionScore((counts * log_p[held_out.values[..., 0]]).sum(-1), counts.sum(-1).long())
+
+
+def _split_batch(batch: SequenceBatch) -> tuple[Tensor, Tensor]:
+    """``(N, L)`` word ids and counts (0 on padding) of a bag-of-words batch."""
+    if batch.values.dim() != 3 or batch.values.shape[-1] != 2 or batch.values.is_floating_point():
+        raise ValueError(
+            f"batch.values: expected (N, L, 2) int64 (word id, count) pairs from zoo.corpus, "
+            f"got {tuple(batch.values.shape)} {batch.values.dtype}"
+        )
+    return batch.values[..., 0], batch.values[..., 1] * batch.mask
+
+
+# --------------------------------------------------------------------------
+# The dynamic topic model
+# --------------------------------------------------------------------------
+class _Encoder(nn.Module):
+    """MLP on a bag of words: ``(N, L)`` ids and counts -> ``(N, K)`` loc and scale."""
+
+    def __init__(self, num_words: int, num_topics: int, hidden_size: int) -> None:
+        super().__init__()
+        self.embedding = nn.EmbeddingBag(num_words, hidden_size, mode="sum")
+        self.bias = nn.Parameter(torch.zeros(hidden_size))
+        self.hidden = nn.Linear(hidden_size, hidden_size)
+        self.head = nn.Linear(hidden_size, 2 * num_topics)
+        nn.init.zeros_(self.head.weight)
+        with torch.no_grad():
+            self.embedding.weight.mul_(0.1)
+            self.head.bias[num_topics:] = -1.0
+
+    def forward(self, word_ids: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+        if word_ids.shape[-1] == 0:  # documents without words (EmbeddingBag needs a column)
+            word_ids, counts = word_ids.new_zeros(word_ids.shape[0], 1), counts.new_zeros(counts.shape[0], 1)
+        weights = torch.log1p(counts.to(self.bias.dtype))
+        h = F.softplus(self.embedding(word_ids, per_sample_weights=weights) + self.bias)
+        h = F.softplus(self.hidden(h))
+        loc, raw_scale = self.head(h).chunk(2, -1)
+        return loc, F.softplus(raw_scale) + 1e-4
+
+
+class DynamicTopicModel(SequenceModel):
+    r"""The dynamic topic model with a Markov Gaussian guide and an amortised encoder.
+
+    Data: a bag-of-words batch from :mod:`zoo.corpus` (``values`` ``(N, L, 2)``
+    (word id, count) pairs, covariate ``"slice"`` ``(N,)``).
+
+    Args:
+        num_words: ``V``.
+        num_topics: ``K``.
+        num_slices: ``S``.
+        topic_drift: :math:`\gamma`, the step scale of the topics' word logits.
+        proportion_drift: :math:`\delta`, the step scale of :math:`\alpha`.
+        document_scale: :math:`a`, the spread of a document's :math:`\eta_d` about :math:`\alpha_{t(d)}`.
+        topic_scale: :math:`\sigma_0`, the prior scale of :math:`\beta_0`.
+        proportion_scale: :math:`\sigma_\alpha`, the prior scale of :math:`\alpha_0`.
+        hidden_size: width of the encoder MLP.
+
+    Example:
+        >>> model = DynamicTopicModel(num_words=50, num_topics=3, num_slices=4)
+        >>> batch = model.sample(8, 20)
+        >>> model.log_prob_batch(batch).shape
+        torch.Size([8])
+    """
+
+    exact_likelihood: ClassVar[bool] = False
+    likelihood_kind: ClassVar[str] = "ELBO"
+    family: ClassVar[str] = "dtm"
+
+    def __init__(self, num_words: int, num_topics: int, num_slices: int, *, topic_drift: float = 0.2,
+                 proportion_drift: float = 0.2, document_scale: float = 1.0, topic_scale: float = 3.0,
+                 proportion_scale: float = 1.0, hidden_size: int = 100) -> None:
+        super().__init__()
+        for name, value in (("num_words", num_words), ("num_topics", num_topics), ("num_slices", num_slices),
+                            ("hidden_size", hidden_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        for name, value in (("topic_drift", topic_drift), ("proportion_drift", proportion_drift),
+                            ("document_scale", document_scale), ("topic_scale", topic_scale),
+                            ("proportion_scale", proportion_scale)):
+            if not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"{name}: expected a positive number, got {value!r}")
+        self.num_words, self.num_topics, self.num_slices = num_words, num_topics, num_slices
+        self.topic_drift, self.proportion_drift = float(topic_drift), float(proportion_drift)
+        self.document_scale, self.topic_scale = float(document_scale), float(topic_scale)
+        self.proportion_scale, self.hidden_size = float(proportion_scale), hidden_size
+        S, K, V = num_slices, num_topics, num_words
+        # Guide parameters (the model's global latents are all Bayesian): Markov chains over slices.
+        self.guide_beta_loc = nn.Parameter(0.5 * torch.randn(1, K * V).expand(S, K * V).clone())
+        self.guide_beta_log_scale = nn.Parameter(torch.full((S, K * V), math.log(min(0.1, topic_drift))))
+        # Couplings are tanh of these (|rho| < 1): a coupling above 1 compounds over the slices and
+        # blew the marginal variances up on the 22 SOTU decades.
+        self.guide_beta_coupling = nn.Parameter(torch.full((S, K * V), math.atanh(0.9)))
+        self.guide_alpha_loc = nn.Parameter(torch.zeros(S, K))
+        self.guide_alpha_log_scale = nn.Parameter(torch.full((S, K), math.log(min(0.1, proportion_drift))))
+        self.guide_alpha_coupling = nn.Parameter(torch.full((S, K), math.atanh(0.9)))
+        self.guide_encoder = _Encoder(V, K, hidden_size)
+
+    def initialize_from_data(self, batch: SequenceBatch, generator: torch.Generator | None = None,
+                             seed_documents: int = 20) -> None:
+        """Starts topic ``k`` at ``log(p_corpus + p_k)`` (centred), ``p_k`` the word frequencies of
+        ``seed_documents`` random documents, the same at every slice: topics that differ from the
+        start (from the corpus background plus noise alone, one topic took every document)."""
+        word_ids, counts = _split_batch(batch)
+        totals = torch.full((self.num_words,), 0.5).index_add_(0, word_ids.reshape(-1), counts.reshape(-1).float())
+        background = totals / totals.sum()
+        logits = torch.empty(self.num_topics, self.num_words)
+        for k in range(self.num_topics):
+            chosen = torch.randint(0, batch.num_sequences, (seed_documents,), generator=generator)
+            seed = torch.zeros(self.num_words).index_add_(0, word_ids[chosen].reshape(-1), counts[chosen].reshape(-1).float())
+            logits[k] = torch.log(background + seed / seed.sum().clamp(min=1))
+        logits -= logits.mean(-1, keepdim=True)
+        with torch.no_grad():
+            self.guide_beta_loc.copy_(logits.reshape(1, -1).expand_as(self.guide_beta_loc))
+
+    # -- configuration ----------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        return dict(num_words=self.num_words, num_topics=self.num_topics, num_slices=self.num_slices,
+                    topic_drift=self.topic_drift, proportion_drift=self.proportion_drift,
+                    document_scale=self.document_scale, topic_scale=self.topic_scale,
+                    proportion_scale=self.proportion_scale, hidden_size=self.hidden_size)
+
+    def default_fit_options(self) -> dict[str, Any]:
+        """SVI defaults (INTERFACES §2): the analytic-KL loss, mini-batches of documents."""
+        return {"loss": "model", "batch_size": 512, "learning_rate": 0.05}
+
+    def likelihood_label(self, num_particles: int = 1) -> str:
+        return f"ELBO per document at the posterior-mean topics (M={num_particles})"
+
+    def _slices(self, batch: SequenceBatch) -> Tensor:
+        slices = batch_slices(batch)
+        if slices is None:
+            if self.num_slices == 1:
+                return torch.zeros(batch.num_sequences, dtype=torch.long, device=batch.device)
+            raise ValueError("batch: expected the covariate 'slice' (N,) for a model with several slices")
+        if slices.numel() and (int(slices.min()) < 0 or int(slices.max()) >= self.num_slices):
+            raise ValueError(f"batch slice covariate: expected values in [0, {self.num_slices - 1}], "
+                             f"got range [{int(slices.min())}, {int(slices.max())}]")
+        return slices
+
+    # -- distributions ----------------------------------------------------
+    def beta_prior(self) -> RandomWalkNormal:
+        return RandomWalkNormal(self.topic_scale, self.topic_drift, self.num_slices, self.num_topics * self.num_words)
+
+    def alpha_prior(self) -> RandomWalkNormal:
+        return RandomWalkNormal(self.proportion_scale, self.proportion_drift, self.num_slices, self.num_topics)
+
+    def beta_guide(self) -> MarkovNormal:
+        return MarkovNormal(self.guide_beta_loc, self.guide_beta_log_scale.exp(), torch.tanh(self.guide_beta_coupling))
+
+    def alpha_guide(self) -> MarkovNormal:
+        return MarkovNormal(self.guide_alpha_loc, self.guide_alpha_log_scale.exp(), torch.tanh(self.guide_alpha_coupling))
+
+    def topic_word_logits(self) -> Tensor:
+        """``(S, K, V)`` posterior-mean word logits :math:`E_q[\\beta]`."""
+        return self.guide_beta_loc.detach().reshape(self.num_slices, self.num_topics, self.num_words)
+
+    def proportion_logits(self) -> Tensor:
+        """``(S, K)`` posterior-mean :math:`E_q[\\alpha]`."""
+        return self.guide_alpha_loc.detach()
+
+    # -- Pyro model and guide ---------------------------------------------
+    def model(self, batch: SequenceBatch, annealing_factor: float = 1.0) -> None:
+        slices = self._slices(batch)
+        word_ids, counts = _split_batch(batch)
+        alpha = pyro.sample("alpha", self.alpha_prior())  # (S, K)
+        beta = pyro.sample("beta", self.beta_prior()).reshape(self.num_slices, self.num_topics, self.num_words)
+        with sequence_plate(batch):
+            with pyro.poutine.scale(scale=annealing_factor):
+                eta = pyro.sample("eta", dist.Normal(alpha[slices], self.document_scale).to_event(1))
+            pyro.factor("words", document_log_likelihood(eta, beta, word_ids, counts, slices))
+
+    def guide(self, batch: SequenceBatch, annealing_factor: float = 1.0) -> None:
+        slices = self._slices(batch)
+        word_ids, counts = _split_batch(batch)
+        alpha = pyro.sample("alpha", self.alpha_guide())
+        pyro.sample("beta", self.beta_guide())
+        loc, scale = self.guide_encoder(word_ids, counts)
+        with sequence_plate(batch):
+            with pyro.poutine.scale(scale=annealing_factor):
+                pyro.sample("eta", dist.Normal(loc + alpha[slices], scale).to_event(1))
+
+    def loss(self, batch: SequenceBatch, annealing_factor: float = 1.0, num_particles: int = 1) -> Tensor:
+        """Negative ELBO of ``batch`` scaled to the full corpus, with every KL in closed form
+        (the low-variance equivalent of ``TraceMeanField_ELBO`` on :meth:`model`/:meth:`guide`).
+        ``annealing_factor`` weighs the documents' KL terms."""
+        slices = self._slices(batch)
+        word_ids, counts = _split_batch(batch)
+        alpha_q, beta_q = self.alpha_guide(), self.beta_guide()
+        alpha = alpha_q.rsample((num_particles,))  # (M, S, K)
+        beta = beta_q.rsample((num_particles,)).reshape(num_particles, self.num_slices, self.num_topics, self.num_words)
+        loc, scale = self.guide_encoder(word_ids, counts)
+        eta_q = dist.Normal(loc + alpha[:, slices], scale)  # (M, N, K)
+        eta = eta_q.rsample()
+        expected_log_lik = document_log_likelihood(eta, beta, word_ids, counts, slices)  # (M, N)
+        eta_kl = torch.distributions.kl_divergence(eta_q, dist.Normal(alpha[:, slices], self.document_scale)).sum(-1)
+        documents = (expected_log_lik - annealing_factor * eta_kl).mean(0).sum()
+        scale_up = (batch.population or batch.num_sequences) / batch.num_sequences
+        elbo = scale_up * documents - markov_normal_kl(beta_q, self.beta_prior()) - markov_normal_kl(alpha_q, self.alpha_prior())
+        return -elbo
+
+    # -- scoring ----------------------------------------------------------
+    def log_prob_batch(self, batch: SequenceBatch, *, num_particles: int = 1) -> Tensor:
+        """``(N,)`` per-document ELBO at the posterior-mean topics and slice means:
+        :math:`E_{q(\\eta_d)}[\\log p(w_d \\mid \\eta_d, \\bar\\beta)] - \\mathrm{KL}(q(\\eta_d) \\| p(\\eta_d \\mid \\bar\\alpha))`,
+        a lower bound on :math:`\\log p(w_d \\mid \\bar\\beta, \\bar\\alpha)`; Monte Carlo
+        over ``num_particles`` draws of :math:`\\eta_d` (torch's global RNG)."""
+        slices = self._slices(batch)
+        word_ids, counts = _split_batch(batch)
+        with torch.no_grad():
+            alpha = self.proportion_logits()[slices]
+            loc, scale = self.guide_encoder(word_ids, counts)
+            eta_q = dist.Normal(loc + alpha, scale)
+            eta = eta_q.rsample((num_particles,))
+            log_lik = document_log_likelihood(eta, self.topic_word_logits(), word_ids, counts, slices).mean(0)
+            kl = torch.distributions.kl_divergence(eta_q, dist.Normal(alpha, self.document_scale)).sum(-1)
+        return log_lik - kl
+
+    def log_prob(self, values: Tensor, lengths: Tensor | None = None, slices: Tensor | None = None) -> Tensor:
+        if lengths is None:
+            lengths = torch.full(values.shape[:1], values.shape[1], dtype=torch.long)
+        docs = [{int(w): int(c) for w, c in values[n, : int(lengths[n])].tolist()} for n in range(values.shape[0])]
+        return self.log_prob_batch(bag_of_words_batch(docs, slices))
+
+    def document_proportions(self, batch: SequenceBatch) -> Tensor:
+        """``(N, K)`` each document's topic proportions :math:`\\mathrm{softmax}(E_q[\\eta_d])`."""
+        slices = self._slices(batch)
+        word_ids, counts = _split_batch(batch)
+        with torch.no_grad():
+            loc, _ = self.guide_encoder(word_ids, counts)
+            return torch.softmax(loc + self.proportion_logits()[slices], -1)
+
+    def topic_prevalence(self, batch: SequenceBatch) -> Tensor:
+        """``(S, K)`` mean topic proportions of each slice's documents in ``batch`` (NaN for an empty slice)."""
+        theta = self.document_proportions(batch)
+        slices = self._slices(batch)
+        sums = torch.zeros(self.num_slices, self.num_topics).index_add_(0, slices, theta)
+        sizes = torch.bincount(slices, minlength=self.num_slices).unsqueeze(-1)
+        return sums / sizes
+
+    def top_words(self, vocabulary: WordVocabulary, num_words: int = 10, relevance: float = 1.0) -> list[list[list[str]]]:
+        r"""``[slice][topic]`` -> the topic's ``num_words`` top words at that slice.
+
+        Ranked by the relevance of Sievert & Shirley (2014),
+        :math:`\lambda \log \phi_{t,k,v} + (1 - \lambda) \log(\phi_{t,k,v} / \bar\phi_{t,v})`
+        with :math:`\bar\phi_t` the slice's average topic: ``relevance=1`` ranks by probability
+        (frequent words lead every topic), ~0.6 brings out what sets a topic apart.
+        """
+        log_phi = torch.log_softmax(self.topic_word_logits(), -1)  # (S, K, V)
+        log_background = torch.logsumexp(log_phi, 1, keepdim=True) - math.log(self.num_topics)
+        score = relevance * log_phi + (1 - relevance) * (log_phi - log_background)
+        order = score.topk(num_words, -1).indices  # (S, K, n)
+        return [[vocabulary.decode(order[s, k]) for k in range(self.num_topics)] for s in range(self.num_slices)]
+
+    def complete_documents(self, observed: SequenceBatch, held_out: SequenceBatch, *, steps: int = 100,
+                           learning_rate: float = 0.1) -> CompletionScore:
+        r"""Document completion: infers each document's proportions from its observed half, scores the other.
+
+        The proportions are the MAP :math:`\hat\eta_d = \arg\max_\eta \log p(w^{obs}_d \mid \eta, \bar\beta)
+        + \log N(\eta; \bar\alpha_{t(d)}, a^2 I)` (the fitted logistic-normal prior, posterior-mean topics;
+        ``steps`` Adam steps from the encoder's mean), and the held-out words are scored under
+        :math:`\sum_k \mathrm{softmax}(\hat\eta_d)_k \bar\phi_{t(d),k}`.
+        """
+        slices = self._slices(observed)
+        if not torch.equal(slices, self._slices(held_out)) or observed.num_sequences != held_out.num_sequences:
+            raise ValueError("observed, held_out: expected the same documents (slices) in the same order")
+        obs_ids, obs_counts = _split_batch(observed)
+        held_ids, held_counts = _split_batch(held_out)
+        beta = self.topic_word_logits()
+        alpha = self.proportion_logits()[slices]
+        with torch.no_grad():
+            start, _ = self.guide_encoder(obs_ids, obs_counts)
+        eta = (start + alpha).clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([eta], lr=learning_rate)
+        prior = dist.Normal(alpha, self.document_scale)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            objective = document_log_likelihood(eta, beta, obs_ids, obs_counts, slices) + prior.log_prob(eta).sum(-1)
+            (-objective.sum()).backward()
+            optimizer.step()
+        with torch.no_grad():
+            log_prob = document_log_likelihood(eta, beta, held_ids, held_counts, slices)
+        return CompletionScore(log_prob.double(), held_counts.sum(-1))
+
+    # -- export -----------------------------------------------------------
+    def to_inference_data(self, batch: SequenceBatch | None = None, *, vocabulary: WordVocabulary | None = None,
+                          slice_labels: list[str] | None = None, num_draws: int = 10, seed: int = 0):
+        """ArviZ ``InferenceData`` of ``num_draws`` draws from the variational posterior.
+
+        ``posterior``: ``beta`` (chain, draw, slice, topic, word) word logits and ``alpha``
+        (chain, draw, slice, topic); all draws come from one guide, so the topic labels agree
+        across draws by construction. ``log_likelihood`` (with ``batch``): ``documents``
+        (chain, draw, document), each document's ELBO (:meth:`log_prob_batch`) at that draw's
+        topics. Memory: ``num_draws * S * K * V`` floats.
+        """
+        import arviz as az
+
+        S, K, V = self.num_slices, self.num_topics, self.num_words
+        with torch.random.fork_rng(), torch.no_grad():
+            torch.manual_seed(seed)
+            beta = self.beta_guide().rsample((num_draws,)).reshape(num_draws, S, K, V)
+            alpha = self.alpha_guide().rsample((num_draws,))
+            log_lik = None
+            if batch is not None:
+                slices = self._slices(batch)
+                word_ids, counts = _split_batch(batch)
+                loc, scale = self.guide_encoder(word_ids, counts)
+                draws = []
+                for m in range(num_draws):
+                    eta_q = dist.Normal(loc + alpha[m, slices], scale)
+                    bound = document_log_likelihood(eta_q.rsample(), beta[m], word_ids, counts, slices)
+                    bound = bound - torch.distributions.kl_divergence(eta_q, dist.Normal(alpha[m, slices], self.document_scale)).sum(-1)
+                    draws.append(bound)
+                log_lik = torch.stack(draws)
+        coords = {"slice": slice_labels or list(range(S)), "topic": list(range(K)),
+                  "word": list(vocabulary.words) if vocabulary is not None else list(range(V))}
+        dims = {"beta": ["slice", "topic", "word"], "alpha": ["slice", "topic"], "documents": ["document"]}
+        return az.from_dict(
+            posterior={"beta": beta.numpy()[None], "alpha": alpha.numpy()[None]},
+            log_likelihood=None if log_lik is None else {"documents": log_lik.numpy()[None]},
+            coords=coords, dims=dims,
+        )
+
+    # -- sampling ---------------------------------------------------------
+    def sample_documents(self, topic_word_logits: Tensor, proportion_logits: Tensor, slices: Tensor, length: int,
+                         generator: torch.Generator | None = None) -> SequenceBatch:
+        """Documents of ``length`` tokens each at given ``(S, K, V)`` topics and ``(S, K)`` slice means."""
+        eta = proportion_logits[slices] + self.document_scale * torch.randn(len(slices), self.num_topics, generator=generator)
+        topics = torch.multinomial(torch.softmax(eta, -1), length, replacement=True, generator=generator)  # (N, length)
+        word_probs = torch.softmax(topic_word_logits, -1)[slices[:, None], topics]  # (N, length, V)
+        words = torch.multinomial(word_probs.reshape(-1, self.num_words), 1, generator=generator).reshape(len(slices), length)
+        return bag_of_words_batch(words.tolist(), slices)
+
+    def sample(self, num_sequences: int, length: int, generator: torch.Generator | None = None) -> SequenceBatch:
+        """``num_sequences`` documents of ``length`` tokens at the posterior-mean topics, slices cycling ``0..S-1``."""
+        slices = torch.arange(num_sequences) % self.num_slices
+        return self.sample_documents(self.topic_word_logits(), self.proportion_logits(), slices, length, generator)
+
+
+class StaticTopicModel(DynamicTopicModel):
+    """Static (logistic-normal) LDA: the DTM with a single slice; any slice covariate is ignored.
+
+    Example:
+        >>> lda = StaticTopicModel(num_words=50, num_topics=3)
+        >>> lda.log_prob_batch(lda.sample(4, 10)).shape
+        torch.Size([4])
+    """
+
+    family: ClassVar[str] = "lda"
+
+    def __init__(self, num_words: int, num_topics: int, **options: Any) -> None:
+        options.pop("num_slices", None)
+        options.setdefault("topic_drift", 1.0)  # unused with one slice
+        options.setdefault("proportion_drift", 1.0)
+        super().__init__(num_words, num_topics, 1, **options)
+
+    def _slices(self, batch: SequenceBatch) -> Tensor:
+        return torch.zeros(batch.num_sequences, dtype=torch.long, device=batch.device)
+
+    def config(self) -> dict[str, Any]:
+        config = super().config()
+        for key in ("num_slices", "topic_drift", "proportion_drift"):
+            config.pop(key)
+        return config
+
+
+# --------------------------------------------------------------------------
+# The discrete Kalman filter: Gaussian states, softmax emissions
+# --------------------------------------------------------------------------
+class LaplacePosterior(NamedTuple):
+    """Gaussian approximation of the slices' states.
+
+    Attributes:
+        filtered_mean: ``(T, D)``; filtered_cov: ``(T, D, D)``.
+        smoothed_mean: ``(T, D)``; smoothed_cov: ``(T, D, D)``.
+        pseudo_observations: ``(T, D)`` the Gaussian pseudo-observations :math:`y_t`.
+        pseudo_cov: ``(T, D, D)`` their covariances :math:`R_t` (identity x inf where a slice has no word).
+        log_normalizer: the log-marginal likelihood of the pseudo-observations (the Gaussian model's).
+    """
+
+    filtered_mean: Tensor
+    filtered_cov: Tensor
+    smoothed_mean: Tensor
+    smoothed_cov: Tensor
+    pseudo_observations: Tensor
+    pseudo_cov: Tensor
+    log_normalizer: Tensor
+
+
+def _kalman_filter_varying_noise(transition_matrix: Tensor, transition_cov: Tensor, initial_mean: Tensor,
+                                 initial_cov: Tensor, observations: Tensor, observation_covs: Tensor,
+                                 observed: Tensor):
+    """Kalman filter and RTS smoother for ``y_t = S_t + e_t``, ``e_t ~ N(0, R_t)`` (identity observation
+    matrix, time-varying ``R_t``); slices with ``observed[t]`` False get no update. (A pure kernel; it
+    belongs in ``inference/kalman.py``, which takes one observation covariance for all steps today.)
+
+    Shapes: ``(D, D)``, ``(D, D)``, ``(D,)``, ``(D, D)``, ``(T, D)``, ``(T, D, D)``, ``(T,)`` bool.
+    Returns filtered means/covs, smoothed means/covs and the log-normaliser.
+    """
+    A, Q = transition_matrix, transition_cov
+    T, D = observations.shape
+    eye = torch.eye(D, dtype=observations.dtype)
+    means, covs, pred_means, pred_covs = [], [], [], []
+    log_normalizer = observations.new_zeros(())
+    mean, cov = initial_mean, initial_cov
+    for t in range(T):
+        if t > 0:
+            mean, cov = A @ mean, A @ cov @ A.T + Q
+        pred_means.append(mean)
+        pred_covs.append(cov)
+        if bool(observed[t]):
+            innovation_cov = cov + observation_covs[t]
+            chol = torch.linalg.cholesky(0.5 * (innovation_cov + innovation_cov.T))
+            residual = observations[t] - mean
+            log_normalizer = log_normalizer + dist.MultivariateNormal(mean, scale_tril=chol).log_prob(observations[t])
+            gain = torch.cholesky_solve(cov, chol).T  # cov @ innovation_cov^{-1}
+            mean = mean + gain @ residual
+            cov = (eye - gain) @ cov
+            cov = 0.5 * (cov + cov.T)
+        means.append(mean)
+        covs.append(cov)
+    smoothed_means, smoothed_covs = [means[-1]], [covs[-1]]
+    for t in range(T - 2, -1, -1):
+        smoother_gain = covs[t] @ A.T @ torch.linalg.inv(pred_covs[t + 1])
+        smoothed_means.insert(0, means[t] + smoother_gain @ (smoothed_means[0] - pred_means[t + 1]))
+        smoothed_covs.insert(0, covs[t] + smoother_gain @ (smoothed_covs[0] - pred_covs[t + 1]) @ smoother_gain.T)
+    return torch.stack(means), torch.stack(covs), torch.stack(smoothed_means), torch.stack(smoothed_covs), log_normalizer
+
+
+class DiscreteKalmanFilter(PyroModule):
+    r"""Gaussian states per slice with softmax emissions of the slice's words.
+
+    :math:`S_0 \sim N(m_0, P_0)`, :math:`S_t \mid S_{t-1} \sim N(A S_{t-1}, \Gamma)`,
+    :math:`W_t \mid S_t \sim \mathrm{Multinomial}(n_t, \mathrm{softmax}(B S_t))`.
+
+    Args:
+        emission_matrix: ``(V, D)`` :math:`B`.
+        transition_matrix: ``(D, D)`` :math:`A` (identity when None).
+        transition_cov: ``(D, D)`` :math:`\Gamma` (0.01 I when None).
+        initial_cov: ``(D, D)`` :math:`P_0` (I when None); :math:`m_0 = 0`.
+        learn: names of the parameters to learn by gradient on the Laplace evidence
+            (any of ``"emission_matrix"``, ``"transition_matrix"``, ``"transition_cov"``); others are fixed.
+
+    Example:
+        >>> dkf = DiscreteKalmanFilter(torch.randn(20, 2))
+        >>> counts = dkf.sample(5, words_per_slice=30)[1]
+        >>> dkf.smooth(counts).smoothed_mean.shape
+        torch.Size([5, 2])
+    """
+
+    def __init__(self, emission_matrix: Tensor, transition_matrix: Tensor | None = None,
+                 transition_cov: Tensor | None = None, initial_cov: Tensor | None = None,
+                 learn: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        if emission_matrix.dim() != 2:
+            raise ValueError(f"emission_matrix: expected (V, D), got {tuple(emission_matrix.shape)}")
+        V, D = emission_matrix.shape
+        unknown = set(learn) - {"emission_matrix", "transition_matrix", "transition_cov"}
+        if unknown:
+            raise ValueError(f"learn: unknown parameter names {sorted(unknown)}")
+        A = torch.eye(D) if transition_matrix is None else transition_matrix
+        Q = 0.01 * torch.eye(D) if transition_cov is None else transition_cov
+        P0 = torch.eye(D) if initial_cov is None else initial_cov
+        for name, value in (("transition_matrix", A), ("transition_cov", Q), ("initial_cov", P0)):
+            if value.shape != (D, D):
+                raise ValueError(f"{name}: expected ({D}, {D}), got {tuple(value.shape)}")
+        self.emission_matrix = nn.Parameter(emission_matrix.clone(), requires_grad="emission_matrix" in learn)
+        self.transition_matrix = nn.Parameter(A.clone(), requires_grad="transition_matrix" in learn)
+        if "transition_cov" in learn:
+            self.transition_cov = PyroParam(Q.clone(), constraint=constraints.positive_definite)
+        else:
+            self.register_buffer("transition_cov", Q.clone())
+        self.register_buffer("initial_cov", P0.clone())
+
+    @property
+    def state_dim(self) -> int:
+        return self.emission_matrix.shape[1]
+
+    def gaussian_approximation(self, counts: Tensor, linearization_points: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        r"""Laplace approximation of each slice's softmax log-likelihood at ``linearization_points``.
+
+        The second-order expansion of :math:`c_t^\top B s - n_t \log\sum_v e^{(Bs)_v}` about
+        :math:`s^*` is, up to a constant, :math:`\log N(y_t; s, R_t)` with
+        :math:`R_t = H_t^{-1}`, :math:`H_t = n_t B^\top(\mathrm{diag}\,\pi_t - \pi_t\pi_t^\top)B`,
+        :math:`y_t = s^* + R_t B^\top(c_t - n_t \pi_t)`, :math:`\pi_t = \mathrm{softmax}(B s^*)`.
+
+        Args:
+            counts: ``(T, V)`` word counts of each slice.
+            linearization_points: ``(T, D)``.
+
+        Returns:
+            ``(y (T, D), R (T, D, D), observed (T,) bool)``; a slice without words is unobserved.
+        """
+        B = self.emission_matrix
+        probs = torch.softmax(linearization_points @ B.T, -1)  # (T, V)
+        totals = counts.sum(-1)  # (T,)
+        gradient = (counts - totals[:, None] * probs) @ B  # (T, D)
+        curvature = torch.einsum("tv,vd,ve->tde", probs, B, B) - torch.einsum("td,te->tde", probs @ B, probs @ B)
+        precision = totals[:, None, None] * curvature + 1e-9 * torch.eye(self.state_dim, dtype=B.dtype)
+        observed = totals > 0
+        safe_precision = torch.where(observed[:, None, None], precision, torch.eye(self.state_dim, dtype=B.dtype))
+        pseudo_cov = torch.linalg.inv(safe_precision)
+        pseudo_obs = linearization_points + (pseudo_cov @ gradient.unsqueeze(-1)).squeeze(-1)
+        return pseudo_obs, pseudo_cov, observed
+
+    def smooth(self, counts: Tensor, *, num_iterations: int = 10, linearization_points: Tensor | None = None,
+               tolerance: float = 1e-6) -> LaplacePosterior:
+        """Laplace posterior of the states given ``(T, V)`` slice word counts.
+
+        Linearises every slice at ``linearization_points`` (default: the prior mean 0), filters and
+        smooths the pseudo-observations, and (``num_iterations`` > 1) re-linearises at the smoothed
+        means until they move less than ``tolerance``. With ``num_iterations=1`` this is one Kalman
+        filter and smoother pass on fixed pseudo-observations.
+        """
+        if counts.dim() != 2 or counts.shape[1] != self.emission_matrix.shape[0]:
+            raise ValueError(f"counts: expected (T, {self.emission_matrix.shape[0]}), got {tuple(counts.shape)}")
+        counts = counts.to(self.emission_matrix.dtype)
+        points = counts.new_zeros(counts.shape[0], self.state_dim) if linearization_points is None else linearization_points
+        for _ in range(max(1, num_iterations)):
+            y, R, observed = self.gaussian_approximation(counts, points)
+            filtered_mean, filtered_cov, smoothed_mean, smoothed_cov, log_normalizer = _kalman_filter_varying_noise(
+                self.transition_matrix, self.transition_cov, counts.new_zeros(self.state_dim), self.initial_cov,
+                y, R, observed)
+            moved = float((smoothed_mean - points).abs().max())
+            points = smoothed_mean.detach()
+            if moved < tolerance:
+                break
+        return LaplacePosterior(filtered_mean, filtered_cov, smoothed_mean, smoothed_cov, y, R, log_normalizer)
+
+    def sample(self, num_slices: int, words_per_slice: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Draws ``(states (T, D), counts (T, V))`` from the model."""
+        with torch.no_grad():
+            D = self.state_dim
+            chol_q, chol_0 = torch.linalg.cholesky(self.transition_cov), torch.linalg.cholesky(self.initial_cov)
+            state = chol_0 @ torch.randn(D, generator=generator)
+            states, counts = [], []
+            for t in range(num_slices):
+                if t > 0:
+                    state = self.transition_matrix @ state + chol_q @ torch.randn(D, generator=generator)
+                states.append(state)
+                words = torch.multinomial(torch.softmax(self.emission_matrix @ state, -1), words_per_slice,
+                                          replacement=True, generator=generator)
+                counts.append(torch.bincount(words, minlength=self.emission_matrix.shape[0]))
+            return torch.stack(states), torch.stack(counts).to(self.emission_matrix.dtype)
+
+
+# --------------------------------------------------------------------------
+# Registry entries (INTERFACES §4). SHIM: zoo.registry may not exist before the cli branch merges.
+# --------------------------------------------------------------------------
+try:  # pragma: no cover - exercised after the merge
+    from .registry import Family, UsageError, register  # type: ignore[attr-defined]
+except ImportError:
+    pass
+else:
+    def _add_topic_arguments(group) -> None:
+        group.add_argument("--topics", type=int, default=None, help="number of topics K (default 20)")
+        group.add_argument("--topic-drift", type=float, default=None, help="DTM: step scale of the topics' word logits")
+
+    def _topic_settings(args) -> dict[str, str]:
+        settings = {}
+        if getattr(args, "topics", None) is not None:
+            settings["topics"] = str(args.topics)
+        if getattr(args, "topic_drift", None) is not None:
+            settings["topic_drift"] = str(args.topic_drift)
+        return settings
+
+    def _corpus_sizes(data) -> tuple[int, int]:
+        corpus = getattr(data, "corpus", data)
+        try:
+            return len(corpus.vocabulary), corpus.num_slices
+        except AttributeError:
+            raise UsageError("dtm/lda: expected corpus data (a CSV read by zoo.corpus.read_corpus, or builtin:sotu)") from None
+
+    def _build_dtm(data, settings):
+        num_words, num_slices = _corpus_sizes(data)
+        try:
+            topics = int(settings.get("topics", 20))
+            drift = float(settings.get("topic_drift", 0.2))
+        except ValueError as error:
+            raise UsageError(f"dtm: {error}") from None
+        return DynamicTopicModel(num_words, topics, num_slices, topic_drift=drift)
+
+    def _build_lda(data, settings):
+        num_words, _ = _corpus_sizes(data)
+        try:
+            topics = int(settings.get("topics", 20))
+        except ValueError as error:
+            raise UsageError(f"lda: {error}") from None
+        return StaticTopicModel(num_words, topics)
+
+    register(Family(
+        name="dtm", help="dynamic topic model (Blei & Lafferty 2006): topics drift over time slices",
+        add_arguments=_add_topic_arguments, settings_from_args=_topic_settings, build=_build_dtm,
+        label=lambda s: f"DTM (K={s.get('topics', 20)})", model_classes=(DynamicTopicModel,),
+        data_kinds=("corpus",)))
+    register(Family(
+        name="lda", help="static logistic-normal LDA (the DTM with one slice)",
+        add_arguments=_add_topic_arguments, settings_from_args=_topic_settings, build=_build_lda,
+        label=lambda s: f"LDA (K={s.get('topics', 20)})", model_classes=(StaticTopicModel,),
+        data_kinds=("corpus",)))
