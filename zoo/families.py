@@ -9,3 +9,4 @@ A new family adds one line here (its order is the order of ``seqzoo fit --help``
 import zoo.hmm  # noqa: F401  (imported for its registration)
 import zoo.lgssm  # noqa: F401
 import zoo.rnn  # noqa: F401
+import zoo.dmm  # noqa: F401
