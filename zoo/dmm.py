@@ -719,7 +719,7 @@ try:
 
     register(Family(
         name="dmm",
-        help="deep Markov model (Krishnan et al. 2017): neural transition/emission, structured RNN guide",
+        help="deep Markov model (neural transition and emission, RNN guide)",
         add_arguments=_add_arguments,
         settings_from_args=_settings_from_args,
         build=build_dmm,

@@ -840,7 +840,7 @@ else:
         return StaticTopicModel(num_words, topics)
 
     register(Family(
-        name="dtm", help="dynamic topic model (Blei & Lafferty 2006): topics drift over time slices",
+        name="dtm", help="dynamic topic model (topics drift over time slices)",
         add_arguments=_add_topic_arguments, settings_from_args=_topic_settings, build=_build_dtm,
         label=lambda s: f"DTM (K={s.get('topics', 20)})", model_classes=(DynamicTopicModel,),
         data_kinds=("corpus",)))
