@@ -1233,30 +1233,229 @@ def _score_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean,
 
 
 _SCORE_ERRORS = {1: "transition_cov", 2: "observation_cov", 3: "initial_cov"}
+# Status codes of _fused_kernel, in the order its stages run.
+_FILTER_FAILED, _NOT_IDENTIFIED, _SMOOTHER_FAILED, _SCORE_FAILED = 1, 2, 3, 4
 
 
-def _fisher_score(params: _Params, diffuse: bool, steady_state: bool) -> tuple[np.ndarray, ...]:
-    """Gradients of the summed-per-sequence log marginal w.r.t. the seven inputs, ``(N, ...)`` float64.
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _initial_posterior_kernel(info_matrix, info_vector, chol, mean, cov):  # pragma: no cover
+    """:func:`_initial_posterior` of one sequence: ``mean <- S^{-1} b``, ``cov <- S^{-1}``.
 
-    One smoother pass (numba) gives :math:`E[s_t]`, :math:`\\operatorname{Cov}(s_t)` and
-    :math:`\\operatorname{Cov}(s_t, s_{t-1})` given all observations; the score is the
-    posterior expectation of the complete-data score (Fisher's identity), see :class:`_LogMarginal`.
+    Returns ``(identified, b^T S^{-1} b / 2 - log|S| / 2)``, with the same test of
+    identification (pivots and diagonal against ``1e3 d eps``).
     """
-    with torch.no_grad():
-        smoothed = rts_smoother(*params[:7], params.lengths, diffuse=diffuse, method="sequential",
-                                steady_state=steady_state)
-    num_seq = params.observations.shape[0]
+    dim = info_vector.shape[0]
+    tol = 1e3 * dim * 2.220446049250313e-16
+    largest = 0.0
+    for i in range(dim):
+        for j in range(dim):
+            chol[i, j] = 0.5 * (info_matrix[i, j] + info_matrix[j, i])
+        mean[i] = chol[i, i]  # the diagonal, kept for the pivot test
+        largest = max(largest, chol[i, i])
+    if not largest > 0.0:
+        return False, 0.0
+    for i in range(dim):
+        if not mean[i] > tol * largest:
+            return False, 0.0
+    if not _cholesky_in_place(chol, dim):
+        return False, 0.0
+    log_det_half = 0.0
+    for i in range(dim):
+        if not chol[i, i] * chol[i, i] > tol * mean[i]:
+            return False, 0.0
+        log_det_half += np.log(chol[i, i])
+    for i in range(dim):
+        cov[i, 0] = info_vector[i]
+    _forward_substitute(chol, dim, cov, 1)
+    _back_substitute(chol, dim, cov, 1)
+    quadratic = 0.0
+    for i in range(dim):
+        mean[i] = cov[i, 0]
+        quadratic += info_vector[i] * mean[i]
+    cov[:, :] = 0.0
+    for i in range(dim):
+        cov[i, i] = 1.0
+    _forward_substitute(chol, dim, cov, dim)
+    _back_substitute(chol, dim, cov, dim)
+    return True, 0.5 * quadratic - log_det_half
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _fused_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean, initial_cov, observations,
+                  lengths, diffuse, with_score, steady_tol, smoother_tol, log_normalizer,
+                  grad_transition, grad_transition_cov, grad_obs_matrix, grad_obs_cov, grad_initial_mean,
+                  grad_initial_cov, grad_observations, status):  # pragma: no cover
+    """Log marginal of every sequence and, with ``with_score``, its score, in one compiled call.
+
+    Per sequence: with ``diffuse``, a filter pass from ``c = 0`` (nothing stored) and the
+    posterior mean of :math:`S_1` as the reference point ``c`` (see :func:`_run_filter`);
+    the filter from there (moments stored only with ``with_score``); the diffuse term; then
+    the RTS smoother, the combination of its conditional moments with the posterior of
+    :math:`S_1` (as :func:`rts_smoother`) and the score of :func:`_score_kernel`. The stored
+    moments are one sequence's, ``O(T d^2)``, reused across sequences. ``status[n]`` is the
+    first stage that failed (``_FILTER_FAILED`` ...), ``_SCORE_FAILED + code`` for the
+    score kernel's codes.
+    """
+    num_seq, num_steps, obs_dim = observations.shape
+    dim = transition.shape[1]
+    stored = num_steps if with_score else 0
+    basis_steps = stored if diffuse else 0
+    step_ll = np.zeros((1, num_steps))
+    final_mean = np.empty((1, dim))
+    final_cov = np.empty((1, dim, dim))
+    final_basis = np.empty((1, dim, dim))
+    final_info_matrix = np.empty((1, dim, dim))
+    final_info_vector = np.empty((1, dim))
+    predicted_mean = np.zeros((1, stored, dim))
+    predicted_cov = np.zeros((1, stored, dim, dim))
+    filtered_mean = np.zeros((1, stored, dim))
+    filtered_cov = np.zeros((1, stored, dim, dim))
+    predicted_basis = np.zeros((1, basis_steps, dim, dim))
+    filtered_basis = np.zeros((1, basis_steps, dim, dim))
+    info_matrix = np.zeros((1, basis_steps, dim, dim))
+    info_vector = np.zeros((1, basis_steps, dim))
+    no_moments = np.zeros((1, 0, dim))
+    no_covs = np.zeros((1, 0, dim, dim))
+    steady_epoch = np.zeros((1, num_steps), np.int64)
+    smoothed_mean = np.zeros((1, stored, dim))
+    smoothed_cov = np.zeros((1, stored, dim, dim))
+    lag_one_cov = np.zeros((1, stored, dim, dim))
+    smoothed_basis = np.zeros((1, basis_steps, dim, dim))
+    stage_status = np.zeros(1, np.int64)
+    length_one = np.zeros(1, np.int64)
+    start = np.zeros((1, dim))
+    chol = np.empty((dim, dim))
+    posterior_mean = np.empty(dim)
+    posterior_cov = np.empty((dim, dim))
+    work = np.empty((dim, dim))
+    work2 = np.empty((dim, dim))
+    for n in range(num_seq):
+        length = lengths[n]
+        log_normalizer[n] = 0.0
+        if length == 0:
+            continue
+        length_one[0] = length
+        A = transition[n:n + 1]
+        Q = transition_cov[n:n + 1]
+        H = obs_matrix[n:n + 1]
+        R = obs_cov[n:n + 1]
+        P0 = initial_cov[n:n + 1]
+        x = observations[n:n + 1]
+        stage_status[0] = 0
+        if diffuse:
+            start[:, :] = 0.0
+            _filter_kernel(A, Q, H, R, start, P0, x, length_one, True, steady_tol, False,
+                           step_ll, final_mean, final_cov, final_basis, final_info_matrix, final_info_vector,
+                           no_moments, no_covs, no_moments, no_covs, no_covs, no_covs, no_covs, no_moments,
+                           steady_epoch, stage_status)
+            if stage_status[0] != 0:
+                status[n] = _FILTER_FAILED
+                continue
+            identified, _ = _initial_posterior_kernel(final_info_matrix[0], final_info_vector[0], chol,
+                                                      posterior_mean, posterior_cov)
+            if not identified:
+                status[n] = _NOT_IDENTIFIED
+                continue
+            start[0, :] = posterior_mean
+        else:
+            start[0, :] = initial_mean[n]
+        steady_epoch[:, :] = 0
+        _filter_kernel(A, Q, H, R, start, P0, x, length_one, diffuse, steady_tol, with_score,
+                       step_ll, final_mean, final_cov, final_basis, final_info_matrix, final_info_vector,
+                       predicted_mean, predicted_cov, filtered_mean, filtered_cov,
+                       predicted_basis, filtered_basis, info_matrix, info_vector, steady_epoch, stage_status)
+        if stage_status[0] != 0:
+            status[n] = _FILTER_FAILED
+            continue
+        total = 0.0
+        for t in range(length):
+            total += step_ll[0, t]
+        if diffuse:
+            identified, diffuse_term = _initial_posterior_kernel(final_info_matrix[0], final_info_vector[0], chol,
+                                                                 posterior_mean, posterior_cov)
+            if not identified:
+                status[n] = _NOT_IDENTIFIED
+                continue
+            total += diffuse_term
+        log_normalizer[n] = total
+        if not with_score:
+            continue
+        _smoother_kernel(A, filtered_mean, filtered_cov, predicted_mean, predicted_cov, length_one,
+                         steady_epoch, smoother_tol, diffuse, filtered_basis, predicted_basis,
+                         smoothed_mean, smoothed_cov, lag_one_cov, smoothed_basis, stage_status)
+        if stage_status[0] != 0:
+            status[n] = _SMOOTHER_FAILED
+            continue
+        if diffuse:
+            # E[s_t] = m_t + X_t s, Cov(s_t) = P_t + X_t S^{-1} X_t^T, Cov(s_t, s_{t-1}) += X_t S^{-1} X_{t-1}^T.
+            for t in range(length):
+                basis = smoothed_basis[0, t]
+                for i in range(dim):
+                    acc = 0.0
+                    for j in range(dim):
+                        acc += basis[i, j] * posterior_mean[j]
+                    smoothed_mean[0, t, i] += acc
+                for i in range(dim):
+                    for j in range(dim):
+                        acc = 0.0
+                        for k in range(dim):
+                            acc += basis[i, k] * posterior_cov[k, j]
+                        work[i, j] = acc  # X_t S^{-1}
+                for i in range(dim):
+                    for j in range(dim):
+                        acc = 0.0
+                        for k in range(dim):
+                            acc += work[i, k] * basis[j, k]
+                        work2[i, j] = acc
+                for i in range(dim):
+                    for j in range(i + 1):
+                        value = 0.5 * ((smoothed_cov[0, t, i, j] + work2[i, j]) + (smoothed_cov[0, t, j, i] + work2[j, i]))
+                        smoothed_cov[0, t, i, j] = value
+                        smoothed_cov[0, t, j, i] = value
+                if t > 0:
+                    previous = smoothed_basis[0, t - 1]
+                    for i in range(dim):
+                        for j in range(dim):
+                            acc = 0.0
+                            for k in range(dim):
+                                acc += work[i, k] * previous[j, k]
+                            lag_one_cov[0, t, i, j] += acc
+        _score_kernel(A, Q, H, R, initial_mean[n:n + 1], P0, x, length_one, smoothed_mean, smoothed_cov,
+                      lag_one_cov, diffuse, grad_transition[n:n + 1], grad_transition_cov[n:n + 1],
+                      grad_obs_matrix[n:n + 1], grad_obs_cov[n:n + 1], grad_initial_mean[n:n + 1],
+                      grad_initial_cov[n:n + 1], grad_observations[n:n + 1], stage_status)
+        if stage_status[0] != 0:
+            status[n] = _SCORE_FAILED + stage_status[0]
+
+
+def _fused(params: _Params, diffuse: bool, steady_state: bool, with_score: bool
+           ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+    """Log marginal ``(N,)`` and, with ``with_score``, the gradients of its sum w.r.t. the
+    seven inputs (``(N, ...)``, float64) by :func:`_fused_kernel`: one compiled call."""
     inputs = [_as_numpy(value) for value in params[:7]]
-    grads = [np.zeros((num_seq, *value.shape[1:])) for value in inputs]
+    num_seq, _num_steps, obs_dim = inputs[6].shape
+    state_dim = inputs[0].shape[-1]
+    if with_score:
+        grads = tuple(np.zeros((num_seq, *value.shape[1:])) for value in inputs)
+    else:  # nothing is written: empty arrays of the right rank
+        grads = tuple(np.zeros((0,) * value.ndim) for value in inputs)
+    log_normalizer = np.empty(num_seq)
     status = np.zeros(num_seq, dtype=np.int64)
-    _score_kernel(*inputs, params.lengths.to("cpu", torch.long).contiguous().numpy(),
-                  _as_numpy(smoothed.smoothed_mean), _as_numpy(smoothed.smoothed_cov),
-                  _as_numpy(smoothed.lag_one_cov), diffuse, *grads, status)
+    _fused_kernel(*inputs, params.lengths.to("cpu", torch.long).contiguous().numpy(), diffuse, with_score,
+                  _STEADY_TOL if steady_state else 0.0, _SMOOTHER_STEADY_TOL, log_normalizer, *grads, status)
     if status.any():
-        code = int(status[status != 0][0])
-        raise ValueError(f"{_SCORE_ERRORS[code]}: not positive definite "
-                         f"(sequences {np.nonzero(status == code)[0].tolist()})")
-    return tuple(grads)
+        code = int(status[status != 0].min())
+        failed = np.nonzero(status == code)[0].tolist()
+        if code == _NOT_IDENTIFIED:
+            raise _not_identified_error(torch.from_numpy(status != code))
+        if code == _FILTER_FAILED:
+            raise ValueError("observation_cov: the innovation covariance H P H^T + R is not positive definite "
+                             f"(sequences {failed}); observation_cov must be positive definite")
+        if code == _SMOOTHER_FAILED:
+            raise ValueError("transition_cov: a predicted covariance is not positive definite "
+                             f"(sequences {failed}); transition_cov must be positive definite")
+        raise ValueError(f"{_SCORE_ERRORS[code - _SCORE_FAILED]}: not positive definite (sequences {failed})")
+    return log_normalizer, (grads if with_score else None)
 
 
 class _LogMarginal(torch.autograd.Function):
@@ -1292,26 +1491,25 @@ class _LogMarginal(torch.autograd.Function):
     @staticmethod
     def forward(ctx, transition_matrix, transition_cov, observation_matrix, observation_cov,
                 initial_mean, initial_cov, observations, lengths, diffuse, steady_state):
+        # The score is computed here, with the value, in the same compiled call (the filter's
+        # moments are then used at once and never leave the kernel); backward only scales it.
         params = _Params(transition_matrix, _symmetrise(transition_cov), observation_matrix,
                          _symmetrise(observation_cov), initial_mean, _symmetrise(initial_cov), observations, lengths)
-        ctx.save_for_backward(*params)
-        ctx.diffuse, ctx.steady_state = diffuse, steady_state
-        return _run_filter(params, diffuse, "sequential", steady_state, store=False)[1].log_normalizer
+        log_normalizer, ctx.score = _fused(params, diffuse, steady_state, with_score=True)
+        ctx.dtype, ctx.device = observations.dtype, observations.device
+        return torch.from_numpy(log_normalizer).to(device=observations.device, dtype=observations.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
-        params = _Params(*ctx.saved_tensors)
-        grads = _fisher_score(params, ctx.diffuse, ctx.steady_state)
-        dtype, device = params.observations.dtype, params.observations.device
-        scale = grad_output.to(torch.float64).cpu().numpy()
+        scale = grad_output.detach().to("cpu", torch.float64).numpy()
         results = []
-        for needed, grad in zip(ctx.needs_input_grad[:7], grads):
+        for needed, grad in zip(ctx.needs_input_grad[:7], ctx.score):
             if not needed:
                 results.append(None)
                 continue
-            grad *= scale.reshape(-1, *(1,) * (grad.ndim - 1))
-            results.append(torch.from_numpy(grad).to(device=device, dtype=dtype))
+            results.append(torch.from_numpy(grad * scale.reshape(-1, *(1,) * (grad.ndim - 1)))
+                           .to(device=ctx.device, dtype=ctx.dtype))
         return (*results, None, None, None)
 
 
@@ -1782,9 +1980,16 @@ def log_marginal(
         transition_matrix, transition_cov, observation_matrix, observation_cov,
         initial_mean, initial_cov, observations, lengths,
     )
-    if _choose_backend(params, method) == "torch" and method == "auto" and params.observations.device.type == "cpu":
-        # Gradients on CPU: the numba filter, and the smoother in the backward pass.
+    if not isinstance(diffuse, bool):
+        raise TypeError(f"diffuse: expected a bool, got {type(diffuse).__name__}")
+    backend = _choose_backend(params, method)
+    if backend == "torch" and method == "auto" and params.observations.device.type == "cpu":
+        # Gradients on CPU: the numba filter and, in the same compiled call, the smoother's score.
         return _LogMarginal.apply(*params, diffuse, steady_state)
+    if backend == "numba":
+        # Both diffuse passes and the diffuse term in one compiled call (no torch work per call).
+        log_normalizer, _ = _fused(params, diffuse, steady_state, with_score=False)
+        return torch.from_numpy(log_normalizer).to(device=params.observations.device, dtype=params.observations.dtype)
     return _run_filter(params, diffuse, method, steady_state, store=False)[1].log_normalizer
 
 
