@@ -318,8 +318,8 @@ def local_level_run(num_sequences, length, num_samples, warmup_steps, num_chains
 
 @pytest.mark.slow
 def test_nuts_local_level_full_size_targets():
-    """Kalman-filter likelihood (about 0.05-0.1 s per gradient on CPU, hence @slow):
-    4 x (500 + 500) draws, r_hat < 1.01, bulk ESS > 400, both variances inside their
+    """Kalman-filter likelihood (about 1 minute on one CPU core, most of it NUTS at ~1 ms
+    per gradient and the 2000 FFBS paths, hence @slow): 4 x (500 + 500) draws, r_hat < 1.01, bulk ESS > 400, both variances inside their
     99% intervals; smoothed level paths by FFBS have the data's shape."""
     truth, batch, model, result = local_level_run(4, 50, 500, 500, 4)
     idata = export.to_inference_data(model, batch, result, num_predictive_draws=5)
