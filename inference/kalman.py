@@ -1233,8 +1233,6 @@ def _score_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean,
 
 
 _SCORE_ERRORS = {1: "transition_cov", 2: "observation_cov", 3: "initial_cov"}
-# Status codes of _fused_kernel, in the order its stages run.
-_FILTER_FAILED, _NOT_IDENTIFIED, _SMOOTHER_FAILED, _SCORE_FAILED = 1, 2, 3, 4
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
@@ -1281,181 +1279,147 @@ def _initial_posterior_kernel(info_matrix, info_vector, chol, mean, cov):  # pra
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _fused_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean, initial_cov, observations,
-                  lengths, diffuse, with_score, steady_tol, smoother_tol, log_normalizer,
-                  grad_transition, grad_transition_cov, grad_obs_matrix, grad_obs_cov, grad_initial_mean,
-                  grad_initial_cov, grad_observations, status):  # pragma: no cover
-    """Log marginal of every sequence and, with ``with_score``, its score, in one compiled call.
-
-    Per sequence: with ``diffuse``, a filter pass from ``c = 0`` (nothing stored) and the
-    posterior mean of :math:`S_1` as the reference point ``c`` (see :func:`_run_filter`);
-    the filter from there (moments stored only with ``with_score``); the diffuse term; then
-    the RTS smoother, the combination of its conditional moments with the posterior of
-    :math:`S_1` (as :func:`rts_smoother`) and the score of :func:`_score_kernel`. The stored
-    moments are one sequence's, ``O(T d^2)``, reused across sequences. ``status[n]`` is the
-    first stage that failed (``_FILTER_FAILED`` ...), ``_SCORE_FAILED + code`` for the
-    score kernel's codes.
-    """
-    num_seq, num_steps, obs_dim = observations.shape
-    dim = transition.shape[1]
-    stored = num_steps if with_score else 0
-    basis_steps = stored if diffuse else 0
-    step_ll = np.zeros((1, num_steps))
-    final_mean = np.empty((1, dim))
-    final_cov = np.empty((1, dim, dim))
-    final_basis = np.empty((1, dim, dim))
-    final_info_matrix = np.empty((1, dim, dim))
-    final_info_vector = np.empty((1, dim))
-    predicted_mean = np.zeros((1, stored, dim))
-    predicted_cov = np.zeros((1, stored, dim, dim))
-    filtered_mean = np.zeros((1, stored, dim))
-    filtered_cov = np.zeros((1, stored, dim, dim))
-    predicted_basis = np.zeros((1, basis_steps, dim, dim))
-    filtered_basis = np.zeros((1, basis_steps, dim, dim))
-    info_matrix = np.zeros((1, basis_steps, dim, dim))
-    info_vector = np.zeros((1, basis_steps, dim))
-    no_moments = np.zeros((1, 0, dim))
-    no_covs = np.zeros((1, 0, dim, dim))
-    steady_epoch = np.zeros((1, num_steps), np.int64)
-    smoothed_mean = np.zeros((1, stored, dim))
-    smoothed_cov = np.zeros((1, stored, dim, dim))
-    lag_one_cov = np.zeros((1, stored, dim, dim))
-    smoothed_basis = np.zeros((1, basis_steps, dim, dim))
-    stage_status = np.zeros(1, np.int64)
-    length_one = np.zeros(1, np.int64)
-    start = np.zeros((1, dim))
+def _initial_posteriors(info_matrix, info_vector, lengths, posterior_mean, posterior_cov, log_normalizer,
+                        status):  # pragma: no cover
+    """:func:`_initial_posterior_kernel` of every sequence of positive length; ``status[n] = 1``
+    where the state is not identified."""
+    num_seq, dim = info_vector.shape
     chol = np.empty((dim, dim))
-    posterior_mean = np.empty(dim)
-    posterior_cov = np.empty((dim, dim))
+    for n in range(num_seq):
+        if lengths[n] == 0:
+            continue
+        identified, value = _initial_posterior_kernel(info_matrix[n], info_vector[n], chol, posterior_mean[n],
+                                                      posterior_cov[n])
+        if not identified:
+            status[n] = 1
+        log_normalizer[n] = value
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _combine_diffuse_kernel(lengths, smoothed_basis, posterior_mean, posterior_cov, smoothed_mean, smoothed_cov,
+                            lag_one_cov):  # pragma: no cover
+    """In place, as :func:`rts_smoother`: :math:`E[s_t] = m_t + X_t \hat s`,
+    :math:`\operatorname{Cov}(s_t) = P_t + X_t S^{-1} X_t^\top`,
+    :math:`\operatorname{Cov}(s_t, s_{t-1}) \mathrel{+}= X_t S^{-1} X_{t-1}^\top`."""
+    num_seq, _num_steps, dim = smoothed_mean.shape
     work = np.empty((dim, dim))
     work2 = np.empty((dim, dim))
     for n in range(num_seq):
-        length = lengths[n]
-        log_normalizer[n] = 0.0
-        if length == 0:
-            continue
-        length_one[0] = length
-        A = transition[n:n + 1]
-        Q = transition_cov[n:n + 1]
-        H = obs_matrix[n:n + 1]
-        R = obs_cov[n:n + 1]
-        P0 = initial_cov[n:n + 1]
-        x = observations[n:n + 1]
-        stage_status[0] = 0
-        if diffuse:
-            start[:, :] = 0.0
-            _filter_kernel(A, Q, H, R, start, P0, x, length_one, True, steady_tol, False,
-                           step_ll, final_mean, final_cov, final_basis, final_info_matrix, final_info_vector,
-                           no_moments, no_covs, no_moments, no_covs, no_covs, no_covs, no_covs, no_moments,
-                           steady_epoch, stage_status)
-            if stage_status[0] != 0:
-                status[n] = _FILTER_FAILED
-                continue
-            identified, _ = _initial_posterior_kernel(final_info_matrix[0], final_info_vector[0], chol,
-                                                      posterior_mean, posterior_cov)
-            if not identified:
-                status[n] = _NOT_IDENTIFIED
-                continue
-            start[0, :] = posterior_mean
-        else:
-            start[0, :] = initial_mean[n]
-        steady_epoch[:, :] = 0
-        _filter_kernel(A, Q, H, R, start, P0, x, length_one, diffuse, steady_tol, with_score,
-                       step_ll, final_mean, final_cov, final_basis, final_info_matrix, final_info_vector,
-                       predicted_mean, predicted_cov, filtered_mean, filtered_cov,
-                       predicted_basis, filtered_basis, info_matrix, info_vector, steady_epoch, stage_status)
-        if stage_status[0] != 0:
-            status[n] = _FILTER_FAILED
-            continue
-        total = 0.0
-        for t in range(length):
-            total += step_ll[0, t]
-        if diffuse:
-            identified, diffuse_term = _initial_posterior_kernel(final_info_matrix[0], final_info_vector[0], chol,
-                                                                 posterior_mean, posterior_cov)
-            if not identified:
-                status[n] = _NOT_IDENTIFIED
-                continue
-            total += diffuse_term
-        log_normalizer[n] = total
-        if not with_score:
-            continue
-        _smoother_kernel(A, filtered_mean, filtered_cov, predicted_mean, predicted_cov, length_one,
-                         steady_epoch, smoother_tol, diffuse, filtered_basis, predicted_basis,
-                         smoothed_mean, smoothed_cov, lag_one_cov, smoothed_basis, stage_status)
-        if stage_status[0] != 0:
-            status[n] = _SMOOTHER_FAILED
-            continue
-        if diffuse:
-            # E[s_t] = m_t + X_t s, Cov(s_t) = P_t + X_t S^{-1} X_t^T, Cov(s_t, s_{t-1}) += X_t S^{-1} X_{t-1}^T.
-            for t in range(length):
-                basis = smoothed_basis[0, t]
-                for i in range(dim):
+        for t in range(lengths[n]):
+            basis = smoothed_basis[n, t]
+            for i in range(dim):
+                acc = 0.0
+                for j in range(dim):
+                    acc += basis[i, j] * posterior_mean[n, j]
+                smoothed_mean[n, t, i] += acc
+            for i in range(dim):
+                for j in range(dim):
                     acc = 0.0
-                    for j in range(dim):
-                        acc += basis[i, j] * posterior_mean[j]
-                    smoothed_mean[0, t, i] += acc
+                    for k in range(dim):
+                        acc += basis[i, k] * posterior_cov[n, k, j]
+                    work[i, j] = acc  # X_t S^{-1}
+            for i in range(dim):
+                for j in range(dim):
+                    acc = 0.0
+                    for k in range(dim):
+                        acc += work[i, k] * basis[j, k]
+                    work2[i, j] = acc
+            for i in range(dim):
+                for j in range(i + 1):
+                    value = 0.5 * ((smoothed_cov[n, t, i, j] + work2[i, j]) + (smoothed_cov[n, t, j, i] + work2[j, i]))
+                    smoothed_cov[n, t, i, j] = value
+                    smoothed_cov[n, t, j, i] = value
+            if t > 0:
+                previous = smoothed_basis[n, t - 1]
                 for i in range(dim):
                     for j in range(dim):
                         acc = 0.0
                         for k in range(dim):
-                            acc += basis[i, k] * posterior_cov[k, j]
-                        work[i, j] = acc  # X_t S^{-1}
-                for i in range(dim):
-                    for j in range(dim):
-                        acc = 0.0
-                        for k in range(dim):
-                            acc += work[i, k] * basis[j, k]
-                        work2[i, j] = acc
-                for i in range(dim):
-                    for j in range(i + 1):
-                        value = 0.5 * ((smoothed_cov[0, t, i, j] + work2[i, j]) + (smoothed_cov[0, t, j, i] + work2[j, i]))
-                        smoothed_cov[0, t, i, j] = value
-                        smoothed_cov[0, t, j, i] = value
-                if t > 0:
-                    previous = smoothed_basis[0, t - 1]
-                    for i in range(dim):
-                        for j in range(dim):
-                            acc = 0.0
-                            for k in range(dim):
-                                acc += work[i, k] * previous[j, k]
-                            lag_one_cov[0, t, i, j] += acc
-        _score_kernel(A, Q, H, R, initial_mean[n:n + 1], P0, x, length_one, smoothed_mean, smoothed_cov,
-                      lag_one_cov, diffuse, grad_transition[n:n + 1], grad_transition_cov[n:n + 1],
-                      grad_obs_matrix[n:n + 1], grad_obs_cov[n:n + 1], grad_initial_mean[n:n + 1],
-                      grad_initial_cov[n:n + 1], grad_observations[n:n + 1], stage_status)
-        if stage_status[0] != 0:
-            status[n] = _SCORE_FAILED + stage_status[0]
+                            acc += work[i, k] * previous[j, k]
+                        lag_one_cov[n, t, i, j] += acc
 
 
 def _fused(params: _Params, diffuse: bool, steady_state: bool, with_score: bool
            ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
     """Log marginal ``(N,)`` and, with ``with_score``, the gradients of its sum w.r.t. the
-    seven inputs (``(N, ...)``, float64) by :func:`_fused_kernel`: one compiled call."""
+    seven inputs (``(N, ...)``, float64), on numpy arrays with no torch work per call.
+
+    With ``diffuse``, a filter pass from ``c = 0`` (nothing stored) and the posterior mean of
+    :math:`S_1` as the reference point ``c`` (see :func:`_run_filter`); the filter from there
+    (moments stored only with ``with_score``) and the diffuse term; then the RTS smoother,
+    the combination of its conditional moments with the posterior of :math:`S_1` (as
+    :func:`rts_smoother`) and :func:`_score_kernel`. Each kernel is called from Python:
+    called from inside another compiled function, LLVM no longer vectorises their loops
+    (8x slower at d = 16).
+    """
     inputs = [_as_numpy(value) for value in params[:7]]
-    num_seq, _num_steps, obs_dim = inputs[6].shape
-    state_dim = inputs[0].shape[-1]
-    if with_score:
-        grads = tuple(np.zeros((num_seq, *value.shape[1:])) for value in inputs)
-    else:  # nothing is written: empty arrays of the right rank
-        grads = tuple(np.zeros((0,) * value.ndim) for value in inputs)
-    log_normalizer = np.empty(num_seq)
+    observations = inputs[6]
+    num_seq, num_steps, obs_dim = observations.shape
+    dim = inputs[0].shape[-1]
+    lengths = params.lengths.to("cpu", torch.long).contiguous().numpy()
+    steady_tol = _STEADY_TOL if steady_state else 0.0
+    stored = num_steps if with_score else 0
+    basis_steps = stored if diffuse else 0
+    no_moments, no_covs = np.empty((num_seq, 0, dim)), np.empty((num_seq, 0, dim, dim))
     status = np.zeros(num_seq, dtype=np.int64)
-    _fused_kernel(*inputs, params.lengths.to("cpu", torch.long).contiguous().numpy(), diffuse, with_score,
-                  _STEADY_TOL if steady_state else 0.0, _SMOOTHER_STEADY_TOL, log_normalizer, *grads, status)
-    if status.any():
-        code = int(status[status != 0].min())
-        failed = np.nonzero(status == code)[0].tolist()
-        if code == _NOT_IDENTIFIED:
-            raise _not_identified_error(torch.from_numpy(status != code))
-        if code == _FILTER_FAILED:
+
+    def filter_pass(start: np.ndarray, store: bool) -> tuple[np.ndarray, ...]:
+        steps = stored if store else 0
+        basis = steps if diffuse else 0
+        arrays = dict(
+            step_ll=np.zeros((num_seq, num_steps)), final_mean=np.empty((num_seq, dim)),
+            final_cov=np.empty((num_seq, dim, dim)), final_basis=np.empty((num_seq, dim, dim)),
+            final_info_matrix=np.empty((num_seq, dim, dim)), final_info_vector=np.empty((num_seq, dim)),
+            predicted_mean=np.empty((num_seq, steps, dim)), predicted_cov=np.empty((num_seq, steps, dim, dim)),
+            filtered_mean=np.empty((num_seq, steps, dim)), filtered_cov=np.empty((num_seq, steps, dim, dim)),
+            predicted_basis=np.empty((num_seq, basis, dim, dim)), filtered_basis=np.empty((num_seq, basis, dim, dim)),
+            info_matrix=np.empty((num_seq, basis, dim, dim)), info_vector=np.empty((num_seq, basis, dim)),
+            steady_epoch=np.zeros((num_seq, steps), np.int64))
+        _filter_kernel(*inputs[:4], start, inputs[5], observations, lengths, diffuse, steady_tol, store,
+                       *arrays.values(), status)
+        if status.any():
             raise ValueError("observation_cov: the innovation covariance H P H^T + R is not positive definite "
-                             f"(sequences {failed}); observation_cov must be positive definite")
-        if code == _SMOOTHER_FAILED:
-            raise ValueError("transition_cov: a predicted covariance is not positive definite "
-                             f"(sequences {failed}); transition_cov must be positive definite")
-        raise ValueError(f"{_SCORE_ERRORS[code - _SCORE_FAILED]}: not positive definite (sequences {failed})")
-    return log_normalizer, (grads if with_score else None)
+                             f"(sequences {np.nonzero(status)[0].tolist()}); observation_cov must be positive definite")
+        return arrays
+
+    def posterior(arrays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        mean, cov, value = np.zeros((num_seq, dim)), np.zeros((num_seq, dim, dim)), np.zeros(num_seq)
+        _initial_posteriors(arrays["final_info_matrix"], arrays["final_info_vector"], lengths, mean, cov, value, status)
+        if status.any():
+            raise _not_identified_error(torch.from_numpy(status == 0))
+        return mean, cov, value
+
+    start = inputs[4]
+    if diffuse:
+        start, _, _ = posterior(filter_pass(np.zeros((num_seq, dim)), False))
+    filtered = filter_pass(start, with_score)
+    log_normalizer = filtered["step_ll"].sum(-1)
+    if diffuse:
+        posterior_mean, posterior_cov, diffuse_term = posterior(filtered)
+        log_normalizer += diffuse_term
+    if not with_score:
+        return log_normalizer, None
+    smoothed_mean = np.empty((num_seq, num_steps, dim))  # written at every step read below
+    smoothed_cov = np.empty((num_seq, num_steps, dim, dim))
+    lag_one_cov = np.empty((num_seq, num_steps, dim, dim))  # step 0 is never read
+    smoothed_basis = np.empty((num_seq, basis_steps, dim, dim))
+    _smoother_kernel(inputs[0], filtered["filtered_mean"], filtered["filtered_cov"], filtered["predicted_mean"],
+                     filtered["predicted_cov"], lengths, filtered["steady_epoch"], _SMOOTHER_STEADY_TOL, diffuse,
+                     filtered["filtered_basis"], filtered["predicted_basis"], smoothed_mean, smoothed_cov,
+                     lag_one_cov, smoothed_basis, status)
+    if status.any():
+        raise ValueError("transition_cov: a predicted covariance is not positive definite "
+                         f"(sequences {np.nonzero(status)[0].tolist()}); transition_cov must be positive definite")
+    if diffuse:
+        _combine_diffuse_kernel(lengths, smoothed_basis, posterior_mean, posterior_cov, smoothed_mean, smoothed_cov,
+                                lag_one_cov)
+    grads = tuple(np.zeros((num_seq, *value.shape[1:])) for value in inputs)
+    _score_kernel(*inputs, lengths, smoothed_mean, smoothed_cov, lag_one_cov, diffuse, *grads, status)
+    if status.any():
+        code = int(status[status != 0][0])
+        raise ValueError(f"{_SCORE_ERRORS[code]}: not positive definite "
+                         f"(sequences {np.nonzero(status == code)[0].tolist()})")
+    return log_normalizer, grads
 
 
 class _LogMarginal(torch.autograd.Function):
