@@ -88,6 +88,7 @@ __all__ = [
     "filter",
     "forward_backward",
     "log_marginal",
+    "log_marginal_categorical",
     "pair_marginals",
     "sample_paths",
     "viterbi",
@@ -353,6 +354,91 @@ def _fused_forward_kernel(log_initial, log_transition, log_emission, lengths, st
                 filtered[n, t] = alpha
             total_log += np.log(total) + shift
         log_normalizer[n] = total_log
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_SAFE_FASTMATH)
+def _categorical_forward_kernel(log_initial, log_transition, log_emission_table, codes, lengths, store,
+                                transition_probs, table_probs, filtered, scales, log_normalizer):  # pragma: no cover
+    """Scaled forward pass with the emission potentials gathered from a table inside the loop.
+
+    ``log_emission_table`` ``(K, V)``: the emission log potential of each state and symbol;
+    ``codes`` ``(N, T)`` int64 symbols (padding may hold anything). Writes ``log_normalizer``,
+    ``transition_probs`` ``(1, K, K)`` and ``table_probs`` ``(V, K)``, the shifted ``exp``
+    potentials; with ``store``, also ``filtered`` and ``scales`` as :func:`_fused_forward_kernel`.
+    Nothing of size ``T K`` is formed outside the recursion. Returns ``False`` if a code is
+    outside ``[0, V)``.
+    """
+    num_states, num_symbols = log_emission_table.shape
+    num_seq, num_steps = codes.shape
+    initial_probs = np.empty(num_states)
+    init_shift = _exp_shifted(log_initial, initial_probs)
+    trans_shift = _exp_shifted(log_transition, transition_probs[0])
+    # Per symbol: exp(log B[:, v] - max_k log B[k, v]) and that max (0 when not finite).
+    table_shifts = np.empty(num_symbols)
+    for v in range(num_symbols):
+        shift = -np.inf
+        for k in range(num_states):
+            if log_emission_table[k, v] > shift:
+                shift = log_emission_table[k, v]
+        if not np.isfinite(shift):
+            shift = 0.0
+        table_shifts[v] = shift
+        for k in range(num_states):
+            table_probs[v, k] = np.exp(log_emission_table[k, v] - shift)
+    trans_t = np.ascontiguousarray(transition_probs[0].T)
+    alpha = np.empty(num_states)
+    cur = np.empty(num_states)
+    for n in range(num_seq):
+        length = lengths[n]
+        if store:
+            for t in range(length, num_steps):
+                scales[n, t] = 1.0
+        if length == 0:
+            log_normalizer[n] = 0.0
+            continue
+        total_log = init_shift + (length - 1) * trans_shift
+        for t in range(length):
+            code = codes[n, t]
+            if code < 0 or code >= num_symbols:
+                return False
+            emitted = table_probs[code]
+            total = 0.0
+            if t == 0:
+                for k in range(num_states):
+                    value = initial_probs[k] * emitted[k]
+                    cur[k] = value
+                    total += value
+            else:
+                for j in range(num_states):
+                    weights = trans_t[j]
+                    acc = 0.0
+                    for i in range(num_states):
+                        acc += alpha[i] * weights[i]
+                    acc *= emitted[j]
+                    cur[j] = acc
+                    total += acc
+            inv = 1.0 / total if total > 0.0 else 0.0
+            for k in range(num_states):
+                alpha[k] = cur[k] * inv
+            if store:
+                scales[n, t] = total
+                filtered[n, t] = alpha
+            total_log += np.log(total) + table_shifts[code]
+        log_normalizer[n] = total_log
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _scatter_symbol_marginals(codes, lengths, state_marginals, weights, grad_table):  # pragma: no cover
+    """``grad_table[k, v] += weights[n] * state_marginals[n, t, k]`` over steps with ``codes[n, t] = v``."""
+    num_seq = codes.shape[0]
+    num_states = grad_table.shape[0]
+    for n in range(num_seq):
+        weight = weights[n]
+        for t in range(lengths[n]):
+            code = codes[n, t]
+            for k in range(num_states):
+                grad_table[k, code] += weight * state_marginals[n, t, k]
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_SAFE_FASTMATH)
@@ -862,6 +948,89 @@ def log_marginal(log_initial: Tensor, log_transition: Tensor, log_emission: Tens
     if backend == "torch":
         return _torch_forward(*args)[0]
     return _parallel_log_normalizer(*args)
+
+
+class _CategoricalLogMarginal(torch.autograd.Function):
+    """``log Z`` of a chain with categorical emissions, the gather inside the numba kernel."""
+
+    @staticmethod
+    def forward(ctx, log_initial: Tensor, log_transition: Tensor, log_emission_table: Tensor, codes: Tensor,
+                lengths: Tensor) -> Tensor:
+        store = any(ctx.needs_input_grad[:3])
+        as_array = lambda value: value.detach().to("cpu", torch.float64).contiguous().numpy()  # noqa: E731
+        table = as_array(log_emission_table)
+        codes_array = codes.detach().to("cpu", torch.long).contiguous().numpy()
+        lengths_array = lengths.detach().to("cpu", torch.long).contiguous().numpy()
+        num_seq, num_steps = codes_array.shape
+        num_states, num_symbols = table.shape
+        stored_steps = num_steps if store else 0
+        transition_probs = np.empty((1, num_states, num_states))
+        table_probs = np.empty((num_symbols, num_states))
+        filtered = np.zeros((num_seq, stored_steps, num_states))
+        scales = np.empty((num_seq, stored_steps))
+        log_normalizer = np.empty(num_seq)
+        if not _categorical_forward_kernel(as_array(log_initial), as_array(log_transition), table, codes_array,
+                                           lengths_array, store, transition_probs, table_probs, filtered, scales,
+                                           log_normalizer):
+            raise ValueError(f"codes: expected symbol codes in [0, {num_symbols}) at every valid step")
+        if store:
+            ctx.state = (codes_array, lengths_array, transition_probs, table_probs, filtered, scales)
+        return torch.from_numpy(log_normalizer).to(device=log_emission_table.device, dtype=log_emission_table.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
+        codes, lengths, transition_probs, table_probs, filtered, scales = ctx.state
+        emission_probs = table_probs[codes]  # (N, T, K): the backward recursion reads it per step
+        state_marginals = np.zeros_like(filtered)
+        transition_counts = np.zeros((filtered.shape[0], *transition_probs.shape[1:]))
+        _backward_kernel(transition_probs, emission_probs, lengths, filtered, scales, state_marginals,
+                         transition_counts)
+        weights = grad_output.detach().to("cpu", torch.float64).contiguous().numpy()
+        options = dict(device=grad_output.device, dtype=grad_output.dtype)
+        grad_initial = grad_transition = grad_table = None
+        if ctx.needs_input_grad[0]:
+            first = state_marginals[:, 0] if state_marginals.shape[1] else np.zeros((len(weights), table_probs.shape[1]))
+            grad_initial = torch.from_numpy(weights @ first).to(**options)
+        if ctx.needs_input_grad[1]:
+            grad_transition = torch.from_numpy(np.tensordot(weights, transition_counts, 1)).to(**options)
+        if ctx.needs_input_grad[2]:
+            table = np.zeros((table_probs.shape[1], table_probs.shape[0]))
+            _scatter_symbol_marginals(codes, lengths, state_marginals, weights, table)
+            grad_table = torch.from_numpy(table).to(**options)
+        return grad_initial, grad_transition, grad_table, None, None
+
+
+def log_marginal_categorical(log_initial: Tensor, log_transition: Tensor, log_emission_table: Tensor,
+                             codes: Tensor, lengths: Tensor | None = None, *, method: str = "auto") -> Tensor:
+    """:func:`log_marginal` with ``log_emission = log_emission_table.T[codes]``, the gather done
+    inside the compiled forward recursion (CPU, ``method="auto"``), so no ``(N, T, K)`` array
+    is formed in torch and the table's gradient is a scatter of the posterior marginals.
+
+    Args:
+        log_initial: ``(K,)`` log potentials of the first state (shared by the batch).
+        log_transition: ``(K, K)`` log potentials, ``[from, to]``.
+        log_emission_table: ``(K, V)`` emission log potential of each state and symbol.
+        codes: ``(N, T)`` integer symbols in ``[0, V)`` (padding may hold any valid code).
+        lengths: ``(N,)`` or ``None``.
+        method: as :func:`log_marginal`; other than ``"auto"`` on CPU, the gather is done in
+            torch and :func:`log_marginal` called.
+
+    Returns:
+        ``(N,)`` log normaliser.
+    """
+    if log_emission_table.dim() != 2 or log_initial.dim() != 1 or log_transition.dim() != 2:
+        raise ValueError("log_marginal_categorical: expected log_initial (K,), log_transition (K, K) and "
+                         f"log_emission_table (K, V), got {tuple(log_initial.shape)}, {tuple(log_transition.shape)}, "
+                         f"{tuple(log_emission_table.shape)}")
+    if codes.dim() != 2 or codes.is_floating_point():
+        raise ValueError(f"codes: expected integer symbols of shape (N, T), got {codes.dtype} {tuple(codes.shape)}")
+    if method != "auto" or log_emission_table.device.type != "cpu":
+        return log_marginal(log_initial, log_transition, log_emission_table.T[codes], lengths, method=method)
+    # The checks of log_marginal, on a zero-stride stand-in for the (N, T, K) potentials.
+    stand_in = log_emission_table[:, :1].T.expand(codes.shape[0], codes.shape[1], log_emission_table.shape[0])
+    log_initial, log_transition, _, lengths = _prepare(log_initial, log_transition, stand_in, lengths)
+    return _CategoricalLogMarginal.apply(log_initial[0], log_transition[0], log_emission_table, codes, lengths)
 
 
 def filter(log_initial: Tensor, log_transition: Tensor, log_emission: Tensor,  # noqa: A001 (public name)
