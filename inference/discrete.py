@@ -428,17 +428,56 @@ def _categorical_forward_kernel(log_initial, log_transition, log_emission_table,
     return True
 
 
-@numba.njit(cache=True, nogil=True)
-def _scatter_symbol_marginals(codes, lengths, state_marginals, weights, grad_table):  # pragma: no cover
-    """``grad_table[k, v] += weights[n] * state_marginals[n, t, k]`` over steps with ``codes[n, t] = v``."""
-    num_seq = codes.shape[0]
-    num_states = grad_table.shape[0]
+@numba.njit(cache=True, nogil=True, fastmath=_SAFE_FASTMATH)
+def _categorical_backward_kernel(transition_probs, table_probs, codes, lengths, filtered, scales, weights,
+                                 grad_initial, grad_transition, grad_table):  # pragma: no cover
+    """:func:`_backward_kernel` for :func:`_categorical_forward_kernel`'s outputs, summed over the
+    batch with ``weights`` (N,) as it goes: ``grad_initial`` (K,) the posterior of the first
+    state, ``grad_transition`` (K, K) the expected transition counts, ``grad_table`` (K, V)
+    the posterior marginals scattered by symbol (all zeros-initialised). No ``(N, T, K)``
+    array is formed besides ``filtered``."""
+    num_seq, num_steps = codes.shape
+    num_states = filtered.shape[2]
+    trans = transition_probs[0]
+    trans_t = np.ascontiguousarray(trans.T)
+    beta = np.ones(num_states)
+    beta_prev = np.empty(num_states)
+    step_weights = np.zeros((num_steps, num_states))
     for n in range(num_seq):
+        length = lengths[n]
+        if length == 0:
+            continue
         weight = weights[n]
-        for t in range(lengths[n]):
-            code = codes[n, t]
+        beta[:] = 1.0
+        code = codes[n, length - 1]
+        for k in range(num_states):
+            grad_table[k, code] += weight * filtered[n, length - 1, k]
+        for t in range(length - 1, 0, -1):
+            scale = scales[n, t]
+            inv = 1.0 / scale if scale > 0.0 else 0.0
+            emitted = table_probs[codes[n, t]]
+            step = step_weights[t]
+            for j in range(num_states):
+                step[j] = emitted[j] * beta[j] * inv
+            for i in range(num_states):
+                beta_prev[i] = 0.0
+            for j in range(num_states):
+                value = step[j]
+                if value != 0.0:
+                    row = trans_t[j]
+                    for i in range(num_states):
+                        beta_prev[i] += value * row[i]
+            beta, beta_prev = beta_prev, beta
+            code = codes[n, t - 1]
             for k in range(num_states):
-                grad_table[k, code] += weight * state_marginals[n, t, k]
+                grad_table[k, code] += weight * filtered[n, t - 1, k] * beta[k]
+        for k in range(num_states):
+            grad_initial[k] += weight * filtered[n, 0, k] * beta[k]
+        if length > 1:
+            counts = np.dot(np.ascontiguousarray(filtered[n, : length - 1].T), step_weights[1:length])
+            for i in range(num_states):
+                for j in range(num_states):
+                    grad_transition[i, j] += weight * counts[i, j] * trans[i, j]
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_SAFE_FASTMATH)
@@ -981,23 +1020,16 @@ class _CategoricalLogMarginal(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
         codes, lengths, transition_probs, table_probs, filtered, scales = ctx.state
-        emission_probs = table_probs[codes]  # (N, T, K): the backward recursion reads it per step
-        state_marginals = np.zeros_like(filtered)
-        transition_counts = np.zeros((filtered.shape[0], *transition_probs.shape[1:]))
-        _backward_kernel(transition_probs, emission_probs, lengths, filtered, scales, state_marginals,
-                         transition_counts)
         weights = grad_output.detach().to("cpu", torch.float64).contiguous().numpy()
+        num_symbols, num_states = table_probs.shape
+        grad_initial, grad_transition = np.zeros(num_states), np.zeros((num_states, num_states))
+        grad_table = np.zeros((num_states, num_symbols))
+        _categorical_backward_kernel(transition_probs, table_probs, codes, lengths, filtered, scales, weights,
+                                     grad_initial, grad_transition, grad_table)
         options = dict(device=grad_output.device, dtype=grad_output.dtype)
-        grad_initial = grad_transition = grad_table = None
-        if ctx.needs_input_grad[0]:
-            first = state_marginals[:, 0] if state_marginals.shape[1] else np.zeros((len(weights), table_probs.shape[1]))
-            grad_initial = torch.from_numpy(weights @ first).to(**options)
-        if ctx.needs_input_grad[1]:
-            grad_transition = torch.from_numpy(np.tensordot(weights, transition_counts, 1)).to(**options)
-        if ctx.needs_input_grad[2]:
-            table = np.zeros((table_probs.shape[1], table_probs.shape[0]))
-            _scatter_symbol_marginals(codes, lengths, state_marginals, weights, table)
-            grad_table = torch.from_numpy(table).to(**options)
+        grad_initial, grad_transition, grad_table = (
+            torch.from_numpy(value).to(**options) if needed else None
+            for value, needed in zip((grad_initial, grad_transition, grad_table), ctx.needs_input_grad[:3]))
         return grad_initial, grad_transition, grad_table, None, None
 
 
