@@ -1040,6 +1040,7 @@ def _score_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean,
     sum_prev = np.empty((dim, dim))  # sum Cov(s_{t-1})
     sum_next = np.empty((dim, dim))  # sum Cov(s_t), t >= 2
     sum_full = np.empty((dim, dim))  # sum Cov(s_t) over fully observed steps
+    sum_cov = np.empty((dim, dim))  # sum Cov(s_t) over all valid steps
     sum_ws = np.empty((obs_dim, dim))  # sum w_t E[s_t]^T, w_t = R^{-1} (x_t - H E[s_t])
     sum_ww = np.empty((obs_dim, obs_dim))
     residual = np.empty(dim)
@@ -1067,26 +1068,28 @@ def _score_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean,
         cov = smoothed_cov[n]
         # -- transitions: grad_A = Q^{-1} E[sum (s_t - A s_{t-1}) s_{t-1}^T],
         #    grad_Q = Q^{-1} (E[sum (s_t - A s_{t-1})(.)^T] - (L-1) Q) Q^{-1} / 2
+        # One pass over the covariances: their total over the valid steps gives the sums over
+        # t >= 2, t <= L-1 and (below) the fully observed steps by subtracting a few terms.
+        sum_cov[:, :] = 0.0
+        for t in range(length):
+            for i in range(dim):
+                for j in range(dim):
+                    sum_cov[i, j] += cov[t, i, j]
         if length > 1:
-            sum_rr[:, :] = 0.0
-            sum_rs[:, :] = 0.0
             sum_lag[:, :] = 0.0
-            sum_prev[:, :] = 0.0
-            sum_next[:, :] = 0.0
             for t in range(1, length):
                 for i in range(dim):
-                    acc = mean[t, i]
                     for j in range(dim):
-                        acc -= A[i, j] * mean[t - 1, j]
-                    residual[i] = acc
-                for i in range(dim):
-                    r_i = residual[i]
-                    for j in range(dim):
-                        sum_rr[i, j] += r_i * residual[j]
-                        sum_rs[i, j] += r_i * mean[t - 1, j]
                         sum_lag[i, j] += lag_one_cov[n, t, i, j]
-                        sum_next[i, j] += cov[t, i, j]
-                        sum_prev[i, j] += cov[t - 1, i, j]
+            for i in range(dim):
+                for j in range(dim):
+                    sum_next[i, j] = sum_cov[i, j] - cov[0, i, j]
+                    sum_prev[i, j] = sum_cov[i, j] - cov[length - 1, i, j]
+            # Residuals r_t = E[s_t] - A E[s_{t-1}] as rows; their sums of outer products by BLAS.
+            previous = np.ascontiguousarray(mean[: length - 1])
+            residuals = np.ascontiguousarray(mean[1:length]) - np.dot(previous, np.ascontiguousarray(A.T))
+            sum_rr[:, :] = np.dot(residuals.T, residuals)
+            sum_rs[:, :] = np.dot(residuals.T, previous)
             if not _spd_inverse(Q, dim, chol_state, inverse):
                 status[n] = 1
                 continue
@@ -1125,7 +1128,7 @@ def _score_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean,
             continue
         sum_ws[:, :] = 0.0
         sum_ww[:, :] = 0.0
-        sum_full[:, :] = 0.0
+        sum_full[:, :] = sum_cov
         num_full = 0
         for t in range(length):
             num_obs = 0
@@ -1151,10 +1154,12 @@ def _score_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean,
                         sum_ws[a, j] += w_a * mean[t, j]
                     for b in range(obs_dim):
                         sum_ww[a, b] -= w_a * grad_observations[n, t, b]
+            else:
+                # sum_full = sum_cov minus the steps that are not fully observed (rare).
                 for i in range(dim):
                     for j in range(dim):
-                        sum_full[i, j] += cov[t, i, j]
-            elif num_obs > 0:
+                        sum_full[i, j] -= cov[t, i, j]
+            if 0 < num_obs < obs_dim:
                 # The marginal model of the observed entries O: R_O = R[O, O], H_O = H[O].
                 for a in range(num_obs):
                     for b in range(num_obs):
