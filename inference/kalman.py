@@ -122,9 +122,10 @@ Dispatch (``method``)
 ``"auto"``: on CPU, when no input requires grad (or grad mode is off), the numba kernels,
 in float64 (float32 inputs are converted and the results cast back), one compiled call
 over all sequences, single-threaded, releasing the GIL. On CPU with inputs requiring grad,
-:func:`log_marginal` is an autograd Function whose forward pass is the numba filter and
-whose backward pass is one numba smoother pass plus the closed-form score of Fisher's
-identity (``_LogMarginal``; exact, first derivatives only); the other functions run the
+:func:`log_marginal` is an autograd Function whose forward pass runs the numba filter, one
+numba smoother pass and the closed-form score of Fisher's identity, and whose backward pass
+scales that score by the upstream gradient (``_LogMarginal``, ``_fused``; exact, first
+derivatives only; the score is computed even if ``backward`` is never called); the other functions run the
 torch loop over time, batched over sequences, in the input dtype, differentiable by
 autograd. On any other device (CUDA), the parallel scan (differentiable by autograd).
 ``"sequential"``: numba without gradients, else the torch loop (the reference the
@@ -134,7 +135,9 @@ device.
 Memory
 ------
 :func:`log_marginal` and :func:`forecast` by numba store ``O(N T)`` (per-step log
-densities) plus ``O(N d^2)``. The other functions, the torch loop and the parallel scan
+densities) plus ``O(N d^2)``; with gradients, :func:`log_marginal` holds the filtered,
+predicted, smoothed and lag-one moments, ``O(N T d^2)``, during its forward call and keeps
+only the score (the size of the inputs) for ``backward``. The other functions, the torch loop and the parallel scan
 store the moments and a few temporaries of the same size: ``O(N T d^2)`` (``O(N T d
 (d + p))`` for the scan's elements); nothing larger.
 
