@@ -19,8 +19,9 @@ HMM (``CategoricalHMM``, ``V = 27`` symbols, one sequence of ``T`` steps):
 * hmmlearn ``CategoricalHMM.score``; dynamax ``hmm_filter(...).marginal_loglik`` (jit) and its
   ``value_and_grad`` w.r.t. the three log-parameter arrays (softmax inside, as ours).
 
-NUTS (``--nuts``): draws per second of ``fit(method="nuts")`` on the Nile local-level model
-(one chain, ``--nuts-draws`` warm-up + the same number of draws), with bulk ESS per second.
+NUTS (``--nuts``): ``fit(method="nuts")`` on the Nile local-level model, ``--nuts-chains``
+chains of ``--nuts-draws`` warm-up + the same number of draws (default 4 x (1000 + 1000)),
+one after another: iterations per second, max r_hat, min bulk ESS and ESS per second.
 
 Every library runs on ``--threads`` threads (default 1; set before numpy, torch and JAX
 load). Times are medians of ``--repeat`` runs after a warm-up (compilation excluded).
@@ -37,31 +38,16 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 
-def _threads_from_argv(argv: list[str]) -> str:
-    for index, value in enumerate(argv):
-        if value == "--threads" and index + 1 < len(argv):
-            return argv[index + 1]
-        if value.startswith("--threads="):
-            return value.split("=", 1)[1]
-    return "1"
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _timing  # noqa: E402  (the benchmarks' shared helpers; sets no state on import)
 
 if __name__ == "__main__":
-    _threads = _threads_from_argv(sys.argv[1:])
-    for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ[_variable] = _threads
-    # One XLA CPU thread as well (JAX reads this at import).
-    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-                          if _threads == "1" else "")
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    _timing.pin_threads(_timing.threads_from_argv(sys.argv[1:]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -77,28 +63,8 @@ from zoo.lgssm import LinearGaussianSSM  # noqa: E402
 NUM_SYMBOLS = 27
 
 
-def _median_seconds(function: Callable[[], object], repeat: int) -> float:
-    function()  # warm-up: numba / XLA compile, allocators settle
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _timed(function: Callable[[], object] | None, repeat: int) -> str:
-    if function is None:
-        return "n/a"
-    try:
-        return f"{_median_seconds(function, repeat):.4g}"
-    except Exception as error:  # a reference failing must not stop the table; say why
-        return f"failed ({type(error).__name__})"
-
-
-def _synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+_timed = _timing.timed
+_synchronise = _timing.synchronise
 
 
 # -- Kalman ------------------------------------------------------------------------------
@@ -311,24 +277,31 @@ def hmm_rows(state_counts, num_steps, repeat, device) -> list[list[str]]:
 
 
 # -- NUTS --------------------------------------------------------------------------------
-def nuts_row(num_draws: int, device) -> list[str]:
-    import arviz as az
+def nuts_row(num_draws: int, num_chains: int, device) -> list[str]:
+    import warnings
+
     from statsmodels.datasets import nile
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz as az
 
     volume = nile.load_pandas().data["volume"].to_numpy(dtype=np.float64, copy=True)
     values = torch.as_tensor(volume, device=device).reshape(1, -1, 1)
     batch = SequenceBatch(values=values, lengths=torch.tensor([values.shape[1]], device=device))
     model = LinearGaussianSSM.local_level(level_var=1000.0, noise_var=10000.0, dtype=torch.float64).to(device)
     start = time.perf_counter()
-    result = fit(model, batch, method="nuts", num_samples=num_draws, warmup_steps=num_draws, num_chains=1,
-                 progress=False, initialize=False)
+    result = fit(model, batch, method="nuts", num_samples=num_draws, warmup_steps=num_draws, num_chains=num_chains,
+                 progress=False, initialize=False, sample_states=False)
     seconds = time.perf_counter() - start
     draws = {name: value[..., 0].cpu().numpy() for name, value in result.mcmc.draws.items()}
-    ess = az.ess(az.from_dict(posterior=draws))
+    posterior = az.from_dict(posterior=draws)
+    ess = az.ess(posterior)
     ess_min = min(float(ess[name]) for name in draws)
+    r_hat = max(float(az.rhat(posterior)[name]) for name in draws) if num_chains > 1 else float("nan")
     steps = int(result.mcmc.sample_stats["n_steps"].sum())
-    row = [f"{num_draws}+{num_draws}", f"{seconds:.1f}", f"{2 * num_draws / seconds:.1f}",
-           f"{steps / seconds:.0f}", f"{ess_min / seconds:.1f}"]
+    iterations = num_chains * 2 * num_draws
+    row = [f"{num_chains} x ({num_draws}+{num_draws})", f"{seconds:.1f}", f"{iterations / seconds:.0f}",
+           f"{steps / result.mcmc.seconds:.0f}", f"{r_hat:.4f}", f"{ess_min:.0f}", f"{ess_min / seconds:.1f}"]
     print("| " + " | ".join(row) + " |", flush=True)
     return row
 
@@ -344,11 +317,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-fit", action="store_true", help="skip the fit-step column")
     parser.add_argument("--nuts", action="store_true", help="time NUTS on the Nile local level")
-    parser.add_argument("--nuts-draws", type=int, default=200)
+    parser.add_argument("--nuts-draws", type=int, default=1000, help="warm-up and kept draws per chain")
+    parser.add_argument("--nuts-chains", type=int, default=4)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.T, args.hmm_T, args.dims, args.states, args.repeat, args.nuts_draws = 500, 2000, [1, 2], [2, 4], 1, 20
+        args.T, args.hmm_T, args.dims, args.states, args.repeat, args.nuts_draws, args.nuts_chains = (
+            500, 2000, [1, 2], [2, 4], 1, 20, 2)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     print(f"threads={args.threads} device={device} torch={torch.__version__}")
@@ -361,10 +336,11 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|---|---|")
     hmm_rows(args.states, args.hmm_T, args.repeat, device)
     if args.nuts:
-        print("\n### NUTS, Nile local level (one chain)\n")
-        print("| warm-up+draws | seconds | draws/s | leapfrog steps/s | min bulk ESS/s |")
-        print("|---|---|---|---|---|")
-        nuts_row(args.nuts_draws, device)
+        print("\n### NUTS, Nile local level (chains one after another, one process)\n")
+        print("| chains x (warm-up+draws) | seconds | iterations/s | leapfrog steps/s (sampling) | r_hat (max) "
+              "| bulk ESS (min) | ESS/s |")
+        print("|---|---|---|---|---|---|---|")
+        nuts_row(args.nuts_draws, args.nuts_chains, device)
 
 
 if __name__ == "__main__":

@@ -88,6 +88,7 @@ __all__ = [
     "filter",
     "forward_backward",
     "log_marginal",
+    "log_marginal_categorical",
     "pair_marginals",
     "sample_paths",
     "viterbi",
@@ -353,6 +354,130 @@ def _fused_forward_kernel(log_initial, log_transition, log_emission, lengths, st
                 filtered[n, t] = alpha
             total_log += np.log(total) + shift
         log_normalizer[n] = total_log
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_SAFE_FASTMATH)
+def _categorical_forward_kernel(log_initial, log_transition, log_emission_table, codes, lengths, store,
+                                transition_probs, table_probs, filtered, scales, log_normalizer):  # pragma: no cover
+    """Scaled forward pass with the emission potentials gathered from a table inside the loop.
+
+    ``log_emission_table`` ``(K, V)``: the emission log potential of each state and symbol;
+    ``codes`` ``(N, T)`` int64 symbols (padding may hold anything). Writes ``log_normalizer``,
+    ``transition_probs`` ``(1, K, K)`` and ``table_probs`` ``(V, K)``, the shifted ``exp``
+    potentials; with ``store``, also ``filtered`` and ``scales`` as :func:`_fused_forward_kernel`.
+    Nothing of size ``T K`` is formed outside the recursion. Returns ``False`` if a code is
+    outside ``[0, V)``.
+    """
+    num_states, num_symbols = log_emission_table.shape
+    num_seq, num_steps = codes.shape
+    initial_probs = np.empty(num_states)
+    init_shift = _exp_shifted(log_initial, initial_probs)
+    trans_shift = _exp_shifted(log_transition, transition_probs[0])
+    # Per symbol: exp(log B[:, v] - max_k log B[k, v]) and that max (0 when not finite).
+    table_shifts = np.empty(num_symbols)
+    for v in range(num_symbols):
+        shift = -np.inf
+        for k in range(num_states):
+            if log_emission_table[k, v] > shift:
+                shift = log_emission_table[k, v]
+        if not np.isfinite(shift):
+            shift = 0.0
+        table_shifts[v] = shift
+        for k in range(num_states):
+            table_probs[v, k] = np.exp(log_emission_table[k, v] - shift)
+    trans_t = np.ascontiguousarray(transition_probs[0].T)
+    alpha = np.empty(num_states)
+    cur = np.empty(num_states)
+    for n in range(num_seq):
+        length = lengths[n]
+        if store:
+            for t in range(length, num_steps):
+                scales[n, t] = 1.0
+        if length == 0:
+            log_normalizer[n] = 0.0
+            continue
+        total_log = init_shift + (length - 1) * trans_shift
+        for t in range(length):
+            code = codes[n, t]
+            if code < 0 or code >= num_symbols:
+                return False
+            emitted = table_probs[code]
+            total = 0.0
+            if t == 0:
+                for k in range(num_states):
+                    value = initial_probs[k] * emitted[k]
+                    cur[k] = value
+                    total += value
+            else:
+                for j in range(num_states):
+                    weights = trans_t[j]
+                    acc = 0.0
+                    for i in range(num_states):
+                        acc += alpha[i] * weights[i]
+                    acc *= emitted[j]
+                    cur[j] = acc
+                    total += acc
+            inv = 1.0 / total if total > 0.0 else 0.0
+            for k in range(num_states):
+                alpha[k] = cur[k] * inv
+            if store:
+                scales[n, t] = total
+                filtered[n, t] = alpha
+            total_log += np.log(total) + table_shifts[code]
+        log_normalizer[n] = total_log
+    return True
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_SAFE_FASTMATH)
+def _categorical_backward_kernel(transition_probs, table_probs, codes, lengths, filtered, scales, weights,
+                                 grad_initial, grad_transition, grad_table):  # pragma: no cover
+    """:func:`_backward_kernel` for :func:`_categorical_forward_kernel`'s outputs, summed over the
+    batch with ``weights`` (N,) as it goes: ``grad_initial`` (K,) the posterior of the first
+    state, ``grad_transition`` (K, K) the expected transition counts, ``grad_table`` (K, V)
+    the posterior marginals scattered by symbol (all zeros-initialised). No ``(N, T, K)``
+    array is formed besides ``filtered``."""
+    num_seq, num_steps = codes.shape
+    num_states = filtered.shape[2]
+    trans = transition_probs[0]
+    trans_t = np.ascontiguousarray(trans.T)
+    beta = np.ones(num_states)
+    beta_prev = np.empty(num_states)
+    step_weights = np.zeros((num_steps, num_states))
+    for n in range(num_seq):
+        length = lengths[n]
+        if length == 0:
+            continue
+        weight = weights[n]
+        beta[:] = 1.0
+        code = codes[n, length - 1]
+        for k in range(num_states):
+            grad_table[k, code] += weight * filtered[n, length - 1, k]
+        for t in range(length - 1, 0, -1):
+            scale = scales[n, t]
+            inv = 1.0 / scale if scale > 0.0 else 0.0
+            emitted = table_probs[codes[n, t]]
+            step = step_weights[t]
+            for j in range(num_states):
+                step[j] = emitted[j] * beta[j] * inv
+            for i in range(num_states):
+                beta_prev[i] = 0.0
+            for j in range(num_states):
+                value = step[j]
+                if value != 0.0:
+                    row = trans_t[j]
+                    for i in range(num_states):
+                        beta_prev[i] += value * row[i]
+            beta, beta_prev = beta_prev, beta
+            code = codes[n, t - 1]
+            for k in range(num_states):
+                grad_table[k, code] += weight * filtered[n, t - 1, k] * beta[k]
+        for k in range(num_states):
+            grad_initial[k] += weight * filtered[n, 0, k] * beta[k]
+        if length > 1:
+            counts = np.dot(np.ascontiguousarray(filtered[n, : length - 1].T), step_weights[1:length])
+            for i in range(num_states):
+                for j in range(num_states):
+                    grad_transition[i, j] += weight * counts[i, j] * trans[i, j]
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_SAFE_FASTMATH)
@@ -862,6 +987,82 @@ def log_marginal(log_initial: Tensor, log_transition: Tensor, log_emission: Tens
     if backend == "torch":
         return _torch_forward(*args)[0]
     return _parallel_log_normalizer(*args)
+
+
+class _CategoricalLogMarginal(torch.autograd.Function):
+    """``log Z`` of a chain with categorical emissions, the gather inside the numba kernel."""
+
+    @staticmethod
+    def forward(ctx, log_initial: Tensor, log_transition: Tensor, log_emission_table: Tensor, codes: Tensor,
+                lengths: Tensor) -> Tensor:
+        store = any(ctx.needs_input_grad[:3])
+        as_array = lambda value: value.detach().to("cpu", torch.float64).contiguous().numpy()  # noqa: E731
+        table = as_array(log_emission_table)
+        codes_array = codes.detach().to("cpu", torch.long).contiguous().numpy()
+        lengths_array = lengths.detach().to("cpu", torch.long).contiguous().numpy()
+        num_seq, num_steps = codes_array.shape
+        num_states, num_symbols = table.shape
+        stored_steps = num_steps if store else 0
+        transition_probs = np.empty((1, num_states, num_states))
+        table_probs = np.empty((num_symbols, num_states))
+        filtered = np.zeros((num_seq, stored_steps, num_states))
+        scales = np.empty((num_seq, stored_steps))
+        log_normalizer = np.empty(num_seq)
+        if not _categorical_forward_kernel(as_array(log_initial), as_array(log_transition), table, codes_array,
+                                           lengths_array, store, transition_probs, table_probs, filtered, scales,
+                                           log_normalizer):
+            raise ValueError(f"codes: expected symbol codes in [0, {num_symbols}) at every valid step")
+        if store:
+            ctx.state = (codes_array, lengths_array, transition_probs, table_probs, filtered, scales)
+        return torch.from_numpy(log_normalizer).to(device=log_emission_table.device, dtype=log_emission_table.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, None]:
+        codes, lengths, transition_probs, table_probs, filtered, scales = ctx.state
+        weights = grad_output.detach().to("cpu", torch.float64).contiguous().numpy()
+        num_symbols, num_states = table_probs.shape
+        grad_initial, grad_transition = np.zeros(num_states), np.zeros((num_states, num_states))
+        grad_table = np.zeros((num_states, num_symbols))
+        _categorical_backward_kernel(transition_probs, table_probs, codes, lengths, filtered, scales, weights,
+                                     grad_initial, grad_transition, grad_table)
+        options = dict(device=grad_output.device, dtype=grad_output.dtype)
+        grad_initial, grad_transition, grad_table = (
+            torch.from_numpy(value).to(**options) if needed else None
+            for value, needed in zip((grad_initial, grad_transition, grad_table), ctx.needs_input_grad[:3]))
+        return grad_initial, grad_transition, grad_table, None, None
+
+
+def log_marginal_categorical(log_initial: Tensor, log_transition: Tensor, log_emission_table: Tensor,
+                             codes: Tensor, lengths: Tensor | None = None, *, method: str = "auto") -> Tensor:
+    """:func:`log_marginal` with ``log_emission = log_emission_table.T[codes]``, the gather done
+    inside the compiled forward recursion (CPU, ``method="auto"``), so no ``(N, T, K)`` array
+    is formed in torch and the table's gradient is a scatter of the posterior marginals.
+
+    Args:
+        log_initial: ``(K,)`` log potentials of the first state (shared by the batch).
+        log_transition: ``(K, K)`` log potentials, ``[from, to]``.
+        log_emission_table: ``(K, V)`` emission log potential of each state and symbol.
+        codes: ``(N, T)`` integer symbols in ``[0, V)`` (padding may hold any valid code).
+        lengths: ``(N,)`` or ``None``.
+        method: as :func:`log_marginal`; other than ``"auto"`` on CPU, the gather is done in
+            torch and :func:`log_marginal` called.
+
+    Returns:
+        ``(N,)`` log normaliser.
+    """
+    if log_emission_table.dim() != 2 or log_initial.dim() != 1 or log_transition.dim() != 2:
+        raise ValueError("log_marginal_categorical: expected log_initial (K,), log_transition (K, K) and "
+                         f"log_emission_table (K, V), got {tuple(log_initial.shape)}, {tuple(log_transition.shape)}, "
+                         f"{tuple(log_emission_table.shape)}")
+    if codes.dim() != 2 or codes.is_floating_point():
+        raise ValueError(f"codes: expected integer symbols of shape (N, T), got {codes.dtype} {tuple(codes.shape)}")
+    if method != "auto" or log_emission_table.device.type != "cpu":
+        return log_marginal(log_initial, log_transition, log_emission_table.T[codes], lengths, method=method)
+    # The checks of log_marginal, on a zero-stride stand-in for the (N, T, K) potentials.
+    stand_in = log_emission_table[:, :1].T.expand(codes.shape[0], codes.shape[1], log_emission_table.shape[0])
+    log_initial, log_transition, _, lengths = _prepare(log_initial, log_transition, stand_in, lengths)
+    return _CategoricalLogMarginal.apply(log_initial[0], log_transition[0], log_emission_table, codes, lengths)
 
 
 def filter(log_initial: Tensor, log_transition: Tensor, log_emission: Tensor,  # noqa: A001 (public name)

@@ -122,9 +122,10 @@ Dispatch (``method``)
 ``"auto"``: on CPU, when no input requires grad (or grad mode is off), the numba kernels,
 in float64 (float32 inputs are converted and the results cast back), one compiled call
 over all sequences, single-threaded, releasing the GIL. On CPU with inputs requiring grad,
-:func:`log_marginal` is an autograd Function whose forward pass is the numba filter and
-whose backward pass is one numba smoother pass plus the closed-form score of Fisher's
-identity (``_LogMarginal``; exact, first derivatives only); the other functions run the
+:func:`log_marginal` is an autograd Function whose forward pass runs the numba filter, one
+numba smoother pass and the closed-form score of Fisher's identity, and whose backward pass
+scales that score by the upstream gradient (``_LogMarginal``, ``_fused``; exact, first
+derivatives only; the score is computed even if ``backward`` is never called); the other functions run the
 torch loop over time, batched over sequences, in the input dtype, differentiable by
 autograd. On any other device (CUDA), the parallel scan (differentiable by autograd).
 ``"sequential"``: numba without gradients, else the torch loop (the reference the
@@ -134,7 +135,9 @@ device.
 Memory
 ------
 :func:`log_marginal` and :func:`forecast` by numba store ``O(N T)`` (per-step log
-densities) plus ``O(N d^2)``. The other functions, the torch loop and the parallel scan
+densities) plus ``O(N d^2)``; with gradients, :func:`log_marginal` holds the filtered,
+predicted, smoothed and lag-one moments, ``O(N T d^2)``, during its forward call and keeps
+only the score (the size of the inputs) for ``backward``. The other functions, the torch loop and the parallel scan
 store the moments and a few temporaries of the same size: ``O(N T d^2)`` (``O(N T d
 (d + p))`` for the scan's elements); nothing larger.
 
@@ -1040,6 +1043,7 @@ def _score_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean,
     sum_prev = np.empty((dim, dim))  # sum Cov(s_{t-1})
     sum_next = np.empty((dim, dim))  # sum Cov(s_t), t >= 2
     sum_full = np.empty((dim, dim))  # sum Cov(s_t) over fully observed steps
+    sum_cov = np.empty((dim, dim))  # sum Cov(s_t) over all valid steps
     sum_ws = np.empty((obs_dim, dim))  # sum w_t E[s_t]^T, w_t = R^{-1} (x_t - H E[s_t])
     sum_ww = np.empty((obs_dim, obs_dim))
     residual = np.empty(dim)
@@ -1067,26 +1071,28 @@ def _score_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean,
         cov = smoothed_cov[n]
         # -- transitions: grad_A = Q^{-1} E[sum (s_t - A s_{t-1}) s_{t-1}^T],
         #    grad_Q = Q^{-1} (E[sum (s_t - A s_{t-1})(.)^T] - (L-1) Q) Q^{-1} / 2
+        # One pass over the covariances: their total over the valid steps gives the sums over
+        # t >= 2, t <= L-1 and (below) the fully observed steps by subtracting a few terms.
+        sum_cov[:, :] = 0.0
+        for t in range(length):
+            for i in range(dim):
+                for j in range(dim):
+                    sum_cov[i, j] += cov[t, i, j]
         if length > 1:
-            sum_rr[:, :] = 0.0
-            sum_rs[:, :] = 0.0
             sum_lag[:, :] = 0.0
-            sum_prev[:, :] = 0.0
-            sum_next[:, :] = 0.0
             for t in range(1, length):
                 for i in range(dim):
-                    acc = mean[t, i]
                     for j in range(dim):
-                        acc -= A[i, j] * mean[t - 1, j]
-                    residual[i] = acc
-                for i in range(dim):
-                    r_i = residual[i]
-                    for j in range(dim):
-                        sum_rr[i, j] += r_i * residual[j]
-                        sum_rs[i, j] += r_i * mean[t - 1, j]
                         sum_lag[i, j] += lag_one_cov[n, t, i, j]
-                        sum_next[i, j] += cov[t, i, j]
-                        sum_prev[i, j] += cov[t - 1, i, j]
+            for i in range(dim):
+                for j in range(dim):
+                    sum_next[i, j] = sum_cov[i, j] - cov[0, i, j]
+                    sum_prev[i, j] = sum_cov[i, j] - cov[length - 1, i, j]
+            # Residuals r_t = E[s_t] - A E[s_{t-1}] as rows; their sums of outer products by BLAS.
+            previous = np.ascontiguousarray(mean[: length - 1])
+            residuals = np.ascontiguousarray(mean[1:length]) - np.dot(previous, np.ascontiguousarray(A.T))
+            sum_rr[:, :] = np.dot(residuals.T, residuals)
+            sum_rs[:, :] = np.dot(residuals.T, previous)
             if not _spd_inverse(Q, dim, chol_state, inverse):
                 status[n] = 1
                 continue
@@ -1125,7 +1131,7 @@ def _score_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean,
             continue
         sum_ws[:, :] = 0.0
         sum_ww[:, :] = 0.0
-        sum_full[:, :] = 0.0
+        sum_full[:, :] = sum_cov
         num_full = 0
         for t in range(length):
             num_obs = 0
@@ -1151,10 +1157,12 @@ def _score_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean,
                         sum_ws[a, j] += w_a * mean[t, j]
                     for b in range(obs_dim):
                         sum_ww[a, b] -= w_a * grad_observations[n, t, b]
+            else:
+                # sum_full = sum_cov minus the steps that are not fully observed (rare).
                 for i in range(dim):
                     for j in range(dim):
-                        sum_full[i, j] += cov[t, i, j]
-            elif num_obs > 0:
+                        sum_full[i, j] -= cov[t, i, j]
+            if 0 < num_obs < obs_dim:
                 # The marginal model of the observed entries O: R_O = R[O, O], H_O = H[O].
                 for a in range(num_obs):
                     for b in range(num_obs):
@@ -1235,28 +1243,191 @@ def _score_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean,
 _SCORE_ERRORS = {1: "transition_cov", 2: "observation_cov", 3: "initial_cov"}
 
 
-def _fisher_score(params: _Params, diffuse: bool, steady_state: bool) -> tuple[np.ndarray, ...]:
-    """Gradients of the summed-per-sequence log marginal w.r.t. the seven inputs, ``(N, ...)`` float64.
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _initial_posterior_kernel(info_matrix, info_vector, chol, mean, cov):  # pragma: no cover
+    """:func:`_initial_posterior` of one sequence: ``mean <- S^{-1} b``, ``cov <- S^{-1}``.
 
-    One smoother pass (numba) gives :math:`E[s_t]`, :math:`\\operatorname{Cov}(s_t)` and
-    :math:`\\operatorname{Cov}(s_t, s_{t-1})` given all observations; the score is the
-    posterior expectation of the complete-data score (Fisher's identity), see :class:`_LogMarginal`.
+    Returns ``(identified, b^T S^{-1} b / 2 - log|S| / 2)``, with the same test of
+    identification (pivots and diagonal against ``1e3 d eps``).
     """
-    with torch.no_grad():
-        smoothed = rts_smoother(*params[:7], params.lengths, diffuse=diffuse, method="sequential",
-                                steady_state=steady_state)
-    num_seq = params.observations.shape[0]
+    dim = info_vector.shape[0]
+    tol = 1e3 * dim * 2.220446049250313e-16
+    largest = 0.0
+    for i in range(dim):
+        for j in range(dim):
+            chol[i, j] = 0.5 * (info_matrix[i, j] + info_matrix[j, i])
+        mean[i] = chol[i, i]  # the diagonal, kept for the pivot test
+        largest = max(largest, chol[i, i])
+    if not largest > 0.0:
+        return False, 0.0
+    for i in range(dim):
+        if not mean[i] > tol * largest:
+            return False, 0.0
+    if not _cholesky_in_place(chol, dim):
+        return False, 0.0
+    log_det_half = 0.0
+    for i in range(dim):
+        if not chol[i, i] * chol[i, i] > tol * mean[i]:
+            return False, 0.0
+        log_det_half += np.log(chol[i, i])
+    for i in range(dim):
+        cov[i, 0] = info_vector[i]
+    _forward_substitute(chol, dim, cov, 1)
+    _back_substitute(chol, dim, cov, 1)
+    quadratic = 0.0
+    for i in range(dim):
+        mean[i] = cov[i, 0]
+        quadratic += info_vector[i] * mean[i]
+    cov[:, :] = 0.0
+    for i in range(dim):
+        cov[i, i] = 1.0
+    _forward_substitute(chol, dim, cov, dim)
+    _back_substitute(chol, dim, cov, dim)
+    return True, 0.5 * quadratic - log_det_half
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _initial_posteriors(info_matrix, info_vector, lengths, posterior_mean, posterior_cov, log_normalizer,
+                        status):  # pragma: no cover
+    """:func:`_initial_posterior_kernel` of every sequence of positive length; ``status[n] = 1``
+    where the state is not identified."""
+    num_seq, dim = info_vector.shape
+    chol = np.empty((dim, dim))
+    for n in range(num_seq):
+        if lengths[n] == 0:
+            continue
+        identified, value = _initial_posterior_kernel(info_matrix[n], info_vector[n], chol, posterior_mean[n],
+                                                      posterior_cov[n])
+        if not identified:
+            status[n] = 1
+        log_normalizer[n] = value
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _combine_diffuse_kernel(lengths, smoothed_basis, posterior_mean, posterior_cov, smoothed_mean, smoothed_cov,
+                            lag_one_cov):  # pragma: no cover
+    """In place, as :func:`rts_smoother`: :math:`E[s_t] = m_t + X_t \hat s`,
+    :math:`\operatorname{Cov}(s_t) = P_t + X_t S^{-1} X_t^\top`,
+    :math:`\operatorname{Cov}(s_t, s_{t-1}) \mathrel{+}= X_t S^{-1} X_{t-1}^\top`."""
+    num_seq, _num_steps, dim = smoothed_mean.shape
+    work = np.empty((dim, dim))
+    work2 = np.empty((dim, dim))
+    for n in range(num_seq):
+        for t in range(lengths[n]):
+            basis = smoothed_basis[n, t]
+            for i in range(dim):
+                acc = 0.0
+                for j in range(dim):
+                    acc += basis[i, j] * posterior_mean[n, j]
+                smoothed_mean[n, t, i] += acc
+            for i in range(dim):
+                for j in range(dim):
+                    acc = 0.0
+                    for k in range(dim):
+                        acc += basis[i, k] * posterior_cov[n, k, j]
+                    work[i, j] = acc  # X_t S^{-1}
+            for i in range(dim):
+                for j in range(dim):
+                    acc = 0.0
+                    for k in range(dim):
+                        acc += work[i, k] * basis[j, k]
+                    work2[i, j] = acc
+            for i in range(dim):
+                for j in range(i + 1):
+                    value = 0.5 * ((smoothed_cov[n, t, i, j] + work2[i, j]) + (smoothed_cov[n, t, j, i] + work2[j, i]))
+                    smoothed_cov[n, t, i, j] = value
+                    smoothed_cov[n, t, j, i] = value
+            if t > 0:
+                previous = smoothed_basis[n, t - 1]
+                for i in range(dim):
+                    for j in range(dim):
+                        acc = 0.0
+                        for k in range(dim):
+                            acc += work[i, k] * previous[j, k]
+                        lag_one_cov[n, t, i, j] += acc
+
+
+def _fused(params: _Params, diffuse: bool, steady_state: bool, with_score: bool
+           ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+    """Log marginal ``(N,)`` and, with ``with_score``, the gradients of its sum w.r.t. the
+    seven inputs (``(N, ...)``, float64), on numpy arrays with no torch work per call.
+
+    With ``diffuse``, a filter pass from ``c = 0`` (nothing stored) and the posterior mean of
+    :math:`S_1` as the reference point ``c`` (see :func:`_run_filter`); the filter from there
+    (moments stored only with ``with_score``) and the diffuse term; then the RTS smoother,
+    the combination of its conditional moments with the posterior of :math:`S_1` (as
+    :func:`rts_smoother`) and :func:`_score_kernel`. Each kernel is called from Python:
+    called from inside another compiled function, LLVM no longer vectorises their loops
+    (8x slower at d = 16).
+    """
     inputs = [_as_numpy(value) for value in params[:7]]
-    grads = [np.zeros((num_seq, *value.shape[1:])) for value in inputs]
+    observations = inputs[6]
+    num_seq, num_steps, obs_dim = observations.shape
+    dim = inputs[0].shape[-1]
+    lengths = params.lengths.to("cpu", torch.long).contiguous().numpy()
+    steady_tol = _STEADY_TOL if steady_state else 0.0
+    stored = num_steps if with_score else 0
+    basis_steps = stored if diffuse else 0
+    no_moments, no_covs = np.empty((num_seq, 0, dim)), np.empty((num_seq, 0, dim, dim))
     status = np.zeros(num_seq, dtype=np.int64)
-    _score_kernel(*inputs, params.lengths.to("cpu", torch.long).contiguous().numpy(),
-                  _as_numpy(smoothed.smoothed_mean), _as_numpy(smoothed.smoothed_cov),
-                  _as_numpy(smoothed.lag_one_cov), diffuse, *grads, status)
+
+    def filter_pass(start: np.ndarray, store: bool) -> tuple[np.ndarray, ...]:
+        steps = stored if store else 0
+        basis = steps if diffuse else 0
+        arrays = dict(
+            step_ll=np.zeros((num_seq, num_steps)), final_mean=np.empty((num_seq, dim)),
+            final_cov=np.empty((num_seq, dim, dim)), final_basis=np.empty((num_seq, dim, dim)),
+            final_info_matrix=np.empty((num_seq, dim, dim)), final_info_vector=np.empty((num_seq, dim)),
+            predicted_mean=np.empty((num_seq, steps, dim)), predicted_cov=np.empty((num_seq, steps, dim, dim)),
+            filtered_mean=np.empty((num_seq, steps, dim)), filtered_cov=np.empty((num_seq, steps, dim, dim)),
+            predicted_basis=np.empty((num_seq, basis, dim, dim)), filtered_basis=np.empty((num_seq, basis, dim, dim)),
+            info_matrix=np.empty((num_seq, basis, dim, dim)), info_vector=np.empty((num_seq, basis, dim)),
+            steady_epoch=np.zeros((num_seq, steps), np.int64))
+        _filter_kernel(*inputs[:4], start, inputs[5], observations, lengths, diffuse, steady_tol, store,
+                       *arrays.values(), status)
+        if status.any():
+            raise ValueError("observation_cov: the innovation covariance H P H^T + R is not positive definite "
+                             f"(sequences {np.nonzero(status)[0].tolist()}); observation_cov must be positive definite")
+        return arrays
+
+    def posterior(arrays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        mean, cov, value = np.zeros((num_seq, dim)), np.zeros((num_seq, dim, dim)), np.zeros(num_seq)
+        _initial_posteriors(arrays["final_info_matrix"], arrays["final_info_vector"], lengths, mean, cov, value, status)
+        if status.any():
+            raise _not_identified_error(torch.from_numpy(status == 0))
+        return mean, cov, value
+
+    start = inputs[4]
+    if diffuse:
+        start, _, _ = posterior(filter_pass(np.zeros((num_seq, dim)), False))
+    filtered = filter_pass(start, with_score)
+    log_normalizer = filtered["step_ll"].sum(-1)
+    if diffuse:
+        posterior_mean, posterior_cov, diffuse_term = posterior(filtered)
+        log_normalizer += diffuse_term
+    if not with_score:
+        return log_normalizer, None
+    smoothed_mean = np.empty((num_seq, num_steps, dim))  # written at every step read below
+    smoothed_cov = np.empty((num_seq, num_steps, dim, dim))
+    lag_one_cov = np.empty((num_seq, num_steps, dim, dim))  # step 0 is never read
+    smoothed_basis = np.empty((num_seq, basis_steps, dim, dim))
+    _smoother_kernel(inputs[0], filtered["filtered_mean"], filtered["filtered_cov"], filtered["predicted_mean"],
+                     filtered["predicted_cov"], lengths, filtered["steady_epoch"], _SMOOTHER_STEADY_TOL, diffuse,
+                     filtered["filtered_basis"], filtered["predicted_basis"], smoothed_mean, smoothed_cov,
+                     lag_one_cov, smoothed_basis, status)
+    if status.any():
+        raise ValueError("transition_cov: a predicted covariance is not positive definite "
+                         f"(sequences {np.nonzero(status)[0].tolist()}); transition_cov must be positive definite")
+    if diffuse:
+        _combine_diffuse_kernel(lengths, smoothed_basis, posterior_mean, posterior_cov, smoothed_mean, smoothed_cov,
+                                lag_one_cov)
+    grads = tuple(np.zeros((num_seq, *value.shape[1:])) for value in inputs)
+    _score_kernel(*inputs, lengths, smoothed_mean, smoothed_cov, lag_one_cov, diffuse, *grads, status)
     if status.any():
         code = int(status[status != 0][0])
         raise ValueError(f"{_SCORE_ERRORS[code]}: not positive definite "
                          f"(sequences {np.nonzero(status == code)[0].tolist()})")
-    return tuple(grads)
+    return log_normalizer, grads
 
 
 class _LogMarginal(torch.autograd.Function):
@@ -1292,26 +1463,25 @@ class _LogMarginal(torch.autograd.Function):
     @staticmethod
     def forward(ctx, transition_matrix, transition_cov, observation_matrix, observation_cov,
                 initial_mean, initial_cov, observations, lengths, diffuse, steady_state):
+        # The score is computed here, with the value, in the same compiled call (the filter's
+        # moments are then used at once and never leave the kernel); backward only scales it.
         params = _Params(transition_matrix, _symmetrise(transition_cov), observation_matrix,
                          _symmetrise(observation_cov), initial_mean, _symmetrise(initial_cov), observations, lengths)
-        ctx.save_for_backward(*params)
-        ctx.diffuse, ctx.steady_state = diffuse, steady_state
-        return _run_filter(params, diffuse, "sequential", steady_state, store=False)[1].log_normalizer
+        log_normalizer, ctx.score = _fused(params, diffuse, steady_state, with_score=True)
+        ctx.dtype, ctx.device = observations.dtype, observations.device
+        return torch.from_numpy(log_normalizer).to(device=observations.device, dtype=observations.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
-        params = _Params(*ctx.saved_tensors)
-        grads = _fisher_score(params, ctx.diffuse, ctx.steady_state)
-        dtype, device = params.observations.dtype, params.observations.device
-        scale = grad_output.to(torch.float64).cpu().numpy()
+        scale = grad_output.detach().to("cpu", torch.float64).numpy()
         results = []
-        for needed, grad in zip(ctx.needs_input_grad[:7], grads):
+        for needed, grad in zip(ctx.needs_input_grad[:7], ctx.score):
             if not needed:
                 results.append(None)
                 continue
-            grad *= scale.reshape(-1, *(1,) * (grad.ndim - 1))
-            results.append(torch.from_numpy(grad).to(device=device, dtype=dtype))
+            results.append(torch.from_numpy(grad * scale.reshape(-1, *(1,) * (grad.ndim - 1)))
+                           .to(device=ctx.device, dtype=ctx.dtype))
         return (*results, None, None, None)
 
 
@@ -1782,9 +1952,16 @@ def log_marginal(
         transition_matrix, transition_cov, observation_matrix, observation_cov,
         initial_mean, initial_cov, observations, lengths,
     )
-    if _choose_backend(params, method) == "torch" and method == "auto" and params.observations.device.type == "cpu":
-        # Gradients on CPU: the numba filter, and the smoother in the backward pass.
+    if not isinstance(diffuse, bool):
+        raise TypeError(f"diffuse: expected a bool, got {type(diffuse).__name__}")
+    backend = _choose_backend(params, method)
+    if backend == "torch" and method == "auto" and params.observations.device.type == "cpu":
+        # Gradients on CPU: the numba filter and, in the same compiled call, the smoother's score.
         return _LogMarginal.apply(*params, diffuse, steady_state)
+    if backend == "numba":
+        # Both diffuse passes and the diffuse term in one compiled call (no torch work per call).
+        log_normalizer, _ = _fused(params, diffuse, steady_state, with_score=False)
+        return torch.from_numpy(log_normalizer).to(device=params.observations.device, dtype=params.observations.dtype)
     return _run_filter(params, diffuse, method, steady_state, store=False)[1].log_normalizer
 
 

@@ -562,6 +562,24 @@ class CategoricalHMM(HiddenMarkovModel):
     def _emission_log_prob(self, codes: Tensor, params: dict[str, Tensor]) -> Tensor:
         return params["emission"].log().T[codes]  # (N, T, K)
 
+    def log_prob(self, x, lengths=None) -> Tensor:
+        """``(N,)`` exact log-likelihood of each sequence at the point parameters.
+
+        The emission potentials are gathered from the ``(K, V)`` table inside the compiled
+        forward recursion (:func:`inference.discrete.log_marginal_categorical`), and the MAP
+        point's log-probabilities are the logits' ``log_softmax`` (not ``log`` of a softmax):
+        at small ``K`` this preparation costed more than the recursion.
+        """
+        codes = self._check_observations(x, "x")
+        if lengths is not None:
+            lengths = check_lengths(torch.as_tensor(lengths), codes.shape[0], codes.shape[1], codes.device)
+        if self.guide_type == "map":
+            log_initial, log_transition, log_emission = (logits.log_softmax(-1) for logits in self._simplex_logits())
+        else:
+            point = self._point()
+            log_initial, log_transition, log_emission = (point[name].log() for name in ("initial", "transition", "emission"))
+        return discrete.log_marginal_categorical(log_initial, log_transition, log_emission, codes, lengths)
+
     def _emission_statistics(self, codes: Tensor, state_marginals: Tensor) -> dict[str, Tensor]:
         """``"emission_counts"`` ``(K, V)``: expected number of emissions of each symbol from each state."""
         k, v = self.num_states, self.num_symbols

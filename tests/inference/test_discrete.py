@@ -314,3 +314,35 @@ def test_mixed_precision_potentials_follow_emission_dtype():
     result = forward_backward(torch.zeros(2, dtype=torch.float64), torch.zeros(2, 2), torch.zeros(1, 3, 2))
     assert all(x.dtype == torch.float32 for x in result)
     assert result.log_normalizer.item() == pytest.approx(3 * torch.log(torch.tensor(2.0)).item())
+
+
+@pytest.mark.parametrize("num_states", [1, 2, 5])
+def test_categorical_gather_in_the_kernel_equals_log_marginal(num_states):
+    """log_marginal_categorical (the gather inside the numba recursion) equals log_marginal on
+    the gathered (N, T, K) potentials: value and gradient of all three inputs, with padding
+    (any code there), a length-0 sequence, a zero-probability symbol and unnormalised tables."""
+    generator = torch.Generator().manual_seed(num_states)
+    num_symbols = 4
+    log_initial = torch.randn(num_states, generator=generator, dtype=torch.float64)
+    log_transition = torch.randn(num_states, num_states, generator=generator, dtype=torch.float64)
+    table = torch.randn(num_states, num_symbols, generator=generator, dtype=torch.float64)
+    table[:, 3] = -float("inf")  # symbol 3 is never emitted ...
+    codes = torch.randint(0, 3, (4, 7), generator=generator)
+    lengths = torch.tensor([7, 3, 0, 5])
+    codes[1, 3:] = 3  # ... except on padding, where it must not matter
+    weights = torch.tensor([0.5, -1.0, 2.0, 1.5], dtype=torch.float64)
+    results = []
+    for fused in (True, False):
+        leaves = [value.clone().requires_grad_() for value in (log_initial, log_transition, table)]
+        if fused:
+            value = discrete.log_marginal_categorical(*leaves, codes, lengths)
+        else:
+            value = discrete.log_marginal(leaves[0], leaves[1], leaves[2].T[codes.clamp(max=2)], lengths)
+        grads = torch.autograd.grad((weights * value).sum(), leaves)
+        results.append((value.detach(), grads))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-12, atol=1e-12)
+    assert results[0][0][2] == 0
+    for ours, reference in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(ours, torch.nan_to_num(reference, nan=0.0), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="codes"):
+        discrete.log_marginal_categorical(log_initial, log_transition, table, codes + 4, lengths)

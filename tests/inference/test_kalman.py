@@ -773,3 +773,39 @@ def test_gradient_fit_of_nile_reaches_the_em_optimum():
     assert abs(float(point["transition_cov"].reshape(())) / 1469.1 - 1) < 2e-3
     with torch.no_grad():
         assert abs(float(model.log_prob(values).sum()) - -633.4646) < 1e-3
+
+
+@pytest.mark.parametrize("diffuse", [False, True])
+def test_fused_gradient_batch_equals_one_by_one(diffuse):
+    """The fused value-and-score kernel reuses one sequence's scratch arrays across the batch:
+    a short sequence before a long one, and a length-0 one, give each sequence's own value
+    and gradient (the length-0 one: value 0, gradient 0)."""
+    params, observations, _ = _gradient_problem(8, 2, 2)
+    observations = torch.cat([observations, observations[:1]], 0)  # 4 sequences
+    lengths = torch.tensor([4, 9, 0, 6])
+    per_sequence = [value.expand(4, *value.shape).clone().requires_grad_() for value in params]
+    values = log_marginal(*per_sequence, observations, lengths, diffuse=diffuse)
+    values.sum().backward()
+    assert values[2] == 0 and all(value.grad[2].abs().max() == 0 for value in per_sequence)
+    for n in (0, 1, 3):
+        alone = [value[n].detach().clone().requires_grad_() for value in per_sequence]
+        value = log_marginal(*alone, observations[n:n + 1], lengths[n:n + 1], diffuse=diffuse)
+        value.sum().backward()
+        torch.testing.assert_close(values[n].detach(), value[0].detach(), rtol=1e-12, atol=1e-12)
+        for ours, reference in zip(per_sequence, alone):
+            if diffuse and reference is alone[4] or diffuse and reference is alone[5]:
+                continue
+            torch.testing.assert_close(ours.grad[n], reference.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_fused_gradient_path_raises_the_filters_errors():
+    """With gradients, the fused kernel names the same problems as the value path."""
+    params = random_system(2, 1, seed=3)
+    observations = torch.randn(2, 5, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    observations[1] = float("nan")
+    leaf = params[0].clone().requires_grad_()
+    with pytest.raises(ValueError, match=r"diffuse=True.*sequences \[1\]"):
+        log_marginal(leaf, *params[1:], observations, diffuse=True)
+    bad_noise = -1e6 * torch.eye(1, dtype=torch.float64)  # H P H^T + R < 0 at the first step
+    with pytest.raises(ValueError, match="observation_cov"):
+        log_marginal(leaf, params[1], params[2], bad_noise, *params[4:], observations[:1])

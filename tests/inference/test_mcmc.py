@@ -318,8 +318,8 @@ def local_level_run(num_sequences, length, num_samples, warmup_steps, num_chains
 
 @pytest.mark.slow
 def test_nuts_local_level_full_size_targets():
-    """Kalman-filter likelihood (about 0.05-0.1 s per gradient on CPU, hence @slow):
-    4 x (500 + 500) draws, r_hat < 1.01, bulk ESS > 400, both variances inside their
+    """Kalman-filter likelihood (about 1 minute on one CPU core, most of it NUTS at ~1 ms
+    per gradient and the 2000 FFBS paths, hence @slow): 4 x (500 + 500) draws, r_hat < 1.01, bulk ESS > 400, both variances inside their
     99% intervals; smoothed level paths by FFBS have the data's shape."""
     truth, batch, model, result = local_level_run(4, 50, 500, 500, 4)
     idata = export.to_inference_data(model, batch, result, num_predictive_draws=5)
@@ -376,3 +376,45 @@ def test_simulation_based_calibration_of_the_local_level_posterior():
     """SBC for a tiny Kalman model: 100 replications, the level variance's rank among 9
     draws of its exact (log-grid quadrature) posterior uniform by chi-square at 0.001."""
     assert_uniform_ranks(local_level_sbc_ranks(100, 9, 120), 9)
+
+
+@pytest.mark.parametrize("config", ["local_level", "full_prior", "diag_none", "minibatch"])
+def test_potential_without_the_trace_equals_pyros(config):
+    """inference.mcmc.potential_energy (the model's nuts_log_likelihood, priors built once,
+    closed-form inverse-gamma sites) gives Pyro's potential of the traced model, value and
+    gradient, at random unconstrained points; latent="sampled" keeps Pyro's trace."""
+    from pyro.infer.mcmc.util import initialize_model
+
+    from inference.mcmc import potential_energy
+    from zoo.lgssm import LinearGaussianSSM
+
+    if config == "local_level" or config == "minibatch":
+        model = LinearGaussianSSM.local_level(level_var=2.0, noise_var=3.0, dtype=torch.float64)
+    elif config == "full_prior":
+        model = LinearGaussianSSM(2, 2, initial="prior").double()
+    else:
+        model = LinearGaussianSSM(2, 1, transition_cov_type="diag", observation_cov_type="diag", prior="none").double()
+    truth_batch = model.sample(3, 15, generator=torch.Generator().manual_seed(4))
+    batch = SequenceBatch(values=truth_batch.values, lengths=torch.tensor([15, 11, 7]))
+    if config == "minibatch":
+        batch = batch.with_population(10)
+    model.initialize_from_data(batch, generator=torch.Generator().manual_seed(0))
+    energy, transforms = potential_energy(model, batch)
+    from pyro.infer.autoguide.initialization import init_to_value
+
+    _, pyro_energy, pyro_transforms, _ = initialize_model(
+        model.model, (batch,), max_plate_nesting=1, init_strategy=init_to_value(values=model.parameter_values()))
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        point = {name: (transforms[name](value) + 0.3 * torch.randn(transforms[name](value).shape, generator=generator,
+                                                                    dtype=torch.float64)).requires_grad_()
+                 for name, value in model.parameter_values().items()}
+        ours = energy(point)
+        reference = pyro_energy(point)
+        torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-9)
+        for ours_grad, reference_grad in zip(torch.autograd.grad(ours, list(point.values())),
+                                             torch.autograd.grad(reference, list(point.values()))):
+            torch.testing.assert_close(ours_grad, reference_grad, rtol=1e-8, atol=1e-8)
+    assert set(transforms) == set(pyro_transforms)
+    sampled = LinearGaussianSSM(1, 1, latent="sampled").double()
+    assert potential_energy(sampled, batch) is None

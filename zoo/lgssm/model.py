@@ -402,6 +402,20 @@ class LinearGaussianSSM(LinearGaussianEM, PointParameters, SequenceModel):
                 pyro.factor("observations", observation_log_density(
                     values, batch.lengths, states, params["observation_matrix"], params["observation_cov"]))
 
+    def nuts_log_likelihood(self, batch: SequenceBatch):
+        """The ``(N,)`` log-likelihoods ``model()`` factors in, as a function of the site values
+        (NUTS's potential without Pyro's trace, see :mod:`inference.mcmc`); ``None`` with
+        ``latent="sampled"``, whose states are sample sites too."""
+        if self.latent != "marginal":
+            return None
+        values = self._check_observations(batch.values, "batch.values")
+        lengths = batch.lengths
+
+        def log_likelihood(sites: Mapping[str, Tensor]) -> Tensor:
+            return self._log_marginal(self._params_from_sites(sites), values, lengths)
+
+        return log_likelihood
+
     # -- the kernel adapter --------------------------------------------------------------
     @staticmethod
     def _kernel_args(params: Mapping[str, Tensor]) -> tuple[Tensor, ...]:
