@@ -206,7 +206,11 @@ def train_rnn(context_dim: int, num_symbols: int, train: SequenceBatch, valid: S
     return model, {"seconds": round(time.perf_counter() - started, 1), "epochs": len(result.history),
                    "stopped": result.stopped, "parameters": int(model.num_parameters),
                    "best_valid_nats_per_char": (None if result.best_valid_log_prob_per_step is None
-                                                else -result.best_valid_log_prob_per_step)}
+                                                else -result.best_valid_log_prob_per_step),
+                   # (epoch, seconds, valid nats/char): compares the two at equal epochs when load on a
+                   # shared machine gave them different numbers of epochs in the same wall time
+                   "valid_curve": [(record["step"], round(record["seconds"], 1), round(-record["valid_log_prob_per_step"], 4))
+                                   for record in result.history if record.get("valid_log_prob_per_step") is not None]}
 
 
 def generate(model: RecurrentModel, codes: CharacterCodes, count: int, context: torch.Tensor | None, args) -> list[str]:
@@ -362,6 +366,9 @@ def markdown(report: dict) -> str:
     for name, row in fits.items():
         best = "-" if row["best_valid_nats_per_char"] is None else f"{row['best_valid_nats_per_char']:.4f}"
         lines.append(f"| {name} | {row['parameters']} | {row['epochs']} | {row['seconds']} | {best} |")
+    lines += ["", "Validation nats/char after each epoch (the last one may be cut short by the budget):", ""]
+    for name, row in fits.items():
+        lines.append(f"- {name}: " + ", ".join(f"{value:.4f}" for _, _, value in row["valid_curve"]))
     lines += ["", "Test nats per character (exact; ± one standard error across documents, ratio estimator):", "",
               "| protocol | model | nats/char | ± | characters |", "|---|---|---|---|---|"]
     for protocol, rows in report["scores"].items():
