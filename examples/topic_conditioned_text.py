@@ -200,7 +200,7 @@ def train_rnn(context_dim: int, num_symbols: int, train: SequenceBatch, valid: S
     model = RecurrentModel("categorical", num_symbols=num_symbols, cell=args.cell, hidden_size=args.hidden,
                            embedding_dim=args.embedding, context_dim=context_dim)
     started = time.perf_counter()
-    result = fit(model, train.chunk(args.chunk_length), valid=valid, method="svi", max_epochs=10**6,
+    result = fit(model, train.chunk(args.chunk_length), valid=valid, method="svi", max_epochs=args.epochs or 10**6,
                  batch_size=args.batch_size, learning_rate=args.lr, lr_schedule="constant", patience=10**6,
                  eval_every=1, time_budget=60 * args.minutes, seed=args.seed, progress=False)
     return model, {"seconds": round(time.perf_counter() - started, 1), "epochs": len(result.history),
@@ -338,7 +338,7 @@ def main(args) -> dict:
                         "mean_largest_proportion": round(float(theta["train"].max(-1).values.mean()), 3),
                         "top_words": [" ".join(w) for w in top_words]},
         "rnn": {"cell": args.cell, "hidden": args.hidden, "embedding": args.embedding, "chunk_length": args.chunk_length,
-                "batch_size": args.batch_size, "learning_rate": args.lr, "minutes_each": args.minutes,
+                "batch_size": args.batch_size, "learning_rate": args.lr, "minutes_each": args.minutes, "max_epochs": args.epochs,
                 "threads": torch.get_num_threads(), "fits": fits},
         "scores": scores, "topic_check": topic_check, "unconditioned_sample_words": round(token_count(unconditioned_bags), 1),
         "sampling": {"temperature": args.temperature, "length": args.sample_length, "per_topic": args.check_samples},
@@ -361,7 +361,9 @@ def markdown(report: dict) -> str:
              f"Character models: {report['rnn']['cell']}, hidden {report['rnn']['hidden']}, embedding "
              f"{report['rnn']['embedding']}, chunks of {report['rnn']['chunk_length']}, batches of "
              f"{report['rnn']['batch_size']}, Adam at {report['rnn']['learning_rate']}, "
-             f"{report['rnn']['minutes_each']} min each on {report['rnn']['threads']} thread(s).", "",
+             f"{report['rnn']['minutes_each']} min each"
+             + ("" if report["rnn"].get("max_epochs") is None else f" and at most {report['rnn']['max_epochs']} epochs")
+             + f" on {report['rnn']['threads']} thread(s).", "",
              "| model | parameters | epochs | seconds | best valid nats/char |", "|---|---|---|---|---|"]
     for name, row in fits.items():
         best = "-" if row["best_valid_nats_per_char"] is None else f"{row['best_valid_nats_per_char']:.4f}"
@@ -421,6 +423,9 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--minutes", type=float, default=8.0, help="training wall time of each character model")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="also stop each character model after this many epochs (equal optimiser steps: "
+                             "immune to the machine's load, unlike the wall-clock budget)")
     parser.add_argument("--sample-topics", type=int, nargs="+", default=None,
                         help="topics to sample under (default: the 3 most prevalent)")
     parser.add_argument("--sample-length", type=int, default=400)
