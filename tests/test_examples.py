@@ -34,6 +34,9 @@ TINY_RUNS = {
                    "--epochs", "2", "--particles", "3", "--out", "{out}"],
     "dtm_sotu.py": ["--first-year", "1990", "--topics", "3", "--epochs", "1", "--batch-size", "256",
                     "--completion-steps", "5", "--forecast", "--out", "{out}"],
+    "topic_conditioned_text.py": ["--first-year", "1990", "--max-docs", "200", "--topics", "4", "--topic-epochs", "3",
+                                  "--minutes", "0.05", "--hidden", "32", "--check-samples", "4",
+                                  "--sample-length", "60", "--output", "{out}"],
 }
 
 # script -> files it needs in the shared data folder (the test skips, saying so, when they are absent)
