@@ -349,7 +349,7 @@ def train_into(run: RunDirectory, model, family: Family, splits: Splits, data: S
         run.write_json("vocabulary.json", json.loads(data.vocabulary.to_json()))
     started = time.perf_counter()
     has_valid = valid is not None and valid.batch.num_steps > 0
-    result = parallel.fit(model, train_batch.to(device), valid=valid.batch.to(device) if has_valid else None,
+    result = (parallel.fit if parallel.current() else fit)(model, train_batch.to(device), valid=valid.batch.to(device) if has_valid else None,
                  checkpoint=run, resume=getattr(args, "resume", False),
                  description=getattr(args, "progress_label", None) or label, **options)
     seconds = time.perf_counter() - started
