@@ -49,6 +49,7 @@ Example (run with ``torchrun --nproc-per-node 2 script.py``):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import logging
@@ -56,7 +57,8 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import pyro
 import torch
@@ -66,12 +68,12 @@ from torch import Tensor
 from .batch import SequenceBatch
 from .contract import SequenceModel
 from .fit import fit as single_process_fit
-from .rundir import RunDirectory
+from .rundir import MANIFEST_NAME, RunDirectory
 from .scoring import Score, observed_steps_per_sequence, ratio_standard_error
 from .trainer import EMOptions, FitResult, RunWriter, SVIOptions, options_fields
 
 __all__ = ["DataParallel", "DistributedError", "GradientAllReduce", "CollectiveStop", "SumStatistics",
-           "RankZeroWriter", "shard_minibatches", "shard_slice", "WATCHDOG_EXIT_CODE"]
+           "RankZeroWriter", "ReadOnlyRunDirectory", "shard_minibatches", "shard_slice", "WATCHDOG_EXIT_CODE"]
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +158,7 @@ class _Watchdog:
             if pending is not None and time.monotonic() - pending[1] > self.limit:
                 print(f"seqzoo distributed: rank {self.rank}: {pending[0]} has waited {self.limit:.0f} s for the "
                       f"other processes (one probably died); exiting with status {WATCHDOG_EXIT_CODE}",
-                      file=sys.stderr, flush=True)
+                      file=sys.__stderr__, flush=True)  # not sys.stderr: the CLI silences ranks > 0
                 os._exit(WATCHDOG_EXIT_CODE)
 
     def close(self) -> None:
@@ -342,20 +344,62 @@ class DataParallel:
                      kind=model.likelihood_label(num_particles), per_sequence=per_sequence)
 
     # -- runs -------------------------------------------------------------------------
-    def create_run(self, path: str | os.PathLike, *, force: bool = False) -> RunDirectory:
-        """Creates the run directory on rank 0 (``force`` replaces an existing
-        one there, before any other rank writes), then opens it on the others.
-        Across machines ``path`` must be on a shared filesystem."""
-        error = None
+    def _on_rank_zero(self, action: Callable[[], Any], what: str) -> Any:
+        """Runs ``action`` on rank 0 only and tells every rank whether it failed
+        (one all-gather, which is also the barrier the others wait at). Rank 0
+        re-raises its own error; the others raise the same type naming it."""
+        result, error = None, None
         if self.is_main:
             try:
-                run = RunDirectory.create(path, force=force)
-            except Exception as exc:  # every rank must learn that rank 0 could not create it
-                error = f"{type(exc).__name__}: {exc}"
-        errors = self.all_gather_object(error, "all-gather after creating the run directory")
-        if errors[0] is not None:
-            raise FileExistsError(f"rank 0 could not create the run directory: {errors[0]}")
-        return run if self.is_main else RunDirectory.open(path)
+                result = action()
+            except Exception as exc:  # every rank must learn that rank 0 failed, or the others would go on
+                error = exc
+        messages = self.all_gather_object(None if error is None else (type(error).__name__, str(error)),
+                                          f"all-gather after {what}")
+        if error is not None:
+            raise error
+        if messages[0] is not None:
+            name, message = messages[0]
+            kind = FileExistsError if "Exists" in name else FileNotFoundError if "NotFound" in name else ValueError
+            raise kind(f"rank 0 failed {what}: {name}: {message}")
+        return result
+
+    def _view(self, path: str | os.PathLike) -> "ReadOnlyRunDirectory":
+        """What a rank other than 0 holds of the run directory rank 0 writes."""
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"rank {self.rank}: run directory {str(path)!r}, which rank 0 created, is not "
+                                    f"visible here; on several machines it must be on a filesystem they all share")
+        return ReadOnlyRunDirectory(path)
+
+    def create_run(self, path: str | os.PathLike, *, force: bool = False, data_paths: Sequence[Any] = (),
+                   manifest: bool = False) -> RunDirectory:
+        """:meth:`RunDirectory.create` on rank 0 (``force`` replaces an existing
+        run there) before any other rank goes on; the other ranks get a
+        :class:`ReadOnlyRunDirectory` of it. Across machines ``path`` must be
+        on a shared filesystem."""
+        run = self._on_rank_zero(lambda: RunDirectory.create(path, force=force, data_paths=data_paths,
+                                                             manifest=manifest), "to create the run directory")
+        return run if self.is_main else self._view(path)
+
+    def open_run(self, path: str | os.PathLike) -> RunDirectory:
+        """:meth:`RunDirectory.open` on every rank (each reads it, e.g. to
+        resume); ranks other than 0 get a :class:`ReadOnlyRunDirectory`."""
+        run = RunDirectory.open(path)
+        return run if self.is_main else ReadOnlyRunDirectory(run.path)
+
+    @contextlib.contextmanager
+    def stage_run(self, path: str | os.PathLike, *, force: bool = False,
+                  data_paths: Sequence[Any] = ()) -> Iterator[RunDirectory]:
+        """:meth:`RunDirectory.stage` on rank 0 (a replacement written beside
+        the old run and swapped in when the block ends without an error);
+        the other ranks get a :class:`ReadOnlyRunDirectory` of ``path``."""
+        staged = self._on_rank_zero(lambda: RunDirectory.stage(path, force=force, data_paths=data_paths),
+                                    "to stage the run directory")
+        if not self.is_main:
+            yield self._view(path)
+            return
+        with staged:
+            yield staged
 
     def writer(self, run: RunDirectory | None) -> "RankZeroWriter":
         return RankZeroWriter(self, run)
@@ -587,3 +631,26 @@ class RankZeroWriter(RunWriter):
         if self.parallel.is_main:
             super().save_model(model)
         self.parallel.barrier("barrier after writing the model")
+
+
+class ReadOnlyRunDirectory(RunDirectory):
+    """The run directory as a rank other than 0 holds it: reads work (resuming
+    reads the checkpoint on every rank), writes are skipped, since rank 0
+    writes every file. Code that writes a run (the CLI's ``train_into``) runs
+    unchanged on every rank; only rank 0's writes reach the disk.
+    """
+
+    def __repr__(self) -> str:
+        return f"ReadOnlyRunDirectory({str(self.path)!r})"
+
+    def _write_bytes(self, name: str, data: bytes) -> Path:
+        return self.file(name)  # rank 0 writes this file
+
+    def write_manifest(self) -> Path:
+        return self.file(MANIFEST_NAME)
+
+    def save_figure(self, name: str, fig) -> Path:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)  # not rendered: rank 0 renders and writes it
+        return self.file(name if Path(name).suffix else name + ".png")

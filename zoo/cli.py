@@ -36,7 +36,7 @@ from inference.memory import check_memory, generic_fit_memory
 from inference.rundir import RunDirectory, StagedRunDirectory, fingerprint_file, fingerprint_tensor, interrupted_message
 from inference.scoring import ratio_standard_error, score
 import zoo.families  # noqa: F401  (registers every family)
-from zoo import baselines, plots
+from zoo import baselines, parallel, plots
 from zoo.data import KINDS, SPLIT_METHODS, SequenceData, Splits, Vocabulary, load_data, load_splits, split_data
 from zoo.registry import REGISTRY, Family, UsageError, family_of
 
@@ -340,7 +340,7 @@ def train_into(run: RunDirectory, model, family: Family, splits: Splits, data: S
         train_batch = train.batch.chunk(chunk_length)
     else:
         train_batch = train.batch
-    device = torch.device(args.device) if args.device else train_batch.device
+    device = parallel.device_for(args.device, train_batch.device)  # under torchrun with NCCL: cuda:LOCAL_RANK
     model.to(device)
     run.write_json("config.json", {**description, "family": family.name, "model": label, "model_config": model.config(),
                                    "fit": {k: v for k, v in options.items() if k != "device"},
@@ -349,7 +349,7 @@ def train_into(run: RunDirectory, model, family: Family, splits: Splits, data: S
         run.write_json("vocabulary.json", json.loads(data.vocabulary.to_json()))
     started = time.perf_counter()
     has_valid = valid is not None and valid.batch.num_steps > 0
-    result = fit(model, train_batch.to(device), valid=valid.batch.to(device) if has_valid else None,
+    result = (parallel.fit if parallel.current() else fit)(model, train_batch.to(device), valid=valid.batch.to(device) if has_valid else None,
                  checkpoint=run, resume=getattr(args, "resume", False),
                  description=getattr(args, "progress_label", None) or label, **options)
     seconds = time.perf_counter() - started
@@ -460,7 +460,7 @@ def cmd_fit(args) -> int:
     model = build_model(family, splits.train, settings)
     description = {**_data_description(args, data, how), "data_fingerprint": _data_fingerprint(args, data)}
     if args.resume:
-        run = RunDirectory.open(args.out)
+        run = parallel.open_run(args.out)
         # Every setting and the data are compared before any file of the run is touched.
         run.check_resume({**description, "family": family.name, "class": type(model).__name__,
                           "model_config": model.config(), "fit": {"method": _method(args, model)}})
@@ -471,14 +471,14 @@ def cmd_fit(args) -> int:
     elif args.force and Path(args.out).is_dir() and any(Path(args.out).iterdir()):
         # Replacing a run: the new one is written beside it and swapped in only when complete,
         # so a failed or interrupted fit leaves the old run as it was.
-        with RunDirectory.stage(args.out, force=True, data_paths=_data_paths(args)) as run:
+        with parallel.stage_run(args.out, force=True, data_paths=_data_paths(args)) as run:
             args.interrupted_run = run
             summary = train_into(run, model, family, splits, data, args, label, description)
         _print_summary([summary])
         print(f"run directory: {run.path}")
         return 0
     else:
-        run = RunDirectory.create(args.out, force=args.force, data_paths=_data_paths(args), manifest=True)
+        run = parallel.create_run(args.out, force=args.force, data_paths=_data_paths(args), manifest=True)
     args.interrupted_run = run  # for main's Ctrl-C line
     summary = train_into(run, model, family, splits, data, args, label, description)
     _print_summary([summary])
@@ -506,7 +506,7 @@ def cmd_compare(args) -> int:
         _check_fit_memory(family, splits.train, model_settings, fit_settings.get("method", args.method), args.device,
                           what=f"compare {spec.label}")
     description = {**_data_description(args, data, how), "data_fingerprint": _data_fingerprint(args, data)}
-    root = RunDirectory.create(args.out, force=args.force, data_paths=_data_paths(args), manifest=True)
+    root = parallel.create_run(args.out, force=args.force, data_paths=_data_paths(args), manifest=True)
     rows, curves, samples, temperatures, exports = [], {}, {}, {}, {}
     if data.kind == "categorical":
         rows.extend(_baseline_rows(splits, data))
@@ -521,7 +521,7 @@ def cmd_compare(args) -> int:
         model_args.progress_label = f"[{index + 1}/{len(specs)}] {label}"
         print(f"[{index + 1}/{len(specs)}] training {label}{_time_left(args.budget_minutes, len(specs) - index, started)}",
               file=sys.stderr)
-        run = RunDirectory.create(root.path / label, manifest=True)  # inside the fresh root: always new
+        run = parallel.create_run(root.path / label, manifest=True)  # inside the fresh root: always new
         args.interrupted_run = root  # for main's Ctrl-C line
         summary = train_into(run, model, family, splits, data, model_args, label, description)
         curves[label] = summary["history"]
@@ -967,7 +967,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     try:
-        return args.handler(args)
+        # Under `torchrun --nproc-per-node N`, fit and compare run data-parallel (zoo/parallel.py).
+        with parallel.session(args.command, getattr(args, "device", None)):
+            return args.handler(args)
     except KeyboardInterrupt:
         print(f"seqzoo {args.command}: {_interrupted_line(args, argv)}", file=sys.stderr)
         return EXIT_INTERRUPTED
