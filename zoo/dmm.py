@@ -46,8 +46,7 @@ for missing entries) or ``(N, T)`` integer codes (categorical); latent paths
 from __future__ import annotations
 
 import math
-import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import pyro
 import pyro.distributions as dist
@@ -58,25 +57,19 @@ from pyro.distributions.transforms import AffineAutoregressive
 from pyro.nn import AutoRegressiveNN
 from torch import Tensor, nn
 
-from inference.batch import SequenceBatch, iterate_minibatches, sequence_plate
+from inference.batch import SequenceBatch, sequence_plate
 from inference.contract import SequenceModel
+from inference.trainer import KLAnnealing, LossOutput
+from zoo.registry import Family, UsageError, register
 
-__all__ = ["DeepMarkovModel", "DMMPosterior", "LossOutput", "GUIDES", "OBSERVATIONS", "train_dmm", "length_buckets"]
+__all__ = ["DeepMarkovModel", "DMMPosterior", "GUIDES", "OBSERVATIONS", "length_buckets"]
 
 OBSERVATIONS: tuple[str, ...] = ("bernoulli", "categorical", "gaussian")
 GUIDES: tuple[str, ...] = ("st-r", "st-lr", "mf")
 TRANSITIONS: tuple[str, ...] = ("gated", "linear")
 EMISSIONS: tuple[str, ...] = ("mlp", "linear")
-
-try:  # The trainer's record of a custom objective (INTERFACES §3); a local twin until it lands.
-    from inference.fit import LossOutput  # type: ignore[attr-defined]
-except ImportError:  # SHIM: remove at merge once inference.fit defines LossOutput.
-    class LossOutput(NamedTuple):
-        """``loss`` is minimised (annealed negative ELBO); ``objective`` is logged (unannealed ELBO, nats)."""
-
-        loss: Tensor
-        objective: Tensor
-
+#: Rows (sequence copies) of one pass of the IWAE bound; more particles take several passes (memory).
+IWAE_SEQUENCES_PER_PASS = 2048
 
 class DMMPosterior(NamedTuple):
     """Posterior state trajectories of the guide.
@@ -222,6 +215,8 @@ class DeepMarkovModel(SequenceModel):
         self.z_dim, self.transition_dim, self.emitter_dim, self.rnn_dim = z_dim, transition_dim, emitter_dim, rnn_dim
         self.guide_kind, self.num_iafs, self.iaf_dim = guide, num_iafs, iaf_dim
         self.transition_kind, self.emission_kind, self.min_scale = transition, emission, float(min_scale)
+        #: Training settings behind :meth:`default_fit_options` (see :meth:`configure_fit`).
+        self.fit_settings: dict[str, Any] = {"annealing_epochs": 10, "min_annealing": 0.2, "num_particles": 1}
 
         width = num_symbols if observation == "categorical" else dim
         # -- generative model
@@ -255,9 +250,35 @@ class DeepMarkovModel(SequenceModel):
                 "iaf_dim": self.iaf_dim, "transition": self.transition_kind, "emission": self.emission_kind,
                 "min_scale": self.min_scale}
 
+    def configure_fit(self, *, annealing_epochs: int | None = None, min_annealing: float | None = None,
+                      num_particles: int | None = None) -> "DeepMarkovModel":
+        """Sets what :meth:`default_fit_options` returns (``seqzoo fit dmm`` flags): KL annealing from
+        ``min_annealing`` to 1 over ``annealing_epochs`` epochs (0: none), and ``num_particles`` for the
+        final scores (1: ELBO; M > 1: the IWAE bound). Not part of :meth:`config` (training, not the model)."""
+        if annealing_epochs is not None:
+            if not isinstance(annealing_epochs, int) or isinstance(annealing_epochs, bool) or annealing_epochs < 0:
+                raise ValueError(f"annealing_epochs: expected a nonnegative int, got {annealing_epochs!r}")
+            self.fit_settings["annealing_epochs"] = annealing_epochs
+        if min_annealing is not None:
+            if not isinstance(min_annealing, (int, float)) or not 0 <= min_annealing <= 1:
+                raise ValueError(f"min_annealing: expected a number in [0, 1], got {min_annealing!r}")
+            self.fit_settings["min_annealing"] = float(min_annealing)
+        if num_particles is not None:
+            if not isinstance(num_particles, int) or isinstance(num_particles, bool) or num_particles < 1:
+                raise ValueError(f"num_particles: expected a positive int, got {num_particles!r}")
+            self.fit_settings["num_particles"] = num_particles
+        return self
+
     def default_fit_options(self) -> dict[str, Any]:
-        """SVI defaults for this family (INTERFACES §2)."""
-        return {"learning_rate": 3e-3, "batch_size": 20, "clip_norm": 10.0}
+        """SVI defaults for this family (INTERFACES §2): the vectorised :meth:`loss` (``loss="model"``),
+        lr 3e-3, batches of 20, global-norm clip 10, KL annealing (:meth:`configure_fit`), and
+        ``score_num_particles``, the particles of the final scores (1 = ELBO, M > 1 = IWAE)."""
+        settings = self.fit_settings
+        options: dict[str, Any] = {"learning_rate": 3e-3, "batch_size": 20, "clip_norm": 10.0, "loss": "model",
+                                   "score_num_particles": settings["num_particles"]}
+        if settings["annealing_epochs"]:
+            options["step_kwargs"] = KLAnnealing(start=settings["min_annealing"], epochs=settings["annealing_epochs"])
+        return options
 
     def likelihood_label(self, num_particles: int = 1) -> str:
         return "ELBO" if num_particles == 1 else f"IWAE bound (M={num_particles})"
@@ -448,10 +469,15 @@ class DeepMarkovModel(SequenceModel):
         if num_particles == 1:
             return self.elbo_per_sequence(batch)
         n = batch.num_sequences
-        repeated = SequenceBatch(batch.values.repeat((num_particles,) + (1,) * (batch.values.dim() - 1)),
-                                 batch.lengths.repeat(num_particles))
-        log_weights = self.elbo_per_sequence(repeated, estimator="mc").reshape(num_particles, n)
-        return log_weights.logsumexp(0) - math.log(num_particles)
+        # Particles go through the guide as copies of the batch, at most IWAE_SEQUENCES_PER_PASS rows at once.
+        per_pass = max(1, IWAE_SEQUENCES_PER_PASS // n)
+        log_weights = []
+        for start in range(0, num_particles, per_pass):
+            copies = min(per_pass, num_particles - start)
+            repeated = SequenceBatch(batch.values.repeat((copies,) + (1,) * (batch.values.dim() - 1)),
+                                     batch.lengths.repeat(copies))
+            log_weights.append(self.elbo_per_sequence(repeated, estimator="mc").reshape(copies, n))
+        return torch.cat(log_weights).logsumexp(0) - math.log(num_particles)
 
     def log_prob(self, values: Tensor, lengths: Tensor | None = None) -> Tensor:
         """``(N,)`` single-sample ELBO of each sequence (a bound: see :meth:`log_prob_batch`)."""
@@ -559,21 +585,8 @@ class DeepMarkovModel(SequenceModel):
 
 
 # ----------------------------------------------------------------------------
-# SHIM (remove at merge): a minimal training loop with KL annealing and the
-# vectorised loss, until inference.fit takes `loss="model"` and
-# `step_kwargs=KLAnnealing(...)` (INTERFACES §3). The lead replaces calls to
-# train_dmm(model, train, ...) by
-#   fit(model, train, valid=valid, loss="model", step_kwargs=KLAnnealing(start=min_annealing,
-#       epochs=annealing_epochs), learning_rate=..., batch_size=..., clip_norm=..., lr_schedule=...)
+# Mini-batches for fit(..., options=SVIOptions(minibatches=length_buckets))
 # ----------------------------------------------------------------------------
-def annealing_factor(epoch: int, step: int, steps_per_epoch: int, annealing_epochs: int, min_annealing: float) -> float:
-    """Pyro's examples/dmm.py schedule: linear from ``min_annealing`` to 1 over ``annealing_epochs``, per step."""
-    if annealing_epochs <= 0 or epoch >= annealing_epochs:
-        return 1.0
-    progress = (epoch * steps_per_epoch + step + 1) / (annealing_epochs * steps_per_epoch)
-    return min_annealing + (1.0 - min_annealing) * progress
-
-
 def length_buckets(batch: SequenceBatch, batch_size: int, generator: torch.Generator):
     """Mini-batches of sequences of similar length (sorted by length after a random jitter, batches
     in random order), scaled to the full data; the sequential guide loop then runs ~the mean length,
@@ -586,58 +599,8 @@ def length_buckets(batch: SequenceBatch, batch_size: int, generator: torch.Gener
         yield batch[pieces[i]].with_population(n)
 
 
-def train_dmm(model: DeepMarkovModel, train: SequenceBatch, *, epochs: int, batch_size: int = 20,
-              learning_rate: float = 3e-3, final_learning_rate: float | None = None, warmup_epochs: float = 1.0,
-              annealing_epochs: int = 0, min_annealing: float = 0.2, clip_norm: float = 10.0, seed: int = 0,
-              bucket_by_length: bool = True, time_budget: float | None = None,
-              callback: Callable[[dict], None] | None = None) -> list[dict]:
-    """SHIM: Adam on :meth:`DeepMarkovModel.loss` with linear LR warm-up, global-norm clipping and KL
-    annealing; the learning rate decays exponentially to ``final_learning_rate`` over ``epochs`` (or
-    over ``time_budget`` seconds when given). Returns one record per epoch (``epoch``, ``seconds``,
-    ``elbo_per_step`` (unannealed, mean over the epoch's mini-batches), ``annealing_factor``, ``lr``).
-    Raises on a non-finite loss."""
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(parameters, lr=learning_rate)
-    steps_per_epoch = math.ceil(train.num_sequences / batch_size)
-    warmup_steps = max(1, int(warmup_epochs * steps_per_epoch))
-    decay = (final_learning_rate or learning_rate) / learning_rate
-    total_steps = train.num_steps
-    records, start, global_step = [], time.perf_counter(), 0
-    batches = length_buckets if bucket_by_length else iterate_minibatches
-    for epoch in range(epochs):
-        model.train()
-        objectives, factor = [], 1.0
-        progress = (time.perf_counter() - start) / time_budget if time_budget else epoch / epochs
-        base_lr = learning_rate * decay ** min(1.0, progress)
-        for step, minibatch in enumerate(batches(train, batch_size, generator)):
-            factor = annealing_factor(epoch, step, steps_per_epoch, annealing_epochs, min_annealing)
-            lr = base_lr * min(1.0, (global_step + 1) / warmup_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            out = model.loss(minibatch, annealing_factor=factor)
-            if not torch.isfinite(out.loss):
-                raise FloatingPointError(f"train_dmm: loss {out.loss.item()} at epoch {epoch + 1}, step {step + 1}")
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, clip_norm)
-            optimizer.step()
-            objectives.append(float(out.objective))
-            global_step += 1
-        record = {"epoch": epoch + 1, "seconds": time.perf_counter() - start,
-                  "elbo_per_step": sum(objectives) / len(objectives) / total_steps,
-                  "annealing_factor": factor, "lr": optimizer.param_groups[0]["lr"]}
-        records.append(record)
-        if callback is not None:
-            callback(record)
-        if time_budget is not None and record["seconds"] > time_budget:
-            break
-    return records
-
-
 # ----------------------------------------------------------------------------
-# Registry entry (INTERFACES §4). Guarded until zoo/registry.py lands.
+# Registry entry (INTERFACES §4).
 # ----------------------------------------------------------------------------
 def _add_arguments(group) -> None:
     group.add_argument("--z-dim", type=int, default=100, help="latent state width (default 100)")
@@ -669,10 +632,6 @@ _TRAINING_SETTINGS = {"annealing_epochs", "min_annealing", "particles"}  # read 
 
 def build_dmm(data, settings: dict[str, str]) -> DeepMarkovModel:
     """A :class:`DeepMarkovModel` for ``data`` (a ``zoo.data.SequenceData``) from spec settings."""
-    try:
-        from zoo.registry import UsageError
-    except ImportError:  # SHIM: remove at merge
-        UsageError = ValueError  # noqa: N806
     allowed = set(_INT_SETTINGS) | {"guide", "transition", "emission"} | _TRAINING_SETTINGS
     unknown = set(settings) - allowed
     if unknown:
@@ -695,8 +654,16 @@ def build_dmm(data, settings: dict[str, str]) -> DeepMarkovModel:
         options["num_symbols"] = data.num_symbols
     else:
         options["dim"] = data.dim
+    training: dict[str, Any] = {}
+    for key, convert in (("annealing_epochs", int), ("min_annealing", float), ("particles", int)):
+        if key in settings:
+            try:
+                training["num_particles" if key == "particles" else key] = convert(settings[key])
+            except ValueError:
+                raise UsageError(f"dmm: {key} must be a{'n int' if convert is int else ' number'}, "
+                                 f"got {settings[key]!r}") from None
     try:
-        return DeepMarkovModel(observation, **options)
+        return DeepMarkovModel(observation, **options).configure_fit(**training)
     except ValueError as error:
         raise UsageError(f"dmm: {error}") from None
 
@@ -714,19 +681,14 @@ def _decode(model: DeepMarkovModel, batch: SequenceBatch) -> dict[str, Tensor]:
     return {"loc": post.loc, "scale": post.scale, "mask": post.mask}
 
 
-try:
-    from zoo.registry import Family, register
-
-    register(Family(
-        name="dmm",
-        help="deep Markov model (neural transition and emission, RNN guide)",
-        add_arguments=_add_arguments,
-        settings_from_args=_settings_from_args,
-        build=build_dmm,
-        label=_label,
-        model_classes=(DeepMarkovModel,),
-        data_kinds=("binary", "categorical", "real"),
-        decode=_decode,
-    ))
-except ImportError:  # SHIM: zoo.registry is not on this branch yet.
-    pass
+register(Family(
+    name="dmm",
+    help="deep Markov model (neural transition and emission, RNN guide)",
+    add_arguments=_add_arguments,
+    settings_from_args=_settings_from_args,
+    build=build_dmm,
+    label=_label,
+    model_classes=(DeepMarkovModel,),
+    data_kinds=("binary", "categorical", "real"),
+    decode=_decode,
+))

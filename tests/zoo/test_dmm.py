@@ -9,8 +9,10 @@ import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from inference.batch import SequenceBatch
+from inference.fit import fit
 from inference.kalman import log_marginal, rts_smoother
-from zoo.dmm import GUIDES, DeepMarkovModel, train_dmm
+from inference.trainer import KLAnnealing
+from zoo.dmm import GUIDES, DeepMarkovModel
 
 JSB = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "jsb_chorales.json"
 
@@ -271,10 +273,10 @@ def test_short_training_improves_the_bound_and_recovers_the_fixed_point():
                                         ).mean().item() / 20
 
     before = held_out_per_step()
-    records = train_dmm(model, train, epochs=60, batch_size=16, learning_rate=1e-2, final_learning_rate=2e-3,
-                        annealing_epochs=5)
+    result = fit(model, train, loss="model", max_epochs=60, batch_size=16, learning_rate=1e-2,
+                 final_learning_rate=2e-3, step_kwargs=KLAnnealing(start=0.2, epochs=5), progress=False)
     after = held_out_per_step()
-    assert after > before + 2.0, (before, after, records[-1])
+    assert after > before + 2.0, (before, after, result.history[-1])
     starts = model.posterior(held_out).loc[:, -1]  # the guide's states at the end of held-out sequences
     with torch.no_grad():
         fixed = model.transition_fixed_point(starts)
@@ -294,10 +296,11 @@ def test_learning_rate_3e_3_trains_20_epochs_on_jsb_without_nan():
     train = load_polyphonic(JSB, "train").batch[:40]
     torch.manual_seed(0)
     model = DeepMarkovModel("bernoulli", dim=88)
-    records = train_dmm(model, train, epochs=20, batch_size=20, learning_rate=3e-3, warmup_epochs=0.0)
-    assert all(math.isfinite(r["elbo_per_step"]) for r in records)
+    records = fit(model, train, loss="model", max_epochs=20, batch_size=20, learning_rate=3e-3, warmup_epochs=0,
+                  lr_schedule="constant", progress=False).history
+    assert all(math.isfinite(r["objective_per_step"]) for r in records)
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert records[-1]["elbo_per_step"] > records[0]["elbo_per_step"] + 20  # it learns, not just survives
+    assert records[-1]["objective_per_step"] > records[0]["objective_per_step"] + 20  # it learns, not just survives
 
 
 def test_trains_through_the_shared_fit_loop():
