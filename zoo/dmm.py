@@ -678,7 +678,7 @@ def _label(settings: dict[str, str]) -> str:
 def _decode(model: DeepMarkovModel, batch: SequenceBatch) -> dict[str, Tensor]:
     """What ``seqzoo decode`` writes: the guide's means and scales along its mean path."""
     post = model.posterior(batch)
-    return {"loc": post.loc, "scale": post.scale, "mask": post.mask}
+    return {"loc": post.loc, "scale": post.scale}
 
 
 register(Family(
