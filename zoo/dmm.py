@@ -575,6 +575,27 @@ class DeepMarkovModel(SequenceModel):
         return DMMPosterior(torch.where(mask, mean.loc, zero), torch.where(mask, mean.scale, zero),
                             None if samples is None else torch.where(mask, samples, zero), batch.mask)
 
+    @torch.no_grad()
+    def sample_states(self, values: Tensor, lengths: Tensor | None = None, num_samples: int = 1,
+                      generator: torch.Generator | None = None) -> Tensor:
+        """``(num_samples, N, T, Z)`` latent paths drawn from the guide :math:`q(z_{1:T} \\mid x)` (flows
+        included), NaN past each sequence's length: the posterior state trajectories that
+        :func:`inference.arviz.to_inference_data` exports. Draws come from ``generator`` (default torch's RNG)."""
+        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+            raise ValueError(f"num_samples: expected a positive int, got {num_samples!r}")
+        batch = SequenceBatch.from_tensor(values, lengths)
+        self._check_batch(batch)
+        n, t = batch.num_sequences, batch.max_length
+        # All draws in one pass of the guide, as num_samples copies of the batch.
+        repeated = SequenceBatch(batch.values.repeat((num_samples,) + (1,) * (batch.values.dim() - 1)),
+                                 batch.lengths.repeat(num_samples))
+        inputs, _, _ = self._inputs(repeated)
+        dtype = inputs.dtype
+        noise = torch.randn((num_samples * n, t, self.z_dim), generator=generator, dtype=dtype,
+                            device=inputs.device)
+        z = self._sample_guide(repeated, inputs, noise=noise).z.reshape(num_samples, n, t, self.z_dim)
+        return torch.where(batch.mask.unsqueeze(-1), z, torch.full((), math.nan, dtype=dtype))
+
     def transition_fixed_point(self, start: Tensor, iterations: int = 500) -> Tensor:
         """Iterates the transition mean ``z -> loc(z)`` from ``start (..., Z)``; a fixed point when it converges."""
         z = start

@@ -374,3 +374,44 @@ def test_cli_fit_sample_decode(tmp_path, capsys):
     torch.testing.assert_close(table[:, 2:4], posterior.loc[mask].double(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(table[:, 4:6], posterior.scale[mask].double(), rtol=1e-5, atol=1e-5)
     assert (table[:, 4:6] > 0).all()
+
+    # diagnose: a point posterior, with the guide's state paths in the export
+    assert main(["diagnose", str(run_path), "--guide-draws", "5", "--predictive-draws", "6"]) == 0
+    import arviz as az
+
+    idata = az.from_netcdf(run_path / "diagnostics" / "inference_data.nc")
+    assert idata.posterior_states["sampled_states"].dims == ("chain", "draw", "sequence", "time", "latent")
+    assert idata.posterior_states["sampled_states"].shape[:2] == (1, 6)
+    assert (run_path / "diagnostics" / "posterior_states.png").is_file()
+
+
+# -- ArviZ export ------------------------------------------------------------------------
+def test_to_inference_data_exports_guide_state_paths_and_per_sequence_bounds():
+    """Posterior state trajectories are guide draws with named dims (NaN on padding; at t = 0 their
+    mean and sd are q(z_1 | x)'s, which depends on no earlier draw); the log-likelihood group holds
+    each sequence's ELBO, whose mean over the export's draws matches the model's own estimate."""
+    from inference.arviz import to_inference_data
+
+    torch.manual_seed(0)
+    model = _small("bernoulli").double()
+    batch = _batch("bernoulli", lengths=(6, 3, 5, 6)).to(dtype=torch.float64)
+    idata = to_inference_data(model, batch, "point", num_predictive_draws=400, seed=0)
+    paths = idata.posterior_states["sampled_states"]
+    assert paths.dims == ("chain", "draw", "sequence", "time", "latent") and paths.shape == (1, 400, 4, 6, 3)
+    values = torch.as_tensor(paths.values[0])  # (S, N, T, Z)
+    assert torch.isnan(values[:, ~batch.mask]).all() and not torch.isnan(values[:, batch.mask]).any()
+    posterior = model.posterior(batch)
+    first = values[:, :, 0]  # (S, N, Z)
+    stderr = posterior.scale[:, 0] / math.sqrt(400)
+    assert ((first.mean(0) - posterior.loc[:, 0]).abs() < 4.5 * stderr).all()
+    torch.testing.assert_close(first.std(0), posterior.scale[:, 0], rtol=0.15, atol=0)
+    # later steps differ from the mean path (they depend on sampled z_{t-1}) but stay finite
+    assert torch.isfinite(values[:, batch.mask]).all()
+
+    bounds = idata.log_likelihood["obs"]
+    assert bounds.dims == ("chain", "draw", "sequence") and bounds.shape == (1, 1, 4)
+    assert idata.attrs["likelihood_kind"] == "ELBO"
+    with torch.no_grad():
+        draws = torch.stack([model.elbo_per_sequence(batch) for _ in range(300)])
+    exported = torch.as_tensor(bounds.values[0, 0])
+    assert ((exported - draws.mean(0)).abs() < 5 * draws.std(0) + 1e-9).all()
