@@ -381,12 +381,16 @@ class DeepMarkovModel(SequenceModel):
         z_prev = self.guide_z_q_0.expand(n, self.z_dim)
         zs, bases, locs, scales, log_dets = [], [], [], [], []
         iafs = list(self.guide_iafs)
+        # unbind once: slicing features[:, step] in the loop would cost one full-size zero gradient per step.
+        feature_steps = features.unbind(1)
+        noise_steps = noise.unbind(1) if noise is not None else None
         for step in range(t):
-            loc, scale = self._guide_conditional(z_prev, features[:, step])
+            loc, scale = self._guide_conditional(z_prev, feature_steps[step])
             if mean_path:
                 base = loc
             else:
-                base = loc + scale * (torch.randn_like(loc) if noise is None else noise[:, step])
+                # one draw per step (as Pyro's guide does), so the same seed gives the same path
+                base = loc + scale * (torch.randn_like(loc) if noise_steps is None else noise_steps[step])
             z = base
             if iafs:
                 log_det = torch.zeros(n, dtype=z.dtype, device=z.device)
@@ -413,26 +417,28 @@ class DeepMarkovModel(SequenceModel):
         or ``"mc"`` (:math:`\\log q(z_t \\mid \\cdot) - \\log p(z_t \\mid z_{t-1})` at the sample).
         """
         self._check_batch(batch)
+        if estimator not in ("analytic", "mc"):
+            raise ValueError(f"estimator: expected 'analytic' or 'mc', got {estimator!r}")
+        if estimator == "analytic" and self.num_iafs:
+            raise ValueError("estimator: the analytic KL needs a Gaussian guide; with flows use 'mc'")
         inputs, clean, observed = self._inputs(batch)
         path = self._sample_guide(batch, inputs, noise=noise)
         n = path.z.shape[0]
-        z_prev = torch.cat([self.z_0.expand(n, 1, self.z_dim), path.z[:, :-1]], 1)  # (N, T, Z)
+        mask = batch.mask
+        # Every term below only on the R real steps (rows (R, Z)), so padding costs nothing.
+        z = path.z[mask]
+        z_prev = torch.cat([self.z_0.expand(n, 1, self.z_dim), path.z[:, :-1]], 1)[mask]
         prior_loc, prior_scale = self.transition(z_prev)
         if estimator == "analytic":
-            if self.num_iafs:
-                raise ValueError("estimator: the analytic KL needs a Gaussian guide; with flows use 'mc'")
-            kl = _gaussian_kl(path.loc, path.scale, prior_loc, prior_scale)
-        elif estimator == "mc":
-            log_q = _normal_log_prob(path.base, path.loc, path.scale)
-            if path.log_det is not None:
-                log_q = log_q - path.log_det
-            kl = log_q - _normal_log_prob(path.z, prior_loc, prior_scale)
+            kl = _gaussian_kl(path.loc[mask], path.scale[mask], prior_loc, prior_scale)
         else:
-            raise ValueError(f"estimator: expected 'analytic' or 'mc', got {estimator!r}")
-        log_lik = self._emission_log_prob(path.z, clean, observed)
-        mask = batch.mask
-        zero = torch.zeros((), dtype=kl.dtype)
-        return torch.where(mask, log_lik, zero), torch.where(mask, kl, zero)
+            log_q = _normal_log_prob(path.base[mask], path.loc[mask], path.scale[mask])
+            if path.log_det is not None:
+                log_q = log_q - path.log_det[mask]
+            kl = log_q - _normal_log_prob(z, prior_loc, prior_scale)
+        log_lik = self._emission_log_prob(z, clean[mask], None if observed is None else observed[mask])
+        zeros = torch.zeros(mask.shape, dtype=kl.dtype, device=kl.device)
+        return zeros.masked_scatter(mask, log_lik), zeros.masked_scatter(mask, kl)
 
     def default_estimator(self) -> str:
         """``"analytic"`` KL without flows, ``"mc"`` with them."""
