@@ -69,21 +69,21 @@ def _phases(model, minibatch, repeats=3):
         features = model._guide_features(minibatch, inputs)
         t1 = time.perf_counter()
         # the sequential part, exactly as _sample_guide runs it
-        n, steps = features.shape[:2]
+        n = features.shape[0]
         z_prev = model.guide_z_q_0.expand(n, model.z_dim)
         zs, locs, scales = [], [], []
-        for step in range(steps):
-            loc, scale = model._guide_conditional(z_prev, features[:, step])
+        for feature in features.unbind(1):
+            loc, scale = model._guide_conditional(z_prev, feature)
             z_prev = loc + scale * torch.randn_like(loc)
             zs.append(z_prev), locs.append(loc), scales.append(scale)
         z, loc, scale = torch.stack(zs, 1), torch.stack(locs, 1), torch.stack(scales, 1)
         t2 = time.perf_counter()
         from zoo.dmm import _gaussian_kl
-        prior_loc, prior_scale = model.transition(torch.cat([model.z_0.expand(n, 1, model.z_dim), z[:, :-1]], 1))
-        kl = _gaussian_kl(loc, scale, prior_loc, prior_scale)
-        log_lik = model._emission_log_prob(z, clean, observed)
-        mask = minibatch.mask
-        loss = -(torch.where(mask, log_lik - kl, 0.0)).sum()
+        mask = minibatch.mask  # every term on the real steps only, as DeepMarkovModel._step_terms
+        prior_loc, prior_scale = model.transition(torch.cat([model.z_0.expand(n, 1, model.z_dim), z[:, :-1]], 1)[mask])
+        kl = _gaussian_kl(loc[mask], scale[mask], prior_loc, prior_scale)
+        log_lik = model._emission_log_prob(z[mask], clean[mask], None)
+        loss = -(log_lik - kl).sum()
         t3 = time.perf_counter()
         loss.backward()
         t4 = time.perf_counter()
