@@ -367,8 +367,12 @@ class DeepMarkovModel(SequenceModel):
         """``q(z_t | z_{t-1}, x)``'s ``loc, scale`` ``(..., Z)`` from ``z_prev (..., Z)`` and one step of
         :meth:`_guide_features`."""
         if self.guide_z_to_hidden is not None:
-            features = features + F.linear(0.5 * torch.tanh(self.guide_z_to_hidden(z_prev)),
-                                            self.guide_loc_scale.weight)
+            hidden = torch.tanh(self.guide_z_to_hidden(z_prev))
+            if hidden.dim() == 2 and features.dim() == 2:
+                # features + 0.5 * hidden @ W^T as one op (this runs once per time step)
+                features = torch.addmm(features, hidden, self.guide_loc_scale.weight.t(), alpha=0.5)
+            else:
+                features = features + F.linear(0.5 * hidden, self.guide_loc_scale.weight)
         loc, raw_scale = features.chunk(2, -1)
         return loc, F.softplus(raw_scale) + self.min_scale
 
@@ -390,7 +394,7 @@ class DeepMarkovModel(SequenceModel):
                 base = loc
             else:
                 # one draw per step (as Pyro's guide does), so the same seed gives the same path
-                base = loc + scale * (torch.randn_like(loc) if noise_steps is None else noise_steps[step])
+                base = torch.addcmul(loc, scale, torch.randn_like(loc) if noise_steps is None else noise_steps[step])
             z = base
             if iafs:
                 log_det = torch.zeros(n, dtype=z.dtype, device=z.device)
