@@ -107,6 +107,122 @@ def _normal_log_prob(value: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
     return (-0.5 * ((value - loc) / scale).pow(2) - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
+class _TanhRNN(torch.autograd.Function):
+    """``nn.RNN(nonlinearity="tanh")`` (one layer, batch first) as one autograd node:
+    :math:`h_t = \\tanh(W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh})`. The input projection of
+    all steps is one product; the backward loop does one ``(N, H) x (H, H)`` product per step and
+    the weight gradients one product over all ``N*T`` rows (PyTorch's CPU RNN backward forms
+    them step by step, from rank-``N`` products). Tested against ``nn.RNN`` and by ``gradcheck``.
+
+    Args (forward): ``inputs (N, T, I)``, ``h_0 (N, H)``, ``weight_ih (H, I)``, ``weight_hh (H, H)``,
+    ``bias_ih (H,)``, ``bias_hh (H,)``. Returns the outputs ``(N, T, H)``.
+    """
+
+    @staticmethod
+    def forward(ctx, inputs, h_0, weight_ih, weight_hh, bias_ih, bias_hh):
+        n, t, size = inputs.shape
+        projected = torch.addmm(bias_ih + bias_hh, inputs.reshape(n * t, size), weight_ih.t()).reshape(n, t, -1)
+        outputs = torch.empty_like(projected)
+        h, weight_hh_t = h_0, weight_hh.t()
+        for step in range(t):
+            h = torch.tanh(torch.addmm(projected[:, step], h, weight_hh_t))
+            outputs[:, step] = h
+        ctx.save_for_backward(inputs, h_0, weight_ih, weight_hh, outputs)
+        return outputs
+
+    @staticmethod
+    def backward(ctx, grad_outputs):
+        inputs, h_0, weight_ih, weight_hh, outputs = ctx.saved_tensors
+        n, t, size = inputs.shape
+        grad_pre = torch.empty_like(outputs)
+        slope = 1 - outputs * outputs
+        carry = outputs.new_zeros(n, outputs.shape[-1])
+        for step in range(t - 1, -1, -1):
+            pre = (grad_outputs[:, step] + carry).mul_(slope[:, step])
+            grad_pre[:, step] = pre
+            carry = torch.mm(pre, weight_hh)
+        flat = grad_pre.reshape(n * t, -1)
+        h_prev = torch.cat([h_0.unsqueeze(1), outputs[:, :-1]], 1).reshape(n * t, -1)
+        grad_inputs = torch.mm(flat, weight_ih).reshape(n, t, size) if ctx.needs_input_grad[0] else None
+        grad_bias = flat.sum(0)
+        return (grad_inputs, carry, torch.mm(flat.t(), inputs.reshape(n * t, size)), torch.mm(flat.t(), h_prev),
+                grad_bias, grad_bias)
+
+
+class _StructuredGuideLoop(torch.autograd.Function):
+    """The ST-R/ST-LR guide's sequential draw of :math:`z_{1:T}` as one autograd node, with a
+    hand-written backward: per step only two small matrix products (instead of ~20 autograd
+    nodes), and the weight gradients as one product over all steps (rows ``N*T``, not ``N``).
+
+    Forward, for each step ``t`` (``z_0`` = ``z_q_0``)::
+
+        h_t = tanh(W_z z_{t-1} + b_z);  [loc_t, r_t] = f_t + 0.5 W_ls h_t
+        scale_t = softplus(r_t) + min_scale;  z_t = loc_t + scale_t * eps_t
+
+    Args (forward): ``features (N, T, 2Z)`` (:meth:`DeepMarkovModel._guide_features`), ``noise``
+    ``(N, T, Z)`` or None (then one ``randn`` per step, in the order Pyro's guide draws them),
+    ``z_q_0 (Z,)``, ``weight_z (H, Z)``, ``bias_z (H,)``, ``weight_ls (2Z, H)``, ``min_scale``.
+    Returns ``z, loc, scale`` each ``(N, T, Z)``. Tested against autograd by ``gradcheck``.
+    """
+
+    @staticmethod
+    def forward(ctx, features, noise, z_q_0, weight_z, bias_z, weight_ls, min_scale):
+        n, t, two_z = features.shape
+        z_dim = two_z // 2
+        draws = noise is None
+        if draws:
+            noise = features.new_empty(n, t, z_dim)
+        z = features.new_empty(n, t, z_dim)
+        loc = features.new_empty(n, t, z_dim)
+        raw_scale = features.new_empty(n, t, z_dim)
+        hidden = features.new_empty(n, t, weight_z.shape[0])
+        z_prev = z_q_0.expand(n, z_dim)
+        weight_z_t, weight_ls_t = weight_z.t(), weight_ls.t()
+        for step in range(t):
+            h = torch.tanh(torch.addmm(bias_z, z_prev, weight_z_t))
+            combined = torch.addmm(features[:, step], h, weight_ls_t, alpha=0.5)
+            step_loc, step_raw = combined[:, :z_dim], combined[:, z_dim:]
+            if draws:
+                noise[:, step] = torch.randn_like(step_loc)
+            z_prev = torch.addcmul(step_loc, F.softplus(step_raw) + min_scale, noise[:, step])
+            hidden[:, step], loc[:, step], raw_scale[:, step], z[:, step] = h, step_loc, step_raw, z_prev
+        scale = F.softplus(raw_scale) + min_scale
+        ctx.save_for_backward(noise, z_q_0, weight_z, weight_ls, hidden, raw_scale, z)
+        return z, loc, scale
+
+    @staticmethod
+    def backward(ctx, grad_z, grad_loc, grad_scale):
+        noise, z_q_0, weight_z, weight_ls, hidden, raw_scale, z = ctx.saved_tensors
+        n, t, z_dim = z.shape
+        zero = torch.zeros((), dtype=z.dtype, device=z.device)
+        grad_z = grad_z if grad_z is not None else zero.expand(n, t, z_dim)
+        grad_loc = grad_loc if grad_loc is not None else zero.expand(n, t, z_dim)
+        grad_scale = grad_scale if grad_scale is not None else zero.expand(n, t, z_dim)
+        grad_features = z.new_empty(n, t, 2 * z_dim)
+        grad_pre = z.new_empty(n, t, hidden.shape[-1])  # gradient at W_z z_{t-1} + b_z
+        scale_slope = torch.sigmoid(raw_scale)  # d softplus / d raw
+        tanh_slope = 1 - hidden * hidden
+        into_z = z.new_zeros(n, z_dim)  # gradient reaching z_t through step t + 1
+        for step in range(t - 1, -1, -1):
+            total = grad_z[:, step] + into_z
+            grad_features[:, step, :z_dim] = grad_loc[:, step] + total
+            grad_features[:, step, z_dim:] = (grad_scale[:, step] + total * noise[:, step]) * scale_slope[:, step]
+            pre = torch.mm(grad_features[:, step], weight_ls).mul_(0.5).mul_(tanh_slope[:, step])
+            grad_pre[:, step] = pre
+            into_z = torch.mm(pre, weight_z)
+        z_prev = torch.cat([z_q_0.expand(n, 1, z_dim), z[:, :-1]], 1)
+        flat_pre = grad_pre.reshape(n * t, -1)
+        grad_weight_z = torch.mm(flat_pre.t(), z_prev.reshape(n * t, z_dim))
+        grad_weight_ls = torch.mm(grad_features.reshape(n * t, -1).t(), hidden.reshape(n * t, -1)).mul_(0.5)
+        return (grad_features, None, into_z.sum(0), grad_weight_z, flat_pre.sum(0), grad_weight_ls, None)
+
+
+def _run_rnn(rnn: nn.RNN, inputs: Tensor, h_0: Tensor) -> Tensor:
+    """``(N, T, H)`` outputs of a one-layer tanh ``rnn`` (batch first) from ``h_0 (N, H)``, through
+    :class:`_TanhRNN`."""
+    return _TanhRNN.apply(inputs, h_0.contiguous(), rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+
+
 class GatedTransition(nn.Module):
     """:math:`p(z_t \\mid z_{t-1})`: a learned gate mixes a linear and a nonlinear proposal for the mean.
 
@@ -346,11 +462,11 @@ class DeepMarkovModel(SequenceModel):
         gather = reverse.unsqueeze(-1)
         reversed_inputs = inputs.gather(1, gather.expand_as(inputs))
         h_0 = self.guide_h_0
-        backward, _ = self.guide_rnn(reversed_inputs, h_0[:1, None].expand(1, n, self.rnn_dim).contiguous())
+        backward = _run_rnn(self.guide_rnn, reversed_inputs, h_0[0].expand(n, self.rnn_dim))
         backward = backward.gather(1, gather.expand_as(backward))
         if self.guide_rnn_forward is None:
             return backward
-        forward, _ = self.guide_rnn_forward(inputs, h_0[1:, None].expand(1, n, self.rnn_dim).contiguous())
+        forward = _run_rnn(self.guide_rnn_forward, inputs, h_0[1].expand(n, self.rnn_dim))
         return 0.5 * (forward + backward)
 
     def _guide_features(self, batch: SequenceBatch, inputs: Tensor) -> Tensor:
@@ -382,6 +498,14 @@ class DeepMarkovModel(SequenceModel):
         noise; ``noise``: ``(N, T, Z)`` standard normal draws to use instead of torch's RNG)."""
         features = self._guide_features(batch, inputs)
         n, t = features.shape[:2]
+        if (not self.num_iafs and self.guide_z_to_hidden is not None
+                and type(self)._guide_conditional is DeepMarkovModel._guide_conditional):
+            # The structured guides without flows: the whole loop is one node with a fused backward.
+            step_noise = torch.zeros_like(features[..., :self.z_dim]) if mean_path else noise
+            z, loc, scale = _StructuredGuideLoop.apply(
+                features, step_noise, self.guide_z_q_0, self.guide_z_to_hidden.weight, self.guide_z_to_hidden.bias,
+                self.guide_loc_scale.weight, self.min_scale)
+            return _GuidePath(z, z, loc, scale, None)
         z_prev = self.guide_z_q_0.expand(n, self.z_dim)
         zs, bases, locs, scales, log_dets = [], [], [], [], []
         iafs = list(self.guide_iafs)
