@@ -115,38 +115,48 @@ class _TanhRNN(torch.autograd.Function):
     them step by step, from rank-``N`` products). Tested against ``nn.RNN`` and by ``gradcheck``.
 
     Args (forward): ``inputs (N, T, I)``, ``h_0 (N, H)``, ``weight_ih (H, I)``, ``weight_hh (H, H)``,
-    ``bias_ih (H,)``, ``bias_hh (H,)``. Returns the outputs ``(N, T, H)``.
+    ``bias_ih (H,)``, ``bias_hh (H,)``, ``active``: per step the number of rows still running (rows
+    sorted by length, longest first; padding steps are not computed). Returns the outputs
+    ``(N, T, H)``, 0 on padding.
     """
 
     @staticmethod
-    def forward(ctx, inputs, h_0, weight_ih, weight_hh, bias_ih, bias_hh):
+    def forward(ctx, inputs, h_0, weight_ih, weight_hh, bias_ih, bias_hh, active):
         n, t, size = inputs.shape
         projected = torch.addmm(bias_ih + bias_hh, inputs.reshape(n * t, size), weight_ih.t()).reshape(n, t, -1)
-        outputs = torch.empty_like(projected)
+        outputs = torch.zeros_like(projected)
         h, weight_hh_t = h_0, weight_hh.t()
         for step in range(t):
-            h = torch.tanh(torch.addmm(projected[:, step], h, weight_hh_t))
-            outputs[:, step] = h
+            rows = active[step]  # rows sorted by length, longest first: the first `rows` are still running
+            h = torch.tanh(torch.addmm(projected[:rows, step], h[:rows], weight_hh_t))
+            outputs[:rows, step] = h
         ctx.save_for_backward(inputs, h_0, weight_ih, weight_hh, outputs)
+        ctx.active = active
         return outputs
 
     @staticmethod
     def backward(ctx, grad_outputs):
         inputs, h_0, weight_ih, weight_hh, outputs = ctx.saved_tensors
+        active = ctx.active
         n, t, size = inputs.shape
-        grad_pre = torch.empty_like(outputs)
+        grad_pre = torch.zeros_like(outputs)
         slope = 1 - outputs * outputs
-        carry = outputs.new_zeros(n, outputs.shape[-1])
+        carry = outputs.new_zeros(0, outputs.shape[-1])  # gradient reaching h_t from step t + 1 (its running rows)
         for step in range(t - 1, -1, -1):
-            pre = (grad_outputs[:, step] + carry).mul_(slope[:, step])
-            grad_pre[:, step] = pre
+            rows = active[step]
+            total = grad_outputs[:rows, step].clone()
+            total[:carry.shape[0]] += carry
+            pre = total.mul_(slope[:rows, step])
+            grad_pre[:rows, step] = pre
             carry = torch.mm(pre, weight_hh)
+        grad_h_0 = torch.zeros_like(h_0)
+        grad_h_0[:carry.shape[0]] = carry
         flat = grad_pre.reshape(n * t, -1)
         h_prev = torch.cat([h_0.unsqueeze(1), outputs[:, :-1]], 1).reshape(n * t, -1)
         grad_inputs = torch.mm(flat, weight_ih).reshape(n, t, size) if ctx.needs_input_grad[0] else None
         grad_bias = flat.sum(0)
-        return (grad_inputs, carry, torch.mm(flat.t(), inputs.reshape(n * t, size)), torch.mm(flat.t(), h_prev),
-                grad_bias, grad_bias)
+        return (grad_inputs, grad_h_0, torch.mm(flat.t(), inputs.reshape(n * t, size)), torch.mm(flat.t(), h_prev),
+                grad_bias, grad_bias, None)
 
 
 class _StructuredGuideLoop(torch.autograd.Function):
@@ -161,66 +171,95 @@ class _StructuredGuideLoop(torch.autograd.Function):
 
     Args (forward): ``features (N, T, 2Z)`` (:meth:`DeepMarkovModel._guide_features`), ``noise``
     ``(N, T, Z)`` or None (then one ``randn`` per step, in the order Pyro's guide draws them),
-    ``z_q_0 (Z,)``, ``weight_z (H, Z)``, ``bias_z (H,)``, ``weight_ls (2Z, H)``, ``min_scale``.
-    Returns ``z, loc, scale`` each ``(N, T, Z)``. Tested against autograd by ``gradcheck``.
+    ``z_q_0 (Z,)``, ``weight_z (H, Z)``, ``bias_z (H,)``, ``weight_ls (2Z, H)``, ``min_scale``,
+    ``active`` (per step, the rows still running; rows sorted by length, longest first) and
+    ``order`` (``(N,)``: row ``i`` is the caller's row ``order[i]``, for drawing noise in the caller's
+    order). Returns ``z, loc, scale`` each ``(N, T, Z)`` (0 and ``softplus(0) + min_scale`` on padding).
+    Tested against autograd and by ``gradcheck``.
     """
 
     @staticmethod
-    def forward(ctx, features, noise, z_q_0, weight_z, bias_z, weight_ls, min_scale):
+    def forward(ctx, features, noise, z_q_0, weight_z, bias_z, weight_ls, min_scale, active, order):
         n, t, two_z = features.shape
         z_dim = two_z // 2
         draws = noise is None
         if draws:
-            noise = features.new_empty(n, t, z_dim)
-        z = features.new_empty(n, t, z_dim)
-        loc = features.new_empty(n, t, z_dim)
-        raw_scale = features.new_empty(n, t, z_dim)
-        hidden = features.new_empty(n, t, weight_z.shape[0])
+            noise = features.new_zeros(n, t, z_dim)
+        z = features.new_zeros(n, t, z_dim)
+        loc = features.new_zeros(n, t, z_dim)
+        raw_scale = features.new_zeros(n, t, z_dim)
+        hidden = features.new_zeros(n, t, weight_z.shape[0])
         z_prev = z_q_0.expand(n, z_dim)
         weight_z_t, weight_ls_t = weight_z.t(), weight_ls.t()
         for step in range(t):
-            h = torch.tanh(torch.addmm(bias_z, z_prev, weight_z_t))
-            combined = torch.addmm(features[:, step], h, weight_ls_t, alpha=0.5)
+            rows = active[step]  # rows sorted by length, longest first: the first `rows` are still running
+            h = torch.tanh(torch.addmm(bias_z, z_prev[:rows], weight_z_t))
+            combined = torch.addmm(features[:rows, step], h, weight_ls_t, alpha=0.5)
             step_loc, step_raw = combined[:, :z_dim], combined[:, z_dim:]
             if draws:
-                noise[:, step] = torch.randn_like(step_loc)
-            z_prev = torch.addcmul(step_loc, F.softplus(step_raw) + min_scale, noise[:, step])
-            hidden[:, step], loc[:, step], raw_scale[:, step], z[:, step] = h, step_loc, step_raw, z_prev
+                # all N rows in the caller's order, as Pyro's guide draws them, then the running ones
+                noise[:rows, step] = torch.randn((n, z_dim), dtype=z.dtype, device=z.device)[order[:rows]]
+            z_prev = torch.addcmul(step_loc, F.softplus(step_raw) + min_scale, noise[:rows, step])
+            hidden[:rows, step], loc[:rows, step], raw_scale[:rows, step], z[:rows, step] = h, step_loc, step_raw, z_prev
         scale = F.softplus(raw_scale) + min_scale
         ctx.save_for_backward(noise, z_q_0, weight_z, weight_ls, hidden, raw_scale, z)
+        ctx.active = active
         return z, loc, scale
 
     @staticmethod
     def backward(ctx, grad_z, grad_loc, grad_scale):
         noise, z_q_0, weight_z, weight_ls, hidden, raw_scale, z = ctx.saved_tensors
+        active = ctx.active
         n, t, z_dim = z.shape
         zero = torch.zeros((), dtype=z.dtype, device=z.device)
         grad_z = grad_z if grad_z is not None else zero.expand(n, t, z_dim)
         grad_loc = grad_loc if grad_loc is not None else zero.expand(n, t, z_dim)
         grad_scale = grad_scale if grad_scale is not None else zero.expand(n, t, z_dim)
-        grad_features = z.new_empty(n, t, 2 * z_dim)
-        grad_pre = z.new_empty(n, t, hidden.shape[-1])  # gradient at W_z z_{t-1} + b_z
+        grad_features = z.new_zeros(n, t, 2 * z_dim)
+        grad_pre = z.new_zeros(n, t, hidden.shape[-1])  # gradient at W_z z_{t-1} + b_z
         scale_slope = torch.sigmoid(raw_scale)  # d softplus / d raw
         tanh_slope = 1 - hidden * hidden
-        into_z = z.new_zeros(n, z_dim)  # gradient reaching z_t through step t + 1
+        into_z = z.new_zeros(0, z_dim)  # gradient reaching z_t through step t + 1 (its running rows)
         for step in range(t - 1, -1, -1):
-            total = grad_z[:, step] + into_z
-            grad_features[:, step, :z_dim] = grad_loc[:, step] + total
-            grad_features[:, step, z_dim:] = (grad_scale[:, step] + total * noise[:, step]) * scale_slope[:, step]
-            pre = torch.mm(grad_features[:, step], weight_ls).mul_(0.5).mul_(tanh_slope[:, step])
-            grad_pre[:, step] = pre
+            rows = active[step]
+            total = grad_z[:rows, step].clone()
+            total[:into_z.shape[0]] += into_z
+            grad_features[:rows, step, :z_dim] = grad_loc[:rows, step] + total
+            grad_features[:rows, step, z_dim:] = ((grad_scale[:rows, step] + total * noise[:rows, step])
+                                                  * scale_slope[:rows, step])
+            pre = torch.mm(grad_features[:rows, step], weight_ls).mul_(0.5).mul_(tanh_slope[:rows, step])
+            grad_pre[:rows, step] = pre
             into_z = torch.mm(pre, weight_z)
         z_prev = torch.cat([z_q_0.expand(n, 1, z_dim), z[:, :-1]], 1)
         flat_pre = grad_pre.reshape(n * t, -1)
         grad_weight_z = torch.mm(flat_pre.t(), z_prev.reshape(n * t, z_dim))
         grad_weight_ls = torch.mm(grad_features.reshape(n * t, -1).t(), hidden.reshape(n * t, -1)).mul_(0.5)
-        return (grad_features, None, into_z.sum(0), grad_weight_z, flat_pre.sum(0), grad_weight_ls, None)
+        return (grad_features, None, into_z.sum(0), grad_weight_z, flat_pre.sum(0), grad_weight_ls, None, None, None)
 
 
-def _run_rnn(rnn: nn.RNN, inputs: Tensor, h_0: Tensor) -> Tensor:
-    """``(N, T, H)`` outputs of a one-layer tanh ``rnn`` (batch first) from ``h_0 (N, H)``, through
-    :class:`_TanhRNN`."""
-    return _TanhRNN.apply(inputs, h_0.contiguous(), rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+class _LengthOrder(NamedTuple):
+    """Rows sorted by length, longest first: ``order (N,)`` (sorted row i is row ``order[i]``),
+    ``inverse (N,)`` and ``active`` (per step, how many sorted rows are still running)."""
+
+    order: Tensor
+    inverse: Tensor
+    active: list[int]
+
+    @staticmethod
+    def of(lengths: Tensor, num_steps: int) -> "_LengthOrder":
+        order = torch.argsort(lengths, descending=True, stable=True)
+        steps = torch.arange(num_steps, device=lengths.device)
+        active = (lengths[order].unsqueeze(1) > steps).sum(0).tolist()
+        return _LengthOrder(order, torch.argsort(order), active)
+
+
+def _run_rnn(rnn: nn.RNN, inputs: Tensor, h_0: Tensor, lengths: Tensor) -> Tensor:
+    """``(N, T, H)`` outputs of a one-layer tanh ``rnn`` (batch first) from ``h_0 (N, H)`` over
+    sequences whose real steps come first (``lengths (N,)``), through :class:`_TanhRNN`; 0 on padding."""
+    rows = _LengthOrder.of(lengths, inputs.shape[1])
+    outputs = _TanhRNN.apply(inputs[rows.order], h_0[rows.order].contiguous(), rnn.weight_ih_l0, rnn.weight_hh_l0,
+                             rnn.bias_ih_l0, rnn.bias_hh_l0, rows.active)
+    return outputs[rows.inverse]
 
 
 class GatedTransition(nn.Module):
@@ -462,11 +501,11 @@ class DeepMarkovModel(SequenceModel):
         gather = reverse.unsqueeze(-1)
         reversed_inputs = inputs.gather(1, gather.expand_as(inputs))
         h_0 = self.guide_h_0
-        backward = _run_rnn(self.guide_rnn, reversed_inputs, h_0[0].expand(n, self.rnn_dim))
+        backward = _run_rnn(self.guide_rnn, reversed_inputs, h_0[0].expand(n, self.rnn_dim), lengths)
         backward = backward.gather(1, gather.expand_as(backward))
         if self.guide_rnn_forward is None:
             return backward
-        forward = _run_rnn(self.guide_rnn_forward, inputs, h_0[1].expand(n, self.rnn_dim))
+        forward = _run_rnn(self.guide_rnn_forward, inputs, h_0[1].expand(n, self.rnn_dim), lengths)
         return 0.5 * (forward + backward)
 
     def _guide_features(self, batch: SequenceBatch, inputs: Tensor) -> Tensor:
@@ -501,10 +540,14 @@ class DeepMarkovModel(SequenceModel):
         if (not self.num_iafs and self.guide_z_to_hidden is not None
                 and type(self)._guide_conditional is DeepMarkovModel._guide_conditional):
             # The structured guides without flows: the whole loop is one node with a fused backward.
+            # Rows sorted by length so that each step computes only the sequences still running.
+            rows = _LengthOrder.of(batch.lengths, t)
             step_noise = torch.zeros_like(features[..., :self.z_dim]) if mean_path else noise
             z, loc, scale = _StructuredGuideLoop.apply(
-                features, step_noise, self.guide_z_q_0, self.guide_z_to_hidden.weight, self.guide_z_to_hidden.bias,
-                self.guide_loc_scale.weight, self.min_scale)
+                features[rows.order], None if step_noise is None else step_noise[rows.order], self.guide_z_q_0,
+                self.guide_z_to_hidden.weight, self.guide_z_to_hidden.bias, self.guide_loc_scale.weight,
+                self.min_scale, rows.active, rows.order)
+            z, loc, scale = z[rows.inverse], loc[rows.inverse], scale[rows.inverse]
             return _GuidePath(z, z, loc, scale, None)
         z_prev = self.guide_z_q_0.expand(n, self.z_dim)
         zs, bases, locs, scales, log_dets = [], [], [], [], []

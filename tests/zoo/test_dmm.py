@@ -471,7 +471,10 @@ def test_fused_guide_loop_gradcheck():
             torch.randn(h, z, generator=g, dtype=torch.float64, requires_grad=True),
             torch.randn(h, generator=g, dtype=torch.float64, requires_grad=True),
             torch.randn(2 * z, h, generator=g, dtype=torch.float64, requires_grad=True)]
-    assert torch.autograd.gradcheck(lambda *a: _StructuredGuideLoop.apply(*a, 0.01), args)
+    full = [n] * t
+    assert torch.autograd.gradcheck(lambda *a: _StructuredGuideLoop.apply(*a, 0.01, full, torch.arange(n)), args)
+    # sequences of lengths 5, 3, 1 (sorted, longest first): padded steps are skipped, gradients still exact
+    assert torch.autograd.gradcheck(lambda *a: _StructuredGuideLoop.apply(*a, 0.01, [3, 2, 2, 1, 1], torch.arange(n)), args)
 
 
 class _UnfusedDMM(DeepMarkovModel):
@@ -511,11 +514,19 @@ def test_fused_rnn_equals_torch_rnn_and_gradcheck():
     inputs = torch.randn(4, 6, 3, dtype=torch.float64, requires_grad=True)
     h_0 = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
     weights = torch.randn(4, 6, 5, dtype=torch.float64)
-    ours = _run_rnn(rnn, inputs, h_0)
+    ours = _run_rnn(rnn, inputs, h_0, torch.full((4,), 6))
     reference, _ = rnn(inputs, h_0.unsqueeze(0))
     torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
     wrt = [inputs, h_0, *rnn.parameters()]
     for a, b in zip(torch.autograd.grad((ours * weights).sum(), wrt), torch.autograd.grad((reference * weights).sum(), wrt)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # variable lengths (unsorted): each sequence's real steps equal nn.RNN on that sequence alone; padding is 0
+    lengths = torch.tensor([3, 6, 1, 4])
+    ours = _run_rnn(rnn, inputs, h_0, lengths)
+    for i, length in enumerate(lengths.tolist()):
+        alone, _ = rnn(inputs[i:i + 1, :length], h_0[i:i + 1].unsqueeze(0))
+        torch.testing.assert_close(ours[i, :length], alone[0], rtol=1e-12, atol=1e-12)
+        assert (ours[i, length:] == 0).all()
     args = [inputs, h_0, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0]
-    assert torch.autograd.gradcheck(_TanhRNN.apply, args)
+    assert torch.autograd.gradcheck(lambda *a: _TanhRNN.apply(*a, [4] * 6), args)
+    assert torch.autograd.gradcheck(lambda *a: _TanhRNN.apply(*a, [4, 3, 3, 2, 1, 1]), args)
