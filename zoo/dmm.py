@@ -532,10 +532,12 @@ class DeepMarkovModel(SequenceModel):
         return loc, F.softplus(raw_scale) + self.min_scale
 
     def _sample_guide(self, batch: SequenceBatch, inputs: Tensor, mean_path: bool = False,
-                      noise: Tensor | None = None) -> _GuidePath:
+                      noise: Tensor | None = None, features: Tensor | None = None) -> _GuidePath:
         """Draws :math:`z_{1:T} \\sim q` step by step (``mean_path``: feeds each step's mean forward, no
-        noise; ``noise``: ``(N, T, Z)`` standard normal draws to use instead of torch's RNG)."""
-        features = self._guide_features(batch, inputs)
+        noise; ``noise``: ``(N, T, Z)`` standard normal draws to use instead of torch's RNG; ``features``:
+        :meth:`_guide_features` if already computed)."""
+        if features is None:
+            features = self._guide_features(batch, inputs)
         n, t = features.shape[:2]
         if (not self.num_iafs and self.guide_z_to_hidden is not None
                 and type(self)._guide_conditional is DeepMarkovModel._guide_conditional):
@@ -593,7 +595,11 @@ class DeepMarkovModel(SequenceModel):
         if estimator == "analytic" and self.num_iafs:
             raise ValueError("estimator: the analytic KL needs a Gaussian guide; with flows use 'mc'")
         inputs, clean, observed = self._inputs(batch)
-        path = self._sample_guide(batch, inputs, noise=noise)
+        return self._path_terms(batch, self._sample_guide(batch, inputs, noise=noise), clean, observed, estimator)
+
+    def _path_terms(self, batch: SequenceBatch, path: _GuidePath, clean: Tensor, observed: Tensor | None,
+                    estimator: str) -> tuple[Tensor, Tensor]:
+        """``(log p(x_t | z_t), KL_t)`` each ``(N, T)`` of a guide ``path`` (see :meth:`_step_terms`)."""
         n = path.z.shape[0]
         mask = batch.mask
         # Every term below only on the R real steps (rows (R, Z)), so padding costs nothing.
