@@ -769,15 +769,19 @@ class DeepMarkovModel(SequenceModel):
         batch = SequenceBatch.from_tensor(values, lengths)
         self._check_batch(batch)
         n, t = batch.num_sequences, batch.max_length
-        # All draws in one pass of the guide, as num_samples copies of the batch.
-        repeated = SequenceBatch(batch.values.repeat((num_samples,) + (1,) * (batch.values.dim() - 1)),
-                                 batch.lengths.repeat(num_samples))
-        inputs, _, _ = self._inputs(repeated)
-        dtype = inputs.dtype
-        noise = torch.randn((num_samples * n, t, self.z_dim), generator=generator, dtype=dtype,
-                            device=inputs.device)
-        z = self._sample_guide(repeated, inputs, noise=noise).z.reshape(num_samples, n, t, self.z_dim)
-        return torch.where(batch.mask.unsqueeze(-1), z, torch.full((), math.nan, dtype=dtype))
+        # Draws go through the guide as copies of the batch, at most IWAE_SEQUENCES_PER_PASS rows at once.
+        per_pass = max(1, IWAE_SEQUENCES_PER_PASS // n)
+        paths = []
+        for start in range(0, num_samples, per_pass):
+            copies = min(per_pass, num_samples - start)
+            repeated = SequenceBatch(batch.values.repeat((copies,) + (1,) * (batch.values.dim() - 1)),
+                                     batch.lengths.repeat(copies))
+            inputs, _, _ = self._inputs(repeated)
+            noise = torch.randn((copies * n, t, self.z_dim), generator=generator, dtype=inputs.dtype,
+                                device=inputs.device)
+            paths.append(self._sample_guide(repeated, inputs, noise=noise).z.reshape(copies, n, t, self.z_dim))
+        z = torch.cat(paths)
+        return torch.where(batch.mask.unsqueeze(-1), z, torch.full((), math.nan, dtype=z.dtype))
 
     def transition_fixed_point(self, start: Tensor, iterations: int = 500) -> Tensor:
         """Iterates the transition mean ``z -> loc(z)`` from ``start (..., Z)``; a fixed point when it converges."""
