@@ -51,7 +51,11 @@ Groups:
   ``smoothed_<field>``, with ``smoothed_cov`` the covariance of the mixture over
   draws: mean covariance plus covariance of the means); and, for
   MCMC runs that drew them, ``sampled_states`` ``(chain, draw, sequence, time)``
-  from forward-filtering backward-sampling.
+  from forward-filtering backward-sampling; for a guide or point posterior of a
+  model with ``sample_states`` but no ``smooth`` (no closed-form state
+  marginals, e.g. a deep Markov model, whose ``sample_states`` draws from its
+  guide), ``sampled_states`` ``(chain, draw, sequence, time, latent)``: one
+  path per kept draw (NaN past each sequence's end).
 
 **ArviZ 1.x.** Everything is built with :func:`arviz.from_dict` plus
 ``InferenceData.add_groups`` for ``posterior_states``. In ArviZ 1.x
@@ -382,6 +386,22 @@ def _export(model, data, posterior, kind, *, num_draws, num_predictive_draws, fi
             mean = smoothed["smoothed_mean"]
             smoothed["smoothed_cov"] = smoothed["smoothed_cov"] + smoothed["_mean_outer"] - mean.unsqueeze(-1) * mean.unsqueeze(-2)
         smoothed = {key: _numpy(value) for key, value in smoothed.items() if not key.startswith("_")}
+    if add_states and kind != "nuts" and hasattr(model, "sample_states") and not hasattr(model, "smooth"):
+        # No closed-form state marginals: posterior state paths, one per kept draw (a point estimate: all at once).
+        generator = torch.Generator(device=data.device).manual_seed(seed + 1)
+        with torch.no_grad():
+            if kind == "point":
+                sampled_states = model.sample_states(data.values, data.lengths, num_samples=len(kept),
+                                                     generator=generator).unsqueeze(0)
+            else:
+                chains = []
+                for chain in range(num_chains):
+                    paths = []
+                    for index in kept:
+                        set_draw(chain, int(index))
+                        paths.append(model.sample_states(data.values, data.lengths, num_samples=1, generator=generator)[0])
+                    chains.append(torch.stack(paths))
+                sampled_states = torch.stack(chains)
     coords: dict[str, Any] = {"sequence": np.arange(data.num_sequences), "time": np.arange(data.max_length)}
     if fit_result is not None and getattr(fit_result, "history", None) and fit_result.method in ("svi", "em"):
         trace = np.array([record["objective"] for record in fit_result.history], dtype=float)

@@ -38,7 +38,7 @@ from inference.scoring import ratio_standard_error, score
 import zoo.families  # noqa: F401  (registers every family)
 from zoo import baselines, parallel, plots
 from zoo.data import KINDS, SPLIT_METHODS, SequenceData, Splits, Vocabulary, load_data, load_splits, split_data
-from zoo.registry import REGISTRY, Family, UsageError, family_of
+from zoo.registry import REGISTRY, Decoding, Family, UsageError, family_of
 
 __all__ = ["ModelSpec", "UsageError", "build_model", "check_spec", "build_parser", "load_model", "main", "train_into"]
 
@@ -325,7 +325,20 @@ def _fit_options(args, model, family: Family) -> dict[str, Any]:
     else:
         options.update(max_epochs=args.epochs, learning_rate=_training_setting(args, model, "learning_rate"),
                        batch_size=_training_setting(args, model, "batch_size"))
+        # The family's other fit keywords (its loss, a KL-annealing schedule, a clip norm ...).
+        keywords = inspect.signature(fit).parameters
+        options.update({name: value for name, value in model.default_fit_options().items()
+                        if name in keywords and name not in options})
     return options
+
+
+def _json_safe(value: Any) -> Any:
+    """A fit option as config.json can hold it: a schedule object or a function by its repr or name."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (bool, int, float, str)) for v in value):
+        return list(value)
+    return getattr(value, "__name__", None) or repr(value)
 
 
 def train_into(run: RunDirectory, model, family: Family, splits: Splits, data: SequenceData, args, label: str,
@@ -343,7 +356,7 @@ def train_into(run: RunDirectory, model, family: Family, splits: Splits, data: S
     device = parallel.device_for(args.device, train_batch.device)  # under torchrun with NCCL: cuda:LOCAL_RANK
     model.to(device)
     run.write_json("config.json", {**description, "family": family.name, "model": label, "model_config": model.config(),
-                                   "fit": {k: v for k, v in options.items() if k != "device"},
+                                   "fit": {k: _json_safe(v) for k, v in options.items() if k != "device"},
                                    "device": str(device)})
     if data.vocabulary is not None:
         run.write_json("vocabulary.json", json.loads(data.vocabulary.to_json()))
@@ -354,6 +367,8 @@ def train_into(run: RunDirectory, model, family: Family, splits: Splits, data: S
                  description=getattr(args, "progress_label", None) or label, **options)
     seconds = time.perf_counter() - started
     run.save_model(model)
+    # A stochastic bound's particles for the final scores (an IWAE bound), where the family sets them.
+    num_particles = int(model.default_fit_options().get("score_num_particles", 1))
     summary = {
         "model": label,
         "class": type(model).__name__,
@@ -361,12 +376,12 @@ def train_into(run: RunDirectory, model, family: Family, splits: Splits, data: S
         "seconds": round(seconds, 3),
         "method": result.method,
         "stopped": result.stopped,
-        "likelihood": model.likelihood_kind,
+        "likelihood": model.likelihood_label(num_particles) if num_particles > 1 else model.likelihood_kind,
         "unit": "nats per time step",
     }
     for name, part in (("train", train), ("valid", valid), ("test", test)):
         if part is not None and part.batch.num_steps:
-            result_score = score(model, part.batch.to(device))
+            result_score = score(model, part.batch.to(device), num_particles=num_particles)
             summary[f"{name}_log_likelihood"] = result_score.per_step
             summary[f"{name}_stderr"] = result_score.stderr
             summary[f"{name}_steps"] = result_score.num_steps
@@ -731,8 +746,20 @@ def cmd_decode(args) -> int:
     batch = data.batch.to(device)
     with torch.no_grad():
         decoding = family.decode(model, batch)
-    paths = decoding.paths.cpu()
     out = Path(args.output) if args.output else run.file("decoded.csv")
+    if not isinstance(decoding, Decoding):
+        # Continuous states: name -> (N, T, K) per-step values (e.g. a guide's means and scales), one column each.
+        arrays = {name: value.detach().reshape(value.shape[0], value.shape[1], -1).cpu() for name, value in decoding.items()}
+        columns = [f"{name}_{k}" for name, value in arrays.items() for k in range(value.shape[-1])]
+        lines = ["sequence,time," + ",".join(columns)]
+        for n, length in enumerate(batch.lengths.tolist()):
+            for t in range(length):
+                lines.append(f"{n},{t}," + ",".join(f"{v:.6g}" for value in arrays.values() for v in value[n, t].tolist()))
+        _write_text_atomic(out, "\n".join(lines) + "\n", force=args.force)
+        print(f"decoded {batch.num_steps} steps of {batch.num_sequences} sequence(s) into {out} "
+              f"(columns: {', '.join(f'{name}_0..{value.shape[-1] - 1}' for name, value in arrays.items())})")
+        return 0
+    paths = decoding.paths.cpu()
     lines = ["sequence,time,state"]
     for n, length in enumerate(batch.lengths.tolist()):
         lines.extend(f"{n},{t},{int(paths[n, t])}" for t in range(length))

@@ -230,7 +230,7 @@ def plot_posterior_states(idata, sequence: int = 0, steps: int = 200, title: str
         return plots.state_probabilities(marginals[:length], title=title or f"p(state | data), sequence {sequence}")
     mean_name = next((name for name in group.data_vars if name.startswith("smoothed_") and "mean" in name), None)
     if mean_name is None:
-        return None
+        return _plot_sampled_paths(group, sequence, steps, title)
     means = group[mean_name].isel(sequence=sequence).values  # (T, S)
     covariance_name = next((name for name in group.data_vars if name.startswith("smoothed_") and "cov" in name), None)
     means = means.reshape(means.shape[0], -1)[:steps]
@@ -246,6 +246,29 @@ def plot_posterior_states(idata, sequence: int = 0, steps: int = 200, title: str
     ax.set_xlabel("time step")
     ax.set_ylabel("smoothed state")
     ax.set_title(title or f"smoothed states ± 2 sd, sequence {sequence}")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def _plot_sampled_paths(group, sequence: int, steps: int, title: str, max_latent: int = 4) -> "plt.Figure | None":
+    """Mean ± 2 sd over the drawn continuous state paths (``sampled_states`` with a ``latent`` dim, e.g. a
+    deep Markov model's guide draws) of the first ``max_latent`` latent coordinates; else None."""
+    if "sampled_states" not in group or "latent" not in group["sampled_states"].dims:
+        return None
+    paths = group["sampled_states"].isel(sequence=sequence).transpose("chain", "draw", "time", "latent").values
+    paths = paths.reshape(-1, *paths.shape[2:])[:, :steps, :max_latent]  # (draws, T, latent)
+    real = ~np.isnan(paths).all(axis=(0, 2))
+    paths = paths[:, real]
+    mean, sd = paths.mean(0), paths.std(0)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    time = np.arange(paths.shape[1])
+    for index in range(paths.shape[2]):
+        ax.plot(time, mean[:, index], label=f"latent {index}")
+        ax.fill_between(time, mean[:, index] - 2 * sd[:, index], mean[:, index] + 2 * sd[:, index], alpha=0.25)
+    ax.set_xlabel("time step")
+    ax.set_ylabel("sampled state")
+    ax.set_title(title or f"posterior state paths: mean ± 2 sd over {paths.shape[0]} draws, sequence {sequence}")
     ax.legend(fontsize="small")
     fig.tight_layout()
     return fig

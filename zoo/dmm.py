@@ -46,8 +46,7 @@ for missing entries) or ``(N, T)`` integer codes (categorical); latent paths
 from __future__ import annotations
 
 import math
-import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import pyro
 import pyro.distributions as dist
@@ -58,25 +57,19 @@ from pyro.distributions.transforms import AffineAutoregressive
 from pyro.nn import AutoRegressiveNN
 from torch import Tensor, nn
 
-from inference.batch import SequenceBatch, iterate_minibatches, sequence_plate
+from inference.batch import SequenceBatch, sequence_plate
 from inference.contract import SequenceModel
+from inference.trainer import KLAnnealing, LossOutput
+from zoo.registry import Family, UsageError, register
 
-__all__ = ["DeepMarkovModel", "DMMPosterior", "LossOutput", "GUIDES", "OBSERVATIONS", "train_dmm", "length_buckets"]
+__all__ = ["DeepMarkovModel", "DMMPosterior", "GUIDES", "OBSERVATIONS", "length_buckets"]
 
 OBSERVATIONS: tuple[str, ...] = ("bernoulli", "categorical", "gaussian")
 GUIDES: tuple[str, ...] = ("st-r", "st-lr", "mf")
 TRANSITIONS: tuple[str, ...] = ("gated", "linear")
 EMISSIONS: tuple[str, ...] = ("mlp", "linear")
-
-try:  # The trainer's record of a custom objective (INTERFACES §3); a local twin until it lands.
-    from inference.fit import LossOutput  # type: ignore[attr-defined]
-except ImportError:  # SHIM: remove at merge once inference.fit defines LossOutput.
-    class LossOutput(NamedTuple):
-        """``loss`` is minimised (annealed negative ELBO); ``objective`` is logged (unannealed ELBO, nats)."""
-
-        loss: Tensor
-        objective: Tensor
-
+#: Rows (sequence copies) of one pass of the IWAE bound; more particles take several passes (memory).
+IWAE_SEQUENCES_PER_PASS = 2048
 
 class DMMPosterior(NamedTuple):
     """Posterior state trajectories of the guide.
@@ -112,6 +105,161 @@ def _gaussian_kl(q_loc: Tensor, q_scale: Tensor, p_loc: Tensor, p_scale: Tensor)
 def _normal_log_prob(value: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
     """Diagonal Gaussian log-density summed over the last dim."""
     return (-0.5 * ((value - loc) / scale).pow(2) - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+class _TanhRNN(torch.autograd.Function):
+    """``nn.RNN(nonlinearity="tanh")`` (one layer, batch first) as one autograd node:
+    :math:`h_t = \\tanh(W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh})`. The input projection of
+    all steps is one product; the backward loop does one ``(N, H) x (H, H)`` product per step and
+    the weight gradients one product over all ``N*T`` rows (PyTorch's CPU RNN backward forms
+    them step by step, from rank-``N`` products). Tested against ``nn.RNN`` and by ``gradcheck``.
+
+    Args (forward): ``inputs (N, T, I)``, ``h_0 (N, H)``, ``weight_ih (H, I)``, ``weight_hh (H, H)``,
+    ``bias_ih (H,)``, ``bias_hh (H,)``, ``active``: per step the number of rows still running (rows
+    sorted by length, longest first; padding steps are not computed). Returns the outputs
+    ``(N, T, H)``, 0 on padding.
+    """
+
+    @staticmethod
+    def forward(ctx, inputs, h_0, weight_ih, weight_hh, bias_ih, bias_hh, active):
+        n, t, size = inputs.shape
+        projected = torch.addmm(bias_ih + bias_hh, inputs.reshape(n * t, size), weight_ih.t()).reshape(n, t, -1)
+        outputs = torch.zeros_like(projected)
+        h, weight_hh_t = h_0, weight_hh.t()
+        for step in range(t):
+            rows = active[step]  # rows sorted by length, longest first: the first `rows` are still running
+            h = torch.tanh(torch.addmm(projected[:rows, step], h[:rows], weight_hh_t))
+            outputs[:rows, step] = h
+        ctx.save_for_backward(inputs, h_0, weight_ih, weight_hh, outputs)
+        ctx.active = active
+        return outputs
+
+    @staticmethod
+    def backward(ctx, grad_outputs):
+        inputs, h_0, weight_ih, weight_hh, outputs = ctx.saved_tensors
+        active = ctx.active
+        n, t, size = inputs.shape
+        grad_pre = torch.zeros_like(outputs)
+        slope = 1 - outputs * outputs
+        carry = outputs.new_zeros(0, outputs.shape[-1])  # gradient reaching h_t from step t + 1 (its running rows)
+        for step in range(t - 1, -1, -1):
+            rows = active[step]
+            total = grad_outputs[:rows, step].clone()
+            total[:carry.shape[0]] += carry
+            pre = total.mul_(slope[:rows, step])
+            grad_pre[:rows, step] = pre
+            carry = torch.mm(pre, weight_hh)
+        grad_h_0 = torch.zeros_like(h_0)
+        grad_h_0[:carry.shape[0]] = carry
+        flat = grad_pre.reshape(n * t, -1)
+        h_prev = torch.cat([h_0.unsqueeze(1), outputs[:, :-1]], 1).reshape(n * t, -1)
+        grad_inputs = torch.mm(flat, weight_ih).reshape(n, t, size) if ctx.needs_input_grad[0] else None
+        grad_bias = flat.sum(0)
+        return (grad_inputs, grad_h_0, torch.mm(flat.t(), inputs.reshape(n * t, size)), torch.mm(flat.t(), h_prev),
+                grad_bias, grad_bias, None)
+
+
+class _StructuredGuideLoop(torch.autograd.Function):
+    """The ST-R/ST-LR guide's sequential draw of :math:`z_{1:T}` as one autograd node, with a
+    hand-written backward: per step only two small matrix products (instead of ~20 autograd
+    nodes), and the weight gradients as one product over all steps (rows ``N*T``, not ``N``).
+
+    Forward, for each step ``t`` (``z_0`` = ``z_q_0``)::
+
+        h_t = tanh(W_z z_{t-1} + b_z);  [loc_t, r_t] = f_t + 0.5 W_ls h_t
+        scale_t = softplus(r_t) + min_scale;  z_t = loc_t + scale_t * eps_t
+
+    Args (forward): ``features (N, T, 2Z)`` (:meth:`DeepMarkovModel._guide_features`), ``noise``
+    ``(N, T, Z)`` or None (then one ``randn`` per step, in the order Pyro's guide draws them),
+    ``z_q_0 (Z,)``, ``weight_z (H, Z)``, ``bias_z (H,)``, ``weight_ls (2Z, H)``, ``min_scale``,
+    ``active`` (per step, the rows still running; rows sorted by length, longest first) and
+    ``order`` (``(N,)``: row ``i`` is the caller's row ``order[i]``, for drawing noise in the caller's
+    order). Returns ``z, loc, scale`` each ``(N, T, Z)`` (0 and ``softplus(0) + min_scale`` on padding).
+    Tested against autograd and by ``gradcheck``.
+    """
+
+    @staticmethod
+    def forward(ctx, features, noise, z_q_0, weight_z, bias_z, weight_ls, min_scale, active, order):
+        n, t, two_z = features.shape
+        z_dim = two_z // 2
+        draws = noise is None
+        if draws:
+            noise = features.new_zeros(n, t, z_dim)
+        z = features.new_zeros(n, t, z_dim)
+        loc = features.new_zeros(n, t, z_dim)
+        raw_scale = features.new_zeros(n, t, z_dim)
+        hidden = features.new_zeros(n, t, weight_z.shape[0])
+        z_prev = z_q_0.expand(n, z_dim)
+        weight_z_t, weight_ls_t = weight_z.t(), weight_ls.t()
+        for step in range(t):
+            rows = active[step]  # rows sorted by length, longest first: the first `rows` are still running
+            h = torch.tanh(torch.addmm(bias_z, z_prev[:rows], weight_z_t))
+            combined = torch.addmm(features[:rows, step], h, weight_ls_t, alpha=0.5)
+            step_loc, step_raw = combined[:, :z_dim], combined[:, z_dim:]
+            if draws:
+                # all N rows in the caller's order, as Pyro's guide draws them, then the running ones
+                noise[:rows, step] = torch.randn((n, z_dim), dtype=z.dtype, device=z.device)[order[:rows]]
+            z_prev = torch.addcmul(step_loc, F.softplus(step_raw) + min_scale, noise[:rows, step])
+            hidden[:rows, step], loc[:rows, step], raw_scale[:rows, step], z[:rows, step] = h, step_loc, step_raw, z_prev
+        scale = F.softplus(raw_scale) + min_scale
+        ctx.save_for_backward(noise, z_q_0, weight_z, weight_ls, hidden, raw_scale, z)
+        ctx.active = active
+        return z, loc, scale
+
+    @staticmethod
+    def backward(ctx, grad_z, grad_loc, grad_scale):
+        noise, z_q_0, weight_z, weight_ls, hidden, raw_scale, z = ctx.saved_tensors
+        active = ctx.active
+        n, t, z_dim = z.shape
+        zero = torch.zeros((), dtype=z.dtype, device=z.device)
+        grad_z = grad_z if grad_z is not None else zero.expand(n, t, z_dim)
+        grad_loc = grad_loc if grad_loc is not None else zero.expand(n, t, z_dim)
+        grad_scale = grad_scale if grad_scale is not None else zero.expand(n, t, z_dim)
+        grad_features = z.new_zeros(n, t, 2 * z_dim)
+        grad_pre = z.new_zeros(n, t, hidden.shape[-1])  # gradient at W_z z_{t-1} + b_z
+        scale_slope = torch.sigmoid(raw_scale)  # d softplus / d raw
+        tanh_slope = 1 - hidden * hidden
+        into_z = z.new_zeros(0, z_dim)  # gradient reaching z_t through step t + 1 (its running rows)
+        for step in range(t - 1, -1, -1):
+            rows = active[step]
+            total = grad_z[:rows, step].clone()
+            total[:into_z.shape[0]] += into_z
+            grad_features[:rows, step, :z_dim] = grad_loc[:rows, step] + total
+            grad_features[:rows, step, z_dim:] = ((grad_scale[:rows, step] + total * noise[:rows, step])
+                                                  * scale_slope[:rows, step])
+            pre = torch.mm(grad_features[:rows, step], weight_ls).mul_(0.5).mul_(tanh_slope[:rows, step])
+            grad_pre[:rows, step] = pre
+            into_z = torch.mm(pre, weight_z)
+        z_prev = torch.cat([z_q_0.expand(n, 1, z_dim), z[:, :-1]], 1)
+        flat_pre = grad_pre.reshape(n * t, -1)
+        grad_weight_z = torch.mm(flat_pre.t(), z_prev.reshape(n * t, z_dim))
+        grad_weight_ls = torch.mm(grad_features.reshape(n * t, -1).t(), hidden.reshape(n * t, -1)).mul_(0.5)
+        return (grad_features, None, into_z.sum(0), grad_weight_z, flat_pre.sum(0), grad_weight_ls, None, None, None)
+
+
+class _LengthOrder(NamedTuple):
+    """Rows sorted by length, longest first: ``order (N,)`` (sorted row i is row ``order[i]``),
+    ``inverse (N,)`` and ``active`` (per step, how many sorted rows are still running)."""
+
+    order: Tensor
+    inverse: Tensor
+    active: list[int]
+
+    @staticmethod
+    def of(lengths: Tensor, num_steps: int) -> "_LengthOrder":
+        order = torch.argsort(lengths, descending=True, stable=True)
+        steps = torch.arange(num_steps, device=lengths.device)
+        active = (lengths[order].unsqueeze(1) > steps).sum(0).tolist()
+        return _LengthOrder(order, torch.argsort(order), active)
+
+
+def _run_rnn(rnn: nn.RNN, inputs: Tensor, h_0: Tensor, lengths: Tensor) -> Tensor:
+    """``(N, T, H)`` outputs of a one-layer tanh ``rnn`` (batch first) from ``h_0 (N, H)`` over
+    sequences whose real steps come first (``lengths (N,)``), through :class:`_TanhRNN`; 0 on padding."""
+    rows = _LengthOrder.of(lengths, inputs.shape[1])
+    outputs = _TanhRNN.apply(inputs[rows.order], h_0[rows.order].contiguous(), rnn.weight_ih_l0, rnn.weight_hh_l0,
+                             rnn.bias_ih_l0, rnn.bias_hh_l0, rows.active)
+    return outputs[rows.inverse]
 
 
 class GatedTransition(nn.Module):
@@ -222,6 +370,8 @@ class DeepMarkovModel(SequenceModel):
         self.z_dim, self.transition_dim, self.emitter_dim, self.rnn_dim = z_dim, transition_dim, emitter_dim, rnn_dim
         self.guide_kind, self.num_iafs, self.iaf_dim = guide, num_iafs, iaf_dim
         self.transition_kind, self.emission_kind, self.min_scale = transition, emission, float(min_scale)
+        #: Training settings behind :meth:`default_fit_options` (see :meth:`configure_fit`).
+        self.fit_settings: dict[str, Any] = {"annealing_epochs": 10, "min_annealing": 0.2, "num_particles": 1}
 
         width = num_symbols if observation == "categorical" else dim
         # -- generative model
@@ -255,9 +405,35 @@ class DeepMarkovModel(SequenceModel):
                 "iaf_dim": self.iaf_dim, "transition": self.transition_kind, "emission": self.emission_kind,
                 "min_scale": self.min_scale}
 
+    def configure_fit(self, *, annealing_epochs: int | None = None, min_annealing: float | None = None,
+                      num_particles: int | None = None) -> "DeepMarkovModel":
+        """Sets what :meth:`default_fit_options` returns (``seqzoo fit dmm`` flags): KL annealing from
+        ``min_annealing`` to 1 over ``annealing_epochs`` epochs (0: none), and ``num_particles`` for the
+        final scores (1: ELBO; M > 1: the IWAE bound). Not part of :meth:`config` (training, not the model)."""
+        if annealing_epochs is not None:
+            if not isinstance(annealing_epochs, int) or isinstance(annealing_epochs, bool) or annealing_epochs < 0:
+                raise ValueError(f"annealing_epochs: expected a nonnegative int, got {annealing_epochs!r}")
+            self.fit_settings["annealing_epochs"] = annealing_epochs
+        if min_annealing is not None:
+            if not isinstance(min_annealing, (int, float)) or not 0 <= min_annealing <= 1:
+                raise ValueError(f"min_annealing: expected a number in [0, 1], got {min_annealing!r}")
+            self.fit_settings["min_annealing"] = float(min_annealing)
+        if num_particles is not None:
+            if not isinstance(num_particles, int) or isinstance(num_particles, bool) or num_particles < 1:
+                raise ValueError(f"num_particles: expected a positive int, got {num_particles!r}")
+            self.fit_settings["num_particles"] = num_particles
+        return self
+
     def default_fit_options(self) -> dict[str, Any]:
-        """SVI defaults for this family (INTERFACES §2)."""
-        return {"learning_rate": 3e-3, "batch_size": 20, "clip_norm": 10.0}
+        """SVI defaults for this family (INTERFACES §2): the vectorised :meth:`loss` (``loss="model"``),
+        lr 3e-3, batches of 20, global-norm clip 10, KL annealing (:meth:`configure_fit`), and
+        ``score_num_particles``, the particles of the final scores (1 = ELBO, M > 1 = IWAE)."""
+        settings = self.fit_settings
+        options: dict[str, Any] = {"learning_rate": 3e-3, "batch_size": 20, "clip_norm": 10.0, "loss": "model",
+                                   "score_num_particles": settings["num_particles"]}
+        if settings["annealing_epochs"]:
+            options["step_kwargs"] = KLAnnealing(start=settings["min_annealing"], epochs=settings["annealing_epochs"])
+        return options
 
     def likelihood_label(self, num_particles: int = 1) -> str:
         return "ELBO" if num_particles == 1 else f"IWAE bound (M={num_particles})"
@@ -325,11 +501,11 @@ class DeepMarkovModel(SequenceModel):
         gather = reverse.unsqueeze(-1)
         reversed_inputs = inputs.gather(1, gather.expand_as(inputs))
         h_0 = self.guide_h_0
-        backward, _ = self.guide_rnn(reversed_inputs, h_0[:1, None].expand(1, n, self.rnn_dim).contiguous())
+        backward = _run_rnn(self.guide_rnn, reversed_inputs, h_0[0].expand(n, self.rnn_dim), lengths)
         backward = backward.gather(1, gather.expand_as(backward))
         if self.guide_rnn_forward is None:
             return backward
-        forward, _ = self.guide_rnn_forward(inputs, h_0[1:, None].expand(1, n, self.rnn_dim).contiguous())
+        forward = _run_rnn(self.guide_rnn_forward, inputs, h_0[1].expand(n, self.rnn_dim), lengths)
         return 0.5 * (forward + backward)
 
     def _guide_features(self, batch: SequenceBatch, inputs: Tensor) -> Tensor:
@@ -346,26 +522,48 @@ class DeepMarkovModel(SequenceModel):
         """``q(z_t | z_{t-1}, x)``'s ``loc, scale`` ``(..., Z)`` from ``z_prev (..., Z)`` and one step of
         :meth:`_guide_features`."""
         if self.guide_z_to_hidden is not None:
-            features = features + F.linear(0.5 * torch.tanh(self.guide_z_to_hidden(z_prev)),
-                                            self.guide_loc_scale.weight)
+            hidden = torch.tanh(self.guide_z_to_hidden(z_prev))
+            if hidden.dim() == 2 and features.dim() == 2:
+                # features + 0.5 * hidden @ W^T as one op (this runs once per time step)
+                features = torch.addmm(features, hidden, self.guide_loc_scale.weight.t(), alpha=0.5)
+            else:
+                features = features + F.linear(0.5 * hidden, self.guide_loc_scale.weight)
         loc, raw_scale = features.chunk(2, -1)
         return loc, F.softplus(raw_scale) + self.min_scale
 
     def _sample_guide(self, batch: SequenceBatch, inputs: Tensor, mean_path: bool = False,
-                      noise: Tensor | None = None) -> _GuidePath:
+                      noise: Tensor | None = None, features: Tensor | None = None) -> _GuidePath:
         """Draws :math:`z_{1:T} \\sim q` step by step (``mean_path``: feeds each step's mean forward, no
-        noise; ``noise``: ``(N, T, Z)`` standard normal draws to use instead of torch's RNG)."""
-        features = self._guide_features(batch, inputs)
+        noise; ``noise``: ``(N, T, Z)`` standard normal draws to use instead of torch's RNG; ``features``:
+        :meth:`_guide_features` if already computed)."""
+        if features is None:
+            features = self._guide_features(batch, inputs)
         n, t = features.shape[:2]
+        if (not self.num_iafs and self.guide_z_to_hidden is not None
+                and type(self)._guide_conditional is DeepMarkovModel._guide_conditional):
+            # The structured guides without flows: the whole loop is one node with a fused backward.
+            # Rows sorted by length so that each step computes only the sequences still running.
+            rows = _LengthOrder.of(batch.lengths, t)
+            step_noise = torch.zeros_like(features[..., :self.z_dim]) if mean_path else noise
+            z, loc, scale = _StructuredGuideLoop.apply(
+                features[rows.order], None if step_noise is None else step_noise[rows.order], self.guide_z_q_0,
+                self.guide_z_to_hidden.weight, self.guide_z_to_hidden.bias, self.guide_loc_scale.weight,
+                self.min_scale, rows.active, rows.order)
+            z, loc, scale = z[rows.inverse], loc[rows.inverse], scale[rows.inverse]
+            return _GuidePath(z, z, loc, scale, None)
         z_prev = self.guide_z_q_0.expand(n, self.z_dim)
         zs, bases, locs, scales, log_dets = [], [], [], [], []
         iafs = list(self.guide_iafs)
+        # unbind once: slicing features[:, step] in the loop would cost one full-size zero gradient per step.
+        feature_steps = features.unbind(1)
+        noise_steps = noise.unbind(1) if noise is not None else None
         for step in range(t):
-            loc, scale = self._guide_conditional(z_prev, features[:, step])
+            loc, scale = self._guide_conditional(z_prev, feature_steps[step])
             if mean_path:
                 base = loc
             else:
-                base = loc + scale * (torch.randn_like(loc) if noise is None else noise[:, step])
+                # one draw per step (as Pyro's guide does), so the same seed gives the same path
+                base = torch.addcmul(loc, scale, torch.randn_like(loc) if noise_steps is None else noise_steps[step])
             z = base
             if iafs:
                 log_det = torch.zeros(n, dtype=z.dtype, device=z.device)
@@ -392,26 +590,32 @@ class DeepMarkovModel(SequenceModel):
         or ``"mc"`` (:math:`\\log q(z_t \\mid \\cdot) - \\log p(z_t \\mid z_{t-1})` at the sample).
         """
         self._check_batch(batch)
+        if estimator not in ("analytic", "mc"):
+            raise ValueError(f"estimator: expected 'analytic' or 'mc', got {estimator!r}")
+        if estimator == "analytic" and self.num_iafs:
+            raise ValueError("estimator: the analytic KL needs a Gaussian guide; with flows use 'mc'")
         inputs, clean, observed = self._inputs(batch)
-        path = self._sample_guide(batch, inputs, noise=noise)
+        return self._path_terms(batch, self._sample_guide(batch, inputs, noise=noise), clean, observed, estimator)
+
+    def _path_terms(self, batch: SequenceBatch, path: _GuidePath, clean: Tensor, observed: Tensor | None,
+                    estimator: str) -> tuple[Tensor, Tensor]:
+        """``(log p(x_t | z_t), KL_t)`` each ``(N, T)`` of a guide ``path`` (see :meth:`_step_terms`)."""
         n = path.z.shape[0]
-        z_prev = torch.cat([self.z_0.expand(n, 1, self.z_dim), path.z[:, :-1]], 1)  # (N, T, Z)
+        mask = batch.mask
+        # Every term below only on the R real steps (rows (R, Z)), so padding costs nothing.
+        z = path.z[mask]
+        z_prev = torch.cat([self.z_0.expand(n, 1, self.z_dim), path.z[:, :-1]], 1)[mask]
         prior_loc, prior_scale = self.transition(z_prev)
         if estimator == "analytic":
-            if self.num_iafs:
-                raise ValueError("estimator: the analytic KL needs a Gaussian guide; with flows use 'mc'")
-            kl = _gaussian_kl(path.loc, path.scale, prior_loc, prior_scale)
-        elif estimator == "mc":
-            log_q = _normal_log_prob(path.base, path.loc, path.scale)
-            if path.log_det is not None:
-                log_q = log_q - path.log_det
-            kl = log_q - _normal_log_prob(path.z, prior_loc, prior_scale)
+            kl = _gaussian_kl(path.loc[mask], path.scale[mask], prior_loc, prior_scale)
         else:
-            raise ValueError(f"estimator: expected 'analytic' or 'mc', got {estimator!r}")
-        log_lik = self._emission_log_prob(path.z, clean, observed)
-        mask = batch.mask
-        zero = torch.zeros((), dtype=kl.dtype)
-        return torch.where(mask, log_lik, zero), torch.where(mask, kl, zero)
+            log_q = _normal_log_prob(path.base[mask], path.loc[mask], path.scale[mask])
+            if path.log_det is not None:
+                log_q = log_q - path.log_det[mask]
+            kl = log_q - _normal_log_prob(z, prior_loc, prior_scale)
+        log_lik = self._emission_log_prob(z, clean[mask], None if observed is None else observed[mask])
+        zeros = torch.zeros(mask.shape, dtype=kl.dtype, device=kl.device)
+        return zeros.masked_scatter(mask, log_lik), zeros.masked_scatter(mask, kl)
 
     def default_estimator(self) -> str:
         """``"analytic"`` KL without flows, ``"mc"`` with them."""
@@ -448,10 +652,15 @@ class DeepMarkovModel(SequenceModel):
         if num_particles == 1:
             return self.elbo_per_sequence(batch)
         n = batch.num_sequences
-        repeated = SequenceBatch(batch.values.repeat((num_particles,) + (1,) * (batch.values.dim() - 1)),
-                                 batch.lengths.repeat(num_particles))
-        log_weights = self.elbo_per_sequence(repeated, estimator="mc").reshape(num_particles, n)
-        return log_weights.logsumexp(0) - math.log(num_particles)
+        # Particles go through the guide as copies of the batch, at most IWAE_SEQUENCES_PER_PASS rows at once.
+        per_pass = max(1, IWAE_SEQUENCES_PER_PASS // n)
+        log_weights = []
+        for start in range(0, num_particles, per_pass):
+            copies = min(per_pass, num_particles - start)
+            repeated = SequenceBatch(batch.values.repeat((copies,) + (1,) * (batch.values.dim() - 1)),
+                                     batch.lengths.repeat(copies))
+            log_weights.append(self.elbo_per_sequence(repeated, estimator="mc").reshape(copies, n))
+        return torch.cat(log_weights).logsumexp(0) - math.log(num_particles)
 
     def log_prob(self, values: Tensor, lengths: Tensor | None = None) -> Tensor:
         """``(N,)`` single-sample ELBO of each sequence (a bound: see :meth:`log_prob_batch`)."""
@@ -549,6 +758,31 @@ class DeepMarkovModel(SequenceModel):
         return DMMPosterior(torch.where(mask, mean.loc, zero), torch.where(mask, mean.scale, zero),
                             None if samples is None else torch.where(mask, samples, zero), batch.mask)
 
+    @torch.no_grad()
+    def sample_states(self, values: Tensor, lengths: Tensor | None = None, num_samples: int = 1,
+                      generator: torch.Generator | None = None) -> Tensor:
+        """``(num_samples, N, T, Z)`` latent paths drawn from the guide :math:`q(z_{1:T} \\mid x)` (flows
+        included), NaN past each sequence's length: the posterior state trajectories that
+        :func:`inference.arviz.to_inference_data` exports. Draws come from ``generator`` (default torch's RNG)."""
+        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+            raise ValueError(f"num_samples: expected a positive int, got {num_samples!r}")
+        batch = SequenceBatch.from_tensor(values, lengths)
+        self._check_batch(batch)
+        n, t = batch.num_sequences, batch.max_length
+        # Draws go through the guide as copies of the batch, at most IWAE_SEQUENCES_PER_PASS rows at once.
+        per_pass = max(1, IWAE_SEQUENCES_PER_PASS // n)
+        paths = []
+        for start in range(0, num_samples, per_pass):
+            copies = min(per_pass, num_samples - start)
+            repeated = SequenceBatch(batch.values.repeat((copies,) + (1,) * (batch.values.dim() - 1)),
+                                     batch.lengths.repeat(copies))
+            inputs, _, _ = self._inputs(repeated)
+            noise = torch.randn((copies * n, t, self.z_dim), generator=generator, dtype=inputs.dtype,
+                                device=inputs.device)
+            paths.append(self._sample_guide(repeated, inputs, noise=noise).z.reshape(copies, n, t, self.z_dim))
+        z = torch.cat(paths)
+        return torch.where(batch.mask.unsqueeze(-1), z, torch.full((), math.nan, dtype=z.dtype))
+
     def transition_fixed_point(self, start: Tensor, iterations: int = 500) -> Tensor:
         """Iterates the transition mean ``z -> loc(z)`` from ``start (..., Z)``; a fixed point when it converges."""
         z = start
@@ -559,21 +793,8 @@ class DeepMarkovModel(SequenceModel):
 
 
 # ----------------------------------------------------------------------------
-# SHIM (remove at merge): a minimal training loop with KL annealing and the
-# vectorised loss, until inference.fit takes `loss="model"` and
-# `step_kwargs=KLAnnealing(...)` (INTERFACES §3). The lead replaces calls to
-# train_dmm(model, train, ...) by
-#   fit(model, train, valid=valid, loss="model", step_kwargs=KLAnnealing(start=min_annealing,
-#       epochs=annealing_epochs), learning_rate=..., batch_size=..., clip_norm=..., lr_schedule=...)
+# Mini-batches for fit(..., options=SVIOptions(minibatches=length_buckets))
 # ----------------------------------------------------------------------------
-def annealing_factor(epoch: int, step: int, steps_per_epoch: int, annealing_epochs: int, min_annealing: float) -> float:
-    """Pyro's examples/dmm.py schedule: linear from ``min_annealing`` to 1 over ``annealing_epochs``, per step."""
-    if annealing_epochs <= 0 or epoch >= annealing_epochs:
-        return 1.0
-    progress = (epoch * steps_per_epoch + step + 1) / (annealing_epochs * steps_per_epoch)
-    return min_annealing + (1.0 - min_annealing) * progress
-
-
 def length_buckets(batch: SequenceBatch, batch_size: int, generator: torch.Generator):
     """Mini-batches of sequences of similar length (sorted by length after a random jitter, batches
     in random order), scaled to the full data; the sequential guide loop then runs ~the mean length,
@@ -586,58 +807,8 @@ def length_buckets(batch: SequenceBatch, batch_size: int, generator: torch.Gener
         yield batch[pieces[i]].with_population(n)
 
 
-def train_dmm(model: DeepMarkovModel, train: SequenceBatch, *, epochs: int, batch_size: int = 20,
-              learning_rate: float = 3e-3, final_learning_rate: float | None = None, warmup_epochs: float = 1.0,
-              annealing_epochs: int = 0, min_annealing: float = 0.2, clip_norm: float = 10.0, seed: int = 0,
-              bucket_by_length: bool = True, time_budget: float | None = None,
-              callback: Callable[[dict], None] | None = None) -> list[dict]:
-    """SHIM: Adam on :meth:`DeepMarkovModel.loss` with linear LR warm-up, global-norm clipping and KL
-    annealing; the learning rate decays exponentially to ``final_learning_rate`` over ``epochs`` (or
-    over ``time_budget`` seconds when given). Returns one record per epoch (``epoch``, ``seconds``,
-    ``elbo_per_step`` (unannealed, mean over the epoch's mini-batches), ``annealing_factor``, ``lr``).
-    Raises on a non-finite loss."""
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(parameters, lr=learning_rate)
-    steps_per_epoch = math.ceil(train.num_sequences / batch_size)
-    warmup_steps = max(1, int(warmup_epochs * steps_per_epoch))
-    decay = (final_learning_rate or learning_rate) / learning_rate
-    total_steps = train.num_steps
-    records, start, global_step = [], time.perf_counter(), 0
-    batches = length_buckets if bucket_by_length else iterate_minibatches
-    for epoch in range(epochs):
-        model.train()
-        objectives, factor = [], 1.0
-        progress = (time.perf_counter() - start) / time_budget if time_budget else epoch / epochs
-        base_lr = learning_rate * decay ** min(1.0, progress)
-        for step, minibatch in enumerate(batches(train, batch_size, generator)):
-            factor = annealing_factor(epoch, step, steps_per_epoch, annealing_epochs, min_annealing)
-            lr = base_lr * min(1.0, (global_step + 1) / warmup_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            out = model.loss(minibatch, annealing_factor=factor)
-            if not torch.isfinite(out.loss):
-                raise FloatingPointError(f"train_dmm: loss {out.loss.item()} at epoch {epoch + 1}, step {step + 1}")
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, clip_norm)
-            optimizer.step()
-            objectives.append(float(out.objective))
-            global_step += 1
-        record = {"epoch": epoch + 1, "seconds": time.perf_counter() - start,
-                  "elbo_per_step": sum(objectives) / len(objectives) / total_steps,
-                  "annealing_factor": factor, "lr": optimizer.param_groups[0]["lr"]}
-        records.append(record)
-        if callback is not None:
-            callback(record)
-        if time_budget is not None and record["seconds"] > time_budget:
-            break
-    return records
-
-
 # ----------------------------------------------------------------------------
-# Registry entry (INTERFACES §4). Guarded until zoo/registry.py lands.
+# Registry entry (INTERFACES §4).
 # ----------------------------------------------------------------------------
 def _add_arguments(group) -> None:
     group.add_argument("--z-dim", type=int, default=100, help="latent state width (default 100)")
@@ -669,10 +840,6 @@ _TRAINING_SETTINGS = {"annealing_epochs", "min_annealing", "particles"}  # read 
 
 def build_dmm(data, settings: dict[str, str]) -> DeepMarkovModel:
     """A :class:`DeepMarkovModel` for ``data`` (a ``zoo.data.SequenceData``) from spec settings."""
-    try:
-        from zoo.registry import UsageError
-    except ImportError:  # SHIM: remove at merge
-        UsageError = ValueError  # noqa: N806
     allowed = set(_INT_SETTINGS) | {"guide", "transition", "emission"} | _TRAINING_SETTINGS
     unknown = set(settings) - allowed
     if unknown:
@@ -695,8 +862,16 @@ def build_dmm(data, settings: dict[str, str]) -> DeepMarkovModel:
         options["num_symbols"] = data.num_symbols
     else:
         options["dim"] = data.dim
+    training: dict[str, Any] = {}
+    for key, convert in (("annealing_epochs", int), ("min_annealing", float), ("particles", int)):
+        if key in settings:
+            try:
+                training["num_particles" if key == "particles" else key] = convert(settings[key])
+            except ValueError:
+                raise UsageError(f"dmm: {key} must be a{'n int' if convert is int else ' number'}, "
+                                 f"got {settings[key]!r}") from None
     try:
-        return DeepMarkovModel(observation, **options)
+        return DeepMarkovModel(observation, **options).configure_fit(**training)
     except ValueError as error:
         raise UsageError(f"dmm: {error}") from None
 
@@ -711,22 +886,17 @@ def _label(settings: dict[str, str]) -> str:
 def _decode(model: DeepMarkovModel, batch: SequenceBatch) -> dict[str, Tensor]:
     """What ``seqzoo decode`` writes: the guide's means and scales along its mean path."""
     post = model.posterior(batch)
-    return {"loc": post.loc, "scale": post.scale, "mask": post.mask}
+    return {"loc": post.loc, "scale": post.scale}
 
 
-try:
-    from zoo.registry import Family, register
-
-    register(Family(
-        name="dmm",
-        help="deep Markov model (neural transition and emission, RNN guide)",
-        add_arguments=_add_arguments,
-        settings_from_args=_settings_from_args,
-        build=build_dmm,
-        label=_label,
-        model_classes=(DeepMarkovModel,),
-        data_kinds=("binary", "categorical", "real"),
-        decode=_decode,
-    ))
-except ImportError:  # SHIM: zoo.registry is not on this branch yet.
-    pass
+register(Family(
+    name="dmm",
+    help="deep Markov model (neural transition and emission, RNN guide)",
+    add_arguments=_add_arguments,
+    settings_from_args=_settings_from_args,
+    build=build_dmm,
+    label=_label,
+    model_classes=(DeepMarkovModel,),
+    data_kinds=("binary", "categorical", "real"),
+    decode=_decode,
+))

@@ -9,8 +9,10 @@ import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from inference.batch import SequenceBatch
+from inference.fit import fit
 from inference.kalman import log_marginal, rts_smoother
-from zoo.dmm import GUIDES, DeepMarkovModel, train_dmm
+from inference.trainer import KLAnnealing
+from zoo.dmm import GUIDES, DeepMarkovModel
 
 JSB = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "jsb_chorales.json"
 
@@ -271,10 +273,10 @@ def test_short_training_improves_the_bound_and_recovers_the_fixed_point():
                                         ).mean().item() / 20
 
     before = held_out_per_step()
-    records = train_dmm(model, train, epochs=60, batch_size=16, learning_rate=1e-2, final_learning_rate=2e-3,
-                        annealing_epochs=5)
+    result = fit(model, train, loss="model", max_epochs=60, batch_size=16, learning_rate=1e-2,
+                 final_learning_rate=2e-3, step_kwargs=KLAnnealing(start=0.2, epochs=5), progress=False)
     after = held_out_per_step()
-    assert after > before + 2.0, (before, after, records[-1])
+    assert after > before + 2.0, (before, after, result.history[-1])
     starts = model.posterior(held_out).loc[:, -1]  # the guide's states at the end of held-out sequences
     with torch.no_grad():
         fixed = model.transition_fixed_point(starts)
@@ -294,10 +296,11 @@ def test_learning_rate_3e_3_trains_20_epochs_on_jsb_without_nan():
     train = load_polyphonic(JSB, "train").batch[:40]
     torch.manual_seed(0)
     model = DeepMarkovModel("bernoulli", dim=88)
-    records = train_dmm(model, train, epochs=20, batch_size=20, learning_rate=3e-3, warmup_epochs=0.0)
-    assert all(math.isfinite(r["elbo_per_step"]) for r in records)
+    records = fit(model, train, loss="model", max_epochs=20, batch_size=20, learning_rate=3e-3, warmup_epochs=0,
+                  lr_schedule="constant", progress=False).history
+    assert all(math.isfinite(r["objective_per_step"]) for r in records)
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert records[-1]["elbo_per_step"] > records[0]["elbo_per_step"] + 20  # it learns, not just survives
+    assert records[-1]["objective_per_step"] > records[0]["objective_per_step"] + 20  # it learns, not just survives
 
 
 def test_trains_through_the_shared_fit_loop():
@@ -313,3 +316,217 @@ def test_trains_through_the_shared_fit_loop():
     scores = [r["valid_log_prob_per_step"] for r in result.history]
     assert all(math.isfinite(s) for s in scores)
     assert scores[-1] > scores[0] + 0.2, scores
+
+
+# -- the command line ------------------------------------------------------------------
+def _binary_npz(tmp_path):
+    from zoo.data import as_sequence_data, save_npz
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(6, 11, (20,), generator=g)
+    values = torch.bernoulli(torch.full((20, 10, 5), 0.3), generator=g)
+    path = tmp_path / "frames.npz"
+    save_npz(as_sequence_data(values, "binary", lengths=lengths), path)
+    return path
+
+
+def test_cli_fit_sample_decode(tmp_path, capsys):
+    """``seqzoo fit dmm`` trains through the trainer with the family's own options (loss="model", KL
+    annealing from its flags) and scores with the IWAE bound of ``--particles``; ``sample`` prints the
+    model's draws; ``decode`` writes the guide's means and scales."""
+    import json
+
+    from inference.rundir import RunDirectory
+    from inference.scoring import score
+    from zoo.cli import load_model, main
+    from zoo.data import load_data, split_data
+
+    data_path = _binary_npz(tmp_path)
+    run_path = tmp_path / "run"
+    assert main(["fit", "dmm", "--data", str(data_path), "--z-dim", "2", "--transition-dim", "4", "--emitter-dim", "4",
+                 "--rnn-dim", "4", "--epochs", "3", "--annealing-epochs", "2", "--min-annealing", "0.5",
+                 "--particles", "4", "--no-progress", "--out", str(run_path)]) == 0
+    summary = json.loads((run_path / "summary.json").read_text())
+    config = json.loads((run_path / "config.json").read_text())
+    assert summary["likelihood"] == "IWAE bound (M=4)"
+    assert config["fit"]["loss"] == "model" and config["fit"]["clip_norm"] == 10.0
+    assert config["fit"]["step_kwargs"].startswith("KLAnnealing(start=0.5, epochs=2")
+    assert config["fit"]["learning_rate"] == 3e-3 and config["fit"]["batch_size"] == 20
+    model = load_model(RunDirectory.open(run_path))
+    data = load_data(str(data_path))
+    test = split_data(data, (0.8, 0.1, 0.1), seed=0).test.batch
+    assert summary["test_log_likelihood"] == pytest.approx(score(model, test, num_particles=4).per_step, rel=1e-6)
+    capsys.readouterr()
+
+    assert main(["sample", str(run_path), "--length", "7", "--num-sequences", "2", "--seed", "3"]) == 0
+    blocks = capsys.readouterr().out.strip().split("\n\n")
+    printed = torch.tensor([[[float(v) for v in row.split(",")] for row in block.split("\n")] for block in blocks])
+    expected = model.sample(2, 7, generator=torch.Generator().manual_seed(3)).values
+    torch.testing.assert_close(printed, expected)
+
+    assert main(["decode", str(run_path), "--data", str(data_path)]) == 0
+    lines = (run_path / "decoded.csv").read_text().strip().split("\n")
+    assert lines[0] == "sequence,time,loc_0,loc_1,scale_0,scale_1"
+    assert len(lines) - 1 == int(data.batch.lengths.sum())
+    table = torch.tensor([[float(v) for v in line.split(",")] for line in lines[1:]], dtype=torch.float64)
+    posterior = model.posterior(data.batch)
+    mask = data.batch.mask
+    torch.testing.assert_close(table[:, 2:4], posterior.loc[mask].double(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(table[:, 4:6], posterior.scale[mask].double(), rtol=1e-5, atol=1e-5)
+    assert (table[:, 4:6] > 0).all()
+
+    # diagnose: a point posterior, with the guide's state paths in the export
+    assert main(["diagnose", str(run_path), "--guide-draws", "5", "--predictive-draws", "6"]) == 0
+    import arviz as az
+
+    idata = az.from_netcdf(run_path / "diagnostics" / "inference_data.nc")
+    assert idata.posterior_states["sampled_states"].dims == ("chain", "draw", "sequence", "time", "latent")
+    assert idata.posterior_states["sampled_states"].shape[:2] == (1, 6)
+    assert (run_path / "diagnostics" / "posterior_states.png").is_file()
+
+
+# -- ArviZ export ------------------------------------------------------------------------
+def test_to_inference_data_exports_guide_state_paths_and_per_sequence_bounds():
+    """Posterior state trajectories are guide draws with named dims (NaN on padding; at t = 0 their
+    mean and sd are q(z_1 | x)'s, which depends on no earlier draw); the log-likelihood group holds
+    each sequence's ELBO, whose mean over the export's draws matches the model's own estimate."""
+    from inference.arviz import to_inference_data
+
+    torch.manual_seed(0)
+    model = _small("bernoulli").double()
+    batch = _batch("bernoulli", lengths=(6, 3, 5, 6)).to(dtype=torch.float64)
+    idata = to_inference_data(model, batch, "point", num_predictive_draws=400, seed=0)
+    paths = idata.posterior_states["sampled_states"]
+    assert paths.dims == ("chain", "draw", "sequence", "time", "latent") and paths.shape == (1, 400, 4, 6, 3)
+    values = torch.as_tensor(paths.values[0])  # (S, N, T, Z)
+    assert torch.isnan(values[:, ~batch.mask]).all() and not torch.isnan(values[:, batch.mask]).any()
+    posterior = model.posterior(batch)
+    first = values[:, :, 0]  # (S, N, Z)
+    stderr = posterior.scale[:, 0] / math.sqrt(400)
+    assert ((first.mean(0) - posterior.loc[:, 0]).abs() < 4.5 * stderr).all()
+    torch.testing.assert_close(first.std(0), posterior.scale[:, 0], rtol=0.15, atol=0)
+    # later steps differ from the mean path (they depend on sampled z_{t-1}) but stay finite
+    assert torch.isfinite(values[:, batch.mask]).all()
+
+    bounds = idata.log_likelihood["obs"]
+    assert bounds.dims == ("chain", "draw", "sequence") and bounds.shape == (1, 1, 4)
+    assert idata.attrs["likelihood_kind"] == "ELBO"
+    with torch.no_grad():
+        draws = torch.stack([model.elbo_per_sequence(batch) for _ in range(300)])
+    exported = torch.as_tensor(bounds.values[0, 0])
+    assert ((exported - draws.mean(0)).abs() < 5 * draws.std(0) + 1e-9).all()
+
+
+@pytest.mark.parametrize("guide", GUIDES)
+def test_vectorised_loss_equals_pyro_elbos_in_float64(guide):
+    """In float64 the pure-torch loss is Pyro's ELBO to rounding: Trace_ELBO (MC estimator) and
+    TraceMeanField_ELBO (analytic KL), on a masked, mini-batch-scaled, annealed batch."""
+    torch.manual_seed(0)
+    model = _small("bernoulli", guide=guide).double()
+    batch = _batch("bernoulli", lengths=(6, 2, 5)).to(dtype=torch.float64).with_population(9)
+    for estimator, elbo in (("mc", Trace_ELBO()), ("analytic", TraceMeanField_ELBO())):
+        torch.manual_seed(3)
+        ours = model.loss(batch, annealing_factor=0.7, estimator=estimator).loss
+        torch.manual_seed(3)
+        reference = elbo.differentiable_loss(model.model, model.guide, batch, annealing_factor=0.7)
+        assert ours.dtype == torch.float64
+        assert ours.item() == pytest.approx(reference.item(), rel=1e-12, abs=1e-10)
+
+
+def test_fit_with_the_model_loss_passes_the_annealing_schedule():
+    """fit(loss="model", step_kwargs=KLAnnealing(...)) calls DeepMarkovModel.loss with the schedule's
+    factor for each epoch, and the logged objective is the unannealed ELBO (finite, rising)."""
+    torch.manual_seed(0)
+    probs = torch.tensor([0.9, 0.1, 0.8, 0.2])
+    train = SequenceBatch(torch.bernoulli(probs.expand(16, 8, 4)), torch.randint(3, 9, (16,)))
+    model = _small("bernoulli")
+    seen = []
+    original = model.loss
+
+    def spy(batch, annealing_factor=1.0, **kwargs):
+        seen.append(annealing_factor)
+        return original(batch, annealing_factor=annealing_factor, **kwargs)
+
+    model.loss = spy
+    schedule = KLAnnealing(start=0.25, epochs=3)
+    result = fit(model, train, loss="model", step_kwargs=schedule, max_epochs=6, batch_size=8,
+                 learning_rate=1e-2, progress=False)
+    # one lazy-initialisation call, then two mini-batches per epoch
+    assert seen[1:] == [schedule(epoch, 0)["annealing_factor"] for epoch in range(6) for _ in range(2)]
+    assert seen[1:3] == [0.25, 0.25] and seen[-1] == 1.0
+    objectives = [r["objective_per_step"] for r in result.history]
+    assert all(math.isfinite(o) for o in objectives) and objectives[-1] > objectives[0]
+
+
+# -- the fused guide loop ----------------------------------------------------------------
+def test_fused_guide_loop_gradcheck():
+    """The hand-written backward of the sequential guide draw against finite differences (float64)."""
+    from zoo.dmm import _StructuredGuideLoop
+
+    g = torch.Generator().manual_seed(0)
+    n, t, z, h = 3, 5, 2, 4
+    args = [torch.randn(n, t, 2 * z, generator=g, dtype=torch.float64, requires_grad=True),
+            torch.randn(n, t, z, generator=g, dtype=torch.float64),
+            torch.randn(z, generator=g, dtype=torch.float64, requires_grad=True),
+            torch.randn(h, z, generator=g, dtype=torch.float64, requires_grad=True),
+            torch.randn(h, generator=g, dtype=torch.float64, requires_grad=True),
+            torch.randn(2 * z, h, generator=g, dtype=torch.float64, requires_grad=True)]
+    full = [n] * t
+    assert torch.autograd.gradcheck(lambda *a: _StructuredGuideLoop.apply(*a, 0.01, full, torch.arange(n)), args)
+    # sequences of lengths 5, 3, 1 (sorted, longest first): padded steps are skipped, gradients still exact
+    assert torch.autograd.gradcheck(lambda *a: _StructuredGuideLoop.apply(*a, 0.01, [3, 2, 2, 1, 1], torch.arange(n)), args)
+
+
+class _UnfusedDMM(DeepMarkovModel):
+    """Overriding _guide_conditional sends the guide through the plain autograd loop."""
+
+    def _guide_conditional(self, z_prev, features):
+        return super()._guide_conditional(z_prev, features)
+
+
+@pytest.mark.parametrize("guide", ["st-r", "st-lr"])
+def test_fused_guide_loop_equals_the_autograd_loop(guide):
+    """Same seed: the same draws, loss and parameter gradients with and without the fused loop."""
+    sizes = dict(dim=4, z_dim=3, transition_dim=8, emitter_dim=8, rnn_dim=8, guide=guide)
+    torch.manual_seed(0)
+    fused = DeepMarkovModel("bernoulli", **sizes).double()
+    plain = _UnfusedDMM("bernoulli", **sizes).double()
+    plain.load_state_dict(fused.state_dict())
+    batch = _batch("bernoulli", lengths=(6, 2, 5)).to(dtype=torch.float64).with_population(8)
+    losses, grads = [], []
+    for model in (fused, plain):
+        torch.manual_seed(4)
+        loss = model.loss(batch, annealing_factor=0.4).loss
+        losses.append(loss)
+        grads.append(torch.autograd.grad(loss, list(model.parameters())))
+    assert losses[0].item() == pytest.approx(losses[1].item(), rel=1e-12)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_fused_rnn_equals_torch_rnn_and_gradcheck():
+    """_TanhRNN is nn.RNN(tanh): same outputs and gradients (inputs, h_0, weights), and its backward
+    passes gradcheck in float64."""
+    from zoo.dmm import _TanhRNN, _run_rnn
+
+    torch.manual_seed(0)
+    rnn = torch.nn.RNN(3, 5, nonlinearity="tanh", batch_first=True).double()
+    inputs = torch.randn(4, 6, 3, dtype=torch.float64, requires_grad=True)
+    h_0 = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(4, 6, 5, dtype=torch.float64)
+    ours = _run_rnn(rnn, inputs, h_0, torch.full((4,), 6))
+    reference, _ = rnn(inputs, h_0.unsqueeze(0))
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    wrt = [inputs, h_0, *rnn.parameters()]
+    for a, b in zip(torch.autograd.grad((ours * weights).sum(), wrt), torch.autograd.grad((reference * weights).sum(), wrt)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # variable lengths (unsorted): each sequence's real steps equal nn.RNN on that sequence alone; padding is 0
+    lengths = torch.tensor([3, 6, 1, 4])
+    ours = _run_rnn(rnn, inputs, h_0, lengths)
+    for i, length in enumerate(lengths.tolist()):
+        alone, _ = rnn(inputs[i:i + 1, :length], h_0[i:i + 1].unsqueeze(0))
+        torch.testing.assert_close(ours[i, :length], alone[0], rtol=1e-12, atol=1e-12)
+        assert (ours[i, length:] == 0).all()
+    args = [inputs, h_0, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0]
+    assert torch.autograd.gradcheck(lambda *a: _TanhRNN.apply(*a, [4] * 6), args)
+    assert torch.autograd.gradcheck(lambda *a: _TanhRNN.apply(*a, [4, 3, 3, 2, 1, 1]), args)
