@@ -41,11 +41,13 @@ import torch
 from torch import Tensor
 
 from inference.batch import SequenceBatch
+from zoo.data import SequenceData
 
 __all__ = [
     "DEFAULT_STOP_WORDS",
     "SOTU_PATH",
     "Corpus",
+    "CorpusData",
     "WordVocabulary",
     "batch_slices",
     "bag_of_words_batch",
@@ -251,6 +253,42 @@ class Corpus:
 
     def subset(self, index: Tensor) -> SequenceBatch:
         return self.batch[index]
+
+    def as_data(self) -> "CorpusData":
+        """The corpus as the command line's data (kind ``"corpus"``)."""
+        source = self.source if self.source != str(SOTU_PATH) else "builtin:sotu"
+        return CorpusData(batch=self.batch, kind="corpus", name=Path(self.source).name.split(".")[0],
+                          source=source, words=self.vocabulary, slice_labels=tuple(self.slice_labels))
+
+
+@dataclass(frozen=True)
+class CorpusData(SequenceData):
+    """Corpus data for the command line (``kind="corpus"``): the sparse batch (with the
+    covariate ``"slice"``), the word vocabulary and the label (start time) of every slice.
+    Selections and splits keep ``words`` and ``slice_labels`` (the model's ``S`` and ``V``),
+    so a training part built from them has every slice of the full corpus.
+
+    Attributes:
+        words: the :class:`WordVocabulary` (``V`` words).
+        slice_labels: ``S`` labels, the start time of each slice.
+    """
+
+    words: WordVocabulary | None = None
+    slice_labels: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.kind != "corpus" or self.words is None or not self.slice_labels:
+            raise ValueError("CorpusData: expected kind 'corpus', a WordVocabulary and the slice labels")
+        slices = batch_slices(self.batch)
+        if slices is None:
+            raise ValueError("CorpusData: the batch has no covariate 'slice'")
+        ids = self.batch.values[..., 0][self.batch.mask]
+        if ids.numel() and int(ids.max()) >= len(self.words):
+            raise ValueError(f"CorpusData: word ids reach {int(ids.max())}, past the {len(self.words)} words")
+        if slices.numel() and (int(slices.min()) < 0 or int(slices.max()) >= len(self.slice_labels)):
+            raise ValueError(f"CorpusData: slices must lie in [0, {len(self.slice_labels)}), got "
+                             f"[{int(slices.min())}, {int(slices.max())}]")
 
 
 def _open_text(path: Path):
