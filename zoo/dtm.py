@@ -71,6 +71,7 @@ from torch.distributions.kl import register_kl
 
 from inference.batch import SequenceBatch, sequence_plate
 from inference.contract import SequenceModel
+from inference.kalman import kalman_smoother_varying_noise
 
 from .corpus import WordVocabulary, bag_of_words_batch, batch_slices
 from .registry import Family, UsageError, register
@@ -642,46 +643,6 @@ class LaplacePosterior(NamedTuple):
     log_normalizer: Tensor
 
 
-def _kalman_filter_varying_noise(transition_matrix: Tensor, transition_cov: Tensor, initial_mean: Tensor,
-                                 initial_cov: Tensor, observations: Tensor, observation_covs: Tensor,
-                                 observed: Tensor):
-    """Kalman filter and RTS smoother for ``y_t = S_t + e_t``, ``e_t ~ N(0, R_t)`` (identity observation
-    matrix, time-varying ``R_t``); slices with ``observed[t]`` False get no update. (A pure kernel; it
-    belongs in ``inference/kalman.py``, which takes one observation covariance for all steps today.)
-
-    Shapes: ``(D, D)``, ``(D, D)``, ``(D,)``, ``(D, D)``, ``(T, D)``, ``(T, D, D)``, ``(T,)`` bool.
-    Returns filtered means/covs, smoothed means/covs and the log-normaliser.
-    """
-    A, Q = transition_matrix, transition_cov
-    T, D = observations.shape
-    eye = torch.eye(D, dtype=observations.dtype)
-    means, covs, pred_means, pred_covs = [], [], [], []
-    log_normalizer = observations.new_zeros(())
-    mean, cov = initial_mean, initial_cov
-    for t in range(T):
-        if t > 0:
-            mean, cov = A @ mean, A @ cov @ A.T + Q
-        pred_means.append(mean)
-        pred_covs.append(cov)
-        if bool(observed[t]):
-            innovation_cov = cov + observation_covs[t]
-            chol = torch.linalg.cholesky(0.5 * (innovation_cov + innovation_cov.T))
-            residual = observations[t] - mean
-            log_normalizer = log_normalizer + dist.MultivariateNormal(mean, scale_tril=chol).log_prob(observations[t])
-            gain = torch.cholesky_solve(cov, chol).T  # cov @ innovation_cov^{-1}
-            mean = mean + gain @ residual
-            cov = (eye - gain) @ cov
-            cov = 0.5 * (cov + cov.T)
-        means.append(mean)
-        covs.append(cov)
-    smoothed_means, smoothed_covs = [means[-1]], [covs[-1]]
-    for t in range(T - 2, -1, -1):
-        smoother_gain = covs[t] @ A.T @ torch.linalg.inv(pred_covs[t + 1])
-        smoothed_means.insert(0, means[t] + smoother_gain @ (smoothed_means[0] - pred_means[t + 1]))
-        smoothed_covs.insert(0, covs[t] + smoother_gain @ (smoothed_covs[0] - pred_covs[t + 1]) @ smoother_gain.T)
-    return torch.stack(means), torch.stack(covs), torch.stack(smoothed_means), torch.stack(smoothed_covs), log_normalizer
-
-
 class DiscreteKalmanFilter(PyroModule):
     r"""Gaussian states per slice with softmax emissions of the slice's words.
 
@@ -773,7 +734,7 @@ class DiscreteKalmanFilter(PyroModule):
         points = counts.new_zeros(counts.shape[0], self.state_dim) if linearization_points is None else linearization_points
         for _ in range(max(1, num_iterations)):
             y, R, observed = self.gaussian_approximation(counts, points)
-            filtered_mean, filtered_cov, smoothed_mean, smoothed_cov, log_normalizer = _kalman_filter_varying_noise(
+            filtered_mean, filtered_cov, smoothed_mean, smoothed_cov, log_normalizer = kalman_smoother_varying_noise(
                 self.transition_matrix, self.transition_cov, counts.new_zeros(self.state_dim), self.initial_cov,
                 y, R, observed)
             moved = float((smoothed_mean - points).abs().max())
