@@ -4,7 +4,10 @@ closest pair of fitted topics, the largest mean prevalence and the fit time.
 
     PYTHONPATH=. python benchmarks/dtm_collapse.py 3
 """
-import sys, time, itertools, torch
+import sys
+import time
+
+import torch
 from scipy.optimize import linear_sum_assignment
 from inference.fit import fit
 from zoo.dtm import DynamicTopicModel
