@@ -16,7 +16,6 @@ prevalence over time, and a figure of three topics drifting.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import sys
@@ -28,9 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import inference  # noqa: F401  (module-local Pyro params)
-from inference.batch import iterate_minibatches
 from inference.fit import fit
-from zoo.corpus import SOTU_PATH, bag_of_words_batch, batch_slices, read_corpus, split_document_halves
+from zoo.corpus import SOTU_PATH, batch_slices, read_corpus, split_document_halves
 from zoo.dtm import DynamicTopicModel, StaticTopicModel, unigram_completion
 
 
@@ -64,31 +62,10 @@ def parse_args(argv=None):
 def train(model, train_batch, args) -> tuple[float, int]:
     """Fits ``model`` on its analytic-KL loss; returns (wall seconds, epochs run)."""
     start = time.perf_counter()
-    if "loss" in inspect.signature(fit).parameters:  # the core trainer (INTERFACES §3)
-        result = fit(model, train_batch, method="svi", loss="model", max_epochs=args.epochs, batch_size=args.batch_size,
-            learning_rate=args.learning_rate, seed=args.seed, progress=False,
-            time_budget=None if args.budget_minutes is None else 60 * args.budget_minutes)
-        return time.perf_counter() - start, len(result.history)
-    # SHIM until fit(loss="model") lands: the same Adam loop on model.loss.
-    torch.manual_seed(args.seed)
-    generator = torch.Generator().manual_seed(args.seed)
-    model.initialize_from_data(train_batch, generator)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
-    epoch = -1
-    for epoch in range(args.epochs):
-        total = 0.0
-        for minibatch in iterate_minibatches(train_batch, args.batch_size, generator):
-            optimizer.zero_grad()
-            loss = model.loss(minibatch)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1e4)
-            optimizer.step()
-            total += loss.item()
-        print(f"  {model.family} epoch {epoch + 1}: -ELBO per token {total / max(1, math.ceil(len(train_batch) / args.batch_size)) / train_tokens(train_batch):.4f}",
-              flush=True)
-        if args.budget_minutes is not None and time.perf_counter() - start > 60 * args.budget_minutes:
-            break
-    return time.perf_counter() - start, epoch + 1
+    result = fit(model, train_batch, method="svi", loss="model", max_epochs=args.epochs, batch_size=args.batch_size,
+                 learning_rate=args.learning_rate, seed=args.seed, progress=False,
+                 time_budget=None if args.budget_minutes is None else 60 * args.budget_minutes)
+    return time.perf_counter() - start, len(result.history)
 
 
 def train_tokens(batch) -> int:

@@ -48,7 +48,7 @@ DEFAULT_SPLIT = (0.8, 0.1, 0.1)
 
 # -- data ------------------------------------------------------------------
 def _add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("--data", required=required, help="a file (.txt, .csv, .csv.gz, .npz, .json) or builtin:letters|nile|sunspots")
+    parser.add_argument("--data", required=required, help="a file (.txt, .csv, .csv.gz, .npz, .json) or builtin:letters|nile|sunspots|sotu")
     parser.add_argument("--kind", choices=list(KINDS), help="how to read the data (default: from the file type; "
                                                             "binary = multi-hot frames, e.g. polyphonic music)")
     parser.add_argument("--first", type=int, metavar="N", help="keep only the first N time steps of each sequence")
@@ -57,8 +57,13 @@ def _add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) 
     parser.add_argument("--split-by", choices=list(SPLIT_METHODS), default="shuffle",
                         help="shuffle: whole sequences, shuffled (default; one sequence is cut in time); "
                              "time: hold out the last steps of every sequence")
-    parser.add_argument("--time-column", help="CSV: a column of dates/times to drop")
+    parser.add_argument("--time-column", help="CSV: a column of dates/times to drop (a corpus: each document's time)")
     parser.add_argument("--sequence-column", help="CSV: a column of sequence ids, to read many sequences from one file")
+    parser.add_argument("--text-column", help="corpus CSV: the column of each document's text (reads kind 'corpus')")
+    parser.add_argument("--slice", type=float, dest="slice_width", help="corpus: time slice width (default 10)")
+    parser.add_argument("--min-df", type=int, dest="min_document_frequency",
+                        help="corpus: keep words in at least this many documents (default 5)")
+    parser.add_argument("--max-vocab", type=int, dest="max_vocabulary_size", help="corpus: keep at most this many words")
 
 
 def _parse_split(text: str) -> tuple[float, float, float]:
@@ -104,7 +109,8 @@ def _load(args, vocabulary: Vocabulary | None = None) -> SequenceData:
     if vocabulary is not None and not str(args.data).startswith("builtin:"):
         # A built-in text has its own fixed symbols (checked against the run's below).
         options["vocabulary"] = vocabulary
-    for option in ("time_column", "sequence_column"):
+    for option in ("time_column", "sequence_column", "text_column", "slice_width", "min_document_frequency",
+                   "max_vocabulary_size"):
         if getattr(args, option, None):
             options[option] = getattr(args, option)
     data = load_data(args.data, **options)
@@ -430,8 +436,12 @@ def _block_stderr(per_step_scorer, batch, num_blocks: int = NUM_BLOCKS) -> float
 
 # -- subcommands -------------------------------------------------------------
 def _data_description(args, data: SequenceData, how: dict) -> dict:
-    return {"data": args.data, "kind": data.kind, "first": args.first, **how, "seed": args.seed,
-            "time_column": args.time_column, "sequence_column": args.sequence_column}
+    description = {"data": args.data, "kind": data.kind, "first": args.first, **how, "seed": args.seed,
+                   "time_column": args.time_column, "sequence_column": args.sequence_column}
+    if data.kind == "corpus":
+        description.update({option: getattr(args, option, None) for option in (
+            "text_column", "slice_width", "min_document_frequency", "max_vocabulary_size")})
+    return description
 
 
 def _method(args, model) -> str:

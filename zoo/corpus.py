@@ -15,10 +15,9 @@ matrix. Each document is a padded list of ``(word id, count)`` pairs::
     batch.lengths  (N,)      int64   number of distinct words of each document
     slices         (N,)      int64   time slice of each document
 
-The slice travels as the batch covariate ``"slice"`` (``batch.covariates``,
-INTERFACES §1). Until the core branch's ``SequenceBatch.covariates`` lands the
-reader returns a :class:`_CovariateBatch` (a shim subclass carrying the same
-field through indexing and mini-batching); :func:`batch_slices` reads either.
+The slice travels as the batch covariate ``"slice"`` (``batch.covariates``),
+which indexing, mini-batching and :meth:`SequenceBatch.to` keep aligned with
+the documents; :func:`batch_slices` reads it.
 
 Example:
     >>> corpus = read_corpus("speeches.csv.gz", time_column="year", text_column="text", slice_width=10)  # doctest: +SKIP
@@ -29,13 +28,12 @@ Example:
 from __future__ import annotations
 
 import csv
-import dataclasses
 import gzip
 import io
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -43,11 +41,13 @@ import torch
 from torch import Tensor
 
 from inference.batch import SequenceBatch
+from zoo.data import SequenceData
 
 __all__ = [
     "DEFAULT_STOP_WORDS",
     "SOTU_PATH",
     "Corpus",
+    "CorpusData",
     "WordVocabulary",
     "batch_slices",
     "bag_of_words_batch",
@@ -130,39 +130,13 @@ class WordVocabulary:
 # --------------------------------------------------------------------------
 # Batches (sparse bag of words)
 # --------------------------------------------------------------------------
-# SHIM (remove at merge, INTERFACES §1): SequenceBatch.covariates does not exist on main yet.
-_BATCH_HAS_COVARIATES = "covariates" in {f.name for f in dataclasses.fields(SequenceBatch)}
-
-
-@dataclass(frozen=True)
-class _CovariateBatch(SequenceBatch):
-    """SHIM until core's ``SequenceBatch.covariates`` lands: the same field,
-    kept aligned through ``__getitem__`` (hence through mini-batching)."""
-
-    covariates: Mapping[str, Tensor] = field(default_factory=dict)
-
-    def __getitem__(self, index) -> "_CovariateBatch":
-        base = SequenceBatch(self.values, self.lengths, self.population)[index]
-        if isinstance(index, int):
-            index = slice(index, index + 1)
-        covariates = {k: v[index] for k, v in self.covariates.items()}
-        return _CovariateBatch(base.values, base.lengths, self.population, covariates)
-
-    def to(self, device=None, dtype=None) -> "_CovariateBatch":
-        moved = SequenceBatch.to(self, device, dtype)
-        return replace(moved, covariates={k: v.to(device) for k, v in self.covariates.items()})
-
-
 def _make_batch(values: Tensor, lengths: Tensor, covariates: Mapping[str, Tensor]) -> SequenceBatch:
-    if _BATCH_HAS_COVARIATES:
-        return SequenceBatch(values, lengths, covariates=dict(covariates))
-    return _CovariateBatch(values, lengths, None, dict(covariates))
+    return SequenceBatch(values, lengths, covariates=dict(covariates))
 
 
 def batch_slices(batch: SequenceBatch) -> Tensor | None:
     """The ``(N,)`` time slice covariate of ``batch``, or None when it carries none."""
-    covariates = getattr(batch, "covariates", None) or {}
-    return covariates.get("slice")
+    return batch.covariates.get("slice")
 
 
 def bag_of_words_batch(documents: Sequence[Mapping[int, int] | Sequence[int]], slices: Sequence[int] | Tensor | None = None) -> SequenceBatch:
@@ -279,6 +253,42 @@ class Corpus:
 
     def subset(self, index: Tensor) -> SequenceBatch:
         return self.batch[index]
+
+    def as_data(self) -> "CorpusData":
+        """The corpus as the command line's data (kind ``"corpus"``)."""
+        source = self.source if self.source != str(SOTU_PATH) else "builtin:sotu"
+        return CorpusData(batch=self.batch, kind="corpus", name=Path(self.source).name.split(".")[0],
+                          source=source, words=self.vocabulary, slice_labels=tuple(self.slice_labels))
+
+
+@dataclass(frozen=True)
+class CorpusData(SequenceData):
+    """Corpus data for the command line (``kind="corpus"``): the sparse batch (with the
+    covariate ``"slice"``), the word vocabulary and the label (start time) of every slice.
+    Selections and splits keep ``words`` and ``slice_labels`` (the model's ``S`` and ``V``),
+    so a training part built from them has every slice of the full corpus.
+
+    Attributes:
+        words: the :class:`WordVocabulary` (``V`` words).
+        slice_labels: ``S`` labels, the start time of each slice.
+    """
+
+    words: WordVocabulary | None = None
+    slice_labels: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.kind != "corpus" or self.words is None or not self.slice_labels:
+            raise ValueError("CorpusData: expected kind 'corpus', a WordVocabulary and the slice labels")
+        slices = batch_slices(self.batch)
+        if slices is None:
+            raise ValueError("CorpusData: the batch has no covariate 'slice'")
+        ids = self.batch.values[..., 0][self.batch.mask]
+        if ids.numel() and int(ids.max()) >= len(self.words):
+            raise ValueError(f"CorpusData: word ids reach {int(ids.max())}, past the {len(self.words)} words")
+        if slices.numel() and (int(slices.min()) < 0 or int(slices.max()) >= len(self.slice_labels)):
+            raise ValueError(f"CorpusData: slices must lie in [0, {len(self.slice_labels)}), got "
+                             f"[{int(slices.min())}, {int(slices.max())}]")
 
 
 def _open_text(path: Path):

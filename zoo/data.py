@@ -74,7 +74,7 @@ __all__ = [
 ]
 
 #: The kinds of data a :class:`SequenceData` can hold.
-KINDS: tuple[str, ...] = ("categorical", "real", "count", "binary")
+KINDS: tuple[str, ...] = ("categorical", "real", "count", "binary", "corpus")
 #: File name endings :func:`load_data` reads.
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (".txt", ".csv", ".csv.gz", ".npz", ".json")
 #: Cell texts the CSV reader takes as a missing value (compared lower-cased), besides the empty cell.
@@ -230,6 +230,13 @@ def _validate_values(values: Tensor, mask: Tensor, kind: str, vocabulary: Vocabu
         return
     if vocabulary is not None:
         raise ValueError(f"vocabulary: only kind 'categorical' has a vocabulary, got kind {kind!r}")
+    if kind == "corpus":  # bag-of-words documents (zoo.corpus): (word id, count) pairs
+        if values.dtype != torch.long or values.dim() != 3 or values.shape[-1] != 2:
+            raise ValueError(f"{name}: expected int64 (word id, count) pairs of shape (N, L, 2) for kind 'corpus', "
+                             f"got {_describe(values)}")
+        if (values[mask] < 0).any():
+            raise ValueError(f"{name}: expected nonnegative word ids and counts for kind 'corpus'")
+        return
     allowed_dtype = values.is_floating_point() or (kind == "count" and values.dtype == torch.long)
     if not allowed_dtype or values.dim() != 3:
         dtype_text = "floating or int64" if kind == "count" else "floating"
@@ -359,7 +366,8 @@ class SequenceData:
         picked = self.batch[index.to(self.batch.device)]
         names = [self.sequence_names[i] for i in index.tolist()] if self.sequence_names is not None else None
         # A selection is a data set of its own, not a mini-batch of the parent.
-        return replace(self, batch=SequenceBatch(picked.values, picked.lengths), sequence_names=names)
+        return replace(self, batch=SequenceBatch(picked.values, picked.lengths, covariates=picked.covariates),
+                       sequence_names=names)
 
     def head(self, num_steps: int) -> "SequenceData":
         """The first ``num_steps`` steps of every sequence (e.g. the first 20,000 characters of a text)."""
@@ -1088,6 +1096,20 @@ BUILTIN_DATASETS: dict[str, tuple[Callable[[str | None], SequenceData], str]] = 
 }
 
 
+def _sotu(kind: str | None, **corpus_options: Any) -> SequenceData:
+    """``builtin:sotu``, the State of the Union paragraphs 1790-2009 (kind 'corpus'; decades as
+    slices), read by :func:`load_data` only: it is a corpus, not one of :data:`BUILTIN_DATASETS`' sequences."""
+    if kind not in (None, "corpus"):
+        raise ValueError(f"kind: builtin:sotu is kind 'corpus', got {kind!r}")
+    from zoo.corpus import load_sotu  # zoo.corpus builds on this module
+
+    return load_sotu(**corpus_options).as_data()
+
+
+#: Options of the corpus reader (``zoo.corpus.read_corpus``) that load_data passes on.
+_CORPUS_OPTIONS = ("slice_width", "min_document_frequency", "max_vocabulary_size")
+
+
 def load_builtin(name: str, *, kind: str | None = None) -> SequenceData:
     """Loads a built-in data set by name (see :data:`BUILTIN_DATASETS`).
 
@@ -1217,6 +1239,10 @@ def load_data(
     time_column: str | None = None,
     columns: Sequence[str] | None = None,
     first_n: int | None = None,
+    text_column: str | None = None,
+    slice_width: float | None = None,
+    min_document_frequency: int | None = None,
+    max_vocabulary_size: int | None = None,
 ) -> SequenceData:
     """Reads a data file or a built-in data set.
 
@@ -1232,6 +1258,11 @@ def load_data(
         sequence_column, time_column, columns: CSV options, see :func:`read_csv`.
         first_n: keep only the first ``first_n`` steps of every sequence
             (e.g. the first 20,000 characters of a text).
+        text_column, slice_width, min_document_frequency, max_vocabulary_size:
+            corpus options (kind ``"corpus"``, see ``zoo.corpus.read_corpus``): a CSV
+            with ``text_column`` (or ``kind="corpus"``) is read as documents in time
+            slices of ``slice_width`` of ``time_column`` (default ``"year"``);
+            ``builtin:sotu`` takes the last three.
 
     Returns:
         The data.
@@ -1257,14 +1288,33 @@ def load_data(
         if given:
             raise ValueError(f"option(s) {', '.join(given)} do not apply to {what}")
 
+    corpus_options = {"slice_width": slice_width, "min_document_frequency": min_document_frequency,
+                      "max_vocabulary_size": max_vocabulary_size}
     spec_text = str(spec)
-    if spec_text.startswith(_BUILTIN_PREFIX):
-        reject({**text_options, **csv_options, "split": split}, f"built-in data set {spec_text!r}")
+    if spec_text == _BUILTIN_PREFIX + "sotu":
+        reject({**text_options, **csv_options, "text_column": text_column, "split": split}, f"built-in data set {spec_text!r}")
+        data = _sotu(kind, **{k: v for k, v in corpus_options.items() if v is not None})
+    elif spec_text.startswith(_BUILTIN_PREFIX):
+        reject({**text_options, **csv_options, **corpus_options, "text_column": text_column, "split": split},
+               f"built-in data set {spec_text!r}")
         data = load_builtin(spec_text, kind=kind)
+    elif kind == "corpus" or text_column is not None:
+        path = Path(spec)
+        _require_file(path)
+        if _extension(path) not in (".csv", ".csv.gz"):
+            raise ValueError(f"{path}: a corpus is read from a .csv or .csv.gz file, got {_extension(path)!r}")
+        if kind not in (None, "corpus"):
+            raise ValueError(f"kind: a CSV with a text column (--text-column) is read as kind 'corpus', got {kind!r}")
+        reject({**text_options, "sequence_column": sequence_column, "columns": columns, "split": split}, "a corpus CSV")
+        from zoo.corpus import read_corpus  # zoo.corpus builds on this module
+
+        data = read_corpus(path, time_column=time_column or "year", text_column=text_column or "text",
+                           **{k: v for k, v in corpus_options.items() if v is not None}).as_data()
     else:
         path = Path(spec)
         _require_file(path)
         extension = _extension(path)
+        reject({**corpus_options, "text_column": text_column}, "a file read without --text-column (not a corpus)")
         if extension == ".txt":
             reject(csv_options, "a text file")
             if kind not in (None, "categorical"):

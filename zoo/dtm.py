@@ -71,8 +71,10 @@ from torch.distributions.kl import register_kl
 
 from inference.batch import SequenceBatch, sequence_plate
 from inference.contract import SequenceModel
+from inference.kalman import kalman_smoother_varying_noise
 
 from .corpus import WordVocabulary, bag_of_words_batch, batch_slices
+from .registry import Family, UsageError, register
 
 __all__ = [
     "CompletionScore",
@@ -83,7 +85,10 @@ __all__ = [
     "RandomWalkNormal",
     "StaticTopicModel",
     "document_log_likelihood",
+    "drift_figure",
     "markov_normal_kl",
+    "prevalence_figure",
+    "top_words_text",
     "unigram_completion",
 ]
 
@@ -638,46 +643,6 @@ class LaplacePosterior(NamedTuple):
     log_normalizer: Tensor
 
 
-def _kalman_filter_varying_noise(transition_matrix: Tensor, transition_cov: Tensor, initial_mean: Tensor,
-                                 initial_cov: Tensor, observations: Tensor, observation_covs: Tensor,
-                                 observed: Tensor):
-    """Kalman filter and RTS smoother for ``y_t = S_t + e_t``, ``e_t ~ N(0, R_t)`` (identity observation
-    matrix, time-varying ``R_t``); slices with ``observed[t]`` False get no update. (A pure kernel; it
-    belongs in ``inference/kalman.py``, which takes one observation covariance for all steps today.)
-
-    Shapes: ``(D, D)``, ``(D, D)``, ``(D,)``, ``(D, D)``, ``(T, D)``, ``(T, D, D)``, ``(T,)`` bool.
-    Returns filtered means/covs, smoothed means/covs and the log-normaliser.
-    """
-    A, Q = transition_matrix, transition_cov
-    T, D = observations.shape
-    eye = torch.eye(D, dtype=observations.dtype)
-    means, covs, pred_means, pred_covs = [], [], [], []
-    log_normalizer = observations.new_zeros(())
-    mean, cov = initial_mean, initial_cov
-    for t in range(T):
-        if t > 0:
-            mean, cov = A @ mean, A @ cov @ A.T + Q
-        pred_means.append(mean)
-        pred_covs.append(cov)
-        if bool(observed[t]):
-            innovation_cov = cov + observation_covs[t]
-            chol = torch.linalg.cholesky(0.5 * (innovation_cov + innovation_cov.T))
-            residual = observations[t] - mean
-            log_normalizer = log_normalizer + dist.MultivariateNormal(mean, scale_tril=chol).log_prob(observations[t])
-            gain = torch.cholesky_solve(cov, chol).T  # cov @ innovation_cov^{-1}
-            mean = mean + gain @ residual
-            cov = (eye - gain) @ cov
-            cov = 0.5 * (cov + cov.T)
-        means.append(mean)
-        covs.append(cov)
-    smoothed_means, smoothed_covs = [means[-1]], [covs[-1]]
-    for t in range(T - 2, -1, -1):
-        smoother_gain = covs[t] @ A.T @ torch.linalg.inv(pred_covs[t + 1])
-        smoothed_means.insert(0, means[t] + smoother_gain @ (smoothed_means[0] - pred_means[t + 1]))
-        smoothed_covs.insert(0, covs[t] + smoother_gain @ (smoothed_covs[0] - pred_covs[t + 1]) @ smoother_gain.T)
-    return torch.stack(means), torch.stack(covs), torch.stack(smoothed_means), torch.stack(smoothed_covs), log_normalizer
-
-
 class DiscreteKalmanFilter(PyroModule):
     r"""Gaussian states per slice with softmax emissions of the slice's words.
 
@@ -769,7 +734,7 @@ class DiscreteKalmanFilter(PyroModule):
         points = counts.new_zeros(counts.shape[0], self.state_dim) if linearization_points is None else linearization_points
         for _ in range(max(1, num_iterations)):
             y, R, observed = self.gaussian_approximation(counts, points)
-            filtered_mean, filtered_cov, smoothed_mean, smoothed_cov, log_normalizer = _kalman_filter_varying_noise(
+            filtered_mean, filtered_cov, smoothed_mean, smoothed_cov, log_normalizer = kalman_smoother_varying_noise(
                 self.transition_matrix, self.transition_cov, counts.new_zeros(self.state_dim), self.initial_cov,
                 y, R, observed)
             moved = float((smoothed_mean - points).abs().max())
@@ -796,56 +761,181 @@ class DiscreteKalmanFilter(PyroModule):
 
 
 # --------------------------------------------------------------------------
-# Registry entries (INTERFACES §4). SHIM: zoo.registry may not exist before the cli branch merges.
+# Reports and figures (the command line's and the example's)
 # --------------------------------------------------------------------------
-try:  # pragma: no cover - exercised after the merge
-    from .registry import Family, UsageError, register  # type: ignore[attr-defined]
-except ImportError:
-    pass
-else:
-    def _add_topic_arguments(group) -> None:
-        group.add_argument("--topics", type=int, default=None, help="number of topics K (default 20)")
-        group.add_argument("--topic-drift", type=float, default=None, help="DTM: step scale of the topics' word logits")
+def top_words_text(model: DynamicTopicModel, vocabulary: WordVocabulary, slice_labels: list[str],
+                   num_words: int = 8, relevance: float = 1.0) -> str:
+    """The top ``num_words`` words of every topic at every slice, one line per slice
+    (ranked as :meth:`DynamicTopicModel.top_words` ranks them)."""
+    top = model.top_words(vocabulary, num_words, relevance=relevance)
+    lines = [f"# ranked by relevance lambda = {relevance:g} (1: probability; Sievert & Shirley 2014)"]
+    for k in range(model.num_topics):
+        lines.append(f"topic {k}")
+        lines += [f"  {label}: {' '.join(top[s][k])}" for s, label in enumerate(slice_labels)]
+    return "\n".join(lines) + "\n"
 
-    def _topic_settings(args) -> dict[str, str]:
-        settings = {}
-        if getattr(args, "topics", None) is not None:
-            settings["topics"] = str(args.topics)
-        if getattr(args, "topic_drift", None) is not None:
-            settings["topic_drift"] = str(args.topic_drift)
-        return settings
 
-    def _corpus_sizes(data) -> tuple[int, int]:
-        corpus = getattr(data, "corpus", data)
-        try:
-            return len(corpus.vocabulary), corpus.num_slices
-        except AttributeError:
-            raise UsageError("dtm/lda: expected corpus data (a CSV read by zoo.corpus.read_corpus, or builtin:sotu)") from None
+def _slice_positions(slice_labels: list[str]) -> tuple[list[float], bool]:
+    """Numeric x positions of the slices (their start times), or 0..S-1 when a label is not a number."""
+    try:
+        return [float(label) for label in slice_labels], True
+    except ValueError:
+        return [float(s) for s in range(len(slice_labels))], False
 
-    def _build_dtm(data, settings):
-        num_words, num_slices = _corpus_sizes(data)
-        try:
-            topics = int(settings.get("topics", 20))
-            drift = float(settings.get("topic_drift", 0.2))
-        except ValueError as error:
-            raise UsageError(f"dtm: {error}") from None
-        return DynamicTopicModel(num_words, topics, num_slices, topic_drift=drift)
 
-    def _build_lda(data, settings):
-        num_words, _ = _corpus_sizes(data)
-        try:
-            topics = int(settings.get("topics", 20))
-        except ValueError as error:
-            raise UsageError(f"lda: {error}") from None
-        return StaticTopicModel(num_words, topics)
+def prevalence_figure(model: DynamicTopicModel, vocabulary: WordVocabulary, slice_labels: list[str],
+                      prevalence: Tensor):
+    """A matplotlib figure of each topic's mean proportion ``prevalence`` ``(S, K)`` over the slices,
+    each topic labelled by its three most relevant words at the last slice."""
+    from matplotlib.figure import Figure
 
-    register(Family(
-        name="dtm", help="dynamic topic model (topics drift over time slices)",
-        add_arguments=_add_topic_arguments, settings_from_args=_topic_settings, build=_build_dtm,
-        label=lambda s: f"DTM (K={s.get('topics', 20)})", model_classes=(DynamicTopicModel,),
-        data_kinds=("corpus",)))
-    register(Family(
-        name="lda", help="static logistic-normal LDA (the DTM with one slice)",
-        add_arguments=_add_topic_arguments, settings_from_args=_topic_settings, build=_build_lda,
-        label=lambda s: f"LDA (K={s.get('topics', 20)})", model_classes=(StaticTopicModel,),
-        data_kinds=("corpus",)))
+    x, numeric = _slice_positions(slice_labels)
+    fig = Figure(figsize=(9, 5))
+    ax = fig.subplots()
+    words = model.top_words(vocabulary, 3, relevance=0.6)
+    for k in range(model.num_topics):
+        ax.plot(x, prevalence[:, k].numpy(), label=f"{k}: {' '.join(words[-1][k])}")
+    if not numeric:
+        ax.set_xticks(x, slice_labels)
+    ax.set_xlabel("slice (start)")
+    ax.set_ylabel("mean topic proportion")
+    ax.set_title("Topic prevalence over time")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def drift_figure(model: DynamicTopicModel, vocabulary: WordVocabulary, slice_labels: list[str],
+                 topics: tuple[int, ...] = (0, 1, 2), words_per_slice: int = 2):
+    """A matplotlib figure, one panel per topic in ``topics``: the probability over the slices of
+    every word that is among the topic's ``words_per_slice`` most relevant (lambda = 0.6) at some slice."""
+    from matplotlib.figure import Figure
+
+    x, numeric = _slice_positions(slice_labels)
+    probs = torch.softmax(model.topic_word_logits(), -1)  # (S, K, V)
+    relevant = model.top_words(vocabulary, words_per_slice, relevance=0.6)
+    topics = tuple(k for k in topics if k < model.num_topics)
+    fig = Figure(figsize=(5 * len(topics), 4))
+    axes = fig.subplots(1, len(topics), squeeze=False)[0]
+    for ax, k in zip(axes, topics):
+        chosen = sorted({vocabulary.encode([w])[0] for s in range(model.num_slices) for w in relevant[s][k]})
+        for v in chosen:
+            ax.plot(x, probs[:, k, v].numpy(), label=vocabulary.words[v])
+        if not numeric:
+            ax.set_xticks(x, slice_labels)
+        ax.set_title(f"topic {k}")
+        ax.set_xlabel("slice (start)")
+        ax.legend(fontsize=6)
+    axes[0].set_ylabel("word probability")
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------
+# Registry entries (INTERFACES §4): `seqzoo fit dtm|lda`, compare specs dtm:...|lda:...
+# --------------------------------------------------------------------------
+def _add_lda_arguments(group) -> None:
+    group.add_argument("--topics", type=int, default=20, help="number of topics K (default 20)")
+
+
+def _add_dtm_arguments(group) -> None:
+    _add_lda_arguments(group)
+    group.add_argument("--topic-drift", type=float, default=0.2, help="step scale of the topics' word logits (0.2)")
+
+
+def _topic_settings(args) -> dict[str, str]:
+    settings = {"topics": str(args.topics)}
+    if getattr(args, "topic_drift", None) is not None:
+        settings["topic_drift"] = str(args.topic_drift)
+    return settings
+
+
+def _corpus_sizes(data) -> tuple[int, int]:
+    """``(V, S)`` of corpus data (:class:`zoo.corpus.CorpusData`)."""
+    words, labels = getattr(data, "words", None), getattr(data, "slice_labels", None)
+    if words is None or labels is None:
+        raise UsageError("dtm/lda: expected corpus data (--data builtin:sotu, or a CSV with --text-column)")
+    return len(words), len(labels)
+
+
+def _topic_options(name: str, settings: dict[str, str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for key, convert in (("topics", int), ("topic_drift", float)):
+        if key in settings:
+            try:
+                options[key] = convert(settings[key])
+            except ValueError:
+                raise UsageError(f"{name}: {key} must be a number, got {settings[key]!r}") from None
+    return options
+
+
+def _build_dtm(data, settings: dict[str, str]) -> DynamicTopicModel:
+    num_words, num_slices = _corpus_sizes(data)
+    options = _topic_options("dtm", settings)
+    try:
+        return DynamicTopicModel(num_words, options.get("topics", 20), num_slices,
+                                 topic_drift=options.get("topic_drift", 0.2))
+    except ValueError as error:
+        raise UsageError(f"dtm: {error}") from None
+
+
+def _build_lda(data, settings: dict[str, str]) -> StaticTopicModel:
+    num_words, _ = _corpus_sizes(data)
+    try:
+        return StaticTopicModel(num_words, _topic_options("lda", settings).get("topics", 20))
+    except ValueError as error:
+        raise UsageError(f"lda: {error}") from None
+
+
+def _corpus_outputs(run, model: DynamicTopicModel, splits, data) -> None:
+    """What `seqzoo fit dtm|lda` writes beside the scores: top words per topic per slice,
+    topic prevalence over time (CSV and figure), three topics' drifting words, and the
+    held-out perplexity by document completion beside the unigram baseline."""
+    from .corpus import split_document_halves
+
+    vocabulary, labels = data.words, list(data.slice_labels)
+    train = splits.train.batch
+    # Static LDA has one set of topics for every slice.
+    topic_labels = labels if model.num_slices == len(labels) else ["all slices"]
+    run.write_text("top_words.txt", top_words_text(model, vocabulary, topic_labels))
+    run.write_text("top_words_relevance.txt", top_words_text(model, vocabulary, topic_labels, relevance=0.6))
+    # (S, K) mean proportions of each data slice's training documents (NaN for a slice without one)
+    slices = batch_slices(train)
+    sums = torch.zeros(len(labels), model.num_topics).index_add_(0, slices, model.document_proportions(train))
+    prevalence = sums / torch.bincount(slices, minlength=len(labels)).unsqueeze(-1)
+    rows = ["slice," + ",".join(f"topic{k}" for k in range(model.num_topics))]
+    rows += [f"{label}," + ",".join(f"{float(p):.6g}" for p in prevalence[s]) for s, label in enumerate(labels)]
+    run.write_text("topic_prevalence.csv", "\n".join(rows) + "\n")
+    run.save_figure("topic_prevalence.png", prevalence_figure(model, vocabulary, labels, prevalence))
+    if model.num_slices > 1:
+        run.save_figure("topic_drift.png", drift_figure(model, vocabulary, labels))
+    held = splits.test if splits.test is not None else splits.valid
+    if held is None:
+        return
+    tokens = (held.batch.values[..., 1] * held.batch.mask).sum(-1)
+    held_batch = held.batch[torch.nonzero(tokens >= 2).squeeze(-1)]
+    if held_batch.num_sequences == 0:
+        return
+    observed, held_half = split_document_halves(held_batch, torch.Generator().manual_seed(0))
+    completion = model.complete_documents(observed, held_half)
+    unigram = unigram_completion(train, held_half, model.num_words)
+    run.write_json("completion.json", {
+        "protocol": "document completion: each held-out document's tokens split at random into halves; "
+                    "eta is the MAP given the first half under the fitted prior N(alpha_t, a^2 I) with the "
+                    "posterior-mean topics; the second half is scored; unigram = training frequencies + 0.5",
+        "part": "test" if splits.test is not None else "valid",
+        "documents": held_batch.num_sequences, "scored_tokens": int(completion.num_tokens.sum()),
+        "perplexity": {type(model).family: completion.perplexity, "unigram": unigram.perplexity},
+    })
+
+
+register(Family(
+    name="dtm", help="dynamic topic model (topics drift over time slices)",
+    add_arguments=_add_dtm_arguments, settings_from_args=_topic_settings, build=_build_dtm,
+    label=lambda s: f"dtm-topics{s.get('topics', 20)}", model_classes=(DynamicTopicModel,),
+    data_kinds=("corpus",), plots=_corpus_outputs))
+register(Family(
+    name="lda", help="static logistic-normal LDA (the DTM with one slice)",
+    add_arguments=_add_lda_arguments, settings_from_args=_topic_settings, build=_build_lda,
+    label=lambda s: f"lda-topics{s.get('topics', 20)}", model_classes=(StaticTopicModel,),
+    data_kinds=("corpus",), plots=_corpus_outputs))

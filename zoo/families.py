@@ -10,3 +10,4 @@ import zoo.hmm  # noqa: F401  (imported for its registration)
 import zoo.lgssm  # noqa: F401
 import zoo.rnn  # noqa: F401
 import zoo.dmm  # noqa: F401
+import zoo.dtm  # noqa: F401  (dtm and lda)

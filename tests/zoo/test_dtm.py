@@ -274,6 +274,19 @@ def test_arviz_export_names_dims_and_scores_documents():
     assert torch.allclose(averaged.float(), expected, atol=0.3), (averaged, expected)
 
 
+def test_arviz_export_labels_words_and_documents():
+    from zoo.corpus import WordVocabulary
+
+    model = DynamicTopicModel(6, 2, 3, hidden_size=4)
+    batch = bag_of_words_batch(TOKENS, TOKEN_SLICES)
+    words = WordVocabulary(("army", "debt", "navy", "peace", "tax", "war"))
+    idata = model.to_inference_data(batch, vocabulary=words, num_draws=2)
+    assert list(idata.posterior["beta"].coords["word"].values) == list(words.words)
+    assert idata.posterior["alpha"].dims == ("chain", "draw", "slice", "topic")
+    assert idata.log_likelihood["documents"].dims == ("chain", "draw", "document")
+    assert bool((idata.log_likelihood["documents"] < 0).all())  # bounds on log-probabilities of words
+
+
 # -- the discrete Kalman filter ---------------------------------------------
 def test_discrete_kalman_filter_is_the_lgssm_filter_at_a_fixed_linearisation():
     """With one word per slice and the Gaussian approximation taken at one fixed point (the prior
