@@ -268,9 +268,10 @@ def conditional_blocks(log_prob: Callable[[SequenceBatch], Tensor], history: Seq
     steps = torch.tensor([int(observed[a:b].sum()) for a, b in zip(bounds[:-1], bounds[1:])])
     full = SequenceBatch.from_sequences([torch.cat([history.values[0, :start], future.values[0, :length]], 0)])
     if per_step is not None:
-        terms = per_step(full)
+        with torch.no_grad():
+            terms = per_step(full)
         if terms is not None:
-            terms = terms[0, start:start + length].double().cpu()
+            terms = terms[0, start:start + length].detach().double().cpu()
             sums = torch.stack([terms[a:b].sum() for a, b in zip(bounds[:-1], bounds[1:])])
             return sums, steps
     prefix_log_probs = []
@@ -372,7 +373,8 @@ def baseline_held_out_scores(per_step: Callable[[SequenceBatch], Tensor], timeli
         for n in range(future.num_sequences):
             start, length = int(history.lengths[n]), int(future.lengths[n])
             whole = torch.cat([history.values[n, :start], future.values[n, :length]], 0)
-            terms = per_step(SequenceBatch.from_sequences([whole])).double()[start:start + length]
+            with torch.no_grad():
+                terms = per_step(SequenceBatch.from_sequences([whole])).detach().double()[start:start + length]
             totals.append(terms.sum())
             steps.append(length)
             bounds = block_boundaries(length)
