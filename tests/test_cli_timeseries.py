@@ -156,3 +156,21 @@ def test_bad_forecast_flags_are_refused(walk_csv, tmp_path, capsys):
     assert main(["compare", "--data", str(walk_csv), "--models", SPEC, "--out", str(tmp_path / "x"),
                  "--horizon", "0"]) == 2
     assert "--horizon" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("score_from", ["history", "start"])
+def test_fit_early_stops_on_the_score_it_reports(walk_csv, tmp_path, score_from):
+    """fit's validation curve scores the validation part as --score-from says: its last
+    record (at the final parameters) is the summary's conditional or unconditioned score."""
+    out = tmp_path / "run"
+    assert main(["fit", "lgssm", "--data", str(walk_csv), "--state-dim", "1", "--transition", "identity",
+                 "--out", str(out), "--no-progress", "--max-iterations", "3", "--score-from", score_from]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    last = summary["history"][-1]["valid_log_prob_per_step"]
+    assert summary["stopped"] == "max_steps" and summary["score_from"] == score_from
+    if score_from == "history":
+        assert last == pytest.approx(summary["valid_log_likelihood_given_history"], rel=1e-9)
+        assert abs(last - summary["valid_log_likelihood"]) > 0.01
+    else:
+        assert last == pytest.approx(summary["valid_log_likelihood"], rel=1e-9)
+        assert "valid_log_likelihood_given_history" not in summary
