@@ -174,3 +174,23 @@ def test_fit_early_stops_on_the_score_it_reports(walk_csv, tmp_path, score_from)
     else:
         assert last == pytest.approx(summary["valid_log_likelihood"], rel=1e-9)
         assert "valid_log_likelihood_given_history" not in summary
+
+
+def test_score_command_rescores_a_run_given_history_or_from_start(walk_csv, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["fit", "lgssm", "--data", str(walk_csv), "--state-dim", "1", "--transition", "identity",
+                 "--out", str(out), "--no-progress", "--max-iterations", "3"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    capsys.readouterr()
+    assert main(["score", str(out)]) == 0
+    scored = json.loads((out / "score.json").read_text())
+    assert "test" in capsys.readouterr().out and scored["score_from"] == "history"
+    for part in ("valid", "test"):
+        assert scored[part]["given_history"]
+        assert scored[part]["log_likelihood"] == pytest.approx(summary[f"{part}_log_likelihood_given_history"], rel=1e-9)
+        assert scored[part]["stderr"] == pytest.approx(summary[f"{part}_stderr_given_history"], rel=1e-9)
+    assert main(["score", str(out), "--score-from", "start"]) == 0
+    scored = json.loads((out / "score.json").read_text())
+    for part in ("train", "valid", "test"):
+        assert scored[part]["log_likelihood"] == pytest.approx(summary[f"{part}_log_likelihood"], rel=1e-9)
+    assert "--score-from start" in scored["note"]

@@ -4,6 +4,7 @@ Subcommands::
 
     seqzoo fit FAMILY --data DATA [the family's flags] [--method em|svi] --out DIR
     seqzoo decode DIR --data DATA
+    seqzoo score DIR [--score-from history|start]
     seqzoo sample DIR --length N [--prime "ROMEO:" --temperature 0.8]
     seqzoo compare --data DATA --models FAMILY:key=value,... FAMILY:key=value,... --out DIR
     seqzoo diagnose DIR [--data DATA] [--nuts --chains 4 --draws 500 --warmup 500]
@@ -965,6 +966,8 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose_parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     diagnose_parser.add_argument("--force", action="store_true", help="replace RUN/diagnostics if it exists")
     diagnose_parser.set_defaults(handler=cmd_diagnose)
+
+    compare_timeseries.add_score_command(sub, _add_data_arguments)
 
     sample_parser = sub.add_parser("sample", help="synthesise sequences from a fitted model")
     sample_parser.add_argument("run", help="run directory of a fitted model")
