@@ -283,6 +283,26 @@ def _forecast_rnn(model: RecurrentModel, history: SequenceBatch, steps: int, num
 # ---------------------------------------------------------------------------
 # Evaluation from many origins
 # ---------------------------------------------------------------------------
+#: History steps per forecast call of :func:`evaluate_forecasts`.
+_HISTORY_STEPS_PER_CALL = 1_000_000
+
+
+def _concatenate(predictions: Sequence[ForecastDistribution]) -> ForecastDistribution:
+    """Forecasts of consecutive groups of sequences as one (sequences concatenated)."""
+    if len(predictions) == 1:
+        return predictions[0]
+    first = predictions[0]
+    if first.kind == "samples":
+        return ForecastDistribution("samples", samples=torch.cat([p.samples for p in predictions], 1),
+                                    source=first.source)
+    if first.kind == "categorical":
+        return ForecastDistribution("categorical", probs=torch.cat([p.probs for p in predictions], 0),
+                                    source=first.source)
+    return ForecastDistribution("mixture", weights=torch.cat([p.weights for p in predictions], 0),
+                                means=torch.cat([p.means for p in predictions], 0),
+                                scales=torch.cat([p.scales for p in predictions], 0), source=first.source)
+
+
 class ForecastEvaluation(NamedTuple):
     """h-step-ahead forecast scores on held-out steps, one entry per lead ``h = 1..H``.
 
@@ -378,7 +398,11 @@ def evaluate_forecasts(model: SequenceModel, series, *, test_start: int, steps: 
             chosen = torch.linspace(0, len(origins) - 1, max_origins).round().long().unique().tolist()
             origins = [origins[i] for i in chosen]
     histories, targets, held_out = forecast_targets(series, origins, steps, test_start)
-    prediction = forecast(model, histories, steps, num_samples=num_samples, generator=generator)
+    # Origins in groups of at most _HISTORY_STEPS_PER_CALL history steps: a family's filter
+    # holds (origins, T, K) at once.
+    group = max(1, _HISTORY_STEPS_PER_CALL // max(int(histories.lengths.max()), 1))
+    prediction = _concatenate([forecast(model, histories[first:first + group], steps, num_samples=num_samples,
+                                        generator=generator) for first in range(0, len(origins), group)])
     leads = torch.arange(1, steps + 1)
     if prediction.kind == "categorical":
         losses = -prediction.log_prob(targets)

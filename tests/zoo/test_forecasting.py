@@ -143,3 +143,19 @@ def test_rnn_continuations_branch_after_one_pass_and_match_sample(observation, c
         assert torch.allclose(fast, slow, atol=1e-10)
     else:
         assert torch.equal(fast, slow)
+
+
+def test_evaluate_forecasts_in_groups_of_origins_equals_one_call(monkeypatch):
+    """Grouping the origins (to bound a filter's memory) changes no score."""
+    import zoo.forecasting as forecasting
+
+    torch.manual_seed(1)
+    model = GaussianHMM(2, 1).double()
+    series = SequenceBatch.from_tensor(torch.cat([torch.randn(1, 30, 1), 3 + torch.randn(1, 30, 1)], 1).double())
+    whole = evaluate_forecasts(model, series, test_start=45, steps=3)
+    monkeypatch.setattr(forecasting, "_HISTORY_STEPS_PER_CALL", 100)  # groups of 1-2 origins
+    grouped = evaluate_forecasts(model, series, test_start=45, steps=3)
+    for name in ("rmse", "crps", "log_loss", "num_targets"):
+        assert torch.allclose(getattr(whole, name).double(), getattr(grouped, name).double(), atol=1e-12), name
+    for level in (0.5, 0.9):
+        assert torch.equal(whole.coverage[level], grouped.coverage[level])
