@@ -194,3 +194,21 @@ def test_score_command_rescores_a_run_given_history_or_from_start(walk_csv, tmp_
     for part in ("train", "valid", "test"):
         assert scored[part]["log_likelihood"] == pytest.approx(summary[f"{part}_log_likelihood"], rel=1e-9)
     assert "--score-from start" in scored["note"]
+
+
+def test_lfo_refits_at_every_kth_origin(walk_csv, tmp_path):
+    """24 test steps, at most 8 origins (every 3rd step), a refit every 5th origin: the first
+    fit at origin 0 and one refit; the refit models differ from the compare model, so the
+    elpd differs from the no-refit one."""
+    out = tmp_path / "cmp"
+    assert main(["compare", "--data", str(walk_csv), "--models", SPEC, "--out", str(out), "--max-iterations", "30",
+                 "--no-progress", "--split", "0.7,0.1,0.2", "--forecast-origins", "0", "--lfo", "--lfo-origins", "8",
+                 "--lfo-refit-every", "5"]) == 0
+    row = json.loads((out / "comparison.json").read_text())["models"][0]
+    lfo = row["lfo"]
+    assert (lfo["num_origins"], lfo["origin_step"], lfo["num_refits"]) == (8, 3, 1)
+    model = load_model(RunDirectory.open(out / LABEL))
+    data, _ = _parts(walk_csv)
+    kept = rolling_origin(model, data.batch.to(dtype=torch.float64), first_origin=96, horizon=1, step=3)
+    assert kept.num_refits == 0 and abs(kept.elpd - lfo["elpd"]) > 1e-6
+    assert "| 8 | 1 |" in (out / "comparison.md").read_text()
