@@ -4,6 +4,7 @@ Subcommands::
 
     seqzoo fit FAMILY --data DATA [the family's flags] [--method em|svi] --out DIR
     seqzoo decode DIR --data DATA
+    seqzoo score DIR [--score-from history|start]
     seqzoo sample DIR --length N [--prime "ROMEO:" --temperature 0.8]
     seqzoo compare --data DATA --models FAMILY:key=value,... FAMILY:key=value,... --out DIR
     seqzoo diagnose DIR [--data DATA] [--nuts --chains 4 --draws 500 --warmup 500]
@@ -36,7 +37,7 @@ from inference.memory import check_memory, generic_fit_memory
 from inference.rundir import RunDirectory, StagedRunDirectory, fingerprint_file, fingerprint_tensor, interrupted_message
 from inference.scoring import ratio_standard_error, score
 import zoo.families  # noqa: F401  (registers every family)
-from zoo import baselines, parallel, plots
+from zoo import baselines, compare_timeseries, parallel, plots
 from zoo.data import KINDS, SPLIT_METHODS, SequenceData, Splits, Vocabulary, load_data, load_splits, split_data
 from zoo.registry import REGISTRY, Decoding, Family, UsageError, family_of
 
@@ -352,6 +353,8 @@ def train_into(run: RunDirectory, model, family: Family, splits: Splits, data: S
     """Fits ``model`` (of ``family``) on the train split, scores every split, writes the run directory."""
     train, valid, test = splits.train, splits.valid, splits.test
     options = _fit_options(args, model, family)
+    # A series split in time: held-out parts (and early stopping) scored given their history.
+    timeline = compare_timeseries.timeline(data, splits, description) if getattr(args, "score_from", "history") == "history" else None
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     chunk_length = _training_setting(args, model, "chunk_length")
@@ -370,7 +373,8 @@ def train_into(run: RunDirectory, model, family: Family, splits: Splits, data: S
     has_valid = valid is not None and valid.batch.num_steps > 0
     result = (parallel.fit if parallel.current() else fit)(model, train_batch.to(device), valid=valid.batch.to(device) if has_valid else None,
                  checkpoint=run, resume=getattr(args, "resume", False),
-                 description=getattr(args, "progress_label", None) or label, **options)
+                 description=getattr(args, "progress_label", None) or label, **options,
+                 **compare_timeseries.validation_options(timeline, options["method"], has_valid))
     seconds = time.perf_counter() - started
     run.save_model(model)
     # A stochastic bound's particles for the final scores (an IWAE bound), where the family sets them.
@@ -393,6 +397,8 @@ def train_into(run: RunDirectory, model, family: Family, splits: Splits, data: S
             summary[f"{name}_steps"] = result_score.num_steps
             if result_score.stderr is None and part.batch.num_sequences == 1 and name != "train":
                 summary[f"{name}_stderr"] = _block_stderr(lambda b: _per_step_log_probs(family, model, b), part.batch.to(device))
+    summary.update(compare_timeseries.held_out_scores(model, family, timeline))
+    summary["score_from"] = "history" if timeline is not None else "start"
     if data.kind == "categorical":
         for name in ("train", "valid", "test"):
             if f"{name}_log_likelihood" in summary:
@@ -506,7 +512,7 @@ def cmd_fit(args) -> int:
         run = parallel.create_run(args.out, force=args.force, data_paths=_data_paths(args), manifest=True)
     args.interrupted_run = run  # for main's Ctrl-C line
     summary = train_into(run, model, family, splits, data, args, label, description)
-    _print_summary([summary])
+    _print_summary(compare_timeseries.display_rows([summary], args.score_from))
     print(f"run directory: {run.path}")
     return 0
 
@@ -519,8 +525,10 @@ def cmd_compare(args) -> int:
     if repeated:
         raise UsageError(f"--models: {', '.join(repeated)} given more than once; each model needs its own settings "
                          "(it is written to OUT/<its name>)")
+    compare_timeseries.check_arguments(args)
     data, splits, how = _data_and_splits(args)
     print(_describe_split(data, splits, how))
+    timeline = compare_timeseries.timeline(data, splits, how)
     # Every spec is checked, by fit's rules and for memory, before any model trains or any file is written,
     # so a bad setting in the last one costs no training time.
     settings_of = {}
@@ -532,9 +540,9 @@ def cmd_compare(args) -> int:
                           what=f"compare {spec.label}")
     description = {**_data_description(args, data, how), "data_fingerprint": _data_fingerprint(args, data)}
     root = parallel.create_run(args.out, force=args.force, data_paths=_data_paths(args), manifest=True)
-    rows, curves, samples, temperatures, exports = [], {}, {}, {}, {}
+    rows, curves, samples, temperatures, exports, fans = [], {}, {}, {}, {}, {}
     if data.kind == "categorical":
-        rows.extend(_baseline_rows(splits, data))
+        rows.extend(_baseline_rows(splits, data, timeline if args.score_from == "history" else None))
     started = time.perf_counter()
     for index, spec in enumerate(specs):
         label = spec.label
@@ -551,14 +559,23 @@ def cmd_compare(args) -> int:
         summary = train_into(run, model, family, splits, data, model_args, label, description)
         curves[label] = summary["history"]
         rows.append({k: v for k, v in summary.items() if k != "history"})
+        rows[-1].update(compare_timeseries.forecast_columns(model, timeline, args, data.kind))
+        rows[-1].update(compare_timeseries.lfo_columns(model, family, timeline, args,
+                                                       refit=_refitter(family, model_settings, model_args, splits)))
+        fans[label] = compare_timeseries.fan_forecast(model, timeline, args)
         temperatures[label] = SAMPLE_TEMPERATURE if _sampler_takes(model, "temperature") else 1.0
         samples[label] = _sample_text(model, data, length=200, seed=args.seed, temperature=temperatures[label])
         exports[label] = _guide_export(model, splits.train.batch)
     print(f"compared {len(specs)} model(s) in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     comparison = {"data": args.data, **how, "split_description": _describe_split(data, splits, how), "unit": "nats per time step",
                   "stderr": "over held-out sequences, or over 20 contiguous blocks of a single held-out sequence",
-                  "sample_temperature": temperatures, "models": rows, "samples": samples}
-    markdown = _comparison_markdown(comparison, data)
+                  "sample_temperature": temperatures, "models": rows, "samples": samples,
+                  "score_from": args.score_from if timeline is not None else "start",
+                  "score_note": compare_timeseries.score_from_note(args.score_from, timeline, rows)}
+    markdown = _comparison_markdown({**comparison, "models": compare_timeseries.display_rows(rows, args.score_from)}, data)
+    markdown += compare_timeseries.forecast_markdown(rows)
+    if compare_timeseries.write_forecast_fan(root, fans, timeline, args.data):
+        markdown += "\nForecast fans of every model from the start of the held-out part: forecast_fan.png\n"
     if exports and all(idata is not None for idata in exports.values()) and len(exports) > 1:
         from inference.arviz import compare
 
@@ -573,7 +590,8 @@ def cmd_compare(args) -> int:
     if any(record.get("valid_log_prob_per_step") is not None for history in curves.values() for record in history):
         # Without a validation part (--split 1,0,0) there is no curve to draw.
         root.save_figure("learning_curves.png", plots.learning_curves(curves, title=f"{args.data}: validation log-likelihood"))
-    _print_summary(rows)
+    _print_summary(compare_timeseries.display_rows(rows, args.score_from))
+    print(comparison["score_note"])
     print(f"comparison: {root.file('comparison.md')}")
     return 0
 
@@ -621,7 +639,16 @@ def _time_left(budget_minutes: float | None, models_left: int, started: float) -
     return note + ")"
 
 
-def _baseline_rows(splits, data: SequenceData) -> list[dict]:
+def _refitter(family: Family, settings: dict[str, str], model_args, splits: Splits):
+    """``history -> a model of the spec fit on it`` (leave-future-out refits)."""
+    def refit(history):
+        model = build_model(family, splits.train, settings)
+        fit(model, history, **{**_fit_options(model_args, model, family), "progress": False, "time_budget": None})
+        return model.eval()
+    return refit
+
+
+def _baseline_rows(splits, data: SequenceData, timeline=None) -> list[dict]:
     v = data.num_symbols
     unigram = baselines.unigram_log_probs(splits.train.batch, v)
     initial, transition = baselines.bigram_log_probs(splits.train.batch, v)
@@ -641,6 +668,8 @@ def _baseline_rows(splits, data: SequenceData) -> list[dict]:
                 if row[f"{part_name}_stderr"] is None and part_name != "train":
                     row[f"{part_name}_stderr"] = _block_stderr(
                         lambda b, name=name: _baseline_per_step(name, unigram, initial, transition, b), part.batch)
+        row.update(compare_timeseries.baseline_held_out_scores(
+            lambda b, name=name: _baseline_per_step(name, unigram, initial, transition, b), timeline))
         rows.append(row)
     return rows
 
@@ -679,12 +708,15 @@ def _likelihood_note(rows: Sequence[dict]) -> str:
 
 def _comparison_markdown(comparison: dict, data: SequenceData) -> str:
     symbols = data.kind == "categorical"
-    header = "| model | likelihood | parameters | seconds | train | valid | test |" + (" test bits/symbol |" if symbols else "")
+    held = f" ({compare_timeseries.LABEL_GIVEN_HISTORY})" if comparison.get("score_from") == "history" else ""
+    header = (f"| model | likelihood | parameters | seconds | train | valid{held} | test{held} |"
+              + (" test bits/symbol |" if symbols else ""))
     lines = [f"# Comparison on {comparison['data']}", ""]
     if comparison.get("split_description"):
         lines += [comparison["split_description"][0].upper() + comparison["split_description"][1:] + ".", ""]
     lines += ["Held-out log-likelihood in nats per time step (higher is better), ± one standard error over held-out "
               "sequences, or over 20 contiguous blocks of a single held-out sequence. "
+              + (comparison["score_note"] + " " if comparison.get("score_note") else "")
               + _likelihood_note(comparison["models"]) + " Bits per symbol = -nats / ln 2.", "",
               header, "|" + "---|" * (header.count("|") - 1)]
     for row in comparison["models"]:
@@ -935,6 +967,7 @@ def build_parser() -> argparse.ArgumentParser:
         family_parser.add_argument("--out", required=True, help="run directory to create")
         family_parser.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
         family_parser.add_argument("--time-budget", type=float, metavar="MINUTES")
+        compare_timeseries.add_arguments(family_parser, compare=False)
         _add_training_arguments(family_parser)
         family_parser.set_defaults(handler=cmd_fit)
 
@@ -945,6 +978,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "settings lr, batch_size, chunk_length, epochs, method may be given per model")
     compare_parser.add_argument("--out", required=True)
     compare_parser.add_argument("--budget-minutes", type=float, help="training time budget per model")
+    compare_timeseries.add_arguments(compare_parser, compare=True)
     _add_training_arguments(compare_parser)
     compare_parser.set_defaults(handler=cmd_compare, method=None)
 
@@ -969,6 +1003,8 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose_parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     diagnose_parser.add_argument("--force", action="store_true", help="replace RUN/diagnostics if it exists")
     diagnose_parser.set_defaults(handler=cmd_diagnose)
+
+    compare_timeseries.add_score_command(sub, _add_data_arguments)
 
     sample_parser = sub.add_parser("sample", help="synthesise sequences from a fitted model")
     sample_parser.add_argument("run", help="run directory of a fitted model")

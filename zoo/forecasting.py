@@ -237,12 +237,39 @@ def _forecast_poisson_hmm(model: PoissonHMM, history: SequenceBatch, steps: int,
                                 source=f"monte carlo (S={num_samples})")
 
 
+def _rnn_continuations(model: RecurrentModel, sequence: Tensor, steps: int, num_samples: int, generator) -> Tensor:
+    """``(S, H[, D])`` sample continuations of one history: the draws of
+    ``model.sample(S, H, generator, prime=sequence)``, but the recurrent state runs
+    through the history once and then branches into the ``S`` paths (``sample`` runs
+    the prime ``S`` times, which costs ``S x`` history length per origin)."""
+    if model.context_dim:
+        return model.sample(num_samples, steps, generator, prime=sequence if len(sequence) else None).values
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            state = model._initial_state(1, None)
+            if len(sequence):
+                prime = model._check_prime(sequence, 1)
+                _, state = model.rnn(model._step_inputs(prime, None), state)
+            expand = lambda tensor: tensor.expand(-1, num_samples, -1).contiguous()  # noqa: E731
+            state = tuple(expand(part) for part in state) if isinstance(state, tuple) else expand(state)
+            draws = []
+            for t in range(steps):  # as RecurrentModel.sample draws them, at temperature 1
+                current = model._draw(model._head(model._top(state)), 1.0, generator)
+                draws.append(current)
+                if t + 1 < steps:
+                    _, state = model.rnn(model._step_inputs(current.unsqueeze(1), None), state)
+    finally:
+        model.train(was_training)
+    return torch.stack(draws, 1)
+
+
 @register_forecaster(RecurrentModel)
 def _forecast_rnn(model: RecurrentModel, history: SequenceBatch, steps: int, num_samples, generator):
     paths = []
     for sequence in history.sequences():  # each history primes its own continuations
-        prime = sequence if len(sequence) else None
-        paths.append(model.sample(num_samples, steps, generator, prime=prime).values)  # (S, H[, D])
+        paths.append(_rnn_continuations(model, sequence, steps, num_samples, generator))  # (S, H[, D])
     paths = torch.stack(paths, 1)  # (S, N, H[, D])
     source = f"monte carlo (S={num_samples})"
     if model.observation == "categorical":
@@ -256,6 +283,26 @@ def _forecast_rnn(model: RecurrentModel, history: SequenceBatch, steps: int, num
 # ---------------------------------------------------------------------------
 # Evaluation from many origins
 # ---------------------------------------------------------------------------
+#: History steps per forecast call of :func:`evaluate_forecasts`.
+_HISTORY_STEPS_PER_CALL = 1_000_000
+
+
+def _concatenate(predictions: Sequence[ForecastDistribution]) -> ForecastDistribution:
+    """Forecasts of consecutive groups of sequences as one (sequences concatenated)."""
+    if len(predictions) == 1:
+        return predictions[0]
+    first = predictions[0]
+    if first.kind == "samples":
+        return ForecastDistribution("samples", samples=torch.cat([p.samples for p in predictions], 1),
+                                    source=first.source)
+    if first.kind == "categorical":
+        return ForecastDistribution("categorical", probs=torch.cat([p.probs for p in predictions], 0),
+                                    source=first.source)
+    return ForecastDistribution("mixture", weights=torch.cat([p.weights for p in predictions], 0),
+                                means=torch.cat([p.means for p in predictions], 0),
+                                scales=torch.cat([p.scales for p in predictions], 0), source=first.source)
+
+
 class ForecastEvaluation(NamedTuple):
     """h-step-ahead forecast scores on held-out steps, one entry per lead ``h = 1..H``.
 
@@ -351,7 +398,11 @@ def evaluate_forecasts(model: SequenceModel, series, *, test_start: int, steps: 
             chosen = torch.linspace(0, len(origins) - 1, max_origins).round().long().unique().tolist()
             origins = [origins[i] for i in chosen]
     histories, targets, held_out = forecast_targets(series, origins, steps, test_start)
-    prediction = forecast(model, histories, steps, num_samples=num_samples, generator=generator)
+    # Origins in groups of at most _HISTORY_STEPS_PER_CALL history steps: a family's filter
+    # holds (origins, T, K) at once.
+    group = max(1, _HISTORY_STEPS_PER_CALL // max(int(histories.lengths.max()), 1))
+    prediction = _concatenate([forecast(model, histories[first:first + group], steps, num_samples=num_samples,
+                                        generator=generator) for first in range(0, len(origins), group)])
     leads = torch.arange(1, steps + 1)
     if prediction.kind == "categorical":
         losses = -prediction.log_prob(targets)

@@ -123,3 +123,39 @@ def test_forecast_distribution_rejects_bad_input():
         symbols.mean()
     with pytest.raises(ValueError, match="steps"):
         forecast(two_regime_hmm(), torch.zeros(1, 3, 1, dtype=torch.float64), 0)
+
+
+@pytest.mark.parametrize("observation, cell", [("gaussian", "gru"), ("categorical", "lstm")])
+def test_rnn_continuations_branch_after_one_pass_and_match_sample(observation, cell):
+    """The forecast adapter runs the history once and branches: the same draws as
+    ``sample(prime=history)`` under the same generator."""
+    from zoo.forecasting import _rnn_continuations
+    from zoo.rnn import RecurrentModel
+
+    torch.manual_seed(0)
+    kwargs = {"dim": 1} if observation == "gaussian" else {"num_symbols": 5}
+    model = RecurrentModel(observation, cell=cell, hidden_size=8, num_layers=2, **kwargs).double().eval()
+    history = torch.randn(12, 1, dtype=torch.float64) if observation == "gaussian" else torch.randint(0, 5, (12,))
+    fast = _rnn_continuations(model, history, 4, 30, torch.Generator().manual_seed(3))
+    slow = model.sample(30, 4, torch.Generator().manual_seed(3), prime=history).values
+    assert fast.shape == slow.shape
+    if observation == "gaussian":
+        assert torch.allclose(fast, slow, atol=1e-10)
+    else:
+        assert torch.equal(fast, slow)
+
+
+def test_evaluate_forecasts_in_groups_of_origins_equals_one_call(monkeypatch):
+    """Grouping the origins (to bound a filter's memory) changes no score."""
+    import zoo.forecasting as forecasting
+
+    torch.manual_seed(1)
+    model = GaussianHMM(2, 1).double()
+    series = SequenceBatch.from_tensor(torch.cat([torch.randn(1, 30, 1), 3 + torch.randn(1, 30, 1)], 1).double())
+    whole = evaluate_forecasts(model, series, test_start=45, steps=3)
+    monkeypatch.setattr(forecasting, "_HISTORY_STEPS_PER_CALL", 100)  # groups of 1-2 origins
+    grouped = evaluate_forecasts(model, series, test_start=45, steps=3)
+    for name in ("rmse", "crps", "log_loss", "num_targets"):
+        assert torch.allclose(getattr(whole, name).double(), getattr(grouped, name).double(), atol=1e-12), name
+    for level in (0.5, 0.9):
+        assert torch.equal(whole.coverage[level], grouped.coverage[level])
