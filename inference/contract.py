@@ -61,7 +61,10 @@ class SequenceModel(PyroModule):
     batch); ``likelihood_label()`` words its column; a family may define
     ``loss(batch, **step_kwargs)`` (a Tensor to minimise or a
     :class:`~inference.trainer.LossOutput`) for ``fit(..., loss="model")``, and
-    ``default_fit_options()`` for its SVI defaults.
+    ``default_fit_options()`` for its SVI defaults. A model whose only latent
+    sites are its parameters may define ``nuts_log_likelihood(batch)`` so that
+    NUTS runs on a direct potential instead of Pyro's trace (see
+    :mod:`inference.mcmc`; the linear-Gaussian model does).
 
     Parameters are module-local (``pyro.settings`` ``module_local_params``,
     switched on when :mod:`inference` is imported), so two models in one

@@ -603,8 +603,8 @@ def _cli_label(cell: str):
 
 
 def _one_step_log_probs(model: RecurrentModel, batch: SequenceBatch) -> Tensor:
-    """``(N, T)`` log p(x_t | x_<t), 0 on padding."""
-    return model.log_prob_steps(batch.values, batch.lengths)
+    """``(N, T)`` log p(x_t | x_<t, θ), 0 on padding (θ: the batch's ``"context"`` covariate, if any)."""
+    return model.log_prob_steps(batch.values, batch.lengths, model._batch_context(batch))
 
 
 for _cell, _help in (("rnn", "Elman recurrent network (deterministic state)"),

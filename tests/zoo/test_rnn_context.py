@@ -151,3 +151,16 @@ def test_first_half_cut_is_a_word_boundary_near_the_middle():
     assert example.first_half_cut("nospaces") == len("nospaces")
     codes = example.CharacterCodes(["ab c"])
     assert codes.decode(codes.encode("cab\u00e9")) == "cab" + example.UNKNOWN
+
+
+def test_registered_per_step_scorer_reads_the_context_covariate():
+    """The command line's per-step scorer (block standard errors, forecasts) conditions on θ:
+    its rows sum to log_prob_batch, and moving θ changes them."""
+    from zoo.registry import REGISTRY
+
+    conditioned, _ = _pair("gru", 1, seed=3)
+    batch = _batch(seed=4)
+    per_step = REGISTRY["gru"].per_step_log_probs(conditioned, batch)
+    assert torch.allclose(per_step.sum(-1), conditioned.log_prob_batch(batch), rtol=0, atol=1e-10)
+    moved = batch.with_covariates(context=batch.covariates["context"].roll(1, -1))
+    assert (REGISTRY["gru"].per_step_log_probs(conditioned, moved) - per_step).abs().max() > 1e-6
