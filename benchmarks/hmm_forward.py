@@ -22,14 +22,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _timing  # noqa: E402  (the benchmarks' shared helpers)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -40,13 +41,7 @@ PYRO_MEMORY_LIMIT_BYTES = 4e9
 
 
 def _median_seconds(function: Callable[[], object], repeat: int) -> float:
-    function()  # warm-up: numba loads/compiles, allocators settle
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return _timing.median_seconds(function, repeat)  # after one untimed warm-up call
 
 
 def _random_hmm(num_states: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
