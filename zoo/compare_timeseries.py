@@ -337,18 +337,22 @@ def conditional_score(model, history: SequenceBatch, future: SequenceBatch, *, s
                  kind=conditional_label(model), per_sequence=per_sequence)
 
 
+def _held_out_parts(timeline_: Timeline | None):
+    """``(part, history, future)`` for the valid and test parts the timeline has (none without one)."""
+    if timeline_ is None:
+        return
+    for part in ("valid", "test"):
+        if part in timeline_.parts:
+            yield (part, *timeline_.history_and_future(part))
+
+
 def held_out_scores(model, family, timeline_: Timeline | None, device=None) -> dict[str, Any]:
     """Summary fields of the held-out parts scored given their history:
     ``{part}_log_likelihood_given_history``, ``{part}_stderr_given_history`` and
     ``{part}_steps_given_history`` for ``valid`` and ``test``, and
     ``likelihood_given_history`` (what the score is); empty without a timeline."""
-    if timeline_ is None:
-        return {}
     fields: dict[str, Any] = {}
-    for part in ("valid", "test"):
-        if part not in timeline_.parts:
-            continue
-        history, future = timeline_.history_and_future(part)
+    for part, history, future in _held_out_parts(timeline_):
         if future.num_sequences == 0:
             continue
         result = conditional_score(model, history, future, per_step=getattr(family, "per_step_log_probs", None))
@@ -362,13 +366,8 @@ def held_out_scores(model, family, timeline_: Timeline | None, device=None) -> d
 def baseline_held_out_scores(per_step: Callable[[SequenceBatch], Tensor], timeline_: Timeline | None) -> dict[str, Any]:
     """:func:`held_out_scores` for a count-table baseline whose ``per_step(batch)`` gives
     ``(T,)`` exact per-step log-probabilities of a one-sequence batch."""
-    if timeline_ is None:
-        return {}
     fields: dict[str, Any] = {}
-    for part in ("valid", "test"):
-        if part not in timeline_.parts:
-            continue
-        history, future = timeline_.history_and_future(part)
+    for part, history, future in _held_out_parts(timeline_):
         totals, steps, block_sums, block_steps = [], [], [], []
         for n in range(future.num_sequences):
             start, length = int(history.lengths[n]), int(future.lengths[n])
