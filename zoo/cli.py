@@ -766,14 +766,10 @@ def _print_summary(rows: Sequence[dict]) -> None:
         print(f"{' and '.join(empty)}: {NO_HELD_OUT} (the split gives {'them' if len(empty) > 1 else 'it'} no steps)")
 
 
-def cmd_decode(args) -> int:
-    run = RunDirectory.open(args.run)
-    config = run.read_json("config.json")
-    model = load_model(run)
-    family = family_of(model)
-    if family is None or family.decode is None:
-        decoders = ", ".join(name for name, entry in REGISTRY.items() if entry.decode is not None)
-        raise UsageError(f"decode: {type(model).__name__} has no discrete states to decode (families that decode: {decoders})")
+def _reuse_run_data_options(run: RunDirectory, config: dict, args) -> tuple[Vocabulary | None, bool]:
+    """Fills ``args``' data options a fitted run recorded (data, kind, columns, first steps) when
+    the command reads the run's own data, and returns the run's vocabulary (or ``None``) and
+    whether the data is the run's own."""
     vocabulary = Vocabulary.from_json(run.read_json("vocabulary.json")) if run.file("vocabulary.json").exists() else None
     same_data = args.data is None or args.data == config["data"]
     args.data = args.data or config["data"]
@@ -783,6 +779,18 @@ def cmd_decode(args) -> int:
             setattr(args, option, config.get(option))
     if same_data and args.first is None:
         args.first = config.get("first")  # the steps the model was fitted on, e.g. of a built-in text
+    return vocabulary, same_data
+
+
+def cmd_decode(args) -> int:
+    run = RunDirectory.open(args.run)
+    config = run.read_json("config.json")
+    model = load_model(run)
+    family = family_of(model)
+    if family is None or family.decode is None:
+        decoders = ", ".join(name for name, entry in REGISTRY.items() if entry.decode is not None)
+        raise UsageError(f"decode: {type(model).__name__} has no discrete states to decode (families that decode: {decoders})")
+    vocabulary, _ = _reuse_run_data_options(run, config, args)
     data = _load(args, vocabulary=vocabulary)
     device = next(model.parameters()).device
     batch = data.batch.to(device)
@@ -859,15 +867,7 @@ def cmd_diagnose(args) -> int:
     run = RunDirectory.open(args.run)
     config = run.read_json("config.json")
     model = load_model(run)
-    vocabulary = Vocabulary.from_json(run.read_json("vocabulary.json")) if run.file("vocabulary.json").exists() else None
-    same_data = args.data is None or args.data == config["data"]
-    args.data = args.data or config["data"]
-    args.kind = args.kind or config.get("kind")
-    for option in ("time_column", "sequence_column"):
-        if getattr(args, option) is None and same_data:
-            setattr(args, option, config.get(option))
-    if same_data and args.first is None:
-        args.first = config.get("first")
+    vocabulary, same_data = _reuse_run_data_options(run, config, args)
     if same_data:
         # The posterior is of the data the model was fitted to: the same training split.
         if config.get("split") == "own":
