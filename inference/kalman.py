@@ -135,9 +135,13 @@ device.
 Memory
 ------
 :func:`log_marginal` and :func:`forecast` by numba store ``O(N T)`` (per-step log
-densities) plus ``O(N d^2)``; with gradients, :func:`log_marginal` holds the filtered,
-predicted, smoothed and lag-one moments, ``O(N T d^2)``, during its forward call and keeps
-only the score (the size of the inputs) for ``backward``. The other functions, the torch loop and the parallel scan
+densities) plus ``O(N d^2)``; with gradients, :func:`log_marginal` holds, during its forward
+call, the filtered, predicted and smoothed means, ``O(N T d)``, and one filtered and
+predicted covariance per step that is not a steady-state step plus one pair per
+steady-state epoch (``O(N d^2)`` once the filter has converged; ``O(N T d^2)`` at most, and
+with ``diffuse``, whose basis :math:`X_t` is per step); the smoother adds the
+covariances into the score's sums as it goes. It keeps only the score (the size of the
+inputs) for ``backward``. The other functions, the torch loop and the parallel scan
 store the moments and a few temporaries of the same size: ``O(N T d^2)`` (``O(N T d
 (d + p))`` for the scan's elements); nothing larger.
 
@@ -1031,12 +1035,8 @@ def _smoother_sums_kernel(transition, filtered_mean, filtered_cov, predicted_mea
                             acc += ss_cov[i, k] * gain[j, k]
                         ss_lag[i, j] = acc
             next_cov[:, :] = cov
-        if converged > 0:
-            for i in range(dim):
-                for j in range(dim):
-                    sum_cov[n, i, j] += converged * ss_cov[i, j]
-                    sum_lag[n, i, j] += converged * ss_lag[i, j]
-            next_cov[:, :] = ss_cov
+        # Step 0 is never a steady step (the filter decides at t > 0), so a converged stretch
+        # has ended inside the loop and next_cov is V_1 here.
         first_cov[n] = next_cov
 
 
