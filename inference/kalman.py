@@ -532,8 +532,8 @@ def _filter_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean
     With ``store``, ``cov_source[n, t]`` is the step whose stored covariances are those of
     step ``t``: ``t`` itself, except with ``compact``, where a step updated by the cached
     steady-state gain writes no covariance (they are the epoch's, stored at the step that
-    entered it, whose index it gives) and padded steps write none, so the filter writes
-    ``O(d^2)`` per steady step, not ``O(d^2)`` twice per step into ``T d^2`` arrays.
+    entered it, whose index it gives) and padded steps write none: over a steady-state
+    epoch the filter writes one pair of ``d x d`` covariances, not two per step.
     """
     num_seq, num_steps, obs_dim = observations.shape
     dim = transition.shape[1]
