@@ -525,7 +525,7 @@ def _filter_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean
                    step_ll, final_mean, final_cov, final_basis, final_info_matrix, final_info_vector,
                    predicted_mean, predicted_cov, filtered_mean, filtered_cov,
                    predicted_basis, filtered_basis, info_matrix, info_vector, steady_epoch, cov_source,
-                   status):  # pragma: no cover
+                   incomplete_slot, num_incomplete, status):  # pragma: no cover
     """Kalman filter of every sequence; see :func:`_numba_filter` for the arrays.
 
     ``status[n]`` is set to 1 when an innovation covariance is not positive definite.
@@ -533,7 +533,10 @@ def _filter_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean
     step ``t``: ``t`` itself, except with ``compact``, where a step updated by the cached
     steady-state gain writes no covariance (they are the epoch's, stored at the step that
     entered it, whose index it gives) and padded steps write none: over a steady-state
-    epoch the filter writes one pair of ``d x d`` covariances, not two per step.
+    epoch the filter writes one pair of ``d x d`` covariances, not two per step. With
+    ``store``, the valid steps with a missing entry are numbered in the order ``(n, t)``
+    (``incomplete_slot[n, t]``, ``-1`` at the other valid steps, left as given at padded
+    ones) and ``num_incomplete[0]`` is their count.
     """
     num_seq, num_steps, obs_dim = observations.shape
     dim = transition.shape[1]
@@ -632,6 +635,11 @@ def _filter_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean
                     num_obs += 1
             steady_step = num_obs == obs_dim and steady
             if store:
+                if num_obs < obs_dim:
+                    incomplete_slot[n, t] = num_incomplete[0]
+                    num_incomplete[0] += 1
+                else:
+                    incomplete_slot[n, t] = -1
                 predicted_mean[n, t] = mean
                 if not (compact and steady_step):
                     predicted_cov[n, t] = ss_predicted if steady else cov
@@ -1074,11 +1082,13 @@ def _numba_filter(params: _Params, diffuse: bool, store: bool, steady_state: boo
     info_vector = np.empty((num_seq, basis_steps, state_dim))
     steady_epoch = np.zeros((num_seq, stored_steps), dtype=np.int64)
     cov_source = np.empty((num_seq, stored_steps), dtype=np.int64)
+    incomplete_slot = np.empty((num_seq, stored_steps), dtype=np.int64)
     status = np.zeros(num_seq, dtype=np.int64)
     _filter_kernel(*inputs, lengths, diffuse, _STEADY_TOL if steady_state else 0.0, store, False,
                    step_ll, final_mean, final_cov, final_basis, final_info_matrix, final_info_vector,
                    predicted_mean, predicted_cov, filtered_mean, filtered_cov,
-                   predicted_basis, filtered_basis, info_matrix, info_vector, steady_epoch, cov_source, status)
+                   predicted_basis, filtered_basis, info_matrix, info_vector, steady_epoch, cov_source,
+                   incomplete_slot, np.zeros(1, np.int64), status)
     if status.any():
         raise ValueError(
             "observation_cov: the innovation covariance H P H^T + R is not positive definite "
@@ -1551,7 +1561,8 @@ def _fused(params: _Params, diffuse: bool, steady_state: bool, with_score: bool,
             filtered_mean=np.empty((num_seq, steps, dim)), filtered_cov=np.empty((num_seq, steps, dim, dim)),
             predicted_basis=np.empty((num_seq, basis, dim, dim)), filtered_basis=np.empty((num_seq, basis, dim, dim)),
             info_matrix=np.empty((num_seq, basis, dim, dim)), info_vector=np.empty((num_seq, basis, dim)),
-            steady_epoch=np.zeros((num_seq, steps), np.int64), cov_source=np.empty((num_seq, steps), np.int64))
+            steady_epoch=np.zeros((num_seq, steps), np.int64), cov_source=np.empty((num_seq, steps), np.int64),
+            incomplete_slot=np.full((num_seq, steps), -1, np.int64), num_incomplete=np.zeros(1, np.int64))
         _filter_kernel(*inputs[:4], start, inputs[5], observations, lengths, diffuse, steady_tol, store,
                        not diffuse, *arrays.values(), status)
         if status.any():
@@ -1576,11 +1587,8 @@ def _fused(params: _Params, diffuse: bool, steady_state: bool, with_score: bool,
         log_normalizer += diffuse_term
     if not with_score:
         return log_normalizer, None
-    # The valid steps with a missing entry, numbered: the score needs their own covariances.
-    valid = np.arange(num_steps) < lengths[:, None]
-    incomplete = np.isnan(observations).any(-1) & valid
-    incomplete_slot = np.where(incomplete, np.cumsum(incomplete).reshape(num_seq, num_steps) - 1, -1)
-    num_incomplete = int(incomplete.sum())
+    # The valid steps with a missing entry, numbered by the filter: the score needs their own covariances.
+    incomplete_slot, num_incomplete = filtered["incomplete_slot"], int(filtered["num_incomplete"][0])
     smoothed_mean = np.empty((num_seq, num_steps, dim))  # written at every step read below
     sums = [np.zeros((num_seq, dim, dim)) for _ in range(4)]  # sum V_t, V_1, V_L, sum C_t
     if diffuse:
@@ -1608,7 +1616,7 @@ def _fused(params: _Params, diffuse: bool, steady_state: bool, with_score: bool,
                 sums[0][n] = smoothed_cov[n, :length].sum(0)
                 sums[1][n], sums[2][n] = smoothed_cov[n, 0], smoothed_cov[n, length - 1]
                 sums[3][n] = lag_one_cov[n, 1:length].sum(0)
-        incomplete_cov = np.ascontiguousarray(smoothed_cov[incomplete])
+        incomplete_cov = np.ascontiguousarray(smoothed_cov[incomplete_slot >= 0])  # in slot order
     grads = tuple(np.zeros((num_seq, *value.shape[1:])) for value in inputs)
     rows = [np.empty((num_steps, size)) for size in (dim, dim, obs_dim, obs_dim)]  # the score's scratch
     _score_kernel(*inputs, lengths, smoothed_mean, *sums, incomplete_slot, incomplete_cov, diffuse, observation_grad,

@@ -875,15 +875,18 @@ def test_compact_smoother_sums_equal_the_stored_smoother():
     filtered["filtered_cov"][:] = np.nan
     steady_epoch = np.zeros((num_seq, num_steps), np.int64)
     cov_source = np.full((num_seq, num_steps), -1, np.int64)
+    slot = np.full((num_seq, num_steps), -1, np.int64)
+    num_incomplete = np.zeros(1, np.int64)
     status = np.zeros(num_seq, np.int64)
     kalman._filter_kernel(*arrays[:6], arrays[6], lengths_np, False, kalman._STEADY_TOL, True, True,
-                          *filtered.values(), steady_epoch, cov_source, status)
+                          *filtered.values(), steady_epoch, cov_source, slot, num_incomplete, status)
     valid = np.arange(num_steps) < lengths_np[:, None]
     steady = steady_epoch > 0
     assert (cov_source[valid & steady] != np.nonzero(valid & steady)[1]).sum() > 500  # epochs are shared
     assert np.isnan(filtered["filtered_cov"][valid]).any()  # steady steps wrote no covariance
-    incomplete = np.isnan(arrays[6]).any(-1) & valid
-    slot = np.where(incomplete, np.cumsum(incomplete).reshape(num_seq, num_steps) - 1, -1)
+    incomplete = np.isnan(arrays[6]).any(-1) & valid  # the filter numbers these steps in order
+    np.testing.assert_array_equal(slot, np.where(incomplete, np.cumsum(incomplete).reshape(num_seq, num_steps) - 1, -1))
+    assert num_incomplete[0] == incomplete.sum() == 21
     incomplete_cov = np.empty((int(incomplete.sum()), dim, dim))
     smoothed_mean = np.empty((num_seq, num_steps, dim))
     sums = [np.zeros((num_seq, dim, dim)) for _ in range(4)]
