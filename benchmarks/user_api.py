@@ -10,7 +10,12 @@ Kalman (one sequence, ``T`` steps, ``d = p``, float64, a random stable system):
 * ``fit step``: ``fit(model, batch, method="svi", max_epochs=1)`` (one optimiser step on one
   sequence, including the trainer's set-up);
 * statsmodels ``KalmanFilter.loglike``; dynamax ``lgssm_filter(...).marginal_loglik`` under
-  ``jax.jit`` and ``jax.jit(jax.value_and_grad(...))`` w.r.t. all its parameters.
+  ``jax.jit`` and ``jax.jit(jax.value_and_grad(...))`` w.r.t. all its parameters;
+* each value and its value + gradient (ours, the kernel's, dynamax's) are timed interleaved,
+  call for call, so both see the same load; the ``grad/value`` columns are the ratios of
+  their median wall times and of their median CPU times (the process's, which a loaded
+  machine's preemptions do not inflate), and ``dynamax+grad / ours+grad`` that of the two
+  gradients' median wall times.
 
 HMM (``CategoricalHMM``, ``V = 27`` symbols, one sequence of ``T`` steps):
 
@@ -38,6 +43,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -65,6 +72,33 @@ NUM_SYMBOLS = 27
 
 _timed = _timing.timed
 _synchronise = _timing.synchronise
+
+
+def _interleaved(first, second, repeat: int) -> tuple[str, str, str]:
+    """``repeat`` alternating calls of ``first`` and ``second`` (after one untimed call of
+    each): their median wall seconds as table cells, and the ratio second / first of the
+    median wall times and of the median CPU times of the process (``"2.31 / 2.05"``). The
+    two see the same load; on a loaded machine a call that lost the CPU for a scheduler
+    tick (4 ms here) is slower by that much in wall time, not in CPU time, so the CPU-time
+    ratio is the cost of the code itself."""
+    if first is None or second is None:
+        return "n/a", "n/a", "n/a"
+    wall = ([], [])
+    cpu = ([], [])
+    try:
+        first()
+        second()
+        for _ in range(repeat):
+            for index, function in enumerate((first, second)):
+                start, start_cpu = time.perf_counter(), time.process_time()
+                function()
+                cpu[index].append(time.process_time() - start_cpu)
+                wall[index].append(time.perf_counter() - start)
+    except Exception as error:  # a reference failing must not stop the table; say why
+        return f"failed ({type(error).__name__})", f"failed ({type(error).__name__})", "n/a"
+    first_median, second_median = statistics.median(wall[0]), statistics.median(wall[1])
+    cpu_ratio = statistics.median(cpu[1]) / statistics.median(cpu[0])
+    return f"{first_median:.4g}", f"{second_median:.4g}", f"{second_median / first_median:.2f} / {cpu_ratio:.2f}"
 
 
 # -- Kalman ------------------------------------------------------------------------------
@@ -136,7 +170,8 @@ def _statsmodels_kalman(system, observations):
     return model.loglike
 
 
-def kalman_rows(dims, num_steps, repeat, device, with_fit) -> list[list[str]]:
+def kalman_rows(dims, num_steps, repeat, device, with_fit, reference_repeat=None) -> list[list[str]]:
+    reference_repeat = repeat if reference_repeat is None else reference_repeat
     rng = np.random.default_rng(0)
     rows = []
     for dim in dims:
@@ -175,11 +210,15 @@ def kalman_rows(dims, num_steps, repeat, device, with_fit) -> list[list[str]]:
             fit(model, batch, method="svi", max_epochs=1, progress=False)
 
         dynamax_value, dynamax_grad = _dynamax_kalman(system, observations)
-        rows.append([str(dim), _timed(value, repeat), _timed(value_and_grad, repeat),
-                     _timed(kernel, repeat), _timed(kernel_grad, repeat),
+        # Value and value + gradient alternate (same load); their ratio is the goal's measure.
+        value_cell, grad_cell, model_ratio = _interleaved(value, value_and_grad, repeat)
+        kernel_cell, kernel_grad_cell, kernel_ratio = _interleaved(kernel, kernel_grad, repeat)
+        dynamax_cell, dynamax_grad_cell, dynamax_ratio = _interleaved(dynamax_value, dynamax_grad, reference_repeat)
+        against = (f"{float(dynamax_grad_cell) / float(grad_cell):.3g}" if dynamax_ratio != "n/a" else "n/a")
+        rows.append([str(dim), value_cell, grad_cell, kernel_cell, kernel_grad_cell,
                      _timed(fit_step, 1) if with_fit else "-",
-                     _timed(_statsmodels_kalman(system, observations), repeat),
-                     _timed(dynamax_value, repeat), _timed(dynamax_grad, repeat)])
+                     _timed(_statsmodels_kalman(system, observations), reference_repeat),
+                     dynamax_cell, dynamax_grad_cell, model_ratio, kernel_ratio, dynamax_ratio, against])
         print("| " + " | ".join(rows[-1]) + " |", flush=True)
     return rows
 
@@ -313,6 +352,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dims", type=int, nargs="*", default=[1, 4, 16, 64])
     parser.add_argument("--states", type=int, nargs="*", default=[2, 8, 32, 128])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--reference-repeat", type=int, default=None,
+                        help="repeats of the Kalman references (statsmodels, dynamax; default --repeat)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-fit", action="store_true", help="skip the fit-step column")
@@ -327,14 +368,18 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     print(f"threads={args.threads} device={device} torch={torch.__version__}")
-    print(f"\n### Kalman, T = {args.T}, float64 (seconds)\n")
-    print("| d = p | log_prob | log_prob+grad | kernel | kernel+grad | fit step | statsmodels | dynamax | dynamax+grad |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    kalman_rows(args.dims, args.T, args.repeat, device, not args.no_fit)
+    print(f"load average at start: {' '.join(f'{value:.2f}' for value in os.getloadavg())}")
+    print(f"\n### Kalman, T = {args.T}, float64 (seconds; value and value+grad interleaved)\n")
+    print("| d = p | log_prob | log_prob+grad | kernel | kernel+grad | fit step | statsmodels | dynamax | dynamax+grad "
+          "| grad/value (model; wall / CPU) | grad/value (kernel) | grad/value (dynamax) "
+          "| dynamax+grad / ours+grad |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    kalman_rows(args.dims, args.T, args.repeat, device, not args.no_fit, args.reference_repeat)
     print(f"\n### CategoricalHMM, V = {NUM_SYMBOLS}, T = {args.hmm_T} (seconds)\n")
     print("| K | log_prob | log_prob+grad | kernel | kernel+grad | hmmlearn | dynamax | dynamax+grad |")
     print("|---|---|---|---|---|---|---|---|")
     hmm_rows(args.states, args.hmm_T, args.repeat, device)
+    print(f"load average at the end: {' '.join(f'{value:.2f}' for value in os.getloadavg())}")
     if args.nuts:
         print("\n### NUTS, Nile local level (chains one after another, one process)\n")
         print("| chains x (warm-up+draws) | seconds | iterations/s | leapfrog steps/s (sampling) | r_hat (max) "

@@ -135,9 +135,13 @@ device.
 Memory
 ------
 :func:`log_marginal` and :func:`forecast` by numba store ``O(N T)`` (per-step log
-densities) plus ``O(N d^2)``; with gradients, :func:`log_marginal` holds the filtered,
-predicted, smoothed and lag-one moments, ``O(N T d^2)``, during its forward call and keeps
-only the score (the size of the inputs) for ``backward``. The other functions, the torch loop and the parallel scan
+densities) plus ``O(N d^2)``; with gradients, :func:`log_marginal` holds, during its forward
+call, the filtered, predicted and smoothed means, ``O(N T d)``, and one filtered and
+predicted covariance per step that is not a steady-state step plus one pair per
+steady-state epoch (``O(N d^2)`` once the filter has converged; ``O(N T d^2)`` at most, and
+with ``diffuse``, whose basis :math:`X_t` is per step); the smoother adds the
+covariances into the score's sums as it goes. It keeps only the score (the size of the
+inputs) for ``backward``. The other functions, the torch loop and the parallel scan
 store the moments and a few temporaries of the same size: ``O(N T d^2)`` (``O(N T d
 (d + p))`` for the scan's elements); nothing larger.
 
@@ -517,14 +521,22 @@ def _forward_substitute(chol, size, rhs, num_cols):  # pragma: no cover
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _filter_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean, initial_cov,
-                   observations, lengths, diffuse, steady_tol, store,
+                   observations, lengths, diffuse, steady_tol, store, compact,
                    step_ll, final_mean, final_cov, final_basis, final_info_matrix, final_info_vector,
                    predicted_mean, predicted_cov, filtered_mean, filtered_cov,
-                   predicted_basis, filtered_basis, info_matrix, info_vector, steady_epoch,
-                   status):  # pragma: no cover
+                   predicted_basis, filtered_basis, info_matrix, info_vector, steady_epoch, cov_source,
+                   incomplete_slot, num_incomplete, status):  # pragma: no cover
     """Kalman filter of every sequence; see :func:`_numba_filter` for the arrays.
 
     ``status[n]`` is set to 1 when an innovation covariance is not positive definite.
+    With ``store``, ``cov_source[n, t]`` is the step whose stored covariances are those of
+    step ``t``: ``t`` itself, except with ``compact``, where a step updated by the cached
+    steady-state gain writes no covariance (they are the epoch's, stored at the step that
+    entered it, whose index it gives) and padded steps write none: over a steady-state
+    epoch the filter writes one pair of ``d x d`` covariances, not two per step. With
+    ``store``, the valid steps with a missing entry are numbered in the order ``(n, t)``
+    (``incomplete_slot[n, t]``, ``-1`` at the other valid steps, left as given at padded
+    ones) and ``num_incomplete[0]`` is their count.
     """
     num_seq, num_steps, obs_dim = observations.shape
     dim = transition.shape[1]
@@ -567,6 +579,7 @@ def _filter_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean
         steady = False
         prev_full = False
         epoch = 0
+        epoch_step = 0  # the step that entered the current steady-state epoch
         ss_log_det = 0.0
         for t in range(length):
             candidate = False
@@ -615,19 +628,27 @@ def _filter_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean
                     prev_pred[:, :] = cov
             else:
                 prev_pred[:, :] = cov
-            if store:
-                predicted_mean[n, t] = mean
-                predicted_cov[n, t] = ss_predicted if steady else cov
-                if diffuse:
-                    predicted_basis[n, t] = basis
-
             num_obs = 0
             for j in range(obs_dim):
                 if not np.isnan(observations[n, t, j]):
                     observed[num_obs] = j
                     num_obs += 1
+            steady_step = num_obs == obs_dim and steady
+            if store:
+                if num_obs < obs_dim:
+                    incomplete_slot[n, t] = num_incomplete[0]
+                    num_incomplete[0] += 1
+                else:
+                    incomplete_slot[n, t] = -1
+                predicted_mean[n, t] = mean
+                if not (compact and steady_step):
+                    predicted_cov[n, t] = ss_predicted if steady else cov
+                cov_source[n, t] = epoch_step if compact and steady_step else t
+                if diffuse:
+                    predicted_basis[n, t] = basis
+
             ll = 0.0
-            if num_obs == obs_dim and steady:
+            if steady_step:
                 # Steady state: the gain and innovation covariance are those cached at convergence.
                 for a in range(obs_dim):
                     acc = observations[n, t, a]
@@ -704,6 +725,7 @@ def _filter_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean
                         ss_predicted[:, :] = prev_pred
                         steady = True
                         epoch += 1
+                        epoch_step = t
                         if store:
                             steady_epoch[n, t] = epoch
                 prev_full = num_obs == obs_dim
@@ -735,7 +757,8 @@ def _filter_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean
             step_ll[n, t] = ll
             if store:
                 filtered_mean[n, t] = mean
-                filtered_cov[n, t] = ss_filtered if steady else cov
+                if not (compact and steady_step):
+                    filtered_cov[n, t] = ss_filtered if steady else cov
                 if diffuse:
                     filtered_basis[n, t] = basis
                     info_matrix[n, t] = info_mat
@@ -748,7 +771,7 @@ def _filter_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean
             final_basis[n] = basis
             final_info_matrix[n] = info_mat
             final_info_vector[n] = info_vec
-        if store:
+        if store and not compact:
             for t in range(length, num_steps):
                 predicted_mean[n, t] = mean
                 predicted_cov[n, t] = cov
@@ -883,6 +906,148 @@ def _smoother_kernel(transition, filtered_mean, filtered_cov, predicted_mean, pr
                         smoothed_basis[n, t, i, j] = acc
 
 
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _smoother_sums_kernel(transition, filtered_mean, filtered_cov, predicted_mean, predicted_cov, cov_source,
+                          lengths, steady_epoch, steady_tol, incomplete_slot, smoothed_mean, incomplete_cov,
+                          sum_cov, first_cov, last_cov, sum_lag, status):  # pragma: no cover
+    """RTS smoother of every sequence that writes no ``T d^2`` array: the smoothed means,
+    and the sums of the smoothed covariances the score needs.
+
+    Reads the filter's compact covariances (``cov_source``, see :func:`_filter_kernel`).
+    The recursion is :func:`_smoother_kernel`'s, with the same reuse of the gain within a
+    steady-state epoch and of the converged smoothed and lag-one covariances once two
+    successive smoothed covariances agree to ``steady_tol`` relative; over such a
+    converged stretch the sums take count x the converged matrices. Writes, per sequence
+    ``n`` of length ``L > 0``: ``smoothed_mean[n, :L]``; ``sum_cov[n]`` = sum of
+    :math:`V_t` over ``t < L``, ``first_cov[n]`` = :math:`V_1`, ``last_cov[n]`` = :math:`V_L`,
+    ``sum_lag[n]`` = sum of :math:`C_t = \\operatorname{Cov}(s_t, s_{t-1})` over ``1 <= t < L``;
+    and :math:`V_t` into ``incomplete_cov[incomplete_slot[n, t]]`` at the steps with a
+    missing entry (slot ``>= 0``; only they need their own covariance in the score).
+    """
+    num_seq, num_steps, dim = filtered_mean.shape
+    gain = np.empty((dim, dim))
+    chol = np.empty((dim, dim))
+    rhs = np.empty((dim, dim))
+    diff = np.empty((dim, dim))
+    work = np.empty((dim, dim))
+    diff_vec = np.empty(dim)
+    next_cov = np.empty((dim, dim))  # V_{t+1}
+    cov = np.empty((dim, dim))  # V_t
+    ss_cov = np.empty((dim, dim))
+    ss_lag = np.empty((dim, dim))
+    for n in range(num_seq):
+        A = transition[n]
+        length = lengths[n]
+        if length == 0:
+            continue
+        last = length - 1
+        smoothed_mean[n, last] = filtered_mean[n, last]
+        next_cov[:, :] = filtered_cov[n, cov_source[n, last]]
+        last_cov[n] = next_cov
+        sum_cov[n] = next_cov
+        sum_lag[n] = 0.0
+        if incomplete_slot[n, last] >= 0:
+            incomplete_cov[incomplete_slot[n, last]] = next_cov
+        cached_epoch = 0
+        cov_epoch = 0
+        converged = 0  # steps of the current converged stretch not yet added to the sums
+        for t in range(last - 1, -1, -1):
+            epoch = steady_epoch[n, t]
+            if epoch == 0 or epoch != cached_epoch:
+                # J^T = P_{t+1|t}^{-1} A P_t
+                chol[:, :] = predicted_cov[n, cov_source[n, t + 1]]
+                if not _cholesky_in_place(chol, dim):
+                    status[n] = 1
+                    break
+                P = filtered_cov[n, cov_source[n, t]]
+                for i in range(dim):
+                    for j in range(dim):
+                        acc = 0.0
+                        for k in range(dim):
+                            acc += A[i, k] * P[k, j]
+                        rhs[i, j] = acc
+                _forward_substitute(chol, dim, rhs, dim)
+                for i in range(dim - 1, -1, -1):
+                    inv = 1.0 / chol[i, i]
+                    for c in range(dim):
+                        acc = rhs[i, c]
+                        for k in range(i + 1, dim):
+                            acc -= chol[k, i] * rhs[k, c]
+                        rhs[i, c] = acc * inv
+                for i in range(dim):
+                    for j in range(dim):
+                        gain[i, j] = rhs[j, i]
+                cached_epoch = epoch
+            predicted = predicted_mean[n, t + 1]
+            for i in range(dim):
+                diff_vec[i] = smoothed_mean[n, t + 1, i] - predicted[i]
+            for i in range(dim):
+                acc = filtered_mean[n, t, i]
+                for j in range(dim):
+                    acc += gain[i, j] * diff_vec[j]
+                smoothed_mean[n, t, i] = acc
+            if epoch > 0 and epoch == cov_epoch:
+                # The backward Riccati recursion has converged within this steady-state epoch
+                # (a steady step is fully observed: no incomplete slot to fill).
+                converged += 1
+                continue
+            if converged > 0:
+                # Leaving a converged stretch: add it, and V_{t+1} is the converged matrix.
+                for i in range(dim):
+                    for j in range(dim):
+                        sum_cov[n, i, j] += converged * ss_cov[i, j]
+                        sum_lag[n, i, j] += converged * ss_lag[i, j]
+                converged = 0
+                next_cov[:, :] = ss_cov
+            P_next = predicted_cov[n, cov_source[n, t + 1]]
+            P = filtered_cov[n, cov_source[n, t]]
+            for i in range(dim):
+                for j in range(dim):
+                    diff[i, j] = next_cov[i, j] - P_next[i, j]
+            # work = J diff; V_t = P_t + work J^T; C_{t+1} = V_{t+1} J^T
+            for i in range(dim):
+                for j in range(dim):
+                    work[i, j] = 0.0
+                for k in range(dim):
+                    g_ik = gain[i, k]
+                    for j in range(dim):
+                        work[i, j] += g_ik * diff[k, j]
+            change = 0.0
+            scale = 0.0
+            for i in range(dim):
+                for j in range(i + 1):
+                    acc = 0.0
+                    for k in range(dim):
+                        acc += work[i, k] * gain[j, k]
+                    value = 0.5 * (P[i, j] + P[j, i]) + acc
+                    cov[i, j] = value
+                    cov[j, i] = value
+                    change = max(change, abs(value - next_cov[i, j]))
+                    scale = max(scale, abs(value))
+            for i in range(dim):
+                for j in range(dim):
+                    acc = 0.0
+                    for k in range(dim):
+                        acc += next_cov[i, k] * gain[j, k]
+                    sum_lag[n, i, j] += acc
+                    sum_cov[n, i, j] += cov[i, j]
+            if incomplete_slot[n, t] >= 0:
+                incomplete_cov[incomplete_slot[n, t]] = cov
+            if epoch > 0 and change <= steady_tol * scale:
+                cov_epoch = epoch
+                ss_cov[:, :] = cov
+                for i in range(dim):
+                    for j in range(dim):
+                        acc = 0.0
+                        for k in range(dim):
+                            acc += ss_cov[i, k] * gain[j, k]
+                        ss_lag[i, j] = acc
+            next_cov[:, :] = cov
+        # Step 0 is never a steady step (the filter decides at t > 0), so a converged stretch
+        # has ended inside the loop and next_cov is V_1 here.
+        first_cov[n] = next_cov
+
+
 def _as_numpy(value: Tensor) -> np.ndarray:
     return value.detach().to("cpu", torch.float64).contiguous().numpy()
 
@@ -916,11 +1081,14 @@ def _numba_filter(params: _Params, diffuse: bool, store: bool, steady_state: boo
     info_matrix = np.empty((num_seq, basis_steps, state_dim, state_dim))
     info_vector = np.empty((num_seq, basis_steps, state_dim))
     steady_epoch = np.zeros((num_seq, stored_steps), dtype=np.int64)
+    cov_source = np.empty((num_seq, stored_steps), dtype=np.int64)
+    incomplete_slot = np.empty((num_seq, stored_steps), dtype=np.int64)
     status = np.zeros(num_seq, dtype=np.int64)
-    _filter_kernel(*inputs, lengths, diffuse, _STEADY_TOL if steady_state else 0.0, store,
+    _filter_kernel(*inputs, lengths, diffuse, _STEADY_TOL if steady_state else 0.0, store, False,
                    step_ll, final_mean, final_cov, final_basis, final_info_matrix, final_info_vector,
                    predicted_mean, predicted_cov, filtered_mean, filtered_cov,
-                   predicted_basis, filtered_basis, info_matrix, info_vector, steady_epoch, status)
+                   predicted_basis, filtered_basis, info_matrix, info_vector, steady_epoch, cov_source,
+                   incomplete_slot, np.zeros(1, np.int64), status)
     if status.any():
         raise ValueError(
             "observation_cov: the innovation covariance H P H^T + R is not positive definite "
@@ -1027,25 +1195,29 @@ def _sandwich(left, middle, out, work):  # pragma: no cover
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _score_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean, initial_cov, observations,
-                  lengths, smoothed_mean, smoothed_cov, lag_one_cov, diffuse,
+                  lengths, smoothed_mean, sum_cov, first_cov, last_cov, sum_lag, incomplete_slot, incomplete_cov,
+                  diffuse, observation_grad, state_rows, state_rows2, obs_rows, obs_rows2,
                   grad_transition, grad_transition_cov, grad_obs_matrix, grad_obs_cov, grad_initial_mean,
                   grad_initial_cov, grad_observations, status):  # pragma: no cover
-    """Score of every sequence by Fisher's identity from its smoothed moments (gradients zero-initialised).
+    """Score of every sequence by Fisher's identity from its smoothed means and the sums of
+    its smoothed covariances (gradients zero-initialised; arrays as :func:`_smoother_sums_kernel`).
 
     ``status[n]`` is 1 when ``transition_cov``, 2 when ``observation_cov`` (or a sub-block of
-    it), 3 when ``initial_cov`` is not positive definite.
+    it), 3 when ``initial_cov`` is not positive definite. The sums over the steps
+    (``sum r_t r_t^T``, ``sum r_t E[s_{t-1}]^T``, and over the fully observed steps
+    ``sum w_t E[s_t]^T``, ``sum w_t w_t^T``) are matrix products (BLAS) into the scratch
+    rows ``state_rows``, ``state_rows2`` ``(T, d)``, ``obs_rows``, ``obs_rows2`` ``(T, p)``
+    (allocated by numpy, once per call: arrays allocated in here page-fault on every call);
+    only the steps with a missing entry are visited one by one. Without
+    ``observation_grad`` the fully observed steps' ``grad_observations`` are not written.
     """
     num_seq, num_steps, obs_dim = observations.shape
     dim = transition.shape[1]
     sum_rr = np.empty((dim, dim))  # sum r_t r_t^T, r_t = E[s_t] - A E[s_{t-1}]
     sum_rs = np.empty((dim, dim))  # sum r_t E[s_{t-1}]^T
-    sum_lag = np.empty((dim, dim))  # sum Cov(s_t, s_{t-1})
     sum_prev = np.empty((dim, dim))  # sum Cov(s_{t-1})
     sum_next = np.empty((dim, dim))  # sum Cov(s_t), t >= 2
     sum_full = np.empty((dim, dim))  # sum Cov(s_t) over fully observed steps
-    sum_cov = np.empty((dim, dim))  # sum Cov(s_t) over all valid steps
-    sum_ws = np.empty((obs_dim, dim))  # sum w_t E[s_t]^T, w_t = R^{-1} (x_t - H E[s_t])
-    sum_ww = np.empty((obs_dim, obs_dim))
     residual = np.empty(dim)
     square = np.empty((dim, dim))
     square2 = np.empty((dim, dim))
@@ -1059,6 +1231,7 @@ def _score_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean,
     gain = np.empty((obs_dim, dim))  # R_O^{-1} H_O
     gain_cov = np.empty((obs_dim, dim))  # R_O^{-1} H_O Cov(s_t)
     observed = np.empty(obs_dim, np.int64)
+    full_steps = np.empty(num_steps, np.int64)
     for n in range(num_seq):
         length = lengths[n]
         if length == 0:
@@ -1068,38 +1241,29 @@ def _score_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean,
         H = obs_matrix[n]
         R = obs_cov[n]
         mean = smoothed_mean[n]
-        cov = smoothed_cov[n]
         # -- transitions: grad_A = Q^{-1} E[sum (s_t - A s_{t-1}) s_{t-1}^T],
         #    grad_Q = Q^{-1} (E[sum (s_t - A s_{t-1})(.)^T] - (L-1) Q) Q^{-1} / 2
-        # One pass over the covariances: their total over the valid steps gives the sums over
-        # t >= 2, t <= L-1 and (below) the fully observed steps by subtracting a few terms.
-        sum_cov[:, :] = 0.0
-        for t in range(length):
-            for i in range(dim):
-                for j in range(dim):
-                    sum_cov[i, j] += cov[t, i, j]
         if length > 1:
-            sum_lag[:, :] = 0.0
-            for t in range(1, length):
-                for i in range(dim):
-                    for j in range(dim):
-                        sum_lag[i, j] += lag_one_cov[n, t, i, j]
             for i in range(dim):
                 for j in range(dim):
-                    sum_next[i, j] = sum_cov[i, j] - cov[0, i, j]
-                    sum_prev[i, j] = sum_cov[i, j] - cov[length - 1, i, j]
+                    sum_next[i, j] = sum_cov[n, i, j] - first_cov[n, i, j]
+                    sum_prev[i, j] = sum_cov[n, i, j] - last_cov[n, i, j]
             # Residuals r_t = E[s_t] - A E[s_{t-1}] as rows; their sums of outer products by BLAS.
-            previous = np.ascontiguousarray(mean[: length - 1])
-            residuals = np.ascontiguousarray(mean[1:length]) - np.dot(previous, np.ascontiguousarray(A.T))
-            sum_rr[:, :] = np.dot(residuals.T, residuals)
-            sum_rs[:, :] = np.dot(residuals.T, previous)
+            previous = mean[: length - 1]
+            residuals = state_rows[: length - 1]
+            np.dot(previous, np.ascontiguousarray(A.T), residuals)
+            for t in range(length - 1):
+                for i in range(dim):
+                    residuals[t, i] = mean[t + 1, i] - residuals[t, i]
+            np.dot(residuals.T, residuals, sum_rr)
+            np.dot(residuals.T, previous, sum_rs)
             if not _spd_inverse(Q, dim, chol_state, inverse):
                 status[n] = 1
                 continue
             # square = sum_rs + sum_lag - A sum_prev  (the expected sum of (s_t - A s_{t-1}) s_{t-1}^T)
             for i in range(dim):
                 for j in range(dim):
-                    acc = sum_rs[i, j] + sum_lag[i, j]
+                    acc = sum_rs[i, j] + sum_lag[n, i, j]
                     for k in range(dim):
                         acc -= A[i, k] * sum_prev[k, j]
                     square[i, j] = acc
@@ -1116,7 +1280,7 @@ def _score_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean,
                 for j in range(dim):
                     acc = 0.0
                     for k in range(dim):
-                        acc -= sum_lag[i, k] * A[j, k] + A[i, k] * sum_lag[j, k]
+                        acc -= sum_lag[n, i, k] * A[j, k] + A[i, k] * sum_lag[n, j, k]
                     square[i, j] = acc
             for i in range(dim):
                 for j in range(dim):
@@ -1129,83 +1293,94 @@ def _score_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean,
         if not _spd_inverse(R, obs_dim, chol_obs, obs_inverse):
             status[n] = 2
             continue
-        sum_ws[:, :] = 0.0
-        sum_ww[:, :] = 0.0
-        sum_full[:, :] = sum_cov
+        sum_full[:, :] = sum_cov[n]
         num_full = 0
         for t in range(length):
+            slot = incomplete_slot[n, t]
+            if slot < 0:
+                full_steps[num_full] = t
+                num_full += 1
+                continue
+            # sum_full = sum_cov minus the steps that are not fully observed (rare).
+            cov = incomplete_cov[slot]
+            for i in range(dim):
+                for j in range(dim):
+                    sum_full[i, j] -= cov[i, j]
             num_obs = 0
             for j in range(obs_dim):
                 if not np.isnan(observations[n, t, j]):
                     observed[num_obs] = j
                     num_obs += 1
-            if num_obs == obs_dim:
-                num_full += 1
-                for a in range(obs_dim):
-                    acc = observations[n, t, a]
-                    for j in range(dim):
-                        acc -= H[a, j] * mean[t, j]
-                    white[a, 0] = acc
-                for a in range(obs_dim):
+            if num_obs == 0:
+                continue
+            # The marginal model of the observed entries O: R_O = R[O, O], H_O = H[O].
+            for a in range(num_obs):
+                for b in range(num_obs):
+                    sub_cov[a, b] = R[observed[a], observed[b]]
+            if not _spd_inverse(sub_cov, num_obs, chol_obs, sub_inverse):
+                status[n] = 2
+                break
+            for a in range(num_obs):
+                row = observed[a]
+                acc = observations[n, t, row]
+                for j in range(dim):
+                    acc -= H[row, j] * mean[t, j]
+                white[a, 0] = acc
+            for a in range(num_obs):
+                acc = 0.0
+                for b in range(num_obs):
+                    acc += sub_inverse[a, b] * white[b, 0]
+                grad_observations[n, t, observed[a]] = -acc
+                for j in range(dim):
+                    acc2 = 0.0
+                    for b in range(num_obs):
+                        acc2 += sub_inverse[a, b] * H[observed[b], j]
+                    gain[a, j] = acc2
+            for a in range(num_obs):
+                for j in range(dim):
                     acc = 0.0
-                    for b in range(obs_dim):
-                        acc += obs_inverse[a, b] * white[b, 0]
-                    grad_observations[n, t, a] = -acc
-                for a in range(obs_dim):
-                    w_a = -grad_observations[n, t, a]
-                    for j in range(dim):
-                        sum_ws[a, j] += w_a * mean[t, j]
-                    for b in range(obs_dim):
-                        sum_ww[a, b] -= w_a * grad_observations[n, t, b]
-            else:
-                # sum_full = sum_cov minus the steps that are not fully observed (rare).
-                for i in range(dim):
-                    for j in range(dim):
-                        sum_full[i, j] -= cov[t, i, j]
-            if 0 < num_obs < obs_dim:
-                # The marginal model of the observed entries O: R_O = R[O, O], H_O = H[O].
-                for a in range(num_obs):
-                    for b in range(num_obs):
-                        sub_cov[a, b] = R[observed[a], observed[b]]
-                if not _spd_inverse(sub_cov, num_obs, chol_obs, sub_inverse):
-                    status[n] = 2
-                    break
-                for a in range(num_obs):
-                    row = observed[a]
-                    acc = observations[n, t, row]
-                    for j in range(dim):
-                        acc -= H[row, j] * mean[t, j]
-                    white[a, 0] = acc
-                for a in range(num_obs):
+                    for k in range(dim):
+                        acc += gain[a, k] * cov[k, j]
+                    gain_cov[a, j] = acc
+            for a in range(num_obs):
+                row = observed[a]
+                w_a = -grad_observations[n, t, row]
+                for j in range(dim):
+                    grad_obs_matrix[n, row, j] += w_a * mean[t, j] - gain_cov[a, j]
+                for b in range(num_obs):
                     acc = 0.0
-                    for b in range(num_obs):
-                        acc += sub_inverse[a, b] * white[b, 0]
-                    grad_observations[n, t, observed[a]] = -acc
-                    for j in range(dim):
-                        acc2 = 0.0
-                        for b in range(num_obs):
-                            acc2 += sub_inverse[a, b] * H[observed[b], j]
-                        gain[a, j] = acc2
-                for a in range(num_obs):
-                    for j in range(dim):
-                        acc = 0.0
-                        for k in range(dim):
-                            acc += gain[a, k] * cov[t, k, j]
-                        gain_cov[a, j] = acc
-                for a in range(num_obs):
-                    row = observed[a]
-                    w_a = -grad_observations[n, t, row]
-                    for j in range(dim):
-                        grad_obs_matrix[n, row, j] += w_a * mean[t, j] - gain_cov[a, j]
-                    for b in range(num_obs):
-                        acc = 0.0
-                        for k in range(dim):
-                            acc += gain_cov[a, k] * gain[b, k]
-                        w_b = -grad_observations[n, t, observed[b]]
-                        grad_obs_cov[n, row, observed[b]] += 0.5 * (w_a * w_b + acc - sub_inverse[a, b])
+                    for k in range(dim):
+                        acc += gain_cov[a, k] * gain[b, k]
+                    w_b = -grad_observations[n, t, observed[b]]
+                    grad_obs_cov[n, row, observed[b]] += 0.5 * (w_a * w_b + acc - sub_inverse[a, b])
         if status[n] != 0:
             continue
         if num_full > 0:
+            # The fully observed steps as rows: w_t = R^{-1} (x_t - H E[s_t]) (R^{-1} symmetric).
+            # e_t = x_t - H E[s_t]; sum w_t E[s_t]^T = R^{-1} sum e_t E[s_t]^T, sum w_t w_t^T = R^{-1} (sum e_t e_t^T) R^{-1}.
+            if num_full == length:
+                full_mean = mean[:length]
+                full_obs = observations[n, :length]
+            else:
+                full_mean = state_rows2[:num_full]
+                full_obs = obs_rows2[:num_full]
+                for k in range(num_full):
+                    full_mean[k] = mean[full_steps[k]]
+                    full_obs[k] = observations[n, full_steps[k]]
+            errors = obs_rows[:num_full]
+            np.dot(full_mean, np.ascontiguousarray(H.T), errors)
+            for k in range(num_full):
+                for a in range(obs_dim):
+                    errors[k, a] = full_obs[k, a] - errors[k, a]
+            sum_ws = np.dot(obs_inverse, np.dot(errors.T, full_mean))
+            sum_ww = np.dot(obs_inverse, np.dot(np.dot(errors.T, errors), obs_inverse))
+            if observation_grad:
+                weighted = obs_rows2[:num_full]  # w_t as rows (R^{-1} symmetric)
+                np.dot(errors, obs_inverse, weighted)
+                for k in range(num_full):
+                    t = full_steps[k]
+                    for a in range(obs_dim):
+                        grad_observations[n, t, a] = -weighted[k, a]
             # gain = R^{-1} H; grad_H += sum_ws - gain sum_full; grad_R += (sum_ww + gain sum_full gain^T - n R^{-1}) / 2
             for a in range(obs_dim):
                 for j in range(dim):
@@ -1233,7 +1408,7 @@ def _score_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean,
                 grad_initial_mean[n, i] = acc
             for i in range(dim):
                 for j in range(dim):
-                    square2[i, j] = residual[i] * residual[j] + cov[0, i, j] - initial_cov[n, i, j]
+                    square2[i, j] = residual[i] * residual[j] + first_cov[n, i, j] - initial_cov[n, i, j]
             _sandwich(inverse, square2, square, sum_rr)
             for i in range(dim):
                 for j in range(dim):
@@ -1347,18 +1522,23 @@ def _combine_diffuse_kernel(lengths, smoothed_basis, posterior_mean, posterior_c
                         lag_one_cov[n, t, i, j] += acc
 
 
-def _fused(params: _Params, diffuse: bool, steady_state: bool, with_score: bool
+def _fused(params: _Params, diffuse: bool, steady_state: bool, with_score: bool, observation_grad: bool = True
            ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
     """Log marginal ``(N,)`` and, with ``with_score``, the gradients of its sum w.r.t. the
     seven inputs (``(N, ...)``, float64), on numpy arrays with no torch work per call.
+    Without ``observation_grad`` the gradient w.r.t. the observations is left zero at the
+    fully observed steps (it is not asked for).
 
     With ``diffuse``, a filter pass from ``c = 0`` (nothing stored) and the posterior mean of
     :math:`S_1` as the reference point ``c`` (see :func:`_run_filter`); the filter from there
     (moments stored only with ``with_score``) and the diffuse term; then the RTS smoother,
     the combination of its conditional moments with the posterior of :math:`S_1` (as
-    :func:`rts_smoother`) and :func:`_score_kernel`. Each kernel is called from Python:
-    called from inside another compiled function, LLVM no longer vectorises their loops
-    (8x slower at d = 16).
+    :func:`rts_smoother`), the sums of the smoothed covariances, and :func:`_score_kernel`.
+    Without ``diffuse`` the filter stores its covariances compactly (one pair per
+    steady-state epoch) and :func:`_smoother_sums_kernel` forms the sums as it goes, so no
+    ``T d^2`` array is written (the diffuse basis :math:`X_t` is per step anyway). Each
+    kernel is called from Python: called from inside another compiled function, LLVM no
+    longer vectorises their loops (8x slower at d = 16).
     """
     inputs = [_as_numpy(value) for value in params[:7]]
     observations = inputs[6]
@@ -1367,13 +1547,12 @@ def _fused(params: _Params, diffuse: bool, steady_state: bool, with_score: bool
     lengths = params.lengths.to("cpu", torch.long).contiguous().numpy()
     steady_tol = _STEADY_TOL if steady_state else 0.0
     stored = num_steps if with_score else 0
-    basis_steps = stored if diffuse else 0
-    no_moments, no_covs = np.empty((num_seq, 0, dim)), np.empty((num_seq, 0, dim, dim))
     status = np.zeros(num_seq, dtype=np.int64)
 
     def filter_pass(start: np.ndarray, store: bool) -> tuple[np.ndarray, ...]:
         steps = stored if store else 0
         basis = steps if diffuse else 0
+        # np.empty leaves untouched pages unmapped: the compact filter's skipped steps cost nothing.
         arrays = dict(
             step_ll=np.zeros((num_seq, num_steps)), final_mean=np.empty((num_seq, dim)),
             final_cov=np.empty((num_seq, dim, dim)), final_basis=np.empty((num_seq, dim, dim)),
@@ -1382,9 +1561,10 @@ def _fused(params: _Params, diffuse: bool, steady_state: bool, with_score: bool
             filtered_mean=np.empty((num_seq, steps, dim)), filtered_cov=np.empty((num_seq, steps, dim, dim)),
             predicted_basis=np.empty((num_seq, basis, dim, dim)), filtered_basis=np.empty((num_seq, basis, dim, dim)),
             info_matrix=np.empty((num_seq, basis, dim, dim)), info_vector=np.empty((num_seq, basis, dim)),
-            steady_epoch=np.zeros((num_seq, steps), np.int64))
+            steady_epoch=np.zeros((num_seq, steps), np.int64), cov_source=np.empty((num_seq, steps), np.int64),
+            incomplete_slot=np.full((num_seq, steps), -1, np.int64), num_incomplete=np.zeros(1, np.int64))
         _filter_kernel(*inputs[:4], start, inputs[5], observations, lengths, diffuse, steady_tol, store,
-                       *arrays.values(), status)
+                       not diffuse, *arrays.values(), status)
         if status.any():
             raise ValueError("observation_cov: the innovation covariance H P H^T + R is not positive definite "
                              f"(sequences {np.nonzero(status)[0].tolist()}); observation_cov must be positive definite")
@@ -1407,22 +1587,40 @@ def _fused(params: _Params, diffuse: bool, steady_state: bool, with_score: bool
         log_normalizer += diffuse_term
     if not with_score:
         return log_normalizer, None
+    # The valid steps with a missing entry, numbered by the filter: the score needs their own covariances.
+    incomplete_slot, num_incomplete = filtered["incomplete_slot"], int(filtered["num_incomplete"][0])
     smoothed_mean = np.empty((num_seq, num_steps, dim))  # written at every step read below
-    smoothed_cov = np.empty((num_seq, num_steps, dim, dim))
-    lag_one_cov = np.empty((num_seq, num_steps, dim, dim))  # step 0 is never read
-    smoothed_basis = np.empty((num_seq, basis_steps, dim, dim))
-    _smoother_kernel(inputs[0], filtered["filtered_mean"], filtered["filtered_cov"], filtered["predicted_mean"],
-                     filtered["predicted_cov"], lengths, filtered["steady_epoch"], _SMOOTHER_STEADY_TOL, diffuse,
-                     filtered["filtered_basis"], filtered["predicted_basis"], smoothed_mean, smoothed_cov,
-                     lag_one_cov, smoothed_basis, status)
+    sums = [np.zeros((num_seq, dim, dim)) for _ in range(4)]  # sum V_t, V_1, V_L, sum C_t
+    if diffuse:
+        smoothed_cov = np.empty((num_seq, num_steps, dim, dim))
+        lag_one_cov = np.empty((num_seq, num_steps, dim, dim))  # step 0 is never read
+        smoothed_basis = np.empty((num_seq, num_steps, dim, dim))
+        _smoother_kernel(inputs[0], filtered["filtered_mean"], filtered["filtered_cov"], filtered["predicted_mean"],
+                         filtered["predicted_cov"], lengths, filtered["steady_epoch"], _SMOOTHER_STEADY_TOL, diffuse,
+                         filtered["filtered_basis"], filtered["predicted_basis"], smoothed_mean, smoothed_cov,
+                         lag_one_cov, smoothed_basis, status)
+    else:
+        incomplete_cov = np.empty((num_incomplete, dim, dim))
+        _smoother_sums_kernel(inputs[0], filtered["filtered_mean"], filtered["filtered_cov"],
+                              filtered["predicted_mean"], filtered["predicted_cov"], filtered["cov_source"], lengths,
+                              filtered["steady_epoch"], _SMOOTHER_STEADY_TOL, incomplete_slot, smoothed_mean,
+                              incomplete_cov, *sums, status)
     if status.any():
         raise ValueError("transition_cov: a predicted covariance is not positive definite "
                          f"(sequences {np.nonzero(status)[0].tolist()}); transition_cov must be positive definite")
     if diffuse:
         _combine_diffuse_kernel(lengths, smoothed_basis, posterior_mean, posterior_cov, smoothed_mean, smoothed_cov,
                                 lag_one_cov)
+        for n, length in enumerate(lengths):
+            if length > 0:
+                sums[0][n] = smoothed_cov[n, :length].sum(0)
+                sums[1][n], sums[2][n] = smoothed_cov[n, 0], smoothed_cov[n, length - 1]
+                sums[3][n] = lag_one_cov[n, 1:length].sum(0)
+        incomplete_cov = np.ascontiguousarray(smoothed_cov[incomplete_slot >= 0])  # in slot order
     grads = tuple(np.zeros((num_seq, *value.shape[1:])) for value in inputs)
-    _score_kernel(*inputs, lengths, smoothed_mean, smoothed_cov, lag_one_cov, diffuse, *grads, status)
+    rows = [np.empty((num_steps, size)) for size in (dim, dim, obs_dim, obs_dim)]  # the score's scratch
+    _score_kernel(*inputs, lengths, smoothed_mean, *sums, incomplete_slot, incomplete_cov, diffuse, observation_grad,
+                  *rows, *grads, status)
     if status.any():
         code = int(status[status != 0][0])
         raise ValueError(f"{_SCORE_ERRORS[code]}: not positive definite "
@@ -1467,7 +1665,8 @@ class _LogMarginal(torch.autograd.Function):
         # moments are then used at once and never leave the kernel); backward only scales it.
         params = _Params(transition_matrix, _symmetrise(transition_cov), observation_matrix,
                          _symmetrise(observation_cov), initial_mean, _symmetrise(initial_cov), observations, lengths)
-        log_normalizer, ctx.score = _fused(params, diffuse, steady_state, with_score=True)
+        log_normalizer, ctx.score = _fused(params, diffuse, steady_state, with_score=True,
+                                           observation_grad=ctx.needs_input_grad[6])
         ctx.dtype, ctx.device = observations.dtype, observations.device
         return torch.from_numpy(log_normalizer).to(device=observations.device, dtype=observations.dtype)
 

@@ -809,3 +809,96 @@ def test_fused_gradient_path_raises_the_filters_errors():
     bad_noise = -1e6 * torch.eye(1, dtype=torch.float64)  # H P H^T + R < 0 at the first step
     with pytest.raises(ValueError, match="observation_cov"):
         log_marginal(leaf, params[1], params[2], bad_noise, *params[4:], observations[:1])
+
+
+def _broken_steady_state_problem():
+    """Two long sequences: the first reaches the steady state, loses it over a missing
+    stretch and at a partially observed step, and reaches it again; the second is padded."""
+    params = random_system(3, 2, seed=31)
+    gen = torch.Generator().manual_seed(31)
+    observations = 2.0 * torch.randn(2, 400, 2, generator=gen, dtype=torch.float64) + 1.0
+    observations[0, 150:170] = float("nan")  # a missing stretch
+    observations[0, 260, 1] = float("nan")  # a partially observed step
+    observations[1, 330:] = float("nan")  # padding
+    return params, observations, torch.tensor([400, 330])
+
+
+@pytest.mark.parametrize("steady_state", [True, False])
+def test_smoother_gradient_with_a_broken_steady_state_matches_torch_loop(steady_state):
+    """The compact path (one covariance per steady-state epoch, the smoother's sums counted
+    over converged stretches) gives the torch loop's gradient to 1e-8 when the steady state
+    is reached, broken by missing data and reached again."""
+    from inference import kalman
+
+    params, observations, lengths = _broken_steady_state_problem()
+    prepared = kalman._prepare(*params, observations, lengths)
+    epochs = kalman._numba_filter(prepared, False, True, True).steady_epoch
+    assert int(epochs[0].max()) >= 3 and (epochs > 0).sum() > 500  # three epochs in sequence 0
+    leaves = [params[0], *(torch.linalg.cholesky(params[index]) if index in (1, 3, 5) else params[index]
+                           for index in range(1, 6)), observations]
+    weights = torch.tensor([0.6, -1.7], dtype=torch.float64)
+    gradients = {}
+    for method in ("auto", "sequential"):
+        inputs = [value.clone().requires_grad_() for value in leaves]
+        value = log_marginal(*_kernel_inputs(inputs, "full"), lengths, method=method, steady_state=steady_state)
+        grads = torch.autograd.grad((weights * value).sum(), inputs)
+        gradients[method] = [torch.nan_to_num(grad) for grad in grads]
+        gradients[method + " value"] = value.detach()
+    torch.testing.assert_close(gradients["auto value"], gradients["sequential value"], rtol=1e-12, atol=1e-10)
+    for index, (ours, reference) in enumerate(zip(gradients["auto"], gradients["sequential"])):
+        scale = reference.abs().max()
+        assert scale > 0, index
+        assert (ours - reference).abs().max() <= 1e-8 * scale, index
+
+
+def test_compact_smoother_sums_equal_the_stored_smoother():
+    """The smoother that writes no T d^2 array (compact filter covariances, sums counted over
+    converged stretches) gives the sums of the per-step smoother's covariances."""
+    from inference import kalman
+
+    params, observations, lengths = _broken_steady_state_problem()
+    prepared = kalman._prepare(*params, observations, lengths)
+    raw = kalman._numba_filter(prepared, False, True, True)
+    _, smoothed_cov, lag_one_cov, _ = kalman._numba_smoother(prepared, raw)
+    arrays = [kalman._as_numpy(value) for value in prepared[:7]]
+    num_seq, num_steps, dim = 2, 400, 3
+    lengths_np = lengths.numpy()
+    filtered = {name: np.empty(shape) for name, shape in (
+        ("step_ll", (num_seq, num_steps)), ("final_mean", (num_seq, dim)), ("final_cov", (num_seq, dim, dim)),
+        ("final_basis", (num_seq, dim, dim)), ("final_info_matrix", (num_seq, dim, dim)),
+        ("final_info_vector", (num_seq, dim)), ("predicted_mean", (num_seq, num_steps, dim)),
+        ("predicted_cov", (num_seq, num_steps, dim, dim)), ("filtered_mean", (num_seq, num_steps, dim)),
+        ("filtered_cov", (num_seq, num_steps, dim, dim)), ("predicted_basis", (num_seq, 0, dim, dim)),
+        ("filtered_basis", (num_seq, 0, dim, dim)), ("info_matrix", (num_seq, 0, dim, dim)),
+        ("info_vector", (num_seq, 0, dim)))}
+    filtered["predicted_cov"][:] = np.nan  # the compact filter must not need what it did not write
+    filtered["filtered_cov"][:] = np.nan
+    steady_epoch = np.zeros((num_seq, num_steps), np.int64)
+    cov_source = np.full((num_seq, num_steps), -1, np.int64)
+    slot = np.full((num_seq, num_steps), -1, np.int64)
+    num_incomplete = np.zeros(1, np.int64)
+    status = np.zeros(num_seq, np.int64)
+    kalman._filter_kernel(*arrays[:6], arrays[6], lengths_np, False, kalman._STEADY_TOL, True, True,
+                          *filtered.values(), steady_epoch, cov_source, slot, num_incomplete, status)
+    valid = np.arange(num_steps) < lengths_np[:, None]
+    steady = steady_epoch > 0
+    assert (cov_source[valid & steady] != np.nonzero(valid & steady)[1]).sum() > 500  # epochs are shared
+    assert np.isnan(filtered["filtered_cov"][valid]).any()  # steady steps wrote no covariance
+    incomplete = np.isnan(arrays[6]).any(-1) & valid  # the filter numbers these steps in order
+    np.testing.assert_array_equal(slot, np.where(incomplete, np.cumsum(incomplete).reshape(num_seq, num_steps) - 1, -1))
+    assert num_incomplete[0] == incomplete.sum() == 21
+    incomplete_cov = np.empty((int(incomplete.sum()), dim, dim))
+    smoothed_mean = np.empty((num_seq, num_steps, dim))
+    sums = [np.zeros((num_seq, dim, dim)) for _ in range(4)]
+    kalman._smoother_sums_kernel(arrays[0], filtered["filtered_mean"], filtered["filtered_cov"],
+                                 filtered["predicted_mean"], filtered["predicted_cov"], cov_source, lengths_np,
+                                 steady_epoch, kalman._SMOOTHER_STEADY_TOL, slot, smoothed_mean, incomplete_cov,
+                                 *sums, status)
+    assert not status.any()
+    smoothed_cov, lag_one_cov = smoothed_cov.numpy(), lag_one_cov.numpy()
+    for n, length in enumerate(lengths_np):
+        expected = [smoothed_cov[n, :length].sum(0), smoothed_cov[n, 0], smoothed_cov[n, length - 1],
+                    lag_one_cov[n, 1:length].sum(0)]
+        for ours, reference in zip(sums, expected):
+            np.testing.assert_allclose(ours[n], reference, rtol=1e-12, atol=1e-12 * np.abs(reference).max())
+    np.testing.assert_allclose(incomplete_cov, smoothed_cov[incomplete], rtol=1e-12, atol=0)
