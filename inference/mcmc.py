@@ -579,8 +579,7 @@ def _chain_worker(worker: int, model: SequenceModel, batch_fields: dict, starts:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # One thread each: the workers are already as many as the cores.
     torch.set_num_threads(1)
-    batch = SequenceBatch(**batch_fields)
-    potential = potential_energy(model, batch)
+    batch = potential = None
     while (chain := tasks.get()) is not None:
         messages.put(("start", chain, worker))
         wall, cpu = time.perf_counter(), time.process_time()
@@ -596,6 +595,9 @@ def _chain_worker(worker: int, model: SequenceModel, batch_fields: dict, starts:
                 unsent[0], unsent[1] = 0, now
 
         try:
+            if batch is None:  # set up inside the try: a failure here is reported with the chain too
+                batch = SequenceBatch(**batch_fields)
+                potential = potential_energy(model, batch)
             chain_draws, stats = _run_chain(model, batch, potential, starts[chain], chain, settings, on_iteration)
         except BaseException as error:
             try:
@@ -613,7 +615,7 @@ def _run_chains_in_workers(model, batch, starts, settings: _ChainSettings, bar, 
                            start_method: str) -> list[_Chain]:
     """The chains in ``num_workers`` processes, each taking the next chain when it is free."""
     context = multiprocessing.get_context(start_method)
-    # A SimpleQueue has no feeder thread: the parent forks while it has no thread of its own running.
+    # The parent only puts into a SimpleQueue, which has no feeder thread: none of ours runs when it forks.
     tasks = context.SimpleQueue()
     messages = context.Queue()
     workers = [context.Process(target=_chain_worker, name=f"nuts-worker-{worker}", daemon=True,
