@@ -26,7 +26,11 @@ HMM (``CategoricalHMM``, ``V = 27`` symbols, one sequence of ``T`` steps):
 
 NUTS (``--nuts``): ``fit(method="nuts")`` on the Nile local-level model, ``--nuts-chains``
 chains of ``--nuts-draws`` warm-up + the same number of draws (default 4 x (1000 + 1000)),
-one after another: iterations per second, max r_hat, min bulk ESS and ESS per second.
+once per ``--nuts-workers`` value (default: 1, chains one after another, then the default
+number of worker processes) in the same run: seconds, iterations per second, max r_hat, min
+bulk ESS, ESS per second, CPU seconds per chain and the 1-minute load average at the end
+(on a shared machine the CPU seconds are the comparable column), and whether the draws
+equal the first row's (they should, bit for bit).
 
 Every library runs on ``--threads`` threads (default 1; set before numpy, torch and JAX
 load). Times are medians of ``--repeat`` runs after a warm-up (compilation excluded).
@@ -38,6 +42,7 @@ Usage::
 
     python benchmarks/user_api.py --quick
     python benchmarks/user_api.py --dims 1 4 16 64 --states 2 8 32 128 --nuts
+    python benchmarks/user_api.py --dims --states --nuts   # NUTS only: serial, then parallel
 """
 
 from __future__ import annotations
@@ -316,7 +321,9 @@ def hmm_rows(state_counts, num_steps, repeat, device) -> list[list[str]]:
 
 
 # -- NUTS --------------------------------------------------------------------------------
-def nuts_row(num_draws: int, num_chains: int, device) -> list[str]:
+def nuts_row(num_draws: int, num_chains: int, device, num_workers: int | None, reference=None):
+    """One NUTS run; returns the table row and the draws (to compare the next rows with)."""
+    import os
     import warnings
 
     from statsmodels.datasets import nile
@@ -330,7 +337,7 @@ def nuts_row(num_draws: int, num_chains: int, device) -> list[str]:
     model = LinearGaussianSSM.local_level(level_var=1000.0, noise_var=10000.0, dtype=torch.float64).to(device)
     start = time.perf_counter()
     result = fit(model, batch, method="nuts", num_samples=num_draws, warmup_steps=num_draws, num_chains=num_chains,
-                 progress=False, initialize=False, sample_states=False)
+                 progress=False, initialize=False, sample_states=False, num_workers=num_workers)
     seconds = time.perf_counter() - start
     draws = {name: value[..., 0].cpu().numpy() for name, value in result.mcmc.draws.items()}
     posterior = az.from_dict(posterior=draws)
@@ -339,10 +346,14 @@ def nuts_row(num_draws: int, num_chains: int, device) -> list[str]:
     r_hat = max(float(az.rhat(posterior)[name]) for name in draws) if num_chains > 1 else float("nan")
     steps = int(result.mcmc.sample_stats["n_steps"].sum())
     iterations = num_chains * 2 * num_draws
-    row = [f"{num_chains} x ({num_draws}+{num_draws})", f"{seconds:.1f}", f"{iterations / seconds:.0f}",
-           f"{steps / result.mcmc.seconds:.0f}", f"{r_hat:.4f}", f"{ess_min:.0f}", f"{ess_min / seconds:.1f}"]
+    cpu_per_chain = sum(result.mcmc.chain_cpu_seconds) / num_chains
+    same = "–" if reference is None else ("yes" if all(np.array_equal(draws[name], reference[name]) for name in draws)
+                                          else "NO")
+    row = [f"{num_chains} x ({num_draws}+{num_draws})", str(result.mcmc.num_workers), f"{seconds:.1f}",
+           f"{iterations / seconds:.0f}", f"{steps / result.mcmc.seconds:.0f}", f"{r_hat:.4f}", f"{ess_min:.0f}",
+           f"{ess_min / seconds:.1f}", f"{cpu_per_chain:.1f}", f"{os.getloadavg()[0]:.1f}", same]
     print("| " + " | ".join(row) + " |", flush=True)
-    return row
+    return row, draws
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -360,6 +371,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nuts", action="store_true", help="time NUTS on the Nile local level")
     parser.add_argument("--nuts-draws", type=int, default=1000, help="warm-up and kept draws per chain")
     parser.add_argument("--nuts-chains", type=int, default=4)
+    parser.add_argument("--nuts-workers", type=int, nargs="*", default=[1, 0],
+                        help="worker processes per NUTS run, one run each (0 = the default number)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -381,11 +394,14 @@ def main(argv: list[str] | None = None) -> None:
     hmm_rows(args.states, args.hmm_T, args.repeat, device)
     print(f"load average at the end: {' '.join(f'{value:.2f}' for value in os.getloadavg())}")
     if args.nuts:
-        print("\n### NUTS, Nile local level (chains one after another, one process)\n")
-        print("| chains x (warm-up+draws) | seconds | iterations/s | leapfrog steps/s (sampling) | r_hat (max) "
-              "| bulk ESS (min) | ESS/s |")
-        print("|---|---|---|---|---|---|---|")
-        nuts_row(args.nuts_draws, args.nuts_chains, device)
+        print("\n### NUTS, Nile local level (workers: chains run at once, each in its own process)\n")
+        print("| chains x (warm-up+draws) | workers | seconds | iterations/s | leapfrog steps/s (sampling) | r_hat (max) "
+              "| bulk ESS (min) | ESS/s | CPU s per chain | load (1 min) | same draws |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        reference = None
+        for workers in args.nuts_workers:
+            _, draws = nuts_row(args.nuts_draws, args.nuts_chains, device, workers or None, reference)
+            reference = draws if reference is None else reference
 
 
 if __name__ == "__main__":

@@ -252,13 +252,14 @@ def fit(
         description: progress-bar label (default: the model's family).
         num_samples: NUTS draws kept per chain.
         warmup_steps: NUTS adaptation iterations per chain.
-        num_chains: NUTS chains (run one after another).
+        num_chains: NUTS chains (run in parallel processes: ``num_workers=``, below).
         initialize: call ``model.initialize_from_data`` first (default). Pass
             False to start from the model's current parameters, e.g. NUTS
             chains started at an EM or SVI fit.
         **nuts_options: further options of :func:`inference.mcmc.run_nuts`
             (``target_accept_prob``, ``max_tree_depth``, ``init_jitter``,
-            ``sample_states``, ``align_labels``, ``point``).
+            ``sample_states``, ``align_labels``, ``point``, ``num_workers``,
+            ``start_method``).
 
     Returns:
         A :class:`FitResult`.

@@ -18,11 +18,20 @@ the :class:`~inference.contract.SequenceModel` contract only
 (``parameter_sites``, ``parameter_values``, ``set_parameter_values``, and
 optionally ``sample_states`` and the state-label hooks).
 
-**Chains** run one after another in this process, each with its own seed
-(``seed + chain``) and its own warm-up (step size and diagonal mass matrix
-adaptation). Pyro can run chains in parallel processes (``mp_context``), but
-that forks a process holding numba kernels and torch thread pools, and pickles
-the model; sequential chains are slower on a many-core machine and always safe.
+**Chains** run in parallel worker processes, ``num_workers`` at a time (default: as
+many as the chains, at most the cores this process may use), each with its own seed
+(``seed + chain``), its own start and its own warm-up (step size and diagonal mass
+matrix adaptation); ``num_workers=1`` runs them one after another in this process.
+A chain's draws do not depend on which process runs it: the starts are drawn here, in
+chain order, and every chain runs the same function, reseeded, in a process with one
+torch thread (bit-for-bit the same draws, tested). On Linux the workers are forked, so
+nothing is pickled (the model, the batch and the compiled kernels are inherited) and
+scripts need no ``if __name__ == "__main__"`` guard; elsewhere (or with
+``start_method="spawn"``) the model and batch are pickled to each worker. The workers
+send their progress to this process's bar, an exception raised in a chain is re-raised
+here naming the chain, and on any error or Ctrl-C every worker is ended before
+:func:`run_nuts` returns. Pyro's own multi-chain ``MCMC`` is not used: it would not run
+our potential, starts and per-iteration statistics.
 
 **Starts.** Every chain starts at the model's current point values
 (``parameter_values()``, e.g. a MAP fit or a data-driven initialisation;
@@ -58,9 +67,16 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import multiprocessing
+import os
+import pickle
+import queue
+import signal
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -105,6 +121,9 @@ class MCMCResult:
         warmup_steps: warm-up iterations per chain.
         seed: base seed (chain ``c`` used ``seed + c``).
         seconds: wall time of the sampling.
+        chain_seconds: wall time of each chain.
+        chain_cpu_seconds: CPU time of each chain (in the process that ran it).
+        num_workers: processes that ran the chains (1: one after another in this one).
     """
 
     draws: dict[str, Tensor]
@@ -115,6 +134,8 @@ class MCMCResult:
     seed: int = 0
     seconds: float = 0.0
     chain_seconds: list[float] = field(default_factory=list)
+    chain_cpu_seconds: list[float] = field(default_factory=list)
+    num_workers: int = 1
 
     @property
     def num_chains(self) -> int:
@@ -286,6 +307,97 @@ def _unconstrained_log_density(prior: torch.distributions.Distribution, transfor
     return generic
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no sched_getaffinity (macOS, Windows)
+        return os.cpu_count() or 1
+
+
+def default_num_workers(num_chains: int, device: torch.device | str = "cpu") -> int:
+    """Worker processes :func:`run_nuts` uses by default: ``min(num_chains, available_cores())``
+    on the CPU, 1 (chains one after another in this process) on any other device."""
+    if torch.device(device).type != "cpu":
+        return 1
+    return max(1, min(num_chains, available_cores()))
+
+
+class ChainError(RuntimeError):
+    """A NUTS chain failed in a worker process without an exception that could be sent back
+    (the process died, or its exception could not be pickled). ``chain`` is its index
+    (``None`` when a worker died between chains)."""
+
+    def __init__(self, chain: int | None, message: str) -> None:
+        super().__init__(message)
+        self.chain = chain
+
+
+class _WorkerTraceback(Exception):
+    """The formatted traceback of an exception raised in a worker (set as the re-raised
+    exception's ``__cause__``, as :mod:`concurrent.futures` does)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+
+    def __str__(self) -> str:
+        return "\n" + self.args[0]
+
+
+@dataclass(frozen=True)
+class _ChainSettings:
+    """What every chain of one run shares (picklable, sent to the workers)."""
+
+    num_samples: int
+    warmup_steps: int
+    seed: int
+    target_accept_prob: float
+    max_tree_depth: int
+
+
+def _run_chain(model: SequenceModel, batch: SequenceBatch, potential, start: dict[str, Tensor], chain: int,
+               settings: _ChainSettings, on_iteration: Callable[[_RecordingNUTS, str, dict[str, list]], None]
+               ) -> tuple[dict[str, Tensor], dict[str, list]]:
+    """One chain: seeded with ``settings.seed + chain``, started at ``start`` (constrained values).
+
+    The same function runs a chain in this process and in a worker, so both give the same draws.
+    ``on_iteration(kernel, stage, stats)`` is called after every warm-up and sampling iteration.
+
+    Returns:
+        ``(draws, stats)``: site name -> ``(num_samples, *site_shape)`` and
+        statistic name -> list of ``num_samples`` values (:data:`SAMPLE_STAT_NAMES`).
+    """
+    pyro.set_rng_seed(settings.seed + chain)
+    if potential is None:
+        kernel = _RecordingNUTS(model.model, init_strategy=init_to_value(values=start),
+                                target_accept_prob=settings.target_accept_prob, max_tree_depth=settings.max_tree_depth)
+        initial_params = None
+    else:
+        energy, transforms = potential
+        kernel = _RecordingNUTS(potential_fn=energy, transforms=transforms,
+                                target_accept_prob=settings.target_accept_prob, max_tree_depth=settings.max_tree_depth)
+        initial_params = {name: transforms[name](value) for name, value in start.items()}
+    stats: dict[str, list] = {name: [] for name in SAMPLE_STAT_NAMES}
+
+    def hook(kernel, samples, stage, index):
+        if stage == "Sample":
+            for name in SAMPLE_STAT_NAMES:
+                stats[name].append(kernel.last_stats[name])
+        on_iteration(kernel, stage, stats)
+
+    sampler = MCMC(kernel, num_samples=settings.num_samples, warmup_steps=settings.warmup_steps, num_chains=1,
+                   disable_progbar=True, hook_fn=hook, initial_params=initial_params)
+    sampler.run(batch)
+    return {name: value.detach() for name, value in sampler.get_samples().items()}, stats
+
+
+def _chain_record(chain: int, seconds: float, cpu_seconds: float, stats: Mapping[str, list], num_samples: int) -> dict:
+    """What the callbacks receive when a chain ends."""
+    return {"chain": chain, "seconds": seconds, "cpu_seconds": cpu_seconds, "divergences": sum(stats["diverging"]),
+            "mean_tree_depth": sum(stats["tree_depth"]) / num_samples,
+            "mean_acceptance_rate": sum(stats["acceptance_rate"]) / num_samples}
+
+
 def run_nuts(
     model: SequenceModel,
     batch: SequenceBatch,
@@ -303,6 +415,8 @@ def run_nuts(
     progress: bool = True,
     description: str | None = None,
     callbacks: list[Callable[[dict], None]] | None = None,
+    num_workers: int | None = None,
+    start_method: str | None = None,
 ) -> MCMCResult:
     """Samples the posterior of the model's parameter sites by NUTS (see module docstring).
 
@@ -312,7 +426,7 @@ def run_nuts(
         batch: the data.
         num_samples: draws kept per chain.
         warmup_steps: adaptation iterations per chain (discarded).
-        num_chains: chains, run one after another.
+        num_chains: independent chains.
         seed: chain ``c`` is seeded with ``seed + c``.
         target_accept_prob: step-size adaptation target.
         max_tree_depth: NUTS maximum number of doublings.
@@ -324,13 +438,25 @@ def run_nuts(
             the (aligned) draws.
         progress: tqdm bar on stderr.
         description: progress-bar label.
-        callbacks: called with ``{"chain", "seconds", "divergences", ...}`` after each chain.
+        callbacks: called with ``{"chain", "seconds", "cpu_seconds", "divergences", ...}``
+            for each chain as it ends, in chain order.
+        num_workers: processes running chains at once; ``None`` = :func:`default_num_workers`
+            (``min(num_chains, available cores)`` on the CPU), 1 = one after another in
+            this process. The draws do not depend on it.
+        start_method: how workers start (``"fork"``, ``"spawn"``, ``"forkserver"``);
+            ``None`` = ``"fork"`` on Linux (no pickling of the model, no ``__main__``
+            guard needed), ``"spawn"`` elsewhere, where a model that does not pickle
+            runs its chains in this process (``result.num_workers`` says what ran).
 
     Returns:
         An :class:`MCMCResult`; the model is left at the posterior ``point``.
 
     Raises:
         ValueError: the model has no parameter sites, or an argument is out of range.
+        TypeError: an explicit non-fork ``start_method`` and a model that does not pickle.
+        ChainError: a worker process died, or raised an exception that could not be
+            sent back; a chain's own exception is re-raised as it is, with a note naming
+            the chain and the worker's traceback as its cause.
     """
     sites = model.parameter_sites()
     if not sites:
@@ -348,54 +474,47 @@ def run_nuts(
         raise ValueError(f"init_jitter: expected a nonnegative number, got {init_jitter!r}")
     if point not in ("mean", "median"):
         raise ValueError(f"point: expected 'mean' or 'median', got {point!r}")
+    device = batch.values.device
+    if num_workers is None:
+        num_workers = default_num_workers(num_chains, device)
+    elif not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 1:
+        raise ValueError(f"num_workers: expected a positive int or None, got {num_workers!r}")
+    elif num_workers > 1 and device.type != "cpu":
+        raise ValueError(f"num_workers: chains run in parallel processes on the CPU only; the batch is on "
+                         f"{device}: use num_workers=1")
+    num_workers = min(num_workers, num_chains)
+    if start_method is not None and start_method not in multiprocessing.get_all_start_methods():
+        raise ValueError(f"start_method: expected one of {multiprocessing.get_all_start_methods()}, got {start_method!r}")
+    method = start_method or ("fork" if sys.platform.startswith("linux") else "spawn")
+    if num_workers > 1 and method != "fork":
+        # Only a forked worker inherits the model; the others unpickle it.
+        try:
+            pickle.dumps((model, _batch_fields(batch)))
+        except Exception as error:
+            if start_method is not None:
+                raise TypeError(f"start_method={start_method!r} pickles the model and batch to the workers, and "
+                                f"{type(model).__name__} does not pickle ({error}); use start_method='fork' "
+                                f"where the platform has it, or num_workers=1") from error
+            num_workers = 1  # the default on a platform without fork: the chains run here, one after another
     model.eval()
-    potential = potential_energy(model, batch)
-    started = time.perf_counter()
-    chains_draws: list[dict[str, Tensor]] = []
-    chains_stats: list[dict[str, list]] = []
-    chain_seconds = []
+    settings = _ChainSettings(num_samples=num_samples, warmup_steps=warmup_steps, seed=seed,
+                              target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth)
+    # All starts drawn here, in chain order, from one generator: the same whichever process runs a chain.
     generator = torch.Generator().manual_seed(seed)
+    starts = [_jittered_start(model, init_jitter, generator) for _ in range(num_chains)]
+    started = time.perf_counter()
     with tqdm(total=num_chains * (warmup_steps + num_samples), desc=description or f"{model.family} nuts",
               unit="it", file=sys.stderr, disable=not progress, dynamic_ncols=True) as bar:
-        for chain in range(num_chains):
-            chain_started = time.perf_counter()
-            pyro.set_rng_seed(seed + chain)
-            start = _jittered_start(model, init_jitter, generator)
-            if potential is None:
-                kernel = _RecordingNUTS(model.model, init_strategy=init_to_value(values=start),
-                                        target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth)
-                initial_params = None
-            else:
-                energy, transforms = potential
-                kernel = _RecordingNUTS(potential_fn=energy, transforms=transforms,
-                                        target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth)
-                initial_params = {name: transforms[name](value) for name, value in start.items()}
-            stats: dict[str, list] = {name: [] for name in SAMPLE_STAT_NAMES}
-
-            def hook(kernel, samples, stage, index, stats=stats, chain=chain):
-                bar.update(1)
-                if stage == "Sample":
-                    for name in SAMPLE_STAT_NAMES:
-                        stats[name].append(kernel.last_stats[name])
-                    if index % 20 == 0:
-                        bar.set_postfix({"chain": chain, "step": f"{kernel.last_stats['step_size']:.3g}",
-                                         "divergences": sum(stats["diverging"])}, refresh=False)
-
-            sampler = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps, num_chains=1,
-                           disable_progbar=True, hook_fn=hook, initial_params=initial_params)
-            sampler.run(batch)
-            chains_draws.append({name: value.detach() for name, value in sampler.get_samples().items()})
-            chains_stats.append(stats)
-            chain_seconds.append(time.perf_counter() - chain_started)
-            for callback in callbacks or []:
-                callback({"chain": chain, "seconds": chain_seconds[-1], "divergences": sum(stats["diverging"]),
-                          "mean_tree_depth": sum(stats["tree_depth"]) / num_samples,
-                          "mean_acceptance_rate": sum(stats["acceptance_rate"]) / num_samples})
-    draws = {name: torch.stack([chain[name] for chain in chains_draws]) for name in sites}
+        if num_workers == 1:
+            chains = _run_chains_here(model, batch, starts, settings, bar, callbacks or [])
+        else:
+            chains = _run_chains_in_workers(model, batch, starts, settings, bar, callbacks or [], num_workers,
+                                            method)
+    draws = {name: torch.stack([chain_draws[name] for chain_draws, _, _, _ in chains]).to(device) for name in sites}
     sample_stats = {}
     for name in SAMPLE_STAT_NAMES:
         dtype = torch.bool if name == "diverging" else (torch.long if name in ("tree_depth", "n_steps") else torch.float64)
-        sample_stats[name] = torch.tensor([chain[name] for chain in chains_stats], dtype=dtype)
+        sample_stats[name] = torch.tensor([stats[name] for _, stats, _, _ in chains], dtype=dtype)
     permutations = None
     if align_labels:
         draws, permutations = align_state_labels(model, draws)
@@ -404,9 +523,197 @@ def run_nuts(
         states = sample_state_paths(model, batch, draws, seed=seed)
     result = MCMCResult(draws=draws, sample_stats=sample_stats, states=states, label_permutations=permutations,
                         warmup_steps=warmup_steps, seed=seed, seconds=time.perf_counter() - started,
-                        chain_seconds=chain_seconds)
+                        chain_seconds=[seconds for _, _, seconds, _ in chains],
+                        chain_cpu_seconds=[cpu for _, _, _, cpu in chains], num_workers=num_workers)
     model.set_parameter_values(result.point(point))
     return result
+
+
+_Chain = tuple[dict[str, Tensor], dict[str, list], float, float]  # draws, stats, wall seconds, CPU seconds
+
+
+def _run_chains_here(model, batch, starts, settings: _ChainSettings, bar, callbacks) -> list[_Chain]:
+    """The chains one after another in this process."""
+    potential = potential_energy(model, batch)
+    chains = []
+    for chain, start in enumerate(starts):
+        wall, cpu = time.perf_counter(), time.process_time()
+
+        def on_iteration(kernel, stage, stats, chain=chain):
+            bar.update(1)
+            if stage == "Sample" and len(stats["diverging"]) % 20 == 1:
+                bar.set_postfix({"chain": chain, "step": f"{kernel.last_stats['step_size']:.3g}",
+                                 "divergences": sum(stats["diverging"])}, refresh=False)
+
+        try:
+            chain_draws, stats = _run_chain(model, batch, potential, start, chain, settings, on_iteration)
+        except Exception as error:
+            error.add_note(f"(in NUTS chain {chain})")
+            raise
+        chains.append((chain_draws, stats, time.perf_counter() - wall, time.process_time() - cpu))
+        for callback in callbacks:
+            callback(_chain_record(chain, chains[-1][2], chains[-1][3], stats, settings.num_samples))
+    return chains
+
+
+#: Seconds between a worker's progress messages.
+_PROGRESS_INTERVAL = 0.2
+#: Seconds the parent waits for a message before it checks that the workers are alive.
+_POLL_INTERVAL = 0.5
+
+
+def _batch_fields(batch: SequenceBatch) -> dict:
+    """The batch's fields, picklable (its covariates are a read-only mapping proxy, which is not)."""
+    fields = {field.name: getattr(batch, field.name) for field in dataclasses.fields(batch)}
+    fields["covariates"] = dict(fields["covariates"])
+    return fields
+
+
+def _chain_worker(worker: int, model: SequenceModel, batch_fields: dict, starts: list[dict[str, Tensor]],
+                  settings: _ChainSettings, tasks, messages, parent_pid: int) -> None:
+    """A worker process: runs the chains it takes from ``tasks`` (``None`` ends it) and sends
+    ``("start", chain, worker)``, ``("progress", chain, iterations, divergences)``,
+    ``("done", chain, draws as numpy, stats, seconds, cpu seconds)`` or
+    ``("error", chain, exception bytes or None, description, traceback)`` to ``messages``."""
+    # Ctrl-C reaches the whole process group: the parent alone handles it (and ends the workers).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # One thread each: the workers are already as many as the cores.
+    torch.set_num_threads(1)
+    batch = potential = None
+    while (chain := tasks.get()) is not None:
+        messages.put(("start", chain, worker))
+        wall, cpu = time.perf_counter(), time.process_time()
+        unsent = [0, time.perf_counter()]
+
+        def on_iteration(kernel, stage, stats, chain=chain, unsent=unsent):
+            unsent[0] += 1
+            now = time.perf_counter()
+            if now - unsent[1] > _PROGRESS_INTERVAL:
+                if os.getppid() != parent_pid:  # the parent is gone (killed): do not run on as an orphan
+                    os._exit(1)
+                messages.put(("progress", chain, unsent[0], sum(stats["diverging"])))
+                unsent[0], unsent[1] = 0, now
+
+        try:
+            if batch is None:  # set up inside the try: a failure here is reported with the chain too
+                batch = SequenceBatch(**batch_fields)
+                potential = potential_energy(model, batch)
+            chain_draws, stats = _run_chain(model, batch, potential, starts[chain], chain, settings, on_iteration)
+        except BaseException as error:
+            try:
+                payload = pickle.dumps(error)
+                pickle.loads(payload)
+            except Exception:
+                payload = None
+            messages.put(("error", chain, payload, f"{type(error).__name__}: {error}", traceback.format_exc()))
+            return
+        messages.put(("done", chain, {name: value.cpu().numpy() for name, value in chain_draws.items()}, stats,
+                      time.perf_counter() - wall, time.process_time() - cpu))
+
+
+def _run_chains_in_workers(model, batch, starts, settings: _ChainSettings, bar, callbacks, num_workers: int,
+                           start_method: str) -> list[_Chain]:
+    """The chains in ``num_workers`` processes, each taking the next chain when it is free."""
+    context = multiprocessing.get_context(start_method)
+    # The parent only puts into a SimpleQueue, which has no feeder thread: none of ours runs when it forks.
+    tasks = context.SimpleQueue()
+    messages = context.Queue()
+    workers = [context.Process(target=_chain_worker, name=f"nuts-worker-{worker}", daemon=True,
+                               args=(worker, model, _batch_fields(batch), starts, settings, tasks, messages, os.getpid()))
+               for worker in range(num_workers)]
+    num_chains = len(starts)
+    finished: dict[int, _Chain] = {}
+    running: dict[int, int] = {}  # worker -> chain
+    divergences = [0] * num_chains
+    reported = [0] * num_chains
+    per_chain = settings.warmup_steps + settings.num_samples
+    next_callback = 0
+    try:
+        for process in workers:
+            process.start()
+        for chain in range(num_chains):
+            tasks.put(chain)
+        for _ in workers:
+            tasks.put(None)
+        silent_polls, checked = 0, time.monotonic()
+        while len(finished) < num_chains:
+            try:
+                message = messages.get(timeout=_POLL_INTERVAL)
+            except queue.Empty:
+                message = None
+            silent_polls = silent_polls + 1 if message is None else 0
+            # Checked on a clock, not only when the queue is quiet: the other workers' progress
+            # messages would otherwise hide a dead one.
+            if message is None or time.monotonic() - checked > _POLL_INTERVAL:
+                _check_workers_alive(workers, running, finished, silent_polls)
+                checked = time.monotonic()
+            if message is None:
+                continue
+            kind, chain = message[0], message[1]
+            if kind == "start":
+                running[message[2]] = chain
+            elif kind == "progress":
+                bar.update(message[2])
+                reported[chain] += message[2]
+                divergences[chain] = message[3]
+            elif kind == "error":
+                _raise_chain_error(chain, *message[2:])
+            else:
+                chain_draws = {name: torch.from_numpy(value) for name, value in message[2].items()}
+                stats = message[3]
+                finished[chain] = (chain_draws, stats, message[4], message[5])
+                divergences[chain] = sum(stats["diverging"])
+                bar.update(per_chain - reported[chain])
+                running = {worker: running_chain for worker, running_chain in running.items() if running_chain != chain}
+            bar.set_postfix({"done": f"{len(finished)}/{num_chains}", "divergences": sum(divergences)}, refresh=False)
+            # Callbacks in chain order, as the serial path calls them.
+            while next_callback in finished:
+                _, stats, seconds, cpu_seconds = finished[next_callback]
+                for callback in callbacks:
+                    callback(_chain_record(next_callback, seconds, cpu_seconds, stats, settings.num_samples))
+                next_callback += 1
+        for process in workers:
+            process.join()
+    finally:
+        # On an error or KeyboardInterrupt, no worker outlives this call.
+        for process in workers:
+            if process.is_alive():
+                process.terminate()
+        for process in workers:
+            if process.pid is not None:
+                process.join(timeout=5)
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+        messages.close()
+        messages.cancel_join_thread()
+    return [finished[chain] for chain in range(num_chains)]
+
+
+def _check_workers_alive(workers, running: Mapping[int, int], finished: Mapping[int, object], silent_polls: int) -> None:
+    """Raises :class:`ChainError` for a worker that died without reporting (killed, crashed),
+    or when every worker has ended and ``silent_polls`` polls in a row found no message
+    while chains are missing."""
+    for worker, process in enumerate(workers):
+        if process.exitcode is not None and process.exitcode != 0:
+            chain = running.get(worker)
+            if chain is not None and chain not in finished:
+                raise ChainError(chain, f"NUTS chain {chain}: its worker process (pid {process.pid}) died with exit code "
+                                        f"{process.exitcode} (a negative code is the signal that ended it)")
+            raise ChainError(None, f"a NUTS worker process (pid {process.pid}) died between chains with exit "
+                                         f"code {process.exitcode}")
+    if all(process.exitcode is not None for process in workers) and silent_polls >= 2:
+        raise ChainError(None, "the NUTS worker processes ended without sending every chain")
+
+
+def _raise_chain_error(chain: int, payload: bytes | None, description: str, worker_traceback: str):
+    """Re-raises a worker's exception (with a note naming the chain) or a :class:`ChainError`."""
+    cause = _WorkerTraceback(worker_traceback)
+    if payload is not None:
+        error = pickle.loads(payload)
+        error.add_note(f"(in NUTS chain {chain}, raised in a worker process; its traceback is above)")
+        raise error from cause
+    raise ChainError(chain, f"NUTS chain {chain} failed in a worker process: {description}") from cause
 
 
 def sample_state_paths(model: SequenceModel, batch: SequenceBatch, draws: Mapping[str, Tensor], seed: int = 0) -> Tensor:

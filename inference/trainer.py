@@ -438,8 +438,8 @@ class NUTSOptions:
     Attributes:
         num_samples: draws kept per chain.
         warmup_steps: adaptation iterations per chain.
-        num_chains: chains, run one after another.
-        sampler_options: further keywords of ``run_nuts`` (``target_accept_prob``,
+        num_chains: chains (run in parallel processes, ``sampler_options["num_workers"]``).
+        sampler_options: further keywords of ``run_nuts`` (``num_workers``, ``target_accept_prob``,
             ``max_tree_depth``, ``init_jitter``, ``sample_states``,
             ``align_labels``, ``point``).
     """

@@ -886,7 +886,7 @@ def cmd_diagnose(args) -> int:
 
 
 def _chain_line(num_chains: int, draws: int):
-    """Without a progress bar, one line per NUTS chain as it ends (the sampler runs them in turn)."""
+    """Without a progress bar, one line per NUTS chain as it ends (in chain order)."""
     def report(record: dict) -> None:
         print(f"chain {record['chain'] + 1}/{num_chains}: {draws} draws in {record['seconds']:.1f} s, "
               f"{record['divergences']} divergences, acceptance {record['mean_acceptance_rate']:.2f}, "
@@ -902,11 +902,15 @@ def _diagnose_into(out: RunDirectory, run: RunDirectory, model, config: dict, pa
     label = config.get("model", type(model).__name__)
     if args.nuts:
         if args.no_progress:
-            print(f"NUTS: {args.chains} chain(s) of {args.warmup} warm-up + {args.draws} draws, one after another",
+            from inference.mcmc import default_num_workers
+
+            workers = min(args.workers or default_num_workers(args.chains, batch.device), args.chains)
+            print(f"NUTS: {args.chains} chain(s) of {args.warmup} warm-up + {args.draws} draws, "
+                  + ("one after another" if workers == 1 else f"{workers} at a time in worker processes"),
                   file=sys.stderr, flush=True)
         result = fit(model, batch, method="nuts", num_samples=args.draws, warmup_steps=args.warmup,
                      num_chains=args.chains, seed=args.seed, progress=not args.no_progress, initialize=False,
-                     max_tree_depth=args.max_tree_depth, description=f"{label} nuts",
+                     max_tree_depth=args.max_tree_depth, description=f"{label} nuts", num_workers=args.workers,
                      callbacks=[_chain_line(args.chains, args.draws)] if args.no_progress else [])
         posterior = result
     elif not guide_is_point_mass(model, batch):
@@ -997,6 +1001,8 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose_parser.add_argument("--draws", type=int, default=500, help="NUTS draws per chain (default 500)")
     diagnose_parser.add_argument("--warmup", type=int, default=500, help="NUTS warm-up iterations per chain (default 500)")
     diagnose_parser.add_argument("--max-tree-depth", type=int, default=10, help="NUTS maximum tree depth (default 10)")
+    diagnose_parser.add_argument("--workers", type=int, default=None,
+                                 help="NUTS chains run at once, in this many processes (default: chains, at most the cores; 1 = one after another)")
     diagnose_parser.add_argument("--guide-draws", type=int, default=500, help="draws from a variational guide (default 500)")
     diagnose_parser.add_argument("--predictive-draws", type=int, default=100, help="replicated data sets for the PPC (default 100)")
     diagnose_parser.add_argument("--seed", type=int, default=0)

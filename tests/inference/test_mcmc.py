@@ -15,6 +15,7 @@ and with NUTS (@slow).
 """
 
 import math
+import os
 import warnings
 
 import numpy as np
@@ -418,3 +419,172 @@ def test_potential_without_the_trace_equals_pyros(config):
     assert set(transforms) == set(pyro_transforms)
     sampled = LinearGaussianSSM(1, 1, latent="sampled").double()
     assert potential_energy(sampled, batch) is None
+
+
+# -- chains in parallel worker processes --------------------------------------------------
+def _tiny_runs(make_model, batch, **options):
+    """The same 2-chain run one after another in this process and in 2 worker processes."""
+    results = []
+    for num_workers in (1, 2):
+        model = make_model()
+        results.append(fit(model, batch, method="nuts", num_samples=15, warmup_steps=15, num_chains=2, seed=3,
+                           progress=False, initialize=False, max_tree_depth=4, num_workers=num_workers,
+                           **options))
+    return results
+
+
+def _assert_same_draws(serial, parallel):
+    assert serial.mcmc.num_workers == 1 and parallel.mcmc.num_workers == 2
+    assert serial.mcmc.draws.keys() == parallel.mcmc.draws.keys()
+    for name in serial.mcmc.draws:
+        assert torch.equal(serial.mcmc.draws[name], parallel.mcmc.draws[name]), name
+    for name in serial.mcmc.sample_stats:
+        assert torch.equal(serial.mcmc.sample_stats[name], parallel.mcmc.sample_stats[name]), name
+    # The two chains differ (own seed, own start), so equality is not the trivial one.
+    first = next(iter(serial.mcmc.draws.values()))
+    assert not torch.equal(first[0], first[1])
+    assert [entry["chain"] for entry in parallel.history] == [0, 1]  # callbacks in chain order
+    assert all(entry["cpu_seconds"] > 0 for entry in parallel.history)
+
+
+def test_parallel_chains_give_the_serial_draws_through_pyros_trace():
+    """TwoStateChain has no nuts_log_likelihood: NUTS runs over Pyro's trace of model()."""
+    batch = TwoStateChain().sample(2, 20, generator=torch.Generator().manual_seed(0))
+    serial, parallel = _tiny_runs(TwoStateChain, batch)
+    _assert_same_draws(serial, parallel)
+
+
+def test_parallel_chains_give_the_serial_draws_through_the_direct_potential():
+    from zoo.lgssm import LinearGaussianSSM
+
+    def make():
+        return LinearGaussianSSM.local_level(level_var=1.0, noise_var=1.0, dtype=torch.float64)
+
+    batch = LinearGaussianSSM.local_level(level_var=0.5, noise_var=1.0, dtype=torch.float64).sample(
+        2, 20, generator=torch.Generator().manual_seed(0))
+    serial, parallel = _tiny_runs(make, batch, sample_states=False)
+    _assert_same_draws(serial, parallel)
+
+
+@pytest.mark.slow
+def test_spawned_workers_give_the_serial_draws():
+    """start_method="spawn" pickles the model and the batch (its covariates too) to fresh
+    interpreters (about 10 s of imports per worker here, hence @slow)."""
+    truth = GaussianHMM(2, 1).double()
+    data = truth.sample(2, 20, generator=torch.Generator().manual_seed(0))
+    batch = SequenceBatch(values=data.values, lengths=data.lengths, covariates={"year": torch.tensor([1, 2])})
+    serial, parallel = _tiny_runs(lambda: GaussianHMM(2, 1).double(), batch, start_method="spawn")
+    _assert_same_draws(serial, parallel)
+
+
+class FailingChain(TwoStateChain):
+    """Raises in the chain seeded 1 (run_nuts seeds chain c with seed + c)."""
+
+    def model(self, batch):
+        if torch.initial_seed() == 1:
+            raise ValueError("the likelihood failed")
+        return super().model(batch)
+
+
+def test_an_exception_in_a_worker_is_reraised_naming_its_chain():
+    batch = TwoStateChain().sample(1, 10, generator=torch.Generator().manual_seed(0))
+    for num_workers in (2, 1):  # the same exception and note in a worker and in this process
+        with pytest.raises(ValueError, match="the likelihood failed") as caught:
+            fit(FailingChain(), batch, method="nuts", num_samples=5, warmup_steps=5, num_chains=2, seed=0,
+                progress=False, num_workers=num_workers)
+        assert any("NUTS chain 1" in note for note in caught.value.__notes__)
+        if num_workers == 2:
+            assert "the likelihood failed" in str(caught.value.__cause__)  # the worker's traceback
+
+
+class UnpicklableError(Exception):
+    def __init__(self, code, detail):  # pickling calls __init__(*args) with one argument: fails
+        super().__init__(f"{detail} ({code})")
+
+
+class UnpicklableFailure(TwoStateChain):
+    def model(self, batch):
+        if torch.initial_seed() == 1:
+            raise UnpicklableError(7, "a failure that does not pickle")
+        return super().model(batch)
+
+
+def test_an_exception_that_does_not_pickle_becomes_a_chain_error():
+    from inference.mcmc import ChainError
+
+    batch = TwoStateChain().sample(1, 10, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ChainError, match=r"NUTS chain 1 failed in a worker process: UnpicklableError: a failure") as caught:
+        fit(UnpicklableFailure(), batch, method="nuts", num_samples=5, warmup_steps=5, num_chains=2, progress=False,
+            num_workers=2)
+    assert caught.value.chain == 1
+
+
+def _during_the_run(action):
+    """Calls ``action(workers)`` from a thread once two NUTS workers are alive."""
+    import multiprocessing
+    import threading
+    import time
+
+    seen = []
+
+    def watch():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            workers = [child for child in multiprocessing.active_children() if child.name.startswith("nuts-worker")]
+            if len(workers) == 2:
+                time.sleep(0.5)
+                seen.extend(workers)
+                action(workers)
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread, seen
+
+
+def _long_run(num_workers=2):
+    from zoo.lgssm import LinearGaussianSSM
+
+    model = LinearGaussianSSM.local_level(level_var=1.0, noise_var=1.0, dtype=torch.float64)
+    batch = model.sample(1, 20, generator=torch.Generator().manual_seed(0))
+    fit(model, batch, method="nuts", num_samples=100_000, warmup_steps=10, num_chains=2, progress=False,
+        initialize=False, num_workers=num_workers, sample_states=False)
+
+
+def test_a_killed_worker_is_reported_with_its_chain_and_no_worker_outlives_the_run():
+    import signal
+
+    from inference.mcmc import ChainError
+
+    thread, workers = _during_the_run(lambda workers: os.kill(workers[0].pid, signal.SIGKILL))
+    with pytest.raises(ChainError, match=r"NUTS chain [01]: its worker process \(pid \d+\) died with exit code -9"):
+        _long_run()
+    thread.join()
+    assert len(workers) == 2 and not any(worker.is_alive() for worker in workers)
+
+
+def test_ctrl_c_ends_every_worker():
+    import signal
+
+    thread, workers = _during_the_run(lambda workers: os.kill(os.getpid(), signal.SIGINT))
+    with pytest.raises(KeyboardInterrupt):
+        _long_run()
+    thread.join()
+    assert len(workers) == 2 and not any(worker.is_alive() for worker in workers)
+    for worker in workers:
+        with pytest.raises(ProcessLookupError):  # ended and reaped, not left a zombie
+            os.kill(worker.pid, 0)
+
+
+def test_worker_options_are_checked():
+    from inference.mcmc import available_cores, default_num_workers
+
+    assert default_num_workers(8) == min(8, available_cores()) and default_num_workers(1) == 1
+    assert default_num_workers(4, "meta") == 1  # chains stay in this process off the CPU
+    batch = TwoStateChain().sample(1, 5, generator=torch.Generator().manual_seed(0))
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="num_workers"):
+            fit(TwoStateChain(), batch, method="nuts", num_workers=bad, progress=False)
+    with pytest.raises(ValueError, match="start_method"):
+        fit(TwoStateChain(), batch, method="nuts", num_workers=2, start_method="thread", progress=False)

@@ -608,9 +608,10 @@ def test_diagnose_nuts_without_progress_prints_a_line_per_chain(text_file, tmp_p
     _small_fit(text_file, out, "--first", 60)
     capsys.readouterr()
     assert run_cli("diagnose", out, "--nuts", "--chains", 2, "--draws", 4, "--warmup", 4, "--max-tree-depth", 3,
-                   "--guide-draws", 5, "--predictive-draws", 2, "--no-progress") == 0
+                   "--guide-draws", 5, "--predictive-draws", 2, "--no-progress", "--workers", 2) == 0
     err = capsys.readouterr().err
     assert "NUTS: 2 chain(s) of 4 warm-up + 4 draws" in err
+    assert "2 chain(s) of 4 warm-up + 4 draws, 2 at a time in worker processes" in err  # --workers 2
     assert "chain 1/2: 4 draws in" in err and "chain 2/2: 4 draws in" in err
 
 
