@@ -301,21 +301,24 @@ def _document_curvature(theta: Tensor, totals: Tensor, precision: float) -> Tens
     return totals[..., None] * (torch.diag_embed(theta) - theta[:, :, None] * theta[:, None, :]) + precision * eye
 
 
-def _newton_document_modes(eta: Tensor, log_word_topic: Tensor, counts: Tensor, prior_loc: Tensor, precision: float,
-                           steps: int, tolerance: float) -> Tensor:
+def _newton_document_modes(eta: Tensor, document: Tensor, log_word_topic: Tensor, counts: Tensor, prior_loc: Tensor,
+                           precision: float, steps: int, tolerance: float) -> Tensor:
     """``(N, K)`` modes of :math:`\log p(w_d \mid \eta_d) + \log N(\eta_d; \mathrm{prior\_loc}, I/\mathrm{precision})`
     by Newton steps from ``eta`` on the bound that holds the responsibilities fixed.
 
     Args:
-        eta: ``(N, K)`` start; log_word_topic: ``(N, L, K)`` log word probabilities of each
-            document's words under each topic; counts: ``(N, L)`` float (0 on padding);
-            prior_loc: ``(N, K)``; precision: ``annealing / a^2`` (> 0).
+        eta: ``(N, K)`` start.
+        document, log_word_topic, counts: the flat (document, word) pairs (:func:`_flat_words`):
+            ``(nnz,)`` document of each pair, ``(nnz, K)`` log probability of its word under each
+            topic (of the document's slice), ``(nnz,)`` float counts.
+        prior_loc: ``(N, K)``; precision: ``annealing / a^2`` (> 0).
     """
-    totals = counts.sum(-1)[:, None]  # (N, 1)
+    N = eta.shape[0]
+    totals = torch.zeros(N, dtype=counts.dtype).index_add_(0, document, counts)[:, None]  # (N, 1)
     for _ in range(steps):
         log_theta = torch.log_softmax(eta, -1)
-        responsibilities = torch.softmax(log_theta[:, None, :] + log_word_topic, -1)  # (N, L, K)
-        expected = (counts[..., None] * responsibilities).sum(1)  # (N, K)
+        responsibilities = torch.softmax(log_theta[document] + log_word_topic, -1)  # (nnz, K)
+        expected = torch.zeros_like(eta).index_add_(0, document, counts[:, None] * responsibilities)  # (N, K)
         theta = log_theta.exp()
         gradient = expected - totals * theta - precision * (eta - prior_loc)
         # clamped: a document far from its start must not jump past the mode in one step
@@ -342,18 +345,11 @@ def _static_em(word_ids: Tensor, counts: Tensor, log_topics: Tensor, iterations:
     Works on the flat (document, word, count) triples."""
     N, K = word_ids.shape[0], log_topics.shape[0]
     document, words, counts = _flat_words(word_ids, counts)
-    totals = torch.zeros(N).index_add_(0, document, counts)[:, None]  # (N, 1)
-    eta = torch.zeros(N, K)
+    eta = prior_loc = torch.zeros(N, K)
     objective = -math.inf
     for iteration in range(iterations + 1):
         log_word_topic = log_topics.T[words]  # (nnz, K)
-        for _ in range(newton_steps):
-            log_theta = torch.log_softmax(eta, -1)
-            responsibilities = torch.softmax(log_theta[document] + log_word_topic, -1)
-            expected = torch.zeros(N, K).index_add_(0, document, counts[:, None] * responsibilities)
-            theta = log_theta.exp()
-            gradient = expected - totals * theta - precision * eta
-            eta = eta + torch.linalg.solve(_document_curvature(theta, totals, precision), gradient).clamp(-5.0, 5.0)
+        eta = _newton_document_modes(eta, document, log_word_topic, counts, prior_loc, precision, newton_steps, 0.0)
         joint = torch.log_softmax(eta, -1)[document] + log_word_topic  # (nnz, K)
         log_lik = torch.zeros(N).index_add_(0, document, counts * torch.logsumexp(joint, -1))
         objective = float((log_lik - 0.5 * precision * (eta**2).sum(-1)).mean())
@@ -641,11 +637,11 @@ class DynamicTopicModel(SequenceModel):
             start, _ = self.guide_encoder(word_ids, counts)
             start = start + prior_loc
             log_topic_word = torch.log_softmax(self.topic_word_logits(), -1).transpose(-1, -2)  # (S, V, K)
-            log_word_topic = log_topic_word[slices[:, None], word_ids]  # (N, L, K)
-            counts = counts.to(log_word_topic.dtype)
-            totals = counts.sum(-1)[:, None]  # (N, 1)
+            document, words, counts = _flat_words(word_ids, counts)
+            log_word_topic = log_topic_word[slices[document], words]  # (nnz, K)
+            totals = torch.zeros(len(slices)).index_add_(0, document, counts)[:, None]  # (N, 1)
             precision = max(annealing_factor, 1e-4) / self.document_scale**2  # > 0: P stays invertible
-            eta = _newton_document_modes(start, log_word_topic, counts, prior_loc, precision, steps, tolerance)
+            eta = _newton_document_modes(start, document, log_word_topic, counts, prior_loc, precision, steps, tolerance)
             return LocalPosterior(eta, torch.linalg.inv(_document_curvature(torch.softmax(eta, -1), totals, precision)), start)
 
     def loss(self, batch: SequenceBatch, annealing_factor: float = 1.0, num_particles: int = 1) -> Tensor:

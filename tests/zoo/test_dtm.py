@@ -376,7 +376,7 @@ def topic_recovery(model, truth):
     return worst, float(pairs.min())
 
 
-def fit_separated_topics(seed, start_at_truth=False, documents=400, length=30, epochs=15):
+def fit_separated_topics(seed, start_at_truth=False, documents=300, length=30, epochs=12):
     V, K, S = 40, 4, 3
     truth, gen = separated_topics(seed, V, K, S)
     model = DynamicTopicModel(V, K, S, topic_drift=0.2, hidden_size=32)
@@ -391,7 +391,7 @@ def fit_separated_topics(seed, start_at_truth=False, documents=400, length=30, e
 
 
 def test_topics_do_not_collapse_over_seeds():
-    """Documents of 30 tokens from 4 topics on disjoint 10-word supports (V = 40, 3 slices, 400
+    """Documents of 30 tokens from 4 topics on disjoint 10-word supports (V = 40, 3 slices, 300
     documents), fitted by `fit(loss="model")` from the data-driven start: at least 4 of 5 seeds recover
     every topic at every slice within 0.2 in total variation AND keep every pair of fitted topics more
     than 0.5 apart (collapsed fits fail both: one topic takes the documents, the others stay alike)."""
