@@ -162,7 +162,7 @@ def main(args) -> dict:
         "train_tokens": train_tokens(train_batch), "held_out_tokens": train_tokens(held_half),
         "topics": args.topics, "epochs": args.epochs, "batch_size": args.batch_size,
         "completion": "MAP eta from the observed half under the fitted prior N(alpha_t, a^2 I), a = 1.0 "
-                      f"({args.completion_steps} Adam steps), posterior-mean topics",
+                      f"(at most {args.completion_steps} Newton steps), posterior-mean topics",
         "threads": torch.get_num_threads(), "perplexity": {}, "fit_seconds": {},
     }
     unigram = unigram_completion(train_batch, held_half, V)
@@ -198,6 +198,8 @@ def main(args) -> dict:
         if args.save_state:
             torch.save(model.state_dict(), args.save_state)
         prevalence = model.topic_prevalence(train_batch)
+        results["largest_mean_prevalence"] = round(float(prevalence.mean(0).max()), 4)
+        results["largest_prevalence_any_decade"] = round(float(prevalence.max()), 4)
         results["prevalence"] = {label: [round(float(x), 4) for x in prevalence[s]] for s, label in enumerate(corpus.slice_labels)}
         files += plots(out, model, corpus.vocabulary, corpus.slice_labels, prevalence)
     with open(out / "results.json", "w") as handle:

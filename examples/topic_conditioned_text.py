@@ -10,8 +10,8 @@ packaged ``builtin:sotu``):
 1. paragraphs are split **by document** into train / valid / test;
 2. a topic model (static logistic-normal LDA by default, or the DTM with
    decades as slices) is fitted to the *training* paragraphs' bags of words,
-   and gives each paragraph its proportions :math:`\theta_d` (the encoder's
-   mean, ``document_proportions``);
+   and gives each paragraph its proportions :math:`\theta_d` (the mode of its
+   solved local posterior, ``document_proportions``);
 3. a character-level GRU (or LSTM/Elman) conditioned on :math:`\theta_d`
    (the ``"context"`` covariate of the RNN family) and an unconditioned one of
    the same architecture are trained on the same chunks, with the same seed and
@@ -146,7 +146,7 @@ def token_count(bags: SequenceBatch) -> float:
 
 def proportions(topic_model, batch: SequenceBatch) -> torch.Tensor:
     """``(N, K)`` each document's topic proportions under the fitted topic model
-    (the encoder's mean, ``document_proportions``)."""
+    (the softmax of each document's local-posterior mode, ``document_proportions``)."""
     return topic_model.document_proportions(batch).float()
 
 
@@ -186,8 +186,9 @@ def fit_topic_model(corpus: Corpus, train_bags: SequenceBatch, args):
     else:
         model = StaticTopicModel(vocabulary_size, args.topics)
     started = time.perf_counter()
-    # KL annealing of the documents' term and a small learning rate: without them most topics
-    # received no paragraph (measured on 1900-2009, K = 6: 3 of 6 topics used at lr 0.05).
+    # KL annealing of the documents' term and a small learning rate: before the DTM's local
+    # posterior step (docs/dtm.md) most topics received no paragraph without them (1900-2009,
+    # K = 6: 3 of 6 topics used at lr 0.05); kept so the recorded results stay reproducible.
     result = fit(model, train_bags, method="svi", loss="model", batch_size=512, learning_rate=args.topic_lr,
                  max_epochs=args.topic_epochs, lr_schedule="constant",
                  step_kwargs=KLAnnealing(start=0.0, epochs=max(1, args.topic_epochs // 3)),
