@@ -157,6 +157,36 @@ def _interleaved(train, configs, max_batches, per_epoch, rounds):
     return out
 
 
+def _fit_epochs(train, epochs, sizes):
+    """Wall and CPU seconds per epoch of ``epochs`` epochs through the shared trainer (``loss="model"``,
+    random batches of 20, no validation): ``inference.fit.fit`` in one process, or, under
+    ``torchrun --nproc-per-node 2``, ``DataParallel.fit`` (each process takes half of every batch, the
+    gradients are summed by one all-reduce per step). Medians over the epochs after the first."""
+    from inference.distributed import DataParallel
+    from inference.fit import fit
+
+    torch.manual_seed(0)
+    model = DeepMarkovModel("bernoulli", dim=88, **sizes)
+    options = dict(loss="model", batch_size=20, max_epochs=epochs, learning_rate=3e-4, seed=0, progress=False)
+    cpu = time.process_time()
+    if DataParallel.launched():
+        with DataParallel.from_environment() as parallel:
+            result = parallel.fit(model, train, **options)
+            processes, main = parallel.world_size, parallel.is_main
+    else:
+        result = fit(model, train, **options)
+        processes, main = 1, True
+    cpu = time.process_time() - cpu
+    ends = [record["seconds"] for record in result.history]
+    walls = [b - a for a, b in zip(ends, ends[1:])] or ends
+    out = {"processes": processes, "epochs": len(ends), "wall_seconds_per_epoch": round(statistics.median(walls), 3),
+           "wall_per_epoch": [round(w, 3) for w in walls], "cpu_seconds_per_epoch_this_process": round(cpu / len(ends), 3),
+           "load_average": os.getloadavg()}
+    if main:
+        print("fit_epochs", json.dumps(out), flush=True)
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEFAULT_DATA))
@@ -167,12 +197,18 @@ def main(argv=None):
     parser.add_argument("--precisions", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
                         help="interleaved comparison: guide RNN precisions to time")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved comparison: rounds")
+    parser.add_argument("--fit-epochs", type=int, default=0,
+                        help="time this many epochs through fit (under torchrun: DataParallel.fit) and stop")
+    parser.add_argument("--tiny", action="store_true", help="tiny networks (a smoke test of --fit-epochs)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     train = load_polyphonic(args.data, "train").batch
     per_epoch = math.ceil(train.num_sequences / 20)
     max_batches = args.batches or per_epoch
+    if args.fit_epochs:
+        sizes = dict(z_dim=4, transition_dim=8, emitter_dim=8, rnn_dim=8) if args.tiny else {}
+        return _fit_epochs(train, args.fit_epochs, sizes)
     results = {"threads": torch.get_num_threads(), "load_average_before": os.getloadavg(),
                "batches_per_epoch": per_epoch, "batches_timed": min(max_batches, per_epoch)}
     if args.threads:
