@@ -179,7 +179,7 @@ def _fit_epochs(train, epochs, sizes):
     cpu = time.process_time() - cpu
     ends = [record["seconds"] for record in result.history]
     walls = [b - a for a, b in zip(ends, ends[1:])] or ends
-    out = {"processes": processes, "epochs": len(ends), "wall_seconds_per_epoch": round(statistics.median(walls), 3),
+    out = {"processes": processes, "rnn_precision": model.rnn_precision, "epochs": len(ends), "wall_seconds_per_epoch": round(statistics.median(walls), 3),
            "wall_per_epoch": [round(w, 3) for w in walls], "cpu_seconds_per_epoch_this_process": round(cpu / len(ends), 3),
            "load_average": os.getloadavg()}
     if main:
@@ -208,6 +208,7 @@ def main(argv=None):
     max_batches = args.batches or per_epoch
     if args.fit_epochs:
         sizes = dict(z_dim=4, transition_dim=8, emitter_dim=8, rnn_dim=8) if args.tiny else {}
+        sizes["rnn_precision"] = args.precisions[0]
         return _fit_epochs(train, args.fit_epochs, sizes)
     results = {"threads": torch.get_num_threads(), "load_average_before": os.getloadavg(),
                "batches_per_epoch": per_epoch, "batches_timed": min(max_batches, per_epoch)}
