@@ -68,6 +68,7 @@ OBSERVATIONS: tuple[str, ...] = ("bernoulli", "categorical", "gaussian")
 GUIDES: tuple[str, ...] = ("st-r", "st-lr", "mf")
 TRANSITIONS: tuple[str, ...] = ("gated", "linear")
 EMISSIONS: tuple[str, ...] = ("mlp", "linear")
+RNN_PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
 #: Rows (sequence copies) of one pass of the IWAE bound; more particles take several passes (memory).
 IWAE_SEQUENCES_PER_PASS = 2048
 
@@ -107,6 +108,33 @@ def _normal_log_prob(value: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
     return (-0.5 * ((value - loc) / scale).pow(2) - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
+def _low_mm(a: Tensor, b: Tensor, dtype: torch.dtype | None) -> Tensor:
+    """``a @ b`` with both factors rounded to ``dtype`` (e.g. bfloat16; the products accumulate in
+    float32 inside the kernel), returned in ``a``'s dtype; ``dtype=None``: the plain product."""
+    if dtype is None or dtype == a.dtype:
+        return torch.mm(a, b)
+    return torch.mm(a.to(dtype), b.to(dtype)).to(a.dtype)
+
+
+class _LowPrecisionLinear(torch.autograd.Function):
+    """``F.linear(inputs, weight, bias)`` with the three matrix products (forward, input and weight
+    gradients) on factors rounded to ``matmul_dtype`` (:func:`_low_mm`); ``inputs (..., I)``."""
+
+    @staticmethod
+    def forward(ctx, inputs, weight, bias, matmul_dtype):
+        flat = inputs.reshape(-1, inputs.shape[-1])
+        ctx.save_for_backward(flat, weight)
+        ctx.matmul_dtype, ctx.shape = matmul_dtype, inputs.shape
+        return _low_mm(flat, weight.t(), matmul_dtype).add_(bias).reshape(*inputs.shape[:-1], -1)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        flat, weight = ctx.saved_tensors
+        grad = grad_output.reshape(-1, grad_output.shape[-1])
+        grad_inputs = _low_mm(grad, weight, ctx.matmul_dtype).reshape(ctx.shape) if ctx.needs_input_grad[0] else None
+        return grad_inputs, _low_mm(grad.t(), flat, ctx.matmul_dtype), grad.sum(0), None
+
+
 class _TanhRNN(torch.autograd.Function):
     """``nn.RNN(nonlinearity="tanh")`` (one layer, batch first) as one autograd node:
     :math:`h_t = \\tanh(W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh})`. The input projection of
@@ -121,42 +149,52 @@ class _TanhRNN(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, inputs, h_0, weight_ih, weight_hh, bias_ih, bias_hh, active):
+    def forward(ctx, inputs, h_0, weight_ih, weight_hh, bias_ih, bias_hh, active, matmul_dtype=None):
         n, t, size = inputs.shape
-        projected = torch.addmm(bias_ih + bias_hh, inputs.reshape(n * t, size), weight_ih.t()).reshape(n, t, -1)
+        low = matmul_dtype is not None and matmul_dtype != inputs.dtype
+        projected = (torch.addmm(bias_ih + bias_hh, inputs.reshape(n * t, size), weight_ih.t()) if not low else
+                     _low_mm(inputs.reshape(n * t, size), weight_ih.t(), matmul_dtype).add_(bias_ih + bias_hh)
+                     ).reshape(n, t, -1)
         outputs = torch.zeros_like(projected)
         h, weight_hh_t = h_0, weight_hh.t()
+        if low:
+            weight_hh_t = weight_hh_t.to(matmul_dtype)  # cast once; h is cast per step, sums stay in float32
         for step in range(t):
             rows = active[step]  # rows sorted by length, longest first: the first `rows` are still running
-            h = torch.tanh(torch.addmm(projected[:rows, step], h[:rows], weight_hh_t))
+            if low:
+                h = torch.tanh(torch.mm(h[:rows].to(matmul_dtype), weight_hh_t).float().add_(projected[:rows, step]))
+            else:
+                h = torch.tanh(torch.addmm(projected[:rows, step], h[:rows], weight_hh_t))
             outputs[:rows, step] = h
         ctx.save_for_backward(inputs, h_0, weight_ih, weight_hh, outputs)
-        ctx.active = active
+        ctx.active, ctx.matmul_dtype = active, matmul_dtype if low else None
         return outputs
 
     @staticmethod
     def backward(ctx, grad_outputs):
         inputs, h_0, weight_ih, weight_hh, outputs = ctx.saved_tensors
-        active = ctx.active
+        active, low = ctx.active, ctx.matmul_dtype
         n, t, size = inputs.shape
         grad_pre = torch.zeros_like(outputs)
         slope = 1 - outputs * outputs
         carry = outputs.new_zeros(0, outputs.shape[-1])  # gradient reaching h_t from step t + 1 (its running rows)
+        weight_hh_low = weight_hh.to(low) if low is not None else None
         for step in range(t - 1, -1, -1):
             rows = active[step]
             total = grad_outputs[:rows, step].clone()
             total[:carry.shape[0]] += carry
             pre = total.mul_(slope[:rows, step])
             grad_pre[:rows, step] = pre
-            carry = torch.mm(pre, weight_hh)
+            carry = torch.mm(pre, weight_hh) if low is None else torch.mm(pre.to(low), weight_hh_low).float()
         grad_h_0 = torch.zeros_like(h_0)
         grad_h_0[:carry.shape[0]] = carry
         flat = grad_pre.reshape(n * t, -1)
         h_prev = torch.cat([h_0.unsqueeze(1), outputs[:, :-1]], 1).reshape(n * t, -1)
-        grad_inputs = torch.mm(flat, weight_ih).reshape(n, t, size) if ctx.needs_input_grad[0] else None
+        grad_inputs = _low_mm(flat, weight_ih, low).reshape(n, t, size) if ctx.needs_input_grad[0] else None
         grad_bias = flat.sum(0)
-        return (grad_inputs, grad_h_0, torch.mm(flat.t(), inputs.reshape(n * t, size)), torch.mm(flat.t(), h_prev),
-                grad_bias, grad_bias, None)
+        flat_t = flat.t()
+        return (grad_inputs, grad_h_0, _low_mm(flat_t, inputs.reshape(n * t, size), low), _low_mm(flat_t, h_prev, low),
+                grad_bias, grad_bias, None, None)
 
 
 class _StructuredGuideLoop(torch.autograd.Function):
@@ -253,12 +291,14 @@ class _LengthOrder(NamedTuple):
         return _LengthOrder(order, torch.argsort(order), active)
 
 
-def _run_rnn(rnn: nn.RNN, inputs: Tensor, h_0: Tensor, lengths: Tensor) -> Tensor:
+def _run_rnn(rnn: nn.RNN, inputs: Tensor, h_0: Tensor, lengths: Tensor, matmul_dtype: torch.dtype | None = None
+             ) -> Tensor:
     """``(N, T, H)`` outputs of a one-layer tanh ``rnn`` (batch first) from ``h_0 (N, H)`` over
-    sequences whose real steps come first (``lengths (N,)``), through :class:`_TanhRNN`; 0 on padding."""
+    sequences whose real steps come first (``lengths (N,)``), through :class:`_TanhRNN`; 0 on padding.
+    ``matmul_dtype``: the matrix products' factors rounded to it (e.g. bfloat16), sums in float32."""
     rows = _LengthOrder.of(lengths, inputs.shape[1])
     outputs = _TanhRNN.apply(inputs[rows.order], h_0[rows.order].contiguous(), rnn.weight_ih_l0, rnn.weight_hh_l0,
-                             rnn.bias_ih_l0, rnn.bias_hh_l0, rows.active)
+                             rnn.bias_ih_l0, rnn.bias_hh_l0, rows.active, matmul_dtype)
     return outputs[rows.inverse]
 
 
@@ -328,6 +368,10 @@ class DeepMarkovModel(SequenceModel):
             emission is a Kalman filter with diagonal noise.
         min_scale: floor added to every standard deviation (prior, guide, Gaussian emission), so a
             high learning rate cannot collapse a scale to 0 (Pyro's example NaNs there).
+        rnn_precision: ``"float32"`` (default: the inputs' dtype) or ``"bfloat16"``: the matrix
+            products of the guide RNN and of its projection to ``[loc, scale]`` (forward, backward,
+            weight gradients) on bfloat16-rounded factors, with float32 sums, state and parameters;
+            faster on CPUs with bfloat16 instructions, not exact (gradients within ~1%).
 
     Example:
         >>> model = DeepMarkovModel("bernoulli", dim=4, z_dim=2, transition_dim=8, emitter_dim=8, rnn_dim=8)
@@ -345,7 +389,7 @@ class DeepMarkovModel(SequenceModel):
     def __init__(self, observation: str = "bernoulli", *, dim: int | None = None, num_symbols: int | None = None,
                  z_dim: int = 100, transition_dim: int = 200, emitter_dim: int = 100, rnn_dim: int = 600,
                  guide: str = "st-r", num_iafs: int = 0, iaf_dim: int = 100, transition: str = "gated",
-                 emission: str = "mlp", min_scale: float = 1e-2) -> None:
+                 emission: str = "mlp", min_scale: float = 1e-2, rnn_precision: str = "float32") -> None:
         super().__init__()
         for name, value, allowed in (("observation", observation, OBSERVATIONS), ("guide", guide, GUIDES),
                                      ("transition", transition, TRANSITIONS), ("emission", emission, EMISSIONS)):
@@ -357,6 +401,8 @@ class DeepMarkovModel(SequenceModel):
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
         if not isinstance(num_iafs, int) or num_iafs < 0:
             raise ValueError(f"num_iafs: expected a nonnegative int, got {num_iafs!r}")
+        if rnn_precision not in RNN_PRECISIONS:
+            raise ValueError(f"rnn_precision: expected one of {RNN_PRECISIONS}, got {rnn_precision!r}")
         if not (isinstance(min_scale, (int, float)) and min_scale > 0):
             raise ValueError(f"min_scale: expected a positive float, got {min_scale!r}")
         if observation == "categorical":
@@ -370,6 +416,7 @@ class DeepMarkovModel(SequenceModel):
         self.z_dim, self.transition_dim, self.emitter_dim, self.rnn_dim = z_dim, transition_dim, emitter_dim, rnn_dim
         self.guide_kind, self.num_iafs, self.iaf_dim = guide, num_iafs, iaf_dim
         self.transition_kind, self.emission_kind, self.min_scale = transition, emission, float(min_scale)
+        self.rnn_precision = rnn_precision
         #: Training settings behind :meth:`default_fit_options` (see :meth:`configure_fit`).
         self.fit_settings: dict[str, Any] = {"annealing_epochs": 10, "min_annealing": 0.2, "num_particles": 1}
 
@@ -398,12 +445,16 @@ class DeepMarkovModel(SequenceModel):
         self.guide_iafs = nn.ModuleList(
             AffineAutoregressive(AutoRegressiveNN(z_dim, [iaf_dim]), sigmoid_bias=3.0) for _ in range(num_iafs))
 
+    @property
+    def _rnn_matmul_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.rnn_precision == "bfloat16" else None
+
     def config(self) -> dict[str, Any]:
         return {"observation": self.observation, "dim": self.dim, "num_symbols": self.num_symbols,
                 "z_dim": self.z_dim, "transition_dim": self.transition_dim, "emitter_dim": self.emitter_dim,
                 "rnn_dim": self.rnn_dim, "guide": self.guide_kind, "num_iafs": self.num_iafs,
                 "iaf_dim": self.iaf_dim, "transition": self.transition_kind, "emission": self.emission_kind,
-                "min_scale": self.min_scale}
+                "min_scale": self.min_scale, "rnn_precision": self.rnn_precision}
 
     def configure_fit(self, *, annealing_epochs: int | None = None, min_annealing: float | None = None,
                       num_particles: int | None = None) -> "DeepMarkovModel":
@@ -501,11 +552,13 @@ class DeepMarkovModel(SequenceModel):
         gather = reverse.unsqueeze(-1)
         reversed_inputs = inputs.gather(1, gather.expand_as(inputs))
         h_0 = self.guide_h_0
-        backward = _run_rnn(self.guide_rnn, reversed_inputs, h_0[0].expand(n, self.rnn_dim), lengths)
+        backward = _run_rnn(self.guide_rnn, reversed_inputs, h_0[0].expand(n, self.rnn_dim), lengths,
+                            self._rnn_matmul_dtype)
         backward = backward.gather(1, gather.expand_as(backward))
         if self.guide_rnn_forward is None:
             return backward
-        forward = _run_rnn(self.guide_rnn_forward, inputs, h_0[1].expand(n, self.rnn_dim), lengths)
+        forward = _run_rnn(self.guide_rnn_forward, inputs, h_0[1].expand(n, self.rnn_dim), lengths,
+                           self._rnn_matmul_dtype)
         return 0.5 * (forward + backward)
 
     def _guide_features(self, batch: SequenceBatch, inputs: Tensor) -> Tensor:
@@ -516,6 +569,9 @@ class DeepMarkovModel(SequenceModel):
         if self.guide_kind == "mf":
             return self.guide_loc_scale(summary)
         # Combiner (Pyro's): h = (tanh(W z_{t-1}) + h_rnn) / 2; loc, scale from h; the h_rnn half here.
+        if self._rnn_matmul_dtype is not None:
+            return _LowPrecisionLinear.apply(0.5 * summary, self.guide_loc_scale.weight, self.guide_loc_scale.bias,
+                                             self._rnn_matmul_dtype)
         return F.linear(0.5 * summary, self.guide_loc_scale.weight, self.guide_loc_scale.bias)
 
     def _guide_conditional(self, z_prev: Tensor, features: Tensor) -> tuple[Tensor, Tensor]:
@@ -820,6 +876,9 @@ def _add_arguments(group) -> None:
     group.add_argument("--iafs", type=int, default=0, help="inverse autoregressive flows per step (0)")
     group.add_argument("--transition", choices=TRANSITIONS, default="gated", help="gated (default) or linear")
     group.add_argument("--emission", choices=EMISSIONS, default="mlp", help="mlp (default) or linear")
+    group.add_argument("--rnn-precision", choices=RNN_PRECISIONS, default="float32",
+                       help="guide RNN matrix products: float32 (default) or bfloat16 (faster on CPUs with "
+                            "bfloat16 instructions; float32 sums; not exact)")
     group.add_argument("--annealing-epochs", type=int, default=10, help="epochs of linear KL annealing (10)")
     group.add_argument("--min-annealing", type=float, default=0.2, help="initial KL annealing factor (0.2)")
     group.add_argument("--particles", type=int, default=1, help="IWAE particles for scoring (1 = ELBO)")
@@ -829,6 +888,7 @@ def _settings_from_args(args) -> dict[str, str]:
     return {"z_dim": str(args.z_dim), "transition_dim": str(args.transition_dim),
             "emitter_dim": str(args.emitter_dim), "rnn_dim": str(args.rnn_dim), "guide": args.guide,
             "iafs": str(args.iafs), "transition": args.transition, "emission": args.emission,
+            "rnn_precision": args.rnn_precision,
             "annealing_epochs": str(args.annealing_epochs), "min_annealing": str(args.min_annealing),
             "particles": str(args.particles)}
 
@@ -840,7 +900,7 @@ _TRAINING_SETTINGS = {"annealing_epochs", "min_annealing", "particles"}  # read 
 
 def build_dmm(data, settings: dict[str, str]) -> DeepMarkovModel:
     """A :class:`DeepMarkovModel` for ``data`` (a ``zoo.data.SequenceData``) from spec settings."""
-    allowed = set(_INT_SETTINGS) | {"guide", "transition", "emission"} | _TRAINING_SETTINGS
+    allowed = set(_INT_SETTINGS) | {"guide", "transition", "emission", "rnn_precision"} | _TRAINING_SETTINGS
     unknown = set(settings) - allowed
     if unknown:
         raise UsageError(f"dmm: unknown settings {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -855,7 +915,7 @@ def build_dmm(data, settings: dict[str, str]) -> DeepMarkovModel:
                 options[name] = int(settings[key])
             except ValueError:
                 raise UsageError(f"dmm: {key} must be an int, got {settings[key]!r}") from None
-    for key in ("guide", "transition", "emission"):
+    for key in ("guide", "transition", "emission", "rnn_precision"):
         if key in settings:
             options[key] = settings[key]
     if observation == "categorical":
