@@ -161,6 +161,10 @@ def _model_loss(model: SequenceModel, batch: SequenceBatch, **step_kwargs: Any):
 
 def build_loss(model: SequenceModel, loss: Any, num_particles: int):
     """The trainer's loss object for ``SVIOptions.loss`` (see :class:`SVIOptions`)."""
+    if loss == "auto" and model.default_fit_options().get("loss") == "model":
+        # The family's own estimator is what it is meant to be fitted with (the topic models'
+        # Pyro guide alone collapses the topics: docs/dtm.md), in Python as on the command line.
+        loss = "model"
     if loss == "model":
         if not callable(getattr(model, "loss", None)):
             raise ValueError(f"loss: 'model' needs {type(model).__name__}.loss(batch, **step_kwargs), which it lacks")
@@ -330,7 +334,9 @@ class SVIOptions(_LoopOptions):
         loss: ``"auto"`` / ``"trace"`` / ``"traceenum"`` / ``"meanfield"``, any :class:`pyro.infer.elbo.ELBO` instance,
             ``"model"`` (``model.loss(batch, **step_kwargs)``) or a callable
             ``loss(model, batch, **step_kwargs)``; a custom loss returns a
-            scalar Tensor to minimise or a :class:`LossOutput`.
+            scalar Tensor to minimise or a :class:`LossOutput`. ``"auto"`` is
+            ``"model"`` for a family whose ``default_fit_options()`` names it (the deep
+            Markov and topic models' own estimators), else ``"traceenum"`` or ``"trace"``.
         num_particles: particles of an ELBO given by name.
         step_kwargs: ``(epoch, step) -> dict`` of keyword arguments for
             ``model``/``guide`` (or the custom loss), e.g. :class:`KLAnnealing`.

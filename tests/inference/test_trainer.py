@@ -128,6 +128,20 @@ def test_model_loss_and_loss_output():
         fit(PointGaussian(), _gaussian_data(), loss=lambda model, batch: 1.0, progress=False)
 
 
+class OwnLossByDefault(OwnLossGaussian):
+    def default_fit_options(self):
+        return {"loss": "model"}
+
+
+def test_auto_loss_is_the_familys_own_where_it_names_it():
+    """``loss="auto"`` (the default) uses ``model.loss`` for a family whose ``default_fit_options``
+    names ``"model"`` (its objective -42 is logged), and the ELBO for one that does not."""
+    result = fit(OwnLossByDefault(), _gaussian_data(), max_epochs=3, progress=False)
+    assert {record["objective"] for record in result.history} == {-42.0}
+    result = fit(OwnLossGaussian(), _gaussian_data(), max_epochs=3, progress=False)
+    assert -42.0 not in {record["objective"] for record in result.history}
+
+
 @pytest.mark.parametrize("elbo", [TraceMeanField_ELBO(), TraceGraph_ELBO(num_particles=4),
                                   RenyiELBO(alpha=0.5, num_particles=4), Trace_ELBO(num_particles=4)],
                          ids=["meanfield", "tracegraph", "renyi", "trace"])

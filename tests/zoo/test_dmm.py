@@ -304,18 +304,19 @@ def test_learning_rate_3e_3_trains_20_epochs_on_jsb_without_nan():
 
 
 def test_trains_through_the_shared_fit_loop():
-    """``inference.fit.fit`` (Pyro's ELBO on the per-step model/guide) trains a DMM today; the lead
-    switches it to ``loss="model"`` and KL annealing at merge."""
+    """``inference.fit.fit`` trains a DMM with its default loss (``"auto"``: the family's own
+    vectorised ELBO, ``loss="model"``) and with Pyro's ``Trace_ELBO`` on the per-step model/guide."""
     from inference.fit import fit
 
     torch.manual_seed(0)
     probs = torch.tensor([0.9, 0.1, 0.8, 0.2])
     train = SequenceBatch(torch.bernoulli(probs.expand(16, 8, 4)), torch.randint(3, 9, (16,)))
-    model = _small("bernoulli")
-    result = fit(model, train, valid=train, max_epochs=15, batch_size=8, progress=False)
-    scores = [r["valid_log_prob_per_step"] for r in result.history]
-    assert all(math.isfinite(s) for s in scores)
-    assert scores[-1] > scores[0] + 0.2, scores
+    for loss in ("auto", "trace"):
+        model = _small("bernoulli")
+        result = fit(model, train, valid=train, loss=loss, max_epochs=15, batch_size=8, progress=False)
+        scores = [r["valid_log_prob_per_step"] for r in result.history]
+        assert all(math.isfinite(s) for s in scores)
+        assert scores[-1] > scores[0] + 0.2, (loss, scores)
 
 
 # -- the command line ------------------------------------------------------------------

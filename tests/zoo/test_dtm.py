@@ -203,7 +203,8 @@ def test_recovers_drifting_topics():
     model = DynamicTopicModel(V, K, S, topic_drift=0.5, proportion_drift=0.1, hidden_size=16)
     slices = torch.arange(600) % S
     batch = model.sample_documents(truth, torch.zeros(S, K), slices, 40, torch.Generator().manual_seed(1))
-    fit(model, batch, method="svi", max_epochs=400, learning_rate=0.05, progress=False, seed=0, patience=1000)
+    fit(model, batch, method="svi", loss="trace", max_epochs=400, learning_rate=0.05, progress=False, seed=0,
+        patience=1000)
     fitted = torch.softmax(model.topic_word_logits(), -1)
     true_probs = torch.softmax(truth, -1)
 
@@ -216,7 +217,8 @@ def test_recovers_drifting_topics():
     error = best_error(fitted)
     assert error < 0.1, error
     lda = StaticTopicModel(V, K, hidden_size=16)
-    fit(lda, batch, method="svi", max_epochs=400, learning_rate=0.05, progress=False, seed=0, patience=1000)
+    fit(lda, batch, method="svi", loss="trace", max_epochs=400, learning_rate=0.05, progress=False, seed=0,
+        patience=1000)
     static = torch.softmax(lda.topic_word_logits(), -1).expand(S, K, V)
     assert best_error(static) > error + 0.05, (best_error(static), error)
 
