@@ -520,6 +520,34 @@ def _forward_substitute(chol, size, rhs, num_cols):  # pragma: no cover
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _smoother_gain(A, predicted_next, filtered, chol, rhs, gain, dim):  # pragma: no cover
+    """The RTS gain ``J = P_t A^T P_{t+1|t}^{-1}`` into ``gain`` (d, d), through ``J^T = P_{t+1|t}^{-1} A P_t``
+    by a Cholesky factor of ``predicted_next`` in ``chol`` and two triangular solves in ``rhs`` (scratch,
+    d x d each). False where ``predicted_next`` is not positive definite."""
+    chol[:, :] = predicted_next
+    if not _cholesky_in_place(chol, dim):
+        return False
+    for i in range(dim):
+        for j in range(dim):
+            acc = 0.0
+            for k in range(dim):
+                acc += A[i, k] * filtered[k, j]
+            rhs[i, j] = acc
+    _forward_substitute(chol, dim, rhs, dim)
+    for i in range(dim - 1, -1, -1):  # back substitution with chol^T
+        inv = 1.0 / chol[i, i]
+        for c in range(dim):
+            acc = rhs[i, c]
+            for k in range(i + 1, dim):
+                acc -= chol[k, i] * rhs[k, c]
+            rhs[i, c] = acc * inv
+    for i in range(dim):
+        for j in range(dim):
+            gain[i, j] = rhs[j, i]
+    return True
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _filter_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean, initial_cov,
                    observations, lengths, diffuse, steady_tol, store, compact,
                    step_ll, final_mean, final_cov, final_basis, final_info_matrix, final_info_vector,
@@ -818,30 +846,9 @@ def _smoother_kernel(transition, filtered_mean, filtered_cov, predicted_mean, pr
         for t in range(last - 1, -1, -1):
             epoch = steady_epoch[n, t]
             if epoch == 0 or epoch != cached_epoch:
-                # J^T = P_{t+1|t}^{-1} A P_t
-                chol[:, :] = predicted_cov[n, t + 1]
-                if not _cholesky_in_place(chol, dim):
+                if not _smoother_gain(A, predicted_cov[n, t + 1], filtered_cov[n, t], chol, rhs, gain, dim):
                     status[n] = 1
                     break
-                P = filtered_cov[n, t]
-                for i in range(dim):
-                    for j in range(dim):
-                        acc = 0.0
-                        for k in range(dim):
-                            acc += A[i, k] * P[k, j]
-                        rhs[i, j] = acc
-                _forward_substitute(chol, dim, rhs, dim)
-                # back substitution with chol^T
-                for i in range(dim - 1, -1, -1):
-                    inv = 1.0 / chol[i, i]
-                    for c in range(dim):
-                        acc = rhs[i, c]
-                        for k in range(i + 1, dim):
-                            acc -= chol[k, i] * rhs[k, c]
-                        rhs[i, c] = acc * inv
-                for i in range(dim):
-                    for j in range(dim):
-                        gain[i, j] = rhs[j, i]
                 cached_epoch = epoch
             for i in range(dim):
                 diff_vec[i] = smoothed_mean[n, t + 1, i] - predicted_mean[n, t + 1, i]
@@ -954,29 +961,10 @@ def _smoother_sums_kernel(transition, filtered_mean, filtered_cov, predicted_mea
         for t in range(last - 1, -1, -1):
             epoch = steady_epoch[n, t]
             if epoch == 0 or epoch != cached_epoch:
-                # J^T = P_{t+1|t}^{-1} A P_t
-                chol[:, :] = predicted_cov[n, cov_source[n, t + 1]]
-                if not _cholesky_in_place(chol, dim):
+                if not _smoother_gain(A, predicted_cov[n, cov_source[n, t + 1]], filtered_cov[n, cov_source[n, t]],
+                                      chol, rhs, gain, dim):
                     status[n] = 1
                     break
-                P = filtered_cov[n, cov_source[n, t]]
-                for i in range(dim):
-                    for j in range(dim):
-                        acc = 0.0
-                        for k in range(dim):
-                            acc += A[i, k] * P[k, j]
-                        rhs[i, j] = acc
-                _forward_substitute(chol, dim, rhs, dim)
-                for i in range(dim - 1, -1, -1):
-                    inv = 1.0 / chol[i, i]
-                    for c in range(dim):
-                        acc = rhs[i, c]
-                        for k in range(i + 1, dim):
-                            acc -= chol[k, i] * rhs[k, c]
-                        rhs[i, c] = acc * inv
-                for i in range(dim):
-                    for j in range(dim):
-                        gain[i, j] = rhs[j, i]
                 cached_epoch = epoch
             predicted = predicted_mean[n, t + 1]
             for i in range(dim):
