@@ -548,6 +548,36 @@ def _smoother_gain(A, predicted_next, filtered, chol, rhs, gain, dim):  # pragma
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _smoothed_cov_step(gain, next_cov, predicted_next, filtered, diff, work, out, dim):  # pragma: no cover
+    """The RTS covariance ``V_t = sym(P_t) + J (V_{t+1} - P_{t+1|t}) J^T`` into ``out`` (d, d), with
+    ``diff`` and ``work`` as scratch. Returns ``(max |V_t - V_{t+1}|, max |V_t|)``, the smoother's
+    steady-state test."""
+    for i in range(dim):
+        for j in range(dim):
+            diff[i, j] = next_cov[i, j] - predicted_next[i, j]
+    for i in range(dim):  # work = J diff
+        for j in range(dim):
+            work[i, j] = 0.0
+        for k in range(dim):
+            g_ik = gain[i, k]
+            for j in range(dim):
+                work[i, j] += g_ik * diff[k, j]
+    change = 0.0
+    scale = 0.0
+    for i in range(dim):
+        for j in range(i + 1):
+            acc = 0.0
+            for k in range(dim):
+                acc += work[i, k] * gain[j, k]
+            value = 0.5 * (filtered[i, j] + filtered[j, i]) + acc
+            out[i, j] = value
+            out[j, i] = value
+            change = max(change, abs(value - next_cov[i, j]))
+            scale = max(scale, abs(value))
+    return change, scale
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _filter_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean, initial_cov,
                    observations, lengths, diffuse, steady_tol, store, compact,
                    step_ll, final_mean, final_cov, final_basis, final_info_matrix, final_info_vector,
@@ -863,29 +893,9 @@ def _smoother_kernel(transition, filtered_mean, filtered_cov, predicted_mean, pr
                 smoothed_cov[n, t] = ss_cov
                 lag_one_cov[n, t + 1] = ss_lag
             else:
-                for i in range(dim):
-                    for j in range(dim):
-                        diff[i, j] = next_cov[i, j] - predicted_cov[n, t + 1, i, j]
-                # work = J diff; cov = P_t + work J^T; lag_{t+1} = next_cov J^T
-                for i in range(dim):
-                    for j in range(dim):
-                        work[i, j] = 0.0
-                    for k in range(dim):
-                        g_ik = gain[i, k]
-                        for j in range(dim):
-                            work[i, j] += g_ik * diff[k, j]
-                change = 0.0
-                scale = 0.0
-                for i in range(dim):
-                    for j in range(i + 1):
-                        acc = 0.0
-                        for k in range(dim):
-                            acc += work[i, k] * gain[j, k]
-                        value = 0.5 * (filtered_cov[n, t, i, j] + filtered_cov[n, t, j, i]) + acc
-                        smoothed_cov[n, t, i, j] = value
-                        smoothed_cov[n, t, j, i] = value
-                        change = max(change, abs(value - next_cov[i, j]))
-                        scale = max(scale, abs(value))
+                # cov = P_t + J (next_cov - P_{t+1|t}) J^T; lag_{t+1} = next_cov J^T
+                change, scale = _smoothed_cov_step(gain, next_cov, predicted_cov[n, t + 1], filtered_cov[n, t],
+                                                   diff, work, smoothed_cov[n, t], dim)
                 for i in range(dim):
                     for j in range(dim):
                         acc = 0.0
@@ -987,31 +997,9 @@ def _smoother_sums_kernel(transition, filtered_mean, filtered_cov, predicted_mea
                         sum_lag[n, i, j] += converged * ss_lag[i, j]
                 converged = 0
                 next_cov[:, :] = ss_cov
-            P_next = predicted_cov[n, cov_source[n, t + 1]]
-            P = filtered_cov[n, cov_source[n, t]]
-            for i in range(dim):
-                for j in range(dim):
-                    diff[i, j] = next_cov[i, j] - P_next[i, j]
-            # work = J diff; V_t = P_t + work J^T; C_{t+1} = V_{t+1} J^T
-            for i in range(dim):
-                for j in range(dim):
-                    work[i, j] = 0.0
-                for k in range(dim):
-                    g_ik = gain[i, k]
-                    for j in range(dim):
-                        work[i, j] += g_ik * diff[k, j]
-            change = 0.0
-            scale = 0.0
-            for i in range(dim):
-                for j in range(i + 1):
-                    acc = 0.0
-                    for k in range(dim):
-                        acc += work[i, k] * gain[j, k]
-                    value = 0.5 * (P[i, j] + P[j, i]) + acc
-                    cov[i, j] = value
-                    cov[j, i] = value
-                    change = max(change, abs(value - next_cov[i, j]))
-                    scale = max(scale, abs(value))
+            # V_t = P_t + J (V_{t+1} - P_{t+1|t}) J^T; C_{t+1} = V_{t+1} J^T
+            change, scale = _smoothed_cov_step(gain, next_cov, predicted_cov[n, cov_source[n, t + 1]],
+                                               filtered_cov[n, cov_source[n, t]], diff, work, cov, dim)
             for i in range(dim):
                 for j in range(dim):
                     acc = 0.0
