@@ -548,6 +548,29 @@ def _smoother_gain(A, predicted_next, filtered, chol, rhs, gain, dim):  # pragma
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _smoothed_mean_step(gain, smoothed_next, predicted_next, filtered, diff_vec, out, dim):  # pragma: no cover
+    """The RTS mean ``m_t = f_t + J (m_{t+1} - p_{t+1})`` into ``out`` (d,); ``diff_vec`` (d,) scratch."""
+    for i in range(dim):
+        diff_vec[i] = smoothed_next[i] - predicted_next[i]
+    for i in range(dim):
+        acc = filtered[i]
+        for j in range(dim):
+            acc += gain[i, j] * diff_vec[j]
+        out[i] = acc
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def _times_transpose(matrix, gain, out, dim):  # pragma: no cover
+    """``out = matrix @ gain^T`` (d, d): the lag-one covariance ``C_{t+1} = V_{t+1} J^T``."""
+    for i in range(dim):
+        for j in range(dim):
+            acc = 0.0
+            for k in range(dim):
+                acc += matrix[i, k] * gain[j, k]
+            out[i, j] = acc
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
 def _smoothed_cov_step(gain, next_cov, predicted_next, filtered, diff, work, out, dim):  # pragma: no cover
     """The RTS covariance ``V_t = sym(P_t) + J (V_{t+1} - P_{t+1|t}) J^T`` into ``out`` (d, d), with
     ``diff`` and ``work`` as scratch. Returns ``(max |V_t - V_{t+1}|, max |V_t|)``, the smoother's
@@ -880,13 +903,8 @@ def _smoother_kernel(transition, filtered_mean, filtered_cov, predicted_mean, pr
                     status[n] = 1
                     break
                 cached_epoch = epoch
-            for i in range(dim):
-                diff_vec[i] = smoothed_mean[n, t + 1, i] - predicted_mean[n, t + 1, i]
-            for i in range(dim):
-                acc = filtered_mean[n, t, i]
-                for j in range(dim):
-                    acc += gain[i, j] * diff_vec[j]
-                smoothed_mean[n, t, i] = acc
+            _smoothed_mean_step(gain, smoothed_mean[n, t + 1], predicted_mean[n, t + 1], filtered_mean[n, t],
+                                diff_vec, smoothed_mean[n, t], dim)
             next_cov = smoothed_cov[n, t + 1]
             if epoch > 0 and epoch == cov_epoch:
                 # The backward Riccati recursion has converged within this steady-state epoch.
@@ -896,21 +914,11 @@ def _smoother_kernel(transition, filtered_mean, filtered_cov, predicted_mean, pr
                 # cov = P_t + J (next_cov - P_{t+1|t}) J^T; lag_{t+1} = next_cov J^T
                 change, scale = _smoothed_cov_step(gain, next_cov, predicted_cov[n, t + 1], filtered_cov[n, t],
                                                    diff, work, smoothed_cov[n, t], dim)
-                for i in range(dim):
-                    for j in range(dim):
-                        acc = 0.0
-                        for k in range(dim):
-                            acc += next_cov[i, k] * gain[j, k]
-                        lag_one_cov[n, t + 1, i, j] = acc
+                _times_transpose(next_cov, gain, lag_one_cov[n, t + 1], dim)
                 if epoch > 0 and change <= steady_tol * scale:
                     cov_epoch = epoch
                     ss_cov[:, :] = smoothed_cov[n, t]
-                    for i in range(dim):
-                        for j in range(dim):
-                            acc = 0.0
-                            for k in range(dim):
-                                acc += ss_cov[i, k] * gain[j, k]
-                            ss_lag[i, j] = acc
+                    _times_transpose(ss_cov, gain, ss_lag, dim)
             if diffuse:
                 for i in range(dim):
                     for j in range(dim):
@@ -976,14 +984,8 @@ def _smoother_sums_kernel(transition, filtered_mean, filtered_cov, predicted_mea
                     status[n] = 1
                     break
                 cached_epoch = epoch
-            predicted = predicted_mean[n, t + 1]
-            for i in range(dim):
-                diff_vec[i] = smoothed_mean[n, t + 1, i] - predicted[i]
-            for i in range(dim):
-                acc = filtered_mean[n, t, i]
-                for j in range(dim):
-                    acc += gain[i, j] * diff_vec[j]
-                smoothed_mean[n, t, i] = acc
+            _smoothed_mean_step(gain, smoothed_mean[n, t + 1], predicted_mean[n, t + 1], filtered_mean[n, t],
+                                diff_vec, smoothed_mean[n, t], dim)
             if epoch > 0 and epoch == cov_epoch:
                 # The backward Riccati recursion has converged within this steady-state epoch
                 # (a steady step is fully observed: no incomplete slot to fill).
@@ -1000,24 +1002,17 @@ def _smoother_sums_kernel(transition, filtered_mean, filtered_cov, predicted_mea
             # V_t = P_t + J (V_{t+1} - P_{t+1|t}) J^T; C_{t+1} = V_{t+1} J^T
             change, scale = _smoothed_cov_step(gain, next_cov, predicted_cov[n, cov_source[n, t + 1]],
                                                filtered_cov[n, cov_source[n, t]], diff, work, cov, dim)
+            _times_transpose(next_cov, gain, work, dim)  # C_{t+1}
             for i in range(dim):
                 for j in range(dim):
-                    acc = 0.0
-                    for k in range(dim):
-                        acc += next_cov[i, k] * gain[j, k]
-                    sum_lag[n, i, j] += acc
+                    sum_lag[n, i, j] += work[i, j]
                     sum_cov[n, i, j] += cov[i, j]
             if incomplete_slot[n, t] >= 0:
                 incomplete_cov[incomplete_slot[n, t]] = cov
             if epoch > 0 and change <= steady_tol * scale:
                 cov_epoch = epoch
                 ss_cov[:, :] = cov
-                for i in range(dim):
-                    for j in range(dim):
-                        acc = 0.0
-                        for k in range(dim):
-                            acc += ss_cov[i, k] * gain[j, k]
-                        ss_lag[i, j] = acc
+                _times_transpose(ss_cov, gain, ss_lag, dim)
             next_cov[:, :] = cov
         # Step 0 is never a steady step (the filter decides at t > 0), so a converged stretch
         # has ended inside the loop and next_cov is V_1 here.
