@@ -129,8 +129,8 @@ def fit(
     ``differentiable_loss(model.model, model.guide, minibatch, **step_kwargs)``
     by default; see :class:`~inference.trainer.SVIOptions`) over
     ``model.parameters()`` with Adam (:class:`~pyro.optim.clipped_adam.ClippedAdam`,
-    L2 ``weight_decay``); after
-    backward, ``gradient_hook(parameters)`` runs, then the gradient is rescaled
+    after backward, ``gradient_hook(parameters)`` runs, then the L2
+    ``weight_decay`` term joins the gradient, then the gradient is rescaled
     to global L2 norm at most ``clip_norm``. One loss evaluation runs before
     the optimizer is built, so lazily created Pyro parameters exist. A step is
     one epoch: the sequences are shuffled with a seeded
@@ -220,7 +220,8 @@ def fit(
         lr_schedule: ``"exponential"``, ``"constant"``, ``"cosine"``,
             ``"warmup_cosine"``, ``"plateau"`` or ``optimizer -> scheduler``.
         warmup_epochs: epochs of linear learning-rate warm-up.
-        weight_decay: L2 weight decay added to the gradient.
+        weight_decay: L2 weight decay ``λ`` (a Gaussian prior ``N(0, 1/λ)``): ``λ θ``
+            is added to the loss's gradient before the clip.
         clip_norm: global L2 norm the gradient is clipped to.
         betas: Adam moment decay rates.
         step_kwargs: ``(epoch, step) -> dict`` of keyword arguments for

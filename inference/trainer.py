@@ -328,7 +328,8 @@ class SVIOptions(_LoopOptions):
             ``optimizer -> torch.optim.lr_scheduler`` scheduler. Stepped once
             per epoch.
         warmup_epochs: epochs of linear warm-up before the named schedule.
-        weight_decay: L2 weight decay added to the gradient (Adam's ``weight_decay``).
+        weight_decay: L2 weight decay ``λ``: ``λ θ`` is added to the gradient of the (data-scaled)
+            loss before the clip, i.e. a Gaussian prior ``N(0, 1/λ)`` on every trained parameter.
         clip_norm: the global L2 norm gradients are clipped to (one clip).
         betas: Adam moment decay rates.
         loss: ``"auto"`` / ``"trace"`` / ``"traceenum"`` / ``"meanfield"``, any :class:`pyro.infer.elbo.ELBO` instance,
@@ -730,7 +731,7 @@ class SVITrainer(Trainer):
         # Pyro's ClippedAdam, as before the trainer existed (same numbers as earlier runs); its
         # per-entry clamp at clip_norm never binds after the global-norm clip to clip_norm below.
         self.optimizer = ClippedAdam(parameters, lr=options.learning_rate, betas=tuple(options.betas),
-                                     clip_norm=options.clip_norm, weight_decay=options.weight_decay)
+                                     clip_norm=options.clip_norm)
         self.scheduler = build_scheduler(self.optimizer, options)
         plateau = isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
         self.stale = 0
@@ -762,6 +763,13 @@ class SVITrainer(Trainer):
                         raise FloatingPointError(f"fit: the objective is {objective} at epoch {self.step + 1}")
                     if options.gradient_hook is not None:
                         options.gradient_hook(parameters)
+                    if options.weight_decay:
+                        # The prior's gradient joins the data's before the clip: clipping binds on
+                        # almost every step of a data-scaled loss, and decay added after it (Adam's
+                        # own weight_decay) would weigh the prior against a clipped gradient.
+                        torch._foreach_add_([p.grad for p in parameters if p.grad is not None],
+                                            [p.detach() for p in parameters if p.grad is not None],
+                                            alpha=options.weight_decay)
                     torch.nn.utils.clip_grad_norm_(parameters, options.clip_norm)
                     self.optimizer.step()
                     optimizer_steps += 1
