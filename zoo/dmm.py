@@ -368,6 +368,8 @@ class DeepMarkovModel(SequenceModel):
             emission is a Kalman filter with diagonal noise.
         min_scale: floor added to every standard deviation (prior, guide, Gaussian emission), so a
             high learning rate cannot collapse a scale to 0 (Pyro's example NaNs there).
+        guide_dropout: dropout rate on the guide RNN's summary in :meth:`loss` in ``train()`` mode
+            (0: none); a regulariser of the amortised guide, never applied when scoring or sampling.
         rnn_precision: ``"float32"`` (default: the inputs' dtype) or ``"bfloat16"``: the matrix
             products of the guide RNN and of its projection to ``[loc, scale]`` (forward, backward,
             weight gradients) on bfloat16-rounded factors, with float32 sums, state and parameters;
@@ -389,7 +391,8 @@ class DeepMarkovModel(SequenceModel):
     def __init__(self, observation: str = "bernoulli", *, dim: int | None = None, num_symbols: int | None = None,
                  z_dim: int = 100, transition_dim: int = 200, emitter_dim: int = 100, rnn_dim: int = 600,
                  guide: str = "st-r", num_iafs: int = 0, iaf_dim: int = 100, transition: str = "gated",
-                 emission: str = "mlp", min_scale: float = 1e-2, rnn_precision: str = "float32") -> None:
+                 emission: str = "mlp", min_scale: float = 1e-2, rnn_precision: str = "float32",
+                 guide_dropout: float = 0.0) -> None:
         super().__init__()
         for name, value, allowed in (("observation", observation, OBSERVATIONS), ("guide", guide, GUIDES),
                                      ("transition", transition, TRANSITIONS), ("emission", emission, EMISSIONS)):
@@ -403,6 +406,8 @@ class DeepMarkovModel(SequenceModel):
             raise ValueError(f"num_iafs: expected a nonnegative int, got {num_iafs!r}")
         if rnn_precision not in RNN_PRECISIONS:
             raise ValueError(f"rnn_precision: expected one of {RNN_PRECISIONS}, got {rnn_precision!r}")
+        if not (isinstance(guide_dropout, (int, float)) and 0 <= guide_dropout < 1):
+            raise ValueError(f"guide_dropout: expected a number in [0, 1), got {guide_dropout!r}")
         if not (isinstance(min_scale, (int, float)) and min_scale > 0):
             raise ValueError(f"min_scale: expected a positive float, got {min_scale!r}")
         if observation == "categorical":
@@ -417,8 +422,11 @@ class DeepMarkovModel(SequenceModel):
         self.guide_kind, self.num_iafs, self.iaf_dim = guide, num_iafs, iaf_dim
         self.transition_kind, self.emission_kind, self.min_scale = transition, emission, float(min_scale)
         self.rnn_precision = rnn_precision
+        self.guide_dropout = float(guide_dropout)
+        self._dropout_active = False
         #: Training settings behind :meth:`default_fit_options` (see :meth:`configure_fit`).
-        self.fit_settings: dict[str, Any] = {"annealing_epochs": 10, "min_annealing": 0.2, "num_particles": 1}
+        self.fit_settings: dict[str, Any] = {"annealing_epochs": 10, "min_annealing": 0.2, "num_particles": 1,
+                                             "weight_decay": 0.0}
 
         width = num_symbols if observation == "categorical" else dim
         # -- generative model
@@ -454,13 +462,15 @@ class DeepMarkovModel(SequenceModel):
                 "z_dim": self.z_dim, "transition_dim": self.transition_dim, "emitter_dim": self.emitter_dim,
                 "rnn_dim": self.rnn_dim, "guide": self.guide_kind, "num_iafs": self.num_iafs,
                 "iaf_dim": self.iaf_dim, "transition": self.transition_kind, "emission": self.emission_kind,
-                "min_scale": self.min_scale, "rnn_precision": self.rnn_precision}
+                "min_scale": self.min_scale, "rnn_precision": self.rnn_precision,
+                "guide_dropout": self.guide_dropout}
 
     def configure_fit(self, *, annealing_epochs: int | None = None, min_annealing: float | None = None,
-                      num_particles: int | None = None) -> "DeepMarkovModel":
+                      num_particles: int | None = None, weight_decay: float | None = None) -> "DeepMarkovModel":
         """Sets what :meth:`default_fit_options` returns (``seqzoo fit dmm`` flags): KL annealing from
         ``min_annealing`` to 1 over ``annealing_epochs`` epochs (0: none), and ``num_particles`` for the
-        final scores (1: ELBO; M > 1: the IWAE bound). Not part of :meth:`config` (training, not the model)."""
+        final scores (1: ELBO; M > 1: the IWAE bound), and ``weight_decay``, the trainer's L2 prior
+        precision on the weights (0: none). Not part of :meth:`config` (training, not the model)."""
         if annealing_epochs is not None:
             if not isinstance(annealing_epochs, int) or isinstance(annealing_epochs, bool) or annealing_epochs < 0:
                 raise ValueError(f"annealing_epochs: expected a nonnegative int, got {annealing_epochs!r}")
@@ -473,6 +483,10 @@ class DeepMarkovModel(SequenceModel):
             if not isinstance(num_particles, int) or isinstance(num_particles, bool) or num_particles < 1:
                 raise ValueError(f"num_particles: expected a positive int, got {num_particles!r}")
             self.fit_settings["num_particles"] = num_particles
+        if weight_decay is not None:
+            if not isinstance(weight_decay, (int, float)) or isinstance(weight_decay, bool) or not 0 <= weight_decay < math.inf:
+                raise ValueError(f"weight_decay: expected a nonnegative number, got {weight_decay!r}")
+            self.fit_settings["weight_decay"] = float(weight_decay)
         return self
 
     def default_fit_options(self) -> dict[str, Any]:
@@ -482,6 +496,8 @@ class DeepMarkovModel(SequenceModel):
         settings = self.fit_settings
         options: dict[str, Any] = {"learning_rate": 3e-3, "batch_size": 20, "clip_norm": 10.0, "loss": "model",
                                    "score_num_particles": settings["num_particles"]}
+        if settings["weight_decay"]:
+            options["weight_decay"] = settings["weight_decay"]
         if settings["annealing_epochs"]:
             options["step_kwargs"] = KLAnnealing(start=settings["min_annealing"], epochs=settings["annealing_epochs"])
         return options
@@ -566,6 +582,9 @@ class DeepMarkovModel(SequenceModel):
         :math:`z_{t-1}`, for all steps at once (the combiner is linear after its tanh, so the
         RNN's share is computed outside the sequential loop)."""
         summary = self._rnn_summary(inputs, batch.lengths)
+        if self._dropout_active:
+            # Regularises the amortised guide (each dropout mask is still a valid q).
+            summary = F.dropout(summary, self.guide_dropout)
         if self.guide_kind == "mf":
             return self.guide_loc_scale(summary)
         # Combiner (Pyro's): h = (tanh(W z_{t-1}) + h_rnn) / 2; loc, scale from h; the h_rnn half here.
@@ -693,7 +712,12 @@ class DeepMarkovModel(SequenceModel):
             tensor, nats), both scaled by ``population / N`` to the whole data set like Pyro's
             ``sequence_plate``.
         """
-        log_lik, kl = self._step_terms(batch, estimator or self.default_estimator())
+        # Guide dropout acts in this training objective only, in train() mode; never when scoring.
+        self._dropout_active = self.training and self.guide_dropout > 0
+        try:
+            log_lik, kl = self._step_terms(batch, estimator or self.default_estimator())
+        finally:
+            self._dropout_active = False
         scale = (batch.population or batch.num_sequences) / batch.num_sequences
         log_lik, kl = log_lik.sum() * scale, kl.sum() * scale
         return LossOutput(loss=-(log_lik - annealing_factor * kl), objective=(log_lik - kl).detach())
@@ -879,28 +903,32 @@ def _add_arguments(group) -> None:
     group.add_argument("--rnn-precision", choices=RNN_PRECISIONS, default="float32",
                        help="guide RNN matrix products: float32 (default) or bfloat16 (faster on CPUs with "
                             "bfloat16 instructions; float32 sums; not exact)")
+    group.add_argument("--guide-dropout", type=float, default=0.0,
+                       help="dropout on the guide RNN's summary in the training loss (0: none)")
     group.add_argument("--annealing-epochs", type=int, default=10, help="epochs of linear KL annealing (10)")
     group.add_argument("--min-annealing", type=float, default=0.2, help="initial KL annealing factor (0.2)")
     group.add_argument("--particles", type=int, default=1, help="IWAE particles for scoring (1 = ELBO)")
+    group.add_argument("--weight-decay", type=float, default=0.0,
+                       help="L2 prior precision on the weights against the full-data loss (0: none)")
 
 
 def _settings_from_args(args) -> dict[str, str]:
     return {"z_dim": str(args.z_dim), "transition_dim": str(args.transition_dim),
             "emitter_dim": str(args.emitter_dim), "rnn_dim": str(args.rnn_dim), "guide": args.guide,
             "iafs": str(args.iafs), "transition": args.transition, "emission": args.emission,
-            "rnn_precision": args.rnn_precision,
+            "rnn_precision": args.rnn_precision, "guide_dropout": str(args.guide_dropout),
             "annealing_epochs": str(args.annealing_epochs), "min_annealing": str(args.min_annealing),
-            "particles": str(args.particles)}
+            "particles": str(args.particles), "weight_decay": str(args.weight_decay)}
 
 
 _INT_SETTINGS = {"z_dim": "z_dim", "transition_dim": "transition_dim", "emitter_dim": "emitter_dim",
                  "rnn_dim": "rnn_dim", "iafs": "num_iafs"}
-_TRAINING_SETTINGS = {"annealing_epochs", "min_annealing", "particles"}  # read by the trainer/scorer, not the builder
+_TRAINING_SETTINGS = {"annealing_epochs", "min_annealing", "particles", "weight_decay"}  # read by the trainer/scorer, not the builder
 
 
 def build_dmm(data, settings: dict[str, str]) -> DeepMarkovModel:
     """A :class:`DeepMarkovModel` for ``data`` (a ``zoo.data.SequenceData``) from spec settings."""
-    allowed = set(_INT_SETTINGS) | {"guide", "transition", "emission", "rnn_precision"} | _TRAINING_SETTINGS
+    allowed = set(_INT_SETTINGS) | {"guide", "transition", "emission", "rnn_precision", "guide_dropout"} | _TRAINING_SETTINGS
     unknown = set(settings) - allowed
     if unknown:
         raise UsageError(f"dmm: unknown settings {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -918,12 +946,18 @@ def build_dmm(data, settings: dict[str, str]) -> DeepMarkovModel:
     for key in ("guide", "transition", "emission", "rnn_precision"):
         if key in settings:
             options[key] = settings[key]
+    if "guide_dropout" in settings:
+        try:
+            options["guide_dropout"] = float(settings["guide_dropout"])
+        except ValueError:
+            raise UsageError(f"dmm: guide_dropout must be a number, got {settings['guide_dropout']!r}") from None
     if observation == "categorical":
         options["num_symbols"] = data.num_symbols
     else:
         options["dim"] = data.dim
     training: dict[str, Any] = {}
-    for key, convert in (("annealing_epochs", int), ("min_annealing", float), ("particles", int)):
+    for key, convert in (("annealing_epochs", int), ("min_annealing", float), ("particles", int),
+                         ("weight_decay", float)):
         if key in settings:
             try:
                 training["num_particles" if key == "particles" else key] = convert(settings[key])

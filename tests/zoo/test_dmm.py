@@ -346,14 +346,17 @@ def test_cli_fit_sample_decode(tmp_path, capsys):
     run_path = tmp_path / "run"
     assert main(["fit", "dmm", "--data", str(data_path), "--z-dim", "2", "--transition-dim", "4", "--emitter-dim", "4",
                  "--rnn-dim", "4", "--epochs", "3", "--annealing-epochs", "2", "--min-annealing", "0.5",
-                 "--particles", "4", "--no-progress", "--out", str(run_path)]) == 0
+                 "--particles", "4", "--weight-decay", "5", "--guide-dropout", "0.1", "--no-progress",
+                 "--out", str(run_path)]) == 0
     summary = json.loads((run_path / "summary.json").read_text())
     config = json.loads((run_path / "config.json").read_text())
     assert summary["likelihood"] == "IWAE bound (M=4)"
     assert config["fit"]["loss"] == "model" and config["fit"]["clip_norm"] == 10.0
     assert config["fit"]["step_kwargs"].startswith("KLAnnealing(start=0.5, epochs=2")
     assert config["fit"]["learning_rate"] == 3e-3 and config["fit"]["batch_size"] == 20
+    assert config["fit"]["weight_decay"] == 5.0  # the family's training setting reaches the trainer
     model = load_model(RunDirectory.open(run_path))
+    assert model.guide_dropout == 0.1  # a model setting, rebuilt from config.json
     data = load_data(str(data_path))
     test = split_data(data, (0.8, 0.1, 0.1), seed=0).test.batch
     assert summary["test_log_likelihood"] == pytest.approx(score(model, test, num_particles=4).per_step, rel=1e-6)
@@ -531,3 +534,33 @@ def test_fused_rnn_equals_torch_rnn_and_gradcheck():
     args = [inputs, h_0, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0]
     assert torch.autograd.gradcheck(lambda *a: _TanhRNN.apply(*a, [4] * 6), args)
     assert torch.autograd.gradcheck(lambda *a: _TanhRNN.apply(*a, [4, 3, 3, 2, 1, 1]), args)
+
+
+def test_guide_dropout_acts_in_the_training_loss_only():
+    torch.manual_seed(0)
+    dropped = _small("bernoulli", guide_dropout=0.5)
+    plain = _small("bernoulli")
+    plain.load_state_dict(dropped.state_dict())
+    batch = _batch("bernoulli")
+
+    def seeded(function):
+        with torch.random.fork_rng():
+            torch.manual_seed(3)
+            return function()
+
+    # Training mode: the loss drops guide features (different values; gradients still finite).
+    loss = seeded(lambda: dropped.loss(batch).loss)
+    assert not torch.allclose(loss, seeded(lambda: plain.loss(batch).loss))
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in dropped.parameters() if p.grad is not None)
+    # Scoring and posteriors never drop, in either mode; nor does the loss in eval mode.
+    for mode in (True, False):
+        dropped.train(mode), plain.train(mode)
+        for score in (lambda m: m.log_prob_batch(batch), lambda m: m.log_prob_batch(batch, num_particles=4),
+                      lambda m: m.posterior(batch).loc):
+            torch.testing.assert_close(seeded(lambda: score(dropped)), seeded(lambda: score(plain)), rtol=0, atol=0)
+    torch.testing.assert_close(seeded(lambda: dropped.loss(batch).loss), seeded(lambda: plain.loss(batch).loss),
+                               rtol=0, atol=0)
+    assert DeepMarkovModel(**dropped.config()).guide_dropout == 0.5
+    with pytest.raises(ValueError, match="guide_dropout"):
+        _small("bernoulli", guide_dropout=1.0)
