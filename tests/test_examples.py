@@ -73,3 +73,26 @@ def test_nile_full_run_checks_the_gradient_fit_too(tmp_path):
                                capture_output=True, text=True, timeout=900)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "[ok] gradient: sigma2_eta within 1% of D&K" in completed.stdout
+
+
+def test_dmm_example_final_bound_averages_draws_and_plots_runs_side_by_side(tmp_path):
+    data_dir = shared_data_dir()
+    if not (data_dir / "jsb_chorales.json").is_file():
+        pytest.skip(f"dmm_jsb.py needs jsb_chorales.json in {data_dir} (set SEQZOO_SHARED_DATA)")
+    import json
+
+    argv = [a.format(out=tmp_path / "run", data=data_dir) for a in TINY_RUNS["dmm_jsb.py"]]
+    script = str(EXAMPLES_DIR / "dmm_jsb.py")
+    completed = subprocess.run([sys.executable, script, *argv, "--final-draws", "3", "--weight-decay", "1",
+                                "--guide-dropout", "0.2"], capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    draws = results["test_elbo_draws"]
+    assert len(draws) == 3 and len(set(draws)) == 3  # three different guide draws, averaged
+    assert results["test_elbo_nats_per_step"] == pytest.approx(sum(draws) / 3, abs=1e-3)
+    assert results["settings"]["weight_decay"] == 1.0 and results["settings"]["guide_dropout"] == 0.2
+    completed = subprocess.run([sys.executable, script, "--out", str(tmp_path / "plot"), "--compare-runs",
+                                f"{tmp_path / 'run'}=tiny", str(tmp_path / "run")], capture_output=True, text=True,
+                               timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert (tmp_path / "plot" / "recipes.png").stat().st_size > 0
