@@ -88,16 +88,24 @@ def plot_curve(rows: list[dict], path: Path) -> None:
     minutes = [row["minutes"] for row in rows]
     ax.plot(minutes, [row["train_elbo_nats_per_step"] for row in rows], label="train -ELBO (epoch mean)", alpha=0.6)
     ax.plot(minutes, [row["test_elbo_nats_per_step"] for row in rows], "o-", label="test -ELBO", markersize=3)
+    # The first evaluation (untrained) is far above the rest: show the part of the curve that matters.
+    later = [row["test_elbo_nats_per_step"] for row in rows[1:]] or [row["test_elbo_nats_per_step"] for row in rows]
+    _finish_plot(fig, ax, path, "DMM on JSB chorales", "nats per time step",
+                 (6.5, max(7.5, min(12.0, max(later) + 0.5))), legend_size=8)
+
+
+def _finish_plot(fig, ax, path: Path, title: str, ylabel: str, ylim: tuple[float, float], legend_size: int) -> None:
+    """The paper's and the goal's levels, labels, and the figure written to ``path``."""
+    import matplotlib.pyplot as plt
+
     for level, text, where in ((6.93, "paper 6.93", "top"), (7.0, "goal 7.0", "bottom")):
         ax.axhline(level, color="grey", linestyle=":", linewidth=1)
         ax.annotate(text, (0, level), fontsize=7, ha="left", va=where)
-    # The first evaluation (untrained) is far above the rest: show the part of the curve that matters.
-    later = [row["test_elbo_nats_per_step"] for row in rows[1:]] or [row["test_elbo_nats_per_step"] for row in rows]
-    ax.set_ylim(6.5, max(7.5, min(12.0, max(later) + 0.5)))
+    ax.set_ylim(*ylim)
     ax.set_xlabel("training minutes (evaluation excluded)")
-    ax.set_ylabel("nats per time step")
-    ax.set_title("DMM on JSB chorales")
-    ax.legend(fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=legend_size)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -117,17 +125,8 @@ def plot_runs(runs: list[str], path: Path) -> None:
             rows = list(csv.DictReader(handle))[1:]  # the first evaluation is the untrained model
         ax.plot([float(row["minutes"]) for row in rows], [float(row["test_elbo_nats_per_step"]) for row in rows],
                 "o-", markersize=2.5, label=label or Path(directory).name)
-    for level, text in ((6.93, "paper 6.93"), (7.0, "goal 7.0")):
-        ax.axhline(level, color="grey", linestyle=":", linewidth=1)
-        ax.annotate(text, (0, level), fontsize=7, ha="left", va="bottom")
-    ax.set_ylim(6.8, 8.6)
-    ax.set_xlabel("training minutes (evaluation excluded)")
-    ax.set_ylabel("test -ELBO, nats per time step")
-    ax.set_title("DMM on JSB chorales: training recipes (one draw per point)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _finish_plot(fig, ax, path, "DMM on JSB chorales: training recipes (one draw per point)",
+                 "test -ELBO, nats per time step", (6.8, 8.6), legend_size=7)
 
 
 def main(argv: list[str] | None = None) -> dict:
