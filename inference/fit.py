@@ -128,7 +128,7 @@ def fit(
     **SVI.** Minimises the loss (``loss``: an ELBO's
     ``differentiable_loss(model.model, model.guide, minibatch, **step_kwargs)``
     by default; see :class:`~inference.trainer.SVIOptions`) over
-    ``model.parameters()`` with Adam (:class:`~pyro.optim.clipped_adam.ClippedAdam`,
+    ``model.parameters()`` with Adam (:class:`~pyro.optim.clipped_adam.ClippedAdam`);
     after backward, ``gradient_hook(parameters)`` runs, then the L2
     ``weight_decay`` term joins the gradient, then the gradient is rescaled
     to global L2 norm at most ``clip_norm``. One loss evaluation runs before

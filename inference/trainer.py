@@ -767,8 +767,8 @@ class SVITrainer(Trainer):
                         # The prior's gradient joins the data's before the clip: clipping binds on
                         # almost every step of a data-scaled loss, and decay added after it (Adam's
                         # own weight_decay) would weigh the prior against a clipped gradient.
-                        torch._foreach_add_([p.grad for p in parameters if p.grad is not None],
-                                            [p.detach() for p in parameters if p.grad is not None],
+                        decayed = [p for p in parameters if p.grad is not None]
+                        torch._foreach_add_([p.grad for p in decayed], [p.detach() for p in decayed],
                                             alpha=options.weight_decay)
                     torch.nn.utils.clip_grad_norm_(parameters, options.clip_norm)
                     self.optimizer.step()

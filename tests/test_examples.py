@@ -52,12 +52,18 @@ def test_every_example_is_listed():
     assert scripts == sorted(TINY_RUNS), "list every example in TINY_RUNS with flags for a tiny run"
 
 
-@pytest.mark.parametrize("script", sorted(TINY_RUNS))
-def test_example_runs_tiny(script, tmp_path):
+def _shared_data_or_skip(script: str) -> Path:
+    """The shared data folder, or a skip naming the files ``script`` needs that are absent there."""
     data_dir = shared_data_dir()
     absent = [name for name in NEEDS_SHARED_DATA.get(script, []) if not (data_dir / name).is_file()]
     if absent:
         pytest.skip(f"{script} needs {', '.join(absent)} in {data_dir} (set SEQZOO_SHARED_DATA to the shared data folder)")
+    return data_dir
+
+
+@pytest.mark.parametrize("script", sorted(TINY_RUNS))
+def test_example_runs_tiny(script, tmp_path):
+    data_dir = _shared_data_or_skip(script)
     argv = [a.format(out=tmp_path, data=data_dir) for a in TINY_RUNS[script]]
     completed = subprocess.run(
         [sys.executable, str(EXAMPLES_DIR / script), *argv],
@@ -76,9 +82,7 @@ def test_nile_full_run_checks_the_gradient_fit_too(tmp_path):
 
 
 def test_dmm_example_final_bound_averages_draws_and_plots_runs_side_by_side(tmp_path):
-    data_dir = shared_data_dir()
-    if not (data_dir / "jsb_chorales.json").is_file():
-        pytest.skip(f"dmm_jsb.py needs jsb_chorales.json in {data_dir} (set SEQZOO_SHARED_DATA)")
+    data_dir = _shared_data_or_skip("dmm_jsb.py")
     import json
 
     argv = [a.format(out=tmp_path / "run", data=data_dir) for a in TINY_RUNS["dmm_jsb.py"]]

@@ -921,14 +921,32 @@ def _settings_from_args(args) -> dict[str, str]:
             "particles": str(args.particles), "weight_decay": str(args.weight_decay)}
 
 
-_INT_SETTINGS = {"z_dim": "z_dim", "transition_dim": "transition_dim", "emitter_dim": "emitter_dim",
-                 "rnn_dim": "rnn_dim", "iafs": "num_iafs"}
-_TRAINING_SETTINGS = {"annealing_epochs", "min_annealing", "particles", "weight_decay"}  # read by the trainer/scorer, not the builder
+# spec setting -> (keyword, type): the model's numbers, and the training settings, which go to
+# configure_fit and reach the trainer/scorer through default_fit_options (not the constructor).
+_MODEL_NUMBERS = {"z_dim": ("z_dim", int), "transition_dim": ("transition_dim", int),
+                  "emitter_dim": ("emitter_dim", int), "rnn_dim": ("rnn_dim", int), "iafs": ("num_iafs", int),
+                  "guide_dropout": ("guide_dropout", float)}
+_MODEL_CHOICES = ("guide", "transition", "emission", "rnn_precision")
+_TRAINING_SETTINGS = {"annealing_epochs": ("annealing_epochs", int), "min_annealing": ("min_annealing", float),
+                      "particles": ("num_particles", int), "weight_decay": ("weight_decay", float)}
+
+
+def _converted(settings: dict[str, str], table: dict[str, tuple[str, type]]) -> dict[str, Any]:
+    """``{keyword: value}`` of the ``settings`` that ``table`` names, each converted to its type."""
+    converted: dict[str, Any] = {}
+    for key, (name, convert) in table.items():
+        if key in settings:
+            try:
+                converted[name] = convert(settings[key])
+            except ValueError:
+                raise UsageError(f"dmm: {key} must be a{'n int' if convert is int else ' number'}, "
+                                 f"got {settings[key]!r}") from None
+    return converted
 
 
 def build_dmm(data, settings: dict[str, str]) -> DeepMarkovModel:
     """A :class:`DeepMarkovModel` for ``data`` (a ``zoo.data.SequenceData``) from spec settings."""
-    allowed = set(_INT_SETTINGS) | {"guide", "transition", "emission", "rnn_precision", "guide_dropout"} | _TRAINING_SETTINGS
+    allowed = set(_MODEL_NUMBERS) | set(_MODEL_CHOICES) | set(_TRAINING_SETTINGS)
     unknown = set(settings) - allowed
     if unknown:
         raise UsageError(f"dmm: unknown settings {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -936,34 +954,13 @@ def build_dmm(data, settings: dict[str, str]) -> DeepMarkovModel:
                    "real": "gaussian"}.get(data.kind)
     if observation is None:
         raise UsageError(f"dmm: cannot model {data.kind!r} data")
-    options: dict[str, Any] = {}
-    for key, name in _INT_SETTINGS.items():
-        if key in settings:
-            try:
-                options[name] = int(settings[key])
-            except ValueError:
-                raise UsageError(f"dmm: {key} must be an int, got {settings[key]!r}") from None
-    for key in ("guide", "transition", "emission", "rnn_precision"):
-        if key in settings:
-            options[key] = settings[key]
-    if "guide_dropout" in settings:
-        try:
-            options["guide_dropout"] = float(settings["guide_dropout"])
-        except ValueError:
-            raise UsageError(f"dmm: guide_dropout must be a number, got {settings['guide_dropout']!r}") from None
+    options = _converted(settings, _MODEL_NUMBERS)
+    options.update({key: settings[key] for key in _MODEL_CHOICES if key in settings})
     if observation == "categorical":
         options["num_symbols"] = data.num_symbols
     else:
         options["dim"] = data.dim
-    training: dict[str, Any] = {}
-    for key, convert in (("annealing_epochs", int), ("min_annealing", float), ("particles", int),
-                         ("weight_decay", float)):
-        if key in settings:
-            try:
-                training["num_particles" if key == "particles" else key] = convert(settings[key])
-            except ValueError:
-                raise UsageError(f"dmm: {key} must be a{'n int' if convert is int else ' number'}, "
-                                 f"got {settings[key]!r}") from None
+    training = _converted(settings, _TRAINING_SETTINGS)
     try:
         return DeepMarkovModel(observation, **options).configure_fit(**training)
     except ValueError as error:

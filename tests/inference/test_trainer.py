@@ -220,7 +220,6 @@ def test_weight_decay_shrinks_the_parameters():
     assert 0 < float(decayed.loc.detach()) < float(plain.loc.detach()) - 0.1
 
 
-
 def test_weight_decay_is_a_gaussian_prior_even_when_the_clip_binds():
     # The prior's gradient joins the data's before the clip, so the fixed point is the MAP
     # sum x / (n + lambda) however small clip_norm is. (Decay added after the clip, Adam's own,
@@ -233,6 +232,7 @@ def test_weight_decay_is_a_gaussian_prior_even_when_the_clip_binds():
         final_learning_rate=1e-4, progress=False)
     assert float(model.loc.detach()) == pytest.approx(map_loc, abs=0.01)
     assert map_loc > 0.5
+
 
 # -- gradient and stop hooks, callbacks, writer ---------------------------------------
 def test_gradient_hook_sees_unclipped_gradients_and_its_change_takes_effect():

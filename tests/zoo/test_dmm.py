@@ -237,6 +237,24 @@ def test_bad_input_is_named():
         _small("bernoulli", num_iafs=1).loss(_batch("bernoulli"), estimator="analytic")
     with pytest.raises(ValueError, match="num_particles"):
         model.log_prob_batch(_batch("bernoulli"), num_particles=0)
+    # Spec settings (seqzoo fit/compare): each bad one is named, as text or as a value.
+    from types import SimpleNamespace
+
+    from zoo.dmm import build_dmm
+    from zoo.registry import UsageError
+
+    data = SimpleNamespace(kind="binary", dim=4)
+    for settings, message in (({"guide_dropout": "half"}, "guide_dropout must be a number, got 'half'"),
+                              ({"guide_dropout": "1.5"}, "guide_dropout: expected a number in"),
+                              ({"weight_decay": "-1"}, "weight_decay: expected a nonnegative number"),
+                              ({"z_dim": "2.5"}, "z_dim must be an int"),
+                              ({"particles": "many"}, "particles must be an int"),
+                              ({"dropout": "0.1"}, "unknown settings")):
+        with pytest.raises(UsageError, match=message):
+            build_dmm(data, settings)
+    built = build_dmm(data, {"guide_dropout": "0.25", "weight_decay": "3", "z_dim": "2", "particles": "5"})
+    assert built.guide_dropout == 0.25 and built.z_dim == 2
+    assert built.default_fit_options()["weight_decay"] == 3.0 and built.fit_settings["num_particles"] == 5
 
 
 # -- learning ------------------------------------------------------------------------
