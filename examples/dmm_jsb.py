@@ -17,7 +17,8 @@ paper's 20 sequences) with two regularisers against JSB's over-fitting: an L2 pr
 (``--weight-decay 23``, Pyro's example's 2.0 per batch against our data-scaled loss) and dropout 0.3
 on the guide RNN's summary (``--guide-dropout``). docs/dmm.md compares the recipes.
 ``--rnn-precision bfloat16`` runs the guide RNN's products in bfloat16 (faster, not exact).
-``--compare-runs DIR[=LABEL] ...`` only plots the test curves of finished runs into ``OUT/recipes.png``.
+``--compare-runs DIR[=LABEL] ...`` only compares finished runs: test curves into ``OUT/recipes.png``, final
+bounds into ``OUT/runs.csv`` and their spread over the runs (e.g. over ``--seed``) printed.
 Writes ``curve.csv`` (wall and CPU minutes, epoch, train ELBO/step, test ELBO/step, one draw each),
 ``curve.png`` (test nats per step against training minutes) and ``results.json`` (settings, final
 test -ELBO (the mean of ``--final-draws`` draws) and -IWAE per step, wall and CPU seconds per epoch, machine load) to ``--out``.
@@ -126,8 +127,37 @@ def plot_runs(runs: list[str], path: Path) -> None:
             rows = list(csv.DictReader(handle))[1:]  # the first evaluation is the untrained model
         ax.plot([float(row["minutes"]) for row in rows], [float(row["test_elbo_nats_per_step"]) for row in rows],
                 "o-", markersize=2.5, label=label or Path(directory).name)
-    _finish_plot(fig, ax, path, "DMM on JSB chorales: training recipes (one draw per point)",
+    _finish_plot(fig, ax, path, "DMM on JSB chorales: runs compared (one draw per point)",
                  "test -ELBO, nats per time step", (6.8, 8.6), legend_size=7)
+
+
+def summarise_runs(runs: list[str], path: Path, goal: float = 7.0) -> dict:
+    """One row per run's ``results.json`` (``DIR`` or ``DIR=LABEL``) into ``path`` (CSV), and their spread.
+
+    Returns the count, mean, sd, min and max of the final test -ELBO over the runs, and the share of
+    runs at or below ``goal``: the spread over training seeds when the runs differ only in ``--seed``.
+    """
+    rows = []
+    for run in runs:
+        directory, _, label = run.partition("=")
+        results = json.loads((Path(directory) / "results.json").read_text())
+        iwae = next((key for key in results if key.startswith("test_iwae")), None)
+        rows.append({"run": label or Path(directory).name, "seed": results["settings"]["seed"],
+                     "minutes": results["settings"]["minutes"], "epochs": results["epochs"],
+                     "rnn_precision": results["settings"].get("rnn_precision", "float32"),
+                     "test_elbo_draws": len(results.get("test_elbo_draws", [None])),
+                     "test_elbo_nats_per_step": round(results["test_elbo_nats_per_step"], 4),
+                     "test_iwae_nats_per_step": round(results[iwae], 4) if iwae else None})
+    values = [row["test_elbo_nats_per_step"] for row in rows]
+    summary = {"runs": len(values), "mean": round(statistics.fmean(values), 4),
+               "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+               "min": min(values), "max": max(values),
+               f"share_at_or_below_{goal}": sum(value <= goal for value in values) / len(values)}
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return summary
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -166,12 +196,15 @@ def main(argv: list[str] | None = None) -> dict:
                         help="guide draws averaged for the final test ELBO (each one draw: sd ~0.025 nats/step)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compare-runs", nargs="+", metavar="DIR[=LABEL]",
-                        help="only plot these runs' test curves into OUT/recipes.png, then exit")
+                        help="only compare finished runs: their test curves into OUT/recipes.png, their "
+                             "final bounds into OUT/runs.csv, and the spread printed; then exit")
     args = parser.parse_args(argv)
     if args.compare_runs:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         plot_runs(args.compare_runs, Path(args.out) / "recipes.png")
-        return {}
+        summary = summarise_runs(args.compare_runs, Path(args.out) / "runs.csv")
+        print(json.dumps(summary))
+        return summary
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     out = Path(args.out)

@@ -1,6 +1,7 @@
 """Runs every example script tiny. An example that is not listed here fails the
 test, so a new example cannot land untested."""
 
+import csv
 import os
 import subprocess
 import sys
@@ -100,3 +101,11 @@ def test_dmm_example_final_bound_averages_draws_and_plots_runs_side_by_side(tmp_
                                timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert (tmp_path / "plot" / "recipes.png").stat().st_size > 0
+    with open(tmp_path / "plot" / "runs.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["run"] for row in rows] == ["tiny", "run"]
+    assert float(rows[0]["test_elbo_nats_per_step"]) == pytest.approx(results["test_elbo_nats_per_step"], abs=1e-4)
+    assert rows[0]["test_elbo_draws"] == "3"
+    summary = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert summary["runs"] == 2 and summary["sd"] == 0.0
+    assert summary["share_at_or_below_7.0"] == float(results["test_elbo_nats_per_step"] <= 7.0)
