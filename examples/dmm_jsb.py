@@ -281,8 +281,8 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu_seconds_per_epoch": round(train_cpu_seconds / max(1, len(records)), 3),
         # A time budget can end the last epoch part-way (its mean covers the mini-batches done): the
         # training bound reported is the last whole epoch's (dropout on, annealing as scheduled).
-        "final_train_elbo_nats_per_step": -records[-2 if result.stopped == "time_budget" and len(records) > 1
-                                                   else -1]["objective_per_step"],
+        "final_train_elbo_nats_per_step": -next((record for record in reversed(records) if not record["partial"]),
+                                                records[-1])["objective_per_step"],
         **final,
         "load_average_during_training": {"min": min(load_averages), "max": max(load_averages),
                                          "mean": round(sum(load_averages) / len(load_averages), 2)},

@@ -516,8 +516,10 @@ class FitResult:
             with ``step``, ``objective`` (ELBO or EM objective, total nats),
             ``objective_per_step`` (per observed training time step),
             ``valid_log_prob_per_step`` (when evaluated at that step), ``lr``
-            (SVI) and ``seconds`` (cumulative wall time); EM records also hold
-            ``restart`` and ``iteration``.
+            (SVI) and ``seconds`` (cumulative wall time); SVI records also hold
+            ``partial`` (the time budget ended the epoch before its last
+            mini-batch, so its objective averages the mini-batches done), EM
+            records ``restart`` and ``iteration``.
         best_step: the step whose parameters the model holds at the end.
         best_valid_log_prob_per_step: validation score of those parameters, or
             ``None`` without validation data.
@@ -750,7 +752,9 @@ class SVITrainer(Trainer):
                 model.train()
                 learning_rate = self.optimizer.param_groups[0]["lr"]
                 objectives = []
-                for minibatch in (options.minibatches or iterate_minibatches)(train, batch_size, self.generator):
+                partial = False  # whether the time budget ended this epoch before its last mini-batch
+                minibatches = iter((options.minibatches or iterate_minibatches)(train, batch_size, self.generator))
+                for minibatch in minibatches:
                     self.optimizer.zero_grad(set_to_none=True)
                     loss, objective = loss_function.evaluate(model, minibatch, self.step_kwargs(optimizer_steps))
                     if loss is not None:
@@ -781,6 +785,7 @@ class SVITrainer(Trainer):
                     if clock.over_budget:
                         # A long epoch (one big text in many mini-batches) ends mid-way when the
                         # budget runs out; the epoch's objective averages the mini-batches done.
+                        partial = next(minibatches, None) is not None
                         break
                 self.step += 1
                 objective = sum(objectives) / len(objectives)
@@ -807,7 +812,8 @@ class SVITrainer(Trainer):
                 self.stopped = self.decide_stop(reason)
                 record = {"step": self.step, "objective": objective,
                           "objective_per_step": objective / self.num_train_steps,
-                          "valid_log_prob_per_step": valid_per_step, "lr": learning_rate, "seconds": clock.total}
+                          "valid_log_prob_per_step": valid_per_step, "lr": learning_rate, "seconds": clock.total,
+                          "partial": partial}
                 self.emit(record, clock, bar)
                 if self.stopped is not None:
                     break

@@ -320,6 +320,8 @@ def test_time_budget_stops_cleanly():
                  callbacks=[lambda record: time.sleep(0.05)])
     assert result.stopped == "time_budget"
     assert 2 <= len(result.history) <= 5
+    # One mini-batch per epoch: the budget runs out after an epoch's last one, so none is partial.
+    assert not any(record["partial"] for record in result.history)
     em_model = ScriptedEM([float(i) for i in range(10_000)])
     result = fit(em_model, data, method="em", max_iterations=10_000, time_budget=0.15, progress=False,
                  callbacks=[lambda record: time.sleep(0.05)])
@@ -348,7 +350,7 @@ def test_time_budget_is_checked_within_a_long_epoch():
     result = fit(model, data, valid=valid, batch_size=1, max_epochs=3, time_budget=0.2, progress=False)
     elapsed = time.perf_counter() - started
     assert result.stopped == "time_budget"
-    assert len(result.history) == 1 and elapsed < 1.5
+    assert len(result.history) == 1 and elapsed < 1.5 and result.history[0]["partial"] is True
     # The cut-short epoch is scored, and its state is the one kept.
     assert result.history[0]["valid_log_prob_per_step"] is not None
     assert result.best_valid_log_prob_per_step == pytest.approx(score(model, valid).per_step)
@@ -477,7 +479,7 @@ def test_result_and_progress_bar(capsys):
     result = fit(PointGaussian(), _gaussian_data(), max_epochs=3, progress=True, description="toy fit")
     assert isinstance(result, FitResult) and result.seconds > 0
     assert set(result.history[0]) == {"step", "objective", "objective_per_step", "valid_log_prob_per_step", "lr",
-                                      "seconds"}
+                                      "seconds", "partial"}
     captured = capsys.readouterr()
     assert "toy fit" in captured.err and captured.out == ""
 
