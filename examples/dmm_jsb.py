@@ -113,6 +113,12 @@ def _finish_plot(fig, ax, path: Path, title: str, ylabel: str, ylim: tuple[float
     plt.close(fig)
 
 
+def _run_directory_and_label(run: str) -> tuple[Path, str]:
+    """``DIR`` or ``DIR=LABEL`` of ``--compare-runs``: the run's directory and its label (the directory's name)."""
+    directory, _, label = run.partition("=")
+    return Path(directory), label or Path(directory).name
+
+
 def plot_runs(runs: list[str], path: Path) -> None:
     """Test -ELBO against training minutes of several runs' ``curve.csv`` (``DIR`` or ``DIR=LABEL``)."""
     import matplotlib
@@ -122,11 +128,11 @@ def plot_runs(runs: list[str], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for run in runs:
-        directory, _, label = run.partition("=")
-        with open(Path(directory) / "curve.csv", newline="") as handle:
+        directory, label = _run_directory_and_label(run)
+        with open(directory / "curve.csv", newline="") as handle:
             rows = list(csv.DictReader(handle))[1:]  # the first evaluation is the untrained model
         ax.plot([float(row["minutes"]) for row in rows], [float(row["test_elbo_nats_per_step"]) for row in rows],
-                "o-", markersize=2.5, label=label or Path(directory).name)
+                "o-", markersize=2.5, label=label)
     _finish_plot(fig, ax, path, "DMM on JSB chorales: runs compared (one draw per point)",
                  "test -ELBO, nats per time step", (6.8, 8.6), legend_size=7)
 
@@ -139,10 +145,10 @@ def summarise_runs(runs: list[str], path: Path, goal: float = 7.0) -> dict:
     """
     rows = []
     for run in runs:
-        directory, _, label = run.partition("=")
-        results = json.loads((Path(directory) / "results.json").read_text())
+        directory, label = _run_directory_and_label(run)
+        results = json.loads((directory / "results.json").read_text())
         iwae = next((key for key in results if key.startswith("test_iwae")), None)
-        rows.append({"run": label or Path(directory).name, "seed": results["settings"]["seed"],
+        rows.append({"run": label, "seed": results["settings"]["seed"],
                      "minutes": results["settings"]["minutes"], "epochs": results["epochs"],
                      "rnn_precision": results["settings"].get("rnn_precision", "float32"),
                      "test_elbo_draws": len(results.get("test_elbo_draws", [None])),
