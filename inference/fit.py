@@ -49,6 +49,7 @@ from .trainer import (
     KLAnnealing,
     LossOutput,
     NUTSOptions,
+    ParameterAverage,
     RunWriter,
     SVIOptions,
     SVITrainer,
@@ -56,8 +57,8 @@ from .trainer import (
     options_fields,
 )
 
-__all__ = ["CHECKPOINT_NAME", "EMOptions", "FitResult", "KLAnnealing", "LossOutput", "NUTSOptions", "RunWriter",
-           "SVIOptions", "fit", "make_elbo"]
+__all__ = ["CHECKPOINT_NAME", "EMOptions", "FitResult", "KLAnnealing", "LossOutput", "NUTSOptions", "ParameterAverage",
+           "RunWriter", "SVIOptions", "fit", "make_elbo"]
 
 
 class _Unset:

@@ -210,6 +210,60 @@ class KLAnnealing:
         return {self.name: min(1.0, self.start + (1.0 - self.start) * epoch / self.epochs)}
 
 
+class ParameterAverage:
+    """An exponential moving average of a module's parameters (Polyak averaging),
+    for ``callbacks`` (updated once per epoch) or ``step_callbacks`` (once per
+    optimiser step): ``average <- decay * average + (1 - decay) * current``, so it
+    spans about ``1 / (1 - decay)`` updates. The averaged weights smooth the
+    mini-batch noise that a learning rate still well above zero leaves in the
+    last iterate; :meth:`swapped_in` scores or saves them.
+
+    Example:
+        >>> layer = torch.nn.Linear(1, 1, bias=False)
+        >>> average = ParameterAverage(layer, decay=0.5)
+        >>> for value in (0.0, 1.0):
+        ...     _ = torch.nn.init.constant_(layer.weight, value)
+        ...     average({})
+        >>> with average.swapped_in():
+        ...     layer.weight.item()
+        0.5
+        >>> layer.weight.item()
+        1.0
+    """
+
+    def __init__(self, module: torch.nn.Module, decay: float) -> None:
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 < decay < 1.0:
+            raise ValueError(f"ParameterAverage.decay: expected a number in (0, 1), got {decay!r}")
+        self.module, self.decay = module, float(decay)
+        self.average: list[Tensor] | None = None  # created at the first update: parameters may be lazy
+
+    def __call__(self, record: Mapping[str, Any]) -> None:
+        with torch.no_grad():
+            current = [parameter.detach() for parameter in self.module.parameters()]
+            if self.average is None:
+                self.average = [parameter.clone() for parameter in current]
+            elif len(current) != len(self.average):
+                raise RuntimeError(f"ParameterAverage: the module has {len(current)} parameters now, "
+                                   f"{len(self.average)} when averaging began")
+            else:
+                torch._foreach_lerp_(self.average, current, 1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        """Inside the block the module holds the averaged parameters; after it, its own again."""
+        if self.average is None:
+            raise RuntimeError("ParameterAverage.swapped_in: no update yet (pass it in callbacks)")
+        parameters = list(self.module.parameters())
+        saved = [parameter.detach().clone() for parameter in parameters]
+        with torch.no_grad():
+            torch._foreach_copy_(parameters, self.average)
+        try:
+            yield self.module
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(parameters, saved)
+
+
 # -- learning-rate schedules -----------------------------------------------------
 class _ScheduleFactor:
     """Multiplier of the base learning rate after ``epoch`` scheduler steps:

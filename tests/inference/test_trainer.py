@@ -13,7 +13,17 @@ from pyro.infer import RenyiELBO, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_EL
 from pyro.nn import PyroParam
 
 from inference import SequenceBatch, SequenceModel, sequence_plate
-from inference.fit import EMOptions, KLAnnealing, LossOutput, NUTSOptions, RunWriter, SVIOptions, fit, make_elbo
+from inference.fit import (
+    EMOptions,
+    KLAnnealing,
+    LossOutput,
+    NUTSOptions,
+    ParameterAverage,
+    RunWriter,
+    SVIOptions,
+    fit,
+    make_elbo,
+)
 from inference.rundir import RunDirectory
 from inference.scoring import score
 from inference.trainer import gains_accelerating
@@ -493,3 +503,45 @@ def test_near_duplicate_states():
     nearly[2] = nearly[0] + torch.tensor([1e-3, -1e-3, 0.0])
     assert near_duplicate_states(nearly) and not near_duplicate_states(nearly, tolerance=1e-4)
     assert not near_duplicate_states(distinct[:1])
+
+
+# -- parameter averaging -------------------------------------------------------------
+def test_parameter_average_is_closer_to_the_optimum_than_the_noisy_last_iterate():
+    # Mini-batch SGD on a constant, large learning rate leaves the point estimate bouncing
+    # around the full-data maximum (the mean of the observed values); the averaged iterate
+    # must sit much closer to it. An average that tracked the current value would not.
+    data = _gaussian_data(num_sequences=40, length=10)
+    optimum = float(data.values[data.mask].mean())
+    iterate_errors, averaged_errors = [], []
+    for seed in range(8):
+        model = PointGaussian()
+        average = ParameterAverage(model, decay=0.95)
+        fit(model, data, max_epochs=30, batch_size=2, learning_rate=0.05, lr_schedule="constant",
+            step_callbacks=[average], progress=False, seed=seed)
+        iterate = float(model.loc.detach())
+        with average.swapped_in():
+            averaged_errors.append((float(model.loc.detach()) - optimum) ** 2)
+        assert float(model.loc.detach()) == iterate  # the last iterate is back after the block
+        iterate_errors.append((iterate - optimum) ** 2)
+    assert sum(averaged_errors) < 0.25 * sum(iterate_errors)
+
+
+def test_parameter_average_weights_and_restores_exactly():
+    layer = torch.nn.Linear(2, 1)
+    average = ParameterAverage(layer, decay=0.75)
+    with pytest.raises(RuntimeError, match="no update"):
+        with average.swapped_in():
+            pass
+    values = [torch.full((1, 2), 4.0), torch.full((1, 2), 8.0), torch.full((1, 2), 0.0)]
+    for value in values:
+        with torch.no_grad():
+            layer.weight.copy_(value)
+        average({})
+    expected = 0.75 * (0.75 * 4.0 + 0.25 * 8.0) + 0.25 * 0.0  # the first update starts the average
+    with average.swapped_in() as module:
+        assert module is layer
+        assert torch.equal(layer.weight.detach(), torch.full((1, 2), expected))
+    assert torch.equal(layer.weight.detach(), torch.zeros(1, 2))
+    for decay in (0.0, 1.0, True, "0.9"):
+        with pytest.raises(ValueError, match="decay"):
+            ParameterAverage(layer, decay)
