@@ -89,13 +89,22 @@ def test_dmm_example_final_bound_averages_draws_and_plots_runs_side_by_side(tmp_
     argv = [a.format(out=tmp_path / "run", data=data_dir) for a in TINY_RUNS["dmm_jsb.py"]]
     script = str(EXAMPLES_DIR / "dmm_jsb.py")
     completed = subprocess.run([sys.executable, script, *argv, "--final-draws", "3", "--weight-decay", "1",
-                                "--guide-dropout", "0.2"], capture_output=True, text=True, timeout=600)
+                                "--guide-dropout", "0.2", "--average", "0.5", "--eval-every", "0"],
+                               capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     draws = results["test_elbo_draws"]
     assert len(draws) == 3 and len(set(draws)) == 3  # three different guide draws, averaged
     assert results["test_elbo_nats_per_step"] == pytest.approx(sum(draws) / 3, abs=1e-3)
     assert results["settings"]["weight_decay"] == 1.0 and results["settings"]["guide_dropout"] == 0.2
+    # The averaged weights are scored beside the last iterate's: at every evaluation, and at the end.
+    averaged = results["averaged"]
+    assert len(averaged["test_elbo_draws"]) == 3 and averaged["test_elbo_draws"] != draws
+    with open(tmp_path / "run" / "curve.csv", newline="") as handle:
+        curve = list(csv.DictReader(handle))
+    assert len(curve) == 2  # --eval-every 0: both epochs
+    assert curve[0]["averaged_test_elbo_nats_per_step"] == curve[0]["test_elbo_nats_per_step"]  # one update
+    assert curve[1]["averaged_test_elbo_nats_per_step"] != curve[1]["test_elbo_nats_per_step"]
     completed = subprocess.run([sys.executable, script, "--out", str(tmp_path / "plot"), "--compare-runs",
                                 f"{tmp_path / 'run'}=tiny", str(tmp_path / "run")], capture_output=True, text=True,
                                timeout=600)
