@@ -95,6 +95,7 @@ def fit(
     step_kwargs: Callable[[int, int], Mapping[str, Any]] | None = _UNSET,
     gradient_hook: Callable[[list[Tensor]], None] | None = _UNSET,
     step_callbacks: Sequence[Callable[[dict], None]] = _UNSET,
+    average_decay: float | None = _UNSET,
     max_iterations: int = _UNSET,
     tolerance: float = _UNSET,
     num_restarts: int = _UNSET,
@@ -229,6 +230,9 @@ def fit(
             ``model``/``guide`` or a custom loss (e.g. ``KLAnnealing``).
         gradient_hook: ``hook(parameters)`` after backward, before the clip.
         step_callbacks: functions called after each optimiser step.
+        average_decay: SVI: keep a moving average of the parameters with this decay
+            per optimiser step (:class:`~inference.trainer.ParameterAverage`);
+            validation scores it and the model ends holding it. ``None``: off.
         max_iterations: EM iterations per restart.
         tolerance: EM convergence threshold on the objective's gain per
             observed step.
@@ -288,7 +292,7 @@ def fit(
         loss=loss, num_particles=num_particles, max_epochs=max_epochs, batch_size=batch_size,
         learning_rate=learning_rate, final_learning_rate=final_learning_rate, lr_schedule=lr_schedule,
         warmup_epochs=warmup_epochs, weight_decay=weight_decay, clip_norm=clip_norm, betas=betas,
-        step_kwargs=step_kwargs, gradient_hook=gradient_hook, step_callbacks=step_callbacks,
+        step_kwargs=step_kwargs, gradient_hook=gradient_hook, step_callbacks=step_callbacks, average_decay=average_decay,
         max_iterations=max_iterations, tolerance=tolerance, num_restarts=num_restarts,
         statistics_hook=statistics_hook, patience=patience, eval_every=eval_every,
         checkpoint_every=checkpoint_every, time_budget=time_budget, progress=progress, description=description,

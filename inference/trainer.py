@@ -214,9 +214,11 @@ class ParameterAverage:
     """An exponential moving average of a module's parameters (Polyak averaging),
     for ``callbacks`` (updated once per epoch) or ``step_callbacks`` (once per
     optimiser step): ``average <- decay * average + (1 - decay) * current``, so it
-    spans about ``1 / (1 - decay)`` updates. The averaged weights smooth the
-    mini-batch noise that a learning rate still well above zero leaves in the
-    last iterate; :meth:`swapped_in` scores or saves them.
+    spans about ``1 / (1 - decay)`` updates; the first update starts it at the
+    current values. The averaged weights smooth the mini-batch noise that a
+    learning rate still well above zero leaves in the last iterate;
+    :meth:`swapped_in` scores or saves them. ``fit(..., average_decay=...)`` keeps
+    one per optimiser step and ends with the model holding it.
 
     Example:
         >>> layer = torch.nn.Linear(1, 1, bias=False)
@@ -235,33 +237,55 @@ class ParameterAverage:
         if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 < decay < 1.0:
             raise ValueError(f"ParameterAverage.decay: expected a number in (0, 1), got {decay!r}")
         self.module, self.decay = module, float(decay)
-        self.average: list[Tensor] | None = None  # created at the first update: parameters may be lazy
+        self.average: dict[str, Tensor] | None = None  # created at the first update: parameters may be lazy
 
-    def __call__(self, record: Mapping[str, Any]) -> None:
+    def _parameters(self) -> dict[str, Tensor]:
+        return {name: parameter for name, parameter in self.module.named_parameters() if parameter.requires_grad}
+
+    def __call__(self, record: Mapping[str, Any] | None = None) -> None:
         with torch.no_grad():
-            current = [parameter.detach() for parameter in self.module.parameters()]
+            current = self._parameters()
             if self.average is None:
-                self.average = [parameter.clone() for parameter in current]
-            elif len(current) != len(self.average):
-                raise RuntimeError(f"ParameterAverage: the module has {len(current)} parameters now, "
-                                   f"{len(self.average)} when averaging began")
+                self.average = {name: parameter.detach().clone() for name, parameter in current.items()}
+            elif current.keys() != self.average.keys():
+                raise RuntimeError(f"ParameterAverage: the module's parameters changed since averaging began "
+                                   f"(now {len(current)}, then {len(self.average)})")
             else:
-                torch._foreach_lerp_(self.average, current, 1.0 - self.decay)
+                torch._foreach_lerp_(list(self.average.values()), [current[name].detach() for name in self.average],
+                                     1.0 - self.decay)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The averaged tensors by parameter name (empty before the first update)."""
+        return dict(self.average or {})
+
+    def load_state_dict(self, tensors: Mapping[str, Tensor]) -> None:
+        names = set(self._parameters())
+        if set(tensors) != names:
+            raise ValueError(f"ParameterAverage.load_state_dict: expected the tensors of {sorted(names)}, "
+                             f"got {sorted(tensors)}")
+        self.average = {name: tensor.detach().clone() for name, tensor in tensors.items()} if tensors else None
+
+    def load_into_module(self) -> None:
+        """Copies the averaged values into the module's parameters (for good)."""
+        if self.average is None:
+            raise RuntimeError("ParameterAverage: no update yet (pass it in callbacks or step_callbacks)")
+        with torch.no_grad():
+            parameters = self._parameters()
+            torch._foreach_copy_([parameters[name] for name in self.average], list(self.average.values()))
 
     @contextlib.contextmanager
     def swapped_in(self):
         """Inside the block the module holds the averaged parameters; after it, its own again."""
         if self.average is None:
-            raise RuntimeError("ParameterAverage.swapped_in: no update yet (pass it in callbacks)")
-        parameters = list(self.module.parameters())
-        saved = [parameter.detach().clone() for parameter in parameters]
-        with torch.no_grad():
-            torch._foreach_copy_(parameters, self.average)
+            raise RuntimeError("ParameterAverage.swapped_in: no update yet (pass it in callbacks or step_callbacks)")
+        parameters = self._parameters()
+        saved = {name: parameter.detach().clone() for name, parameter in parameters.items()}
+        self.load_into_module()
         try:
             yield self.module
         finally:
             with torch.no_grad():
-                torch._foreach_copy_(parameters, saved)
+                torch._foreach_copy_([parameters[name] for name in saved], list(saved.values()))
 
 
 # -- learning-rate schedules -----------------------------------------------------
@@ -407,6 +431,10 @@ class SVIOptions(_LoopOptions):
             one epoch's mini-batches (default
             :func:`~inference.batch.iterate_minibatches`), e.g. this process's
             shard of each (:func:`inference.distributed.shard_minibatches`).
+        average_decay: keep a :class:`ParameterAverage` of the parameters with
+            this decay per optimiser step (e.g. 0.9995: about the last 2,000
+            steps); validation scores it, and the fit ends with the model
+            holding it (or the best validated average). ``None``: the last iterate.
     """
 
     max_epochs: int = 100
@@ -425,9 +453,13 @@ class SVIOptions(_LoopOptions):
     step_callbacks: Sequence[Callable[[dict], None]] = ()
     minibatches: Callable[[SequenceBatch, int, torch.Generator], Iterable[SequenceBatch]] | None = None
     nonfinite_hook: Callable[[int], bool] | None = None
+    average_decay: float | None = None
 
     def check(self) -> None:
         super().check()
+        if self.average_decay is not None and (isinstance(self.average_decay, bool) or not isinstance(
+                self.average_decay, (int, float)) or not 0 < self.average_decay < 1):
+            raise ValueError(f"average_decay: expected a number in (0, 1) or None, got {self.average_decay!r}")
         _check_callable("minibatches", self.minibatches)
         _check_callable("nonfinite_hook", self.nonfinite_hook)
         _check_positive_int("max_epochs", self.max_epochs)
@@ -657,6 +689,7 @@ class Trainer:
         self.stopped: str | None = None
         self.previous_seconds = 0.0
         self.optimizer: torch.optim.Optimizer | None = None
+        self.average: ParameterAverage | None = None  # SVI's average_decay
 
     # -- per-method state (checkpointed) -----------------------------------------------
     def loop_state(self) -> dict[str, Any]:
@@ -673,6 +706,7 @@ class Trainer:
         tensors, state = ckpt.checkpoint_payload(model=self.model, best_state=self.best_state,
                                                  optimizer=self.optimizer, loop_state=state,
                                                  generator=self.generator)
+        tensors.update(ckpt.prefixed("average", self.average.state_dict() if self.average else {}))
         self.writer.save_checkpoint(tensors, state)
 
     def load_checkpoint(self) -> None:
@@ -692,6 +726,9 @@ class Trainer:
         self.best_valid = state["best_valid"]
         self.stopped = state["stopped"]
         self.previous_seconds = state["seconds"]
+        averaged = ckpt.unprefixed("average", tensors)
+        if self.average is not None and averaged:
+            self.average.load_state_dict(averaged)
         self.restore_loop_state(state)
 
     def evaluate(self, last: bool) -> float | None:
@@ -699,8 +736,14 @@ class Trainer:
         if self.valid is None or not (self.step % self.options.eval_every == 0 or last):
             return None
         scorer = self.options.validation_score or score
-        return scorer(self.model, self.valid, batch_size=self.options.valid_batch_size,
-                      num_particles=self.options.valid_num_particles, seed=self.seed).per_step
+        with self.average.swapped_in() if self.average is not None else contextlib.nullcontext():
+            return scorer(self.model, self.valid, batch_size=self.options.valid_batch_size,
+                          num_particles=self.options.valid_num_particles, seed=self.seed).per_step
+
+    def state_to_keep(self) -> dict[str, Tensor]:
+        """A copy of what the fit would end with now: the parameter average if one is kept."""
+        with self.average.swapped_in() if self.average is not None else contextlib.nullcontext():
+            return ckpt.clone_state(self.model)
 
     def decide_stop(self, reason: str | None) -> str | None:
         """The local stop ``reason`` (or ``None``), through ``stop_hook``'s collective decision."""
@@ -732,6 +775,8 @@ class Trainer:
             self.save_checkpoint(clock)
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
+        elif self.average is not None and self.average.average is not None:
+            self.average.load_into_module()  # the checkpoint above keeps the last iterate, for a resume
         self.writer.save_model(self.model)
         return FitResult(method=self.method, history=self.history, best_step=self.best_step,
                          best_valid_log_prob_per_step=self.best_valid, stopped=self.stopped, seconds=clock.total,
@@ -789,6 +834,8 @@ class SVITrainer(Trainer):
         self.optimizer = ClippedAdam(parameters, lr=options.learning_rate, betas=tuple(options.betas),
                                      clip_norm=options.clip_norm)
         self.scheduler = build_scheduler(self.optimizer, options)
+        if options.average_decay is not None:
+            self.average = ParameterAverage(model, options.average_decay)
         plateau = isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
         self.stale = 0
         if self.resume:
@@ -830,6 +877,8 @@ class SVITrainer(Trainer):
                                             alpha=options.weight_decay)
                     torch.nn.utils.clip_grad_norm_(parameters, options.clip_norm)
                     self.optimizer.step()
+                    if self.average is not None:
+                        self.average()
                     optimizer_steps += 1
                     objectives.append(objective)
                     for callback in options.step_callbacks:
@@ -851,7 +900,7 @@ class SVITrainer(Trainer):
                 elif valid_per_step is not None:
                     if self.best_valid is None or valid_per_step > self.best_valid:
                         self.best_valid, self.best_step, self.stale = valid_per_step, self.step, 0
-                        self.best_state = ckpt.clone_state(model)
+                        self.best_state = self.state_to_keep()
                     else:
                         self.stale += 1
                     if self.stale >= options.patience:

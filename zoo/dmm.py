@@ -426,7 +426,7 @@ class DeepMarkovModel(SequenceModel):
         self._dropout_active = False
         #: Training settings behind :meth:`default_fit_options` (see :meth:`configure_fit`).
         self.fit_settings: dict[str, Any] = {"annealing_epochs": 10, "min_annealing": 0.2, "num_particles": 1,
-                                             "weight_decay": 0.0}
+                                             "weight_decay": 0.0, "average_decay": 0.0}
 
         width = num_symbols if observation == "categorical" else dim
         # -- generative model
@@ -466,11 +466,14 @@ class DeepMarkovModel(SequenceModel):
                 "guide_dropout": self.guide_dropout}
 
     def configure_fit(self, *, annealing_epochs: int | None = None, min_annealing: float | None = None,
-                      num_particles: int | None = None, weight_decay: float | None = None) -> "DeepMarkovModel":
+                      num_particles: int | None = None, weight_decay: float | None = None,
+                      average_decay: float | None = None) -> "DeepMarkovModel":
         """Sets what :meth:`default_fit_options` returns (``seqzoo fit dmm`` flags): KL annealing from
         ``min_annealing`` to 1 over ``annealing_epochs`` epochs (0: none), and ``num_particles`` for the
-        final scores (1: ELBO; M > 1: the IWAE bound), and ``weight_decay``, the trainer's L2 prior
-        precision on the weights (0: none). Not part of :meth:`config` (training, not the model)."""
+        final scores (1: ELBO; M > 1: the IWAE bound), ``weight_decay``, the trainer's L2 prior
+        precision on the weights (0: none), and ``average_decay``, the decay per optimiser step of the
+        trainer's parameter average, which the fit ends with (0: none, the last iterate). Not part of
+        :meth:`config` (training, not the model)."""
         if annealing_epochs is not None:
             if not isinstance(annealing_epochs, int) or isinstance(annealing_epochs, bool) or annealing_epochs < 0:
                 raise ValueError(f"annealing_epochs: expected a nonnegative int, got {annealing_epochs!r}")
@@ -487,6 +490,11 @@ class DeepMarkovModel(SequenceModel):
             if not isinstance(weight_decay, (int, float)) or isinstance(weight_decay, bool) or not 0 <= weight_decay < math.inf:
                 raise ValueError(f"weight_decay: expected a nonnegative number, got {weight_decay!r}")
             self.fit_settings["weight_decay"] = float(weight_decay)
+        if average_decay is not None:
+            if isinstance(average_decay, bool) or not isinstance(average_decay, (int, float)) or not (
+                    0 <= average_decay < 1):
+                raise ValueError(f"average_decay: expected a number in [0, 1) (0: off), got {average_decay!r}")
+            self.fit_settings["average_decay"] = float(average_decay)
         return self
 
     def default_fit_options(self) -> dict[str, Any]:
@@ -498,6 +506,8 @@ class DeepMarkovModel(SequenceModel):
                                    "score_num_particles": settings["num_particles"]}
         if settings["weight_decay"]:
             options["weight_decay"] = settings["weight_decay"]
+        if settings["average_decay"]:
+            options["average_decay"] = settings["average_decay"]
         if settings["annealing_epochs"]:
             options["step_kwargs"] = KLAnnealing(start=settings["min_annealing"], epochs=settings["annealing_epochs"])
         return options
@@ -910,6 +920,9 @@ def _add_arguments(group) -> None:
     group.add_argument("--particles", type=int, default=1, help="IWAE particles for scoring (1 = ELBO)")
     group.add_argument("--weight-decay", type=float, default=0.0,
                        help="L2 prior precision on the weights against the full-data loss (0: none)")
+    group.add_argument("--average", type=float, default=0.0, metavar="DECAY",
+                       help="end with a moving average of the weights, DECAY per optimiser step (e.g. 0.9995 "
+                            "for long runs; 0: the last iterate)")
 
 
 def _settings_from_args(args) -> dict[str, str]:
@@ -918,7 +931,8 @@ def _settings_from_args(args) -> dict[str, str]:
             "iafs": str(args.iafs), "transition": args.transition, "emission": args.emission,
             "rnn_precision": args.rnn_precision, "guide_dropout": str(args.guide_dropout),
             "annealing_epochs": str(args.annealing_epochs), "min_annealing": str(args.min_annealing),
-            "particles": str(args.particles), "weight_decay": str(args.weight_decay)}
+            "particles": str(args.particles), "weight_decay": str(args.weight_decay),
+            "average": str(args.average)}
 
 
 # spec setting -> (keyword, type): the model's numbers, and the training settings, which go to
@@ -928,7 +942,8 @@ _MODEL_NUMBERS = {"z_dim": ("z_dim", int), "transition_dim": ("transition_dim", 
                   "guide_dropout": ("guide_dropout", float)}
 _MODEL_CHOICES = ("guide", "transition", "emission", "rnn_precision")
 _TRAINING_SETTINGS = {"annealing_epochs": ("annealing_epochs", int), "min_annealing": ("min_annealing", float),
-                      "particles": ("num_particles", int), "weight_decay": ("weight_decay", float)}
+                      "particles": ("num_particles", int), "weight_decay": ("weight_decay", float),
+                      "average": ("average_decay", float)}
 
 
 def _converted(settings: dict[str, str], table: dict[str, tuple[str, type]]) -> dict[str, Any]:

@@ -365,19 +365,24 @@ def _interrupt_at_step_3(record):
         raise KeyboardInterrupt
 
 
-def test_checkpoint_resume_reproduces_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("average_decay", [None, 0.8], ids=["last_iterate", "averaged"])
+def test_checkpoint_resume_reproduces_uninterrupted_run(tmp_path, average_decay):
+    # With average_decay the parameter average is checkpointed too: one restarted at the resume
+    # would end elsewhere.
     data = _gaussian_data(dtype=torch.float64)
     reference = ConjugateGaussian().double()
-    reference_result = fit(reference, data, **_resume_options(RunDirectory.create(tmp_path / "reference")))
+    reference_result = fit(reference, data, **_resume_options(RunDirectory.create(tmp_path / "reference")),
+                           average_decay=average_decay)
 
     run = RunDirectory.create(tmp_path / "interrupted")
     interrupted = ConjugateGaussian().double()
     with pytest.raises(KeyboardInterrupt):
-        fit(interrupted, data, **_resume_options(run), callbacks=[_interrupt_at_step_3])
+        fit(interrupted, data, **_resume_options(run), callbacks=[_interrupt_at_step_3], average_decay=average_decay)
     assert run.read_json("checkpoint")["step"] == 3
 
     resumed = ConjugateGaussian().double()
-    resumed_result = fit(resumed, data, **_resume_options(RunDirectory.open(run.path)), resume=True)
+    resumed_result = fit(resumed, data, **_resume_options(RunDirectory.open(run.path)), resume=True,
+                         average_decay=average_decay)
     assert [r["step"] for r in resumed_result.history] == list(range(1, 7))
     for name, value in reference.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
@@ -390,8 +395,15 @@ def test_checkpoint_resume_reproduces_uninterrupted_run(tmp_path):
 
     # A different interruption-free run (other seed) differs, so the equality above means something.
     other = ConjugateGaussian().double()
-    fit(other, data, **{**_resume_options(None), "seed": 8})
+    fit(other, data, **{**_resume_options(None), "seed": 8}, average_decay=average_decay)
     assert not torch.equal(other.guide_loc, reference.guide_loc)
+    if average_decay is not None:
+        # The model ends holding the best validated average, not an iterate, and it scores as validated.
+        last_iterate = ConjugateGaussian().double()
+        fit(last_iterate, data, **_resume_options(None))
+        assert not torch.equal(last_iterate.guide_loc, reference.guide_loc)
+        assert reference_result.best_valid_log_prob_per_step == pytest.approx(
+            score(reference, _resume_options(None)["valid"], seed=7).per_step, abs=1e-12)
 
 
 def test_resume_requires_a_checkpoint(tmp_path):

@@ -526,6 +526,22 @@ def test_parameter_average_is_closer_to_the_optimum_than_the_noisy_last_iterate(
     assert sum(averaged_errors) < 0.25 * sum(iterate_errors)
 
 
+def test_fit_with_average_decay_ends_with_the_average_of_its_own_iterates():
+    # Averaging does not change the training path: the same seed with and without it passes
+    # through the same iterates, and a ParameterAverage callback over them is what fit ends with.
+    data = _gaussian_data(num_sequences=40, length=10)
+    options = dict(max_epochs=5, batch_size=2, learning_rate=0.05, lr_schedule="constant", progress=False, seed=3)
+    plain, averaged = PointGaussian(), PointGaussian()
+    watcher = ParameterAverage(plain, decay=0.9)
+    fit(plain, data, step_callbacks=[watcher], **options)
+    fit(averaged, data, average_decay=0.9, **options)
+    assert float(averaged.loc.detach()) != float(plain.loc.detach())
+    with watcher.swapped_in():
+        assert torch.equal(averaged.loc.detach(), plain.loc.detach())
+    with pytest.raises(ValueError, match="average_decay"):
+        fit(PointGaussian(), data, average_decay=1.0, progress=False)
+
+
 def test_parameter_average_weights_and_restores_exactly():
     layer = torch.nn.Linear(2, 1)
     average = ParameterAverage(layer, decay=0.75)

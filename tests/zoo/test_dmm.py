@@ -249,12 +249,16 @@ def test_bad_input_is_named():
                               ({"weight_decay": "-1"}, "weight_decay: expected a nonnegative number"),
                               ({"z_dim": "2.5"}, "z_dim must be an int"),
                               ({"particles": "many"}, "particles must be an int"),
+                              ({"average": "1"}, "average_decay: expected a number in"),
                               ({"dropout": "0.1"}, "unknown settings")):
         with pytest.raises(UsageError, match=message):
             build_dmm(data, settings)
-    built = build_dmm(data, {"guide_dropout": "0.25", "weight_decay": "3", "z_dim": "2", "particles": "5"})
+    built = build_dmm(data, {"guide_dropout": "0.25", "weight_decay": "3", "z_dim": "2", "particles": "5",
+                             "average": "0.99"})
     assert built.guide_dropout == 0.25 and built.z_dim == 2
     assert built.default_fit_options()["weight_decay"] == 3.0 and built.fit_settings["num_particles"] == 5
+    assert built.default_fit_options()["average_decay"] == 0.99
+    assert "average_decay" not in build_dmm(data, {}).default_fit_options()  # off unless asked
 
 
 # -- learning ------------------------------------------------------------------------
@@ -364,7 +368,7 @@ def test_cli_fit_sample_decode(tmp_path, capsys):
     run_path = tmp_path / "run"
     assert main(["fit", "dmm", "--data", str(data_path), "--z-dim", "2", "--transition-dim", "4", "--emitter-dim", "4",
                  "--rnn-dim", "4", "--epochs", "3", "--annealing-epochs", "2", "--min-annealing", "0.5",
-                 "--particles", "4", "--weight-decay", "5", "--guide-dropout", "0.1", "--no-progress",
+                 "--particles", "4", "--weight-decay", "5", "--guide-dropout", "0.1", "--average", "0.9", "--no-progress",
                  "--out", str(run_path)]) == 0
     summary = json.loads((run_path / "summary.json").read_text())
     config = json.loads((run_path / "config.json").read_text())
@@ -372,7 +376,8 @@ def test_cli_fit_sample_decode(tmp_path, capsys):
     assert config["fit"]["loss"] == "model" and config["fit"]["clip_norm"] == 10.0
     assert config["fit"]["step_kwargs"].startswith("KLAnnealing(start=0.5, epochs=2")
     assert config["fit"]["learning_rate"] == 3e-3 and config["fit"]["batch_size"] == 20
-    assert config["fit"]["weight_decay"] == 5.0  # the family's training setting reaches the trainer
+    assert config["fit"]["weight_decay"] == 5.0  # the family's training settings reach the trainer
+    assert config["fit"]["average_decay"] == 0.9
     model = load_model(RunDirectory.open(run_path))
     assert model.guide_dropout == 0.1  # a model setting, rebuilt from config.json
     data = load_data(str(data_path))
