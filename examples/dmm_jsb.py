@@ -94,6 +94,9 @@ class DecayOverBudget:
         return self.final_ratio ** min(1.0, progress)
 
 
+AVERAGED = "averaged_test_elbo_nats_per_step"  # curve.csv's column of the --average weights' test bound
+
+
 def plot_curve(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -104,6 +107,9 @@ def plot_curve(rows: list[dict], path: Path) -> None:
     minutes = [row["minutes"] for row in rows]
     ax.plot(minutes, [row["train_elbo_nats_per_step"] for row in rows], label="train -ELBO (epoch mean)", alpha=0.6)
     ax.plot(minutes, [row["test_elbo_nats_per_step"] for row in rows], "o-", label="test -ELBO", markersize=3)
+    if AVERAGED in rows[0]:
+        ax.plot(minutes, [row[AVERAGED] for row in rows], "s-", markersize=2.5,
+                label="test -ELBO, averaged weights (--average)")
     # The first evaluation (untrained) is far above the rest: show the part of the curve that matters.
     later = [row["test_elbo_nats_per_step"] for row in rows[1:]] or [row["test_elbo_nats_per_step"] for row in rows]
     _finish_plot(fig, ax, path, "DMM on JSB chorales", "nats per time step",
@@ -114,7 +120,8 @@ def _finish_plot(fig, ax, path: Path, title: str, ylabel: str, ylim: tuple[float
     """The paper's and the goal's levels, labels, and the figure written to ``path``."""
     import matplotlib.pyplot as plt
 
-    for level, text, where in ((6.93, "paper 6.93", "top"), (7.0, "goal 7.0", "bottom")):
+    for level, text, where in ((6.87, "Pyro 6.87", "top"), (6.93, "paper 6.93", "bottom"),
+                               (7.0, "goal 7.0", "bottom")):
         ax.axhline(level, color="grey", linestyle=":", linewidth=1)
         ax.annotate(text, (0, level), fontsize=7, ha="left", va=where)
     ax.set_ylim(*ylim)
@@ -145,10 +152,14 @@ def plot_runs(runs: list[str], path: Path) -> None:
         directory, label = _run_directory_and_label(run)
         with open(directory / "curve.csv", newline="") as handle:
             rows = list(csv.DictReader(handle))[1:]  # the first evaluation is the untrained model
-        ax.plot([float(row["minutes"]) for row in rows], [float(row["test_elbo_nats_per_step"]) for row in rows],
-                "o-", markersize=2.5, label=label)
+        minutes = [float(row["minutes"]) for row in rows]
+        line, = ax.plot(minutes, [float(row["test_elbo_nats_per_step"]) for row in rows], "o-", markersize=2.5,
+                        label=label)
+        if rows and rows[0].get(AVERAGED):
+            ax.plot(minutes, [float(row[AVERAGED]) for row in rows], "--", color=line.get_color(),
+                    label=f"{label}, averaged weights")
     _finish_plot(fig, ax, path, "DMM on JSB chorales: runs compared (one draw per point)",
-                 "test -ELBO, nats per time step", (6.8, 8.6), legend_size=7)
+                 "test -ELBO, nats per time step", (6.7, 8.6), legend_size=7)
 
 
 def summarise_runs(runs: list[str], path: Path, goal: float = 7.0) -> dict:
@@ -167,7 +178,12 @@ def summarise_runs(runs: list[str], path: Path, goal: float = 7.0) -> dict:
                      "rnn_precision": results["settings"].get("rnn_precision", "float32"),
                      "test_elbo_draws": len(results.get("test_elbo_draws", [None])),
                      "test_elbo_nats_per_step": round(results["test_elbo_nats_per_step"], 4),
-                     "test_iwae_nats_per_step": round(results[iwae], 4) if iwae else None})
+                     "test_iwae_nats_per_step": round(results[iwae], 4) if iwae else None,
+                     # --average: the averaged weights' final bounds (the spread below is the last iterates')
+                     "averaged_test_elbo_nats_per_step": (round(results["averaged"]["test_elbo_nats_per_step"], 4)
+                                                          if "averaged" in results else None),
+                     "averaged_test_iwae_nats_per_step": (round(results["averaged"][iwae], 4)
+                                                          if "averaged" in results and iwae else None)})
     values = [row["test_elbo_nats_per_step"] for row in rows]
     summary = {"runs": len(values), "mean": round(statistics.fmean(values), 4),
                "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
@@ -271,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
         row = {"minutes": round(minutes, 3), "cpu_minutes": round(cpu_minutes, 3), "epoch": epoch_record["step"],
                "train_elbo_nats_per_step": round(-epoch_record["objective_per_step"], 4),
                "test_elbo_nats_per_step": round(test_nats, 4),
-               **({"averaged_test_elbo_nats_per_step": round(averaged_test_nats, 4)} if average else {}),
+               **({AVERAGED: round(averaged_test_nats, 4)} if average else {}),
                "lr": epoch_record["lr"],
                "annealing_factor": round(factor, 4), "load_average": round(load_averages[-1], 2)}
         rows.append(row)

@@ -115,6 +115,8 @@ def test_dmm_example_final_bound_averages_draws_and_plots_runs_side_by_side(tmp_
     assert [row["run"] for row in rows] == ["tiny", "run"]
     assert float(rows[0]["test_elbo_nats_per_step"]) == pytest.approx(results["test_elbo_nats_per_step"], abs=1e-4)
     assert rows[0]["test_elbo_draws"] == "3"
+    assert float(rows[0]["averaged_test_elbo_nats_per_step"]) == pytest.approx(
+        averaged["test_elbo_nats_per_step"], abs=1e-4)
     summary = json.loads(completed.stdout.strip().splitlines()[-1])
     assert summary["runs"] == 2 and summary["sd"] == 0.0
     assert summary["share_at_or_below_7.0"] == float(results["test_elbo_nats_per_step"] <= 7.0)
