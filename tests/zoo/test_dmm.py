@@ -368,7 +368,8 @@ def test_cli_fit_sample_decode(tmp_path, capsys):
     run_path = tmp_path / "run"
     assert main(["fit", "dmm", "--data", str(data_path), "--z-dim", "2", "--transition-dim", "4", "--emitter-dim", "4",
                  "--rnn-dim", "4", "--epochs", "3", "--annealing-epochs", "2", "--min-annealing", "0.5",
-                 "--particles", "4", "--weight-decay", "5", "--guide-dropout", "0.1", "--average", "0.9", "--no-progress",
+                 "--particles", "4", "--weight-decay", "5", "--guide-dropout", "0.1", "--average", "0.9",
+                 "--no-progress",
                  "--out", str(run_path)]) == 0
     summary = json.loads((run_path / "summary.json").read_text())
     config = json.loads((run_path / "config.json").read_text())
