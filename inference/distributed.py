@@ -256,8 +256,14 @@ class DataParallel:
     def __enter__(self) -> "DataParallel":
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc_info) -> None:
+        try:
+            if exc_type is None and self._owns_group and dist.is_initialized():
+                # Leave together: a rank that tears its gloo connections down while a peer still
+                # uses them can abort that peer's process at exit (std::terminate, exit code -6).
+                self.barrier("barrier before leaving the process group")
+        finally:
+            self.close()
 
     # -- collectives (each under the watchdog, failures as DistributedError) ---------
     def _collective(self, name: str, operation: Callable[[], Any]) -> Any:
