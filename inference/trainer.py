@@ -234,8 +234,7 @@ class ParameterAverage:
     """
 
     def __init__(self, module: torch.nn.Module, decay: float) -> None:
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 < decay < 1.0:
-            raise ValueError(f"ParameterAverage.decay: expected a number in (0, 1), got {decay!r}")
+        _check_open_unit_interval("ParameterAverage.decay", decay)
         self.module, self.decay = module, float(decay)
         self.average: dict[str, Tensor] | None = None  # created at the first update: parameters may be lazy
 
@@ -263,7 +262,7 @@ class ParameterAverage:
         if set(tensors) != names:
             raise ValueError(f"ParameterAverage.load_state_dict: expected the tensors of {sorted(names)}, "
                              f"got {sorted(tensors)}")
-        self.average = {name: tensor.detach().clone() for name, tensor in tensors.items()} if tensors else None
+        self.average = {name: tensor.detach().clone() for name, tensor in tensors.items()}
 
     def load_into_module(self) -> None:
         """Copies the averaged values into the module's parameters (for good)."""
@@ -276,11 +275,9 @@ class ParameterAverage:
     @contextlib.contextmanager
     def swapped_in(self):
         """Inside the block the module holds the averaged parameters; after it, its own again."""
-        if self.average is None:
-            raise RuntimeError("ParameterAverage.swapped_in: no update yet (pass it in callbacks or step_callbacks)")
         parameters = self._parameters()
         saved = {name: parameter.detach().clone() for name, parameter in parameters.items()}
-        self.load_into_module()
+        self.load_into_module()  # raises before any change when there is no average yet
         try:
             yield self.module
         finally:
@@ -347,6 +344,13 @@ def _check_positive_float(name: str, value: Any, allow_none: bool = False) -> No
         return
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or not math.isfinite(value):
         raise ValueError(f"{name}: expected a positive finite number{' or None' if allow_none else ''}, got {value!r}")
+
+
+def _check_open_unit_interval(name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ValueError(f"{name}: expected a number in (0, 1){' or None' if allow_none else ''}, got {value!r}")
 
 
 def _check_callable(name: str, value: Any) -> None:
@@ -457,9 +461,7 @@ class SVIOptions(_LoopOptions):
 
     def check(self) -> None:
         super().check()
-        if self.average_decay is not None and (isinstance(self.average_decay, bool) or not isinstance(
-                self.average_decay, (int, float)) or not 0 < self.average_decay < 1):
-            raise ValueError(f"average_decay: expected a number in (0, 1) or None, got {self.average_decay!r}")
+        _check_open_unit_interval("average_decay", self.average_decay, allow_none=True)
         _check_callable("minibatches", self.minibatches)
         _check_callable("nonfinite_hook", self.nonfinite_hook)
         _check_positive_int("max_epochs", self.max_epochs)
