@@ -42,9 +42,11 @@ hooks of :mod:`inference.trainer`; the training loops are not forked:
   ``timeout + grace`` seconds.
 
 Example (run with ``torchrun --nproc-per-node 2 script.py``):
-    >>> parallel = DataParallel.from_environment()  # doctest: +SKIP
-    >>> result = parallel.fit(model, train, valid=valid, method="svi", batch_size=64, max_epochs=20)  # doctest: +SKIP
-    >>> parallel.close()  # doctest: +SKIP
+    >>> with DataParallel.from_environment() as parallel:  # doctest: +SKIP
+    ...     result = parallel.fit(model, train, valid=valid, method="svi", batch_size=64, max_epochs=20)
+
+Leaving the ``with`` block normally waits for every rank (``close(wait_for_others=True)``);
+leaving it by an exception does not.
 """
 
 from __future__ import annotations
@@ -247,23 +249,32 @@ class DataParallel:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def close(self) -> None:
-        """Stops the watchdog and leaves the process group (if this object created it)."""
-        self._watchdog.close()
-        if self._owns_group and dist.is_initialized():
-            dist.destroy_process_group()
+    def close(self, wait_for_others: bool = False) -> None:
+        """Stops the watchdog and leaves the process group (if this object created it).
+
+        Args:
+            wait_for_others: first wait (a barrier, under the timeout) until every rank has
+                finished: pass True on a normal finish. A rank that tears its gloo connections
+                down while a peer still uses them can abort that peer at exit (std::terminate,
+                exit code -6). A rank that failed must not wait: its peers may never arrive.
+
+        Raises:
+            DistributedError: (``wait_for_others`` only) a peer died, raised or timed out
+                before reaching the barrier; the group is left all the same.
+        """
+        try:
+            if wait_for_others and self._owns_group and dist.is_initialized():
+                self.barrier("barrier before leaving the process group")
+        finally:
+            self._watchdog.close()
+            if self._owns_group and dist.is_initialized():
+                dist.destroy_process_group()
 
     def __enter__(self) -> "DataParallel":
         return self
 
     def __exit__(self, exc_type, *exc_info) -> None:
-        try:
-            if exc_type is None and self._owns_group and dist.is_initialized():
-                # Leave together: a rank that tears its gloo connections down while a peer still
-                # uses them can abort that peer's process at exit (std::terminate, exit code -6).
-                self.barrier("barrier before leaving the process group")
-        finally:
-            self.close()
+        self.close(wait_for_others=exc_type is None)
 
     # -- collectives (each under the watchdog, failures as DistributedError) ---------
     def _collective(self, name: str, operation: Callable[[], Any]) -> Any:

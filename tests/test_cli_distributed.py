@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from inference.distributed import DataParallel, ReadOnlyRunDirectory
+from inference.distributed import DataParallel, DistributedError, ReadOnlyRunDirectory
 from inference.rundir import MANIFEST_NAME, RunDirectory
 from zoo import parallel
 from zoo.cli import main
@@ -201,6 +202,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+#: The collectives of an SVI fit without validation, by the names their errors give.
+FIT_COLLECTIVES = ("all-reduce of the gradients", "broadcast of the stop decision",
+                   "all-gather of the RNG states for a checkpoint", "barrier after writing a checkpoint")
 KILLED_FIT = ["fit", "gru", "--hidden", "8", "--embedding", "4", "--method", "svi", "--epochs", "100000",
               "--batch-size", "4", "--split", "1,0,0", "--no-progress"]  # no validation part: no early stop
 
@@ -241,8 +245,9 @@ def test_torchrun_fit_with_a_killed_rank_ends_with_an_error(nodes, launch, symbo
     if nodes == 1:
         assert "Signal 9 (SIGKILL)" in stderr, stderr[-3000:]
     else:
-        assert ("seqzoo fit: error: rank 0: all-reduce of the gradients failed; another process probably died"
-                in stderr), stderr[-3000:]
+        # Rank 0 notices in whichever of the fit loop's collectives it is in when its peer dies.
+        assert re.search(rf"seqzoo fit: error: rank 0: ({'|'.join(FIT_COLLECTIVES)}) failed; another process "
+                         "probably died", stderr), stderr[-3000:]
     rank0 = int((tmp_path / "audit" / "pid.rank0").read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(rank0, 0)  # no rank is left behind
@@ -263,6 +268,55 @@ def test_other_subcommands_are_refused_under_torchrun(monkeypatch, command):
         with parallel.session(command):
             pass
     assert parallel.current() is None
+
+
+class RecordingGroup:
+    """Stands in for the process group in :func:`parallel.session`: records how it was closed."""
+
+    is_main = True
+
+    def __init__(self, fail_to_leave: bool = False) -> None:
+        self.closes: list[bool] = []
+        self.fail_to_leave = fail_to_leave
+
+    def close(self, wait_for_others: bool = False) -> None:
+        self.closes.append(wait_for_others)
+        if wait_for_others and self.fail_to_leave:
+            raise DistributedError("rank 0: barrier before leaving the process group failed; another process "
+                                   "probably died")
+
+
+@pytest.fixture
+def recording_group(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    group = RecordingGroup()
+    monkeypatch.setattr(DataParallel, "from_environment", staticmethod(lambda **options: group))
+    return group
+
+
+def test_a_session_that_finishes_waits_for_every_rank_before_leaving(recording_group):
+    with parallel.session("fit") as group:
+        assert group is recording_group and parallel.current() is group
+    assert recording_group.closes == [True]
+    assert parallel.current() is None
+
+
+def test_a_session_that_fails_leaves_without_waiting(recording_group):
+    with pytest.raises(ValueError, match="bad data"):
+        with parallel.session("fit"):
+            raise ValueError("bad data")
+    assert recording_group.closes == [False]  # its peers may never reach a barrier
+    assert parallel.current() is None
+
+
+def test_a_peer_lost_while_leaving_is_the_distributed_failure(recording_group, capsys):
+    recording_group.fail_to_leave = True
+    with pytest.raises(SystemExit) as stopped:
+        with parallel.session("compare"):
+            pass
+    assert stopped.value.code == parallel.EXIT_DISTRIBUTED_FAILURE
+    assert recording_group.closes == [True]
+    assert "seqzoo compare: error: rank 0: barrier before leaving the process group failed" in capsys.readouterr().err
 
 
 def test_bad_timeout_is_refused(monkeypatch):

@@ -157,12 +157,40 @@ def run_rank(rank: int, init_file: str, out: str, scenario: str, family: str) ->
         raise
 
 
-def spawn(tmp_path: Path, scenario: str, family: str = "", timeout: float = 120.0) -> list[int]:
-    """Runs ``scenario`` in ``WORLD_SIZE`` spawned processes; their exit codes.
-    Fails the test (and kills them) if they are not all done within ``timeout``."""
+#: Seconds rank 1 goes on working after rank 0 has finished, in the leaving tests.
+LATE = 3.0
+
+
+def leave_rank(rank: int, init_file: str, out: str, scenario: str, family: str) -> None:
+    """Rank 1 finishes ``LATE`` seconds after rank 0, which finishes normally (``scenario``
+    "leave") or by an exception ("leave_failing"). Each rank records the seconds it spent
+    leaving the ``with`` block, and its error if any."""
+    torch.set_num_threads(1)
+    out_dir = Path(out)
+    parallel = DataParallel.initialize(backend="gloo", init_method=f"file://{init_file}", rank=rank,
+                                       world_size=WORLD_SIZE, timeout=COLLECTIVE_TIMEOUT)
+    parallel.barrier("start together")
+    finished = time.monotonic()
+    try:
+        with parallel:
+            if rank == 1:
+                time.sleep(LATE)
+            finished = time.monotonic()
+            if rank == 0 and scenario == "leave_failing":
+                raise ValueError("rank 0 failed")
+    except BaseException:
+        (out_dir / f"rank{rank}.error").write_text(traceback.format_exc())
+        raise
+    finally:
+        (out_dir / f"rank{rank}.leave_seconds").write_text(f"{time.monotonic() - finished}")
+
+
+def spawn(tmp_path: Path, scenario: str, family: str = "", timeout: float = 120.0, target=run_rank) -> list[int]:
+    """Runs ``scenario`` in ``WORLD_SIZE`` spawned processes (each runs ``target``); their exit
+    codes. Fails the test (and kills them) if they are not all done within ``timeout``."""
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=run_rank, args=(rank, str(tmp_path / "rendezvous"), str(tmp_path),
-                                                          scenario, family), daemon=True)
+    processes = [context.Process(target=target, args=(rank, str(tmp_path / "rendezvous"), str(tmp_path),
+                                                        scenario, family), daemon=True)
                  for rank in range(WORLD_SIZE)]
     for process in processes:
         process.start()
@@ -303,3 +331,30 @@ def test_resumed_run_equals_uninterrupted(tmp_path):
         assert [r["step"] for r in rank["history"]] == [1, 2, 3, 4]
     assert_states_close(ranks[1]["state"], ranks[0]["state"], atol=0)
     assert "checkpoint.safetensors" in ranks[0]["files"] and "model.safetensors" in ranks[0]["files"]
+
+
+def leave_seconds(tmp_path: Path) -> list[float]:
+    return [float((tmp_path / f"rank{rank}.leave_seconds").read_text()) for rank in range(WORLD_SIZE)]
+
+
+@pytest.mark.slow
+def test_ranks_that_finish_normally_leave_the_group_together(tmp_path):
+    # Leaving alone can abort a peer still using the gloo connections (std::terminate, exit -6).
+    assert spawn(tmp_path, "leave", target=leave_rank) == [0, 0]
+    assert not list(tmp_path.glob("rank*.error"))
+    rank0, rank1 = leave_seconds(tmp_path)
+    assert LATE - 0.5 < rank0 < LATE + 10, rank0  # rank 0 waited for rank 1 ...
+    assert rank1 < 2.0, rank1  # ... which found it waiting
+
+
+@pytest.mark.slow
+def test_a_rank_that_failed_leaves_at_once_and_its_peer_gets_an_error(tmp_path):
+    exitcodes = spawn(tmp_path, "leave_failing", target=leave_rank, timeout=COLLECTIVE_TIMEOUT + 90)
+    assert exitcodes[0] == 1 and "ValueError: rank 0 failed" in (tmp_path / "rank0.error").read_text()
+    rank0, rank1 = leave_seconds(tmp_path)
+    assert rank0 < 2.0, rank0  # the failed rank did not wait for a peer
+    # The peer's wait ends with an error naming it (not a hang, not a silent success).
+    assert exitcodes[1] == 1
+    error = (tmp_path / "rank1.error").read_text()
+    assert "DistributedError: rank 1: barrier before leaving the process group failed" in error, error
+    assert rank1 < COLLECTIVE_TIMEOUT + 10, rank1
