@@ -120,3 +120,7 @@ def test_dmm_example_final_bound_averages_draws_and_plots_runs_side_by_side(tmp_
     summary = json.loads(completed.stdout.strip().splitlines()[-1])
     assert summary["runs"] == 2 and summary["sd"] == 0.0
     assert summary["share_at_or_below_7.0"] == float(results["test_elbo_nats_per_step"] <= 7.0)
+    assert summary["share_at_or_below_6.87"] == float(results["test_elbo_nats_per_step"] <= 6.87)
+    # Both runs kept an average: its spread too.
+    assert summary["averaged"]["runs"] == 2 and summary["averaged"]["mean"] == pytest.approx(
+        averaged["test_elbo_nats_per_step"], abs=1e-4)
