@@ -271,13 +271,16 @@ def test_other_subcommands_are_refused_under_torchrun(monkeypatch, command):
 
 
 class RecordingGroup:
-    """Stands in for the process group in :func:`parallel.session`: records how it was closed."""
+    """Stands in for the process group in :func:`parallel.session`: records how it was closed
+    (entered and left as a :class:`DataParallel` is)."""
 
     is_main = True
+    fail_to_leave = False
+    __enter__ = DataParallel.__enter__
+    __exit__ = DataParallel.__exit__
 
-    def __init__(self, fail_to_leave: bool = False) -> None:
+    def __init__(self) -> None:
         self.closes: list[bool] = []
-        self.fail_to_leave = fail_to_leave
 
     def close(self, wait_for_others: bool = False) -> None:
         self.closes.append(wait_for_others)

@@ -98,17 +98,13 @@ def session(command: str, device: str | None = None) -> Iterator[DataParallel | 
     parallel = DataParallel.from_environment(backend=backend, timeout=_timeout())
     _current = parallel
     try:
-        try:
-            with contextlib.ExitStack() as silenced:
-                if not parallel.is_main:  # one rank speaks for all
-                    sink = silenced.enter_context(open(os.devnull, "w"))
-                    silenced.enter_context(contextlib.redirect_stdout(sink))
-                    silenced.enter_context(contextlib.redirect_stderr(sink))
-                yield parallel
-        except BaseException:
-            parallel.close()  # a failed rank leaves at once: its peers may never reach a barrier
-            raise
-        parallel.close(wait_for_others=True)  # ranks leave together (see DataParallel.close)
+        # Leaving ``parallel`` waits for every rank on a normal finish only (DataParallel.close).
+        with parallel, contextlib.ExitStack() as silenced:
+            if not parallel.is_main:  # one rank speaks for all
+                sink = silenced.enter_context(open(os.devnull, "w"))
+                silenced.enter_context(contextlib.redirect_stdout(sink))
+                silenced.enter_context(contextlib.redirect_stderr(sink))
+            yield parallel
     except DistributedError as error:
         print(f"seqzoo {command}: error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_DISTRIBUTED_FAILURE) from error
