@@ -17,7 +17,7 @@ paper's 20 sequences) with two regularisers against JSB's over-fitting: an L2 pr
 (``--weight-decay 23``, Pyro's example's 2.0 per batch against our data-scaled loss) and dropout 0.3
 on the guide RNN's summary (``--guide-dropout``). docs/dmm.md compares the recipes.
 ``--rnn-precision bfloat16`` runs the guide RNN's products in bfloat16 (faster, not exact).
-``--average 0.995`` also keeps a moving average of the weights (``inference.trainer.ParameterAverage``,
+``--average 0.995`` also keeps a moving average of the weights (``inference.training.ParameterAverage``,
 about the last 200 epochs) and reports its test bounds beside the last iterate's (``averaged`` in
 ``results.json``, ``averaged_test_elbo_nats_per_step`` in ``curve.csv``): 6.80 after 112 minutes
 against the last iterate's 6.88 (docs/dmm.md).
@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from inference.batch import SequenceBatch  # noqa: E402
 from inference.fit import fit  # noqa: E402
-from inference.trainer import KLAnnealing, ParameterAverage, SVIOptions  # noqa: E402
+from inference.training import KLAnnealing, ParameterAverage, SVIOptions  # noqa: E402
 from zoo.data import load_polyphonic  # noqa: E402
 from zoo.dmm import DeepMarkovModel, length_buckets  # noqa: E402
 

@@ -67,7 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from inference.batch import SequenceBatch  # noqa: E402
 from inference.fit import fit  # noqa: E402
 from inference.scoring import ratio_standard_error  # noqa: E402
-from inference.trainer import KLAnnealing  # noqa: E402
+from inference.training import KLAnnealing  # noqa: E402
 from zoo.corpus import SOTU_PATH, Corpus, bag_of_words_batch, batch_slices, read_corpus, tokenize  # noqa: E402
 from zoo.dtm import DynamicTopicModel, StaticTopicModel  # noqa: E402
 from zoo.rnn import RecurrentModel  # noqa: E402

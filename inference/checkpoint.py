@@ -1,7 +1,7 @@
 """Checkpoint helpers of the trainer: model, best and optimizer states and
 every RNG state, split into safetensors tensors and JSON (nothing pickled).
 
-:class:`~inference.trainer.RunWriter` writes and reads what these build; they
+:class:`~inference.training.RunWriter` writes and reads what these build; they
 never import the fit entry.
 """
 

@@ -60,7 +60,7 @@ class SequenceModel(PyroModule):
     is what scoring and validation call (covariates reach it through the
     batch); ``likelihood_label()`` words its column; a family may define
     ``loss(batch, **step_kwargs)`` (a Tensor to minimise or a
-    :class:`~inference.trainer.LossOutput`) for ``fit(..., loss="model")``, and
+    :class:`~inference.training.LossOutput`) for ``fit(..., loss="model")``, and
     ``default_fit_options()`` for its SVI defaults. A model whose only latent
     sites are its parameters may define ``nuts_log_likelihood(batch)`` so that
     NUTS runs on a direct potential instead of Pyro's trace (see

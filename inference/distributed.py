@@ -2,7 +2,7 @@
 
 Every process (a *rank*) holds the whole training collection and the same
 model; the work is split, the decisions are shared. Everything plugs into the
-hooks of :mod:`inference.trainer`; the training loops are not forked:
+hooks of :mod:`inference.training`; the training loops are not forked:
 
 * **Sharding** (:func:`shard_minibatches`, ``SVIOptions.minibatches``): one
   permutation of the sequences per epoch, drawn from the trainer's shuffle
@@ -72,7 +72,7 @@ from .contract import SequenceModel
 from .fit import fit as single_process_fit
 from .rundir import MANIFEST_NAME, RunDirectory
 from .scoring import Score, observed_steps_per_sequence, ratio_standard_error
-from .trainer import EMOptions, FitResult, RunWriter, SVIOptions, options_fields
+from .training import EMOptions, FitResult, RunWriter, SVIOptions, options_fields
 
 __all__ = ["DataParallel", "DistributedError", "GradientAllReduce", "CollectiveStop", "SumStatistics",
            "RankZeroWriter", "ReadOnlyRunDirectory", "shard_minibatches", "shard_slice", "WATCHDOG_EXIT_CODE"]
@@ -440,7 +440,7 @@ class DataParallel:
                 (options fields, ``device``; ``device`` defaults to this rank's).
 
         Returns:
-            The :class:`~inference.trainer.FitResult`, identical on every rank
+            The :class:`~inference.training.FitResult`, identical on every rank
             (its ``history`` objectives are rank 0's shard estimates for SVI).
 
         Raises:
@@ -598,7 +598,7 @@ class SumStatistics:
 
 
 class RankZeroWriter(RunWriter):
-    """A :class:`~inference.trainer.RunWriter` that writes on rank 0 only.
+    """A :class:`~inference.training.RunWriter` that writes on rank 0 only.
 
     Checkpoints: every rank sends its RNG states to rank 0 (one all-gather,
     which is also the barrier before the write); rank 0 stores them as

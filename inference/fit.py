@@ -3,24 +3,24 @@
 :func:`fit` knows nothing about any family: it depends only on
 :class:`~inference.contract.SequenceModel` and
 :class:`~inference.batch.SequenceBatch`, and runs one of the trainers of
-:mod:`inference.trainer` (which never import this module). Three methods:
+:mod:`inference.training` (which never import this module). Three methods:
 
 * ``"svi"`` — stochastic variational inference, or any gradient objective
-  (:class:`~inference.trainer.SVITrainer`). Parameters are module-local
+  (:class:`~inference.training.SVITrainer`). Parameters are module-local
   (importing :mod:`inference` switches Pyro's ``module_local_params`` on), so
   the trainer optimises ``model.parameters()`` directly with a torch optimizer
   on the loss (by default ``elbo.differentiable_loss(model.model,
   model.guide, batch)``). One *step* is one epoch over the training sequences
   (in mini-batches if ``batch_size`` is given).
 * ``"em"`` — expectation-maximisation through the family's
-  ``e_step``/``m_step`` (or ``em_step``) (:class:`~inference.trainer.EMTrainer`).
+  ``e_step``/``m_step`` (or ``em_step``) (:class:`~inference.training.EMTrainer`).
   One *step* is one EM iteration.
 * ``"nuts"`` — posterior draws of the parameter sites by the No-U-Turn
   sampler (:mod:`inference.mcmc`), for models with an exact likelihood.
 
 Every keyword of :func:`fit` is also a field of the method's typed options
-record (:class:`~inference.trainer.SVIOptions`,
-:class:`~inference.trainer.EMOptions`, :class:`~inference.trainer.NUTSOptions`),
+record (:class:`~inference.training.SVIOptions`,
+:class:`~inference.training.EMOptions`, :class:`~inference.training.NUTSOptions`),
 which ``fit(..., options=record)`` accepts; keywords override its fields.
 
 Example:
@@ -42,7 +42,7 @@ from .batch import SequenceBatch
 from .checkpoint import CHECKPOINT_NAME
 from .contract import SequenceModel
 from .rundir import RunDirectory
-from .trainer import (
+from .training import (
     EMOptions,
     EMTrainer,
     FitResult,
@@ -129,7 +129,7 @@ def fit(
 
     **SVI.** Minimises the loss (``loss``: an ELBO's
     ``differentiable_loss(model.model, model.guide, minibatch, **step_kwargs)``
-    by default; see :class:`~inference.trainer.SVIOptions`) over
+    by default; see :class:`~inference.training.SVIOptions`) over
     ``model.parameters()`` with Adam (:class:`~pyro.optim.clipped_adam.ClippedAdam`);
     after backward, ``gradient_hook(parameters)`` runs, then the L2
     ``weight_decay`` term joins the gradient, then the gradient is rescaled
@@ -157,7 +157,7 @@ def fit(
     update. Convergence rule: with ``gain = (objective_i - objective_{i-1}) /
     num_observed_steps``, the run converges when ``gain < threshold`` holds
     for ``patience`` consecutive iterations, those gains are not rising
-    (:func:`inference.trainer.gains_accelerating`: the slow climb off a
+    (:func:`inference.training.gains_accelerating`: the slow climb off a
     saddle, a plateau, gains a little more each iteration) and
     ``model.em_converged_check()`` is True; any iteration with ``gain >=
     threshold`` resets the count, so one tiny change on a long slow climb never
@@ -180,7 +180,7 @@ def fit(
     (with ``checkpoint`` the final model is still saved).
 
     **Writing.** Every progress-bar update, checkpoint and final-model write
-    goes through ``writer`` (default: a :class:`~inference.trainer.RunWriter`
+    goes through ``writer`` (default: a :class:`~inference.training.RunWriter`
     on ``checkpoint``), which a rank-aware writer can replace.
 
     **Stopping.** ``stop_hook(decision) -> bool`` receives each step's local
@@ -212,7 +212,7 @@ def fit(
             its fields. Keywords that belong to another method are ignored.
         elbo: the loss, by its older name (see ``loss``).
         loss: ``"auto"``, ``"trace"``, ``"traceenum"``, ``"meanfield"``, a :class:`pyro.infer.elbo.ELBO` instance,
-            ``"model"`` or a callable (see :class:`~inference.trainer.SVIOptions`).
+            ``"model"`` or a callable (see :class:`~inference.training.SVIOptions`).
         num_particles: ELBO particles (for a loss given by name).
         max_epochs: SVI epochs.
         batch_size: sequences per SVI mini-batch (``None``: full batch).
@@ -231,7 +231,7 @@ def fit(
         gradient_hook: ``hook(parameters)`` after backward, before the clip.
         step_callbacks: functions called after each optimiser step.
         average_decay: SVI: keep a moving average of the parameters with this decay
-            per optimiser step (:class:`~inference.trainer.ParameterAverage`);
+            per optimiser step (:class:`~inference.training.ParameterAverage`);
             validation scores it and the model ends holding it. ``None``: off.
         max_iterations: EM iterations per restart.
         tolerance: EM convergence threshold on the objective's gain per

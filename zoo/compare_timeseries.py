@@ -404,7 +404,7 @@ def validation_options(timeline_: Timeline | None, method: str, has_valid: bool)
     split in time scores the validation part given the training part (``{}`` otherwise)."""
     if timeline_ is None or not has_valid or "valid" not in timeline_.parts:
         return {}
-    from inference.trainer import EMOptions, SVIOptions
+    from inference.training import EMOptions, SVIOptions
 
     options_class = {"em": EMOptions, "svi": SVIOptions}.get(method)
     if options_class is None:

@@ -59,7 +59,7 @@ from torch import Tensor, nn
 
 from inference.batch import SequenceBatch, sequence_plate
 from inference.contract import SequenceModel
-from inference.trainer import KLAnnealing, LossOutput
+from inference.training import KLAnnealing, LossOutput
 from zoo.registry import Family, UsageError, register
 
 __all__ = ["DeepMarkovModel", "DMMPosterior", "GUIDES", "OBSERVATIONS", "length_buckets"]

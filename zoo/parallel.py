@@ -37,7 +37,7 @@ from inference.batch import SequenceBatch
 from inference.distributed import DataParallel, DistributedError
 from inference.fit import fit as single_process_fit
 from inference.rundir import RunDirectory
-from inference.trainer import FitResult
+from inference.training import FitResult
 from zoo.registry import UsageError
 
 __all__ = ["COMMANDS", "DEFAULT_TIMEOUT", "EXIT_DISTRIBUTED_FAILURE", "create_run", "current", "device_for", "fit",

@@ -17,7 +17,7 @@ from inference import SequenceBatch
 from inference.batch import iterate_minibatches
 from inference.distributed import WATCHDOG_EXIT_CODE, DataParallel, _Watchdog, shard_minibatches, shard_slice
 from inference.fit import fit
-from inference.trainer import _uses_split_em
+from inference.training.loops import _uses_split_em
 from zoo.hmm import CategoricalHMM, _dirichlet_mode
 from zoo.rnn import RecurrentModel
 

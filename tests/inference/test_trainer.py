@@ -26,7 +26,7 @@ from inference.fit import (
 )
 from inference.rundir import RunDirectory
 from inference.scoring import score
-from inference.trainer import gains_accelerating
+from inference.training import gains_accelerating
 from tests.inference.test_fit import (
     ConjugateGaussian,
     GaussianMixture,

@@ -11,7 +11,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from inference.batch import SequenceBatch
 from inference.fit import fit
 from inference.kalman import log_marginal, rts_smoother
-from inference.trainer import KLAnnealing
+from inference.training import KLAnnealing
 from zoo.dmm import GUIDES, DeepMarkovModel
 
 JSB = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "jsb_chorales.json"
