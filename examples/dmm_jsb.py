@@ -1,31 +1,30 @@
 """A deep Markov model on JSB chorales: learning curve (test nats per step against minutes),
 final test ELBO and IWAE bound.
 
-Usage (the full run; paper sizes, one thread)::
+Usage (the JSB recipe; paper sizes, one thread)::
 
-    OMP_NUM_THREADS=1 nice python examples/dmm_jsb.py --minutes 45 --out examples/output/dmm_jsb
+    OMP_NUM_THREADS=1 nice python examples/dmm_jsb.py --minutes 45 --annealing-epochs 1000 \\
+        --weight-decay 23 --guide-dropout 0.3 --average 0.9996 --particles 100 --out examples/output/dmm_jsb
 
 Tiny run (what tests/test_examples.py does)::
 
     python examples/dmm_jsb.py --train-sequences 8 --test-sequences 4 --z-dim 4 --rnn-dim 8 \\
         --transition-dim 8 --emitter-dim 8 --epochs 2 --particles 3 --out /tmp/dmm
 
-Trains through the shared trainer (``inference.fit.fit`` with ``loss="model"``, KL annealing by
-``KLAnnealing`` from 0.2 to 1 over 1,000 epochs, a warm-up then exponential learning-rate decay
-3e-3 -> 5e-4 over the time budget, global-norm clipping at 10, length-bucketed mini-batches of the
-paper's 20 sequences) with two regularisers against JSB's over-fitting: an L2 prior on the weights
-(``--weight-decay 23``, Pyro's example's 2.0 per batch against our data-scaled loss) and dropout 0.3
-on the guide RNN's summary (``--guide-dropout``). docs/dmm.md compares the recipes.
-``--rnn-precision bfloat16`` runs the guide RNN's products in bfloat16 (faster, not exact).
-``--average 0.995`` also keeps a moving average of the weights (``inference.training.ParameterAverage``,
-about the last 200 epochs) and reports its test bounds beside the last iterate's (``averaged`` in
-``results.json``, ``averaged_test_elbo_nats_per_step`` in ``curve.csv``): 6.80 after 112 minutes
-against the last iterate's 6.88 (docs/dmm.md).
+The model and its training recipe are the family's: the flags are those of ``seqzoo fit dmm``
+(read from the registry, ``zoo.dmm``), and the fit is ``inference.fit.fit(model, train)`` with the
+family's ``fit_defaults("svi")`` (``loss="model"``, length-bucketed mini-batches of 20, lr 3e-3
+after a warm-up epoch decaying to 5e-4 at ``--epochs``, clip 10, KL annealing from
+``--min-annealing`` over ``--annealing-epochs``, ``--weight-decay``, ``--guide-dropout``,
+``--average``). The same run on the command line is ``seqzoo fit dmm --data jsb_chorales.json
+--time-budget 45 ...`` with the same flags; this script adds only the learning curve and final
+bounds averaged over ``--final-draws`` draws. docs/dmm.md compares the recipes.
 ``--compare-runs DIR[=LABEL] ...`` only compares finished runs: test curves into ``OUT/recipes.png``, final
 bounds into ``OUT/runs.csv`` and their spread over the runs (e.g. over ``--seed``) printed.
-Writes ``curve.csv`` (wall and CPU minutes, epoch, train ELBO/step, test ELBO/step, one draw each),
-``curve.png`` (test nats per step against training minutes) and ``results.json`` (settings, final
-test -ELBO (the mean of ``--final-draws`` draws) and -IWAE per step, wall and CPU seconds per epoch, machine load) to ``--out``.
+Writes ``curve.csv`` (wall and CPU minutes, epoch, train ELBO/step, test ELBO/step of the last iterate,
+one draw each), ``curve.png`` (test nats per step against training minutes) and ``results.json``
+(settings, final test -ELBO (the mean of ``--final-draws`` draws) and -IWAE per step of the final
+model (the average with ``--average``), wall and CPU seconds per epoch, machine load) to ``--out``.
 Negative numbers per step are nats per time step (frame); the paper (Krishnan et al. 2017)
 reports 6.93 test -ELBO/step, Pyro's tutorial 6.87 (no flows) after ~5,000 epochs.
 """
@@ -47,9 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from inference.batch import SequenceBatch  # noqa: E402
 from inference.fit import fit  # noqa: E402
-from inference.training import KLAnnealing, ParameterAverage, SVIOptions  # noqa: E402
+import zoo.dmm  # noqa: E402, F401  (registers the family)
 from zoo.data import load_polyphonic  # noqa: E402
-from zoo.dmm import DeepMarkovModel, length_buckets  # noqa: E402
+from zoo.dmm import DeepMarkovModel  # noqa: E402
+from zoo.registry import REGISTRY  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "jsb_chorales.json"
 
@@ -78,21 +78,6 @@ def final_bounds(model: DeepMarkovModel, test: SequenceBatch, num_draws: int, pa
         "test_elbo_draw_sd": statistics.stdev(draws) if len(draws) > 1 else 0.0,
         f"test_iwae{particles}_nats_per_step": nats_per_step(model, test, particles, seed=1),
     }
-
-
-class DecayOverBudget:
-    """Learning-rate factor after ``epoch`` epochs: a linear warm-up over ``warmup`` epochs, then
-    exponential decay to ``final_ratio`` reached at the end of the time budget (or of ``epochs``)."""
-
-    def __init__(self, final_ratio: float, warmup: int, epochs: int, budget_seconds: float | None) -> None:
-        self.final_ratio, self.warmup, self.epochs, self.budget = final_ratio, warmup, epochs, budget_seconds
-        self.started = time.perf_counter()
-
-    def __call__(self, epoch: int) -> float:
-        if epoch < self.warmup:
-            return (epoch + 1) / (self.warmup + 1)
-        progress = (time.perf_counter() - self.started) / self.budget if self.budget else epoch / self.epochs
-        return self.final_ratio ** min(1.0, progress)
 
 
 AVERAGED = "averaged_test_elbo_nats_per_step"  # curve.csv's column of the --average weights' test bound
@@ -217,42 +202,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--out", required=True)
     parser.add_argument("--minutes", type=float, default=None, help="training time budget (default: none)")
-    parser.add_argument("--epochs", type=int, default=100000)
+    parser.add_argument("--epochs", type=int, default=None, help="epochs (default: the family's, 3,000)")
     parser.add_argument("--train-sequences", type=int, default=None, help="first N training sequences only")
     parser.add_argument("--test-sequences", type=int, default=None, help="first N test sequences only")
-    parser.add_argument("--z-dim", type=int, default=100)
-    parser.add_argument("--transition-dim", type=int, default=200)
-    parser.add_argument("--emitter-dim", type=int, default=100)
-    parser.add_argument("--rnn-dim", type=int, default=600)
-    parser.add_argument("--guide", default="st-r")
-    parser.add_argument("--iafs", type=int, default=0)
-    parser.add_argument("--rnn-precision", choices=["float32", "bfloat16"], default="float32",
-                        help="the guide RNN's matrix products in bfloat16 (float32 sums; faster, not exact)")
-    parser.add_argument("--guide-dropout", type=float, default=0.3,
-                        help="dropout on the guide RNN's summary in the training loss (0.3)")
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
-    parser.add_argument("--final-learning-rate", type=float, default=5e-4)
-    parser.add_argument("--warmup-epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=20, help="sequences per mini-batch (the paper's 20)")
-    parser.add_argument("--annealing-epochs", type=int, default=1000,
-                        help="KL annealing from --min-annealing to 1 over this many epochs (20 plateaued at 7.85)")
-    parser.add_argument("--min-annealing", type=float, default=0.2)
-    parser.add_argument("--clip-norm", type=float, default=10.0)
-    parser.add_argument("--weight-decay", type=float, default=23.0,
-                        help="L2 prior precision on every weight, against the full-data loss (Pyro's example: "
-                             "2 per 20-sequence batch, about 23 here)")
-    parser.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.999), help="Adam moment decay rates")
     parser.add_argument("--eval-every", type=float, default=2.0, help="minutes between test evaluations")
-    parser.add_argument("--particles", type=int, default=100, help="IWAE particles for the final bound")
     parser.add_argument("--final-draws", type=int, default=10,
                         help="guide draws averaged for the final test ELBO (each one draw: sd ~0.025 nats/step)")
-    parser.add_argument("--average", type=float, default=0.0, metavar="DECAY",
-                        help="also keep a moving average of the weights, decay DECAY per epoch (e.g. 0.995: "
-                             "about 200 epochs); its test bounds are reported beside the last iterate's (0: off)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compare-runs", nargs="+", metavar="DIR[=LABEL]",
                         help="only compare finished runs: their test curves into OUT/recipes.png, their "
                              "final bounds into OUT/runs.csv, and the spread printed; then exit")
+    # The model and its training recipe: the family's own flags, read as `seqzoo fit dmm` reads them.
+    family = REGISTRY["dmm"]
+    family.add_arguments(parser.add_argument_group("dmm (the flags of `seqzoo fit dmm`)"))
     args = parser.parse_args(argv)
     if args.compare_runs:
         Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -264,19 +226,17 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    train = load_polyphonic(args.data, "train").batch
+    train_data = load_polyphonic(args.data, "train")
+    train = train_data.batch
     test = load_polyphonic(args.data, "test").batch
     if args.train_sequences:
         train = train[: args.train_sequences]
     if args.test_sequences:
         test = test[: args.test_sequences]
     torch.manual_seed(args.seed)
-    model = DeepMarkovModel("bernoulli", dim=88, z_dim=args.z_dim, transition_dim=args.transition_dim,
-                            emitter_dim=args.emitter_dim, rnn_dim=args.rnn_dim, guide=args.guide,
-                            num_iafs=args.iafs, rnn_precision=args.rnn_precision,
-                            guide_dropout=args.guide_dropout)
-    average = ParameterAverage(model, args.average) if args.average else None
-    annealing = KLAnnealing(start=args.min_annealing, epochs=args.annealing_epochs) if args.annealing_epochs else None
+    model = family.build(train_data, family.settings_from_args(args))
+    recipe = model.fit_defaults("svi")
+    annealing = recipe.step_kwargs
     curve_path = out / "curve.csv"
     rows: list[dict] = []
     last_eval = [-1e9]
@@ -293,17 +253,13 @@ def main(argv: list[str] | None = None) -> dict:
         load_averages.append(os.getloadavg()[0])
         began, cpu_began = time.perf_counter(), time.process_time()
         cpu_minutes = (cpu_began - cpu_started - eval_cpu_seconds[0]) / 60  # training CPU time so far
-        test_nats = nats_per_step(model, test)
-        if average is not None:
-            with average.swapped_in():
-                averaged_test_nats = nats_per_step(model, test)
+        test_nats = nats_per_step(model, test)  # the last iterate (an --average is swapped in at the end)
         eval_seconds[0] += time.perf_counter() - began
         eval_cpu_seconds[0] += time.process_time() - cpu_began
         factor = annealing(epoch_record["step"] - 1, 0)["annealing_factor"] if annealing else 1.0
         row = {"minutes": round(minutes, 3), "cpu_minutes": round(cpu_minutes, 3), "epoch": epoch_record["step"],
                "train_elbo_nats_per_step": round(-epoch_record["objective_per_step"], 4),
                "test_elbo_nats_per_step": round(test_nats, 4),
-               **({AVERAGED: round(averaged_test_nats, 4)} if average else {}),
                "lr": epoch_record["lr"],
                "annealing_factor": round(factor, 4), "load_average": round(load_averages[-1], 2)}
         rows.append(row)
@@ -314,24 +270,22 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(row), flush=True)
 
     budget = None if args.minutes is None else args.minutes * 60
-    schedule = DecayOverBudget(args.final_learning_rate / args.learning_rate, args.warmup_epochs, args.epochs, budget)
-    result = fit(model, train, loss="model", options=SVIOptions(minibatches=length_buckets),
-                 max_epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                 lr_schedule=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
-                 step_kwargs=annealing, clip_norm=args.clip_norm, weight_decay=args.weight_decay,
-                 betas=tuple(args.betas), time_budget=budget, callbacks=[average, record] if average else [record],
-                 progress=False, seed=args.seed)
+    # The family's recipe (model.fit_defaults("svi"), what `seqzoo fit dmm` trains with); only the
+    # run's own settings are given here.
+    result = fit(model, train, time_budget=budget, callbacks=[record], progress=False, seed=args.seed,
+                 **({"max_epochs": args.epochs} if args.epochs else {}))
     records = result.history
     train_seconds = result.seconds - eval_seconds[0]
     train_cpu_seconds = time.process_time() - cpu_started - eval_cpu_seconds[0]
     # One draw of the test ELBO has a Monte Carlo sd of ~0.025 nats/step on JSB's 4,725 test steps:
     # the final number averages --final-draws draws (seeds 1, 2, ...), and reports their sd.
-    final = final_bounds(model, test, args.final_draws, args.particles)
-    if average is not None:
-        with average.swapped_in():
-            final["averaged"] = final_bounds(model, test, args.final_draws, args.particles)
+    final = final_bounds(model, test, args.final_draws, max(model.score_particles(), 1))
     results = {
         "settings": vars(args),
+        "fit": {field: repr(getattr(recipe, field)) for field in ("learning_rate", "final_learning_rate",
+                                                                  "warmup_epochs", "max_epochs", "batch_size",
+                                                                  "clip_norm", "weight_decay", "average_decay",
+                                                                  "step_kwargs", "patience", "eval_every")},
         "epochs": len(records),
         "stopped": result.stopped,
         "training_minutes": round(train_seconds / 60, 2),

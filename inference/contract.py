@@ -6,7 +6,7 @@ only, never on a concrete family.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import pyro.distributions as dist
 import torch
@@ -14,6 +14,9 @@ from pyro.nn import PyroModule
 from torch import Tensor
 
 from .batch import SequenceBatch
+
+if TYPE_CHECKING:
+    from .training.options import EMOptions, NUTSOptions, SVIOptions
 
 
 class SequenceModel(PyroModule):
@@ -60,8 +63,10 @@ class SequenceModel(PyroModule):
     is what scoring and validation call (covariates reach it through the
     batch); ``likelihood_label()`` words its column; a family may define
     ``loss(batch, **step_kwargs)`` (a Tensor to minimise or a
-    :class:`~inference.training.LossOutput`) for ``fit(..., loss="model")``, and
-    ``default_fit_options()`` for its SVI defaults. A model whose only latent
+    :class:`~inference.training.LossOutput`) for ``fit(..., loss="model")``;
+    ``fit_defaults(method)`` is the typed options record that ``fit`` and
+    ``seqzoo fit`` both start from (the family's training recipe), and
+    ``score_particles()`` the particles of its reported scores. A model whose only latent
     sites are its parameters may define ``nuts_log_likelihood(batch)`` so that
     NUTS runs on a direct potential instead of Pyro's trace (see
     :mod:`inference.mcmc`; the linear-Gaussian model does).
@@ -132,10 +137,25 @@ class SequenceModel(PyroModule):
         :func:`near_duplicate_states`."""
         return True
 
-    def default_fit_options(self) -> dict[str, Any]:
-        """Per-family defaults of :func:`inference.fit.fit`'s SVI keywords
-        (``learning_rate``, ``batch_size``, ``chunk_length`` ...); ``{}`` by default."""
-        return {}
+    def fit_defaults(self, method: str) -> "SVIOptions | EMOptions | NUTSOptions":
+        """The options record :func:`inference.fit.fit` starts from for ``method``
+        (``"svi"``, ``"em"`` or ``"nuts"``), before the caller's keywords; ``seqzoo fit``
+        trains with the same record plus the flags the user gives. The default is the
+        record's own defaults; a family overrides it to declare its recipe (its loss,
+        learning rate, mini-batches, KL annealing ...), e.g.
+        ``dataclasses.replace(super().fit_defaults("svi"), learning_rate=2e-3)``."""
+        from .training.options import EMOptions, NUTSOptions, SVIOptions
+
+        records = {"svi": SVIOptions, "em": EMOptions, "nuts": NUTSOptions}
+        if method not in records:
+            raise ValueError(f"method: expected 'svi', 'em' or 'nuts', got {method!r}")
+        return records[method]()
+
+    def score_particles(self) -> int:
+        """Particles of the held-out scores a report gives (:func:`inference.scoring.score`'s
+        ``num_particles``): 1 (the exact likelihood, or the bound itself) unless the family's
+        bound tightens with more (an IWAE bound)."""
+        return 1
 
     def likelihood_label(self, num_particles: int = 1) -> str:
         """How a report should label :meth:`log_prob_batch` scores: ``"exact"``,

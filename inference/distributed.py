@@ -459,7 +459,7 @@ class DataParallel:
         fields = options_fields(options_class)
         given = {name: value for name, value in keywords.items() if name in fields}
         rest = {name: value for name, value in keywords.items() if name not in fields}
-        options = dataclasses.replace(options, **given) if options is not None else options_class(**given)
+        options = dataclasses.replace(options if options is not None else model.fit_defaults(method), **given)
         if "writer" in rest:
             raise ValueError("writer: DataParallel.fit writes through its RankZeroWriter; pass checkpoint=")
         rest.setdefault("device", self.device)

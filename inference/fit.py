@@ -58,7 +58,7 @@ from .training import (
 )
 
 __all__ = ["CHECKPOINT_NAME", "EMOptions", "FitResult", "KLAnnealing", "LossOutput", "NUTSOptions", "ParameterAverage",
-           "RunWriter", "SVIOptions", "fit", "make_elbo"]
+           "RunWriter", "SVIOptions", "fit", "make_elbo", "resolve_options"]
 
 
 class _Unset:
@@ -110,6 +110,8 @@ def fit(
     stop_hook: Callable[[bool], bool] | None = _UNSET,
     valid_batch_size: int | None = _UNSET,
     valid_num_particles: int = _UNSET,
+    validation_score: Callable[..., Any] | None = _UNSET,
+    chunk_length: int | None = _UNSET,
     num_samples: int = _UNSET,
     warmup_steps: int = _UNSET,
     num_chains: int = _UNSET,
@@ -208,8 +210,10 @@ def fit(
         valid: optional validation sequences.
         method: ``"svi"``, ``"em"`` or ``"nuts"``.
         options: the method's typed options record (``SVIOptions``,
-            ``EMOptions`` or ``NUTSOptions``); keywords given as well override
-            its fields. Keywords that belong to another method are ignored.
+            ``EMOptions`` or ``NUTSOptions``); default: the family's recipe,
+            ``model.fit_defaults(method)`` (what ``seqzoo fit`` trains with).
+            Keywords given as well override its fields; keywords that belong
+            to another method are ignored (:func:`resolve_options`).
         elbo: the loss, by its older name (see ``loss``).
         loss: ``"auto"``, ``"trace"``, ``"traceenum"``, ``"meanfield"``, a :class:`pyro.infer.elbo.ELBO` instance,
             ``"model"`` or a callable (see :class:`~inference.training.SVIOptions`).
@@ -253,6 +257,11 @@ def fit(
         stop_hook: ``hook(local_decision) -> collective_decision``.
         valid_batch_size: sequences per validation ``log_prob_batch`` call.
         valid_num_particles: particles of a stochastic validation bound.
+        validation_score: ``score(model, valid) -> per-step score`` replacing
+            :func:`inference.scoring.score` for validation (e.g. a series scored
+            given its history).
+        chunk_length: SVI: a one-sequence ``train`` is cut into pieces of this
+            many steps (``None``: never).
         writer: where progress, checkpoints and the final model go (default
             ``RunWriter(checkpoint)``).
         description: progress-bar label (default: the model's family).
@@ -297,7 +306,8 @@ def fit(
         statistics_hook=statistics_hook, patience=patience, eval_every=eval_every,
         checkpoint_every=checkpoint_every, time_budget=time_budget, progress=progress, description=description,
         callbacks=callbacks, stop_hook=stop_hook, valid_batch_size=valid_batch_size,
-        valid_num_particles=valid_num_particles, num_samples=num_samples, warmup_steps=warmup_steps,
+        valid_num_particles=valid_num_particles, validation_score=validation_score, chunk_length=chunk_length,
+        num_samples=num_samples, warmup_steps=warmup_steps,
         num_chains=num_chains).items() if value is not _UNSET}
     if elbo is not _UNSET:
         if "loss" in given:
@@ -305,7 +315,7 @@ def fit(
         given["loss"] = elbo
     if method == "em" and given.get("batch_size") is not None:
         raise ValueError(f"batch_size: EM fits the full batch, expected None, got {given['batch_size']!r}")
-    options = _method_options(method, options, given, nuts_options)
+    options = _method_options(model, method, options, given, nuts_options)
     options.check()
     if method == "em" and not model.supports_em:
         raise ValueError(f"method: {type(model).__name__} has no em_step (supports_em is False); use 'svi'")
@@ -322,6 +332,8 @@ def fit(
     model.to(device)
     train = train.to(device)
     valid = valid.to(device) if valid is not None else None
+    if method == "svi" and options.chunk_length is not None and train.num_sequences == 1:
+        train = train.chunk(options.chunk_length)
 
     torch.manual_seed(seed)
     pyro.set_rng_seed(seed)  # torch, Python and NumPy
@@ -339,18 +351,39 @@ def fit(
     return trainer.run()
 
 
-def _method_options(method: str, options: Any, given: dict[str, Any], nuts_options: dict[str, Any]):
-    """The method's options record: ``options`` (or the defaults) with the given keywords."""
+def resolve_options(model: SequenceModel, method: str = "svi", options: SVIOptions | EMOptions | NUTSOptions | None = None,
+                    **keywords: Any) -> SVIOptions | EMOptions | NUTSOptions:
+    """The options record :func:`fit` trains ``model`` with: ``options`` (default: the
+    family's recipe, ``model.fit_defaults(method)``) with ``keywords`` (fields of the
+    record; others are ignored) replacing its fields. ``seqzoo fit`` writes this record,
+    so a run's ``config.json`` says what ``fit(model, train, **keywords)`` in Python does.
+
+    Example:
+        >>> resolve_options(model, "svi").learning_rate  # doctest: +SKIP
+        0.003
+    """
+    if method not in _OPTIONS_CLASSES:
+        raise ValueError(f"method: expected 'svi', 'em' or 'nuts', got {method!r}")
+    nuts_options = {name: value for name, value in keywords.items()
+                    if method == "nuts" and name not in options_fields(NUTSOptions)}
+    return _method_options(model, method, options, keywords, nuts_options)
+
+
+def _method_options(model: SequenceModel, method: str, options: Any, given: dict[str, Any],
+                    nuts_options: dict[str, Any]):
+    """The method's options record: ``options`` (or the model's ``fit_defaults``) with the given keywords."""
     options_class = _OPTIONS_CLASSES[method]
     if options is not None and not isinstance(options, options_class):
         raise TypeError(f"options: method={method!r} takes {options_class.__name__}, got {type(options).__name__}")
     # Keywords of another method's record are ignored (a caller may pass one set for all methods).
     relevant = {name: value for name, value in given.items() if name in options_fields(options_class)}
-    if method == "nuts" and nuts_options:
-        base = options.sampler_options if options is not None else {}
-        relevant["sampler_options"] = {**base, **nuts_options}
     if options is None:
-        return options_class(**relevant)
+        options = model.fit_defaults(method)
+        if not isinstance(options, options_class):
+            raise TypeError(f"{type(model).__name__}.fit_defaults({method!r}): expected a {options_class.__name__}, "
+                            f"got {type(options).__name__}")
+    if method == "nuts" and nuts_options:
+        relevant["sampler_options"] = {**options.sampler_options, **nuts_options}
     return dataclasses.replace(options, **relevant)
 
 

@@ -20,6 +20,7 @@ its ``compare`` spec (``--state-dim 2`` -> ``FAMILY:state_dim=2``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import json
 import math
@@ -27,12 +28,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
 from inference.checkpoint import CHECKPOINT_NAME
-from inference.fit import fit
+from inference.fit import fit, resolve_options
 from inference.memory import check_memory, generic_fit_memory
 from inference.rundir import RunDirectory, StagedRunDirectory, fingerprint_file, fingerprint_tensor, interrupted_message
 from inference.scoring import ratio_standard_error, score
@@ -195,7 +196,8 @@ class ModelSpec:
 
 
 #: Training settings any model spec may carry (``FAMILY:...,lr=0.002,batch_size=32``) -> type.
-FIT_SETTINGS = {"lr": float, "batch_size": int, "chunk_length": int, "epochs": int, "method": str}
+FIT_SETTINGS = {"lr": float, "final_lr": float, "warmup_epochs": int, "batch_size": int, "chunk_length": int,
+                "epochs": int, "patience": int, "eval_every": int, "method": str}
 
 
 def check_spec(family: Family, data: SequenceData, settings: dict[str, str]) -> None:
@@ -309,34 +311,34 @@ def _check_fit_memory(family: Family, train: SequenceData, settings: dict[str, s
 
 
 # -- training one model into a run directory ---------------------------------
-#: SVI settings when neither the command line nor the model's family names one.
-_SVI_DEFAULTS = {"learning_rate": 0.05, "batch_size": None, "chunk_length": 2000}
+#: ``seqzoo fit`` training flags (their destinations) -> the options field each sets, per method.
+#: A flag the user leaves out sets nothing: the field keeps the family's recipe
+#: (``model.fit_defaults(method)``), so ``seqzoo fit FAMILY`` trains as ``fit(model, train)`` does.
+_FIT_FLAGS = {
+    "svi": {"epochs": "max_epochs", "lr": "learning_rate", "final_lr": "final_learning_rate",
+            "warmup_epochs": "warmup_epochs", "batch_size": "batch_size", "chunk_length": "chunk_length",
+            "patience": "patience", "eval_every": "eval_every"},
+    "em": {"max_iterations": "max_iterations", "tolerance": "tolerance", "restarts": "num_restarts",
+           "patience": "patience", "eval_every": "eval_every"},
+}
 
 
-def _training_setting(args, model, name: str):
-    """An SVI setting: the command line's, else the model's own default
-    (``model.default_fit_options()``, e.g. an RNN's learning rate 2e-3 and
-    sequences of 128), else the general default."""
-    value = getattr(args, {"learning_rate": "lr"}.get(name, name), None)
-    if value is not None:
-        return value
-    return model.default_fit_options().get(name, _SVI_DEFAULTS[name])
-
-
-def _fit_options(args, model, family: Family) -> dict[str, Any]:
+def _fit_options(args, model) -> dict[str, Any]:
+    """The keywords of :func:`inference.fit.fit` this command passes: the run's own (method,
+    seed, device, progress, time budget) and the training flags the user gave, nothing else."""
     method = _method(args, model)
     options = dict(method=method, seed=args.seed, progress=not args.no_progress, device=args.device,
                    time_budget=args.time_budget * 60 if getattr(args, "time_budget", None) else None)
-    if method == "em":
-        options.update(max_iterations=args.max_iterations, tolerance=args.tolerance, num_restarts=args.restarts)
-    else:
-        options.update(max_epochs=args.epochs, learning_rate=_training_setting(args, model, "learning_rate"),
-                       batch_size=_training_setting(args, model, "batch_size"))
-        # The family's other fit keywords (its loss, a KL-annealing schedule, a clip norm ...).
-        keywords = inspect.signature(fit).parameters
-        options.update({name: value for name, value in model.default_fit_options().items()
-                        if name in keywords and name not in options})
+    for flag, field_name in _FIT_FLAGS.get(method, {}).items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            options[field_name] = value
     return options
+
+
+def _resolved_options(model, options: Mapping[str, Any]):
+    """The options record ``fit(model, train, **options)`` trains with (the family's recipe plus the flags)."""
+    return resolve_options(model, options["method"], **{k: v for k, v in options.items() if k != "method"})
 
 
 def _json_safe(value: Any) -> Any:
@@ -348,24 +350,28 @@ def _json_safe(value: Any) -> Any:
     return getattr(value, "__name__", None) or repr(value)
 
 
+def _fit_record(model, options: Mapping[str, Any]) -> dict[str, Any]:
+    """config.json's ``fit``: the method, the seed and every field of the options record the fit
+    trains with (callables by name), so a run says what it trained with."""
+    record = _resolved_options(model, options)
+    fields = {field.name: _json_safe(getattr(record, field.name)) for field in dataclasses.fields(record)}
+    return {"method": options["method"], "seed": options["seed"], **fields}
+
+
 def train_into(run: RunDirectory, model, family: Family, splits: Splits, data: SequenceData, args, label: str,
                description: dict) -> dict:
     """Fits ``model`` (of ``family``) on the train split, scores every split, writes the run directory."""
     train, valid, test = splits.train, splits.valid, splits.test
-    options = _fit_options(args, model, family)
+    options = _fit_options(args, model)
     # A series split in time: held-out parts (and early stopping) scored given their history.
     timeline = compare_timeseries.timeline(data, splits, description) if getattr(args, "score_from", "history") == "history" else None
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
-    chunk_length = _training_setting(args, model, "chunk_length")
-    if options["method"] == "svi" and chunk_length and train.batch.num_sequences == 1:
-        train_batch = train.batch.chunk(chunk_length)
-    else:
-        train_batch = train.batch
+    train_batch = train.batch  # fit cuts one long sequence into chunk_length pieces (SVI)
     device = parallel.device_for(args.device, train_batch.device)  # under torchrun with NCCL: cuda:LOCAL_RANK
     model.to(device)
     run.write_json("config.json", {**description, "family": family.name, "model": label, "model_config": model.config(),
-                                   "fit": {k: _json_safe(v) for k, v in options.items() if k != "device"},
+                                   "fit": _fit_record(model, options),
                                    "device": str(device)})
     if data.vocabulary is not None:
         run.write_json("vocabulary.json", json.loads(data.vocabulary.to_json()))
@@ -378,7 +384,7 @@ def train_into(run: RunDirectory, model, family: Family, splits: Splits, data: S
     seconds = time.perf_counter() - started
     run.save_model(model)
     # A stochastic bound's particles for the final scores (an IWAE bound), where the family sets them.
-    num_particles = int(model.default_fit_options().get("score_num_particles", 1))
+    num_particles = model.score_particles()
     summary = {
         "model": label,
         "class": type(model).__name__,
@@ -454,9 +460,9 @@ def _method(args, model) -> str:
     return getattr(args, "method", None) or ("em" if model.supports_em else "svi")
 
 
-def _reached_limit(run: RunDirectory, args, method: str) -> str | None:
+def _reached_limit(run: RunDirectory, record, method: str) -> str | None:
     """For ``--resume``: a line saying the checkpoint is already at this command's
-    iteration limit (nothing to train), or None."""
+    iteration limit (nothing to train), or None. ``record``: the options the fit would run with."""
     if not run.exists(CHECKPOINT_NAME + ".json"):
         return None
     state = run.read_json(CHECKPOINT_NAME)
@@ -470,12 +476,12 @@ def _reached_limit(run: RunDirectory, args, method: str) -> str | None:
             iteration = sum(1 for record in state.get("history", []) if record.get("restart", 0) == last)
         else:
             last, iteration = state.get("restart", 0), state.get("iteration", 0)
-        if last + 1 >= args.restarts and iteration >= args.max_iterations:
+        if last + 1 >= record.num_restarts and iteration >= record.max_iterations:
             return (f"the run in {run.path} already reached its limit: checkpoint at iteration {iteration}, "
-                    f"--max-iterations {args.max_iterations}; nothing to train (raise --max-iterations to continue)")
-    elif state.get("step", 0) >= args.epochs:
+                    f"--max-iterations {record.max_iterations}; nothing to train (raise --max-iterations to continue)")
+    elif state.get("step", 0) >= record.max_epochs:
         return (f"the run in {run.path} already reached its limit: checkpoint at epoch {state['step']}, "
-                f"--epochs {args.epochs}; nothing to train (raise --epochs to continue)")
+                f"--epochs {record.max_epochs}; nothing to train (raise --epochs to continue)")
     return None
 
 
@@ -495,7 +501,7 @@ def cmd_fit(args) -> int:
         # Every setting and the data are compared before any file of the run is touched.
         run.check_resume({**description, "family": family.name, "class": type(model).__name__,
                           "model_config": model.config(), "fit": {"method": _method(args, model)}})
-        reached = _reached_limit(run, args, _method(args, model))
+        reached = _reached_limit(run, _resolved_options(model, _fit_options(args, model)), _method(args, model))
         if reached is not None:
             print(reached)
             return 0
@@ -643,7 +649,7 @@ def _refitter(family: Family, settings: dict[str, str], model_args, splits: Spli
     """``history -> a model of the spec fit on it`` (leave-future-out refits)."""
     def refit(history):
         model = build_model(family, splits.train, settings)
-        fit(model, history, **{**_fit_options(model_args, model, family), "progress": False, "time_budget": None})
+        fit(model, history, **{**_fit_options(model_args, model), "progress": False, "time_budget": None})
         return model.eval()
     return refit
 
@@ -941,15 +947,26 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training")
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--device", help="torch device, e.g. cpu or cuda (default: where the data is, the CPU)")
-    group.add_argument("--max-iterations", type=int, default=500, help="EM iterations (default 500)")
-    group.add_argument("--tolerance", type=float, default=1e-8, help="EM convergence: nats per step gained per iteration")
-    group.add_argument("--restarts", type=int, default=1, help="EM random restarts; the best is kept")
-    group.add_argument("--epochs", type=int, default=200, help="SVI epochs (default 200)")
-    group.add_argument("--lr", type=float, help="SVI learning rate (default: the family's own, else 0.05)")
-    group.add_argument("--batch-size", type=int, help="SVI mini-batch size in sequences (default: the family's own, else all)")
+    # No defaults here: a flag left out keeps the family's recipe (model.fit_defaults(method), what
+    # fit(model, train) uses in Python); the numbers in the help are the general defaults.
+    group.add_argument("--max-iterations", type=int, help="EM iterations (default: the family's, else 500)")
+    group.add_argument("--tolerance", type=float, help="EM convergence: nats per step gained per iteration (1e-8)")
+    group.add_argument("--restarts", type=int, help="EM random restarts; the best is kept (1)")
+    group.add_argument("--epochs", type=int, help="SVI epochs (default: the family's, else 200)")
+    group.add_argument("--lr", type=float, help="SVI learning rate (default: the family's, else 0.05)")
+    group.add_argument("--final-lr", type=float,
+                       help="SVI: the learning rate decays exponentially to this at --epochs (default: the "
+                            "family's, else constant)")
+    group.add_argument("--warmup-epochs", type=int, help="SVI: epochs of linear learning-rate warm-up (0)")
+    group.add_argument("--batch-size", type=int, help="SVI mini-batch size in sequences (default: the family's, else all)")
     group.add_argument("--chunk-length", type=int,
                        help="SVI: cut one long training sequence into pieces of this many steps "
-                            "(truncated backpropagation through time; default: the family's own, else 2000)")
+                            "(truncated backpropagation through time; default: the family's, else 2000)")
+    group.add_argument("--patience", type=int,
+                       help="SVI: stop after this many validations without a new best; EM: converged after this "
+                            "many small gains in a row (default: the family's, else 10)")
+    group.add_argument("--eval-every", type=int, help="validate every this many epochs or iterations (default: the "
+                                                      "family's, else 1)")
     group.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is often fastest "
                                                    "for small recurrent networks on a busy machine)")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")

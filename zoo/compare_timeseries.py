@@ -402,15 +402,10 @@ def validation_score(history: SequenceBatch) -> Callable[..., Score]:
 def validation_options(timeline_: Timeline | None, method: str, has_valid: bool) -> dict[str, Any]:
     """Extra keywords of :func:`inference.fit.fit` so that early stopping on a series
     split in time scores the validation part given the training part (``{}`` otherwise)."""
-    if timeline_ is None or not has_valid or "valid" not in timeline_.parts:
-        return {}
-    from inference.training import EMOptions, SVIOptions
-
-    options_class = {"em": EMOptions, "svi": SVIOptions}.get(method)
-    if options_class is None:
+    if timeline_ is None or not has_valid or "valid" not in timeline_.parts or method not in ("em", "svi"):
         return {}
     history, _ = timeline_.history_and_future("valid")
-    return {"options": options_class(validation_score=validation_score(history))}
+    return {"validation_score": validation_score(history)}
 
 
 def score_from_note(score_from: str, timeline_: Timeline | None, rows: Sequence[dict] = ()) -> str:

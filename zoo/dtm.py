@@ -56,6 +56,8 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from typing import Any, ClassVar, NamedTuple
 
@@ -545,9 +547,12 @@ class DynamicTopicModel(SequenceModel):
                     proportion_scale=self.proportion_scale, hidden_size=self.hidden_size,
                     local_steps=self.local_steps)
 
-    def default_fit_options(self) -> dict[str, Any]:
-        """SVI defaults (INTERFACES §2): the analytic-KL loss, mini-batches of documents."""
-        return {"loss": "model", "batch_size": 512, "learning_rate": 0.05}
+    def fit_defaults(self, method: str):
+        """SVI: the analytic-KL loss (:meth:`loss`), mini-batches of 512 documents, lr 0.05."""
+        defaults = super().fit_defaults(method)
+        if method == "svi":
+            defaults = dataclasses.replace(defaults, loss="model", batch_size=512, learning_rate=0.05)
+        return defaults
 
     def likelihood_label(self, num_particles: int = 1) -> str:
         return f"ELBO per document at the posterior-mean topics (M={num_particles})"

@@ -49,6 +49,8 @@ needs no packing.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from typing import Any
 
@@ -107,9 +109,13 @@ class RecurrentModel(SequenceModel):
     family = "rnn"
     exact_likelihood = True
     likelihood_kind = "exact"
-    def default_fit_options(self) -> dict[str, Any]:
-        """Training options that suit this family when the user names none (the CLI reads them)."""
-        return {"learning_rate": 2e-3, "batch_size": 64, "chunk_length": 128}
+
+    def fit_defaults(self, method: str):
+        """SVI: lr 2e-3, mini-batches of 64 sequences, one long text cut into pieces of 128 steps."""
+        defaults = super().fit_defaults(method)
+        if method == "svi":
+            defaults = dataclasses.replace(defaults, learning_rate=2e-3, batch_size=64, chunk_length=128)
+        return defaults
 
     def __init__(self, observation: str = "categorical", *, num_symbols: int | None = None, dim: int | None = None,
                  cell: str = "lstm", hidden_size: int = 256, num_layers: int = 1, embedding_dim: int | None = 64,

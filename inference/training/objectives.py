@@ -125,7 +125,7 @@ def _model_loss(model: SequenceModel, batch: SequenceBatch, **step_kwargs: Any):
 
 def build_loss(model: SequenceModel, loss: Any, num_particles: int):
     """The trainer's loss object for ``SVIOptions.loss`` (see :class:`SVIOptions`)."""
-    if loss == "auto" and model.default_fit_options().get("loss") == "model":
+    if loss == "auto" and model.fit_defaults("svi").loss == "model":
         # The family's own estimator is what it is meant to be fitted with (the topic models'
         # Pyro guide alone collapses the topics: docs/dtm.md), in Python as on the command line.
         loss = "model"

@@ -109,7 +109,7 @@ class SVIOptions(_LoopOptions):
             ``"model"`` (``model.loss(batch, **step_kwargs)``) or a callable
             ``loss(model, batch, **step_kwargs)``; a custom loss returns a
             scalar Tensor to minimise or a :class:`LossOutput`. ``"auto"`` is
-            ``"model"`` for a family whose ``default_fit_options()`` names it (the deep
+            ``"model"`` for a family whose ``fit_defaults("svi").loss`` names it (the deep
             Markov and topic models' own estimators), else ``"traceenum"`` or ``"trace"``.
         num_particles: particles of an ELBO given by name.
         step_kwargs: ``(epoch, step) -> dict`` of keyword arguments for
@@ -130,11 +130,15 @@ class SVIOptions(_LoopOptions):
             this decay per optimiser step (e.g. 0.9995: about the last 2,000
             steps); validation scores it, and the fit ends with the model
             holding it (or the best validated average). ``None``: the last iterate.
+        chunk_length: a training set of ONE sequence is cut into pieces of this
+            many steps (truncated backpropagation through time; each piece starts
+            from the initial state), so mini-batches exist; ``None``: never cut.
+            Several sequences are never cut.
     """
 
-    max_epochs: int = 100
+    max_epochs: int = 200
     batch_size: int | None = None
-    learning_rate: float = 1e-2
+    learning_rate: float = 5e-2
     final_learning_rate: float | None = None
     lr_schedule: str | Callable[[torch.optim.Optimizer], Any] = "exponential"
     warmup_epochs: int = 0
@@ -149,9 +153,11 @@ class SVIOptions(_LoopOptions):
     minibatches: Callable[[SequenceBatch, int, torch.Generator], Iterable[SequenceBatch]] | None = None
     nonfinite_hook: Callable[[int], bool] | None = None
     average_decay: float | None = None
+    chunk_length: int | None = 2000
 
     def check(self) -> None:
         super().check()
+        _check_positive_int("chunk_length", self.chunk_length, allow_none=True)
         _check_open_unit_interval("average_decay", self.average_decay, allow_none=True)
         _check_callable("minibatches", self.minibatches)
         _check_callable("nonfinite_hook", self.nonfinite_hook)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import signal
 
@@ -139,12 +140,12 @@ def test_model_loss_and_loss_output():
 
 
 class OwnLossByDefault(OwnLossGaussian):
-    def default_fit_options(self):
-        return {"loss": "model"}
+    def fit_defaults(self, method):
+        return dataclasses.replace(super().fit_defaults(method), loss="model")
 
 
 def test_auto_loss_is_the_familys_own_where_it_names_it():
-    """``loss="auto"`` (the default) uses ``model.loss`` for a family whose ``default_fit_options``
+    """``loss="auto"`` (the default) uses ``model.loss`` for a family whose ``fit_defaults``
     names ``"model"`` (its objective -42 is logged), and the ELBO for one that does not."""
     result = fit(OwnLossByDefault(), _gaussian_data(), max_epochs=3, progress=False)
     assert {record["objective"] for record in result.history} == {-42.0}

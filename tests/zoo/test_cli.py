@@ -1,5 +1,6 @@
 """End-to-end tests of the ``seqzoo`` command line on tiny data."""
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -285,8 +286,8 @@ class UnigramModel(SequenceModel):
     def config(self) -> dict:
         return {"num_symbols": self.num_symbols}
 
-    def default_fit_options(self) -> dict:
-        return {"learning_rate": 0.1}
+    def fit_defaults(self, method: str):
+        return dataclasses.replace(super().fit_defaults(method), learning_rate=0.1)
 
 
 def _build_toy(data, settings):
@@ -333,7 +334,7 @@ def test_a_family_registered_at_run_time_is_fitted_compared_and_reloaded(toy_fam
     summary = json.loads((out / "summary.json").read_text())
     config = json.loads((out / "config.json").read_text())
     assert summary["model"] == "toy-uniform" and summary["class"] == "UnigramModel" and summary["method"] == "svi"
-    assert config["family"] == "toy" and config["fit"]["learning_rate"] == 0.1  # the model's default_fit_options()
+    assert config["family"] == "toy" and config["fit"]["learning_rate"] == 0.1  # the model's fit_defaults()
     assert (out / "symbol_frequencies.png").is_file()  # the entry's plots ran
     assert summary["valid_stderr"] > 0  # one held-out text: blocks through the entry's per_step_log_probs
     # Reloaded through the registry's model_classes, the model scores the held-out text as recorded.
