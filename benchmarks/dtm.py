@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import inference  # noqa: F401
-from zoo.corpus import SOTU_PATH, batch_slices, read_corpus, split_document_halves
+from zoo.data.corpus import SOTU_PATH, batch_slices, read_corpus, split_document_halves
 from zoo.dtm import DynamicTopicModel, StaticTopicModel, unigram_completion
 
 

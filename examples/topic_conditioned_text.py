@@ -4,7 +4,7 @@ The lectures' "Topics in scientific texts": condition a recurrent network's
 transitions on a document's inferred topic vector,
 :math:`h_t = \tanh(W_{hh} h_{t-1} + W_{xh} x_t + W_{x\theta} \theta_d)` (for a
 GRU/LSTM the context enters every gate the same way), and generate text per
-topic. On the State of the Union paragraphs (``zoo.corpus.load_sotu``, the
+topic. On the State of the Union paragraphs (``zoo.data.corpus.load_sotu``, the
 packaged ``builtin:sotu``):
 
 1. paragraphs are split **by document** into train / valid / test;
@@ -68,7 +68,7 @@ from inference.batch import SequenceBatch  # noqa: E402
 from inference.fit import fit  # noqa: E402
 from inference.scoring import ratio_standard_error  # noqa: E402
 from inference.training import KLAnnealing  # noqa: E402
-from zoo.corpus import SOTU_PATH, Corpus, bag_of_words_batch, batch_slices, read_corpus, tokenize  # noqa: E402
+from zoo.data.corpus import SOTU_PATH, Corpus, bag_of_words_batch, batch_slices, read_corpus, tokenize  # noqa: E402
 from zoo.dtm import DynamicTopicModel, StaticTopicModel  # noqa: E402
 from zoo.rnn import RecurrentModel  # noqa: E402
 

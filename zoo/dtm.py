@@ -14,7 +14,7 @@ drift as Gaussian random walks, and the slices' mean topic logits
 The word's topic assignment is summed out exactly (the mixture above), so a
 document's likelihood is :math:`\sum_{v} c_{d,v} \log \sum_k \theta_{d,k}
 \phi_{t(d),k,v}` over its *distinct* words ``v`` with counts ``c`` (the
-sparse ``(id, count)`` layout of :mod:`zoo.corpus`; it equals the per-token
+sparse ``(id, count)`` layout of :mod:`zoo.data.corpus`; it equals the per-token
 likelihood of the ordered words). Static LDA (:class:`StaticTopicModel`) is the
 same code with one slice (a logistic-normal prior on the proportions, as in
 the DTM paper's comparison, not a Dirichlet).
@@ -75,7 +75,7 @@ from inference.batch import SequenceBatch, sequence_plate
 from inference.contract import SequenceModel
 from inference.kalman import kalman_smoother_varying_noise
 
-from .corpus import WordVocabulary, bag_of_words_batch, batch_slices
+from .data.corpus import WordVocabulary, bag_of_words_batch, batch_slices
 from .registry import Family, UsageError, register
 
 __all__ = [
@@ -290,7 +290,7 @@ def _split_batch(batch: SequenceBatch) -> tuple[Tensor, Tensor]:
     """``(N, L)`` word ids and counts (0 on padding) of a bag-of-words batch."""
     if batch.values.dim() != 3 or batch.values.shape[-1] != 2 or batch.values.is_floating_point():
         raise ValueError(
-            f"batch.values: expected (N, L, 2) int64 (word id, count) pairs from zoo.corpus, "
+            f"batch.values: expected (N, L, 2) int64 (word id, count) pairs from zoo.data.corpus, "
             f"got {tuple(batch.values.shape)} {batch.values.dtype}"
         )
     return batch.values[..., 0], batch.values[..., 1] * batch.mask
@@ -446,7 +446,7 @@ class _Encoder(nn.Module):
 class DynamicTopicModel(SequenceModel):
     r"""The dynamic topic model with a Markov Gaussian guide and an amortised encoder.
 
-    Data: a bag-of-words batch from :mod:`zoo.corpus` (``values`` ``(N, L, 2)``
+    Data: a bag-of-words batch from :mod:`zoo.data.corpus` (``values`` ``(N, L, 2)``
     (word id, count) pairs, covariate ``"slice"`` ``(N,)``).
 
     Args:
@@ -1061,7 +1061,7 @@ def _topic_settings(args) -> dict[str, str]:
 
 
 def _corpus_sizes(data) -> tuple[int, int]:
-    """``(V, S)`` of corpus data (:class:`zoo.corpus.CorpusData`)."""
+    """``(V, S)`` of corpus data (:class:`zoo.data.corpus.CorpusData`)."""
     words, labels = getattr(data, "words", None), getattr(data, "slice_labels", None)
     if words is None or labels is None:
         raise UsageError("dtm/lda: expected corpus data (--data builtin:sotu, or a CSV with --text-column)")
@@ -1101,7 +1101,7 @@ def _corpus_outputs(run, model: DynamicTopicModel, splits, data) -> None:
     """What `seqzoo fit dtm|lda` writes beside the scores: top words per topic per slice,
     topic prevalence over time (CSV and figure), three topics' drifting words, and the
     held-out perplexity by document completion beside the unigram baseline."""
-    from .corpus import split_document_halves
+    from .data.corpus import split_document_halves
 
     vocabulary, labels = data.words, list(data.slice_labels)
     train = splits.train.batch

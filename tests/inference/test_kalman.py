@@ -521,14 +521,14 @@ def _long_batch(state_dim: int, obs_dim: int, seed: int) -> tuple[torch.Tensor, 
 
 @pytest.mark.parametrize("state_dim,obs_dim,diffuse", [(1, 1, False), (3, 2, True), (4, 4, False), (2, 1, True)])
 def test_numba_matches_torch_loop(state_dim, obs_dim, diffuse):
-    from inference import kalman
+    from inference.kalman import _common, _numba
 
     params = random_system(state_dim, obs_dim, seed=50 + state_dim)
     observations, lengths = _long_batch(state_dim, obs_dim, seed=state_dim)
     reference_filtered = _on_torch_path(kalman_filter, params, observations, lengths, diffuse=diffuse)
     reference_smoothed = _on_torch_path(rts_smoother, params, observations, lengths, diffuse=diffuse)
-    prepared = kalman._prepare(*params, observations, lengths)
-    assert (kalman._numba_filter(prepared, diffuse, True, True).steady_epoch > 0).sum() > 100
+    prepared = _common._prepare(*params, observations, lengths)
+    assert (_numba._numba_filter(prepared, diffuse, True, True).steady_epoch > 0).sum() > 100
     for steady_state in (True, False):
         filtered = kalman_filter(*params, observations, lengths, diffuse=diffuse, steady_state=steady_state)
         smoothed = rts_smoother(*params, observations, lengths, diffuse=diffuse, steady_state=steady_state)
@@ -828,11 +828,11 @@ def test_smoother_gradient_with_a_broken_steady_state_matches_torch_loop(steady_
     """The compact path (one covariance per steady-state epoch, the smoother's sums counted
     over converged stretches) gives the torch loop's gradient to 1e-8 when the steady state
     is reached, broken by missing data and reached again."""
-    from inference import kalman
+    from inference.kalman import _common, _numba
 
     params, observations, lengths = _broken_steady_state_problem()
-    prepared = kalman._prepare(*params, observations, lengths)
-    epochs = kalman._numba_filter(prepared, False, True, True).steady_epoch
+    prepared = _common._prepare(*params, observations, lengths)
+    epochs = _numba._numba_filter(prepared, False, True, True).steady_epoch
     assert int(epochs[0].max()) >= 3 and (epochs > 0).sum() > 500  # three epochs in sequence 0
     leaves = [params[0], *(torch.linalg.cholesky(params[index]) if index in (1, 3, 5) else params[index]
                            for index in range(1, 6)), observations]
@@ -854,13 +854,13 @@ def test_smoother_gradient_with_a_broken_steady_state_matches_torch_loop(steady_
 def test_compact_smoother_sums_equal_the_stored_smoother():
     """The smoother that writes no T d^2 array (compact filter covariances, sums counted over
     converged stretches) gives the sums of the per-step smoother's covariances."""
-    from inference import kalman
+    from inference.kalman import _common, _numba
 
     params, observations, lengths = _broken_steady_state_problem()
-    prepared = kalman._prepare(*params, observations, lengths)
-    raw = kalman._numba_filter(prepared, False, True, True)
-    _, smoothed_cov, lag_one_cov, _ = kalman._numba_smoother(prepared, raw)
-    arrays = [kalman._as_numpy(value) for value in prepared[:7]]
+    prepared = _common._prepare(*params, observations, lengths)
+    raw = _numba._numba_filter(prepared, False, True, True)
+    _, smoothed_cov, lag_one_cov, _ = _numba._numba_smoother(prepared, raw)
+    arrays = [_numba._as_numpy(value) for value in prepared[:7]]
     num_seq, num_steps, dim = 2, 400, 3
     lengths_np = lengths.numpy()
     filtered = {name: np.empty(shape) for name, shape in (
@@ -878,8 +878,8 @@ def test_compact_smoother_sums_equal_the_stored_smoother():
     slot = np.full((num_seq, num_steps), -1, np.int64)
     num_incomplete = np.zeros(1, np.int64)
     status = np.zeros(num_seq, np.int64)
-    kalman._filter_kernel(*arrays[:6], arrays[6], lengths_np, False, kalman._STEADY_TOL, True, True,
-                          *filtered.values(), steady_epoch, cov_source, slot, num_incomplete, status)
+    _numba._filter_kernel(*arrays[:6], arrays[6], lengths_np, False, _common._STEADY_TOL, True, True,
+                         *filtered.values(), steady_epoch, cov_source, slot, num_incomplete, status)
     valid = np.arange(num_steps) < lengths_np[:, None]
     steady = steady_epoch > 0
     assert (cov_source[valid & steady] != np.nonzero(valid & steady)[1]).sum() > 500  # epochs are shared
@@ -890,10 +890,10 @@ def test_compact_smoother_sums_equal_the_stored_smoother():
     incomplete_cov = np.empty((int(incomplete.sum()), dim, dim))
     smoothed_mean = np.empty((num_seq, num_steps, dim))
     sums = [np.zeros((num_seq, dim, dim)) for _ in range(4)]
-    kalman._smoother_sums_kernel(arrays[0], filtered["filtered_mean"], filtered["filtered_cov"],
-                                 filtered["predicted_mean"], filtered["predicted_cov"], cov_source, lengths_np,
-                                 steady_epoch, kalman._SMOOTHER_STEADY_TOL, slot, smoothed_mean, incomplete_cov,
-                                 *sums, status)
+    _numba._smoother_sums_kernel(arrays[0], filtered["filtered_mean"], filtered["filtered_cov"],
+                                filtered["predicted_mean"], filtered["predicted_cov"], cov_source, lengths_np,
+                                steady_epoch, _common._SMOOTHER_STEADY_TOL, slot, smoothed_mean, incomplete_cov,
+                                *sums, status)
     assert not status.any()
     smoothed_cov, lag_one_cov = smoothed_cov.numpy(), lag_one_cov.numpy()
     for n, length in enumerate(lengths_np):

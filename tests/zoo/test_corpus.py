@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from zoo.corpus import (
+from zoo.data.corpus import (
     SOTU_PATH,
     WordVocabulary,
     bag_of_words_batch,

@@ -14,7 +14,7 @@ import inference  # noqa: F401  (module-local Pyro params)
 from inference.batch import sequence_plate
 from inference.fit import fit
 from inference.kalman import kalman_filter, rts_smoother
-from zoo.corpus import bag_of_words_batch, batch_slices, dense_counts
+from zoo.data.corpus import bag_of_words_batch, batch_slices, dense_counts
 from zoo.dtm import (
     DiscreteKalmanFilter,
     DynamicTopicModel,
@@ -277,7 +277,7 @@ def test_arviz_export_names_dims_and_scores_documents():
 
 
 def test_arviz_export_labels_words_and_documents():
-    from zoo.corpus import WordVocabulary
+    from zoo.data.corpus import WordVocabulary
 
     model = DynamicTopicModel(6, 2, 3, hidden_size=4)
     batch = bag_of_words_batch(TOKENS, TOKEN_SLICES)
@@ -343,7 +343,7 @@ def test_iterated_laplace_smoother_finds_the_map_path_and_tracks_the_states():
 
 
 def test_top_words_by_probability_and_by_relevance():
-    from zoo.corpus import WordVocabulary
+    from zoo.data.corpus import WordVocabulary
 
     model = StaticTopicModel(3, 2, hidden_size=4)
     # topic 0: 'the' 0.6, 'war' 0.3, 'tax' 0.1; topic 1: 'the' 0.6, 'war' 0.05, 'tax' 0.35

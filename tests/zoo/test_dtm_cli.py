@@ -11,7 +11,7 @@ import torch
 
 import zoo.families  # noqa: F401  (registers dtm and lda)
 from zoo.cli import main
-from zoo.corpus import CorpusData, batch_slices
+from zoo.data.corpus import CorpusData, batch_slices
 from zoo.data import load_data, split_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -17,7 +17,7 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from inference.batch import SequenceBatch
-from zoo.corpus import read_corpus, tokenize
+from zoo.data.corpus import read_corpus, tokenize
 from zoo.rnn import RecurrentModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -41,7 +41,8 @@ import torch
 from torch import Tensor
 
 from inference.batch import SequenceBatch
-from zoo.data import SequenceData
+
+from .container import SequenceData
 
 __all__ = [
     "DEFAULT_STOP_WORDS",
@@ -59,7 +60,7 @@ __all__ = [
 ]
 
 #: The State of the Union paragraphs 1790-2009 shipped with the package (``builtin:sotu``).
-SOTU_PATH = Path(__file__).resolve().parent / "datasets" / "sotu_paragraphs_1790_2009.csv.gz"
+SOTU_PATH = Path(__file__).resolve().parents[1] / "datasets" / "sotu_paragraphs_1790_2009.csv.gz"
 
 #: A small English stop-word list (function words, auxiliaries, pronouns).
 DEFAULT_STOP_WORDS: frozenset[str] = frozenset(
