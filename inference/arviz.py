@@ -178,7 +178,7 @@ def _conditioned_log_likelihood(model: SequenceModel, batch: SequenceBatch, valu
     to a written value). ``None`` when the trace holds a latent site (states
     enumerated as sample sites) or an observed site outside the plate; the
     caller then uses ``set_parameter_values`` and ``log_prob``."""
-    if not model.exact_likelihood or getattr(model, "has_enumerated_sites", False):
+    if not model.exact_likelihood or model.has_enumerated_sites:
         return None
     trace = poutine.trace(poutine.condition(model.model, data=dict(values))).get_trace(batch)
     total = torch.zeros(batch.num_sequences, dtype=torch.float64)
@@ -360,7 +360,8 @@ def _export(model, data, posterior, kind, *, num_draws, num_predictive_draws, fi
         kept = np.arange(num_predictive_draws or 1)
     predictive = None
     smoothed: dict[str, np.ndarray] = {}
-    if add_predictive or (add_states and hasattr(model, "smooth")):
+    smooths = model.supports("smooth")
+    if add_predictive or (add_states and smooths):
         replicated = []
         generator = torch.Generator(device=data.device).manual_seed(seed)
         sums: dict[str, Tensor] = {}
@@ -373,7 +374,7 @@ def _export(model, data, posterior, kind, *, num_draws, num_predictive_draws, fi
                     if add_predictive:
                         sample = model.sample(data.num_sequences, data.max_length, generator=generator)
                         chain_replicated.append(_observations(SequenceBatch(sample.values, data.lengths.to(sample.values.device)), ragged))
-                    if add_states and hasattr(model, "smooth") and (kind != "point" or count == 0):
+                    if add_states and smooths and (kind != "point" or count == 0):
                         for key, value in _state_summaries(model.smooth(data.values, data.lengths), data).items():
                             sums[key] = sums.get(key, 0) + value
                         count += 1
@@ -386,7 +387,7 @@ def _export(model, data, posterior, kind, *, num_draws, num_predictive_draws, fi
             mean = smoothed["smoothed_mean"]
             smoothed["smoothed_cov"] = smoothed["smoothed_cov"] + smoothed["_mean_outer"] - mean.unsqueeze(-1) * mean.unsqueeze(-2)
         smoothed = {key: _numpy(value) for key, value in smoothed.items() if not key.startswith("_")}
-    if add_states and kind != "nuts" and hasattr(model, "sample_states") and not hasattr(model, "smooth"):
+    if add_states and kind != "nuts" and model.supports("sample_states") and not smooths:
         # No closed-form state marginals: posterior state paths, one per kept draw (a point estimate: all at once).
         generator = torch.Generator(device=data.device).manual_seed(seed + 1)
         with torch.no_grad():

@@ -16,7 +16,31 @@ from torch import Tensor
 from .batch import SequenceBatch
 
 if TYPE_CHECKING:
+    from .forecasting import ForecastDistribution
     from .training.options import EMOptions, NUTSOptions, SVIOptions
+
+
+class NotSupported(NotImplementedError):
+    """A capability the model's family does not have (see :meth:`SequenceModel.supports`)."""
+
+
+#: The optional capabilities a family may declare, as :meth:`SequenceModel.supports` names them.
+#: A method capability is supported when the family overrides the contract's method (whose
+#: default raises :class:`NotSupported`); the others are class attributes.
+CAPABILITIES = {
+    "loss": "loss(batch, **step_kwargs): its own training objective, for fit(..., loss='model')",
+    "em": "closed-form EM: e_step/m_step or em_step (the class attribute supports_em)",
+    "filter": "filter(values, lengths): filtered state marginals",
+    "smooth": "smooth(values, lengths): smoothed state marginals",
+    "decode": "decode(values, lengths): the most probable state path",
+    "sample_states": "sample_states(values, lengths, num_samples, generator): posterior state paths",
+    "forecast_distribution": "forecast_distribution(history, steps, num_samples=, generator=): a ForecastDistribution",
+    "nuts_log_likelihood": "nuts_log_likelihood(batch): a direct potential for NUTS",
+    "parameter_sites": "parameter_sites(): priors of the global sites (MCMC, ArviZ)",
+    "restarts": "reset_parameters(generator): a fresh random initialisation",
+    "sample_temperature": "sample(..., temperature=): sampling at a temperature",
+    "sample_prime": "sample(..., prime=): sampling continuations of a given prefix",
+}
 
 
 class SequenceModel(PyroModule):
@@ -39,8 +63,13 @@ class SequenceModel(PyroModule):
       that rebuild an untrained model of the same shape; weights are the
       module's ``state_dict()``.
 
-    Where tractable it also provides ``filter``, ``smooth``, ``decode`` and
-    ``forecast``.
+    **Capabilities.** What a family may or may not do is declared, never probed:
+    each optional capability (:data:`CAPABILITIES`: its own ``loss``, EM,
+    ``filter``, ``smooth``, ``decode``, ``sample_states``,
+    ``forecast_distribution``, ``nuts_log_likelihood``, parameter sites,
+    restarts, sampling with a temperature or a prime) is a method here whose
+    default raises :class:`NotSupported`, or a class attribute, and
+    ``Model.supports(name)`` says whether the family has it.
 
     **Parameter sites** (for MCMC, posterior export and diagnostics). A family
     whose ``model()`` samples its global parameters from priors, as
@@ -87,6 +116,32 @@ class SequenceModel(PyroModule):
     supports_em: ClassVar[bool] = False
     #: Short name used in reports and run directories.
     family: ClassVar[str] = "model"
+    #: Keyword options ``sample`` takes beyond the contract's (``"temperature"``, ``"prime"``).
+    sample_options: ClassVar[frozenset[str]] = frozenset()
+    #: Symbols of a categorical model (``None`` for other observations).
+    num_symbols: int | None = None
+
+    @classmethod
+    def supports(cls, capability: str) -> bool:
+        """Whether this family has ``capability`` (a key of :data:`CAPABILITIES`): the one
+        question the fit loop, MCMC, export and the command line ask of a model, instead of
+        probing for attributes.
+
+        Raises:
+            ValueError: ``capability`` is not one of :data:`CAPABILITIES`.
+        """
+        if capability not in CAPABILITIES:
+            raise ValueError(f"capability: expected one of {sorted(CAPABILITIES)}, got {capability!r}")
+        if capability == "em":
+            return bool(cls.supports_em)
+        if capability.startswith("sample_") and capability != "sample_states":
+            return capability[len("sample_"):] in cls.sample_options
+        method = "reset_parameters" if capability == "restarts" else capability
+        return getattr(cls, method) is not getattr(SequenceModel, method)
+
+    def not_supported(self, capability: str) -> NotSupported:
+        """The error a missing capability raises, naming the model and what it lacks."""
+        return NotSupported(f"{type(self).__name__} does not support {capability}: {CAPABILITIES[capability]}")
 
     # -- required ---------------------------------------------------------
     def model(self, batch: SequenceBatch) -> None:
@@ -104,17 +159,52 @@ class SequenceModel(PyroModule):
     def config(self) -> dict[str, Any]:
         raise NotImplementedError(f"{type(self).__name__} must implement config()")
 
+    # -- optional capabilities (see supports) ----------------------------
+    def loss(self, batch: SequenceBatch, **step_kwargs: Any) -> Any:
+        """The family's own training objective on ``batch``: a scalar Tensor to minimise or a
+        :class:`~inference.training.LossOutput`; ``fit(..., loss="model")`` trains on it."""
+        raise self.not_supported("loss")
+
+    def filter(self, values: Tensor, lengths: Tensor | None = None) -> Any:  # noqa: A003 (the filtering name)
+        """Filtered state marginals ``p(s_t | x_{1:t})`` of each step (the family's type)."""
+        raise self.not_supported("filter")
+
+    def smooth(self, values: Tensor, lengths: Tensor | None = None) -> Any:
+        """Smoothed state marginals ``p(s_t | x_{1:T})`` of each step (the family's type)."""
+        raise self.not_supported("smooth")
+
+    def decode(self, values: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """``(N, T)`` the most probable state path of each sequence (-1 past its length)."""
+        raise self.not_supported("decode")
+
+    def sample_states(self, values: Tensor, lengths: Tensor | None = None, num_samples: int = 1,
+                      generator: torch.Generator | None = None) -> Tensor:
+        """``(S, N, T, ...)`` state paths drawn from their posterior given the observations."""
+        raise self.not_supported("sample_states")
+
+    def forecast_distribution(self, history: SequenceBatch, steps: int, *, num_samples: int = 500,
+                              generator: torch.Generator | None = None) -> "ForecastDistribution":
+        """The predictive distribution of the ``steps`` observations after each sequence of
+        ``history`` (:class:`~inference.forecasting.ForecastDistribution`; ``num_samples``
+        paths where the family forecasts by sampling)."""
+        raise self.not_supported("forecast_distribution")
+
+    def nuts_log_likelihood(self, batch: SequenceBatch) -> Any:
+        """For a model whose only latent sites are its parameters: a direct potential for
+        NUTS (see :mod:`inference.mcmc`)."""
+        raise self.not_supported("nuts_log_likelihood")
+
     # -- optional ---------------------------------------------------------
     def e_step(self, batch: SequenceBatch) -> dict[str, Tensor]:
         """Additive sufficient statistics of ``batch`` at the current parameters
         (sums over sequences, so statistics of mini-batches or processes add up);
         ``"log_likelihood"`` holds the summed log-likelihood."""
-        raise NotImplementedError(f"{type(self).__name__} has no closed-form EM; fit it with method='svi'")
+        raise NotSupported(f"{type(self).__name__} has no closed-form EM; fit it with method='svi'")
 
     def m_step(self, statistics: Mapping[str, Tensor]) -> None:
         """Sets the parameters that maximise the expected complete-data log-likelihood
         (plus log-prior) given summed :meth:`e_step` statistics."""
-        raise NotImplementedError(f"{type(self).__name__} has no closed-form EM; fit it with method='svi'")
+        raise NotSupported(f"{type(self).__name__} has no closed-form EM; fit it with method='svi'")
 
     def log_prior(self) -> Tensor:
         """Log-density of the current point parameters under the priors (0 without priors)."""
@@ -164,7 +254,7 @@ class SequenceModel(PyroModule):
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Draws a fresh random initialisation (for restarts)."""
-        raise NotImplementedError(f"{type(self).__name__} does not support random restarts")
+        raise self.not_supported("restarts")
 
     def initialize_from_data(self, batch: SequenceBatch, generator: torch.Generator | None = None) -> None:
         """Optional data-dependent initialisation, called once by ``fit``."""

@@ -238,8 +238,7 @@ def potential_energy(model: SequenceModel, batch: SequenceBatch
         constrained value to its unconstrained one (Pyro's convention). ``None`` when the
         model has no such hook or it returns ``None``.
     """
-    hook = getattr(model, "nuts_log_likelihood", None)
-    log_likelihood = hook(batch) if hook is not None else None
+    log_likelihood = model.nuts_log_likelihood(batch) if model.supports("nuts_log_likelihood") else None
     if log_likelihood is None:
         return None
     # Built once per run; without argument validation, whose checks cost more than the densities
@@ -519,7 +518,7 @@ def run_nuts(
     if align_labels:
         draws, permutations = align_state_labels(model, draws)
     states = None
-    if sample_states and hasattr(model, "sample_states"):
+    if sample_states and model.supports("sample_states"):
         states = sample_state_paths(model, batch, draws, seed=seed)
     result = MCMCResult(draws=draws, sample_stats=sample_stats, states=states, label_permutations=permutations,
                         warmup_steps=warmup_steps, seed=seed, seconds=time.perf_counter() - started,

@@ -136,9 +136,9 @@ def _log_prob_batch(model: SequenceModel, batch: SequenceBatch, num_particles: i
 def conditional_label(model: SequenceModel) -> str:
     """What :func:`conditional_log_prob` returns for ``model``: ``"exact"`` or a
     labelled bound difference."""
-    if getattr(model, "exact_likelihood", True):
+    if model.exact_likelihood:
         return "exact"
-    kind = getattr(model, "likelihood_kind", "bound")
+    kind = model.likelihood_kind
     return f"difference of {kind} bounds (not a bound)"
 
 
@@ -165,7 +165,7 @@ def conditional_log_prob(model: SequenceModel, history, future, *, num_particles
     """
     history, future = _as_batch(history, "history"), _as_batch(future, "future")
     full = concatenate_in_time(history, future)
-    stochastic = not getattr(model, "exact_likelihood", True) and seed is not None
+    stochastic = not model.exact_likelihood and seed is not None
 
     def evaluate(batch: SequenceBatch) -> Tensor:
         if not stochastic:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import math
 import sys
@@ -603,8 +602,8 @@ def cmd_compare(args) -> int:
 
 
 def _sampler_takes(model, option: str) -> bool:
-    """Whether ``model.sample`` accepts the keyword ``option`` (e.g. ``temperature``, ``prime``)."""
-    return option in inspect.signature(model.sample).parameters
+    """Whether the family declares that ``sample`` takes ``option`` (``temperature``, ``prime``)."""
+    return model.supports(f"sample_{option}")
 
 
 def _guide_export(model, train, num_draws: int = 200):
@@ -803,26 +802,27 @@ def cmd_decode(args) -> int:
     with torch.no_grad():
         decoding = family.decode(model, batch)
     out = Path(args.output) if args.output else run.file("decoded.csv")
-    if not isinstance(decoding, Decoding):
-        # Continuous states: name -> (N, T, K) per-step values (e.g. a guide's means and scales), one column each.
-        arrays = {name: value.detach().reshape(value.shape[0], value.shape[1], -1).cpu() for name, value in decoding.items()}
-        columns = [f"{name}_{k}" for name, value in arrays.items() for k in range(value.shape[-1])]
-        lines = ["sequence,time," + ",".join(columns)]
-        for n, length in enumerate(batch.lengths.tolist()):
-            for t in range(length):
-                lines.append(f"{n},{t}," + ",".join(f"{v:.6g}" for value in arrays.values() for v in value[n, t].tolist()))
-        _write_text_atomic(out, "\n".join(lines) + "\n", force=args.force)
-        print(f"decoded {batch.num_steps} steps of {batch.num_sequences} sequence(s) into {out} "
-              f"(columns: {', '.join(f'{name}_0..{value.shape[-1] - 1}' for name, value in arrays.items())})")
-        return 0
-    paths = decoding.paths.cpu()
-    lines = ["sequence,time,state"]
+    if not isinstance(decoding, Decoding) or (decoding.paths is None and not decoding.values):
+        raise TypeError(f"{family.name}: its decode returned {type(decoding).__name__}, expected a "
+                        f"zoo.registry.Decoding with a path or values")
+    paths = decoding.paths.cpu() if decoding.paths is not None else None
+    # name -> (N, T, K) per-step values, one column per entry.
+    arrays = {name: value.detach().reshape(value.shape[0], value.shape[1], -1).cpu()
+              for name, value in decoding.values.items()}
+    columns = (["state"] if paths is not None else []) + [f"{name}_{k}" for name, value in arrays.items()
+                                                           for k in range(value.shape[-1])]
+    lines = ["sequence,time," + ",".join(columns)]
     for n, length in enumerate(batch.lengths.tolist()):
-        lines.extend(f"{n},{t},{int(paths[n, t])}" for t in range(length))
+        for t in range(length):
+            cells = [str(int(paths[n, t]))] if paths is not None else []
+            cells += [f"{v:.6g}" for value in arrays.values() for v in value[n, t].tolist()]
+            lines.append(f"{n},{t}," + ",".join(cells))
     _write_text_atomic(out, "\n".join(lines) + "\n", force=args.force)
-    counts = torch.bincount(paths[paths >= 0], minlength=decoding.num_states)
-    print(f"decoded {batch.num_steps} steps of {batch.num_sequences} sequence(s) into {out}")
-    print("state occupancy: " + ", ".join(f"{k}: {int(c)}" for k, c in enumerate(counts)))
+    print(f"decoded {batch.num_steps} steps of {batch.num_sequences} sequence(s) into {out} "
+          f"(columns: {', '.join((['state'] if paths is not None else []) + [f'{name}_0..{value.shape[-1] - 1}' for name, value in arrays.items()])})")
+    if paths is not None:
+        counts = torch.bincount(paths[paths >= 0], minlength=decoding.num_states)
+        print("state occupancy: " + ", ".join(f"{k}: {int(c)}" for k, c in enumerate(counts)))
     return 0
 
 
@@ -925,7 +925,7 @@ def _diagnose_into(out: RunDirectory, run: RunDirectory, model, config: dict, pa
         posterior = "point"
     idata = to_inference_data(model, batch, posterior, num_draws=args.guide_draws,
                               num_predictive_draws=args.predictive_draws, seed=args.seed)
-    report = diagnostics.write_diagnostics(out, model, idata, title=label, num_symbols=getattr(model, "num_symbols", None))
+    report = diagnostics.write_diagnostics(out, model, idata, title=label, num_symbols=model.num_symbols)
     if args.nuts:
         out.save_model(model, "posterior_mean_model")
         report["files"].append("posterior_mean_model.safetensors")

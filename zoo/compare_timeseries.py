@@ -286,7 +286,7 @@ def conditional_blocks(log_prob: Callable[[SequenceBatch], Tensor], history: Seq
 def _seeded(model, seed: int | None, num_particles: int = 1) -> Callable[[SequenceBatch], Tensor]:
     """``batch -> (N,)`` ``model.log_prob_batch`` with a bound's randomness seeded (common
     random numbers across the prefixes of one sequence)."""
-    stochastic = not getattr(model, "exact_likelihood", True) and seed is not None
+    stochastic = not model.exact_likelihood and seed is not None
 
     def log_prob(batch: SequenceBatch) -> Tensor:
         batch = batch.to(next(model.parameters()).device)
@@ -355,7 +355,7 @@ def held_out_scores(model, family, timeline_: Timeline | None, device=None) -> d
     for part, history, future in _held_out_parts(timeline_):
         if future.num_sequences == 0:
             continue
-        result = conditional_score(model, history, future, per_step=getattr(family, "per_step_log_probs", None))
+        result = conditional_score(model, history, future, per_step=family.per_step_log_probs)
         fields[f"{part}_log_likelihood{GIVEN_HISTORY}"] = result.per_step
         fields[f"{part}_stderr{GIVEN_HISTORY}"] = result.stderr
         fields[f"{part}_steps{GIVEN_HISTORY}"] = result.num_steps
@@ -475,7 +475,7 @@ def forecast_columns(model, timeline_: Timeline | None, args, kind: str) -> dict
     """``{"forecast": {...}}``: h = 1 and h = ``--horizon`` forecast scores over the held-out
     steps (RMSE, CRPS, coverage of the central 50% and 90% intervals for real series;
     log-loss for symbols), or ``{"forecast_skipped": why}``."""
-    from .forecasting import FORECASTERS, evaluate_forecasts
+    from .forecasting import evaluate_forecasts
 
     if timeline_ is None or not timeline_.single:
         return {}
@@ -485,8 +485,8 @@ def forecast_columns(model, timeline_: Timeline | None, args, kind: str) -> dict
     max_origins, why = _forecast_origins(args, timeline_)
     if why is not None:
         return {"forecast_skipped": why}
-    if not any(cls in FORECASTERS for cls in type(model).__mro__):
-        return {"forecast_skipped": f"no forecast adapter for {type(model).__name__}"}
+    if not model.supports("forecast_distribution"):
+        return {"forecast_skipped": f"{type(model).__name__} does not forecast (no forecast_distribution)"}
     horizon = args.horizon
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed)
     series = timeline_.series.to(next(model.parameters()).device)
@@ -519,7 +519,7 @@ def lfo_columns(model, family, timeline_: Timeline | None, args,
     step = max(1, math.ceil((last - first + 1) / args.lfo_origins))
     refit_every = args.lfo_refit_every
     device = next(model.parameters()).device
-    hook = getattr(family, "per_step_log_probs", None)
+    hook = family.per_step_log_probs
     with _evaluation_mode(model):
         result = rolling_origin(model, timeline_.series.to(device), first_origin=first, horizon=horizon,
                                 refit=refit if refit_every else None, refit_every=max(refit_every, 1), step=step,
@@ -532,9 +532,9 @@ def lfo_columns(model, family, timeline_: Timeline | None, args,
 
 def fan_forecast(model, timeline_: Timeline | None, args):
     """One model's forecast of the whole held-out part from its start, or None."""
-    from .forecasting import FORECASTERS, forecast
+    from .forecasting import forecast
 
-    if timeline_ is None or not timeline_.single or not any(cls in FORECASTERS for cls in type(model).__mro__):
+    if timeline_ is None or not timeline_.single or not model.supports("forecast_distribution"):
         return None
     part = held_out_part(timeline_)
     if part is None:
@@ -689,7 +689,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             if history.values.is_floating_point():
                 history, future = history.to(dtype=dtype), future.to(dtype=dtype)
             scored = conditional_score(model, history, future, seed=args.seed,
-                                       per_step=getattr(family, "per_step_log_probs", None))
+                                       per_step=family.per_step_log_probs)
         else:
             scored = score(model, batch, seed=args.seed)
         result[name] = {"log_likelihood": scored.per_step, "stderr": scored.stderr, "steps": scored.num_steps,

@@ -147,7 +147,7 @@ def replicated_statistics(idata, model=None, num_symbols: int | None = None, occ
     """
     observed_values = idata.observed_data[OBSERVED_NAME].values
     if num_symbols is None and model is not None:
-        num_symbols = getattr(model, "num_symbols", None)
+        num_symbols = model.num_symbols
     observed = summary_statistics(observed_values, num_symbols)
     predictive = idata.posterior_predictive[OBSERVED_NAME]
     replicated_arrays = predictive.transpose("chain", "draw", ...).values
@@ -157,7 +157,7 @@ def replicated_statistics(idata, model=None, num_symbols: int | None = None, occ
         flat = flat.astype(observed_values.dtype)
     rows = [summary_statistics(sample, num_symbols) for sample in flat]
     replicated = {name: np.array([row.get(name, math.nan) for row in rows]) for name in observed}
-    if occupancy and model is not None and hasattr(model, "smooth") and hasattr(idata, "posterior") and idata.posterior.data_vars:
+    if occupancy and model is not None and model.supports("smooth") and hasattr(idata, "posterior") and idata.posterior.data_vars:
         import copy
 
         saved = copy.deepcopy(model.state_dict())

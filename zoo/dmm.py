@@ -61,7 +61,7 @@ from torch import Tensor, nn
 from inference.batch import SequenceBatch, sequence_plate
 from inference.contract import SequenceModel
 from inference.training import KLAnnealing, LossOutput
-from zoo.registry import Family, UsageError, register
+from zoo.registry import Decoding, Family, UsageError, register
 
 __all__ = ["DeepMarkovModel", "DMMPosterior", "GUIDES", "OBSERVATIONS", "length_buckets"]
 
@@ -1000,10 +1000,10 @@ def _label(settings: dict[str, str]) -> str:
     return label + ")"
 
 
-def _decode(model: DeepMarkovModel, batch: SequenceBatch) -> dict[str, Tensor]:
+def _decode(model: DeepMarkovModel, batch: SequenceBatch) -> Decoding:
     """What ``seqzoo decode`` writes: the guide's means and scales along its mean path."""
     post = model.posterior(batch)
-    return {"loc": post.loc, "scale": post.scale}
+    return Decoding(values={"loc": post.loc, "scale": post.scale})
 
 
 register(Family(

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from inference import discrete
 from inference.batch import SequenceBatch, sequence_plate
 from inference.contract import SequenceModel
+from inference.forecasting import ForecastDistribution
 from inference.validation import check_lengths
 from zoo.params import (BartlettWishart, PointParameters, constrain_tril, dirichlet_factor, dirichlet_factor_values,
                         lognormal_factor, lognormal_factor_values, normal_factor, normal_factor_values, point_property,
@@ -601,6 +602,11 @@ class CategoricalHMM(HiddenMarkovModel):
     def _observation_forecast(self, state_probs: Tensor) -> Forecast:
         return Forecast(state_probs, probs=state_probs @ self.emission_probs)
 
+    def forecast_distribution(self, history: SequenceBatch, steps: int, *, num_samples: int = 500,
+                              generator: torch.Generator | None = None) -> ForecastDistribution:
+        """The exact symbol probabilities of each forecast step (nothing is sampled)."""
+        return ForecastDistribution("categorical", probs=self.forecast(history.values, steps, history.lengths).probs)
+
 
 # ---------------------------------------------------------------------------
 class _VectorEmissionHMM(HiddenMarkovModel):
@@ -874,6 +880,17 @@ class GaussianHMM(_VectorEmissionHMM):
         second = torch.einsum("nsk,kde->nsde", state_probs, covariances + means.unsqueeze(-1) * means.unsqueeze(-2))
         return Forecast(state_probs, mean=mean, covariance=second - mean.unsqueeze(-1) * mean.unsqueeze(-2))
 
+    def forecast_distribution(self, history: SequenceBatch, steps: int, *, num_samples: int = 500,
+                              generator: torch.Generator | None = None) -> ForecastDistribution:
+        """The exact per-step marginals: a mixture over the forecast state probabilities of the
+        states' Gaussians (each entry's marginal; nothing is sampled)."""
+        state_probs = self.forecast(history.values, steps, history.lengths).state_probs  # (N, H, K)
+        means = self.means.detach()  # (K, D)
+        scales = self.covariances.detach().diagonal(dim1=-2, dim2=-1).sqrt()  # (K, D)
+        shape = tuple(state_probs.shape[:2]) + tuple(means.shape)
+        return ForecastDistribution("mixture", weights=state_probs, means=means.expand(shape),
+                                    scales=scales.expand(shape))
+
 
 def _generator_device(generator: torch.Generator | None) -> torch.device:
     return generator.device if generator is not None else torch.device("cpu")
@@ -1040,6 +1057,17 @@ class PoissonHMM(_VectorEmissionHMM):
         second = state_probs @ (rates + rates**2)
         covariance = torch.diag_embed(second - mean**2)
         return Forecast(state_probs, mean=mean, covariance=covariance)
+
+    def forecast_distribution(self, history: SequenceBatch, steps: int, *, num_samples: int = 500,
+                              generator: torch.Generator | None = None) -> ForecastDistribution:
+        """``num_samples`` draws of each step's mixture of Poissons (the marginals the forecast
+        scores need; the steps of one path are drawn independently)."""
+        state_probs = self.forecast(history.values, steps, history.lengths).state_probs  # (N, H, K)
+        states = torch.multinomial(state_probs.reshape(-1, state_probs.shape[-1]), num_samples, replacement=True,
+                                   generator=generator)  # (N*H, S)
+        rates = self.rates.detach()[states.T.reshape(num_samples, *state_probs.shape[:2])]  # (S, N, H, D)
+        return ForecastDistribution("samples", samples=torch.poisson(rates, generator=generator),
+                                    source=f"monte carlo (S={num_samples})")
 
 
 # -- command-line registration ------------------------------------------------

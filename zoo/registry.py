@@ -49,10 +49,13 @@ DATA_KIND_WORDS = {"categorical": "categorical (symbol)", "real": "real-valued",
 
 
 class Decoding(NamedTuple):
-    """What a family's ``decode`` returns for ``seqzoo decode``."""
+    """What a family's ``decode`` returns for ``seqzoo decode``: a discrete state path, per-step
+    continuous values (e.g. a guide's means and scales), or both; one ``decoded.csv`` column
+    ``state`` for the path and ``NAME_k`` for each entry of each value."""
 
-    paths: "Tensor"  # (N, T) long state of each step, -1 past each sequence's length
-    num_states: int  # the states a path may visit, for the occupancy count
+    paths: "Tensor | None" = None  # (N, T) long state of each step, -1 past each sequence's length
+    num_states: int = 0  # the states a path may visit, for the occupancy count
+    values: "Mapping[str, Tensor]" = {}  # name -> (N, T, ...) per-step values (read only)
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ from torch import Tensor, nn
 
 from inference.batch import SequenceBatch, sequence_plate
 from inference.contract import SequenceModel
+from inference.forecasting import ForecastDistribution
 
 #: The recurrent cells, by name.
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
@@ -107,6 +108,7 @@ class RecurrentModel(SequenceModel):
     """
 
     family = "rnn"
+    sample_options = frozenset({"temperature", "prime"})
     exact_likelihood = True
     likelihood_kind = "exact"
 
@@ -530,6 +532,46 @@ class RecurrentModel(SequenceModel):
         """Greedy decoding: the most probable next symbol (the Bernoulli mode,
         the Gaussian mean) at every step, fed back in; ``sample`` at ``T = 0``."""
         return self.sample(num_sequences, length, temperature=0.0, prime=prime, context=context)
+
+    def forecast_distribution(self, history: SequenceBatch, steps: int, *, num_samples: int = 500,
+                              generator: torch.Generator | None = None) -> ForecastDistribution:
+        """Forecast by sampling: ``num_samples`` continuations of each history; a categorical
+        model returns the symbol frequencies among them (add-half smoothed, so a symbol no path
+        drew keeps a finite log-loss), a real-valued one the sample paths."""
+        paths = torch.stack([self._continuations(sequence, steps, num_samples, generator)
+                             for sequence in history.sequences()], 1)  # (S, N, H[, D])
+        source = f"monte carlo (S={num_samples})"
+        if self.observation == "categorical":
+            counts = F.one_hot(paths, self.num_symbols).sum(0).to(self._dtype) + 0.5
+            return ForecastDistribution("categorical", probs=counts / counts.sum(-1, keepdim=True), source=source)
+        return ForecastDistribution("samples", samples=paths, source=source)
+
+    def _continuations(self, sequence: Tensor, steps: int, num_samples: int,
+                       generator: torch.Generator | None) -> Tensor:
+        """``(S, H[, D])`` sample continuations of one history: the draws of
+        ``sample(S, H, generator, prime=sequence)``, but the recurrent state runs through the
+        history once and then branches into the ``S`` paths (``sample`` would run the prime
+        ``S`` times, ``S x`` the history's length per origin)."""
+        if self.context_dim:
+            return self.sample(num_samples, steps, generator, prime=sequence if len(sequence) else None).values
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                state = self._initial_state(1, None)
+                if len(sequence):
+                    _, state = self.rnn(self._step_inputs(self._check_prime(sequence, 1), None), state)
+                expand = lambda tensor: tensor.expand(-1, num_samples, -1).contiguous()  # noqa: E731
+                state = tuple(expand(part) for part in state) if isinstance(state, tuple) else expand(state)
+                draws = []
+                for t in range(steps):  # as sample() draws them, at temperature 1
+                    current = self._draw(self._head(self._top(state)), 1.0, generator)
+                    draws.append(current)
+                    if t + 1 < steps:
+                        _, state = self.rnn(self._step_inputs(current.unsqueeze(1), None), state)
+        finally:
+            self.train(was_training)
+        return torch.stack(draws, 1)
 
 
 def elman_rnn(observation: str = "categorical", **kwargs) -> RecurrentModel:

@@ -83,7 +83,7 @@ class _ELBOLoss:
             loss = None
             # Such ELBOs (RenyiELBO) backpropagate only when the trace holds "param" sites; inside
             # the module's Pyro context each PyroParam read is one, as in PyroModule.__call__.
-            context = getattr(model, "_pyro_context", contextlib.nullcontext())
+            context = model._pyro_context  # every SequenceModel is a PyroModule
             with context:
                 objective = -float(self.elbo.loss_and_grads(model.model, model.guide, batch, **step_kwargs))
             if not any(p.grad is not None for p in model.parameters() if p.requires_grad):
@@ -130,7 +130,7 @@ def build_loss(model: SequenceModel, loss: Any, num_particles: int):
         # Pyro guide alone collapses the topics: docs/dtm.md), in Python as on the command line.
         loss = "model"
     if loss == "model":
-        if not callable(getattr(model, "loss", None)):
+        if not model.supports("loss"):
             raise ValueError(f"loss: 'model' needs {type(model).__name__}.loss(batch, **step_kwargs), which it lacks")
         return _CallableLoss(_model_loss, f"{type(model).__name__}.loss")
     if isinstance(loss, (str, ELBO)):

@@ -127,16 +127,15 @@ def test_forecast_distribution_rejects_bad_input():
 
 @pytest.mark.parametrize("observation, cell", [("gaussian", "gru"), ("categorical", "lstm")])
 def test_rnn_continuations_branch_after_one_pass_and_match_sample(observation, cell):
-    """The forecast adapter runs the history once and branches: the same draws as
+    """The RNN's forecast runs the history once and branches: the same draws as
     ``sample(prime=history)`` under the same generator."""
-    from zoo.forecasting import _rnn_continuations
     from zoo.rnn import RecurrentModel
 
     torch.manual_seed(0)
     kwargs = {"dim": 1} if observation == "gaussian" else {"num_symbols": 5}
     model = RecurrentModel(observation, cell=cell, hidden_size=8, num_layers=2, **kwargs).double().eval()
     history = torch.randn(12, 1, dtype=torch.float64) if observation == "gaussian" else torch.randint(0, 5, (12,))
-    fast = _rnn_continuations(model, history, 4, 30, torch.Generator().manual_seed(3))
+    fast = model._continuations(history, 4, 30, torch.Generator().manual_seed(3))
     slow = model.sample(30, 4, torch.Generator().manual_seed(3), prime=history).values
     assert fast.shape == slow.shape
     if observation == "gaussian":

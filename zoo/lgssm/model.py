@@ -16,6 +16,7 @@ from torch import Tensor
 from inference import kalman
 from inference.batch import SequenceBatch, sequence_plate
 from inference.contract import SequenceModel
+from inference.forecasting import ForecastDistribution
 from inference.validation import check_lengths, valid_mask
 from zoo.params import (Constraint, PointParameters, constrain_tril, inverse_wishart_factor,
                         inverse_wishart_factor_values, lognormal_factor, lognormal_factor_values, normal_factor,
@@ -479,6 +480,14 @@ class LinearGaussianSSM(LinearGaussianEM, PointParameters, SequenceModel):
     def forecast(self, values, steps: int, lengths=None) -> kalman.KalmanForecast:
         """Predictive moments of the ``steps`` states and observations after each sequence's end."""
         return self._call_kernel(kalman.forecast, *self._inputs(values, lengths), steps=steps)
+
+    def forecast_distribution(self, history: SequenceBatch, steps: int, *, num_samples: int = 500,
+                              generator: torch.Generator | None = None) -> ForecastDistribution:
+        """The exact Gaussian predictive marginals of each observation entry (``num_samples`` and
+        ``generator`` unused: nothing is sampled)."""
+        moments = self.forecast(history.values, steps, history.lengths)
+        scale = moments.observation_cov.diagonal(dim1=-2, dim2=-1).clamp(min=0).sqrt()
+        return ForecastDistribution.gaussian(moments.observation_mean, scale)
 
     def impute(self, values, lengths=None) -> Imputation:
         """Posterior mean and variance of every entry given the observed ones.
