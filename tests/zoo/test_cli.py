@@ -450,7 +450,7 @@ def test_split_by_time_holds_out_the_tail_of_every_sequence(tmp_path):
 
 
 def test_comparison_markdown_words_the_likelihood_column_from_the_rows():
-    from zoo.cli import _comparison_markdown
+    from zoo.cli.compare import _comparison_markdown
     from zoo.data import load_data
 
     data = load_data("builtin:nile")
@@ -584,15 +584,15 @@ def test_diagnose_force_keeps_the_old_diagnostics_when_the_new_run_fails(text_fi
 
 
 def test_ctrl_c_names_the_checkpoint_and_the_resume_command(text_file, tmp_path, capsys, monkeypatch):
-    import zoo.cli
+    import zoo.cli.training
 
-    real_fit = zoo.cli.fit
+    real_fit = zoo.cli.training.fit
 
     def fit_then_interrupt(*args, **kwargs):
         real_fit(*args, **kwargs)  # writes the checkpoint, then the user presses Ctrl-C
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(zoo.cli, "fit", fit_then_interrupt)
+    monkeypatch.setattr(zoo.cli.training, "fit", fit_then_interrupt)
     out = tmp_path / "run"
     argv = ["fit", "hmm", "--data", str(text_file), "--states", "2", "--max-iterations", "2", "--out", str(out),
             "--no-progress", "--force"]
@@ -650,7 +650,7 @@ def test_compare_without_held_out_data_says_so(text_file, tmp_path, capsys):
 
 
 def test_fit_force_keeps_the_old_run_until_the_new_one_is_complete(text_file, tmp_path, capsys, monkeypatch):
-    import zoo.cli
+    import zoo.cli.training
 
     out = tmp_path / "run"
     assert run_cli("fit", "hmm", "--data", text_file, "--states", 3, "--max-iterations", 2, "--out", out, "--no-progress") == 0
@@ -659,7 +659,7 @@ def test_fit_force_keeps_the_old_run_until_the_new_one_is_complete(text_file, tm
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(zoo.cli, "fit", interrupted)
+    monkeypatch.setattr(zoo.cli.training, "fit", interrupted)
     capsys.readouterr()
     assert run_cli("fit", "hmm", "--data", text_file, "--states", 2, "--out", out, "--force", "--no-progress") == 130
     assert f"the run in {out} is left as it was" in capsys.readouterr().err
