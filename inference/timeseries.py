@@ -70,7 +70,7 @@ def _as_batch(value, name: str) -> SequenceBatch:
 
 def _with_parent_fields(batch: SequenceBatch, parent: SequenceBatch) -> SequenceBatch:
     """``batch`` carrying ``parent``'s per-sequence covariates and index where the
-    batch type has them (INTERFACES §1), so a family that reads them scores the
+    batch type has them (:class:`~inference.batch.SequenceBatch` subclasses), so a family that reads them scores the
     pieces of a sequence as that sequence."""
     fields = {}
     for name in ("covariates", "index"):
