@@ -313,19 +313,39 @@ def test_eval_every_and_no_valid_keeps_last_state():
     assert _scalar(model.loc) == locs[-1]
 
 
-def test_time_budget_stops_cleanly():
+class _FakeClock:
+    """A ``time.perf_counter`` that moves only when told: a budget test independent of the machine's load."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_time_budget_stops_cleanly(monkeypatch):
+    import inference.training.loops as loops
+
+    clock = _FakeClock()
+    monkeypatch.setattr(loops.time, "perf_counter", clock)
     data = _gaussian_data()
-    model = PointGaussian()
-    result = fit(model, data, max_epochs=10_000, time_budget=0.15, progress=False,
-                 callbacks=[lambda record: time.sleep(0.05)])
-    assert result.stopped == "time_budget"
-    assert 2 <= len(result.history) <= 5
+    # Each epoch's callback "takes" 1/16 s (exact in binary), after the epoch's budget check: the
+    # 3/16 s budget is spent once three callbacks have run, so the fourth epoch's check stops it.
+    result = fit(PointGaussian(), data, max_epochs=10_000, time_budget=3 / 16, progress=False,
+                 callbacks=[lambda record: clock.advance(1 / 16)])
+    assert result.stopped == "time_budget" and len(result.history) == 4
     # One mini-batch per epoch: the budget runs out after an epoch's last one, so none is partial.
     assert not any(record["partial"] for record in result.history)
     em_model = ScriptedEM([float(i) for i in range(10_000)])
-    result = fit(em_model, data, method="em", max_iterations=10_000, time_budget=0.15, progress=False,
-                 callbacks=[lambda record: time.sleep(0.05)])
-    assert result.stopped == "time_budget" and 2 <= len(result.history) <= 5
+    result = fit(em_model, data, method="em", max_iterations=10_000, time_budget=3 / 16, progress=False,
+                 callbacks=[lambda record: clock.advance(1 / 16)])
+    assert result.stopped == "time_budget" and len(result.history) == 4
+    # Without a budget the same clock never stops a fit: it runs to its limit.
+    result = fit(PointGaussian(), data, max_epochs=7, progress=False, callbacks=[lambda record: clock.advance(100.0)])
+    assert result.stopped != "time_budget" and len(result.history) == 7
 
 
 

@@ -221,14 +221,19 @@ def test_plateau_schedule_halves_the_rate_when_validation_stalls():
     assert result.stopped == "early_stopping" and len(lrs) == 7
 
 
-def test_weight_decay_shrinks_the_parameters():
+def test_weight_decay_moves_the_fit_from_the_mean_to_the_map():
+    # Unit-variance Gaussian data: the maximum-likelihood loc is the sample mean, and weight decay
+    # lambda (a N(0, 1/lambda) prior) moves it to the MAP sum x / (n + lambda).
     data = _gaussian_data(loc=1.5)
+    values = data.values[data.mask]
+    mean, map_loc = float(values.mean()), float(values.sum() / (values.numel() + 100.0))
     plain, decayed = PointGaussian(), PointGaussian()
-    options = dict(max_epochs=200, learning_rate=0.05, lr_schedule="constant", progress=False)
+    options = dict(max_epochs=400, learning_rate=0.05, final_learning_rate=1e-4, progress=False)
     fit(plain, data, **options)
-    fit(decayed, data, weight_decay=100.0, **options)  # L2: loc -> sum x / (n + 100), about 1.0
-    assert float(plain.loc.detach()) > 1.0
-    assert 0 < float(decayed.loc.detach()) < float(plain.loc.detach()) - 0.1
+    fit(decayed, data, weight_decay=100.0, **options)
+    assert float(plain.loc.detach()) == pytest.approx(mean, abs=0.01)
+    assert float(decayed.loc.detach()) == pytest.approx(map_loc, abs=0.01)
+    assert mean - map_loc > 0.3  # the two are far apart on this data
 
 
 def test_weight_decay_is_a_gaussian_prior_even_when_the_clip_binds():

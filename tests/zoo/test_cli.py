@@ -75,10 +75,22 @@ def test_decode_and_sample_reload_the_model(text_file, tmp_path, capsys):
     assert run_cli("sample", out, "--length", 80, "--seed", 3) == 0
     sample = capsys.readouterr().out.strip("\n")
     assert len(sample) == 80 and set(sample) <= set(TEXT)
+    assert run_cli("sample", out, "--length", 80, "--seed", 3) == 0
+    assert capsys.readouterr().out.strip("\n") == sample  # the seed fixes the draw
     assert run_cli("decode", out, "--data", text_file) == 0
     rows = (out / "decoded.csv").read_text().splitlines()
     assert rows[0] == "sequence,time,state" and len(rows) == 1 + len(TEXT)
-    assert {r.split(",")[2] for r in rows[1:]} <= {"0", "1"}
+    # The file holds the reloaded model's Viterbi path of the run's own encoding of the text.
+    from inference.rundir import RunDirectory
+    from zoo.cli import load_model
+    from zoo.data import Vocabulary, load_data
+
+    model = load_model(RunDirectory.open(out))
+    vocabulary = Vocabulary.from_json(json.loads((out / "vocabulary.json").read_text()))
+    batch = load_data(text_file, vocabulary=vocabulary).batch
+    expected = model.decode(batch.values, batch.lengths)[0, : len(TEXT)].tolist()
+    assert [int(r.split(",")[2]) for r in rows[1:]] == expected
+    assert len(set(expected)) == 2  # both states are used on this text
 
 
 def test_gaussian_svi_on_csv_with_missing_values(csv_file, tmp_path):
