@@ -1,4 +1,4 @@
-"""Kalman filter and RTS smoother with an observation covariance that changes at every step (zoo.dtm).
+"""Kalman filter and RTS smoother with an observation covariance that changes at every step (zoo.dtm.kalman_filter).
 
 Self-contained: it shares no code with the other kernels of :mod:`inference.kalman`.
 """
@@ -14,7 +14,7 @@ from torch import Tensor
 
 # --------------------------------------------------------------------------
 # Time-varying observation noise (identity observation matrix): the kernel of the
-# discrete Kalman filter's Gaussian (Laplace) pseudo-observations (zoo.dtm), whose
+# discrete Kalman filter's Gaussian (Laplace) pseudo-observations (zoo.dtm.kalman_filter), whose
 # covariance R_t changes at every step. Self-contained: it shares no code with the
 # kernels above.
 # --------------------------------------------------------------------------
