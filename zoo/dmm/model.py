@@ -487,7 +487,7 @@ class DeepMarkovModel(SequenceModel):
         return (log_lik - kl).sum(-1)
 
     def loss(self, batch: SequenceBatch, annealing_factor: float = 1.0, estimator: str | None = None) -> LossOutput:
-        """The fast training objective (INTERFACES §3, ``fit(..., loss="model")``).
+        """The fast training objective (the contract's ``loss`` capability, ``fit(..., loss="model")``).
 
         Returns:
             ``LossOutput(loss, objective)``: ``loss`` = annealed negative ELBO

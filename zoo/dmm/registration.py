@@ -11,7 +11,7 @@ from .model import EMISSIONS, GUIDES, RNN_PRECISIONS, TRANSITIONS, DeepMarkovMod
 
 
 # ----------------------------------------------------------------------------
-# Registry entry (INTERFACES §4).
+# Registry entry (zoo/registry.py, docs/families.md).
 # ----------------------------------------------------------------------------
 def _add_arguments(group) -> None:
     group.add_argument("--z-dim", type=int, default=100, help="latent state width (default 100)")

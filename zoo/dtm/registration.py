@@ -14,7 +14,7 @@ from .model import DynamicTopicModel, StaticTopicModel
 
 
 # --------------------------------------------------------------------------
-# Registry entries (INTERFACES §4): `seqzoo fit dtm|lda`, compare specs dtm:...|lda:...
+# Registry entries (zoo/registry.py, docs/families.md): `seqzoo fit dtm|lda`, compare specs dtm:...|lda:...
 # --------------------------------------------------------------------------
 def _add_lda_arguments(group) -> None:
     group.add_argument("--topics", type=int, default=20, help="number of topics K (default 20)")
