@@ -6,12 +6,16 @@ family's model, built by ``seqzoo fit FAMILY`` on tiny data (the trainer trapped
 trains), is held to its declarations: every capability it declares works on that data and
 returns what the contract documents, and every one it does not declare raises
 :class:`~inference.contract.NotSupported` (or, for ``sample``'s options, is absent from the
-signature), so a declaration can neither over- nor under-state what the family does.
+signature), so a declaration can neither over- nor under-state what the family does; and
+every family scores its data (finite, labelled with its likelihood kind), saves, and reloads to
+the same score. Adding a family adds its rows here by being registered (its tiny data flags
+live in tests/zoo/test_fit_defaults.py, whose own test fails until they are given).
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 
 import pytest
 import torch
@@ -136,3 +140,23 @@ def test_the_families_declare_what_their_papers_give_them():
         assert not {"em", "filter", "smooth", "decode", "sample_states"} & table[name]
     for name in ("dmm", "dtm", "lda"):
         assert "loss" in table[name] and "em" not in table[name]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_family_scores_and_reloads_to_the_same_score(family, tmp_path, trap):  # noqa: F811
+    """Score (finite, labelled with the family's likelihood kind) -> save -> load -> the same score."""
+    from inference.rundir import RunDirectory
+    from inference.scoring import score
+    from zoo.cli import load_model
+
+    model, train = _built(family, tmp_path, trap)
+    model.eval()
+    before = score(model, train, seed=0)
+    assert math.isfinite(before.per_step) and before.num_steps > 0
+    assert before.kind == model.likelihood_label(1) and before.kind.startswith(model.likelihood_kind)
+    run = RunDirectory.create(tmp_path / "saved")
+    run.save_model(model)
+    reloaded = load_model(RunDirectory.open(tmp_path / "saved"))
+    assert type(reloaded) is type(model) and reloaded.config() == model.config()
+    after = score(reloaded, train, seed=0)
+    assert after.per_step == before.per_step and after.kind == before.kind
