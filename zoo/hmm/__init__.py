@@ -30,7 +30,7 @@ same ELBO. Guides: ``"map"`` (point estimates, Delta sites) and ``"meanfield"``
 over sequences, :meth:`HiddenMarkovModel.m_step` maximises the same MAP objective from them
 in closed form; the contract's ``em_step`` chains the two).
 
-The package reads in five parts:
+The package reads in six parts:
 
 * :mod:`zoo.hmm.base` — :class:`HiddenMarkovModel` (the chain, its priors and guides, the Pyro
   model, exact inference, sampling and EM, emissions left to subclasses), the base of the
@@ -38,6 +38,7 @@ The package reads in five parts:
 * :mod:`zoo.hmm.categorical` — :class:`CategoricalHMM`;
 * :mod:`zoo.hmm.gaussian` — :class:`GaussianHMM`;
 * :mod:`zoo.hmm.poisson` — :class:`PoissonHMM`;
+* :mod:`zoo.hmm.memory` — :func:`hmm_fit_memory`, a fit's peak memory from the sizes alone;
 * :mod:`zoo.hmm.registration` — what the command line needs, registered when this package
   is imported.
 """
@@ -47,6 +48,7 @@ import torch  # noqa: F401  (the docstring examples, run by doctest in this name
 from .base import Forecast, HiddenMarkovModel, _VectorEmissionHMM
 from .categorical import CategoricalHMM
 from .gaussian import GaussianHMM
+from .memory import hmm_fit_memory
 from .poisson import PoissonHMM
 
 # Private helpers that tests import from zoo.hmm (and old pickles name, for _BartlettWishart).
@@ -59,6 +61,6 @@ for _cls in (Forecast, HiddenMarkovModel, _VectorEmissionHMM, CategoricalHMM, Ga
     _cls.__module__ = __name__
 del _cls
 
-__all__ = ["CategoricalHMM", "Forecast", "GaussianHMM", "HiddenMarkovModel", "PoissonHMM"]
+__all__ = ["CategoricalHMM", "Forecast", "GaussianHMM", "HiddenMarkovModel", "PoissonHMM", "hmm_fit_memory"]
 
 from . import registration  # noqa: E402,F401  (registers the family with zoo.registry)

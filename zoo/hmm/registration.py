@@ -11,13 +11,13 @@ import torch
 from torch import Tensor
 
 from inference.batch import SequenceBatch
-from inference.memory import hmm_fit_memory
 from zoo.data import require_counts, require_real
 from zoo.registry import Decoding, Family, UsageError, register
 
 from .base import HiddenMarkovModel
 from .categorical import CategoricalHMM
 from .gaussian import GaussianHMM
+from .memory import hmm_fit_memory
 from .poisson import PoissonHMM
 
 #: The emission an HMM takes for each kind of data when the user names none.
@@ -60,7 +60,7 @@ def _emission_setting(data, settings: dict[str, str]) -> str:
 
 def _fit_memory(data, settings: dict[str, str], method: str):
     """The fit's peak memory from ``--states`` and the data's sizes alone, before any
-    ``(K, K)`` parameter is allocated (see :func:`inference.memory.hmm_fit_memory`)."""
+    ``(K, K)`` parameter is allocated (see :func:`zoo.hmm.memory.hmm_fit_memory`)."""
     states, emission = _states_setting(settings), _emission_setting(data, settings)
     batch = data.batch
     if emission == "categorical" and data.kind == "categorical":
