@@ -1,15 +1,16 @@
 """Estimating a fit's peak memory before allocating it, and refusing one that cannot fit.
 
-A 100,000-state HMM asks for a 40 GB transition matrix; a 20,000-state one on
-1,440 symbols grows past 12 GB while it runs. :func:`hmm_fit_memory` and
-:func:`generic_fit_memory` estimate the peak from the sizes alone (pure
-functions: no tensor is made); :func:`check_memory` compares the estimate with
-the memory available (``MemAvailable`` of ``/proc/meminfo``, or psutil; free
-device memory on CUDA) and refuses a fit that cannot fit, naming its size and
-the limit, or warns when it would take much of what is left.
+A large model asks for arrays larger than the machine has (one 100,000 x 100,000 float32
+matrix alone is 40 GB). :func:`generic_fit_memory` estimates the peak of any
+fit by gradient steps from its sizes alone (a pure function: no tensor is made); a model
+family that knows its own arrays writes its own estimate, a :class:`MemoryEstimate` by part
+(:func:`check_count` checks the sizes it is given). :func:`check_memory` compares an
+estimate with the memory available (``MemAvailable`` of ``/proc/meminfo``, or psutil; free
+device memory on CUDA) and refuses a fit that cannot fit, naming its size and the limit,
+or warns when it would take much of what is left.
 
 Example:
-    >>> estimate = hmm_fit_memory(2, num_symbols=27, batch_sequences=1, batch_steps=20_000)
+    >>> estimate = generic_fit_memory(10_000, batch_sequences=8, batch_steps=100)
     >>> estimate.total_bytes < 10 * 2**20
     True
     >>> check_memory(estimate, limit_bytes=2**30)  # 1 GiB is plenty: no error, no warning
@@ -45,8 +46,9 @@ class MemoryEstimate:
     """An estimated peak memory of a fit.
 
     Attributes:
-        parts: bytes per named part (e.g. ``"transition (K²)"``), in the order they were added.
-        description: what is estimated, in the user's terms (e.g. "an HMM with 8 states on 27 symbols").
+        parts: bytes per named part (e.g. ``"activations (N·T per batch)"``), in the order they were added.
+        description: what is estimated, in the user's terms (e.g. "the model (10,000 parameters)
+            on a batch of 8 x 100 steps").
     """
 
     parts: dict[str, int] = field(default_factory=dict)
@@ -70,80 +72,16 @@ def format_bytes(count: float) -> str:
     raise AssertionError("unreachable")
 
 
-def _check_count(name: str, value: int, minimum: int = 0) -> int:
+def check_count(name: str, value: int, minimum: int = 0) -> int:
+    """``value``, checked to be an int (not a bool) of at least ``minimum``, for the
+    sizes an estimate is made from.
+
+    Raises:
+        ValueError: naming ``name``, the bound and the value.
+    """
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     return value
-
-
-def hmm_fit_memory(
-    num_states: int,
-    *,
-    num_symbols: int | None = None,
-    emission_parameters_per_state: int | None = None,
-    batch_sequences: int,
-    batch_steps: int,
-    method: str = "em",
-    parameter_bytes: int = 4,
-    parallel_scan: bool = False,
-) -> MemoryEstimate:
-    """Peak memory of fitting an HMM with ``K = num_states`` states.
-
-    What is counted (bytes of the arrays alive at once at the peak):
-
-    * the chain, ``K + K²``: parameters in ``parameter_bytes``, their
-      probabilities, and six float64 ``(K, K)`` arrays of the E-step (log and
-      scaled potentials, their transpose, the posterior counts and the M-step's
-      copies), plus one ``(K, K)`` count per sequence of the batch (summed after);
-    * the emissions, ``K·V`` (categorical, ``V = num_symbols``) or ``K·P``
-      (``P = emission_parameters_per_state``), as parameters, probabilities and
-      float64 statistics;
-    * per batch, ``N·T·K`` (``N`` sequences of ``T`` steps): the float64 log-emissions,
-      scaled potentials, forward messages, posterior marginals and the
-      responsibilities handed to the M-step (five arrays); by SVI, the autograd
-      graph keeps about as many again, and the parameters need a gradient and two
-      Adam moments;
-
-    Measured on the CPU (tests/inference/test_memory.py), the peak of one EM
-    iteration lies between 70% and 100% of this estimate.
-    * with ``parallel_scan`` (the associative scan on a GPU), four
-      ``N·T·K²`` temporaries.
-
-    Args:
-        num_states: K.
-        num_symbols: V for categorical emissions.
-        emission_parameters_per_state: the emission parameters of one state
-            otherwise (a D-dimensional Gaussian: ``2D``, or ``D + D²``).
-        batch_sequences, batch_steps: N and T of the largest batch the fit scores.
-        method: ``"em"`` or ``"svi"``.
-        parameter_bytes: bytes per parameter (4 for float32, 8 for float64).
-        parallel_scan: count the parallel scan's ``N·T·K²`` temporaries.
-
-    Returns:
-        The estimate, by part.
-    """
-    k = _check_count("num_states", num_states, 1)
-    n = _check_count("batch_sequences", batch_sequences, 1)
-    t = _check_count("batch_steps", batch_steps, 0)
-    if (num_symbols is None) == (emission_parameters_per_state is None):
-        raise ValueError("hmm_fit_memory: give exactly one of num_symbols and emission_parameters_per_state")
-    per_state = _check_count("num_symbols" if num_symbols is not None else "emission_parameters_per_state",
-                             num_symbols if num_symbols is not None else emission_parameters_per_state, 1)
-    if method not in ("em", "svi"):
-        raise ValueError(f"method: expected 'em' or 'svi', got {method!r}")
-    # Parameters, their probabilities, and (SVI) a gradient and two Adam moments, in parameter_bytes;
-    # float64 log-potentials and statistics for the E-step.
-    copies = 2 + (3 if method == "svi" else 0)
-    chain = k + k * k
-    parts = {
-        "transition (K²)": chain * copies * parameter_bytes + (k * k) * 8 * (6 + n) + k * 8,
-        "emission (K·V)" if num_symbols is not None else "emission (K·P)": k * per_state * (copies * parameter_bytes + 2 * 8),
-        "messages (N·T·K per batch)": n * t * k * 8 * (5 if method == "em" else 10),
-    }
-    if parallel_scan:
-        parts["parallel scan (N·T·K²)"] = 4 * n * t * k * k * parameter_bytes
-    emission = f"{num_symbols:,} symbols" if num_symbols is not None else f"{per_state} emission parameters per state"
-    return MemoryEstimate(parts, f"an HMM with {k:,} states and {emission} on a batch of {n:,} x {t:,} steps ({method.upper()})")
 
 
 def generic_fit_memory(
@@ -168,11 +106,11 @@ def generic_fit_memory(
     Returns:
         The estimate, by part.
     """
-    p = _check_count("num_parameters", num_parameters, 0)
-    n = _check_count("batch_sequences", batch_sequences, 1)
-    t = _check_count("batch_steps", batch_steps, 0)
+    p = check_count("num_parameters", num_parameters, 0)
+    n = check_count("batch_sequences", batch_sequences, 1)
+    t = check_count("batch_steps", batch_steps, 0)
     width = activations_per_step if activations_per_step is not None else 4 * math.isqrt(p)
-    width = _check_count("activations_per_step", width, 0)
+    width = check_count("activations_per_step", width, 0)
     parts = {
         "parameters, gradients and optimiser state": p * (2 + optimizer_states) * parameter_bytes,
         "activations (N·T per batch)": 2 * n * t * width * parameter_bytes,
@@ -227,7 +165,7 @@ def check_memory(
     """Refuses a fit that will not fit in memory; warns about one that takes much of it.
 
     Args:
-        estimate: from :func:`hmm_fit_memory` or :func:`generic_fit_memory`.
+        estimate: from :func:`generic_fit_memory` or a model family's own estimate.
         device: where the fit runs (its free memory is the limit).
         limit_bytes: the limit to use instead of the device's available memory.
         what: the settings as the user gave them, e.g. ``"--states 100000"``,

@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from inference.memory import InsufficientMemoryError, check_memory, hmm_fit_memory
+from inference.memory import InsufficientMemoryError, check_memory
 from inference.rundir import (
     DamagedRunError,
     RefusedReplacementError,
@@ -23,7 +23,7 @@ from inference.rundir import (
     fingerprint_file,
 )
 from zoo.data import SequenceData, load_data, read_csv, require_counts, require_real, split_data
-from zoo.hmm import CategoricalHMM
+from zoo.hmm import CategoricalHMM, hmm_fit_memory
 
 
 def _work_dir(tmp_path):
