@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
@@ -34,8 +34,9 @@ def pin_threads(threads: str) -> None:
     """Sets every library's thread count (BLAS, OpenMP, numba; XLA to one thread when ``threads`` is 1)."""
     for variable in THREAD_VARIABLES:
         os.environ[variable] = threads
-    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-                          if threads == "1" else "")
+    os.environ.setdefault(
+        "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" if threads == "1" else ""
+    )
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 

@@ -39,14 +39,19 @@ def worker(rank: int, world_size: int, init_file: str, out: str, config: dict) -
     torch.set_num_threads(1)
     # Building the first torch optimizer imports torch._dynamo (seconds): pay it before the clock starts.
     torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
-    with DataParallel.initialize(backend="gloo", init_method=f"file://{init_file}", rank=rank,
-                                 world_size=world_size, timeout=600) as parallel:
+    with DataParallel.initialize(
+        backend="gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size, timeout=600
+    ) as parallel:
         data = collection(config["num_sequences"], config["length"], config["num_symbols"])
         if config["task"] == "rnn":
-            model = RecurrentModel("categorical", num_symbols=config["num_symbols"], cell="gru",
-                                   hidden_size=config["hidden_size"], embedding_dim=16)
-            kwargs = dict(method="svi", batch_size=config["batch_size"], max_epochs=config["steps"],
-                          learning_rate=1e-2)
+            model = RecurrentModel(
+                "categorical",
+                num_symbols=config["num_symbols"],
+                cell="gru",
+                hidden_size=config["hidden_size"],
+                embedding_dim=16,
+            )
+            kwargs = dict(method="svi", batch_size=config["batch_size"], max_epochs=config["steps"], learning_rate=1e-2)
         else:
             model = CategoricalHMM(config["num_states"], config["num_symbols"])
             kwargs = dict(method="em", max_iterations=config["steps"], tolerance=-1.0)
@@ -57,16 +62,25 @@ def worker(rank: int, world_size: int, init_file: str, out: str, config: dict) -
         # Wall time, and the CPU time of the busiest rank (on a loaded machine, the work each rank did).
         cpu = parallel.all_reduce_sum(torch.zeros(world_size).index_fill_(0, torch.tensor([rank]), cpu_seconds))
         if rank == 0:
-            Path(out).write_text(json.dumps({"seconds": seconds, "cpu_seconds": float(cpu.max()),
-                                             "last_objective": result.history[-1]["objective"]}))
+            Path(out).write_text(
+                json.dumps(
+                    {
+                        "seconds": seconds,
+                        "cpu_seconds": float(cpu.max()),
+                        "last_objective": result.history[-1]["objective"],
+                    }
+                )
+            )
 
 
 def measure(world_size: int, config: dict) -> dict:
     with tempfile.TemporaryDirectory() as directory:
         out = str(Path(directory) / "result.json")
         context = multiprocessing.get_context("spawn")
-        processes = [context.Process(target=worker, args=(rank, world_size, str(Path(directory) / "rendezvous"), out,
-                                                          config)) for rank in range(world_size)]
+        processes = [
+            context.Process(target=worker, args=(rank, world_size, str(Path(directory) / "rendezvous"), out, config))
+            for rank in range(world_size)
+        ]
         for process in processes:
             process.start()
         for process in processes:
@@ -84,12 +98,18 @@ def main(argv=None) -> None:
     parser.add_argument("--tasks", nargs="+", default=["rnn", "em"], choices=["rnn", "em"])
     parser.add_argument("--rnn-epochs", type=int, default=2)
     parser.add_argument("--em-iterations", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="runs per setting, alternating the process counts; the fastest is reported")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs per setting, alternating the process counts; the fastest is reported",
+    )
     args = parser.parse_args(argv)
     base = dict(num_sequences=args.num_sequences, length=args.length, num_symbols=16)
-    configs = {"rnn": dict(base, task="rnn", hidden_size=64, batch_size=256, steps=args.rnn_epochs),
-               "em": dict(base, task="em", num_states=8, steps=args.em_iterations)}
+    configs = {
+        "rnn": dict(base, task="rnn", hidden_size=64, batch_size=256, steps=args.rnn_epochs),
+        "em": dict(base, task="em", num_states=8, steps=args.em_iterations),
+    }
     import os
 
     print(f"load average before: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} CPUs", flush=True)
@@ -102,19 +122,28 @@ def main(argv=None) -> None:
                 measured = measure(world_size, configs[task])
                 times[world_size] = min(measured["seconds"], times.get(world_size, float("inf")))
                 cpu[world_size] = min(measured["cpu_seconds"], cpu.get(world_size, float("inf")))
-                print(f"{task}: {world_size} process(es): {measured['seconds']:.2f} s wall, "
-                      f"{measured['cpu_seconds']:.2f} s CPU of the busiest rank", flush=True)
+                print(
+                    f"{task}: {world_size} process(es): {measured['seconds']:.2f} s wall, "
+                    f"{measured['cpu_seconds']:.2f} s CPU of the busiest rank",
+                    flush=True,
+                )
         rows.append((task, times, cpu))
     print(f"load average after: {os.getloadavg()[0]:.2f} (1 min)", flush=True)
-    print("\n| task | " + " | ".join(f"{w} proc. wall s (busiest rank CPU s)" for w in args.processes)
-          + " | wall speed-up | CPU-per-rank ratio |")
+    print(
+        "\n| task | "
+        + " | ".join(f"{w} proc. wall s (busiest rank CPU s)" for w in args.processes)
+        + " | wall speed-up | CPU-per-rank ratio |"
+    )
     print("|---|" + "---|" * (len(args.processes) + 2))
     for task, times, cpu in rows:
         others = [w for w in args.processes if w != 1 and 1 in times]
         wall = ", ".join(f"{times[1] / times[w]:.2f}x" for w in others)
         ratio = ", ".join(f"{cpu[1] / cpu[w]:.2f}x" for w in others)
-        print(f"| {task} | " + " | ".join(f"{times[w]:.2f} ({cpu[w]:.2f})" for w in args.processes)
-              + f" | {wall} | {ratio} |")
+        print(
+            f"| {task} | "
+            + " | ".join(f"{times[w]:.2f} ({cpu[w]:.2f})" for w in args.processes)
+            + f" | {wall} | {ratio} |"
+        )
 
 
 if __name__ == "__main__":

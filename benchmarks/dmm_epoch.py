@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -143,15 +143,22 @@ def _interleaved(train, configs, max_batches, per_epoch, rounds):
     out = {}
     for name, threads, precision, kind in configs:
         rows = timings[name]
-        entry = {"threads": threads, "precision": precision, "batches": kind,
-                 "wall_seconds_per_epoch": round(statistics.median(r[0] for r in rows), 3),
-                 "cpu_seconds_per_epoch": round(statistics.median(r[1] for r in rows), 3),
-                 "wall_per_round": [round(r[0], 3) for r in rows], "load_average_per_round": [round(r[2], 2) for r in rows]}
+        entry = {
+            "threads": threads,
+            "precision": precision,
+            "batches": kind,
+            "wall_seconds_per_epoch": round(statistics.median(r[0] for r in rows), 3),
+            "cpu_seconds_per_epoch": round(statistics.median(r[1] for r in rows), 3),
+            "wall_per_round": [round(r[0], 3) for r in rows],
+            "load_average_per_round": [round(r[2], 2) for r in rows],
+        }
         if reference is not None:
-            entry["wall_speedup_vs_reference"] = round(statistics.median(
-                ref[0] / r[0] for ref, r in zip(timings[reference], rows)), 2)
-            entry["cpu_speedup_vs_reference"] = round(statistics.median(
-                ref[1] / r[1] for ref, r in zip(timings[reference], rows)), 2)
+            entry["wall_speedup_vs_reference"] = round(
+                statistics.median(ref[0] / r[0] for ref, r in zip(timings[reference], rows)), 2
+            )
+            entry["cpu_speedup_vs_reference"] = round(
+                statistics.median(ref[1] / r[1] for ref, r in zip(timings[reference], rows)), 2
+            )
         out[name] = entry
         print(name, json.dumps(entry), flush=True)
     return out
@@ -179,9 +186,15 @@ def _fit_epochs(train, epochs, sizes):
     cpu = time.process_time() - cpu
     ends = [record["seconds"] for record in result.history]
     walls = [b - a for a, b in zip(ends, ends[1:])] or ends
-    out = {"processes": processes, "rnn_precision": model.rnn_precision, "epochs": len(ends), "wall_seconds_per_epoch": round(statistics.median(walls), 3),
-           "wall_per_epoch": [round(w, 3) for w in walls], "cpu_seconds_per_epoch_this_process": round(cpu / len(ends), 3),
-           "load_average": os.getloadavg()}
+    out = {
+        "processes": processes,
+        "rnn_precision": model.rnn_precision,
+        "epochs": len(ends),
+        "wall_seconds_per_epoch": round(statistics.median(walls), 3),
+        "wall_per_epoch": [round(w, 3) for w in walls],
+        "cpu_seconds_per_epoch_this_process": round(cpu / len(ends), 3),
+        "load_average": os.getloadavg(),
+    }
     if main:
         print("fit_epochs", json.dumps(out), flush=True)
     return out
@@ -192,13 +205,27 @@ def main(argv=None):
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--batches", type=int, default=0, help="mini-batches per measurement (0: a full epoch)")
     parser.add_argument("--skip-pyro", action="store_true")
-    parser.add_argument("--threads", type=int, nargs="+", default=None,
-                        help="interleaved comparison: torch intra-op thread counts to time (e.g. 1 2)")
-    parser.add_argument("--precisions", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
-                        help="interleaved comparison: guide RNN precisions to time")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=None,
+        help="interleaved comparison: torch intra-op thread counts to time (e.g. 1 2)",
+    )
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["float32"],
+        choices=["float32", "bfloat16"],
+        help="interleaved comparison: guide RNN precisions to time",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved comparison: rounds")
-    parser.add_argument("--fit-epochs", type=int, default=0,
-                        help="time this many epochs through fit (under torchrun: DataParallel.fit) and stop")
+    parser.add_argument(
+        "--fit-epochs",
+        type=int,
+        default=0,
+        help="time this many epochs through fit (under torchrun: DataParallel.fit) and stop",
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny networks (a smoke test of --fit-epochs)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
@@ -210,11 +237,18 @@ def main(argv=None):
         sizes = dict(z_dim=4, transition_dim=8, emitter_dim=8, rnn_dim=8) if args.tiny else {}
         sizes["rnn_precision"] = args.precisions[0]
         return _fit_epochs(train, args.fit_epochs, sizes)
-    results = {"threads": torch.get_num_threads(), "load_average_before": os.getloadavg(),
-               "batches_per_epoch": per_epoch, "batches_timed": min(max_batches, per_epoch)}
+    results = {
+        "threads": torch.get_num_threads(),
+        "load_average_before": os.getloadavg(),
+        "batches_per_epoch": per_epoch,
+        "batches_timed": min(max_batches, per_epoch),
+    }
     if args.threads:
-        configs = [(f"ours_{precision}_{threads}_threads_length_buckets", threads, precision, "buckets")
-                   for precision in args.precisions for threads in args.threads]
+        configs = [
+            (f"ours_{precision}_{threads}_threads_length_buckets", threads, precision, "buckets")
+            for precision in args.precisions
+            for threads in args.threads
+        ]
         if not args.skip_pyro:
             configs.append(("reference_pyro_per_step_1_thread", 1, "float32", "pyro"))
         results["interleaved"] = _interleaved(train, configs, max_batches, per_epoch, args.rounds)
@@ -224,12 +258,21 @@ def main(argv=None):
             for threads in args.threads:
                 torch.set_num_threads(threads)
                 torch.manual_seed(0)
-                phases, _ = _phases(DeepMarkovModel("bernoulli", dim=88, rnn_precision=precision), minibatch,
-                                    clock=time.perf_counter, split_backward=True)
+                phases, _ = _phases(
+                    DeepMarkovModel("bernoulli", dim=88, rnn_precision=precision),
+                    minibatch,
+                    clock=time.perf_counter,
+                    split_backward=True,
+                )
                 results["profile_one_step_wall"][f"{precision}_{threads}_threads"] = {
-                    k: round(v, 4) for k, v in phases.items()}
-                print(precision, threads, json.dumps(results["profile_one_step_wall"][f"{precision}_{threads}_threads"]),
-                      flush=True)
+                    k: round(v, 4) for k, v in phases.items()
+                }
+                print(
+                    precision,
+                    threads,
+                    json.dumps(results["profile_one_step_wall"][f"{precision}_{threads}_threads"]),
+                    flush=True,
+                )
         torch.set_num_threads(1)
         results["load_average_after"] = os.getloadavg()
         if args.out:
@@ -240,30 +283,41 @@ def main(argv=None):
         torch.manual_seed(0)
         model = model_class("bernoulli", dim=88)
         seconds, cpu_seconds, done, elbo = _epoch(model, train, loss_fn(model), batches, max_batches)
-        results[name] = {"seconds_per_epoch": round(seconds / done * per_epoch, 3),
-                         "cpu_seconds_per_epoch": round(cpu_seconds / done * per_epoch, 3), "batches": done,
-                         "elbo_per_step_after": round(elbo, 3)}
+        results[name] = {
+            "seconds_per_epoch": round(seconds / done * per_epoch, 3),
+            "cpu_seconds_per_epoch": round(cpu_seconds / done * per_epoch, 3),
+            "batches": done,
+            "elbo_per_step_after": round(elbo, 3),
+        }
         print(name, json.dumps(results[name]), flush=True)
         return model
 
-    model = run("ours_vectorised_random_batches", lambda m: (lambda b: m.loss(b).loss), iterate_minibatches)
-    run("ours_vectorised_length_buckets", lambda m: (lambda b: m.loss(b).loss), length_buckets)
+    model = run("ours_vectorised_random_batches", lambda m: lambda b: m.loss(b).loss, iterate_minibatches)
+    run("ours_vectorised_length_buckets", lambda m: lambda b: m.loss(b).loss, length_buckets)
     if not args.skip_pyro:
         elbo = Trace_ELBO()
-        run("pyro_per_step_trace_elbo", lambda m: (lambda b: elbo.differentiable_loss(m.model, m.guide, b)),
-            iterate_minibatches, PyroExampleDMM)
+        run(
+            "pyro_per_step_trace_elbo",
+            lambda m: lambda b: elbo.differentiable_loss(m.model, m.guide, b),
+            iterate_minibatches,
+            PyroExampleDMM,
+        )
         for key in ("seconds_per_epoch", "cpu_seconds_per_epoch"):
             pyro_time = results["pyro_per_step_trace_elbo"][key]
             results[f"speedup_{key}"] = {
                 "random_batches": round(pyro_time / results["ours_vectorised_random_batches"][key], 2),
-                "length_buckets": round(pyro_time / results["ours_vectorised_length_buckets"][key], 2)}
+                "length_buckets": round(pyro_time / results["ours_vectorised_length_buckets"][key], 2),
+            }
     # Profile one mini-batch of typical length (the median of the training set's batch maxima).
     minibatch = next(iter(iterate_minibatches(train, 20, torch.Generator().manual_seed(1))))
     phases, backward_split = _phases(model, minibatch)
     total = sum(phases.values())
-    results["profile_one_step"] = {"max_length": minibatch.max_length, "seconds": round(total, 4),
-                                   **{k: f"{v:.4f} s ({100 * v / total:.0f}%)" for k, v in phases.items()},
-                                   "backward_split_under_profiler": {k: f"{v:.4f} s" for k, v in backward_split.items()}}
+    results["profile_one_step"] = {
+        "max_length": minibatch.max_length,
+        "seconds": round(total, 4),
+        **{k: f"{v:.4f} s ({100 * v / total:.0f}%)" for k, v in phases.items()},
+        "backward_split_under_profiler": {k: f"{v:.4f} s" for k, v in backward_split.items()},
+    }
     results["load_average_after"] = os.getloadavg()
     print(json.dumps(results, indent=2))
     if args.out:

@@ -56,8 +56,15 @@ def fold_in_perplexity(topic_word: np.ndarray, observed, held, alpha: float, ite
 
 
 def to_gensim(batch):
-    return [list(zip(batch.values[n, : int(batch.lengths[n]), 0].tolist(), batch.values[n, : int(batch.lengths[n]), 1].tolist()))
-            for n in range(batch.num_sequences)]
+    return [
+        list(
+            zip(
+                batch.values[n, : int(batch.lengths[n]), 0].tolist(),
+                batch.values[n, : int(batch.lengths[n]), 1].tolist(),
+            )
+        )
+        for n in range(batch.num_sequences)
+    ]
 
 
 def train_ours(model, batch, epochs, batch_size, learning_rate, seed):
@@ -96,21 +103,35 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
-    corpus = read_corpus(SOTU_PATH, slice_width=args.slice, min_document_frequency=args.min_df,
-                         time_range=(args.first_year, args.last_year))
+    corpus = read_corpus(
+        SOTU_PATH,
+        slice_width=args.slice,
+        min_document_frequency=args.min_df,
+        time_range=(args.first_year, args.last_year),
+    )
     generator = torch.Generator().manual_seed(args.seed)
     order = torch.randperm(corpus.num_documents, generator=generator)
     num_held = int(round(args.held_out * corpus.num_documents))
     held, train = corpus.batch[order[:num_held].sort().values], corpus.batch[order[num_held:].sort().values]
     observed, held_half = split_document_halves(held, generator)
     V, S, K = len(corpus.vocabulary), corpus.num_slices, args.topics
-    results = {"documents": corpus.num_documents, "train": len(train), "held_out": len(held), "vocabulary": V,
-               "slices": S, "topics": K, "perplexity": {}, "seconds": {}}
+    results = {
+        "documents": corpus.num_documents,
+        "train": len(train),
+        "held_out": len(held),
+        "vocabulary": V,
+        "slices": S,
+        "topics": K,
+        "perplexity": {},
+        "seconds": {},
+    }
     print(f"{corpus.num_documents} paragraphs, {V} words, {S} slices; K={K}", flush=True)
     results["perplexity"]["unigram"] = unigram_completion(train, held_half, V).perplexity
 
-    for name, model in (("ours_dtm", DynamicTopicModel(V, K, S, topic_drift=args.topic_drift)),
-                        ("ours_lda", StaticTopicModel(V, K))):
+    for name, model in (
+        ("ours_dtm", DynamicTopicModel(V, K, S, topic_drift=args.topic_drift)),
+        ("ours_lda", StaticTopicModel(V, K)),
+    ):
         results["seconds"][name] = train_ours(model, train, args.epochs, args.batch_size, args.learning_rate, args.seed)
         results["perplexity"][name] = model.complete_documents(observed, held_half).perplexity
         print(name, results["perplexity"][name], f"{results['seconds'][name]:.1f} s", flush=True)
@@ -127,19 +148,33 @@ def main(argv=None):
         results["seconds"]["gensim_lda"] = time.perf_counter() - start
         topic_word = np.broadcast_to(lda.get_topics(), (S, K, V))
         results["perplexity"]["gensim_lda"] = fold_in_perplexity(topic_word, observed, held_half, args.alpha)
-        print("gensim_lda", results["perplexity"]["gensim_lda"], f"{results['seconds']['gensim_lda']:.1f} s", flush=True)
+        print(
+            "gensim_lda", results["perplexity"]["gensim_lda"], f"{results['seconds']['gensim_lda']:.1f} s", flush=True
+        )
         if not args.skip_gensim_dtm:
             time_slice = torch.bincount(batch_slices(train), minlength=S).tolist()
             start = time.perf_counter()
-            ldaseq = LdaSeqModel(corpus=docs, id2word=id2word, time_slice=time_slice, num_topics=K,
-                                 em_min_iter=1, em_max_iter=args.gensim_em_iterations, random_state=args.seed)
+            ldaseq = LdaSeqModel(
+                corpus=docs,
+                id2word=id2word,
+                time_slice=time_slice,
+                num_topics=K,
+                em_min_iter=1,
+                em_max_iter=args.gensim_em_iterations,
+                random_state=args.seed,
+            )
             results["seconds"]["gensim_ldaseq"] = time.perf_counter() - start
             results["gensim_ldaseq_em_iterations"] = args.gensim_em_iterations
             # e_log_prob: (V, S) per topic
             topic_word = np.exp(np.stack([chain.e_log_prob.T for chain in ldaseq.topic_chains], 1))  # (S, K, V)
             topic_word /= topic_word.sum(-1, keepdims=True)
             results["perplexity"]["gensim_ldaseq"] = fold_in_perplexity(topic_word, observed, held_half, args.alpha)
-            print("gensim_ldaseq", results["perplexity"]["gensim_ldaseq"], f"{results['seconds']['gensim_ldaseq']:.1f} s", flush=True)
+            print(
+                "gensim_ldaseq",
+                results["perplexity"]["gensim_ldaseq"],
+                f"{results['seconds']['gensim_ldaseq']:.1f} s",
+                flush=True,
+            )
     results["fold_in_alpha"] = args.alpha
     print(json.dumps(results, indent=2))
     if args.json:

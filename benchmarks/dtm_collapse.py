@@ -8,6 +8,7 @@ that recover the topics (worst matched TV below ``--tolerance`` AND closest fitt
     PYTHONPATH=. python benchmarks/dtm_collapse.py --seeds 10
     PYTHONPATH=. python benchmarks/dtm_collapse.py --seeds 3 --init truth     # started at the true topics
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,7 @@ def truth_topics(V: int, K: int, S: int, gen: torch.Generator) -> torch.Tensor:
     base = torch.randn(K, per, generator=gen)
     for k in range(K):
         walk = base[k] + 0.3 * torch.randn(S, per, generator=gen).cumsum(0)
-        logits[:, k, k * per:(k + 1) * per] = 1.5 + walk
+        logits[:, k, k * per : (k + 1) * per] = 1.5 + walk
     return logits
 
 
@@ -56,16 +57,37 @@ def simulate(seed: int, K: int = 8, V: int = 160, S: int = 5, N: int = 3000, len
     return model, truth, model.sample_documents(truth, alpha, slices, length, gen)
 
 
-def run(seed: int, K: int = 8, V: int = 160, S: int = 5, N: int = 3000, length: int = 30, epochs: int = 30,
-        lr: float = 0.05, init: str = "data", **fit_options):
+def run(
+    seed: int,
+    K: int = 8,
+    V: int = 160,
+    S: int = 5,
+    N: int = 3000,
+    length: int = 30,
+    epochs: int = 30,
+    lr: float = 0.05,
+    init: str = "data",
+    **fit_options,
+):
     """Simulates, fits, returns ``(worst matched TV, closest pair, largest prevalence, fit seconds, model)``."""
     model, truth, batch = simulate(seed, K, V, S, N, length)
     if init == "truth":
         with torch.no_grad():
             model.guide_beta_loc.copy_(torch.log_softmax(truth, -1).reshape(S, -1))
     start = time.perf_counter()
-    fit(model, batch, method="svi", loss="model", max_epochs=epochs, batch_size=256, learning_rate=lr,
-        progress=False, seed=seed, initialize=init == "data", **fit_options)
+    fit(
+        model,
+        batch,
+        method="svi",
+        loss="model",
+        max_epochs=epochs,
+        batch_size=256,
+        learning_rate=lr,
+        progress=False,
+        seed=seed,
+        initialize=init == "data",
+        **fit_options,
+    )
     seconds = time.perf_counter() - start
     matched, pair = topic_errors(model, truth)
     prevalence = model.topic_prevalence(batch).mean(0)
@@ -89,10 +111,15 @@ def main(argv=None) -> None:
         ok = matched < args.tolerance and pair > args.min_pair
         recovered += ok
         times.append(seconds)
-        print(f"seed {seed}: worst matched TV {matched:.3f}  closest pair {pair:.3f}  largest prevalence {top:.3f}  "
-              f"{seconds:.0f} s  {'recovered' if ok else 'NOT recovered'}", flush=True)
-    print(f"recovered {recovered}/{args.seeds} seeds (worst matched TV < {args.tolerance}, closest pair > "
-          f"{args.min_pair}); fit time median {sorted(times)[len(times) // 2]:.0f} s")
+        print(
+            f"seed {seed}: worst matched TV {matched:.3f}  closest pair {pair:.3f}  largest prevalence {top:.3f}  "
+            f"{seconds:.0f} s  {'recovered' if ok else 'NOT recovered'}",
+            flush=True,
+        )
+    print(
+        f"recovered {recovered}/{args.seeds} seeds (worst matched TV < {args.tolerance}, closest pair > "
+        f"{args.min_pair}); fit time median {sorted(times)[len(times) // 2]:.0f} s"
+    )
 
 
 if __name__ == "__main__":

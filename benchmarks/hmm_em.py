@@ -50,8 +50,15 @@ def time_hmmlearn(params, codes: np.ndarray, iterations: int, repeat: int) -> fl
 
     timings = []
     for _ in range(repeat):
-        model = ReferenceHMM(n_components=len(params[0]), n_features=NUM_SYMBOLS, n_iter=iterations, tol=0.0,
-                             init_params="", params="ste", implementation="scaling")
+        model = ReferenceHMM(
+            n_components=len(params[0]),
+            n_features=NUM_SYMBOLS,
+            n_iter=iterations,
+            tol=0.0,
+            init_params="",
+            params="ste",
+            implementation="scaling",
+        )
         model.startprob_, model.transmat_, model.emissionprob_ = params
         start = time.perf_counter()
         with warnings.catch_warnings():
@@ -73,7 +80,9 @@ def main(args) -> None:
             params = random_parameters(num_states, rng)
             ours = time_ours(params, codes, args.iterations, args.repeat)
             reference = time_hmmlearn(params, codes, args.iterations, args.repeat)
-            print(f"| {length:.0e} | {num_states} | {ours:.4f} | {reference:.4f} | {reference / ours:.1f}x |", flush=True)
+            print(
+                f"| {length:.0e} | {num_states} | {ours:.4f} | {reference:.4f} | {reference / ours:.1f}x |", flush=True
+            )
 
 
 def parse_args(argv=None):

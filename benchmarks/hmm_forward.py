@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -52,8 +52,9 @@ def _random_hmm(num_states: int, rng: np.random.Generator) -> tuple[np.ndarray, 
     return stationary / stationary.sum(), transition, emission
 
 
-def _sample_symbols(start: np.ndarray, transition: np.ndarray, emission: np.ndarray, num_steps: int,
-                    rng: np.random.Generator) -> np.ndarray:
+def _sample_symbols(
+    start: np.ndarray, transition: np.ndarray, emission: np.ndarray, num_steps: int, rng: np.random.Generator
+) -> np.ndarray:
     cumulative_transition = transition.cumsum(-1)
     cumulative_emission = emission.cumsum(-1)
     state = rng.choice(len(start), p=start)
@@ -107,8 +108,9 @@ def benchmark_case(num_steps: int, num_states: int, repeat: int, seed: int) -> d
     else:
         import pyro.distributions as dist
 
-        hmm = dist.DiscreteHMM(log_initial, log_transition, dist.Categorical(logits=log_emission_table),
-                               duration=num_steps)
+        hmm = dist.DiscreteHMM(
+            log_initial, log_transition, dist.Categorical(logits=log_emission_table), duration=num_steps
+        )
         with torch.no_grad():
             row["pyro"] = _median_seconds(lambda: hmm.log_prob(symbols_tensor), repeat)
             pyro_value = hmm.log_prob(symbols_tensor).item()

@@ -36,8 +36,8 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def _threads_from_argv(argv: list[str]) -> str:
@@ -81,6 +81,7 @@ def _median_seconds(function: Callable[[], object], repeat: int, reference: bool
 
 def random_system(dim: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """A random stable system with ``d = p`` (spectral radius 0.9) and a Pyro-compatible prior."""
+
     def spd(size: int) -> np.ndarray:
         root = rng.standard_normal((size, size)) / np.sqrt(size)
         return root @ root.T + 0.5 * np.eye(size)
@@ -134,8 +135,10 @@ def benchmark_case(num_steps: int, dim: int, repeat: int, seed: int, pykalman_li
     rng = np.random.default_rng(seed + dim)
     system = random_system(dim, rng)
     observations = simulate(system, num_steps, rng)
-    tensors = [torch.from_numpy(np.ascontiguousarray(system[key])) for key in (
-        "transition", "transition_cov", "observation", "observation_cov", "initial_mean", "initial_cov")]
+    tensors = [
+        torch.from_numpy(np.ascontiguousarray(system[key]))
+        for key in ("transition", "transition_cov", "observation", "observation_cov", "initial_mean", "initial_cov")
+    ]
     x = torch.from_numpy(observations)[None]
     row: dict[str, object] = dict(T=num_steps, d=dim)
 
@@ -152,9 +155,12 @@ def benchmark_case(num_steps: int, dim: int, repeat: int, seed: int, pykalman_li
     from pykalman import KalmanFilter
 
     reference = KalmanFilter(
-        transition_matrices=system["transition"], observation_matrices=system["observation"],
-        transition_covariance=system["transition_cov"], observation_covariance=system["observation_cov"],
-        initial_state_mean=system["initial_mean"], initial_state_covariance=system["initial_cov"],
+        transition_matrices=system["transition"],
+        observation_matrices=system["observation"],
+        transition_covariance=system["transition_cov"],
+        observation_covariance=system["observation_cov"],
+        initial_state_mean=system["initial_mean"],
+        initial_state_covariance=system["initial_cov"],
     )
     probe = observations[:PYKALMAN_PROBE_STEPS]
     start = time.perf_counter()
@@ -230,11 +236,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dims", type=int, nargs="+", default=[1, 4, 16, 64], help="state = observation dims")
     parser.add_argument("--repeat", type=int, default=3, help="timed repeats per case (median reported)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--pykalman-limit", type=float, default=60.0,
-                        help="skip pykalman where a probe extrapolates to more seconds than this")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="BLAS/OpenMP/torch threads for every library (ours is single-threaded); the default 1 "
-                             "avoids oversubscription on a shared machine, where multi-threaded BLAS ran 10x slower")
+    parser.add_argument(
+        "--pykalman-limit",
+        type=float,
+        default=60.0,
+        help="skip pykalman where a probe extrapolates to more seconds than this",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="BLAS/OpenMP/torch threads for every library (ours is single-threaded); the default 1 "
+        "avoids oversubscription on a shared machine, where multi-threaded BLAS ran 10x slower",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny run: T=1000, d in {1, 4}, one repeat")
     return parser.parse_args(argv)
 

@@ -58,13 +58,19 @@ class PlainNetwork(nn.Module):
         self.rnn = copy.deepcopy(source.rnn)
         self.output = copy.deepcopy(source.output)
         self.initial_hidden = nn.Parameter(source.initial_hidden.detach().clone())
-        self.initial_cell = nn.Parameter(source.initial_cell.detach().clone()) if source.initial_cell is not None else None
+        self.initial_cell = (
+            nn.Parameter(source.initial_cell.detach().clone()) if source.initial_cell is not None else None
+        )
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         """``(N, T, V)`` logits of each step given the steps before it."""
         n = codes.shape[0]
         hidden = self.initial_hidden.unsqueeze(1).expand(-1, n, -1).contiguous()
-        state = hidden if self.initial_cell is None else (hidden, self.initial_cell.unsqueeze(1).expand(-1, n, -1).contiguous())
+        state = (
+            hidden
+            if self.initial_cell is None
+            else (hidden, self.initial_cell.unsqueeze(1).expand(-1, n, -1).contiguous())
+        )
         outputs, _ = self.rnn(self.embedding(codes[:, :-1]), state)
         return self.output(torch.cat([hidden[-1].unsqueeze(1), outputs], 1))
 
@@ -99,7 +105,9 @@ def plain_valid_nats(network: PlainNetwork, valid) -> float:
         return float(F.cross_entropy(network(codes)[0], codes[0], reduction="mean"))
 
 
-def interleaved_step_seconds(model: RecurrentModel, plain: PlainNetwork, chunks, args, repeats: int = 5) -> tuple[float, float]:
+def interleaved_step_seconds(
+    model: RecurrentModel, plain: PlainNetwork, chunks, args, repeats: int = 5
+) -> tuple[float, float]:
     """Median seconds of one training step (loss, backward, clipping, Adam) of each,
     alternating ours and plain so both see the same machine load."""
     import statistics
@@ -145,12 +153,19 @@ def main(args) -> dict:
     splits = split_data(data, (0.9, 0.1, 0.0))
     chunks = splits.train.batch.chunk(args.chunk_length)
     valid = splits.valid.batch
-    model = RecurrentModel("categorical", num_symbols=data.num_symbols, cell=args.cell, hidden_size=args.hidden,
-                           embedding_dim=args.embedding)
+    model = RecurrentModel(
+        "categorical",
+        num_symbols=data.num_symbols,
+        cell=args.cell,
+        hidden_size=args.hidden,
+        embedding_dim=args.embedding,
+    )
     model.initialize_from_data(chunks)
     plain = PlainNetwork(model)
-    print(f"{args.cell}: {model.num_parameters} parameters; {len(chunks)} training sequences of {args.chunk_length}, "
-          f"{valid.num_steps} validation characters; {args.seconds:.0f} s each on 1 thread")
+    print(
+        f"{args.cell}: {model.num_parameters} parameters; {len(chunks)} training sequences of {args.chunk_length}, "
+        f"{valid.num_steps} validation characters; {args.seconds:.0f} s each on 1 thread"
+    )
 
     step_ours, step_plain = interleaved_step_seconds(model, plain, chunks, args)
     load_before = os.getloadavg()[0]
@@ -158,8 +173,17 @@ def main(args) -> dict:
     # Counts the loss evaluations (one per mini-batch, plus one before the optimizer is built).
     calls = []
     hook = model.output.register_forward_hook(lambda *_: calls.append(1) if model.training else None)
-    result = fit(model, chunks, method="svi", batch_size=args.batch_size, learning_rate=args.lr, max_epochs=10**6,
-                 time_budget=args.seconds, progress=False, seed=0)
+    result = fit(
+        model,
+        chunks,
+        method="svi",
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        max_epochs=10**6,
+        time_budget=args.seconds,
+        progress=False,
+        seed=0,
+    )
     seconds_ours = time.perf_counter() - started
     hook.remove()
     steps_ours = len(calls) - 1
@@ -188,13 +212,19 @@ def main(args) -> dict:
         "step_seconds_ours": step_ours,
         "step_seconds_plain": step_plain,
     }
-    print(f"ours  (Pyro model + inference.fit): {ours:.4f} nats/char  ({steps_ours} mini-batches = "
-          f"{steps_ours / per_epoch:.2f} epochs in {seconds_ours:.1f} s incl. setup; load {load_before:.1f} -> {load_mid:.1f})")
-    print(f"plain PyTorch loop:                 {theirs:.4f} nats/char  ({steps_plain} mini-batches = "
-          f"{steps_plain / per_epoch:.2f} epochs in {seconds_plain:.1f} s; load -> {load_after:.1f})")
+    print(
+        f"ours  (Pyro model + inference.fit): {ours:.4f} nats/char  ({steps_ours} mini-batches = "
+        f"{steps_ours / per_epoch:.2f} epochs in {seconds_ours:.1f} s incl. setup; load {load_before:.1f} -> {load_mid:.1f})"
+    )
+    print(
+        f"plain PyTorch loop:                 {theirs:.4f} nats/char  ({steps_plain} mini-batches = "
+        f"{steps_plain / per_epoch:.2f} epochs in {seconds_plain:.1f} s; load -> {load_after:.1f})"
+    )
     print(f"ratio ours / plain: {ours / theirs:.4f}  (goal: at most 1.02)")
-    print(f"one training step, interleaved, median of 5: ours {step_ours:.3f} s, plain {step_plain:.3f} s "
-          f"(ratio {step_ours / step_plain:.3f})")
+    print(
+        f"one training step, interleaved, median of 5: ours {step_ours:.3f} s, plain {step_plain:.3f} s "
+        f"(ratio {step_ours / step_plain:.3f})"
+    )
     return report
 
 

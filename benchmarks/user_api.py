@@ -54,7 +54,6 @@ import sys
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _timing  # noqa: E402  (the benchmarks' shared helpers; sets no state on import)
 
@@ -114,9 +113,14 @@ def _random_system(dim: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
 
     transition = rng.standard_normal((dim, dim))
     transition *= 0.9 / np.abs(np.linalg.eigvals(transition)).max()
-    return dict(transition=transition, observation=rng.standard_normal((dim, dim)) / np.sqrt(dim),
-                transition_cov=spd(dim), observation_cov=spd(dim), initial_mean=rng.standard_normal(dim),
-                initial_cov=spd(dim))
+    return dict(
+        transition=transition,
+        observation=rng.standard_normal((dim, dim)) / np.sqrt(dim),
+        transition_cov=spd(dim),
+        observation_cov=spd(dim),
+        initial_mean=rng.standard_normal(dim),
+        initial_cov=spd(dim),
+    )
 
 
 def _simulate(system: dict[str, np.ndarray], num_steps: int, rng: np.random.Generator) -> np.ndarray:
@@ -135,8 +139,13 @@ def _simulate(system: dict[str, np.ndarray], num_steps: int, rng: np.random.Gene
 def _dynamax_kalman(system, observations):
     try:
         import jax
-        from dynamax.linear_gaussian_ssm.inference import (ParamsLGSSM, ParamsLGSSMDynamics, ParamsLGSSMEmissions,
-                                                           ParamsLGSSMInitial, lgssm_filter)
+        from dynamax.linear_gaussian_ssm.inference import (
+            ParamsLGSSM,
+            ParamsLGSSMDynamics,
+            ParamsLGSSMEmissions,
+            ParamsLGSSMInitial,
+            lgssm_filter,
+        )
     except ImportError:
         return None, None
     jax.config.update("jax_enable_x64", True)
@@ -149,16 +158,24 @@ def _dynamax_kalman(system, observations):
     def loglik(arrays):
         params = ParamsLGSSM(
             initial=ParamsLGSSMInitial(mean=arrays["initial_mean"], cov=arrays["initial_cov"]),
-            dynamics=ParamsLGSSMDynamics(weights=arrays["transition"], bias=jnp.zeros(dim), input_weights=jnp.zeros((dim, 0)),
-                                         cov=arrays["transition_cov"]),
-            emissions=ParamsLGSSMEmissions(weights=arrays["observation"], bias=jnp.zeros(dim),
-                                           input_weights=jnp.zeros((dim, 0)), cov=arrays["observation_cov"]))
+            dynamics=ParamsLGSSMDynamics(
+                weights=arrays["transition"],
+                bias=jnp.zeros(dim),
+                input_weights=jnp.zeros((dim, 0)),
+                cov=arrays["transition_cov"],
+            ),
+            emissions=ParamsLGSSMEmissions(
+                weights=arrays["observation"],
+                bias=jnp.zeros(dim),
+                input_weights=jnp.zeros((dim, 0)),
+                cov=arrays["observation_cov"],
+            ),
+        )
         return lgssm_filter(params, emissions).marginal_loglik
 
     value = jax.jit(loglik)
     value_and_grad = jax.jit(jax.value_and_grad(loglik))
-    return (lambda: value(arrays).block_until_ready(),
-            lambda: jax.block_until_ready(value_and_grad(arrays)))
+    return (lambda: value(arrays).block_until_ready(), lambda: jax.block_until_ready(value_and_grad(arrays)))
 
 
 def _statsmodels_kalman(system, observations):
@@ -170,7 +187,11 @@ def _statsmodels_kalman(system, observations):
     model = KalmanFilter(k_endog=dim, k_states=dim, k_posdef=dim)
     model.bind(np.asfortranarray(observations.T))
     model["design"], model["obs_cov"] = system["observation"], system["observation_cov"]
-    model["transition"], model["selection"], model["state_cov"] = system["transition"], np.eye(dim), system["transition_cov"]
+    model["transition"], model["selection"], model["state_cov"] = (
+        system["transition"],
+        np.eye(dim),
+        system["transition_cov"],
+    )
     model.initialize_known(system["initial_mean"], system["initial_cov"])
     return model.loglike
 
@@ -183,12 +204,32 @@ def kalman_rows(dims, num_steps, repeat, device, with_fit, reference_repeat=None
         system = _random_system(dim, rng)
         observations = _simulate(system, num_steps, rng)
         as_tensor = lambda value: torch.as_tensor(value, dtype=torch.float64, device=device)  # noqa: E731
-        model = LinearGaussianSSM.from_params(*(as_tensor(system[name]) for name in (
-            "transition", "observation", "transition_cov", "observation_cov", "initial_mean", "initial_cov")),
-            initial="prior").to(device)
+        model = LinearGaussianSSM.from_params(
+            *(
+                as_tensor(system[name])
+                for name in (
+                    "transition",
+                    "observation",
+                    "transition_cov",
+                    "observation_cov",
+                    "initial_mean",
+                    "initial_cov",
+                )
+            ),
+            initial="prior",
+        ).to(device)
         values = as_tensor(observations)[None]
-        matrices = [as_tensor(system[name]) for name in ("transition", "transition_cov", "observation",
-                                                          "observation_cov", "initial_mean", "initial_cov")]
+        matrices = [
+            as_tensor(system[name])
+            for name in (
+                "transition",
+                "transition_cov",
+                "observation",
+                "observation_cov",
+                "initial_mean",
+                "initial_cov",
+            )
+        ]
         leaves = [value.clone().requires_grad_() for value in matrices]
 
         def value():
@@ -219,11 +260,24 @@ def kalman_rows(dims, num_steps, repeat, device, with_fit, reference_repeat=None
         value_cell, grad_cell, model_ratio = _interleaved(value, value_and_grad, repeat)
         kernel_cell, kernel_grad_cell, kernel_ratio = _interleaved(kernel, kernel_grad, repeat)
         dynamax_cell, dynamax_grad_cell, dynamax_ratio = _interleaved(dynamax_value, dynamax_grad, reference_repeat)
-        against = (f"{float(dynamax_grad_cell) / float(grad_cell):.3g}" if dynamax_ratio != "n/a" else "n/a")
-        rows.append([str(dim), value_cell, grad_cell, kernel_cell, kernel_grad_cell,
-                     _timed(fit_step, 1) if with_fit else "-",
-                     _timed(_statsmodels_kalman(system, observations), reference_repeat),
-                     dynamax_cell, dynamax_grad_cell, model_ratio, kernel_ratio, dynamax_ratio, against])
+        against = f"{float(dynamax_grad_cell) / float(grad_cell):.3g}" if dynamax_ratio != "n/a" else "n/a"
+        rows.append(
+            [
+                str(dim),
+                value_cell,
+                grad_cell,
+                kernel_cell,
+                kernel_grad_cell,
+                _timed(fit_step, 1) if with_fit else "-",
+                _timed(_statsmodels_kalman(system, observations), reference_repeat),
+                dynamax_cell,
+                dynamax_grad_cell,
+                model_ratio,
+                kernel_ratio,
+                dynamax_ratio,
+                against,
+            ]
+        )
         print("| " + " | ".join(rows[-1]) + " |", flush=True)
     return rows
 
@@ -273,8 +327,9 @@ def _dynamax_hmm(initial, transition, emission, symbols):
     def loglik(logits):
         log_initial, log_transition, log_emission = logits
         emission_probs = jax.nn.log_softmax(log_emission, -1)
-        return hmm_filter(jax.nn.softmax(log_initial), jax.nn.softmax(log_transition, -1),
-                          emission_probs[:, codes].T).marginal_loglik
+        return hmm_filter(
+            jax.nn.softmax(log_initial), jax.nn.softmax(log_transition, -1), emission_probs[:, codes].T
+        ).marginal_loglik
 
     value = jax.jit(loglik)
     value_and_grad = jax.jit(jax.value_and_grad(loglik))
@@ -287,8 +342,9 @@ def hmm_rows(state_counts, num_steps, repeat, device) -> list[list[str]]:
     for num_states in state_counts:
         initial, transition, emission = _random_hmm(num_states, rng)
         symbols = _sample(initial, transition, emission, num_steps, rng)
-        model = CategoricalHMM.from_probs(torch.as_tensor(initial), torch.as_tensor(transition),
-                                          torch.as_tensor(emission)).to(device)
+        model = CategoricalHMM.from_probs(
+            torch.as_tensor(initial), torch.as_tensor(transition), torch.as_tensor(emission)
+        ).to(device)
         codes = torch.as_tensor(symbols, device=device)[None]
         log_potentials = [torch.as_tensor(np.log(value), device=device) for value in (initial, transition, emission)]
         leaves = [value.clone().requires_grad_() for value in log_potentials]
@@ -313,9 +369,18 @@ def hmm_rows(state_counts, num_steps, repeat, device) -> list[list[str]]:
             _synchronise(device)
 
         dynamax_value, dynamax_grad = _dynamax_hmm(initial, transition, emission, symbols)
-        rows.append([str(num_states), _timed(value, repeat), _timed(value_and_grad, repeat), _timed(kernel, repeat),
-                     _timed(kernel_grad, repeat), _timed(_hmmlearn(initial, transition, emission, symbols), repeat),
-                     _timed(dynamax_value, repeat), _timed(dynamax_grad, repeat)])
+        rows.append(
+            [
+                str(num_states),
+                _timed(value, repeat),
+                _timed(value_and_grad, repeat),
+                _timed(kernel, repeat),
+                _timed(kernel_grad, repeat),
+                _timed(_hmmlearn(initial, transition, emission, symbols), repeat),
+                _timed(dynamax_value, repeat),
+                _timed(dynamax_grad, repeat),
+            ]
+        )
         print("| " + " | ".join(rows[-1]) + " |", flush=True)
     return rows
 
@@ -327,6 +392,7 @@ def nuts_row(num_draws: int, num_chains: int, device, num_workers: int | None, r
     import warnings
 
     from statsmodels.datasets import nile
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         import arviz as az
@@ -336,8 +402,18 @@ def nuts_row(num_draws: int, num_chains: int, device, num_workers: int | None, r
     batch = SequenceBatch(values=values, lengths=torch.tensor([values.shape[1]], device=device))
     model = LinearGaussianSSM.local_level(level_var=1000.0, noise_var=10000.0, dtype=torch.float64).to(device)
     start = time.perf_counter()
-    result = fit(model, batch, method="nuts", num_samples=num_draws, warmup_steps=num_draws, num_chains=num_chains,
-                 progress=False, initialize=False, sample_states=False, num_workers=num_workers)
+    result = fit(
+        model,
+        batch,
+        method="nuts",
+        num_samples=num_draws,
+        warmup_steps=num_draws,
+        num_chains=num_chains,
+        progress=False,
+        initialize=False,
+        sample_states=False,
+        num_workers=num_workers,
+    )
     seconds = time.perf_counter() - start
     draws = {name: value[..., 0].cpu().numpy() for name, value in result.mcmc.draws.items()}
     posterior = az.from_dict(posterior=draws)
@@ -347,11 +423,24 @@ def nuts_row(num_draws: int, num_chains: int, device, num_workers: int | None, r
     steps = int(result.mcmc.sample_stats["n_steps"].sum())
     iterations = num_chains * 2 * num_draws
     cpu_per_chain = sum(result.mcmc.chain_cpu_seconds) / num_chains
-    same = "–" if reference is None else ("yes" if all(np.array_equal(draws[name], reference[name]) for name in draws)
-                                          else "NO")
-    row = [f"{num_chains} x ({num_draws}+{num_draws})", str(result.mcmc.num_workers), f"{seconds:.1f}",
-           f"{iterations / seconds:.0f}", f"{steps / result.mcmc.seconds:.0f}", f"{r_hat:.4f}", f"{ess_min:.0f}",
-           f"{ess_min / seconds:.1f}", f"{cpu_per_chain:.1f}", f"{os.getloadavg()[0]:.1f}", same]
+    same = (
+        "–"
+        if reference is None
+        else ("yes" if all(np.array_equal(draws[name], reference[name]) for name in draws) else "NO")
+    )
+    row = [
+        f"{num_chains} x ({num_draws}+{num_draws})",
+        str(result.mcmc.num_workers),
+        f"{seconds:.1f}",
+        f"{iterations / seconds:.0f}",
+        f"{steps / result.mcmc.seconds:.0f}",
+        f"{r_hat:.4f}",
+        f"{ess_min:.0f}",
+        f"{ess_min / seconds:.1f}",
+        f"{cpu_per_chain:.1f}",
+        f"{os.getloadavg()[0]:.1f}",
+        same,
+    ]
     print("| " + " | ".join(row) + " |", flush=True)
     return row, draws
 
@@ -363,29 +452,47 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dims", type=int, nargs="*", default=[1, 4, 16, 64])
     parser.add_argument("--states", type=int, nargs="*", default=[2, 8, 32, 128])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--reference-repeat", type=int, default=None,
-                        help="repeats of the Kalman references (statsmodels, dynamax; default --repeat)")
+    parser.add_argument(
+        "--reference-repeat",
+        type=int,
+        default=None,
+        help="repeats of the Kalman references (statsmodels, dynamax; default --repeat)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-fit", action="store_true", help="skip the fit-step column")
     parser.add_argument("--nuts", action="store_true", help="time NUTS on the Nile local level")
     parser.add_argument("--nuts-draws", type=int, default=1000, help="warm-up and kept draws per chain")
     parser.add_argument("--nuts-chains", type=int, default=4)
-    parser.add_argument("--nuts-workers", type=int, nargs="*", default=[1, 0],
-                        help="worker processes per NUTS run, one run each (0 = the default number)")
+    parser.add_argument(
+        "--nuts-workers",
+        type=int,
+        nargs="*",
+        default=[1, 0],
+        help="worker processes per NUTS run, one run each (0 = the default number)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
     args = parser.parse_args(argv)
     if args.quick:
         args.T, args.hmm_T, args.dims, args.states, args.repeat, args.nuts_draws, args.nuts_chains = (
-            500, 2000, [1, 2], [2, 4], 1, 20, 2)
+            500,
+            2000,
+            [1, 2],
+            [2, 4],
+            1,
+            20,
+            2,
+        )
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     print(f"threads={args.threads} device={device} torch={torch.__version__}")
     print(f"load average at start: {' '.join(f'{value:.2f}' for value in os.getloadavg())}")
     print(f"\n### Kalman, T = {args.T}, float64 (seconds; value and value+grad interleaved)\n")
-    print("| d = p | log_prob | log_prob+grad | kernel | kernel+grad | fit step | statsmodels | dynamax | dynamax+grad "
-          "| grad/value (model; wall / CPU) | grad/value (kernel) | grad/value (dynamax) "
-          "| dynamax+grad / ours+grad |")
+    print(
+        "| d = p | log_prob | log_prob+grad | kernel | kernel+grad | fit step | statsmodels | dynamax | dynamax+grad "
+        "| grad/value (model; wall / CPU) | grad/value (kernel) | grad/value (dynamax) "
+        "| dynamax+grad / ours+grad |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     kalman_rows(args.dims, args.T, args.repeat, device, not args.no_fit, args.reference_repeat)
     print(f"\n### CategoricalHMM, V = {NUM_SYMBOLS}, T = {args.hmm_T} (seconds)\n")
@@ -395,8 +502,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"load average at the end: {' '.join(f'{value:.2f}' for value in os.getloadavg())}")
     if args.nuts:
         print("\n### NUTS, Nile local level (workers: chains run at once, each in its own process)\n")
-        print("| chains x (warm-up+draws) | workers | seconds | iterations/s | leapfrog steps/s (sampling) | r_hat (max) "
-              "| bulk ESS (min) | ESS/s | CPU s per chain | load (1 min) | same draws |")
+        print(
+            "| chains x (warm-up+draws) | workers | seconds | iterations/s | leapfrog steps/s (sampling) | r_hat (max) "
+            "| bulk ESS (min) | ESS/s | CPU s per chain | load (1 min) | same draws |"
+        )
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         reference = None
         for workers in args.nuts_workers:

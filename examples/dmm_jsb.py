@@ -44,9 +44,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import zoo.dmm  # noqa: E402, F401  (registers the family)
 from inference.batch import SequenceBatch  # noqa: E402
 from inference.fit import fit  # noqa: E402
-import zoo.dmm  # noqa: E402, F401  (registers the family)
 from zoo.data import load_polyphonic  # noqa: E402
 from zoo.dmm import DeepMarkovModel  # noqa: E402
 from zoo.registry import REGISTRY  # noqa: E402
@@ -54,8 +54,9 @@ from zoo.registry import REGISTRY  # noqa: E402
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "jsb_chorales.json"
 
 
-def nats_per_step(model: DeepMarkovModel, batch: SequenceBatch, num_particles: int = 1, seed: int = 0,
-                  chunk: int = 100) -> float:
+def nats_per_step(
+    model: DeepMarkovModel, batch: SequenceBatch, num_particles: int = 1, seed: int = 0, chunk: int = 100
+) -> float:
     """Mean bound per observed step over ``batch`` (seeded; positive = -log-likelihood bound)."""
     was_training = model.training
     model.eval()
@@ -64,7 +65,7 @@ def nats_per_step(model: DeepMarkovModel, batch: SequenceBatch, num_particles: i
         torch.manual_seed(seed)
         size = max(1, chunk // num_particles)
         for start in range(0, batch.num_sequences, size):
-            total += float(model.log_prob_batch(batch[start:start + size], num_particles=num_particles).sum())
+            total += float(model.log_prob_batch(batch[start : start + size], num_particles=num_particles).sum())
     model.train(was_training)
     return -total / batch.num_steps
 
@@ -94,20 +95,31 @@ def plot_curve(rows: list[dict], path: Path) -> None:
     ax.plot(minutes, [row["train_elbo_nats_per_step"] for row in rows], label="train -ELBO (epoch mean)", alpha=0.6)
     ax.plot(minutes, [row["test_elbo_nats_per_step"] for row in rows], "o-", label="test -ELBO", markersize=3)
     if AVERAGED in rows[0]:
-        ax.plot(minutes, [row[AVERAGED] for row in rows], "s-", markersize=2.5,
-                label="test -ELBO, averaged weights (--average)")
+        ax.plot(
+            minutes,
+            [row[AVERAGED] for row in rows],
+            "s-",
+            markersize=2.5,
+            label="test -ELBO, averaged weights (--average)",
+        )
     # The first evaluation (untrained) is far above the rest: show the part of the curve that matters.
     later = [row["test_elbo_nats_per_step"] for row in rows[1:]] or [row["test_elbo_nats_per_step"] for row in rows]
-    _finish_plot(fig, ax, path, "DMM on JSB chorales", "nats per time step",
-                 (6.5, max(7.5, min(12.0, max(later) + 0.5))), legend_size=8)
+    _finish_plot(
+        fig,
+        ax,
+        path,
+        "DMM on JSB chorales",
+        "nats per time step",
+        (6.5, max(7.5, min(12.0, max(later) + 0.5))),
+        legend_size=8,
+    )
 
 
 def _finish_plot(fig, ax, path: Path, title: str, ylabel: str, ylim: tuple[float, float], legend_size: int) -> None:
     """The paper's and the goal's levels, labels, and the figure written to ``path``."""
     import matplotlib.pyplot as plt
 
-    for level, text, where in ((6.87, "Pyro 6.87", "top"), (6.93, "paper 6.93", "bottom"),
-                               (7.0, "goal 7.0", "bottom")):
+    for level, text, where in ((6.87, "Pyro 6.87", "top"), (6.93, "paper 6.93", "bottom"), (7.0, "goal 7.0", "bottom")):
         ax.axhline(level, color="grey", linestyle=":", linewidth=1)
         ax.annotate(text, (0, level), fontsize=7, ha="left", va=where)
     ax.set_ylim(*ylim)
@@ -139,13 +151,26 @@ def plot_runs(runs: list[str], path: Path) -> None:
         with open(directory / "curve.csv", newline="") as handle:
             rows = list(csv.DictReader(handle))[1:]  # the first evaluation is the untrained model
         minutes = [float(row["minutes"]) for row in rows]
-        line, = ax.plot(minutes, [float(row["test_elbo_nats_per_step"]) for row in rows], "o-", markersize=2.5,
-                        label=label)
+        (line,) = ax.plot(
+            minutes, [float(row["test_elbo_nats_per_step"]) for row in rows], "o-", markersize=2.5, label=label
+        )
         if rows and rows[0].get(AVERAGED):
-            ax.plot(minutes, [float(row[AVERAGED]) for row in rows], "--", color=line.get_color(),
-                    label=f"{label}, averaged weights")
-    _finish_plot(fig, ax, path, "DMM on JSB chorales: runs compared (one draw per point)",
-                 "test -ELBO, nats per time step", (6.7, 8.6), legend_size=7)
+            ax.plot(
+                minutes,
+                [float(row[AVERAGED]) for row in rows],
+                "--",
+                color=line.get_color(),
+                label=f"{label}, averaged weights",
+            )
+    _finish_plot(
+        fig,
+        ax,
+        path,
+        "DMM on JSB chorales: runs compared (one draw per point)",
+        "test -ELBO, nats per time step",
+        (6.7, 8.6),
+        legend_size=7,
+    )
 
 
 #: The issue's goals for the final test -ELBO per step: 45 minutes of training, and a longer run.
@@ -154,10 +179,14 @@ GOALS = (7.0, 6.87)
 
 def _spread(values: list[float], goals: tuple[float, ...]) -> dict:
     """Count, mean, sd, min and max of ``values``, and the share at or below each goal."""
-    return {"runs": len(values), "mean": round(statistics.fmean(values), 4),
-            "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values),
-            **{f"share_at_or_below_{goal}": sum(value <= goal for value in values) / len(values) for goal in goals}}
+    return {
+        "runs": len(values),
+        "mean": round(statistics.fmean(values), 4),
+        "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+        **{f"share_at_or_below_{goal}": sum(value <= goal for value in values) / len(values) for goal in goals},
+    }
 
 
 def summarise_runs(runs: list[str], path: Path, goals: tuple[float, ...] = GOALS) -> dict:
@@ -173,19 +202,26 @@ def summarise_runs(runs: list[str], path: Path, goals: tuple[float, ...] = GOALS
         directory, label = _run_directory_and_label(run)
         results = json.loads((directory / "results.json").read_text())
         iwae = next((key for key in results if key.startswith("test_iwae")), None)
-        rows.append({"run": label, "seed": results["settings"]["seed"],
-                     # measured, so that runs with an epoch budget (no --minutes) say how long they took
-                     "minutes": round(results.get("training_minutes", results["settings"]["minutes"]), 1),
-                     "epochs": results["epochs"],
-                     "rnn_precision": results["settings"].get("rnn_precision", "float32"),
-                     "test_elbo_draws": len(results.get("test_elbo_draws", [None])),
-                     "test_elbo_nats_per_step": round(results["test_elbo_nats_per_step"], 4),
-                     "test_iwae_nats_per_step": round(results[iwae], 4) if iwae else None,
-                     # --average: the averaged weights' final bounds
-                     "averaged_test_elbo_nats_per_step": (round(results["averaged"]["test_elbo_nats_per_step"], 4)
-                                                          if "averaged" in results else None),
-                     "averaged_test_iwae_nats_per_step": (round(results["averaged"][iwae], 4)
-                                                          if "averaged" in results and iwae else None)})
+        rows.append(
+            {
+                "run": label,
+                "seed": results["settings"]["seed"],
+                # measured, so that runs with an epoch budget (no --minutes) say how long they took
+                "minutes": round(results.get("training_minutes", results["settings"]["minutes"]), 1),
+                "epochs": results["epochs"],
+                "rnn_precision": results["settings"].get("rnn_precision", "float32"),
+                "test_elbo_draws": len(results.get("test_elbo_draws", [None])),
+                "test_elbo_nats_per_step": round(results["test_elbo_nats_per_step"], 4),
+                "test_iwae_nats_per_step": round(results[iwae], 4) if iwae else None,
+                # --average: the averaged weights' final bounds
+                "averaged_test_elbo_nats_per_step": (
+                    round(results["averaged"]["test_elbo_nats_per_step"], 4) if "averaged" in results else None
+                ),
+                "averaged_test_iwae_nats_per_step": (
+                    round(results["averaged"][iwae], 4) if "averaged" in results and iwae else None
+                ),
+            }
+        )
     summary = _spread([row["test_elbo_nats_per_step"] for row in rows], goals)
     averaged = [row["averaged_test_elbo_nats_per_step"] for row in rows]
     if None not in averaged:
@@ -206,12 +242,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-sequences", type=int, default=None, help="first N training sequences only")
     parser.add_argument("--test-sequences", type=int, default=None, help="first N test sequences only")
     parser.add_argument("--eval-every", type=float, default=2.0, help="minutes between test evaluations")
-    parser.add_argument("--final-draws", type=int, default=10,
-                        help="guide draws averaged for the final test ELBO (each one draw: sd ~0.025 nats/step)")
+    parser.add_argument(
+        "--final-draws",
+        type=int,
+        default=10,
+        help="guide draws averaged for the final test ELBO (each one draw: sd ~0.025 nats/step)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--compare-runs", nargs="+", metavar="DIR[=LABEL]",
-                        help="only compare finished runs: their test curves into OUT/recipes.png, their "
-                             "final bounds into OUT/runs.csv, and the spread printed; then exit")
+    parser.add_argument(
+        "--compare-runs",
+        nargs="+",
+        metavar="DIR[=LABEL]",
+        help="only compare finished runs: their test curves into OUT/recipes.png, their "
+        "final bounds into OUT/runs.csv, and the spread printed; then exit",
+    )
     # The model and its training recipe: the family's own flags, read as `seqzoo fit dmm` reads them.
     family = REGISTRY["dmm"]
     family.add_arguments(parser.add_argument_group("dmm (the flags of `seqzoo fit dmm`)"))
@@ -257,11 +301,16 @@ def main(argv: list[str] | None = None) -> dict:
         eval_seconds[0] += time.perf_counter() - began
         eval_cpu_seconds[0] += time.process_time() - cpu_began
         factor = annealing(epoch_record["step"] - 1, 0)["annealing_factor"] if annealing else 1.0
-        row = {"minutes": round(minutes, 3), "cpu_minutes": round(cpu_minutes, 3), "epoch": epoch_record["step"],
-               "train_elbo_nats_per_step": round(-epoch_record["objective_per_step"], 4),
-               "test_elbo_nats_per_step": round(test_nats, 4),
-               "lr": epoch_record["lr"],
-               "annealing_factor": round(factor, 4), "load_average": round(load_averages[-1], 2)}
+        row = {
+            "minutes": round(minutes, 3),
+            "cpu_minutes": round(cpu_minutes, 3),
+            "epoch": epoch_record["step"],
+            "train_elbo_nats_per_step": round(-epoch_record["objective_per_step"], 4),
+            "test_elbo_nats_per_step": round(test_nats, 4),
+            "lr": epoch_record["lr"],
+            "annealing_factor": round(factor, 4),
+            "load_average": round(load_averages[-1], 2),
+        }
         rows.append(row)
         with open(curve_path, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(row))
@@ -272,8 +321,15 @@ def main(argv: list[str] | None = None) -> dict:
     budget = None if args.minutes is None else args.minutes * 60
     # The family's recipe (model.fit_defaults("svi"), what `seqzoo fit dmm` trains with); only the
     # run's own settings are given here.
-    result = fit(model, train, time_budget=budget, callbacks=[record], progress=False, seed=args.seed,
-                 **({"max_epochs": args.epochs} if args.epochs else {}))
+    result = fit(
+        model,
+        train,
+        time_budget=budget,
+        callbacks=[record],
+        progress=False,
+        seed=args.seed,
+        **({"max_epochs": args.epochs} if args.epochs else {}),
+    )
     records = result.history
     train_seconds = result.seconds - eval_seconds[0]
     train_cpu_seconds = time.process_time() - cpu_started - eval_cpu_seconds[0]
@@ -282,10 +338,22 @@ def main(argv: list[str] | None = None) -> dict:
     final = final_bounds(model, test, args.final_draws, max(model.score_particles(), 1))
     results = {
         "settings": vars(args),
-        "fit": {field: repr(getattr(recipe, field)) for field in ("learning_rate", "final_learning_rate",
-                                                                  "warmup_epochs", "max_epochs", "batch_size",
-                                                                  "clip_norm", "weight_decay", "average_decay",
-                                                                  "step_kwargs", "patience", "eval_every")},
+        "fit": {
+            field: repr(getattr(recipe, field))
+            for field in (
+                "learning_rate",
+                "final_learning_rate",
+                "warmup_epochs",
+                "max_epochs",
+                "batch_size",
+                "clip_norm",
+                "weight_decay",
+                "average_decay",
+                "step_kwargs",
+                "patience",
+                "eval_every",
+            )
+        },
         "epochs": len(records),
         "stopped": result.stopped,
         "training_minutes": round(train_seconds / 60, 2),
@@ -294,11 +362,15 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu_seconds_per_epoch": round(train_cpu_seconds / max(1, len(records)), 3),
         # A time budget can end the last epoch part-way (its mean covers the mini-batches done): the
         # training bound reported is the last whole epoch's (dropout on, annealing as scheduled).
-        "final_train_elbo_nats_per_step": -next((record for record in reversed(records) if not record["partial"]),
-                                                records[-1])["objective_per_step"],
+        "final_train_elbo_nats_per_step": -next(
+            (record for record in reversed(records) if not record["partial"]), records[-1]
+        )["objective_per_step"],
         **final,
-        "load_average_during_training": {"min": min(load_averages), "max": max(load_averages),
-                                         "mean": round(sum(load_averages) / len(load_averages), 2)},
+        "load_average_during_training": {
+            "min": min(load_averages),
+            "max": max(load_averages),
+            "mean": round(sum(load_averages) / len(load_averages), 2),
+        },
         "load_average_at_end": os.getloadavg(),
         "torch_threads": torch.get_num_threads(),
     }

@@ -50,8 +50,11 @@ def parse_args(argv=None):
     parser.add_argument("--completion-steps", type=int, default=100)
     parser.add_argument("--budget-minutes", type=float, default=None, help="time budget per model fit")
     parser.add_argument("--models", nargs="+", default=["dtm", "lda"], choices=["dtm", "lda"])
-    parser.add_argument("--forecast", action="store_true",
-                        help="also fit on the slices before the last and score the last slice's paragraphs")
+    parser.add_argument(
+        "--forecast",
+        action="store_true",
+        help="also fit on the slices before the last and score the last slice's paragraphs",
+    )
     parser.add_argument("--skip-completion", action="store_true", help="run only the --forecast experiment")
     parser.add_argument("--save-state", default=None, help="also save the fitted DTM's state_dict here")
     parser.add_argument("--seed", type=int, default=0)
@@ -62,9 +65,18 @@ def parse_args(argv=None):
 def train(model, train_batch, args) -> tuple[float, int]:
     """Fits ``model`` on its analytic-KL loss; returns (wall seconds, epochs run)."""
     start = time.perf_counter()
-    result = fit(model, train_batch, method="svi", loss="model", max_epochs=args.epochs, batch_size=args.batch_size,
-                 learning_rate=args.learning_rate, seed=args.seed, progress=False,
-                 time_budget=None if args.budget_minutes is None else 60 * args.budget_minutes)
+    result = fit(
+        model,
+        train_batch,
+        method="svi",
+        loss="model",
+        max_epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        progress=False,
+        time_budget=None if args.budget_minutes is None else 60 * args.budget_minutes,
+    )
     return time.perf_counter() - start, len(result.history)
 
 
@@ -127,8 +139,11 @@ def forecast_next_slice(batch, num_words: int, num_slices: int, args) -> dict:
     out = {"train_documents": len(past), "forecast_documents": len(future), "perplexity": {}, "fit_seconds": {}}
     out["perplexity"]["unigram"] = unigram_completion(past, held_half, num_words).perplexity
     for name in args.models:
-        model = (DynamicTopicModel(num_words, args.topics, num_slices, topic_drift=args.topic_drift) if name == "dtm"
-                 else StaticTopicModel(num_words, args.topics))
+        model = (
+            DynamicTopicModel(num_words, args.topics, num_slices, topic_drift=args.topic_drift)
+            if name == "dtm"
+            else StaticTopicModel(num_words, args.topics)
+        )
         out["fit_seconds"][name], out.setdefault("epochs_run", {})[name] = train(model, past, args)
         out["perplexity"][name] = model.complete_documents(observed, held_half, steps=args.completion_steps).perplexity
         print(f"forecast {name}: perplexity {out['perplexity'][name]:.1f}", flush=True)
@@ -141,10 +156,19 @@ def main(args) -> dict:
     torch.manual_seed(args.seed)
     time_range = None
     if args.first_year is not None or args.last_year is not None:
-        time_range = (args.first_year if args.first_year is not None else -math.inf,
-                      args.last_year if args.last_year is not None else math.inf)
-    corpus = read_corpus(args.data, time_column="year", text_column="text", slice_width=args.slice,
-                         min_document_frequency=args.min_df, max_vocabulary_size=args.max_vocab, time_range=time_range)
+        time_range = (
+            args.first_year if args.first_year is not None else -math.inf,
+            args.last_year if args.last_year is not None else math.inf,
+        )
+    corpus = read_corpus(
+        args.data,
+        time_column="year",
+        text_column="text",
+        slice_width=args.slice,
+        min_document_frequency=args.min_df,
+        max_vocabulary_size=args.max_vocab,
+        time_range=time_range,
+    )
     tokens = (corpus.batch.values[..., 1] * corpus.batch.mask).sum(-1)
     batch = corpus.batch[torch.nonzero(tokens >= args.min_tokens).squeeze(-1)]
     generator = torch.Generator().manual_seed(args.seed)
@@ -153,25 +177,41 @@ def main(args) -> dict:
     held, train_batch = batch[order[:num_held]], batch[order[num_held:]]
     observed, held_half = split_document_halves(held, generator)
     V, S = len(corpus.vocabulary), corpus.num_slices
-    print(f"{len(batch)} paragraphs ({len(train_batch)} train, {len(held)} held out), {V} words, {S} slices, "
-          f"{train_tokens(train_batch)} training tokens", flush=True)
+    print(
+        f"{len(batch)} paragraphs ({len(train_batch)} train, {len(held)} held out), {V} words, {S} slices, "
+        f"{train_tokens(train_batch)} training tokens",
+        flush=True,
+    )
 
     results = {
-        "data": str(args.data), "documents": len(batch), "train_documents": len(train_batch),
-        "held_out_documents": len(held), "vocabulary": V, "slices": S, "slice_width": args.slice,
-        "train_tokens": train_tokens(train_batch), "held_out_tokens": train_tokens(held_half),
-        "topics": args.topics, "epochs": args.epochs, "batch_size": args.batch_size,
+        "data": str(args.data),
+        "documents": len(batch),
+        "train_documents": len(train_batch),
+        "held_out_documents": len(held),
+        "vocabulary": V,
+        "slices": S,
+        "slice_width": args.slice,
+        "train_tokens": train_tokens(train_batch),
+        "held_out_tokens": train_tokens(held_half),
+        "topics": args.topics,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
         "completion": "MAP eta from the observed half under the fitted prior N(alpha_t, a^2 I), a = 1.0 "
-                      f"(at most {args.completion_steps} Newton steps), posterior-mean topics",
-        "threads": torch.get_num_threads(), "perplexity": {}, "fit_seconds": {},
+        f"(at most {args.completion_steps} Newton steps), posterior-mean topics",
+        "threads": torch.get_num_threads(),
+        "perplexity": {},
+        "fit_seconds": {},
     }
     unigram = unigram_completion(train_batch, held_half, V)
     results["perplexity"]["unigram"] = unigram.perplexity
     print(f"unigram perplexity {unigram.perplexity:.1f}", flush=True)
     fitted = {}
     for name in [] if args.skip_completion else args.models:
-        model = (DynamicTopicModel(V, args.topics, S, topic_drift=args.topic_drift) if name == "dtm"
-                 else StaticTopicModel(V, args.topics))
+        model = (
+            DynamicTopicModel(V, args.topics, S, topic_drift=args.topic_drift)
+            if name == "dtm"
+            else StaticTopicModel(V, args.topics)
+        )
         seconds, epochs_run = train(model, train_batch, args)
         results.setdefault("epochs_run", {})[name] = epochs_run
         score = model.complete_documents(observed, held_half, steps=args.completion_steps)
@@ -200,7 +240,9 @@ def main(args) -> dict:
         prevalence = model.topic_prevalence(train_batch)
         results["largest_mean_prevalence"] = round(float(prevalence.mean(0).max()), 4)
         results["largest_prevalence_any_decade"] = round(float(prevalence.max()), 4)
-        results["prevalence"] = {label: [round(float(x), 4) for x in prevalence[s]] for s, label in enumerate(corpus.slice_labels)}
+        results["prevalence"] = {
+            label: [round(float(x), 4) for x in prevalence[s]] for s, label in enumerate(corpus.slice_labels)
+        }
         files += plots(out, model, corpus.vocabulary, corpus.slice_labels, prevalence)
     with open(out / "results.json", "w") as handle:
         json.dump(results, handle, indent=2)

@@ -72,8 +72,15 @@ def rnn_steps(model, batch):
 
 def fit_hmm(history, num_states: int, args) -> GaussianHMM:
     model = GaussianHMM(num_states, 1).double()
-    fit(model, history, method="em", max_iterations=args.em_iterations, num_restarts=args.restarts,
-        seed=args.seed, progress=False)
+    fit(
+        model,
+        history,
+        method="em",
+        max_iterations=args.em_iterations,
+        num_restarts=args.restarts,
+        seed=args.seed,
+        progress=False,
+    )
     return model
 
 
@@ -86,8 +93,15 @@ def fit_local_level(history, args) -> LinearGaussianSSM:
 
 def fit_gru(history, args):
     model = gru("gaussian", dim=1, hidden_size=args.gru_hidden, embedding_dim=None).double()
-    fit(model, history, method="svi", max_epochs=args.gru_epochs, learning_rate=args.gru_lr, seed=args.seed,
-        progress=False)
+    fit(
+        model,
+        history,
+        method="svi",
+        max_epochs=args.gru_epochs,
+        learning_rate=args.gru_lr,
+        seed=args.seed,
+        progress=False,
+    )
     model.eval()
     return model
 
@@ -101,12 +115,14 @@ def grid_posterior(model: LinearGaussianSSM, series, args):
     level, noise = values["transition_var"].reshape(()), values["observation_var"].reshape(())
     grid = torch.cartesian_prod(level * factors, noise * factors)  # (G, 2)
     terms = posterior_step_log_likelihoods(
-        model, series, {"transition_var": grid[:, :1], "observation_var": grid[:, 1:]}, step_log_probs=kalman_steps)
+        model, series, {"transition_var": grid[:, :1], "observation_var": grid[:, 1:]}, step_log_probs=kalman_steps
+    )
 
     def fit_posterior(origin: int) -> torch.Tensor:
         probs = torch.softmax(terms[:, :origin].sum(-1), 0)
-        index = torch.multinomial(probs, args.draws, replacement=True,
-                                  generator=torch.Generator().manual_seed(args.seed + origin))
+        index = torch.multinomial(
+            probs, args.draws, replacement=True, generator=torch.Generator().manual_seed(args.seed + origin)
+        )
         return terms[index]
 
     return fit_posterior
@@ -143,11 +159,19 @@ def evaluate_series(name: str, args, out: Path) -> dict:
         model = build(train)
         unconditioned = float(unconditional_log_prob(model, test).sum()) / TEST_STEPS[name]
         conditioned = float(conditional_log_prob(model, train, test).sum()) / TEST_STEPS[name]
-        evaluation = evaluate_forecasts(model, series, test_start=test_start, steps=args.steps,
-                                        num_samples=args.num_samples, generator=torch.Generator().manual_seed(args.seed))
-        row = {"held_out_nats_per_step_from_initial_state": unconditioned,
-               "held_out_nats_per_step_given_history": conditioned,
-               "forecast_source": evaluation.source}
+        evaluation = evaluate_forecasts(
+            model,
+            series,
+            test_start=test_start,
+            steps=args.steps,
+            num_samples=args.num_samples,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
+        row = {
+            "held_out_nats_per_step_from_initial_state": unconditioned,
+            "held_out_nats_per_step_given_history": conditioned,
+            "forecast_source": evaluation.source,
+        }
         for lead in (1, args.steps):
             for key, value in evaluation.summary(lead).items():
                 if key != "lead":
@@ -157,26 +181,54 @@ def evaluate_series(name: str, args, out: Path) -> dict:
             fit_posterior = grid_posterior(model, series, args)
             lfo = psis_lfo(fit_posterior, length, first_origin=test_start, horizon=1, k_threshold=args.k_threshold)
             exact = psis_lfo(fit_posterior, length, first_origin=test_start, horizon=1, k_threshold=0.0)
-            row.update(lfo_method=f"PSIS-LFO (k > {args.k_threshold}), grid posterior, S={args.draws}",
-                       lfo_elpd=lfo.elpd, lfo_se=lfo.se, lfo_refits=lfo.num_refits,
-                       lfo_max_pareto_k=max_pareto_k(lfo),
-                       exact_lfo_elpd=exact.elpd, exact_lfo_refits=exact.num_refits)
+            row.update(
+                lfo_method=f"PSIS-LFO (k > {args.k_threshold}), grid posterior, S={args.draws}",
+                lfo_elpd=lfo.elpd,
+                lfo_se=lfo.se,
+                lfo_refits=lfo.num_refits,
+                lfo_max_pareto_k=max_pareto_k(lfo),
+                exact_lfo_elpd=exact.elpd,
+                exact_lfo_refits=exact.num_refits,
+            )
         else:
-            lfo = rolling_origin(model, series, first_origin=test_start, horizon=1, refit=build,
-                                 refit_every=args.refit_every, step_log_probs=step_hooks.get(label))
-            row.update(lfo_method=f"rolling origin, point refit every {args.refit_every} origins",
-                       lfo_elpd=lfo.elpd, lfo_se=lfo.se, lfo_refits=lfo.num_refits)
+            lfo = rolling_origin(
+                model,
+                series,
+                first_origin=test_start,
+                horizon=1,
+                refit=build,
+                refit_every=args.refit_every,
+                step_log_probs=step_hooks.get(label),
+            )
+            row.update(
+                lfo_method=f"rolling origin, point refit every {args.refit_every} origins",
+                lfo_elpd=lfo.elpd,
+                lfo_se=lfo.se,
+                lfo_refits=lfo.num_refits,
+            )
         row["seconds"] = time.perf_counter() - started
         rows[label] = row
-        fans[label] = forecast(model, train, TEST_STEPS[name], num_samples=args.num_samples,
-                               generator=torch.Generator().manual_seed(args.seed))
-        print(f"{label:>18}: from initial state {unconditioned:8.3f}  given history {conditioned:8.3f} nats/step | "
-              f"h=1 RMSE {row['h1_rmse']:8.2f} CRPS {row['h1_crps']:7.2f} cov50 {row['h1_coverage_50']:.2f} "
-              f"cov90 {row['h1_coverage_90']:.2f} | LFO elpd {lfo.elpd:8.2f} ± {lfo.se:.2f} ({lfo.num_refits} refits)")
+        fans[label] = forecast(
+            model,
+            train,
+            TEST_STEPS[name],
+            num_samples=args.num_samples,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
+        print(
+            f"{label:>18}: from initial state {unconditioned:8.3f}  given history {conditioned:8.3f} nats/step | "
+            f"h=1 RMSE {row['h1_rmse']:8.2f} CRPS {row['h1_crps']:7.2f} cov50 {row['h1_coverage_50']:.2f} "
+            f"cov90 {row['h1_coverage_90']:.2f} | LFO elpd {lfo.elpd:8.2f} ± {lfo.se:.2f} ({lfo.num_refits} refits)"
+        )
     years = [FIRST_YEAR[name] + t for t in range(length)]
-    figure = forecast_fan(series, fans, origin=test_start, time=years,
-                          title=f"{name}: forecasts from {years[test_start - 1]} (fit on the years before)",
-                          ylabel=data.series_names[0] if data.series_names else "")
+    figure = forecast_fan(
+        series,
+        fans,
+        origin=test_start,
+        time=years,
+        title=f"{name}: forecasts from {years[test_start - 1]} (fit on the years before)",
+        ylabel=data.series_names[0] if data.series_names else "",
+    )
     figure.savefig(out / f"fan_{name}.png", dpi=120)
     return rows
 
@@ -184,21 +236,28 @@ def evaluate_series(name: str, args, out: Path) -> dict:
 def markdown(results: dict, args) -> str:
     lines = []
     for name, rows in results.items():
-        lines += [f"### {name} (last {TEST_STEPS[name]} steps held out)", "",
-                  f"| model | nats/step from initial state | nats/step given history | h=1 RMSE | h=1 CRPS | "
-                  f"h=1 cov 50% | h=1 cov 90% | h={args.steps} RMSE | h={args.steps} CRPS | h={args.steps} cov 90% | "
-                  f"LFO elpd ± se | refits | LFO method |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"### {name} (last {TEST_STEPS[name]} steps held out)",
+            "",
+            f"| model | nats/step from initial state | nats/step given history | h=1 RMSE | h=1 CRPS | "
+            f"h=1 cov 50% | h=1 cov 90% | h={args.steps} RMSE | h={args.steps} CRPS | h={args.steps} cov 90% | "
+            f"LFO elpd ± se | refits | LFO method |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for label, r in rows.items():
             h = args.steps
-            lines.append(f"| {label} | {r['held_out_nats_per_step_from_initial_state']:.3f} | "
-                         f"{r['held_out_nats_per_step_given_history']:.3f} | {r['h1_rmse']:.2f} | {r['h1_crps']:.2f} | "
-                         f"{r['h1_coverage_50']:.2f} | {r['h1_coverage_90']:.2f} | {r[f'h{h}_rmse']:.2f} | "
-                         f"{r[f'h{h}_crps']:.2f} | {r[f'h{h}_coverage_90']:.2f} | {r['lfo_elpd']:.2f} ± {r['lfo_se']:.2f} | "
-                         f"{r['lfo_refits']} | {r['lfo_method']} |")
+            lines.append(
+                f"| {label} | {r['held_out_nats_per_step_from_initial_state']:.3f} | "
+                f"{r['held_out_nats_per_step_given_history']:.3f} | {r['h1_rmse']:.2f} | {r['h1_crps']:.2f} | "
+                f"{r['h1_coverage_50']:.2f} | {r['h1_coverage_90']:.2f} | {r[f'h{h}_rmse']:.2f} | "
+                f"{r[f'h{h}_crps']:.2f} | {r[f'h{h}_coverage_90']:.2f} | {r['lfo_elpd']:.2f} ± {r['lfo_se']:.2f} | "
+                f"{r['lfo_refits']} | {r['lfo_method']} |"
+            )
             if "exact_lfo_elpd" in r:
-                lines.append(f"| (exact LFO, refit at every origin) | | | | | | | | | | {r['exact_lfo_elpd']:.2f} | "
-                             f"{r['exact_lfo_refits']} | grid posterior |")
+                lines.append(
+                    f"| (exact LFO, refit at every origin) | | | | | | | | | | {r['exact_lfo_elpd']:.2f} | "
+                    f"{r['exact_lfo_refits']} | grid posterior |"
+                )
         lines.append("")
     return "\n".join(lines)
 
@@ -211,8 +270,12 @@ def main(args) -> int:
     (out / "results.json").write_text(json.dumps({"settings": vars(args), "results": results}, indent=2))
     (out / "results.md").write_text(markdown(results, args))
     print(f"\nwrote {out}/results.json, results.md and the fan figures")
-    bad = [f"{name}/{label}" for name, rows in results.items() for label, row in rows.items()
-           if not all(math.isfinite(v) for key, v in row.items() if isinstance(v, float) and key != "lfo_max_pareto_k")]
+    bad = [
+        f"{name}/{label}"
+        for name, rows in results.items()
+        for label, row in rows.items()
+        if not all(math.isfinite(v) for key, v in row.items() if isinstance(v, float) and key != "lfo_max_pareto_k")
+    ]
     if bad:
         print(f"[fail] non-finite scores for {', '.join(bad)}")
         return 1
@@ -227,7 +290,12 @@ def parse_args(argv=None):
     parser.add_argument("--em-iterations", type=int, default=300, help="EM iterations per HMM / local-level fit")
     parser.add_argument("--restarts", type=int, default=3, help="HMM random restarts")
     parser.add_argument("--gru-hidden", type=int, default=16, help="GRU hidden units")
-    parser.add_argument("--gru-epochs", type=int, default=100, help="GRU full-batch Adam steps (more overfits the Nile: 200 gives cov90 0.60)")
+    parser.add_argument(
+        "--gru-epochs",
+        type=int,
+        default=100,
+        help="GRU full-batch Adam steps (more overfits the Nile: 200 gives cov90 0.60)",
+    )
     parser.add_argument("--gru-lr", type=float, default=1e-2)
     parser.add_argument("--num-samples", type=int, default=300, help="sample paths for the GRU's forecasts")
     parser.add_argument("--grid", type=int, default=25, help="grid points per variance of the local-level posterior")

@@ -80,7 +80,9 @@ def load_ozone(data_dir: Path) -> tuple[list[str], list[str], np.ndarray, np.nda
     values_path, stations_path = data_dir / "ozone2_y.csv", data_dir / "ozone2_stations.csv"
     for path in (values_path, stations_path):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: pass --data-dir (or set SEQZOO_SHARED_DATA) to the folder holding the ozone2 CSV files")
+            raise FileNotFoundError(
+                f"{path} not found: pass --data-dir (or set SEQZOO_SHARED_DATA) to the folder holding the ozone2 CSV files"
+            )
     with open(values_path, newline="") as handle:
         rows = list(csv.reader(handle))
     station_ids = rows[0][1:]
@@ -154,20 +156,41 @@ def build_model(train: np.ndarray, mixing: np.ndarray) -> LinearGaussianSSM:
         "initial_mean": torch.tensor(station_means),
         "initial_cov": overall_var * torch.eye(num_stations),
     }
-    return LinearGaussianSSM(num_stations, num_stations, transition_cov_type="diag", observation_cov_type="diag",
-                             initial="prior", prior="none", fixed=fixed)
+    return LinearGaussianSSM(
+        num_stations,
+        num_stations,
+        transition_cov_type="diag",
+        observation_cov_type="diag",
+        initial="prior",
+        prior="none",
+        fixed=fixed,
+    )
 
 
 def fit_model(train: np.ndarray, mixing: np.ndarray, args) -> tuple[LinearGaussianSSM, SequenceBatch, dict]:
     model = build_model(train, mixing)
     batch = SequenceBatch.from_tensor(torch.as_tensor(train)[None])
     started = time.perf_counter()
-    result = fit(model, batch, method="em", max_iterations=args.em_iterations, tolerance=args.tolerance,
-                 progress=False, seed=args.seed)
-    info = {"em_iterations": len(result.history), "stopped": result.stopped, "seconds": round(time.perf_counter() - started, 1),
-            "log_likelihood": float(result.history[-1]["objective"]) if result.history else float("nan")}
-    print(f"  EM: {info['em_iterations']} iterations ({info['stopped']}), {info['seconds']} s, "
-          f"log-likelihood {info['log_likelihood']:.2f}", file=sys.stderr)
+    result = fit(
+        model,
+        batch,
+        method="em",
+        max_iterations=args.em_iterations,
+        tolerance=args.tolerance,
+        progress=False,
+        seed=args.seed,
+    )
+    info = {
+        "em_iterations": len(result.history),
+        "stopped": result.stopped,
+        "seconds": round(time.perf_counter() - started, 1),
+        "log_likelihood": float(result.history[-1]["objective"]) if result.history else float("nan"),
+    }
+    print(
+        f"  EM: {info['em_iterations']} iterations ({info['stopped']}), {info['seconds']} s, "
+        f"log-likelihood {info['log_likelihood']:.2f}",
+        file=sys.stderr,
+    )
     return model, batch, info
 
 
@@ -210,11 +233,20 @@ def main(args) -> int:
         z = abs(values - mean) / np.maximum(sd, 1e-12)
         coverage = float(np.mean(z[hidden] <= 1.6448536269514722))
         neighbours = float((distances <= radius).sum(1).mean())
-        rows.append({"method": f"Kalman smoother, radius {radius:g} km", "rmse": rmse(mean, values, hidden),
-                     "coverage_90": coverage, "mean_neighbours": neighbours, **info})
+        rows.append(
+            {
+                "method": f"Kalman smoother, radius {radius:g} km",
+                "rmse": rmse(mean, values, hidden),
+                "coverage_90": coverage,
+                "mean_neighbours": neighbours,
+                **info,
+            }
+        )
         fitted[radius] = model
     best_row = min(rows[2:], key=lambda r: r["rmse"])
-    print(f"\nheld-out RMSE (ppb) on {int(hidden.sum())} hidden values ({args.holdout:.0%} of the observed, seed {args.seed})")
+    print(
+        f"\nheld-out RMSE (ppb) on {int(hidden.sum())} hidden values ({args.holdout:.0%} of the observed, seed {args.seed})"
+    )
     print(f"{'method':<36} {'RMSE':>8} {'90% coverage':>13} {'EM iters':>9}")
     for row in rows:
         coverage = f"{row['coverage_90']:.3f}" if "coverage_90" in row else "—"
@@ -233,14 +265,22 @@ def main(args) -> int:
     missing = np.argwhere(np.isnan(values))
     lines = ["date,station_id,lon,lat,imputed_mean,imputed_sd"]
     for t, j in missing:
-        lines.append(f"{dates[t]},{station_ids[j]},{lon[j]},{lat[j]},{float(imputation.mean[0, t, j]):.3f},"
-                     f"{math.sqrt(max(float(imputation.var[0, t, j]), 0.0)):.3f}")
+        lines.append(
+            f"{dates[t]},{station_ids[j]},{lon[j]},{lat[j]},{float(imputation.mean[0, t, j]):.3f},"
+            f"{math.sqrt(max(float(imputation.var[0, t, j]), 0.0)):.3f}"
+        )
     (out / "ozone_imputed.csv").write_text("\n".join(lines) + "\n")
     missing_per_day = np.isnan(values).sum(1)
     days = sorted({0, int(np.argmax(missing_per_day)), num_days // 2, num_days - 1})
-    figure = plots.station_maps(lon, lat, signal[days], observed=values[days], label="ozone (ppb)",
-                                titles=[f"{dates[t]}\nsmoothed, radius {radius:g} km, {int(missing_per_day[t])} missing" for t in days],
-                                columns=2)
+    figure = plots.station_maps(
+        lon,
+        lat,
+        signal[days],
+        observed=values[days],
+        label="ozone (ppb)",
+        titles=[f"{dates[t]}\nsmoothed, radius {radius:g} km, {int(missing_per_day[t])} missing" for t in days],
+        columns=2,
+    )
     figure.savefig(out / "ozone_maps.png", dpi=110)
     plt.close(figure)
 
@@ -253,38 +293,72 @@ def main(args) -> int:
         noise = torch.randn(num_stations, generator=generator) * torch.diagonal(model.observation_cov).sqrt()
         conditional_day = (model.observation_matrix @ states + noise).numpy()
         unconditional_day = model.sample(1, num_days, generator=generator).values[0, day].numpy()
-    figure = plots.station_maps(lon, lat, np.stack([values[day], conditional_day, unconditional_day]),
-                                titles=[f"{dates[day]}: data", f"{dates[day]}: synthesised given the data",
-                                        f"day {day + 1}: synthesised from the model alone"], label="ozone (ppb)", columns=3)
+    figure = plots.station_maps(
+        lon,
+        lat,
+        np.stack([values[day], conditional_day, unconditional_day]),
+        titles=[
+            f"{dates[day]}: data",
+            f"{dates[day]}: synthesised given the data",
+            f"day {day + 1}: synthesised from the model alone",
+        ],
+        label="ozone (ppb)",
+        columns=3,
+    )
     figure.savefig(out / "ozone_synthetic_day.png", dpi=110)
     plt.close(figure)
 
     report = {
-        "data": {"stations": num_stations, "days": num_days, "missing": int(np.isnan(values).sum()),
-                 "first_date": dates[0], "last_date": dates[-1]},
+        "data": {
+            "stations": num_stations,
+            "days": num_days,
+            "missing": int(np.isnan(values).sum()),
+            "first_date": dates[0],
+            "last_date": dates[-1],
+        },
         "distance": "great-circle (haversine), Earth radius 6371 km",
         "holdout": {"fraction": args.holdout, "seed": args.seed, "hidden": int(hidden.sum()), "rmse": rows},
-        "final_model": {"radius_km": radius, **info,
-                        "median_transition_sd": float(torch.diagonal(model.transition_cov.detach()).sqrt().median()),
-                        "median_observation_sd": float(torch.diagonal(model.observation_cov.detach()).sqrt().median())},
-        "synthetic_day": {"date": dates[day], "given_data": conditional_day.tolist(), "model_alone": unconditional_day.tolist()},
+        "final_model": {
+            "radius_km": radius,
+            **info,
+            "median_transition_sd": float(torch.diagonal(model.transition_cov.detach()).sqrt().median()),
+            "median_observation_sd": float(torch.diagonal(model.observation_cov.detach()).sqrt().median()),
+        },
+        "synthetic_day": {
+            "date": dates[day],
+            "given_data": conditional_day.tolist(),
+            "model_alone": unconditional_day.tolist(),
+        },
     }
     (out / "ozone.json").write_text(json.dumps(report, indent=2))
-    print(f"\nfinal model: radius {radius:g} km, refitted on all observed values; imputed {len(missing)} missing values "
-          f"into {out / 'ozone_imputed.csv'}; maps in {out}")
+    print(
+        f"\nfinal model: radius {radius:g} km, refitted on all observed values; imputed {len(missing)} missing values "
+        f"into {out / 'ozone_imputed.csv'}; maps in {out}"
+    )
     best_baseline = min(row["rmse"] for row in rows[:2])
     if not best_row["rmse"] < best_baseline:
-        print(f"FAILED: the Kalman smoother's held-out RMSE {best_row['rmse']:.2f} does not beat the best baseline {best_baseline:.2f}")
+        print(
+            f"FAILED: the Kalman smoother's held-out RMSE {best_row['rmse']:.2f} does not beat the best baseline {best_baseline:.2f}"
+        )
         return 1
     return 0
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", default=str(default_data_dir()), help="folder with ozone2_y.csv and ozone2_stations.csv "
-                        "(default: $SEQZOO_SHARED_DATA, else ../shared/data beside the repository)")
-    parser.add_argument("--radii", type=float, nargs="+", default=[0.0, 50.0, 100.0],
-                        help="neighbourhood radii in km to compare (B averages the state over stations within the radius)")
+    parser.add_argument(
+        "--data-dir",
+        default=str(default_data_dir()),
+        help="folder with ozone2_y.csv and ozone2_stations.csv "
+        "(default: $SEQZOO_SHARED_DATA, else ../shared/data beside the repository)",
+    )
+    parser.add_argument(
+        "--radii",
+        type=float,
+        nargs="+",
+        default=[0.0, 50.0, 100.0],
+        help="neighbourhood radii in km to compare (B averages the state over stations within the radius)",
+    )
     parser.add_argument("--days", type=int, help="keep only the first N days")
     parser.add_argument("--stations", type=int, help="keep only the N stations nearest the centre of the network")
     parser.add_argument("--holdout", type=float, default=0.1, help="fraction of observed values hidden for the RMSE")

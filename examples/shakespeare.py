@@ -72,8 +72,13 @@ def build(spec: str, num_symbols: int, args):
     if family == "hmm":
         return CategoricalHMM(int(size or 16), num_symbols)
     if family in ("rnn", "gru", "lstm"):
-        return RecurrentModel("categorical", num_symbols=num_symbols, cell=family, hidden_size=int(size or args.hidden),
-                              embedding_dim=args.embedding)
+        return RecurrentModel(
+            "categorical",
+            num_symbols=num_symbols,
+            cell=family,
+            hidden_size=int(size or args.hidden),
+            embedding_dim=args.embedding,
+        )
     raise SystemExit(f"--models: expected hmm:K, rnn[:H], gru[:H] or lstm[:H], got {spec!r}")
 
 
@@ -91,19 +96,33 @@ def main(args) -> dict:
     vocabulary, num_symbols = data.vocabulary, data.num_symbols
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"Tiny Shakespeare: {train.num_steps} training and {valid.num_steps} validation characters, "
-          f"{num_symbols} symbols; {args.budget_minutes} min per model on {args.threads} thread(s)", file=sys.stderr)
+    print(
+        f"Tiny Shakespeare: {train.num_steps} training and {valid.num_steps} validation characters, "
+        f"{num_symbols} symbols; {args.budget_minutes} min per model on {args.threads} thread(s)",
+        file=sys.stderr,
+    )
 
     rows = []
     unigram = baselines.unigram_log_probs(train, num_symbols)
     initial, transition = baselines.bigram_log_probs(train, num_symbols)
     for name, per_step, parameters in (
         ("unigram", unigram[valid_codes], num_symbols - 1),
-        ("bigram", torch.cat([initial[valid_codes[:1]], transition[valid_codes[:-1], valid_codes[1:]]]),
-         (num_symbols - 1) * (num_symbols + 1)),
+        (
+            "bigram",
+            torch.cat([initial[valid_codes[:1]], transition[valid_codes[:-1], valid_codes[1:]]]),
+            (num_symbols - 1) * (num_symbols + 1),
+        ),
     ):
-        rows.append({"model": name, "parameters": parameters, "seconds": 0.0, "stopped": "counted",
-                     "valid_nats_per_char": -float(per_step.mean()), "stderr": block_stderr(per_step)})
+        rows.append(
+            {
+                "model": name,
+                "parameters": parameters,
+                "seconds": 0.0,
+                "stopped": "counted",
+                "valid_nats_per_char": -float(per_step.mean()),
+                "stderr": block_stderr(per_step),
+            }
+        )
 
     curves, samples = {}, {}
     for index, spec in enumerate(args.models):
@@ -114,12 +133,26 @@ def main(args) -> dict:
             options = dict(method="em", max_iterations=args.max_iterations)
             train_batch = train
         else:
-            options = dict(method="svi", max_epochs=10**6, batch_size=args.batch_size, learning_rate=args.lr,
-                           eval_every=args.eval_every, patience=10**6)
+            options = dict(
+                method="svi",
+                max_epochs=10**6,
+                batch_size=args.batch_size,
+                learning_rate=args.lr,
+                eval_every=args.eval_every,
+                patience=10**6,
+            )
             train_batch = train.chunk(args.chunk_length)
         started = time.perf_counter()
-        result = fit(model, train_batch, valid=valid, time_budget=args.budget_minutes * 60, seed=args.seed,
-                     progress=args.progress, description=f"[{index + 1}/{len(args.models)}] {label}", **options)
+        result = fit(
+            model,
+            train_batch,
+            valid=valid,
+            time_budget=args.budget_minutes * 60,
+            seed=args.seed,
+            progress=args.progress,
+            description=f"[{index + 1}/{len(args.models)}] {label}",
+            **options,
+        )
         seconds = time.perf_counter() - started
         model.eval()
         with torch.no_grad():
@@ -132,41 +165,71 @@ def main(args) -> dict:
         generator = torch.Generator().manual_seed(args.seed)
         with torch.no_grad():
             if isinstance(model, RecurrentModel):
-                codes = model.sample(1, args.sample_length, generator, temperature=TEMPERATURE,
-                                     prime=vocabulary.encode(args.prime)).values[0]
+                codes = model.sample(
+                    1, args.sample_length, generator, temperature=TEMPERATURE, prime=vocabulary.encode(args.prime)
+                ).values[0]
                 text = args.prime + vocabulary.decode(codes)
             else:
                 text = vocabulary.decode(model.sample(1, args.sample_length, generator).values[0])
-        rows.append({"model": label, "parameters": int(model.num_parameters), "seconds": round(seconds, 1),
-                     "stopped": result.stopped, "steps": len(result.history),
-                     "valid_nats_per_char": -total, "stderr": block_stderr(per_step)})
+        rows.append(
+            {
+                "model": label,
+                "parameters": int(model.num_parameters),
+                "seconds": round(seconds, 1),
+                "stopped": result.stopped,
+                "steps": len(result.history),
+                "valid_nats_per_char": -total,
+                "stderr": block_stderr(per_step),
+            }
+        )
         curves[label] = result.history
         samples[label] = text
         print(f"    valid {-total:.4f} nats/char after {seconds:.0f} s ({result.stopped})", file=sys.stderr)
 
     for row in rows:
         row["valid_bits_per_char"] = row["valid_nats_per_char"] / math.log(2)
-    report = {"data": str(data_path), "first": args.first, "split": "first 90% train, last 10% validation",
-              "budget_minutes_per_model": args.budget_minutes, "threads": args.threads, "sample_temperature": TEMPERATURE,
-              "likelihood": "exact for every model", "rows": rows, "samples": samples}
+    report = {
+        "data": str(data_path),
+        "first": args.first,
+        "split": "first 90% train, last 10% validation",
+        "budget_minutes_per_model": args.budget_minutes,
+        "threads": args.threads,
+        "sample_temperature": TEMPERATURE,
+        "likelihood": "exact for every model",
+        "rows": rows,
+        "samples": samples,
+    }
     (out / "shakespeare.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "shakespeare.md").write_text(markdown(report))
-    plots.learning_curves(curves, title="Tiny Shakespeare: validation log-likelihood").savefig(out / "learning_curves.png", dpi=120)
+    plots.learning_curves(curves, title="Tiny Shakespeare: validation log-likelihood").savefig(
+        out / "learning_curves.png", dpi=120
+    )
     print(markdown(report))
     return report
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Tiny Shakespeare ({report['split']})", "",
-             f"Budget {report['budget_minutes_per_model']} min per model on {report['threads']} CPU thread(s). "
-             "Validation negative log-likelihood (exact), lower is better; ± one standard error over "
-             f"{NUM_BLOCKS} contiguous blocks of the validation text.", "",
-             "| model | parameters | seconds | stopped | valid nats/char | valid bits/char |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Tiny Shakespeare ({report['split']})",
+        "",
+        f"Budget {report['budget_minutes_per_model']} min per model on {report['threads']} CPU thread(s). "
+        "Validation negative log-likelihood (exact), lower is better; ± one standard error over "
+        f"{NUM_BLOCKS} contiguous blocks of the validation text.",
+        "",
+        "| model | parameters | seconds | stopped | valid nats/char | valid bits/char |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in report["rows"]:
         stderr = f" ± {row['stderr']:.3f}" if row.get("stderr") else ""
-        lines.append(f"| {row['model']} | {row['parameters']} | {row['seconds']} | {row['stopped']} | "
-                     f"{row['valid_nats_per_char']:.3f}{stderr} | {row['valid_bits_per_char']:.3f} |")
-    lines += ["", f"## Samples (recurrent networks at temperature {report['sample_temperature']}, primed; HMMs at 1)", ""]
+        lines.append(
+            f"| {row['model']} | {row['parameters']} | {row['seconds']} | {row['stopped']} | "
+            f"{row['valid_nats_per_char']:.3f}{stderr} | {row['valid_bits_per_char']:.3f} |"
+        )
+    lines += [
+        "",
+        f"## Samples (recurrent networks at temperature {report['sample_temperature']}, primed; HMMs at 1)",
+        "",
+    ]
     for name, text in report["samples"].items():
         lines += [f"**{name}**", "", "```", text, "```", ""]
     return "\n".join(lines) + "\n"
@@ -185,7 +248,9 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--eval-every", type=int, default=1, help="RNN epochs between validation scores")
-    parser.add_argument("--max-iterations", type=int, default=500, help="HMM EM iterations (the budget usually stops first)")
+    parser.add_argument(
+        "--max-iterations", type=int, default=500, help="HMM EM iterations (the budget usually stops first)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prime", default="ROMEO:")

@@ -50,10 +50,14 @@ def near_uniform_hmm(num_states: int, num_symbols: int, noise: float, generator:
     """Uniform parameters times (1 ± noise) uniform noise, renormalised."""
 
     def perturbed(*shape):
-        probs = torch.ones(*shape, dtype=torch.float64) * (1 + noise * (2 * torch.rand(*shape, generator=generator, dtype=torch.float64) - 1))
+        probs = torch.ones(*shape, dtype=torch.float64) * (
+            1 + noise * (2 * torch.rand(*shape, generator=generator, dtype=torch.float64) - 1)
+        )
         return probs / probs.sum(-1, keepdim=True)
 
-    return CategoricalHMM.from_probs(perturbed(num_states), perturbed(num_states, num_states), perturbed(num_states, num_symbols))
+    return CategoricalHMM.from_probs(
+        perturbed(num_states), perturbed(num_states, num_states), perturbed(num_states, num_symbols)
+    )
 
 
 def state_given_letter(model: CategoricalHMM) -> np.ndarray:
@@ -83,9 +87,18 @@ def run_seed(batch, symbols: str, seed: int, args, num_restarts: int = 1) -> dic
     def record(_record: dict) -> None:
         trajectory.append(state_given_letter(model)[0])
 
-    result = fit(model, batch, method="em", max_iterations=args.max_iterations, tolerance=args.tolerance,
-                 patience=args.patience, progress=False, seed=seed, callbacks=[record],
-                 num_restarts=num_restarts)
+    result = fit(
+        model,
+        batch,
+        method="em",
+        max_iterations=args.max_iterations,
+        tolerance=args.tolerance,
+        patience=args.patience,
+        progress=False,
+        seed=seed,
+        callbacks=[record],
+        num_restarts=num_restarts,
+    )
     # With restarts the history holds every restart; the trace is the kept (best) one's.
     kept = max(range(len(result.restarts or [0])), key=(result.restarts or [0]).__getitem__)
     log_likelihoods = np.array([r["objective"] for r in result.history if r.get("restart", 0) == kept])
@@ -103,9 +116,7 @@ def run_seed(batch, symbols: str, seed: int, args, num_restarts: int = 1) -> dic
     vowel_mass = emission[:, vowel_index].sum(1)
     vowel_state = int(np.argmax(vowel_mass))
     state_distance = 0.5 * float(np.abs(emission[0] - emission[1]).sum())
-    preferred = [
-        "".join(symbols[i] for i in np.argsort(-emission[k])[:8]).replace(" ", "␣") for k in range(2)
-    ]
+    preferred = ["".join(symbols[i] for i in np.argsort(-emission[k])[:8]).replace(" ", "␣") for k in range(2)]
     return {
         "seed": seed,
         "iterations": len(log_likelihoods),
@@ -135,12 +146,19 @@ def plot(results: list[dict], symbols: str, out: Path, labels: list[str] | None 
     # The plateau's runs last and thick: they stop early, under the others' lines.
     for r, label in sorted(zip(results, labels), key=lambda pair: pair[1] == "plateau"):
         count = labels.count(label)
-        axes[0].plot(np.arange(1, len(r["log_likelihood_trace"]) + 1), r["log_likelihood_trace"], color=colours[label],
-                     lw=2.5 if label == "plateau" else 1, alpha=0.8,
-                     label=None if label in shown else f"{label} ({count} seed{'s' if count > 1 else ''})")
+        axes[0].plot(
+            np.arange(1, len(r["log_likelihood_trace"]) + 1),
+            r["log_likelihood_trace"],
+            color=colours[label],
+            lw=2.5 if label == "plateau" else 1,
+            alpha=0.8,
+            label=None if label in shown else f"{label} ({count} seed{'s' if count > 1 else ''})",
+        )
         shown.add(label)
     # Zoom on the plateau and the jump; the first step (fitting letter frequencies) gains far more.
-    later = np.concatenate([r["log_likelihood_trace"][2:] for r in results if len(r["log_likelihood_trace"]) > 2] or [[0.0]])
+    later = np.concatenate(
+        [r["log_likelihood_trace"][2:] for r in results if len(r["log_likelihood_trace"]) > 2] or [[0.0]]
+    )
     span = max(later.max() - later.min(), 1.0)
     axes[0].set_ylim(later.min() - 0.2 * span, later.max() + 0.1 * span)
     axes[0].set_xlabel("Baum–Welch iteration")
@@ -154,7 +172,9 @@ def plot(results: list[dict], symbols: str, out: Path, labels: list[str] | None 
     for v, symbol in enumerate(symbols):
         color = "tab:red" if symbol in VOWELS else "tab:gray"
         axes[1].plot(np.arange(1, len(trajectory) + 1), trajectory[:, v], color=color, lw=1)
-        axes[1].annotate("␣" if symbol == " " else symbol, (len(trajectory), trajectory[-1, v]), fontsize=8, color=color)
+        axes[1].annotate(
+            "␣" if symbol == " " else symbol, (len(trajectory), trajectory[-1, v]), fontsize=8, color=color
+        )
     axes[1].set_xlabel("Baum–Welch iteration")
     axes[1].set_ylabel("P(vowel state | letter)")
     axes[1].set_title(f"seed {best['seed']}: vowels and space (red) split from consonants")
@@ -176,7 +196,9 @@ def optimum_labels(results: list[dict], tolerance: float) -> list[str]:
         if r["on_plateau"]:
             labels.append("plateau")
         else:
-            labels.append(f"optimum {min(range(len(centres)), key=lambda i: abs(centres[i] - r['final_log_likelihood'])) + 1}")
+            labels.append(
+                f"optimum {min(range(len(centres)), key=lambda i: abs(centres[i] - r['final_log_likelihood'])) + 1}"
+            )
     return labels
 
 
@@ -185,8 +207,13 @@ def _spread(values: list[int]) -> dict:
     if not values:
         return {"runs": 0}
     array = np.array(values)
-    return {"runs": int(len(array)), "min": int(array.min()), "median": float(np.median(array)), "max": int(array.max()),
-            "quartiles": [float(q) for q in np.percentile(array, [25, 75])]}
+    return {
+        "runs": int(len(array)),
+        "min": int(array.min()),
+        "median": float(np.median(array)),
+        "max": int(array.max()),
+        "quartiles": [float(q) for q in np.percentile(array, [25, 75])],
+    }
 
 
 def summarise(results: list[dict], tolerance: float) -> dict:
@@ -205,11 +232,18 @@ def summarise(results: list[dict], tolerance: float) -> dict:
         }
     for label, optimum in optima.items():
         if label != "plateau":
-            optimum["jump_iteration"] = _spread([r["jump_iteration"] for r, own in zip(results, labels)
-                                                 if own == label and r["jump_nats"] > 1.0])
-    spread = _spread([r["jump_iteration"] for r, label in zip(results, labels) if label != "plateau" and r["jump_nats"] > 1.0])
-    return {"num_seeds": len(results), "optima": optima, "jump_iteration": spread,
-            "stopped_on_plateau": [r["seed"] for r, label in zip(results, labels) if label == "plateau"]}
+            optimum["jump_iteration"] = _spread(
+                [r["jump_iteration"] for r, own in zip(results, labels) if own == label and r["jump_nats"] > 1.0]
+            )
+    spread = _spread(
+        [r["jump_iteration"] for r, label in zip(results, labels) if label != "plateau" and r["jump_nats"] > 1.0]
+    )
+    return {
+        "num_seeds": len(results),
+        "optima": optima,
+        "jump_iteration": spread,
+        "stopped_on_plateau": [r["seed"] for r, label in zip(results, labels) if label == "plateau"],
+    }
 
 
 def main(args) -> list[dict]:
@@ -219,21 +253,29 @@ def main(args) -> list[dict]:
     symbols = "".join(data.vocabulary.symbols)
     results = [run_seed(data.batch, symbols, seed, args) for seed in args.seeds]
     print(f"2-state HMM on the first {data.num_steps} characters of builtin:letters, {len(results)} noise seeds")
-    print(f"{'seed':>4} {'iters':>6} {'jump at':>8} {'jump (nats)':>12} {'final ll':>12}  vowel-state mass  preferred letters (vowel state | other)")
+    print(
+        f"{'seed':>4} {'iters':>6} {'jump at':>8} {'jump (nats)':>12} {'final ll':>12}  vowel-state mass  preferred letters (vowel state | other)"
+    )
     for r in results:
         k = r["vowel_state"]
-        print(f"{r['seed']:>4} {r['iterations']:>6} {r['jump_iteration']:>8} {r['jump_nats']:>12.1f} {r['final_log_likelihood']:>12.1f}"
-              f"  {r['vowel_state_mass_on_space_and_vowels']:>16.2f}  {r['preferred_letters'][k]} | {r['preferred_letters'][1 - k]}"
-              + ("  (stopped on the plateau)" if r["on_plateau"] else ""))
+        print(
+            f"{r['seed']:>4} {r['iterations']:>6} {r['jump_iteration']:>8} {r['jump_nats']:>12.1f} {r['final_log_likelihood']:>12.1f}"
+            f"  {r['vowel_state_mass_on_space_and_vowels']:>16.2f}  {r['preferred_letters'][k]} | {r['preferred_letters'][1 - k]}"
+            + ("  (stopped on the plateau)" if r["on_plateau"] else "")
+        )
     summary = summarise(results, args.optimum_tolerance)
     print("end points over the seeds:")
     for label, optimum in summary["optima"].items():
-        print(f"  {label:<10} {optimum['share']:6.1%}  final ll {optimum['final_log_likelihood']:12.1f}  "
-              f"{' | '.join(optimum['preferred_letters'])}  seeds {optimum['seeds']}")
+        print(
+            f"  {label:<10} {optimum['share']:6.1%}  final ll {optimum['final_log_likelihood']:12.1f}  "
+            f"{' | '.join(optimum['preferred_letters'])}  seeds {optimum['seeds']}"
+        )
         spread = optimum.get("jump_iteration", {"runs": 0})
         if spread["runs"]:
-            print(f"             jump at iteration: min {spread['min']}, quartiles {spread['quartiles'][0]:.0f}"
-                  f"-{spread['quartiles'][1]:.0f}, median {spread['median']:.0f}, max {spread['max']} ({spread['runs']} runs)")
+            print(
+                f"             jump at iteration: min {spread['min']}, quartiles {spread['quartiles'][0]:.0f}"
+                f"-{spread['quartiles'][1]:.0f}, median {spread['median']:.0f}, max {spread['max']} ({spread['runs']} runs)"
+            )
     best_label = next(iter(summary["optima"]))
     missed = [r for r, label in zip(results, optimum_labels(results, args.optimum_tolerance)) if label != best_label]
     restarted = []
@@ -242,20 +284,31 @@ def main(args) -> list[dict]:
         for r in missed:
             again = run_seed(data.batch, symbols, r["seed"], args, num_restarts=args.restarts)
             # Reaching the best single-run optimum, or a better one, counts.
-            again["reached_best"] = bool(not again["on_plateau"] and again["final_log_likelihood"] >= best_value - args.optimum_tolerance)
+            again["reached_best"] = bool(
+                not again["on_plateau"] and again["final_log_likelihood"] >= best_value - args.optimum_tolerance
+            )
             restarted.append(again)
             k = again["vowel_state"]
-            print(f"seed {r['seed']:>3} with --restarts {args.restarts}: final ll {again['final_log_likelihood']:.1f} "
-                  f"(one run: {r['final_log_likelihood']:.1f}), {again['preferred_letters'][k]} | {again['preferred_letters'][1 - k]}; "
-                  "restarts' objectives (log-likelihood + log prior) "
-                  + ", ".join(f"{value:.1f}" for value in again["restart_objectives"])
-                  + ("; best optimum reached" if again["reached_best"] else "; best optimum NOT reached"))
+            print(
+                f"seed {r['seed']:>3} with --restarts {args.restarts}: final ll {again['final_log_likelihood']:.1f} "
+                f"(one run: {r['final_log_likelihood']:.1f}), {again['preferred_letters'][k]} | {again['preferred_letters'][1 - k]}; "
+                "restarts' objectives (log-likelihood + log prior) "
+                + ", ".join(f"{value:.1f}" for value in again["restart_objectives"])
+                + ("; best optimum reached" if again["reached_best"] else "; best optimum NOT reached")
+            )
     plot(results, symbols, out, optimum_labels(results, args.optimum_tolerance))
     trim = lambda r: {k: v for k, v in r.items() if k not in ("log_likelihood_trace", "state0_given_letter")}  # noqa: E731
     summary["restarts"] = {"num_restarts": args.restarts, "runs": [trim(r) for r in restarted]}
-    summary["settings"] = {"num_chars": data.num_steps, "noise": args.noise, "max_iterations": args.max_iterations,
-                           "tolerance": args.tolerance, "patience": args.patience}
-    (out / "shannon_letters.json").write_text(json.dumps({"summary": summary, "runs": [trim(r) for r in results]}, indent=2))
+    summary["settings"] = {
+        "num_chars": data.num_steps,
+        "noise": args.noise,
+        "max_iterations": args.max_iterations,
+        "tolerance": args.tolerance,
+        "patience": args.patience,
+    }
+    (out / "shannon_letters.json").write_text(
+        json.dumps({"summary": summary, "runs": [trim(r) for r in results]}, indent=2)
+    )
     print(f"figure: {out / 'shannon_letters.png'}")
     return results
 
@@ -268,12 +321,25 @@ def parse_args(argv=None):
     parser.add_argument("--max-iterations", type=int, default=1500)
     # The plateau gains far less than 1e-6 nats per character per iteration
     # for hundreds of iterations; a looser rule stops on it, before the jump.
-    parser.add_argument("--tolerance", type=float, default=1e-10, help="EM stops when it gains less than this many nats per character per iteration ...")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-10,
+        help="EM stops when it gains less than this many nats per character per iteration ...",
+    )
     parser.add_argument("--patience", type=int, default=50, help="... for this many iterations in a row")
-    parser.add_argument("--restarts", type=int, default=4,
-                        help="random restarts (restart 0 = the seed's own start) for every seed that misses the best optimum")
-    parser.add_argument("--optimum-tolerance", type=float, default=1.0,
-                        help="final log-likelihoods within this many nats are one optimum")
+    parser.add_argument(
+        "--restarts",
+        type=int,
+        default=4,
+        help="random restarts (restart 0 = the seed's own start) for every seed that misses the best optimum",
+    )
+    parser.add_argument(
+        "--optimum-tolerance",
+        type=float,
+        default=1.0,
+        help="final log-likelihoods within this many nats are one optimum",
+    )
     parser.add_argument("--out", default="examples/output/shannon_letters")
     return parser.parse_args(argv)
 

@@ -72,7 +72,8 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pyro
@@ -104,13 +105,17 @@ def _posterior_kind(posterior: Any) -> str:
     if isinstance(posterior, str):
         if posterior == "guide":
             return "guide"
-        raise ValueError(f"posterior: expected a NUTS FitResult or MCMCResult, 'guide', 'point' or None, got {posterior!r}")
+        raise ValueError(
+            f"posterior: expected a NUTS FitResult or MCMCResult, 'guide', 'point' or None, got {posterior!r}"
+        )
     if getattr(posterior, "mcmc", None) is not None:
         return "nuts"
     if hasattr(posterior, "draws") and hasattr(posterior, "sample_stats"):
         return "nuts"
-    raise ValueError(f"posterior: expected a NUTS FitResult or MCMCResult, 'guide', 'point' or None, "
-                     f"got {type(posterior).__name__} (a FitResult of method {getattr(posterior, 'method', '?')!r}?)")
+    raise ValueError(
+        f"posterior: expected a NUTS FitResult or MCMCResult, 'guide', 'point' or None, "
+        f"got {type(posterior).__name__} (a FitResult of method {getattr(posterior, 'method', '?')!r}?)"
+    )
 
 
 def _guide_site_log_prob(site: dict) -> Tensor:
@@ -118,7 +123,9 @@ def _guide_site_log_prob(site: dict) -> Tensor:
     return log_prob.sum()
 
 
-def draw_from_guide(model: SequenceModel, batch: SequenceBatch, num_draws: int, seed: int = 0) -> tuple[dict[str, Tensor], Tensor]:
+def draw_from_guide(
+    model: SequenceModel, batch: SequenceBatch, num_draws: int, seed: int = 0
+) -> tuple[dict[str, Tensor], Tensor]:
     """Draws of the parameter sites from the model's guide, read from traces.
 
     Args:
@@ -143,7 +150,9 @@ def draw_from_guide(model: SequenceModel, batch: SequenceBatch, num_draws: int, 
             trace = poutine.trace(model.guide).get_trace(batch)
             missing = [name for name in sites if name not in trace.nodes]
             if missing:
-                raise ValueError(f"model: the guide of {type(model).__name__} does not sample the parameter sites {missing}")
+                raise ValueError(
+                    f"model: the guide of {type(model).__name__} does not sample the parameter sites {missing}"
+                )
             total = torch.zeros((), dtype=torch.float64)
             for name in sites:
                 draws[name].append(trace.nodes[name]["value"].detach())
@@ -170,7 +179,9 @@ def guide_is_point_mass(model: SequenceModel, batch: SequenceBatch) -> bool:
     return True
 
 
-def _conditioned_log_likelihood(model: SequenceModel, batch: SequenceBatch, values: Mapping[str, Tensor]) -> Tensor | None:
+def _conditioned_log_likelihood(
+    model: SequenceModel, batch: SequenceBatch, values: Mapping[str, Tensor]
+) -> Tensor | None:
     """``(N,)`` log-likelihood of each sequence read from a trace of ``model.model``
     with the parameter sites conditioned on ``values``: the sum of the
     observed sites' log densities over every dimension but the ``sequences``
@@ -188,11 +199,15 @@ def _conditioned_log_likelihood(model: SequenceModel, batch: SequenceBatch, valu
         if not site["is_observed"]:
             return None
         frame = next((f for f in site["cond_indep_stack"] if f.name == "sequences"), None)
-        if frame is None or (frame.size != batch.num_sequences and frame.size != (batch.population or batch.num_sequences)):
+        if frame is None or (
+            frame.size != batch.num_sequences and frame.size != (batch.population or batch.num_sequences)
+        ):
             return None
         log_prob = site["fn"].log_prob(site["value"])
         if site["mask"] is not None:
-            log_prob = torch.where(torch.as_tensor(site["mask"]).expand_as(log_prob), log_prob, torch.zeros_like(log_prob))
+            log_prob = torch.where(
+                torch.as_tensor(site["mask"]).expand_as(log_prob), log_prob, torch.zeros_like(log_prob)
+            )
         if log_prob.dim() < -frame.dim or log_prob.shape[frame.dim] != batch.num_sequences:
             return None
         total = total + log_prob.movedim(frame.dim, 0).reshape(batch.num_sequences, -1).sum(-1).double().cpu()
@@ -207,12 +222,18 @@ def _state_summaries(output: Any, batch: SequenceBatch) -> dict[str, Tensor]:
     if isinstance(output, Tensor):
         fields = {"state_probs": output}
     elif hasattr(output, "_asdict"):
-        fields = {key if key.startswith("smoothed") else f"smoothed_{key}": value for key, value in output._asdict().items()}
+        fields = {
+            key if key.startswith("smoothed") else f"smoothed_{key}": value for key, value in output._asdict().items()
+        }
     else:
         return {}
     summaries = {}
     for key, value in fields.items():
-        if isinstance(value, Tensor) and value.dim() >= 2 and tuple(value.shape[:2]) == (batch.num_sequences, batch.max_length):
+        if (
+            isinstance(value, Tensor)
+            and value.dim() >= 2
+            and tuple(value.shape[:2]) == (batch.num_sequences, batch.max_length)
+        ):
             summaries[key] = value.detach().double().cpu()
     if "smoothed_mean" in summaries:
         mean = summaries["smoothed_mean"]
@@ -258,7 +279,7 @@ def to_inference_data(
     posterior_predictive: bool = True,
     states: bool = True,
     seed: int = 0,
-) -> "az.InferenceData":
+) -> az.InferenceData:
     """Exports a model, its data and a posterior to ArviZ (see the module docstring).
 
     Args:
@@ -292,16 +313,40 @@ def to_inference_data(
     was_training = model.training
     model.eval()
     try:
-        return _export(model, data, posterior, kind, num_draws=num_draws, num_predictive_draws=num_predictive_draws,
-                       fit_result=fit_result, align_labels=align_labels, add_log_likelihood=log_likelihood,
-                       add_predictive=posterior_predictive, add_states=states, seed=seed)
+        return _export(
+            model,
+            data,
+            posterior,
+            kind,
+            num_draws=num_draws,
+            num_predictive_draws=num_predictive_draws,
+            fit_result=fit_result,
+            align_labels=align_labels,
+            add_log_likelihood=log_likelihood,
+            add_predictive=posterior_predictive,
+            add_states=states,
+            seed=seed,
+        )
     finally:
         model.load_state_dict(saved_state)
         model.train(was_training)
 
 
-def _export(model, data, posterior, kind, *, num_draws, num_predictive_draws, fit_result, align_labels,
-            add_log_likelihood, add_predictive, add_states, seed):
+def _export(
+    model,
+    data,
+    posterior,
+    kind,
+    *,
+    num_draws,
+    num_predictive_draws,
+    fit_result,
+    align_labels,
+    add_log_likelihood,
+    add_predictive,
+    add_states,
+    seed,
+):
     sites = model.parameter_sites()
     site_dims = model.site_dims()
     sample_stats: dict[str, np.ndarray] = {}
@@ -373,7 +418,9 @@ def _export(model, data, posterior, kind, *, num_draws, num_predictive_draws, fi
                     set_draw(chain, 0 if kind == "point" else int(index))
                     if add_predictive:
                         sample = model.sample(data.num_sequences, data.max_length, generator=generator)
-                        chain_replicated.append(_observations(SequenceBatch(sample.values, data.lengths.to(sample.values.device)), ragged))
+                        chain_replicated.append(
+                            _observations(SequenceBatch(sample.values, data.lengths.to(sample.values.device)), ragged)
+                        )
                     if add_states and smooths and (kind != "point" or count == 0):
                         for key, value in _state_summaries(model.smooth(data.values, data.lengths), data).items():
                             sums[key] = sums.get(key, 0) + value
@@ -385,22 +432,27 @@ def _export(model, data, posterior, kind, *, num_draws, num_predictive_draws, fi
         if "smoothed_mean" in smoothed and "smoothed_cov" in smoothed and "_mean_outer" in smoothed:
             # Law of total covariance over the draws: E[Cov] + E[m m^T] - E[m] E[m]^T.
             mean = smoothed["smoothed_mean"]
-            smoothed["smoothed_cov"] = smoothed["smoothed_cov"] + smoothed["_mean_outer"] - mean.unsqueeze(-1) * mean.unsqueeze(-2)
+            smoothed["smoothed_cov"] = (
+                smoothed["smoothed_cov"] + smoothed["_mean_outer"] - mean.unsqueeze(-1) * mean.unsqueeze(-2)
+            )
         smoothed = {key: _numpy(value) for key, value in smoothed.items() if not key.startswith("_")}
     if add_states and kind != "nuts" and model.supports("sample_states") and not smooths:
         # No closed-form state marginals: posterior state paths, one per kept draw (a point estimate: all at once).
         generator = torch.Generator(device=data.device).manual_seed(seed + 1)
         with torch.no_grad():
             if kind == "point":
-                sampled_states = model.sample_states(data.values, data.lengths, num_samples=len(kept),
-                                                     generator=generator).unsqueeze(0)
+                sampled_states = model.sample_states(
+                    data.values, data.lengths, num_samples=len(kept), generator=generator
+                ).unsqueeze(0)
             else:
                 chains = []
                 for chain in range(num_chains):
                     paths = []
                     for index in kept:
                         set_draw(chain, int(index))
-                        paths.append(model.sample_states(data.values, data.lengths, num_samples=1, generator=generator)[0])
+                        paths.append(
+                            model.sample_states(data.values, data.lengths, num_samples=1, generator=generator)[0]
+                        )
                     chains.append(torch.stack(paths))
                 sampled_states = torch.stack(chains)
     coords: dict[str, Any] = {"sequence": np.arange(data.num_sequences), "time": np.arange(data.max_length)}
@@ -408,8 +460,13 @@ def _export(model, data, posterior, kind, *, num_draws, num_predictive_draws, fi
         trace = np.array([record["objective"] for record in fit_result.history], dtype=float)
     else:
         trace = None
-    attrs = {"model_class": type(model).__name__, "family": model.family, "posterior_kind": kind,
-             "log_likelihood_unit": "sequence", "likelihood_kind": model.likelihood_kind}
+    attrs = {
+        "model_class": type(model).__name__,
+        "family": model.family,
+        "posterior_kind": kind,
+        "log_likelihood_unit": "sequence",
+        "likelihood_kind": model.likelihood_kind,
+    }
     with warnings.catch_warnings():
         # from_dict warns when a group has fewer draws than dimensions (a point estimate: one draw).
         warnings.simplefilter("ignore", UserWarning)
@@ -426,8 +483,9 @@ def _export(model, data, posterior, kind, *, num_draws, num_predictive_draws, fi
     if predictive is not None and len(kept) != per_chain:
         idata.posterior_predictive = idata.posterior_predictive.assign_coords(draw=kept)
     if log_likelihood is not None:
-        idata.log_likelihood[OBSERVED_NAME] = idata.log_likelihood[OBSERVED_NAME].rename({
-            dim: "sequence" for dim in idata.log_likelihood[OBSERVED_NAME].dims if dim not in ("chain", "draw")})
+        idata.log_likelihood[OBSERVED_NAME] = idata.log_likelihood[OBSERVED_NAME].rename(
+            {dim: "sequence" for dim in idata.log_likelihood[OBSERVED_NAME].dims if dim not in ("chain", "draw")}
+        )
     if trace is not None:
         name = "elbo" if fit_result.method == "svi" else "em_objective"
         if not hasattr(idata, "sample_stats"):
@@ -440,10 +498,17 @@ def _export(model, data, posterior, kind, *, num_draws, num_predictive_draws, fi
         state_vars[key] = xr.DataArray(value, dims=["sequence", "time", *extra])
     if sampled_states is not None:
         extra = ["latent", "latent_bis"][: sampled_states.dim() - 4]
-        state_vars["sampled_states"] = xr.DataArray(_numpy(sampled_states), dims=["chain", "draw", "sequence", "time", *extra])
+        state_vars["sampled_states"] = xr.DataArray(
+            _numpy(sampled_states), dims=["chain", "draw", "sequence", "time", *extra]
+        )
     if state_vars:
-        idata.add_groups({"posterior_states": xr.Dataset(state_vars, coords={"sequence": np.arange(data.num_sequences),
-                                                                              "time": np.arange(data.max_length)})})
+        idata.add_groups(
+            {
+                "posterior_states": xr.Dataset(
+                    state_vars, coords={"sequence": np.arange(data.num_sequences), "time": np.arange(data.max_length)}
+                )
+            }
+        )
     return idata
 
 
@@ -469,7 +534,7 @@ def importance_sampling_khat(idata) -> float:
     return float(np.asarray(khat).reshape(-1)[0])
 
 
-def loo(idata, *, warn: bool = True) -> "ELPDData":
+def loo(idata, *, warn: bool = True) -> ELPDData:
     r"""PSIS-LOO over sequences, for NUTS draws and for guide draws alike.
 
     MCMC draws: :func:`arviz.loo` (pointwise). Guide draws :math:`\theta_s \sim q`:
@@ -513,17 +578,38 @@ def loo(idata, *, warn: bool = True) -> "ELPDData":
     khat = float(np.asarray(full_k).reshape(-1)[0])
     warning = bool(np.any(pareto_k > good_k) or khat > good_k)
     if warn and khat > good_k:
-        warnings.warn(f"loo: the Pareto k of the guide's importance ratios is {khat:.2f} > {good_k:.2f}: the guide is "
-                      f"too narrow (or too far from the posterior) for the importance-sampling correction to be reliable")
+        warnings.warn(
+            f"loo: the Pareto k of the guide's importance ratios is {khat:.2f} > {good_k:.2f}: the guide is "
+            f"too narrow (or too far from the posterior) for the importance-sampling correction to be reliable"
+        )
     elif warn and warning:
         warnings.warn(f"loo: Pareto k > {good_k:.2f} for some sequences; their leave-one-out estimates are unreliable")
     sequences = idata.log_likelihood[OBSERVED_NAME].coords["sequence"].values
     return ELPDData(
-        data=[float(loo_i.sum()), float((num_points * np.var(loo_i)) ** 0.5), float(lppd_i.sum() - loo_i.sum()),
-              num_samples, num_points, warning,
-              xr.DataArray(loo_i, dims=["sequence"], coords={"sequence": sequences}, name="loo_i"),
-              xr.DataArray(pareto_k, dims=["sequence"], coords={"sequence": sequences}), "log", good_k],
-        index=["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning", "loo_i", "pareto_k", "scale", "good_k"],
+        data=[
+            float(loo_i.sum()),
+            float((num_points * np.var(loo_i)) ** 0.5),
+            float(lppd_i.sum() - loo_i.sum()),
+            num_samples,
+            num_points,
+            warning,
+            xr.DataArray(loo_i, dims=["sequence"], coords={"sequence": sequences}, name="loo_i"),
+            xr.DataArray(pareto_k, dims=["sequence"], coords={"sequence": sequences}),
+            "log",
+            good_k,
+        ],
+        index=[
+            "elpd_loo",
+            "se",
+            "p_loo",
+            "n_samples",
+            "n_data_points",
+            "warning",
+            "loo_i",
+            "pareto_k",
+            "scale",
+            "good_k",
+        ],
     )
 
 

@@ -10,9 +10,9 @@ masks them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Mapping, Sequence
 
 import pyro
 import torch
@@ -64,26 +64,20 @@ class SequenceBatch:
             raise TypeError(f"lengths: expected a torch.Tensor, got {type(self.lengths).__name__}")
         if self.values.dim() < 2:
             raise ValueError(
-                f"values: expected shape (N, T, *event_shape) with at least 2 dims, "
-                f"got {tuple(self.values.shape)}"
+                f"values: expected shape (N, T, *event_shape) with at least 2 dims, got {tuple(self.values.shape)}"
             )
         if self.lengths.shape != self.values.shape[:1]:
             raise ValueError(
-                f"lengths: expected shape ({self.values.shape[0]},) to match values, "
-                f"got {tuple(self.lengths.shape)}"
+                f"lengths: expected shape ({self.values.shape[0]},) to match values, got {tuple(self.lengths.shape)}"
             )
         if self.lengths.dtype != torch.long:
             object.__setattr__(self, "lengths", self.lengths.long())
         if self.lengths.device != self.values.device:
-            raise ValueError(
-                f"lengths is on {self.lengths.device} but values on {self.values.device}"
-            )
+            raise ValueError(f"lengths is on {self.lengths.device} but values on {self.values.device}")
         if self.lengths.numel():
             low, high = int(self.lengths.min()), int(self.lengths.max())
             if low < 0 or high > self.values.shape[1]:
-                raise ValueError(
-                    f"lengths: expected values in [0, {self.values.shape[1]}], got range [{low}, {high}]"
-                )
+                raise ValueError(f"lengths: expected values in [0, {self.values.shape[1]}], got range [{low}, {high}]")
         n = self.values.shape[0]
         if not isinstance(self.covariates, Mapping):
             raise TypeError(f"covariates: expected a mapping of name to tensor, got {type(self.covariates).__name__}")
@@ -93,16 +87,20 @@ class SequenceBatch:
             if not isinstance(covariate, Tensor):
                 raise TypeError(f"covariates[{name!r}]: expected a torch.Tensor, got {type(covariate).__name__}")
             if covariate.dim() < 1 or covariate.shape[0] != n:
-                raise ValueError(f"covariates[{name!r}]: expected shape ({n}, ...), one row per sequence, "
-                                 f"got {tuple(covariate.shape)}")
+                raise ValueError(
+                    f"covariates[{name!r}]: expected shape ({n}, ...), one row per sequence, "
+                    f"got {tuple(covariate.shape)}"
+                )
             if covariate.device != self.values.device:
                 raise ValueError(f"covariates[{name!r}] is on {covariate.device} but values on {self.values.device}")
         # A read-only copy: a frozen batch must not change when the caller's dict does.
         object.__setattr__(self, "covariates", MappingProxyType(dict(self.covariates)))
         if self.index is not None:
             if not isinstance(self.index, Tensor) or self.index.shape != (n,) or self.index.is_floating_point():
-                raise ValueError(f"index: expected an ({n},) integer tensor or None, "
-                                 f"got {getattr(self.index, 'shape', type(self.index).__name__)}")
+                raise ValueError(
+                    f"index: expected an ({n},) integer tensor or None, "
+                    f"got {getattr(self.index, 'shape', type(self.index).__name__)}"
+                )
             if self.index.device != self.values.device:
                 raise ValueError(f"index is on {self.index.device} but values on {self.values.device}")
             if self.index.dtype != torch.long:
@@ -110,9 +108,14 @@ class SequenceBatch:
 
     # -- construction -----------------------------------------------------
     @classmethod
-    def from_sequences(cls, sequences: Sequence[Tensor], padding_value: float = 0, *,
-                       covariates: Mapping[str, Tensor] | None = None, index: Tensor | None = None
-                       ) -> "SequenceBatch":
+    def from_sequences(
+        cls,
+        sequences: Sequence[Tensor],
+        padding_value: float = 0,
+        *,
+        covariates: Mapping[str, Tensor] | None = None,
+        index: Tensor | None = None,
+    ) -> SequenceBatch:
         """Pads a list of ``(T_n, *event_shape)`` tensors into one batch, with
         optional per-sequence ``covariates`` (each ``(N, ...)``) and ``index`` ``(N,)``."""
         if len(sequences) == 0:
@@ -121,16 +124,21 @@ class SequenceBatch:
         for i, seq in enumerate(sequences):
             if seq.dim() < 1 or seq.shape[1:] != event_shape:
                 raise ValueError(
-                    f"sequences[{i}]: expected shape (T, {', '.join(map(str, event_shape))}), "
-                    f"got {tuple(seq.shape)}"
+                    f"sequences[{i}]: expected shape (T, {', '.join(map(str, event_shape))}), got {tuple(seq.shape)}"
                 )
         lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long, device=sequences[0].device)
         values = torch.nn.utils.rnn.pad_sequence(list(sequences), batch_first=True, padding_value=padding_value)
         return cls(values, lengths, covariates=dict(covariates or {}), index=index)
 
     @classmethod
-    def from_tensor(cls, values: Tensor, lengths: Tensor | None = None, *,
-                    covariates: Mapping[str, Tensor] | None = None, index: Tensor | None = None) -> "SequenceBatch":
+    def from_tensor(
+        cls,
+        values: Tensor,
+        lengths: Tensor | None = None,
+        *,
+        covariates: Mapping[str, Tensor] | None = None,
+        index: Tensor | None = None,
+    ) -> SequenceBatch:
         """Wraps ``(N, T, ...)`` values; all sequences full length unless ``lengths``."""
         if lengths is None:
             lengths = torch.full(values.shape[:1], values.shape[1], dtype=torch.long, device=values.device)
@@ -171,7 +179,7 @@ class SequenceBatch:
             return self.index
         return torch.arange(self.num_sequences, device=self.device)
 
-    def to(self, device=None, dtype=None) -> "SequenceBatch":
+    def to(self, device=None, dtype=None) -> SequenceBatch:
         """Moves to ``device``; ``dtype`` applies to floating-point values and covariates only."""
 
         def move(tensor: Tensor) -> Tensor:
@@ -191,7 +199,7 @@ class SequenceBatch:
     def __len__(self) -> int:
         return self.num_sequences
 
-    def __getitem__(self, index) -> "SequenceBatch":
+    def __getitem__(self, index) -> SequenceBatch:
         """Selects sequences (int, slice, index tensor); trims padding to the new
         longest; covariates and indices follow the selection."""
         if isinstance(index, int):
@@ -210,14 +218,14 @@ class SequenceBatch:
         """The unpadded sequences, each ``(T_n, *event_shape)``."""
         return [self.values[n, : int(l)] for n, l in enumerate(self.lengths.tolist())]
 
-    def with_population(self, population: int | None) -> "SequenceBatch":
+    def with_population(self, population: int | None) -> SequenceBatch:
         return replace(self, population=population)
 
-    def with_covariates(self, **covariates: Tensor) -> "SequenceBatch":
+    def with_covariates(self, **covariates: Tensor) -> SequenceBatch:
         """A copy with ``covariates`` added (or replaced), each ``(N, ...)``."""
         return replace(self, covariates={**self.covariates, **covariates})
 
-    def chunk(self, length: int) -> "SequenceBatch":
+    def chunk(self, length: int) -> SequenceBatch:
         """Cuts every sequence into consecutive pieces of at most ``length`` steps.
 
         Used to train on one long text in mini-batches; pieces are scored as

@@ -110,8 +110,12 @@ def checkpoint_payload(
     if optimizer is not None:
         optimizer_tensors, optimizer_json = split_optimizer_state(optimizer)
         tensors.update(optimizer_tensors)
-    return tensors, {**loop_state, "has_best_state": best_state is not None, "optimizer": optimizer_json,
-                     "rng": rng_json}
+    return tensors, {
+        **loop_state,
+        "has_best_state": best_state is not None,
+        "optimizer": optimizer_json,
+        "rng": rng_json,
+    }
 
 
 def save_checkpoint(run: RunDirectory, tensors: dict[str, Tensor], state: dict[str, Any]) -> None:

@@ -6,7 +6,8 @@ only, never on a concrete family.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyro.distributions as dist
 import torch
@@ -135,7 +136,7 @@ class SequenceModel(PyroModule):
         if capability == "em":
             return bool(cls.supports_em)
         if capability.startswith("sample_") and capability != "sample_states":
-            return capability[len("sample_"):] in cls.sample_options
+            return capability[len("sample_") :] in cls.sample_options
         method = "reset_parameters" if capability == "restarts" else capability
         return getattr(cls, method) is not getattr(SequenceModel, method)
 
@@ -177,13 +178,19 @@ class SequenceModel(PyroModule):
         """``(N, T)`` the most probable state path of each sequence (-1 past its length)."""
         raise self.not_supported("decode")
 
-    def sample_states(self, values: Tensor, lengths: Tensor | None = None, num_samples: int = 1,
-                      generator: torch.Generator | None = None) -> Tensor:
+    def sample_states(
+        self,
+        values: Tensor,
+        lengths: Tensor | None = None,
+        num_samples: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """``(S, N, T, ...)`` state paths drawn from their posterior given the observations."""
         raise self.not_supported("sample_states")
 
-    def forecast_distribution(self, history: SequenceBatch, steps: int, *, num_samples: int = 500,
-                              generator: torch.Generator | None = None) -> "ForecastDistribution":
+    def forecast_distribution(
+        self, history: SequenceBatch, steps: int, *, num_samples: int = 500, generator: torch.Generator | None = None
+    ) -> ForecastDistribution:
         """The predictive distribution of the ``steps`` observations after each sequence of
         ``history`` (:class:`~inference.forecasting.ForecastDistribution`; ``num_samples``
         paths where the family forecasts by sampling)."""
@@ -227,7 +234,7 @@ class SequenceModel(PyroModule):
         :func:`near_duplicate_states`."""
         return True
 
-    def fit_defaults(self, method: str) -> "SVIOptions | EMOptions | NUTSOptions":
+    def fit_defaults(self, method: str) -> SVIOptions | EMOptions | NUTSOptions:
         """The options record :func:`inference.fit.fit` starts from for ``method``
         (``"svi"``, ``"em"`` or ``"nuts"``), before the caller's keywords; ``seqzoo fit``
         trains with the same record plus the flags the user gives. The default is the

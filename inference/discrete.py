@@ -70,7 +70,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -164,8 +165,7 @@ def _prepare(
     log_initial = _check_float("log_initial", log_initial)
     if log_initial.shape not in ((num_states,), (num_seq, num_states)):
         raise ValueError(
-            f"log_initial: expected shape ({num_states},) or ({num_seq}, {num_states}), "
-            f"got {tuple(log_initial.shape)}"
+            f"log_initial: expected shape ({num_states},) or ({num_seq}, {num_states}), got {tuple(log_initial.shape)}"
         )
     log_transition = _check_float("log_transition", log_transition)
     if log_transition.shape not in ((num_states, num_states), (num_seq, num_states, num_states)):
@@ -281,9 +281,19 @@ def _exp_shifted(log_values, out):  # pragma: no cover
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_SAFE_FASTMATH)
-def _fused_forward_kernel(log_initial, log_transition, log_emission, lengths, store,
-                          initial_probs, transition_probs, emission_probs, filtered, scales,
-                          log_normalizer):  # pragma: no cover
+def _fused_forward_kernel(
+    log_initial,
+    log_transition,
+    log_emission,
+    lengths,
+    store,
+    initial_probs,
+    transition_probs,
+    emission_probs,
+    filtered,
+    scales,
+    log_normalizer,
+):  # pragma: no cover
     """Scaled forward pass from the log potentials themselves (the shifts and ``exp`` done here,
     row by row, instead of as whole-array tensor operations before the call).
 
@@ -357,8 +367,19 @@ def _fused_forward_kernel(log_initial, log_transition, log_emission, lengths, st
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_SAFE_FASTMATH)
-def _categorical_forward_kernel(log_initial, log_transition, log_emission_table, codes, lengths, store,
-                                transition_probs, table_probs, filtered, scales, log_normalizer):  # pragma: no cover
+def _categorical_forward_kernel(
+    log_initial,
+    log_transition,
+    log_emission_table,
+    codes,
+    lengths,
+    store,
+    transition_probs,
+    table_probs,
+    filtered,
+    scales,
+    log_normalizer,
+):  # pragma: no cover
     """Scaled forward pass with the emission potentials gathered from a table inside the loop.
 
     ``log_emission_table`` ``(K, V)``: the emission log potential of each state and symbol;
@@ -429,8 +450,9 @@ def _categorical_forward_kernel(log_initial, log_transition, log_emission_table,
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_SAFE_FASTMATH)
-def _categorical_backward_kernel(transition_probs, table_probs, codes, lengths, filtered, scales, weights,
-                                 grad_initial, grad_transition, grad_table):  # pragma: no cover
+def _categorical_backward_kernel(
+    transition_probs, table_probs, codes, lengths, filtered, scales, weights, grad_initial, grad_transition, grad_table
+):  # pragma: no cover
     """:func:`_backward_kernel` for :func:`_categorical_forward_kernel`'s outputs, summed over the
     batch with ``weights`` (N,) as it goes: ``grad_initial`` (K,) the posterior of the first
     state, ``grad_transition`` (K, K) the expected transition counts, ``grad_table`` (K, V)
@@ -621,8 +643,9 @@ class _ScaledPotentials(NamedTuple):
     emission_shift: Tensor  # (N, T)
 
 
-def _scaled_potentials(log_initial: Tensor, log_transition: Tensor, log_emission: Tensor,
-                       lengths: Tensor) -> _ScaledPotentials:
+def _scaled_potentials(
+    log_initial: Tensor, log_transition: Tensor, log_emission: Tensor, lengths: Tensor
+) -> _ScaledPotentials:
     log_initial, log_transition = (x.detach().to("cpu", torch.float64) for x in (log_initial, log_transition))
     # Emissions stay in their own dtype (float32 or float64): the kernels accumulate in
     # float64 either way, and skipping the float64 copy halves the memory traffic of the
@@ -649,8 +672,14 @@ def _numba_forward(potentials: _ScaledPotentials) -> tuple[Tensor, np.ndarray, n
     num_seq, num_steps, num_states = potentials.emission_probs.shape
     filtered = np.zeros((num_seq, num_steps, num_states))
     scales = np.empty((num_seq, num_steps))
-    _forward_kernel(potentials.initial_probs, potentials.transition_probs, potentials.emission_probs,
-                    potentials.lengths, filtered, scales)
+    _forward_kernel(
+        potentials.initial_probs,
+        potentials.transition_probs,
+        potentials.emission_probs,
+        potentials.lengths,
+        filtered,
+        scales,
+    )
     lengths = torch.from_numpy(potentials.lengths)
     valid = _valid_mask(lengths, num_steps)
     log_normalizer = (torch.from_numpy(scales).log() + potentials.emission_shift * valid).sum(-1)
@@ -659,13 +688,21 @@ def _numba_forward(potentials: _ScaledPotentials) -> tuple[Tensor, np.ndarray, n
     return log_normalizer, filtered, scales
 
 
-def _numba_backward(potentials: _ScaledPotentials, filtered: np.ndarray,
-                    scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _numba_backward(
+    potentials: _ScaledPotentials, filtered: np.ndarray, scales: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     num_seq, num_steps, num_states = filtered.shape
     state_marginals = np.zeros_like(filtered)
     transition_counts = np.zeros((num_seq, num_states, num_states))
-    _backward_kernel(potentials.transition_probs, potentials.emission_probs, potentials.lengths, filtered,
-                     scales, state_marginals, transition_counts)
+    _backward_kernel(
+        potentials.transition_probs,
+        potentials.emission_probs,
+        potentials.lengths,
+        filtered,
+        scales,
+        state_marginals,
+        transition_counts,
+    )
     return state_marginals, transition_counts
 
 
@@ -673,8 +710,7 @@ class _NumbaLogMarginal(torch.autograd.Function):
     """``log Z`` by the fused numba forward kernel; exact gradients by the backward kernel."""
 
     @staticmethod
-    def forward(ctx, log_initial: Tensor, log_transition: Tensor, log_emission: Tensor,
-                lengths: Tensor) -> Tensor:
+    def forward(ctx, log_initial: Tensor, log_transition: Tensor, log_emission: Tensor, lengths: Tensor) -> Tensor:
         store = any(ctx.needs_input_grad[:3])
         initial = log_initial.detach().to("cpu", torch.float64).contiguous().numpy()
         transition = log_transition.detach().to("cpu", torch.float64).contiguous().numpy()
@@ -693,12 +729,24 @@ class _NumbaLogMarginal(torch.autograd.Function):
         scales = np.empty((num_seq, stored_steps))
         log_normalizer = np.empty(num_seq)
         lengths_array = lengths.detach().to("cpu", torch.long).contiguous().numpy()
-        _fused_forward_kernel(initial, transition, emission, lengths_array, store, initial_probs,
-                              transition_probs, emission_probs, filtered, scales, log_normalizer)
+        _fused_forward_kernel(
+            initial,
+            transition,
+            emission,
+            lengths_array,
+            store,
+            initial_probs,
+            transition_probs,
+            emission_probs,
+            filtered,
+            scales,
+            log_normalizer,
+        )
         if store:
             empty = torch.empty(0)
-            potentials = _ScaledPotentials(initial_probs, transition_probs, emission_probs, lengths_array,
-                                           empty, empty, empty)
+            potentials = _ScaledPotentials(
+                initial_probs, transition_probs, emission_probs, lengths_array, empty, empty, empty
+            )
             ctx.state = (potentials, filtered, scales)
             ctx.shapes = (log_initial.shape[0], log_transition.shape[0])
         return torch.from_numpy(log_normalizer).to(device=log_emission.device, dtype=log_emission.dtype)
@@ -716,8 +764,11 @@ class _NumbaLogMarginal(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             grad_emission = (grad[:, None, None] * marginals).to(**options)
         if ctx.needs_input_grad[0]:
-            grad_initial = grad[:, None] * marginals[:, 0] if marginals.shape[1] else torch.zeros(
-                grad.shape[0], marginals.shape[-1], dtype=torch.float64)
+            grad_initial = (
+                grad[:, None] * marginals[:, 0]
+                if marginals.shape[1]
+                else torch.zeros(grad.shape[0], marginals.shape[-1], dtype=torch.float64)
+            )
             if num_initial == 1:
                 grad_initial = grad_initial.sum(0, keepdim=True)
             grad_initial = grad_initial.to(**options)
@@ -734,8 +785,9 @@ class _NumbaLogMarginal(torch.autograd.Function):
 # --------------------------------------------------------------------------------------
 
 
-def _torch_forward(log_initial: Tensor, log_transition: Tensor, log_emission: Tensor,
-                   lengths: Tensor) -> tuple[Tensor, Tensor]:
+def _torch_forward(
+    log_initial: Tensor, log_transition: Tensor, log_emission: Tensor, lengths: Tensor
+) -> tuple[Tensor, Tensor]:
     """Differentiable scaled forward loop; returns ``(log_normalizer (N,), filtered (N, T, K))``."""
     num_seq, num_steps, num_states = log_emission.shape
     if num_steps == 0:
@@ -768,8 +820,7 @@ def _torch_forward(log_initial: Tensor, log_transition: Tensor, log_emission: Te
     return log_normalizer, torch.stack(filtered, 1)
 
 
-def _torch_viterbi(log_initial: Tensor, log_transition: Tensor, log_emission: Tensor,
-                   lengths: Tensor) -> MAPPath:
+def _torch_viterbi(log_initial: Tensor, log_transition: Tensor, log_emission: Tensor, lengths: Tensor) -> MAPPath:
     num_seq, num_steps, num_states = log_emission.shape
     paths = torch.full((num_seq, num_steps), -1, dtype=torch.long, device=log_emission.device)
     if num_steps == 0:
@@ -790,8 +841,7 @@ def _torch_viterbi(log_initial: Tensor, log_transition: Tensor, log_emission: Te
     return MAPPath(paths, torch.where(lengths > 0, log_joint, log_joint.new_zeros(())))
 
 
-def _torch_backward_sample(transition_probs: Tensor, filtered: Tensor, lengths: Tensor,
-                           uniforms: Tensor) -> Tensor:
+def _torch_backward_sample(transition_probs: Tensor, filtered: Tensor, lengths: Tensor, uniforms: Tensor) -> Tensor:
     """Backward sampling with a torch loop; ``uniforms`` (S, N, T) -> paths (S, N, T)."""
     num_samples = uniforms.shape[0]
     num_seq, num_steps, num_states = filtered.shape
@@ -878,14 +928,16 @@ def _step_matrices(log_transition: Tensor, log_emission: Tensor, lengths: Tensor
     """``(N, T-1, K, K)`` log matrices of steps 2..T, log-identity on padded steps."""
     num_seq, num_steps, num_states = log_emission.shape
     matrices = log_transition[:, None] + log_emission[:, 1:, None, :]
-    identity = torch.full((num_states, num_states), -torch.inf, dtype=log_emission.dtype,
-                          device=log_emission.device).fill_diagonal_(0.0)
+    identity = torch.full(
+        (num_states, num_states), -torch.inf, dtype=log_emission.dtype, device=log_emission.device
+    ).fill_diagonal_(0.0)
     valid = _valid_mask(lengths, num_steps)[:, 1:, None, None]
     return torch.where(valid, matrices.expand(num_seq, -1, -1, -1), identity)
 
 
-def _parallel_log_normalizer(log_initial: Tensor, log_transition: Tensor, log_emission: Tensor,
-                             lengths: Tensor) -> Tensor:
+def _parallel_log_normalizer(
+    log_initial: Tensor, log_transition: Tensor, log_emission: Tensor, lengths: Tensor
+) -> Tensor:
     num_seq, num_steps, num_states = log_emission.shape
     if num_steps == 0:
         return log_emission.new_zeros(num_seq)
@@ -896,8 +948,7 @@ def _parallel_log_normalizer(log_initial: Tensor, log_transition: Tensor, log_em
     return torch.where(lengths > 0, torch.logsumexp(log_alpha, -1), log_alpha.new_zeros(()))
 
 
-def _parallel_filter(log_initial: Tensor, log_transition: Tensor, log_emission: Tensor,
-                     lengths: Tensor) -> Filtered:
+def _parallel_filter(log_initial: Tensor, log_transition: Tensor, log_emission: Tensor, lengths: Tensor) -> Filtered:
     num_seq, num_steps, num_states = log_emission.shape
     if num_steps == 0:
         return Filtered(log_emission.new_zeros(num_seq), log_emission.new_zeros(num_seq, 0, num_states))
@@ -914,8 +965,7 @@ def _parallel_filter(log_initial: Tensor, log_transition: Tensor, log_emission: 
     return Filtered(torch.where(lengths > 0, log_normalizer, log_normalizer.new_zeros(())), filtered)
 
 
-def _parallel_viterbi(log_initial: Tensor, log_transition: Tensor, log_emission: Tensor,
-                      lengths: Tensor) -> MAPPath:
+def _parallel_viterbi(log_initial: Tensor, log_transition: Tensor, log_emission: Tensor, lengths: Tensor) -> MAPPath:
     num_seq, num_steps, num_states = log_emission.shape
     paths = torch.full((num_seq, num_steps), -1, dtype=torch.long, device=log_emission.device)
     if num_steps == 0:
@@ -938,8 +988,13 @@ def _parallel_viterbi(log_initial: Tensor, log_transition: Tensor, log_emission:
 # --------------------------------------------------------------------------------------
 
 
-def _smoothed_by_autograd(log_normalizer_fn: Callable[..., Tensor], log_initial: Tensor, log_transition: Tensor,
-                          log_emission: Tensor, lengths: Tensor) -> Smoothed:
+def _smoothed_by_autograd(
+    log_normalizer_fn: Callable[..., Tensor],
+    log_initial: Tensor,
+    log_transition: Tensor,
+    log_emission: Tensor,
+    lengths: Tensor,
+) -> Smoothed:
     num_seq, num_steps, num_states = log_emission.shape
     with torch.enable_grad():
         emission = log_emission.detach().requires_grad_()
@@ -959,8 +1014,14 @@ def _smoothed_by_autograd(log_normalizer_fn: Callable[..., Tensor], log_initial:
 # --------------------------------------------------------------------------------------
 
 
-def log_marginal(log_initial: Tensor, log_transition: Tensor, log_emission: Tensor,
-                 lengths: Tensor | None = None, *, method: str = "auto") -> Tensor:
+def log_marginal(
+    log_initial: Tensor,
+    log_transition: Tensor,
+    log_emission: Tensor,
+    lengths: Tensor | None = None,
+    *,
+    method: str = "auto",
+) -> Tensor:
     r"""Log marginal likelihood :math:`\log \sum_{s} \pi(s_1) e_1(s_1) \prod_t A(s_{t-1}, s_t) e_t(s_t)`.
 
     Differentiable with exact gradients with respect to all three potentials (the
@@ -993,8 +1054,9 @@ class _CategoricalLogMarginal(torch.autograd.Function):
     """``log Z`` of a chain with categorical emissions, the gather inside the numba kernel."""
 
     @staticmethod
-    def forward(ctx, log_initial: Tensor, log_transition: Tensor, log_emission_table: Tensor, codes: Tensor,
-                lengths: Tensor) -> Tensor:
+    def forward(
+        ctx, log_initial: Tensor, log_transition: Tensor, log_emission_table: Tensor, codes: Tensor, lengths: Tensor
+    ) -> Tensor:
         store = any(ctx.needs_input_grad[:3])
         as_array = lambda value: value.detach().to("cpu", torch.float64).contiguous().numpy()  # noqa: E731
         table = as_array(log_emission_table)
@@ -1008,9 +1070,19 @@ class _CategoricalLogMarginal(torch.autograd.Function):
         filtered = np.zeros((num_seq, stored_steps, num_states))
         scales = np.empty((num_seq, stored_steps))
         log_normalizer = np.empty(num_seq)
-        if not _categorical_forward_kernel(as_array(log_initial), as_array(log_transition), table, codes_array,
-                                           lengths_array, store, transition_probs, table_probs, filtered, scales,
-                                           log_normalizer):
+        if not _categorical_forward_kernel(
+            as_array(log_initial),
+            as_array(log_transition),
+            table,
+            codes_array,
+            lengths_array,
+            store,
+            transition_probs,
+            table_probs,
+            filtered,
+            scales,
+            log_normalizer,
+        ):
             raise ValueError(f"codes: expected symbol codes in [0, {num_symbols}) at every valid step")
         if store:
             ctx.state = (codes_array, lengths_array, transition_probs, table_probs, filtered, scales)
@@ -1024,17 +1096,35 @@ class _CategoricalLogMarginal(torch.autograd.Function):
         num_symbols, num_states = table_probs.shape
         grad_initial, grad_transition = np.zeros(num_states), np.zeros((num_states, num_states))
         grad_table = np.zeros((num_states, num_symbols))
-        _categorical_backward_kernel(transition_probs, table_probs, codes, lengths, filtered, scales, weights,
-                                     grad_initial, grad_transition, grad_table)
+        _categorical_backward_kernel(
+            transition_probs,
+            table_probs,
+            codes,
+            lengths,
+            filtered,
+            scales,
+            weights,
+            grad_initial,
+            grad_transition,
+            grad_table,
+        )
         options = dict(device=grad_output.device, dtype=grad_output.dtype)
         grad_initial, grad_transition, grad_table = (
             torch.from_numpy(value).to(**options) if needed else None
-            for value, needed in zip((grad_initial, grad_transition, grad_table), ctx.needs_input_grad[:3]))
+            for value, needed in zip((grad_initial, grad_transition, grad_table), ctx.needs_input_grad[:3])
+        )
         return grad_initial, grad_transition, grad_table, None, None
 
 
-def log_marginal_categorical(log_initial: Tensor, log_transition: Tensor, log_emission_table: Tensor,
-                             codes: Tensor, lengths: Tensor | None = None, *, method: str = "auto") -> Tensor:
+def log_marginal_categorical(
+    log_initial: Tensor,
+    log_transition: Tensor,
+    log_emission_table: Tensor,
+    codes: Tensor,
+    lengths: Tensor | None = None,
+    *,
+    method: str = "auto",
+) -> Tensor:
     """:func:`log_marginal` with ``log_emission = log_emission_table.T[codes]``, the gather done
     inside the compiled forward recursion (CPU, ``method="auto"``), so no ``(N, T, K)`` array
     is formed in torch and the table's gradient is a scatter of the posterior marginals.
@@ -1052,9 +1142,11 @@ def log_marginal_categorical(log_initial: Tensor, log_transition: Tensor, log_em
         ``(N,)`` log normaliser.
     """
     if log_emission_table.dim() != 2 or log_initial.dim() != 1 or log_transition.dim() != 2:
-        raise ValueError("log_marginal_categorical: expected log_initial (K,), log_transition (K, K) and "
-                         f"log_emission_table (K, V), got {tuple(log_initial.shape)}, {tuple(log_transition.shape)}, "
-                         f"{tuple(log_emission_table.shape)}")
+        raise ValueError(
+            "log_marginal_categorical: expected log_initial (K,), log_transition (K, K) and "
+            f"log_emission_table (K, V), got {tuple(log_initial.shape)}, {tuple(log_transition.shape)}, "
+            f"{tuple(log_emission_table.shape)}"
+        )
     if codes.dim() != 2 or codes.is_floating_point():
         raise ValueError(f"codes: expected integer symbols of shape (N, T), got {codes.dtype} {tuple(codes.shape)}")
     if method != "auto" or log_emission_table.device.type != "cpu":
@@ -1065,8 +1157,14 @@ def log_marginal_categorical(log_initial: Tensor, log_transition: Tensor, log_em
     return _CategoricalLogMarginal.apply(log_initial[0], log_transition[0], log_emission_table, codes, lengths)
 
 
-def filter(log_initial: Tensor, log_transition: Tensor, log_emission: Tensor,  # noqa: A001 (public name)
-           lengths: Tensor | None = None, *, method: str = "auto") -> Filtered:
+def filter(
+    log_initial: Tensor,
+    log_transition: Tensor,
+    log_emission: Tensor,  # noqa: A001 (public name)
+    lengths: Tensor | None = None,
+    *,
+    method: str = "auto",
+) -> Filtered:
     r"""Forward filtering: :math:`p(s_t \mid x_{1:t})` and the log normaliser.
 
     Args and shapes as in :func:`log_marginal`. Results are not differentiable (use
@@ -1080,16 +1178,23 @@ def filter(log_initial: Tensor, log_transition: Tensor, log_emission: Tensor,  #
     dtype, device = log_emission.dtype, log_emission.device
     if backend == "numba":
         log_normalizer, filtered, _scales = _numba_forward(_scaled_potentials(*args))
-        return Filtered(log_normalizer.to(device=device, dtype=dtype),
-                        torch.from_numpy(filtered).to(device=device, dtype=dtype))
+        return Filtered(
+            log_normalizer.to(device=device, dtype=dtype), torch.from_numpy(filtered).to(device=device, dtype=dtype)
+        )
     with torch.no_grad():
         if backend == "torch":
             return Filtered(*_torch_forward(*args))
         return _parallel_filter(*args)
 
 
-def forward_backward(log_initial: Tensor, log_transition: Tensor, log_emission: Tensor,
-                     lengths: Tensor | None = None, *, method: str = "auto") -> Smoothed:
+def forward_backward(
+    log_initial: Tensor,
+    log_transition: Tensor,
+    log_emission: Tensor,
+    lengths: Tensor | None = None,
+    *,
+    method: str = "auto",
+) -> Smoothed:
     r"""Forward-backward smoothing: :math:`p(s_t \mid x)` and expected transition counts.
 
     Args and shapes as in :func:`log_marginal`. Results are not differentiable.
@@ -1105,14 +1210,19 @@ def forward_backward(log_initial: Tensor, log_transition: Tensor, log_emission: 
         potentials = _scaled_potentials(*args)
         log_normalizer, filtered, scales = _numba_forward(potentials)
         state_marginals, transition_counts = _numba_backward(potentials, filtered, scales)
-        return Smoothed(*(torch.as_tensor(x).to(device=device, dtype=dtype)
-                          for x in (log_normalizer, state_marginals, transition_counts)))
+        return Smoothed(
+            *(
+                torch.as_tensor(x).to(device=device, dtype=dtype)
+                for x in (log_normalizer, state_marginals, transition_counts)
+            )
+        )
     log_normalizer_fn = (lambda *a: _torch_forward(*a)[0]) if backend == "torch" else _parallel_log_normalizer
     return _smoothed_by_autograd(log_normalizer_fn, *args)
 
 
-def pair_marginals(log_initial: Tensor, log_transition: Tensor, log_emission: Tensor,
-                   lengths: Tensor | None = None) -> Tensor:
+def pair_marginals(
+    log_initial: Tensor, log_transition: Tensor, log_emission: Tensor, lengths: Tensor | None = None
+) -> Tensor:
     r"""Pairwise posteriors :math:`p(s_t = i, s_{t+1} = j \mid x)`.
 
     Computed as the gradient of the parallel log normaliser with respect to the
@@ -1123,16 +1233,16 @@ def pair_marginals(log_initial: Tensor, log_transition: Tensor, log_emission: Te
     Returns:
         ``(N, T-1, K, K)``; zeros where step ``t+1`` is padding.
     """
-    log_initial, log_transition, log_emission, lengths = _prepare(
-        log_initial, log_transition, log_emission, lengths)
+    log_initial, log_transition, log_emission, lengths = _prepare(log_initial, log_transition, log_emission, lengths)
     num_seq, num_steps, num_states = log_emission.shape
     if num_steps < 2:
         return log_emission.new_zeros(num_seq, max(num_steps - 1, 0), num_states, num_states)
     with torch.enable_grad():
         steps = (log_transition[:, None] + log_emission[:, 1:, None, :]).detach()
         steps = steps.expand(num_seq, -1, -1, -1).clone().requires_grad_()
-        identity = torch.full((num_states, num_states), -torch.inf, dtype=steps.dtype,
-                              device=steps.device).fill_diagonal_(0.0)
+        identity = torch.full(
+            (num_states, num_states), -torch.inf, dtype=steps.dtype, device=steps.device
+        ).fill_diagonal_(0.0)
         valid = _valid_mask(lengths, num_steps)[:, 1:, None, None]
         product = _tree_reduce(torch.where(valid, steps, identity), _log_matmul_exp)
         log_first = (log_initial + log_emission[:, 0]).detach()
@@ -1142,8 +1252,14 @@ def pair_marginals(log_initial: Tensor, log_transition: Tensor, log_emission: Te
     return grad
 
 
-def viterbi(log_initial: Tensor, log_transition: Tensor, log_emission: Tensor,
-            lengths: Tensor | None = None, *, method: str = "auto") -> MAPPath:
+def viterbi(
+    log_initial: Tensor,
+    log_transition: Tensor,
+    log_emission: Tensor,
+    lengths: Tensor | None = None,
+    *,
+    method: str = "auto",
+) -> MAPPath:
     r"""Most probable state path :math:`\arg\max_s \log p(s, x)` (max-product).
 
     Args and shapes as in :func:`log_marginal`. Ties are broken towards the lowest
@@ -1155,27 +1271,38 @@ def viterbi(log_initial: Tensor, log_transition: Tensor, log_emission: Tensor,
     args = _prepare(log_initial, log_transition, log_emission, lengths)
     backend = _choose_backend(method, log_emission.device, _scan_bytes(log_emission, power=3) / 2)
     if backend == "numba":
-        log_initial, log_transition, log_emission, lengths = (
-            x.detach().cpu() for x in args)
+        log_initial, log_transition, log_emission, lengths = (x.detach().cpu() for x in args)
         num_seq, num_steps, _ = log_emission.shape
         paths = np.full((num_seq, num_steps), -1, dtype=np.int64)
         log_joint = np.zeros(num_seq)
         # The kernel scans rows of the transposed ([to, from]) matrix contiguously.
         log_transition_t = log_transition.double().transpose(-1, -2).contiguous().numpy()
-        _viterbi_kernel(log_initial.double().contiguous().numpy(), log_transition_t,
-                        log_emission.double().contiguous().numpy(), lengths.numpy(), paths, log_joint)
+        _viterbi_kernel(
+            log_initial.double().contiguous().numpy(),
+            log_transition_t,
+            log_emission.double().contiguous().numpy(),
+            lengths.numpy(),
+            paths,
+            log_joint,
+        )
         device, dtype = args[2].device, args[2].dtype
-        return MAPPath(torch.from_numpy(paths).to(device),
-                       torch.from_numpy(log_joint).to(device=device, dtype=dtype))
+        return MAPPath(torch.from_numpy(paths).to(device), torch.from_numpy(log_joint).to(device=device, dtype=dtype))
     with torch.no_grad():
         if backend == "torch":
             return _torch_viterbi(*args)
         return _parallel_viterbi(*args)
 
 
-def sample_paths(log_initial: Tensor, log_transition: Tensor, log_emission: Tensor,
-                 lengths: Tensor | None = None, *, num_samples: int = 1,
-                 generator: torch.Generator | None = None, method: str = "auto") -> Tensor:
+def sample_paths(
+    log_initial: Tensor,
+    log_transition: Tensor,
+    log_emission: Tensor,
+    lengths: Tensor | None = None,
+    *,
+    num_samples: int = 1,
+    generator: torch.Generator | None = None,
+    method: str = "auto",
+) -> Tensor:
     r"""Posterior state paths :math:`s \sim p(s \mid x)` by forward-filter backward-sample.
 
     The draws use ``num_samples * N * T`` uniforms taken from ``generator`` (on its own
@@ -1196,14 +1323,16 @@ def sample_paths(log_initial: Tensor, log_transition: Tensor, log_emission: Tens
     backend = _choose_backend(method, log_emission.device, _scan_bytes(log_emission))
     num_seq, num_steps, _ = log_emission.shape
     uniform_device = generator.device if generator is not None else torch.device("cpu")
-    uniforms = torch.rand((num_samples, num_seq, num_steps), generator=generator, dtype=torch.float64,
-                          device=uniform_device)
+    uniforms = torch.rand(
+        (num_samples, num_seq, num_steps), generator=generator, dtype=torch.float64, device=uniform_device
+    )
     if backend == "numba":
         potentials = _scaled_potentials(*args)
         _log_normalizer, filtered, _scales = _numba_forward(potentials)
         paths = np.full((num_samples, num_seq, num_steps), -1, dtype=np.int64)
-        _backward_sample_kernel(potentials.transition_probs, filtered, potentials.lengths,
-                                uniforms.cpu().numpy(), paths)
+        _backward_sample_kernel(
+            potentials.transition_probs, filtered, potentials.lengths, uniforms.cpu().numpy(), paths
+        )
         return torch.from_numpy(paths).to(log_emission.device)
     with torch.no_grad():
         if backend == "torch":
@@ -1211,5 +1340,6 @@ def sample_paths(log_initial: Tensor, log_transition: Tensor, log_emission: Tens
         else:
             filtered = _parallel_filter(*args).filtered
         transition_probs = (log_transition - _shift(log_transition, (-2, -1))).exp()
-        return _torch_backward_sample(transition_probs, filtered, lengths,
-                                      uniforms.to(device=log_emission.device, dtype=log_emission.dtype))
+        return _torch_backward_sample(
+            transition_probs, filtered, lengths, uniforms.to(device=log_emission.device, dtype=log_emission.dtype)
+        )

@@ -59,8 +59,9 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import pyro
 import torch
@@ -74,8 +75,18 @@ from .rundir import MANIFEST_NAME, RunDirectory
 from .scoring import Score, observed_steps_per_sequence, ratio_standard_error
 from .training import EMOptions, FitResult, RunWriter, SVIOptions, options_fields
 
-__all__ = ["DataParallel", "DistributedError", "GradientAllReduce", "CollectiveStop", "SumStatistics",
-           "RankZeroWriter", "ReadOnlyRunDirectory", "shard_minibatches", "shard_slice", "WATCHDOG_EXIT_CODE"]
+__all__ = [
+    "DataParallel",
+    "DistributedError",
+    "GradientAllReduce",
+    "CollectiveStop",
+    "SumStatistics",
+    "RankZeroWriter",
+    "ReadOnlyRunDirectory",
+    "shard_minibatches",
+    "shard_slice",
+    "WATCHDOG_EXIT_CODE",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +109,9 @@ def shard_slice(num_items: int, rank: int, world_size: int) -> slice:
     return slice(start, start + base + (rank < extra))
 
 
-def shard_minibatches(batch: SequenceBatch, batch_size: int, generator: torch.Generator | None, *,
-                      rank: int, world_size: int) -> Iterator[SequenceBatch]:
+def shard_minibatches(
+    batch: SequenceBatch, batch_size: int, generator: torch.Generator | None, *, rank: int, world_size: int
+) -> Iterator[SequenceBatch]:
     """This rank's slices of one epoch of mini-batches.
 
     The permutation is the one :func:`inference.batch.iterate_minibatches`
@@ -124,8 +136,9 @@ def shard_minibatches(batch: SequenceBatch, batch_size: int, generator: torch.Ge
     """
     n = batch.num_sequences
     if n < world_size:
-        raise ValueError(f"train: {n} sequences cannot be shared by {world_size} processes; "
-                         f"expected at least one per process")
+        raise ValueError(
+            f"train: {n} sequences cannot be shared by {world_size} processes; expected at least one per process"
+        )
     order = torch.arange(n) if batch_size >= n else torch.randperm(n, generator=generator)
     step = min(batch_size, n)
     for start in range(0, n, step):
@@ -133,9 +146,13 @@ def shard_minibatches(batch: SequenceBatch, batch_size: int, generator: torch.Ge
         per_rank = -(-len(chunk) // world_size)
         if per_rank * world_size != len(chunk):
             if not getattr(shard_minibatches, "_padding_logged", False):
-                logger.info("shard_minibatches: a mini-batch of %d sequences is padded to %d by repeating its "
-                            "first sequences so that %d processes take equal slices", len(chunk),
-                            per_rank * world_size, world_size)
+                logger.info(
+                    "shard_minibatches: a mini-batch of %d sequences is padded to %d by repeating its "
+                    "first sequences so that %d processes take equal slices",
+                    len(chunk),
+                    per_rank * world_size,
+                    world_size,
+                )
                 shard_minibatches._padding_logged = True  # type: ignore[attr-defined]
             chunk = chunk.repeat(-(-per_rank * world_size // len(chunk)))[: per_rank * world_size]
         mine = chunk[rank * per_rank : (rank + 1) * per_rank]
@@ -158,9 +175,12 @@ class _Watchdog:
         while not self._stop.wait(1.0):
             pending = self.pending
             if pending is not None and time.monotonic() - pending[1] > self.limit:
-                print(f"seqzoo distributed: rank {self.rank}: {pending[0]} has waited {self.limit:.0f} s for the "
-                      f"other processes (one probably died); exiting with status {WATCHDOG_EXIT_CODE}",
-                      file=sys.__stderr__, flush=True)  # not sys.stderr: the CLI silences ranks > 0
+                print(
+                    f"seqzoo distributed: rank {self.rank}: {pending[0]} has waited {self.limit:.0f} s for the "
+                    f"other processes (one probably died); exiting with status {WATCHDOG_EXIT_CODE}",
+                    file=sys.__stderr__,
+                    flush=True,
+                )  # not sys.stderr: the CLI silences ranks > 0
                 os._exit(WATCHDOG_EXIT_CODE)
 
     def close(self) -> None:
@@ -181,16 +201,22 @@ class DataParallel:
         timeout: seconds a collective may wait before it fails.
     """
 
-    def __init__(self, *, rank: int, world_size: int, device: torch.device, timeout: float,
-                 owns_group: bool) -> None:
+    def __init__(self, *, rank: int, world_size: int, device: torch.device, timeout: float, owns_group: bool) -> None:
         self.rank, self.world_size, self.device, self.timeout = rank, world_size, device, timeout
         self._owns_group = owns_group
         self._watchdog = _Watchdog(rank, timeout)
 
     @classmethod
-    def initialize(cls, *, backend: str | None = None, init_method: str = "env://", rank: int | None = None,
-                   world_size: int | None = None, local_rank: int | None = None,
-                   timeout: float = 120.0) -> "DataParallel":
+    def initialize(
+        cls,
+        *,
+        backend: str | None = None,
+        init_method: str = "env://",
+        rank: int | None = None,
+        world_size: int | None = None,
+        local_rank: int | None = None,
+        timeout: float = 120.0,
+    ) -> DataParallel:
         """Joins (or creates) the default process group.
 
         Args:
@@ -225,19 +251,32 @@ class DataParallel:
         owns = not dist.is_initialized()
         if owns:
             kwargs = {"device_id": device} if backend == "nccl" else {}
-            dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size,
-                                    timeout=datetime.timedelta(seconds=timeout), **kwargs)
-        return cls(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device, timeout=float(timeout),
-                   owns_group=owns)
+            dist.init_process_group(
+                backend,
+                init_method=init_method,
+                rank=rank,
+                world_size=world_size,
+                timeout=datetime.timedelta(seconds=timeout),
+                **kwargs,
+            )
+        return cls(
+            rank=dist.get_rank(),
+            world_size=dist.get_world_size(),
+            device=device,
+            timeout=float(timeout),
+            owns_group=owns,
+        )
 
     @classmethod
-    def from_environment(cls, *, backend: str | None = None, timeout: float = 120.0) -> "DataParallel":
+    def from_environment(cls, *, backend: str | None = None, timeout: float = 120.0) -> DataParallel:
         """The process group of a ``torchrun`` launch (``RANK``, ``WORLD_SIZE``,
         ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT`` in the environment)."""
         missing = [name for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
         if missing:
-            raise RuntimeError(f"DataParallel.from_environment: {', '.join(missing)} not set; launch with "
-                               f"`torchrun --nproc-per-node N ...`")
+            raise RuntimeError(
+                f"DataParallel.from_environment: {', '.join(missing)} not set; launch with "
+                f"`torchrun --nproc-per-node N ...`"
+            )
         return cls.initialize(backend=backend, timeout=timeout)
 
     @staticmethod
@@ -270,7 +309,7 @@ class DataParallel:
             if self._owns_group and dist.is_initialized():
                 dist.destroy_process_group()
 
-    def __enter__(self) -> "DataParallel":
+    def __enter__(self) -> DataParallel:
         return self
 
     def __exit__(self, exc_type, *exc_info) -> None:
@@ -282,8 +321,10 @@ class DataParallel:
         try:
             return operation()
         except (RuntimeError, dist.DistBackendError) as error:
-            raise DistributedError(f"rank {self.rank}: {name} failed; another process probably died, raised or "
-                                   f"timed out ({self.timeout:.0f} s): {error}") from error
+            raise DistributedError(
+                f"rank {self.rank}: {name} failed; another process probably died, raised or "
+                f"timed out ({self.timeout:.0f} s): {error}"
+            ) from error
         finally:
             self._watchdog.pending = None
 
@@ -321,15 +362,23 @@ class DataParallel:
             groups.setdefault(value.dtype, []).append(value)
         with torch.no_grad():
             for dtype, tensors in groups.items():
-                flat = self.broadcast(torch.cat([t.detach().reshape(-1) for t in tensors]),
-                                      f"broadcast of the {dtype} parameters")
+                flat = self.broadcast(
+                    torch.cat([t.detach().reshape(-1) for t in tensors]), f"broadcast of the {dtype} parameters"
+                )
                 offset = 0
                 for tensor in tensors:
                     tensor.copy_(flat[offset : offset + tensor.numel()].view_as(tensor))
                     offset += tensor.numel()
 
-    def score(self, model: SequenceModel, batch: SequenceBatch, *, batch_size: int | None = None,
-              num_particles: int = 1, seed: int | None = 0) -> Score:
+    def score(
+        self,
+        model: SequenceModel,
+        batch: SequenceBatch,
+        *,
+        batch_size: int | None = None,
+        num_particles: int = 1,
+        seed: int | None = 0,
+    ) -> Score:
         """:func:`inference.scoring.score` of the whole ``batch``, computed in
         slices: rank ``r`` scores :func:`shard_slice` ``r`` (seeded ``seed + r``)
         and the per-sequence log-likelihoods are all-gathered, so the sum, the
@@ -344,21 +393,34 @@ class DataParallel:
         longest = shard_slice(n, 0, self.world_size)
         padded = torch.zeros(longest.stop - longest.start, dtype=torch.float64)
         if mine.stop > mine.start:
-            part = local_score(model, batch[mine], batch_size=batch_size, num_particles=num_particles,
-                               seed=None if seed is None else seed + self.rank)
+            part = local_score(
+                model,
+                batch[mine],
+                batch_size=batch_size,
+                num_particles=num_particles,
+                seed=None if seed is None else seed + self.rank,
+            )
             padded[: mine.stop - mine.start] = part.per_sequence
         gathered = self.all_gather_object(padded, "all-gather of the validation log-likelihoods")
-        per_sequence = torch.cat([gathered[r][: shard_slice(n, r, self.world_size).stop
-                                                - shard_slice(n, r, self.world_size).start]
-                                  for r in range(self.world_size)])
+        per_sequence = torch.cat(
+            [
+                gathered[r][: shard_slice(n, r, self.world_size).stop - shard_slice(n, r, self.world_size).start]
+                for r in range(self.world_size)
+            ]
+        )
         steps = observed_steps_per_sequence(batch).cpu()
         total_steps = int(steps.sum())
         if total_steps == 0:
             raise ValueError("batch: has no observed time step to score")
         log_prob = float(per_sequence.sum())
-        return Score(log_prob=log_prob, num_steps=total_steps, per_step=log_prob / total_steps,
-                     stderr=ratio_standard_error(per_sequence, steps),
-                     kind=model.likelihood_label(num_particles), per_sequence=per_sequence)
+        return Score(
+            log_prob=log_prob,
+            num_steps=total_steps,
+            per_step=log_prob / total_steps,
+            stderr=ratio_standard_error(per_sequence, steps),
+            kind=model.likelihood_label(num_particles),
+            per_sequence=per_sequence,
+        )
 
     # -- runs -------------------------------------------------------------------------
     def _on_rank_zero(self, action: Callable[[], Any], what: str) -> Any:
@@ -371,8 +433,9 @@ class DataParallel:
                 result = action()
             except Exception as exc:  # every rank must learn that rank 0 failed, or the others would go on
                 error = exc
-        messages = self.all_gather_object(None if error is None else (type(error).__name__, str(error)),
-                                          f"all-gather after {what}")
+        messages = self.all_gather_object(
+            None if error is None else (type(error).__name__, str(error)), f"all-gather after {what}"
+        )
         if error is not None:
             raise error
         if messages[0] is not None:
@@ -381,21 +444,26 @@ class DataParallel:
             raise kind(f"rank 0 failed {what}: {name}: {message}")
         return result
 
-    def _view(self, path: str | os.PathLike) -> "ReadOnlyRunDirectory":
+    def _view(self, path: str | os.PathLike) -> ReadOnlyRunDirectory:
         """What a rank other than 0 holds of the run directory rank 0 writes."""
         if not Path(path).is_dir():
-            raise FileNotFoundError(f"rank {self.rank}: run directory {str(path)!r}, which rank 0 created, is not "
-                                    f"visible here; on several machines it must be on a filesystem they all share")
+            raise FileNotFoundError(
+                f"rank {self.rank}: run directory {str(path)!r}, which rank 0 created, is not "
+                f"visible here; on several machines it must be on a filesystem they all share"
+            )
         return ReadOnlyRunDirectory(path)
 
-    def create_run(self, path: str | os.PathLike, *, force: bool = False, data_paths: Sequence[Any] = (),
-                   manifest: bool = False) -> RunDirectory:
+    def create_run(
+        self, path: str | os.PathLike, *, force: bool = False, data_paths: Sequence[Any] = (), manifest: bool = False
+    ) -> RunDirectory:
         """:meth:`RunDirectory.create` on rank 0 (``force`` replaces an existing
         run there) before any other rank goes on; the other ranks get a
         :class:`ReadOnlyRunDirectory` of it. Across machines ``path`` must be
         on a shared filesystem."""
-        run = self._on_rank_zero(lambda: RunDirectory.create(path, force=force, data_paths=data_paths,
-                                                             manifest=manifest), "to create the run directory")
+        run = self._on_rank_zero(
+            lambda: RunDirectory.create(path, force=force, data_paths=data_paths, manifest=manifest),
+            "to create the run directory",
+        )
         return run if self.is_main else self._view(path)
 
     def open_run(self, path: str | os.PathLike) -> RunDirectory:
@@ -405,26 +473,38 @@ class DataParallel:
         return run if self.is_main else ReadOnlyRunDirectory(run.path)
 
     @contextlib.contextmanager
-    def stage_run(self, path: str | os.PathLike, *, force: bool = False,
-                  data_paths: Sequence[Any] = ()) -> Iterator[RunDirectory]:
+    def stage_run(
+        self, path: str | os.PathLike, *, force: bool = False, data_paths: Sequence[Any] = ()
+    ) -> Iterator[RunDirectory]:
         """:meth:`RunDirectory.stage` on rank 0 (a replacement written beside
         the old run and swapped in when the block ends without an error);
         the other ranks get a :class:`ReadOnlyRunDirectory` of ``path``."""
-        staged = self._on_rank_zero(lambda: RunDirectory.stage(path, force=force, data_paths=data_paths),
-                                    "to stage the run directory")
+        staged = self._on_rank_zero(
+            lambda: RunDirectory.stage(path, force=force, data_paths=data_paths), "to stage the run directory"
+        )
         if not self.is_main:
             yield self._view(path)
             return
         with staged:
             yield staged
 
-    def writer(self, run: RunDirectory | None) -> "RankZeroWriter":
+    def writer(self, run: RunDirectory | None) -> RankZeroWriter:
         return RankZeroWriter(self, run)
 
-    def fit(self, model: SequenceModel, train: SequenceBatch, *, valid: SequenceBatch | None = None,
-            method: str = "svi", options: SVIOptions | EMOptions | None = None, seed: int = 0,
-            checkpoint: RunDirectory | None = None, resume: bool = False, initialize: bool = True,
-            **keywords: Any) -> FitResult:
+    def fit(
+        self,
+        model: SequenceModel,
+        train: SequenceBatch,
+        *,
+        valid: SequenceBatch | None = None,
+        method: str = "svi",
+        options: SVIOptions | EMOptions | None = None,
+        seed: int = 0,
+        checkpoint: RunDirectory | None = None,
+        resume: bool = False,
+        initialize: bool = True,
+        **keywords: Any,
+    ) -> FitResult:
         """:func:`inference.fit.fit` on this rank, with the data-parallel hooks.
 
         Every rank passes the same ``train`` (the whole collection), ``valid``,
@@ -481,26 +561,42 @@ class DataParallel:
         }
         if method == "svi":
             if options.lr_schedule == "plateau" and valid is None:
-                raise ValueError("lr_schedule: 'plateau' without valid would follow each rank's own objective; "
-                                 "give valid= or another schedule")
+                raise ValueError(
+                    "lr_schedule: 'plateau' without valid would follow each rank's own objective; "
+                    "give valid= or another schedule"
+                )
             world, rank = self.world_size, self.rank
             gradient_hook = GradientAllReduce(self, options.gradient_hook)
             hooks["gradient_hook"] = gradient_hook
             hooks["nonfinite_hook"] = gradient_hook.defer_nonfinite
             hooks["minibatches"] = lambda batch, size, generator: shard_minibatches(
-                batch, size, generator, rank=rank, world_size=world)
+                batch, size, generator, rank=rank, world_size=world
+            )
         else:
             if not _has_split_em(model):
-                raise ValueError(f"method: {type(model).__name__} has no e_step/m_step, so EM cannot be split "
-                                 f"over processes; fit it by 'svi' or in one process")
+                raise ValueError(
+                    f"method: {type(model).__name__} has no e_step/m_step, so EM cannot be split "
+                    f"over processes; fit it by 'svi' or in one process"
+                )
             if train.num_sequences < self.world_size:
-                raise ValueError(f"train: {train.num_sequences} sequences cannot be shared by {self.world_size} "
-                                 f"processes")
+                raise ValueError(
+                    f"train: {train.num_sequences} sequences cannot be shared by {self.world_size} processes"
+                )
             hooks["statistics_hook"] = SumStatistics(self, options.statistics_hook)
             hooks["shard"] = lambda batch: batch[shard_slice(batch.num_sequences, self.rank, self.world_size)]
         options = dataclasses.replace(options, **hooks)
-        return single_process_fit(model, train, valid=valid, method=method, options=options, seed=seed,
-                                  writer=self.writer(checkpoint), resume=resume, initialize=initialize, **rest)
+        return single_process_fit(
+            model,
+            train,
+            valid=valid,
+            method=method,
+            options=options,
+            seed=seed,
+            writer=self.writer(checkpoint),
+            resume=resume,
+            initialize=initialize,
+            **rest,
+        )
 
 
 def _has_split_em(model: SequenceModel) -> bool:
@@ -529,7 +625,7 @@ class GradientAllReduce:
         groups: dict[torch.dtype, list[Tensor]] = {}
         for parameter in parameters:
             groups.setdefault(parameter.dtype, []).append(parameter)
-        for index, (dtype, group) in enumerate(groups.items()):
+        for index, group in enumerate(groups.values()):
             flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in group])
             if index == 0:  # the non-finite flag rides in the first bucket: no extra collective
                 flag = torch.tensor([float(self.nonfinite_epoch is not None)], dtype=flat.dtype, device=flat.device)
@@ -541,7 +637,8 @@ class GradientAllReduce:
                     raise FloatingPointError(
                         f"fit: the loss is not finite on {failed} of {self.parallel.world_size} processes "
                         f"(this one: {'yes' if self.nonfinite_epoch is not None else 'no'}) at an optimiser step; "
-                        f"try a smaller learning_rate or a better initialisation")
+                        f"try a smaller learning_rate or a better initialisation"
+                    )
             flat = flat / self.parallel.world_size
             offset = 0
             for parameter in group:
@@ -561,8 +658,9 @@ class CollectiveStop:
     and EM statistics are global), on ``time_budget`` seconds since this hook
     was built, or when the caller's ``then`` hook says so."""
 
-    def __init__(self, parallel: DataParallel, time_budget: float | None = None,
-                 then: Callable[[bool], bool] | None = None) -> None:
+    def __init__(
+        self, parallel: DataParallel, time_budget: float | None = None, then: Callable[[bool], bool] | None = None
+    ) -> None:
         self.parallel, self.time_budget, self.then = parallel, time_budget, then
         self.start = time.perf_counter()
 
@@ -581,8 +679,9 @@ class SumStatistics:
     ``all_reduce`` (all entries flattened into one float64 buffer: exact for
     counts below 2**53), keeping each entry's dtype and shape."""
 
-    def __init__(self, parallel: DataParallel, then: Callable[[dict[str, Tensor]], Mapping[str, Tensor]] | None = None
-                 ) -> None:
+    def __init__(
+        self, parallel: DataParallel, then: Callable[[dict[str, Tensor]], Mapping[str, Tensor]] | None = None
+    ) -> None:
         self.parallel, self.then = parallel, then
 
     def __call__(self, statistics: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -633,11 +732,13 @@ class RankZeroWriter(RunWriter):
         tensors, state = super().load_checkpoint(device)
         saved_world = state.get("world_size")
         if saved_world != self.parallel.world_size:
-            raise ValueError(f"resume: the checkpoint in {self.describe()} was written by "
-                             f"{saved_world or 1} process(es); resume it with as many, not {self.parallel.world_size}")
+            raise ValueError(
+                f"resume: the checkpoint in {self.describe()} was written by "
+                f"{saved_world or 1} process(es); resume it with as many, not {self.parallel.world_size}"
+            )
         prefix = f"rank{self.parallel.rank}."
         tensors = {name: value for name, value in tensors.items() if not name.startswith("rng.")}
-        tensors.update({name[len(prefix):]: value for name, value in tensors.items() if name.startswith(prefix)})
+        tensors.update({name[len(prefix) :]: value for name, value in tensors.items() if name.startswith(prefix)})
         state = {**state, "rng": state["rank_rng"][self.parallel.rank]}
         return tensors, state
 

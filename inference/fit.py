@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import pyro
 import torch
@@ -57,8 +58,20 @@ from .training import (
     options_fields,
 )
 
-__all__ = ["CHECKPOINT_NAME", "EMOptions", "FitResult", "KLAnnealing", "LossOutput", "NUTSOptions", "ParameterAverage",
-           "RunWriter", "SVIOptions", "fit", "make_elbo", "resolve_options"]
+__all__ = [
+    "CHECKPOINT_NAME",
+    "EMOptions",
+    "FitResult",
+    "KLAnnealing",
+    "LossOutput",
+    "NUTSOptions",
+    "ParameterAverage",
+    "RunWriter",
+    "SVIOptions",
+    "fit",
+    "make_elbo",
+    "resolve_options",
+]
 
 
 class _Unset:
@@ -297,18 +310,46 @@ def fit(
         raise ValueError(f"method: expected 'svi', 'em' or 'nuts', got {method!r}")
     if nuts_options and method != "nuts":
         raise TypeError(f"fit: unexpected keyword arguments {sorted(nuts_options)} (NUTS options need method='nuts')")
-    given = {name: value for name, value in dict(
-        loss=loss, num_particles=num_particles, max_epochs=max_epochs, batch_size=batch_size,
-        learning_rate=learning_rate, final_learning_rate=final_learning_rate, lr_schedule=lr_schedule,
-        warmup_epochs=warmup_epochs, weight_decay=weight_decay, clip_norm=clip_norm, betas=betas,
-        step_kwargs=step_kwargs, gradient_hook=gradient_hook, step_callbacks=step_callbacks,
-        average_decay=average_decay, max_iterations=max_iterations, tolerance=tolerance, num_restarts=num_restarts,
-        statistics_hook=statistics_hook, patience=patience, eval_every=eval_every,
-        checkpoint_every=checkpoint_every, time_budget=time_budget, progress=progress, description=description,
-        callbacks=callbacks, stop_hook=stop_hook, valid_batch_size=valid_batch_size,
-        valid_num_particles=valid_num_particles, validation_score=validation_score, chunk_length=chunk_length,
-        num_samples=num_samples, warmup_steps=warmup_steps,
-        num_chains=num_chains).items() if value is not _UNSET}
+    given = {
+        name: value
+        for name, value in dict(
+            loss=loss,
+            num_particles=num_particles,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            final_learning_rate=final_learning_rate,
+            lr_schedule=lr_schedule,
+            warmup_epochs=warmup_epochs,
+            weight_decay=weight_decay,
+            clip_norm=clip_norm,
+            betas=betas,
+            step_kwargs=step_kwargs,
+            gradient_hook=gradient_hook,
+            step_callbacks=step_callbacks,
+            average_decay=average_decay,
+            max_iterations=max_iterations,
+            tolerance=tolerance,
+            num_restarts=num_restarts,
+            statistics_hook=statistics_hook,
+            patience=patience,
+            eval_every=eval_every,
+            checkpoint_every=checkpoint_every,
+            time_budget=time_budget,
+            progress=progress,
+            description=description,
+            callbacks=callbacks,
+            stop_hook=stop_hook,
+            valid_batch_size=valid_batch_size,
+            valid_num_particles=valid_num_particles,
+            validation_score=validation_score,
+            chunk_length=chunk_length,
+            num_samples=num_samples,
+            warmup_steps=warmup_steps,
+            num_chains=num_chains,
+        ).items()
+        if value is not _UNSET
+    }
     if elbo is not _UNSET:
         if "loss" in given:
             raise ValueError("elbo: give the loss once, as loss= (elbo= is its older name)")
@@ -342,8 +383,9 @@ def fit(
     if method != "nuts":
         # Checks the data before a data-dependent initialisation reads it.
         trainer_class = SVITrainer if method == "svi" else EMTrainer
-        trainer = trainer_class(model, train, options, valid=valid, writer=writer, generator=generator, seed=seed,
-                                resume=resume)
+        trainer = trainer_class(
+            model, train, options, valid=valid, writer=writer, generator=generator, seed=seed, resume=resume
+        )
     if initialize:
         model.initialize_from_data(train, generator)
     if method == "nuts":
@@ -351,8 +393,12 @@ def fit(
     return trainer.run()
 
 
-def resolve_options(model: SequenceModel, method: str = "svi", options: SVIOptions | EMOptions | NUTSOptions | None = None,
-                    **keywords: Any) -> SVIOptions | EMOptions | NUTSOptions:
+def resolve_options(
+    model: SequenceModel,
+    method: str = "svi",
+    options: SVIOptions | EMOptions | NUTSOptions | None = None,
+    **keywords: Any,
+) -> SVIOptions | EMOptions | NUTSOptions:
     """The options record :func:`fit` trains ``model`` with: ``options`` (default: the
     family's recipe, ``model.fit_defaults(method)``) with ``keywords`` (fields of the
     record; others are ignored) replacing its fields. ``seqzoo fit`` writes this record,
@@ -364,13 +410,15 @@ def resolve_options(model: SequenceModel, method: str = "svi", options: SVIOptio
     """
     if method not in _OPTIONS_CLASSES:
         raise ValueError(f"method: expected 'svi', 'em' or 'nuts', got {method!r}")
-    nuts_options = {name: value for name, value in keywords.items()
-                    if method == "nuts" and name not in options_fields(NUTSOptions)}
+    nuts_options = {
+        name: value for name, value in keywords.items() if method == "nuts" and name not in options_fields(NUTSOptions)
+    }
     return _method_options(model, method, options, keywords, nuts_options)
 
 
-def _method_options(model: SequenceModel, method: str, options: Any, given: dict[str, Any],
-                    nuts_options: dict[str, Any]):
+def _method_options(
+    model: SequenceModel, method: str, options: Any, given: dict[str, Any], nuts_options: dict[str, Any]
+):
     """The method's options record: ``options`` (or the model's ``fit_defaults``) with the given keywords."""
     options_class = _OPTIONS_CLASSES[method]
     if options is not None and not isinstance(options, options_class):
@@ -380,15 +428,18 @@ def _method_options(model: SequenceModel, method: str, options: Any, given: dict
     if options is None:
         options = model.fit_defaults(method)
         if not isinstance(options, options_class):
-            raise TypeError(f"{type(model).__name__}.fit_defaults({method!r}): expected a {options_class.__name__}, "
-                            f"got {type(options).__name__}")
+            raise TypeError(
+                f"{type(model).__name__}.fit_defaults({method!r}): expected a {options_class.__name__}, "
+                f"got {type(options).__name__}"
+            )
     if method == "nuts" and nuts_options:
         relevant["sampler_options"] = {**options.sampler_options, **nuts_options}
     return dataclasses.replace(options, **relevant)
 
 
-def _fit_nuts(model: SequenceModel, train: SequenceBatch, options: NUTSOptions, *, seed: int,
-              writer: RunWriter) -> FitResult:
+def _fit_nuts(
+    model: SequenceModel, train: SequenceBatch, options: NUTSOptions, *, seed: int, writer: RunWriter
+) -> FitResult:
     """``fit(method="nuts")``: one history record per chain."""
     from .mcmc import run_nuts  # imported here: Pyro's MCMC machinery is only needed for NUTS
 
@@ -401,9 +452,24 @@ def _fit_nuts(model: SequenceModel, train: SequenceBatch, options: NUTSOptions, 
             callback(entry)
 
     started = time.perf_counter()
-    result = run_nuts(model, train, num_samples=options.num_samples, warmup_steps=options.warmup_steps,
-                      num_chains=options.num_chains, seed=seed, progress=options.progress,
-                      description=options.description, callbacks=[record], **options.sampler_options)
+    result = run_nuts(
+        model,
+        train,
+        num_samples=options.num_samples,
+        warmup_steps=options.warmup_steps,
+        num_chains=options.num_chains,
+        seed=seed,
+        progress=options.progress,
+        description=options.description,
+        callbacks=[record],
+        **options.sampler_options,
+    )
     writer.save_model(model)
-    return FitResult(method="nuts", history=history, best_step=options.num_chains, stopped="max_steps",
-                     seconds=time.perf_counter() - started, mcmc=result)
+    return FitResult(
+        method="nuts",
+        history=history,
+        best_step=options.num_chains,
+        stopped="max_steps",
+        seconds=time.perf_counter() - started,
+        mcmc=result,
+    )

@@ -72,8 +72,10 @@ def crps_gaussian_mixture(weights: Tensor, means: Tensor, scales: Tensor, target
         ``(...)``.
     """
     if weights.shape[-1:] != means.shape[-1:] or means.shape != scales.shape:
-        raise ValueError(f"weights, means, scales: expected matching (..., K) shapes, got {tuple(weights.shape)}, "
-                         f"{tuple(means.shape)}, {tuple(scales.shape)}")
+        raise ValueError(
+            f"weights, means, scales: expected matching (..., K) shapes, got {tuple(weights.shape)}, "
+            f"{tuple(means.shape)}, {tuple(scales.shape)}"
+        )
     if bool((scales <= 0).any()):
         raise ValueError("scales: expected positive standard deviations")
     variances = scales**2
@@ -97,7 +99,9 @@ def crps_samples(samples: Tensor, targets: Tensor, *, fair: bool = False) -> Ten
     """
     num = samples.shape[0]
     if samples.shape[1:] != targets.shape:
-        raise ValueError(f"samples: expected shape (S, {', '.join(map(str, targets.shape))}), got {tuple(samples.shape)}")
+        raise ValueError(
+            f"samples: expected shape (S, {', '.join(map(str, targets.shape))}), got {tuple(samples.shape)}"
+        )
     if num < (2 if fair else 1):
         raise ValueError(f"samples: expected at least {2 if fair else 1} samples, got {num}")
     to_target = (samples - targets).abs().mean(0)
@@ -167,5 +171,12 @@ def log_loss(probs: Tensor, targets: Tensor, held_out: Tensor, *, dim=None) -> T
     return mean_score(nll, held_out, dim=dim)
 
 
-__all__ = ["crps_gaussian", "crps_gaussian_mixture", "crps_samples", "interval_coverage", "log_loss", "mean_score",
-           "rmse"]
+__all__ = [
+    "crps_gaussian",
+    "crps_gaussian_mixture",
+    "crps_samples",
+    "interval_coverage",
+    "log_loss",
+    "mean_score",
+    "rmse",
+]

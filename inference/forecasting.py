@@ -15,8 +15,8 @@ Shapes: a forecast of ``N`` sequences ``H`` steps ahead has ``mean()`` of shape
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -65,9 +65,15 @@ class ForecastDistribution:
         if self.kind == "mixture":
             if self.weights is None or self.means is None or self.scales is None:
                 raise ValueError("a mixture forecast needs weights (N, H, K), means and scales (N, H, K, D)")
-            if self.means.dim() != 4 or self.scales.shape != self.means.shape or self.weights.shape != self.means.shape[:3]:
-                raise ValueError(f"mixture: expected weights (N, H, K) and means/scales (N, H, K, D), got "
-                                 f"{tuple(self.weights.shape)}, {tuple(self.means.shape)}, {tuple(self.scales.shape)}")
+            if (
+                self.means.dim() != 4
+                or self.scales.shape != self.means.shape
+                or self.weights.shape != self.means.shape[:3]
+            ):
+                raise ValueError(
+                    f"mixture: expected weights (N, H, K) and means/scales (N, H, K, D), got "
+                    f"{tuple(self.weights.shape)}, {tuple(self.means.shape)}, {tuple(self.scales.shape)}"
+                )
         elif self.kind == "samples":
             if self.samples is None or self.samples.dim() != 4:
                 raise ValueError("a samples forecast needs samples of shape (S, N, H, D)")
@@ -76,10 +82,15 @@ class ForecastDistribution:
 
     # -- constructors --------------------------------------------------------------
     @classmethod
-    def gaussian(cls, mean: Tensor, scale: Tensor, source: str = "exact") -> "ForecastDistribution":
+    def gaussian(cls, mean: Tensor, scale: Tensor, source: str = "exact") -> ForecastDistribution:
         """Independent Gaussian marginals, ``mean`` and ``scale`` ``(N, H, D)``."""
-        return cls("mixture", weights=torch.ones(mean.shape[:2] + (1,), dtype=mean.dtype, device=mean.device),
-                   means=mean.unsqueeze(2), scales=scale.unsqueeze(2), source=source)
+        return cls(
+            "mixture",
+            weights=torch.ones(mean.shape[:2] + (1,), dtype=mean.dtype, device=mean.device),
+            means=mean.unsqueeze(2),
+            scales=scale.unsqueeze(2),
+            source=source,
+        )
 
     # -- summaries -----------------------------------------------------------------
     @property
@@ -115,7 +126,9 @@ class ForecastDistribution:
         high = (self.means + 10 * self.scales).max(2).values
         for _ in range(_BISECTION_STEPS):
             middle = 0.5 * (low + high)
-            cdf = (weights * 0.5 * torch.erfc(-(middle.unsqueeze(2) - self.means) / (self.scales * math.sqrt(2)))).sum(2)
+            cdf = (weights * 0.5 * torch.erfc(-(middle.unsqueeze(2) - self.means) / (self.scales * math.sqrt(2)))).sum(
+                2
+            )
             below = cdf < q
             low = torch.where(below, middle, low)
             high = torch.where(below, high, middle)
@@ -132,10 +145,12 @@ class ForecastDistribution:
         energy form for samples); NaN targets give NaN."""
         self._real("crps")
         if self.kind == "mixture":
-            return forecast_scores.crps_gaussian_mixture(self.weights.unsqueeze(2).expand(*self.means.shape[:2],
-                                                                                          self.means.shape[3], -1),
-                                                         self.means.transpose(2, 3), self.scales.transpose(2, 3),
-                                                         targets)
+            return forecast_scores.crps_gaussian_mixture(
+                self.weights.unsqueeze(2).expand(*self.means.shape[:2], self.means.shape[3], -1),
+                self.means.transpose(2, 3),
+                self.scales.transpose(2, 3),
+                targets,
+            )
         return forecast_scores.crps_samples(self.samples, targets)
 
     def log_prob(self, targets: Tensor) -> Tensor:
@@ -157,11 +172,17 @@ def concatenate_forecasts(predictions: Sequence[ForecastDistribution]) -> Foreca
         return predictions[0]
     first = predictions[0]
     if first.kind == "samples":
-        return ForecastDistribution("samples", samples=torch.cat([p.samples for p in predictions], 1),
-                                    source=first.source)
+        return ForecastDistribution(
+            "samples", samples=torch.cat([p.samples for p in predictions], 1), source=first.source
+        )
     if first.kind == "categorical":
-        return ForecastDistribution("categorical", probs=torch.cat([p.probs for p in predictions], 0),
-                                    source=first.source)
-    return ForecastDistribution("mixture", weights=torch.cat([p.weights for p in predictions], 0),
-                                means=torch.cat([p.means for p in predictions], 0),
-                                scales=torch.cat([p.scales for p in predictions], 0), source=first.source)
+        return ForecastDistribution(
+            "categorical", probs=torch.cat([p.probs for p in predictions], 0), source=first.source
+        )
+    return ForecastDistribution(
+        "mixture",
+        weights=torch.cat([p.weights for p in predictions], 0),
+        means=torch.cat([p.means for p in predictions], 0),
+        scales=torch.cat([p.scales for p in predictions], 0),
+        source=first.source,
+    )

@@ -29,7 +29,7 @@ draw[sigma[k]]`` and ``aligned_transition[i, j] = transition[sigma[i], sigma[j]]
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -39,7 +39,9 @@ from torch import Tensor
 from .contract import SequenceModel
 
 
-def permute_states(values: Mapping[str, Tensor], permutation: Tensor, label_axes: Mapping[str, tuple[int, ...]]) -> dict[str, Tensor]:
+def permute_states(
+    values: Mapping[str, Tensor], permutation: Tensor, label_axes: Mapping[str, tuple[int, ...]]
+) -> dict[str, Tensor]:
     """Relabels one parameter value: ``new[..., k, ...] = old[..., permutation[k], ...]``
     along every state axis of every site in ``label_axes``.
 
@@ -102,6 +104,7 @@ def align_state_labels(
     chains, per_chain = first.shape[:2]
     flat = {name: value.reshape(chains * per_chain, *value.shape[2:]) for name, value in draws.items()}
     num_draws = chains * per_chain
+
     def features_of(values: Mapping[str, Tensor]) -> Tensor:
         feature = torch.as_tensor(model.state_label_features(values)).detach().double().cpu()
         return feature.reshape(feature.shape[0], -1)  # (K, F)

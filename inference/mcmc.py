@@ -77,8 +77,8 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 import pyro
 import torch
@@ -192,7 +192,11 @@ class _RecordingNUTS(NUTS):
         z = super().sample(params)
         # NUTS keeps a running mean of the acceptance probability with count n (reset after warm-up).
         count = self._t - self._warmup_steps if self._t > self._warmup_steps else self._t
-        accept = mean_accept_before + count * (self._mean_accept_prob - mean_accept_before) if count > 1 else self._mean_accept_prob
+        accept = (
+            mean_accept_before + count * (self._mean_accept_prob - mean_accept_before)
+            if count > 1
+            else self._mean_accept_prob
+        )
         potential = self._potential_energy_last
         self.last_stats = {
             "diverging": len(self._divergences) > divergences_before,
@@ -228,8 +232,9 @@ def _jittered_start(model: SequenceModel, jitter: float, generator: torch.Genera
     return start
 
 
-def potential_energy(model: SequenceModel, batch: SequenceBatch
-                     ) -> tuple[Callable[[dict[str, Tensor]], Tensor], dict[str, Transform]] | None:
+def potential_energy(
+    model: SequenceModel, batch: SequenceBatch
+) -> tuple[Callable[[dict[str, Tensor]], Tensor], dict[str, Transform]] | None:
     """NUTS's potential energy without Pyro's trace, when the model provides ``nuts_log_likelihood``.
 
     Returns:
@@ -271,15 +276,19 @@ def _is_exp(transform: Transform) -> bool:
     if not parts or not isinstance(parts[0], torch.distributions.ExpTransform):
         return False
     for part in parts[1:]:
-        if not (isinstance(part, torch.distributions.AffineTransform)
-                and bool(torch.all(torch.as_tensor(part.loc) == 0)) and bool(torch.all(torch.as_tensor(part.scale) == 1))):
+        if not (
+            isinstance(part, torch.distributions.AffineTransform)
+            and bool(torch.all(torch.as_tensor(part.loc) == 0))
+            and bool(torch.all(torch.as_tensor(part.scale) == 1))
+        ):
             return False
     return True
 
 
-def _unconstrained_log_density(prior: torch.distributions.Distribution, transform: Transform
-                               ) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
-    """``z -> (log p(T(z)) + log|det T'(z)|, T(z))`` for a site with prior ``p``, ``T = transform``.
+def _unconstrained_log_density(
+    prior: torch.distributions.Distribution, transform: Transform
+) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+    r"""``z -> (log p(T(z)) + log|det T'(z)|, T(z))`` for a site with prior ``p``, ``T = transform``.
 
     Inverse-gamma variances on the log scale (the variance priors of the state-space and
     Gaussian families) take the closed form :math:`a \log b - \log\Gamma(a) - a z - b e^{-z}`
@@ -354,9 +363,15 @@ class _ChainSettings:
     max_tree_depth: int
 
 
-def _run_chain(model: SequenceModel, batch: SequenceBatch, potential, start: dict[str, Tensor], chain: int,
-               settings: _ChainSettings, on_iteration: Callable[[_RecordingNUTS, str, dict[str, list]], None]
-               ) -> tuple[dict[str, Tensor], dict[str, list]]:
+def _run_chain(
+    model: SequenceModel,
+    batch: SequenceBatch,
+    potential,
+    start: dict[str, Tensor],
+    chain: int,
+    settings: _ChainSettings,
+    on_iteration: Callable[[_RecordingNUTS, str, dict[str, list]], None],
+) -> tuple[dict[str, Tensor], dict[str, list]]:
     """One chain: seeded with ``settings.seed + chain``, started at ``start`` (constrained values).
 
     The same function runs a chain in this process and in a worker, so both give the same draws.
@@ -368,13 +383,21 @@ def _run_chain(model: SequenceModel, batch: SequenceBatch, potential, start: dic
     """
     pyro.set_rng_seed(settings.seed + chain)
     if potential is None:
-        kernel = _RecordingNUTS(model.model, init_strategy=init_to_value(values=start),
-                                target_accept_prob=settings.target_accept_prob, max_tree_depth=settings.max_tree_depth)
+        kernel = _RecordingNUTS(
+            model.model,
+            init_strategy=init_to_value(values=start),
+            target_accept_prob=settings.target_accept_prob,
+            max_tree_depth=settings.max_tree_depth,
+        )
         initial_params = None
     else:
         energy, transforms = potential
-        kernel = _RecordingNUTS(potential_fn=energy, transforms=transforms,
-                                target_accept_prob=settings.target_accept_prob, max_tree_depth=settings.max_tree_depth)
+        kernel = _RecordingNUTS(
+            potential_fn=energy,
+            transforms=transforms,
+            target_accept_prob=settings.target_accept_prob,
+            max_tree_depth=settings.max_tree_depth,
+        )
         initial_params = {name: transforms[name](value) for name, value in start.items()}
     stats: dict[str, list] = {name: [] for name in SAMPLE_STAT_NAMES}
 
@@ -384,17 +407,29 @@ def _run_chain(model: SequenceModel, batch: SequenceBatch, potential, start: dic
                 stats[name].append(kernel.last_stats[name])
         on_iteration(kernel, stage, stats)
 
-    sampler = MCMC(kernel, num_samples=settings.num_samples, warmup_steps=settings.warmup_steps, num_chains=1,
-                   disable_progbar=True, hook_fn=hook, initial_params=initial_params)
+    sampler = MCMC(
+        kernel,
+        num_samples=settings.num_samples,
+        warmup_steps=settings.warmup_steps,
+        num_chains=1,
+        disable_progbar=True,
+        hook_fn=hook,
+        initial_params=initial_params,
+    )
     sampler.run(batch)
     return {name: value.detach() for name, value in sampler.get_samples().items()}, stats
 
 
 def _chain_record(chain: int, seconds: float, cpu_seconds: float, stats: Mapping[str, list], num_samples: int) -> dict:
     """What the callbacks receive when a chain ends."""
-    return {"chain": chain, "seconds": seconds, "cpu_seconds": cpu_seconds, "divergences": sum(stats["diverging"]),
-            "mean_tree_depth": sum(stats["tree_depth"]) / num_samples,
-            "mean_acceptance_rate": sum(stats["acceptance_rate"]) / num_samples}
+    return {
+        "chain": chain,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "divergences": sum(stats["diverging"]),
+        "mean_tree_depth": sum(stats["tree_depth"]) / num_samples,
+        "mean_acceptance_rate": sum(stats["acceptance_rate"]) / num_samples,
+    }
 
 
 def run_nuts(
@@ -459,14 +494,20 @@ def run_nuts(
     """
     sites = model.parameter_sites()
     if not sites:
-        raise ValueError(f"model: {type(model).__name__} has no parameter sites (no priors) to sample by NUTS; "
-                         f"fit it with method='svi' or 'em'")
+        raise ValueError(
+            f"model: {type(model).__name__} has no parameter sites (no priors) to sample by NUTS; "
+            f"fit it with method='svi' or 'em'"
+        )
     if not model.exact_likelihood:
-        raise ValueError(f"model: NUTS needs an exact marginal likelihood; {type(model).__name__} has a "
-                         f"{model.likelihood_kind!r} one")
+        raise ValueError(
+            f"model: NUTS needs an exact marginal likelihood; {type(model).__name__} has a "
+            f"{model.likelihood_kind!r} one"
+        )
     for name, value in (("num_samples", num_samples), ("warmup_steps", warmup_steps), ("num_chains", num_chains)):
         if not isinstance(value, int) or value < (0 if name == "warmup_steps" else 1):
-            raise ValueError(f"{name}: expected a {'nonnegative' if name == 'warmup_steps' else 'positive'} int, got {value!r}")
+            raise ValueError(
+                f"{name}: expected a {'nonnegative' if name == 'warmup_steps' else 'positive'} int, got {value!r}"
+            )
     if not 0 < target_accept_prob < 1:
         raise ValueError(f"target_accept_prob: expected a number in (0, 1), got {target_accept_prob!r}")
     if init_jitter < 0:
@@ -479,11 +520,15 @@ def run_nuts(
     elif not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 1:
         raise ValueError(f"num_workers: expected a positive int or None, got {num_workers!r}")
     elif num_workers > 1 and device.type != "cpu":
-        raise ValueError(f"num_workers: chains run in parallel processes on the CPU only; the batch is on "
-                         f"{device}: use num_workers=1")
+        raise ValueError(
+            f"num_workers: chains run in parallel processes on the CPU only; the batch is on "
+            f"{device}: use num_workers=1"
+        )
     num_workers = min(num_workers, num_chains)
     if start_method is not None and start_method not in multiprocessing.get_all_start_methods():
-        raise ValueError(f"start_method: expected one of {multiprocessing.get_all_start_methods()}, got {start_method!r}")
+        raise ValueError(
+            f"start_method: expected one of {multiprocessing.get_all_start_methods()}, got {start_method!r}"
+        )
     method = start_method or ("fork" if sys.platform.startswith("linux") else "spawn")
     if num_workers > 1 and method != "fork":
         # Only a forked worker inherits the model; the others unpickle it.
@@ -491,28 +536,42 @@ def run_nuts(
             pickle.dumps((model, _batch_fields(batch)))
         except Exception as error:
             if start_method is not None:
-                raise TypeError(f"start_method={start_method!r} pickles the model and batch to the workers, and "
-                                f"{type(model).__name__} does not pickle ({error}); use start_method='fork' "
-                                f"where the platform has it, or num_workers=1") from error
+                raise TypeError(
+                    f"start_method={start_method!r} pickles the model and batch to the workers, and "
+                    f"{type(model).__name__} does not pickle ({error}); use start_method='fork' "
+                    f"where the platform has it, or num_workers=1"
+                ) from error
             num_workers = 1  # the default on a platform without fork: the chains run here, one after another
     model.eval()
-    settings = _ChainSettings(num_samples=num_samples, warmup_steps=warmup_steps, seed=seed,
-                              target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth)
+    settings = _ChainSettings(
+        num_samples=num_samples,
+        warmup_steps=warmup_steps,
+        seed=seed,
+        target_accept_prob=target_accept_prob,
+        max_tree_depth=max_tree_depth,
+    )
     # All starts drawn here, in chain order, from one generator: the same whichever process runs a chain.
     generator = torch.Generator().manual_seed(seed)
     starts = [_jittered_start(model, init_jitter, generator) for _ in range(num_chains)]
     started = time.perf_counter()
-    with tqdm(total=num_chains * (warmup_steps + num_samples), desc=description or f"{model.family} nuts",
-              unit="it", file=sys.stderr, disable=not progress, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=num_chains * (warmup_steps + num_samples),
+        desc=description or f"{model.family} nuts",
+        unit="it",
+        file=sys.stderr,
+        disable=not progress,
+        dynamic_ncols=True,
+    ) as bar:
         if num_workers == 1:
             chains = _run_chains_here(model, batch, starts, settings, bar, callbacks or [])
         else:
-            chains = _run_chains_in_workers(model, batch, starts, settings, bar, callbacks or [], num_workers,
-                                            method)
+            chains = _run_chains_in_workers(model, batch, starts, settings, bar, callbacks or [], num_workers, method)
     draws = {name: torch.stack([chain_draws[name] for chain_draws, _, _, _ in chains]).to(device) for name in sites}
     sample_stats = {}
     for name in SAMPLE_STAT_NAMES:
-        dtype = torch.bool if name == "diverging" else (torch.long if name in ("tree_depth", "n_steps") else torch.float64)
+        dtype = (
+            torch.bool if name == "diverging" else (torch.long if name in ("tree_depth", "n_steps") else torch.float64)
+        )
         sample_stats[name] = torch.tensor([stats[name] for _, stats, _, _ in chains], dtype=dtype)
     permutations = None
     if align_labels:
@@ -520,10 +579,18 @@ def run_nuts(
     states = None
     if sample_states and model.supports("sample_states"):
         states = sample_state_paths(model, batch, draws, seed=seed)
-    result = MCMCResult(draws=draws, sample_stats=sample_stats, states=states, label_permutations=permutations,
-                        warmup_steps=warmup_steps, seed=seed, seconds=time.perf_counter() - started,
-                        chain_seconds=[seconds for _, _, seconds, _ in chains],
-                        chain_cpu_seconds=[cpu for _, _, _, cpu in chains], num_workers=num_workers)
+    result = MCMCResult(
+        draws=draws,
+        sample_stats=sample_stats,
+        states=states,
+        label_permutations=permutations,
+        warmup_steps=warmup_steps,
+        seed=seed,
+        seconds=time.perf_counter() - started,
+        chain_seconds=[seconds for _, _, seconds, _ in chains],
+        chain_cpu_seconds=[cpu for _, _, _, cpu in chains],
+        num_workers=num_workers,
+    )
     model.set_parameter_values(result.point(point))
     return result
 
@@ -541,8 +608,14 @@ def _run_chains_here(model, batch, starts, settings: _ChainSettings, bar, callba
         def on_iteration(kernel, stage, stats, chain=chain):
             bar.update(1)
             if stage == "Sample" and len(stats["diverging"]) % 20 == 1:
-                bar.set_postfix({"chain": chain, "step": f"{kernel.last_stats['step_size']:.3g}",
-                                 "divergences": sum(stats["diverging"])}, refresh=False)
+                bar.set_postfix(
+                    {
+                        "chain": chain,
+                        "step": f"{kernel.last_stats['step_size']:.3g}",
+                        "divergences": sum(stats["diverging"]),
+                    },
+                    refresh=False,
+                )
 
         try:
             chain_draws, stats = _run_chain(model, batch, potential, start, chain, settings, on_iteration)
@@ -568,8 +641,16 @@ def _batch_fields(batch: SequenceBatch) -> dict:
     return fields
 
 
-def _chain_worker(worker: int, model: SequenceModel, batch_fields: dict, starts: list[dict[str, Tensor]],
-                  settings: _ChainSettings, tasks, messages, parent_pid: int) -> None:
+def _chain_worker(
+    worker: int,
+    model: SequenceModel,
+    batch_fields: dict,
+    starts: list[dict[str, Tensor]],
+    settings: _ChainSettings,
+    tasks,
+    messages,
+    parent_pid: int,
+) -> None:
     """A worker process: runs the chains it takes from ``tasks`` (``None`` ends it) and sends
     ``("start", chain, worker)``, ``("progress", chain, iterations, divergences)``,
     ``("done", chain, draws as numpy, stats, seconds, cpu seconds)`` or
@@ -606,20 +687,35 @@ def _chain_worker(worker: int, model: SequenceModel, batch_fields: dict, starts:
                 payload = None
             messages.put(("error", chain, payload, f"{type(error).__name__}: {error}", traceback.format_exc()))
             return
-        messages.put(("done", chain, {name: value.cpu().numpy() for name, value in chain_draws.items()}, stats,
-                      time.perf_counter() - wall, time.process_time() - cpu))
+        messages.put(
+            (
+                "done",
+                chain,
+                {name: value.cpu().numpy() for name, value in chain_draws.items()},
+                stats,
+                time.perf_counter() - wall,
+                time.process_time() - cpu,
+            )
+        )
 
 
-def _run_chains_in_workers(model, batch, starts, settings: _ChainSettings, bar, callbacks, num_workers: int,
-                           start_method: str) -> list[_Chain]:
+def _run_chains_in_workers(
+    model, batch, starts, settings: _ChainSettings, bar, callbacks, num_workers: int, start_method: str
+) -> list[_Chain]:
     """The chains in ``num_workers`` processes, each taking the next chain when it is free."""
     context = multiprocessing.get_context(start_method)
     # The parent only puts into a SimpleQueue, which has no feeder thread: none of ours runs when it forks.
     tasks = context.SimpleQueue()
     messages = context.Queue()
-    workers = [context.Process(target=_chain_worker, name=f"nuts-worker-{worker}", daemon=True,
-                               args=(worker, model, _batch_fields(batch), starts, settings, tasks, messages, os.getpid()))
-               for worker in range(num_workers)]
+    workers = [
+        context.Process(
+            target=_chain_worker,
+            name=f"nuts-worker-{worker}",
+            daemon=True,
+            args=(worker, model, _batch_fields(batch), starts, settings, tasks, messages, os.getpid()),
+        )
+        for worker in range(num_workers)
+    ]
     num_chains = len(starts)
     finished: dict[int, _Chain] = {}
     running: dict[int, int] = {}  # worker -> chain
@@ -689,7 +785,9 @@ def _run_chains_in_workers(model, batch, starts, settings: _ChainSettings, bar, 
     return [finished[chain] for chain in range(num_chains)]
 
 
-def _check_workers_alive(workers, running: Mapping[int, int], finished: Mapping[int, object], silent_polls: int) -> None:
+def _check_workers_alive(
+    workers, running: Mapping[int, int], finished: Mapping[int, object], silent_polls: int
+) -> None:
     """Raises :class:`ChainError` for a worker that died without reporting (killed, crashed),
     or when every worker has ended and ``silent_polls`` polls in a row found no message
     while chains are missing."""
@@ -697,10 +795,14 @@ def _check_workers_alive(workers, running: Mapping[int, int], finished: Mapping[
         if process.exitcode is not None and process.exitcode != 0:
             chain = running.get(worker)
             if chain is not None and chain not in finished:
-                raise ChainError(chain, f"NUTS chain {chain}: its worker process (pid {process.pid}) died with exit code "
-                                        f"{process.exitcode} (a negative code is the signal that ended it)")
-            raise ChainError(None, f"a NUTS worker process (pid {process.pid}) died between chains with exit "
-                                         f"code {process.exitcode}")
+                raise ChainError(
+                    chain,
+                    f"NUTS chain {chain}: its worker process (pid {process.pid}) died with exit code "
+                    f"{process.exitcode} (a negative code is the signal that ended it)",
+                )
+            raise ChainError(
+                None, f"a NUTS worker process (pid {process.pid}) died between chains with exit code {process.exitcode}"
+            )
     if all(process.exitcode is not None for process in workers) and silent_polls >= 2:
         raise ChainError(None, "the NUTS worker processes ended without sending every chain")
 
@@ -715,7 +817,9 @@ def _raise_chain_error(chain: int, payload: bytes | None, description: str, work
     raise ChainError(chain, f"NUTS chain {chain} failed in a worker process: {description}") from cause
 
 
-def sample_state_paths(model: SequenceModel, batch: SequenceBatch, draws: Mapping[str, Tensor], seed: int = 0) -> Tensor:
+def sample_state_paths(
+    model: SequenceModel, batch: SequenceBatch, draws: Mapping[str, Tensor], seed: int = 0
+) -> Tensor:
     """One state path per draw by forward-filtering backward-sampling.
 
     Args:

@@ -128,7 +128,9 @@ def _meminfo_available(text: str) -> int | None:
     return None
 
 
-def available_memory(device: torch.device | str = "cpu", *, meminfo: str | os.PathLike = "/proc/meminfo") -> tuple[int | None, str]:
+def available_memory(
+    device: torch.device | str = "cpu", *, meminfo: str | os.PathLike = "/proc/meminfo"
+) -> tuple[int | None, str]:
     """Memory a fit on ``device`` may use now: ``(bytes, where it was read)``.
 
     CUDA: the free device memory (``torch.cuda.mem_get_info``). Otherwise
@@ -181,7 +183,9 @@ def check_memory(
         LargeMemoryWarning: the estimate is above ``warn_fraction`` of the limit.
     """
     if not 0 < warn_fraction <= refuse_fraction:
-        raise ValueError(f"warn_fraction, refuse_fraction: expected 0 < warn <= refuse, got {warn_fraction}, {refuse_fraction}")
+        raise ValueError(
+            f"warn_fraction, refuse_fraction: expected 0 < warn <= refuse, got {warn_fraction}, {refuse_fraction}"
+        )
     if limit_bytes is None:
         limit_bytes, source = available_memory(device)
         if limit_bytes is None:
@@ -191,11 +195,16 @@ def check_memory(
     needed = estimate.total_bytes
     subject = f"{what}: " if what else ""
     largest = estimate.largest_part
-    detail = (f"{subject}{estimate.description} needs about {format_bytes(needed)}"
-              + (f", most of it for the {largest}" if largest else ""))
+    detail = f"{subject}{estimate.description} needs about {format_bytes(needed)}" + (
+        f", most of it for the {largest}" if largest else ""
+    )
     if needed > refuse_fraction * limit_bytes:
         raise InsufficientMemoryError(
-            f"{detail}, but only {format_bytes(limit_bytes)} is free ({source})" + (f"; {hint}" if hint else ""))
+            f"{detail}, but only {format_bytes(limit_bytes)} is free ({source})" + (f"; {hint}" if hint else "")
+        )
     if needed > warn_fraction * limit_bytes:
-        warnings.warn(f"{detail}, {needed / limit_bytes:.0%} of the {format_bytes(limit_bytes)} free ({source})",
-                      LargeMemoryWarning, stacklevel=2)
+        warnings.warn(
+            f"{detail}, {needed / limit_bytes:.0%} of the {format_bytes(limit_bytes)} free ({source})",
+            LargeMemoryWarning,
+            stacklevel=2,
+        )

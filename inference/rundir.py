@@ -37,8 +37,9 @@ import shutil
 import tempfile
 import uuid
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -59,8 +60,17 @@ RUN_SIGNATURE_FILES = ("config.json", "model.json", "comparison.json", "diagnose
 #: ``fit``, ``compare``, ``decode`` and ``diagnose`` write, and our atomic writes'
 #: temporary files left by a crash. A CSV is a run's only under these names: a
 #: user's data file never is.
-RUN_FILE_PATTERNS = ("*.json", "*.safetensors", "*.png", "*.md", "inference_data.nc", "decoded.csv", "summary.csv",
-                     "loo_compare.csv", ".*.tmp")
+RUN_FILE_PATTERNS = (
+    "*.json",
+    "*.safetensors",
+    "*.png",
+    "*.md",
+    "inference_data.nc",
+    "decoded.csv",
+    "summary.csv",
+    "loo_compare.csv",
+    ".*.tmp",
+)
 
 
 class RunDirectoryError(ValueError):
@@ -97,7 +107,9 @@ def is_run_directory(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a directory holding a seqzoo run (a manifest, or one
     of :data:`RUN_SIGNATURE_FILES`)."""
     path = Path(path)
-    return path.is_dir() and ((path / MANIFEST_NAME).is_file() or any((path / name).is_file() for name in RUN_SIGNATURE_FILES))
+    return path.is_dir() and (
+        (path / MANIFEST_NAME).is_file() or any((path / name).is_file() for name in RUN_SIGNATURE_FILES)
+    )
 
 
 def _foreign_entries(path: Path) -> list[str]:
@@ -142,29 +154,34 @@ def check_replaceable(path: str | os.PathLike, data_paths: Iterable[str | os.Pat
     cwd = Path.cwd().resolve()
     if resolved == cwd:
         raise RefusedReplacementError(
-            f"--force: {shown!r} is the current directory; refusing to replace it (name a new directory for the run)")
+            f"--force: {shown!r} is the current directory; refusing to replace it (name a new directory for the run)"
+        )
     if resolved in cwd.parents:
         raise RefusedReplacementError(
             f"--force: {shown!r} is a directory above the current one; refusing to replace it "
-            "(name a new directory for the run)")
+            "(name a new directory for the run)"
+        )
     for data_path in data_paths:
         data_resolved = Path(data_path).resolve()
         if data_resolved == resolved or resolved in data_resolved.parents:
             raise RefusedReplacementError(
                 f"--force: {shown!r} holds the data file {str(data_path)!r}; refusing to replace it "
-                "(write the run elsewhere)")
+                "(write the run elsewhere)"
+            )
     if not resolved.is_dir() or not any(resolved.iterdir()):
         return
     if not is_run_directory(resolved):
         names = sorted(e.name for e in resolved.iterdir())
         raise RefusedReplacementError(
             f"--force: {shown!r} is not a seqzoo run directory (no {MANIFEST_NAME} or config.json; it holds "
-            f"{_some(names)}); refusing to delete it. Choose a new directory for the run")
+            f"{_some(names)}); refusing to delete it. Choose a new directory for the run"
+        )
     foreign = _foreign_entries(resolved)
     if foreign:
         raise RefusedReplacementError(
             f"--force: the run directory {shown!r} also holds {_some(foreign)}, which no run wrote; refusing "
-            "to delete it. Move those files out, or choose a new directory for the run")
+            "to delete it. Move those files out, or choose a new directory for the run"
+        )
 
 
 def _some(names: Sequence[str], limit: int = 5) -> str:
@@ -195,8 +212,11 @@ def _remove_run_files(path: Path) -> None:
     try:
         path.rmdir()
     except OSError:
-        warnings.warn(f"{str(path)!r}: left in place, it holds files no run wrote: "
-                      f"{_some(sorted(e.name for e in path.iterdir()))}", stacklevel=3)
+        warnings.warn(
+            f"{str(path)!r}: left in place, it holds files no run wrote: "
+            f"{_some(sorted(e.name for e in path.iterdir()))}",
+            stacklevel=3,
+        )
 
 
 # -- data fingerprints ---------------------------------------------------------
@@ -229,11 +249,25 @@ def fingerprint_tensor(values: Tensor, lengths: Tensor | None = None) -> dict[st
 
 #: The command-line flag of each setting a run's config.json records (for messages).
 SETTING_FLAGS = {
-    "family": "the family", "data": "--data", "kind": "--kind", "first": "--first", "split": "--split",
-    "seed": "--seed", "time_column": "--time-column", "sequence_column": "--sequence-column",
-    "num_states": "--states", "emission": "--emission", "covariance": "--covariance",
-    "hidden_size": "--hidden", "hidden": "--hidden", "num_layers": "--layers", "layers": "--layers",
-    "state_dim": "--state-dim", "method": "--method", "guide": "--guide", "model": "the model",
+    "family": "the family",
+    "data": "--data",
+    "kind": "--kind",
+    "first": "--first",
+    "split": "--split",
+    "seed": "--seed",
+    "time_column": "--time-column",
+    "sequence_column": "--sequence-column",
+    "num_states": "--states",
+    "emission": "--emission",
+    "covariance": "--covariance",
+    "hidden_size": "--hidden",
+    "hidden": "--hidden",
+    "num_layers": "--layers",
+    "layers": "--layers",
+    "state_dim": "--state-dim",
+    "method": "--method",
+    "guide": "--guide",
+    "model": "the model",
     "class": "the model class",
 }
 
@@ -267,8 +301,14 @@ class RunDirectory:
 
     # -- construction -------------------------------------------------------
     @classmethod
-    def create(cls, path: str | os.PathLike, *, force: bool = False,
-               data_paths: Iterable[str | os.PathLike] = (), manifest: bool = False) -> "RunDirectory":
+    def create(
+        cls,
+        path: str | os.PathLike,
+        *,
+        force: bool = False,
+        data_paths: Iterable[str | os.PathLike] = (),
+        manifest: bool = False,
+    ) -> RunDirectory:
         """Creates a fresh run directory.
 
         To keep the old run until the new one is complete, use :meth:`stage`.
@@ -299,8 +339,7 @@ class RunDirectory:
         if path.is_dir() and any(path.iterdir()):
             if not force:
                 raise FileExistsError(
-                    f"run directory {str(path)!r} exists and is not empty; "
-                    f"pass --force (force=True) to replace it"
+                    f"run directory {str(path)!r} exists and is not empty; pass --force (force=True) to replace it"
                 )
             check_replaceable(path, data_paths)
             resolved = path.resolve()
@@ -321,8 +360,9 @@ class RunDirectory:
         return run
 
     @classmethod
-    def stage(cls, path: str | os.PathLike, *, force: bool = False,
-              data_paths: Iterable[str | os.PathLike] = ()) -> "StagedRunDirectory":
+    def stage(
+        cls, path: str | os.PathLike, *, force: bool = False, data_paths: Iterable[str | os.PathLike] = ()
+    ) -> StagedRunDirectory:
         """Starts a new run that replaces ``path`` only once it is complete.
 
         The new run is written into a hidden sibling directory; ``commit()``
@@ -344,8 +384,9 @@ class RunDirectory:
         if target.exists() and not target.is_dir():
             raise FileExistsError(f"run directory {str(target)!r} exists and is not a directory")
         if target.is_dir() and any(target.iterdir()) and not force:
-            raise FileExistsError(f"run directory {str(target)!r} exists and is not empty; "
-                                  f"pass --force (force=True) to replace it")
+            raise FileExistsError(
+                f"run directory {str(target)!r} exists and is not empty; pass --force (force=True) to replace it"
+            )
         check_replaceable(target, data_paths)
         resolved = target.resolve()
         resolved.parent.mkdir(parents=True, exist_ok=True)
@@ -355,7 +396,7 @@ class RunDirectory:
         return staged
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "RunDirectory":
+    def open(cls, path: str | os.PathLike) -> RunDirectory:
         """Opens an existing run directory.
 
         Raises:
@@ -451,7 +492,9 @@ class RunDirectory:
         """
         flags = dict(flags or {})
         if not self.exists("config.json"):
-            raise DamagedRunError(f"--resume: {str(self.path)!r} has no config.json; it is not a run that can be resumed")
+            raise DamagedRunError(
+                f"--resume: {str(self.path)!r} has no config.json; it is not a run that can be resumed"
+            )
         recorded = self.read_json("config.json")
         if not isinstance(recorded, dict):
             raise self._damaged("config.json", "not a JSON object", "the run's settings as a JSON object")
@@ -459,7 +502,8 @@ class RunDirectory:
         def differ(name: str, was: Any, now: Any) -> None:
             raise ResumeMismatchError(
                 f"--resume: the run was fitted with {_flag(name, flags)} {_shown(was)}, not {_shown(now)} "
-                f"(run {str(self.path)!r}; start a new run with another --out, or repeat the run's settings)")
+                f"(run {str(self.path)!r}; start a new run with another --out, or repeat the run's settings)"
+            )
 
         for name in ("family", "model", "class", "kind", "first", "split", "seed", "time_column", "sequence_column"):
             if name in recorded and name in requested and _normalise(recorded[name]) != _normalise(requested[name]):
@@ -477,7 +521,8 @@ class RunDirectory:
             if was_print.get("sha256") != now_print.get("sha256"):
                 raise ResumeMismatchError(
                     f"--resume: the run was fitted on other data: {_describe_data(recorded.get('data'), was_print)}, "
-                    f"not {_describe_data(requested.get('data'), now_print)} (run {str(self.path)!r})")
+                    f"not {_describe_data(requested.get('data'), now_print)} (run {str(self.path)!r})"
+                )
         elif "data" in recorded and "data" in requested and str(recorded["data"]) != str(requested["data"]):
             differ("data", recorded["data"], requested["data"])
 
@@ -510,15 +555,19 @@ class RunDirectory:
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except UnicodeDecodeError as error:
-            raise self._damaged(name, f"not UTF-8 text (byte {error.start})", "a JSON file written by seqzoo") from error
+            raise self._damaged(
+                name, f"not UTF-8 text (byte {error.start})", "a JSON file written by seqzoo"
+            ) from error
         except json.JSONDecodeError as error:
-            problem = "empty" if not error.doc.strip() else f"invalid JSON at line {error.lineno}, column {error.colno} ({error.msg})"
+            problem = (
+                "empty"
+                if not error.doc.strip()
+                else f"invalid JSON at line {error.lineno}, column {error.colno} ({error.msg})"
+            )
             raise self._damaged(name, problem, "a JSON file written by seqzoo") from error
 
     # -- tensors --------------------------------------------------------------
-    def save_tensors(
-        self, name: str, tensors: Mapping[str, Tensor], metadata: Mapping[str, Any] | None = None
-    ) -> Path:
+    def save_tensors(self, name: str, tensors: Mapping[str, Tensor], metadata: Mapping[str, Any] | None = None) -> Path:
         """Atomically writes tensors to ``name`` (``.safetensors`` appended if missing).
 
         Args:
@@ -565,8 +614,12 @@ class RunDirectory:
             tensors = safetensors_load(path.read_bytes())
             metadata = json.loads(header[_METADATA_KEY]) if _METADATA_KEY in header else {}
         except Exception as error:  # safetensors raises its own SafetensorError, and OSError/ValueError
-            raise self._damaged(name, f"not a readable safetensors file of {size} bytes, truncated or foreign "
-                                f"({type(error).__name__}: {error})", expected) from error
+            raise self._damaged(
+                name,
+                f"not a readable safetensors file of {size} bytes, truncated or foreign "
+                f"({type(error).__name__}: {error})",
+                expected,
+            ) from error
         if device is not None:
             tensors = {key: value.to(device) for key, value in tensors.items()}
         return tensors, metadata
@@ -620,15 +673,22 @@ class RunDirectory:
         what = f"the tensors of a {type(model).__name__}"
         missing, unexpected = sorted(set(state) - set(tensors)), sorted(set(tensors) - set(state))
         if missing or unexpected:
-            parts = ([f"lacks {_some(missing)}"] if missing else []) + ([f"holds unknown {_some(unexpected)}"] if unexpected else [])
+            parts = ([f"lacks {_some(missing)}"] if missing else []) + (
+                [f"holds unknown {_some(unexpected)}"] if unexpected else []
+            )
             raise self._damaged(file_name, "from another model: it " + " and ".join(parts), what)
-        wrong = [f"{key!r} has shape {tuple(tensors[key].shape)}, not {tuple(value.shape)}"
-                 for key, value in state.items() if tuple(tensors[key].shape) != tuple(value.shape)]
+        wrong = [
+            f"{key!r} has shape {tuple(tensors[key].shape)}, not {tuple(value.shape)}"
+            for key, value in state.items()
+            if tuple(tensors[key].shape) != tuple(value.shape)
+        ]
         if wrong:
             raise self._damaged(
-                file_name, "tensor " + "; ".join(wrong[:4]) + (f"; and {len(wrong) - 4} more" if len(wrong) > 4 else ""),
+                file_name,
+                "tensor " + "; ".join(wrong[:4]) + (f"; and {len(wrong) - 4} more" if len(wrong) > 4 else ""),
                 "the shapes of the model that model.json describes; the file is from another model "
-                "or config.json/model.json was changed")
+                "or config.json/model.json was changed",
+            )
         model.load_state_dict(tensors)
         return model
 
@@ -677,8 +737,14 @@ class StagedRunDirectory(RunDirectory):
         target: the directory the run replaces.
     """
 
-    def __init__(self, path: str | os.PathLike, *, target: str | os.PathLike, force: bool = False,
-                 data_paths: Sequence[str | os.PathLike] = ()) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        target: str | os.PathLike,
+        force: bool = False,
+        data_paths: Sequence[str | os.PathLike] = (),
+    ) -> None:
         super().__init__(path)
         self.target = Path(target)
         self._force = force
@@ -708,8 +774,10 @@ class StagedRunDirectory(RunDirectory):
         try:
             if target.is_dir() and any(target.iterdir()):
                 if not self._force:
-                    raise FileExistsError(f"run directory {str(self.target)!r} exists and is not empty; "
-                                          f"pass --force (force=True) to replace it")
+                    raise FileExistsError(
+                        f"run directory {str(self.target)!r} exists and is not empty; "
+                        f"pass --force (force=True) to replace it"
+                    )
             check_replaceable(self.target, self._data_paths)
         except FileExistsError as error:
             raise type(error)(f"{error}. The new run is kept in {str(self.path)!r}") from error
@@ -737,7 +805,7 @@ class StagedRunDirectory(RunDirectory):
         if self.path.is_dir():
             shutil.rmtree(self.path)  # our own mkdtemp directory, written only through this object
 
-    def __enter__(self) -> "StagedRunDirectory":
+    def __enter__(self) -> StagedRunDirectory:
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> None:

@@ -92,8 +92,14 @@ def ratio_standard_error(log_probs: Tensor, num_steps: Tensor) -> float | None:
     return math.sqrt(float(residual_variance) / (n * float(x.mean()) ** 2))
 
 
-def score(model: SequenceModel, batch: SequenceBatch, *, batch_size: int | None = None, num_particles: int = 1,
-          seed: int | None = 0) -> Score:
+def score(
+    model: SequenceModel,
+    batch: SequenceBatch,
+    *,
+    batch_size: int | None = None,
+    num_particles: int = 1,
+    seed: int | None = 0,
+) -> Score:
     """Scores ``batch`` under ``model.log_prob_batch`` (no gradients, model in eval mode).
 
     A stochastic bound (an ELBO, an IWAE bound) draws its samples from torch's

@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Callable, Mapping, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -63,7 +64,9 @@ def _as_batch(value, name: str) -> SequenceBatch:
         return value
     if isinstance(value, Tensor):
         if value.dim() < 2:
-            raise ValueError(f"{name}: expected a SequenceBatch or a (N, T, ...) tensor, got shape {tuple(value.shape)}")
+            raise ValueError(
+                f"{name}: expected a SequenceBatch or a (N, T, ...) tensor, got shape {tuple(value.shape)}"
+            )
         return SequenceBatch.from_tensor(value)
     raise TypeError(f"{name}: expected a SequenceBatch or a tensor, got {type(value).__name__}")
 
@@ -88,11 +91,15 @@ def concatenate_in_time(history: SequenceBatch, future: SequenceBatch) -> Sequen
     """
     history, future = _as_batch(history, "history"), _as_batch(future, "future")
     if history.num_sequences != future.num_sequences:
-        raise ValueError(f"history and future: expected the same number of sequences, got "
-                         f"{history.num_sequences} and {future.num_sequences}")
+        raise ValueError(
+            f"history and future: expected the same number of sequences, got "
+            f"{history.num_sequences} and {future.num_sequences}"
+        )
     if history.event_shape != future.event_shape:
-        raise ValueError(f"history and future: expected one event shape, got {tuple(history.event_shape)} and "
-                         f"{tuple(future.event_shape)}")
+        raise ValueError(
+            f"history and future: expected one event shape, got {tuple(history.event_shape)} and "
+            f"{tuple(future.event_shape)}"
+        )
     if history.values.dtype != future.values.dtype:
         future = replace(future, values=future.values.to(history.values.dtype))
     pieces = [torch.cat([h, f], 0) for h, f in zip(history.sequences(), future.sequences())]
@@ -105,8 +112,11 @@ def prefix(batch: SequenceBatch, length: int) -> SequenceBatch:
     if not isinstance(length, int) or length < 0:
         raise ValueError(f"length: expected a non-negative int, got {length!r}")
     lengths = batch.lengths.clamp(max=length)
-    return replace(batch, values=batch.values[:, :max(length, 0)], lengths=lengths) if length < batch.max_length \
+    return (
+        replace(batch, values=batch.values[:, : max(length, 0)], lengths=lengths)
+        if length < batch.max_length
         else batch
+    )
 
 
 def split_in_time(batch: SequenceBatch, origin: int, horizon: int | None = None) -> tuple[SequenceBatch, SequenceBatch]:
@@ -142,8 +152,9 @@ def conditional_label(model: SequenceModel) -> str:
     return f"difference of {kind} bounds (not a bound)"
 
 
-def conditional_log_prob(model: SequenceModel, history, future, *, num_particles: int = 1,
-                         seed: int | None = 0) -> Tensor:
+def conditional_log_prob(
+    model: SequenceModel, history, future, *, num_particles: int = 1, seed: int | None = 0
+) -> Tensor:
     r"""``(N,)`` :math:`\log p(\text{future} \mid \text{history})` by the chain rule,
     :math:`\log p(\text{history} ⧺ \text{future}) - \log p(\text{history})`.
 
@@ -192,8 +203,9 @@ def unconditional_log_prob(model: SequenceModel, future, *, num_particles: int =
         return _log_prob_batch(model, future, num_particles)
 
 
-def step_log_likelihoods(model: SequenceModel, batch, *, start: int = 0,
-                         step_log_probs: StepLogProbs | None = None) -> Tensor:
+def step_log_likelihoods(
+    model: SequenceModel, batch, *, start: int = 0, step_log_probs: StepLogProbs | None = None
+) -> Tensor:
     r"""``(N, T)`` one-step predictive log-densities :math:`\log p(x_t \mid x_{<t})`.
 
     Steps before ``start`` and padding hold 0. With ``step_log_probs`` (a family's
@@ -232,8 +244,8 @@ def step_log_likelihoods(model: SequenceModel, batch, *, start: int = 0,
         log_probs = []
         out_dtype = None
         for first in range(0, len(ends), _PREFIXES_PER_CALL):
-            owner = torch.tensor(owners[first:first + _PREFIXES_PER_CALL], device=batch.device)
-            end = torch.tensor(ends[first:first + _PREFIXES_PER_CALL], device=batch.device)
+            owner = torch.tensor(owners[first : first + _PREFIXES_PER_CALL], device=batch.device)
+            end = torch.tensor(ends[first : first + _PREFIXES_PER_CALL], device=batch.device)
             longest = max(int(end.max()), 1)
             # Indexing the batch keeps its per-sequence covariates aligned with the prefixes.
             pieces = replace(batch[owner], values=batch.values[owner, :longest], lengths=end)
@@ -258,8 +270,9 @@ def step_log_likelihoods(model: SequenceModel, batch, *, start: int = 0,
         return torch.where(scored, result, torch.zeros_like(result)).to(dtype)
 
 
-def conditional_log_prob_steps(model: SequenceModel, history, future, *,
-                               step_log_probs: StepLogProbs | None = None) -> Tensor:
+def conditional_log_prob_steps(
+    model: SequenceModel, history, future, *, step_log_probs: StepLogProbs | None = None
+) -> Tensor:
     r"""``(N, T_f)`` per-step :math:`\log p(f_t \mid \text{history}, f_{<t})` (0 on the
     future's padding); sums to :func:`conditional_log_prob` for exact models."""
     history, future = _as_batch(history, "history"), _as_batch(future, "future")
@@ -311,10 +324,14 @@ def _check_origins(length: int, first_origin: int, horizon: int, last_origin: in
         raise ValueError(f"step: expected a positive int, got {step!r}")
     last = length - horizon if last_origin is None else last_origin
     if not isinstance(first_origin, int) or not 0 <= first_origin <= last:
-        raise ValueError(f"first_origin: expected an int in [0, {last}] (series of {length} steps, horizon "
-                         f"{horizon}), got {first_origin!r}")
+        raise ValueError(
+            f"first_origin: expected an int in [0, {last}] (series of {length} steps, horizon "
+            f"{horizon}), got {first_origin!r}"
+        )
     if last > length - horizon:
-        raise ValueError(f"last_origin: at most {length - horizon} for {length} steps and horizon {horizon}, got {last}")
+        raise ValueError(
+            f"last_origin: at most {length - horizon} for {length} steps and horizon {horizon}, got {last}"
+        )
     return list(range(first_origin, last + 1, step))
 
 
@@ -330,15 +347,25 @@ def _series_length(series: SequenceBatch) -> int:
         raise ValueError("series: expected at least one sequence")
     lengths = series.lengths.unique()
     if lengths.numel() != 1:
-        raise ValueError(f"series: expected sequences of one length for leave-future-out evaluation, got lengths "
-                         f"{sorted(series.lengths.tolist())}")
+        raise ValueError(
+            f"series: expected sequences of one length for leave-future-out evaluation, got lengths "
+            f"{sorted(series.lengths.tolist())}"
+        )
     return int(lengths[0])
 
 
-def rolling_origin(model: SequenceModel, series, *, first_origin: int, horizon: int = 1,
-                   refit: Callable[[SequenceBatch], SequenceModel] | None = None, refit_every: int = 1,
-                   last_origin: int | None = None, step: int = 1,
-                   step_log_probs: StepLogProbs | None = None) -> LFOResult:
+def rolling_origin(
+    model: SequenceModel,
+    series,
+    *,
+    first_origin: int,
+    horizon: int = 1,
+    refit: Callable[[SequenceBatch], SequenceModel] | None = None,
+    refit_every: int = 1,
+    last_origin: int | None = None,
+    step: int = 1,
+    step_log_probs: StepLogProbs | None = None,
+) -> LFOResult:
     r"""Rolling-origin (leave-future-out) evaluation of a point-estimate model.
 
     At each origin :math:`i` (``first_origin``, ``first_origin + step``, ...) the next
@@ -378,16 +405,25 @@ def rolling_origin(model: SequenceModel, series, *, first_origin: int, horizon: 
         if per_step is None:
             # One pass over the whole series scores every later origin of this fit.
             per_step = step_log_likelihoods(current, series, start=origin, step_log_probs=step_log_probs)
-        pointwise.append(per_step[:, origin:origin + horizon].sum())
+        pointwise.append(per_step[:, origin : origin + horizon].sum())
     pointwise = torch.stack(pointwise).to(torch.float64).cpu()
     elpd, se = _summary(pointwise)
-    return LFOResult(elpd, se, pointwise, torch.tensor(origins), horizon,
-                     torch.full((len(origins),), float("nan"), dtype=torch.float64), tuple(refits),
-                     max(len(refits) - 1, 0), "rolling origin (point)")
+    return LFOResult(
+        elpd,
+        se,
+        pointwise,
+        torch.tensor(origins),
+        horizon,
+        torch.full((len(origins),), float("nan"), dtype=torch.float64),
+        tuple(refits),
+        max(len(refits) - 1, 0),
+        "rolling origin (point)",
+    )
 
 
-def posterior_step_log_likelihoods(model: SequenceModel, series, draws: Mapping[str, Tensor], *,
-                                   step_log_probs: StepLogProbs | None = None) -> Tensor:
+def posterior_step_log_likelihoods(
+    model: SequenceModel, series, draws: Mapping[str, Tensor], *, step_log_probs: StepLogProbs | None = None
+) -> Tensor:
     r"""``(S, T)`` one-step log-likelihoods :math:`\log p(x_t \mid x_{<t}, \theta_s)` of a
     series under each of ``S`` posterior draws, summed over its ``N`` sequences.
 
@@ -407,8 +443,10 @@ def posterior_step_log_likelihoods(model: SequenceModel, series, draws: Mapping[
         raise ValueError(f"draws: expected the same number of draws for every site, got {sizes}")
     unknown = set(draws) - set(model.parameter_sites())
     if unknown:
-        raise ValueError(f"draws: sites {sorted(unknown)} are not parameter sites of {type(model).__name__} "
-                         f"(which has {list(model.parameter_sites())})")
+        raise ValueError(
+            f"draws: sites {sorted(unknown)} are not parameter sites of {type(model).__name__} "
+            f"(which has {list(model.parameter_sites())})"
+        )
     saved = {name: value.detach().clone() for name, value in model.parameter_values().items()}
     rows = []
     try:
@@ -432,8 +470,15 @@ def _psis(log_ratios: Tensor) -> tuple[Tensor, float]:
     return torch.as_tensor(np.asarray(log_weights), dtype=torch.float64), float(k_hat)
 
 
-def psis_lfo(fit_posterior: Callable[[int], Tensor], num_steps: int, *, first_origin: int, horizon: int = 1,
-             k_threshold: float = 0.7, last_origin: int | None = None) -> LFOResult:
+def psis_lfo(
+    fit_posterior: Callable[[int], Tensor],
+    num_steps: int,
+    *,
+    first_origin: int,
+    horizon: int = 1,
+    k_threshold: float = 0.7,
+    last_origin: int | None = None,
+) -> LFOResult:
     r"""Approximate leave-future-out cross-validation by Pareto-smoothed importance
     sampling (PSIS-LFO, Bürkner, Gabry & Vehtari 2020, Algorithm 1).
 
@@ -486,15 +531,24 @@ def psis_lfo(fit_posterior: Callable[[int], Tensor], num_steps: int, *, first_or
             step_terms = _check_step_terms(fit_posterior(origin), num_steps)
             fit_origin = origin
             refits.append(origin)
-        predictive = step_terms[:, origin:origin + horizon].sum(-1)  # (S,)
+        predictive = step_terms[:, origin : origin + horizon].sum(-1)  # (S,)
         if weights is None:
             weights = torch.full_like(predictive, -math.log(predictive.numel()))
         pointwise.append(torch.logsumexp(weights + predictive, 0))
         k_hats.append(k_hat)
     pointwise = torch.stack(pointwise)
     elpd, se = _summary(pointwise)
-    return LFOResult(elpd, se, pointwise, torch.tensor(origins), horizon, torch.tensor(k_hats, dtype=torch.float64),
-                     tuple(refits), len(refits) - 1, "exact" if refit_always else "psis")
+    return LFOResult(
+        elpd,
+        se,
+        pointwise,
+        torch.tensor(origins),
+        horizon,
+        torch.tensor(k_hats, dtype=torch.float64),
+        tuple(refits),
+        len(refits) - 1,
+        "exact" if refit_always else "psis",
+    )
 
 
 def _check_step_terms(step_terms: Tensor, num_steps: int) -> Tensor:
@@ -506,9 +560,17 @@ def _check_step_terms(step_terms: Tensor, num_steps: int) -> Tensor:
     return step_terms.to(torch.float64).cpu()
 
 
-def psis_lfo_model(model: SequenceModel, series, fit_draws: Callable[[SequenceBatch], Mapping[str, Tensor]], *,
-                   first_origin: int, horizon: int = 1, k_threshold: float = 0.7, last_origin: int | None = None,
-                   step_log_probs: StepLogProbs | None = None) -> LFOResult:
+def psis_lfo_model(
+    model: SequenceModel,
+    series,
+    fit_draws: Callable[[SequenceBatch], Mapping[str, Tensor]],
+    *,
+    first_origin: int,
+    horizon: int = 1,
+    k_threshold: float = 0.7,
+    last_origin: int | None = None,
+    step_log_probs: StepLogProbs | None = None,
+) -> LFOResult:
     """:func:`psis_lfo` for a model with parameter sites whose posterior is fit by
     ``fit_draws(history) -> {site: (S, ...) draws}`` (NUTS, a guide's samples, ...)."""
     series = _as_batch(series, "series")
@@ -518,8 +580,14 @@ def psis_lfo_model(model: SequenceModel, series, fit_draws: Callable[[SequenceBa
         draws = fit_draws(prefix(series, origin))
         return posterior_step_log_likelihoods(model, series, draws, step_log_probs=step_log_probs)
 
-    return psis_lfo(fit_posterior, length, first_origin=first_origin, horizon=horizon, k_threshold=k_threshold,
-                    last_origin=last_origin)
+    return psis_lfo(
+        fit_posterior,
+        length,
+        first_origin=first_origin,
+        horizon=horizon,
+        k_threshold=k_threshold,
+        last_origin=last_origin,
+    )
 
 
 def per_step_summary(log_probs: Tensor, num_steps: int) -> float:
@@ -530,7 +598,19 @@ def per_step_summary(log_probs: Tensor, num_steps: int) -> float:
 
 
 __all__ = [
-    "LFOResult", "StepLogProbs", "concatenate_in_time", "conditional_label", "conditional_log_prob",
-    "conditional_log_prob_steps", "per_step_summary", "posterior_step_log_likelihoods", "prefix", "psis_lfo",
-    "psis_lfo_model", "rolling_origin", "split_in_time", "step_log_likelihoods", "unconditional_log_prob",
+    "LFOResult",
+    "StepLogProbs",
+    "concatenate_in_time",
+    "conditional_label",
+    "conditional_log_prob",
+    "conditional_log_prob_steps",
+    "per_step_summary",
+    "posterior_step_log_likelihoods",
+    "prefix",
+    "psis_lfo",
+    "psis_lfo_model",
+    "rolling_origin",
+    "split_in_time",
+    "step_log_likelihoods",
+    "unconditional_log_prob",
 ]

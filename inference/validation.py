@@ -14,8 +14,9 @@ from torch import Tensor
 __all__ = ["check_lengths", "valid_mask"]
 
 
-def check_lengths(lengths: Tensor | None, num_sequences: int, num_steps: int,
-                  device: torch.device | str | None = None) -> Tensor:
+def check_lengths(
+    lengths: Tensor | None, num_sequences: int, num_steps: int, device: torch.device | str | None = None
+) -> Tensor:
     """Validated ``(N,)`` int64 lengths on ``device``; ``None`` means every sequence is
     ``num_steps`` long.
 
@@ -34,8 +35,9 @@ def check_lengths(lengths: Tensor | None, num_sequences: int, num_steps: int,
         raise ValueError(f"lengths: expected shape ({num_sequences},), got {tuple(lengths.shape)}")
     lengths = lengths.to(device=device if device is not None else lengths.device, dtype=torch.long)
     if num_sequences and (int(lengths.min()) < 0 or int(lengths.max()) > num_steps):
-        raise ValueError(f"lengths: expected values in [0, {num_steps}], got min {int(lengths.min())}, "
-                         f"max {int(lengths.max())}")
+        raise ValueError(
+            f"lengths: expected values in [0, {num_steps}], got min {int(lengths.min())}, max {int(lengths.max())}"
+        )
     return lengths
 
 

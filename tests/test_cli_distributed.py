@@ -37,7 +37,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 COLLECTIVE_TIMEOUT = 15
 
 #: A sitecustomize for the launched ranks: write-like file events under $SEQZOO_TEST_WATCHED, one log per rank.
-AUDIT_HOOK = textwrap.dedent('''
+AUDIT_HOOK = textwrap.dedent("""
     import os, sys
     _rank, _logs = os.environ.get("RANK"), os.environ.get("SEQZOO_TEST_AUDIT")
     if _rank is not None and _logs:
@@ -66,7 +66,7 @@ AUDIT_HOOK = textwrap.dedent('''
                         _log.write(f"{event} {full}\\n")
 
         sys.addaudithook(_audit)
-''')
+""")
 
 
 @pytest.fixture
@@ -77,16 +77,30 @@ def launch(tmp_path):
     audit.mkdir()
     (audit / "sitecustomize.py").write_text(AUDIT_HOOK)
     (tmp_path / "runs").mkdir()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(audit), str(REPOSITORY)]), "OMP_NUM_THREADS": "1",
-           "MKL_NUM_THREADS": "1", "SEQZOO_TEST_AUDIT": str(audit), "SEQZOO_TEST_WATCHED": str(tmp_path / "runs"),
-           "SEQZOO_DISTRIBUTED_TIMEOUT": str(COLLECTIVE_TIMEOUT)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(audit), str(REPOSITORY)]),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "SEQZOO_TEST_AUDIT": str(audit),
+        "SEQZOO_TEST_WATCHED": str(tmp_path / "runs"),
+        "SEQZOO_DISTRIBUTED_TIMEOUT": str(COLLECTIVE_TIMEOUT),
+    }
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
 
     def start(argv, launcher=("--standalone", "--nproc-per-node", "2"), **popen) -> subprocess.Popen:
         command = [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "zoo", *map(str, argv)]
-        return subprocess.Popen(command, cwd=REPOSITORY, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True, **popen)
+        return subprocess.Popen(
+            command,
+            cwd=REPOSITORY,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            **popen,
+        )
 
     return start
 
@@ -130,8 +144,22 @@ def assert_same_models(single: Path, distributed: Path, atol: float) -> None:
 # -- the launched runs -------------------------------------------------------------------------
 FITS = {
     # A GRU by SVI: 20 training sequences in global mini-batches of 8 (the last, of 4, sharded 2 + 2).
-    "gru-svi": ["fit", "gru", "--hidden", "8", "--embedding", "4", "--method", "svi", "--epochs", "3",
-                "--batch-size", "8", "--lr", "0.05"],
+    "gru-svi": [
+        "fit",
+        "gru",
+        "--hidden",
+        "8",
+        "--embedding",
+        "4",
+        "--method",
+        "svi",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--lr",
+        "0.05",
+    ],
     # A 3-state HMM by EM: each rank's e_step on half the training sequences, statistics all-reduced.
     "hmm-em": ["fit", "hmm", "--states", "3", "--method", "em", "--max-iterations", "8"],
     # A linear-Gaussian state-space model by EM on real-valued sequences (Kalman smoother per rank).
@@ -160,7 +188,8 @@ def test_torchrun_fit_equals_one_process_and_only_rank_zero_writes(name, launch,
         assert actual[f"{part}_log_likelihood"] == pytest.approx(expected[f"{part}_log_likelihood"], abs=1e-5)
     assert len(actual["history"]) == len(expected["history"]) > 1
     assert [r["valid_log_prob_per_step"] for r in actual["history"]] == pytest.approx(
-        [r["valid_log_prob_per_step"] for r in expected["history"]], abs=1e-5)
+        [r["valid_log_prob_per_step"] for r in expected["history"]], abs=1e-5
+    )
 
     # The same files as a one-process run, each written by rank 0; rank 1 wrote nothing.
     assert files_of(distributed).keys() == files_of(single).keys()
@@ -173,8 +202,19 @@ def test_torchrun_fit_equals_one_process_and_only_rank_zero_writes(name, launch,
 
 @pytest.mark.slow
 def test_torchrun_compare_equals_one_process_and_only_rank_zero_writes(launch, symbols, tmp_path, capsys):
-    argv = ["compare", "--data", symbols, "--models", "hmm:states=2", "gru:hidden=8,embedding=4,epochs=2,batch_size=8,lr=0.05",
-            "--max-iterations", "5", "--seed", "0", "--no-progress"]
+    argv = [
+        "compare",
+        "--data",
+        symbols,
+        "--models",
+        "hmm:states=2",
+        "gru:hidden=8,embedding=4,epochs=2,batch_size=8,lr=0.05",
+        "--max-iterations",
+        "5",
+        "--seed",
+        "0",
+        "--no-progress",
+    ]
     single, distributed = tmp_path / "single", tmp_path / "runs" / "distributed"
     assert main([*map(str, argv), "--out", str(single)]) == 0
     process = launch([*argv, "--out", distributed])
@@ -203,10 +243,29 @@ def free_port() -> int:
 
 
 #: The collectives of an SVI fit without validation, by the names their errors give.
-FIT_COLLECTIVES = ("all-reduce of the gradients", "broadcast of the stop decision",
-                   "all-gather of the RNG states for a checkpoint", "barrier after writing a checkpoint")
-KILLED_FIT = ["fit", "gru", "--hidden", "8", "--embedding", "4", "--method", "svi", "--epochs", "100000",
-              "--batch-size", "4", "--split", "1,0,0", "--no-progress"]  # no validation part: no early stop
+FIT_COLLECTIVES = (
+    "all-reduce of the gradients",
+    "broadcast of the stop decision",
+    "all-gather of the RNG states for a checkpoint",
+    "barrier after writing a checkpoint",
+)
+KILLED_FIT = [
+    "fit",
+    "gru",
+    "--hidden",
+    "8",
+    "--embedding",
+    "4",
+    "--method",
+    "svi",
+    "--epochs",
+    "100000",
+    "--batch-size",
+    "4",
+    "--split",
+    "1,0,0",
+    "--no-progress",
+]  # no validation part: no early stop
 
 
 @pytest.mark.slow
@@ -221,8 +280,16 @@ def test_torchrun_fit_with_a_killed_rank_ends_with_an_error(nodes, launch, symbo
     else:
         # Static rendezvous: node 0's agent hosts the store, so node 1's death leaves it running and
         # only rank 0's own collectives can notice.
-        rendezvous = ["--nnodes", "2", "--nproc-per-node", "1", "--master-addr", "127.0.0.1",
-                      "--master-port", str(free_port())]
+        rendezvous = [
+            "--nnodes",
+            "2",
+            "--nproc-per-node",
+            "1",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(free_port()),
+        ]
         processes = [launch(argv, launcher=[*rendezvous, "--node-rank", str(node)]) for node in range(2)]
     pid_file = tmp_path / "audit" / "pid.rank1"
     deadline = time.monotonic() + 180
@@ -246,8 +313,11 @@ def test_torchrun_fit_with_a_killed_rank_ends_with_an_error(nodes, launch, symbo
         assert "Signal 9 (SIGKILL)" in stderr, stderr[-3000:]
     else:
         # Rank 0 notices in whichever of the fit loop's collectives it is in when its peer dies.
-        assert re.search(rf"seqzoo fit: error: rank 0: ({'|'.join(FIT_COLLECTIVES)}) failed; another process "
-                         "probably died", stderr), stderr[-3000:]
+        assert re.search(
+            rf"seqzoo fit: error: rank 0: ({'|'.join(FIT_COLLECTIVES)}) failed; another process "
+            "probably died",
+            stderr,
+        ), stderr[-3000:]
     rank0 = int((tmp_path / "audit" / "pid.rank0").read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(rank0, 0)  # no rank is left behind
@@ -285,8 +355,9 @@ class RecordingGroup:
     def close(self, wait_for_others: bool = False) -> None:
         self.closes.append(wait_for_others)
         if wait_for_others and self.fail_to_leave:
-            raise DistributedError("rank 0: barrier before leaving the process group failed; another process "
-                                   "probably died")
+            raise DistributedError(
+                "rank 0: barrier before leaving the process group failed; another process probably died"
+            )
 
 
 @pytest.fixture

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from inference.rundir import RunDirectory
 from inference.scoring import score
 from inference.timeseries import conditional_log_prob, rolling_origin
 from zoo.cli import load_model, main
 from zoo.compare_timeseries import block_boundaries, timeline
 from zoo.data import load_data, split_data
-from inference.rundir import RunDirectory
 
 SPEC = "lgssm:state_dim=1,transition=identity"
 LABEL = "lgssm-state_dim1-transitionidentity"
@@ -32,8 +32,28 @@ def walk_csv(tmp_path_factory):
 @pytest.fixture(scope="module")
 def compared(walk_csv, tmp_path_factory):
     out = tmp_path_factory.mktemp("cmp") / "cmp"
-    assert main(["compare", "--data", str(walk_csv), "--models", SPEC, "--out", str(out), "--max-iterations", "30",
-                 "--no-progress", "--horizon", "3", "--lfo", "--split", "0.7,0.1,0.2"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--data",
+                str(walk_csv),
+                "--models",
+                SPEC,
+                "--out",
+                str(out),
+                "--max-iterations",
+                "30",
+                "--no-progress",
+                "--horizon",
+                "3",
+                "--lfo",
+                "--split",
+                "0.7,0.1,0.2",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -107,7 +127,7 @@ def test_forecast_columns_score_held_out_points_only(compared, walk_csv):
         for origin in range(test_start, series.shape[1]):
             means.append(float(model.forecast(series[:, :origin], 1).observation_mean[0, 0, 0]))
     errors = np.array(means) - series[0, test_start:, 0].numpy()
-    assert forecast["leads"]["1"]["rmse"] == pytest.approx(float(np.sqrt((errors ** 2).mean())), rel=1e-6)
+    assert forecast["leads"]["1"]["rmse"] == pytest.approx(float(np.sqrt((errors**2).mean())), rel=1e-6)
     table = (compared / "comparison.md").read_text()
     assert "h=3 cov 90%" in table
 
@@ -117,23 +137,46 @@ def test_lfo_columns_and_the_figure(compared, walk_csv):
     lfo = row["lfo"]
     assert lfo["num_refits"] == 0 and lfo["horizon"] == 1
     # One-step LFO without refits over every test step is the conditional test score.
-    assert lfo["elpd"] == pytest.approx(row["test_log_likelihood_given_history"] * row["test_steps_given_history"],
-                                        rel=1e-6)
+    assert lfo["elpd"] == pytest.approx(
+        row["test_log_likelihood_given_history"] * row["test_steps_given_history"], rel=1e-6
+    )
     assert (compared / "forecast_fan.png").is_file() and (compared / "forecast_fan.png").stat().st_size > 10_000
 
 
 def test_score_from_start_keeps_the_unconditioned_score(walk_csv, tmp_path):
     out = tmp_path / "cmp"
-    assert main(["compare", "--data", str(walk_csv), "--models", SPEC, "--out", str(out), "--max-iterations", "30",
-                 "--no-progress", "--split", "0.7,0.1,0.2", "--score-from", "start", "--forecast-origins", "0"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--data",
+                str(walk_csv),
+                "--models",
+                SPEC,
+                "--out",
+                str(out),
+                "--max-iterations",
+                "30",
+                "--no-progress",
+                "--split",
+                "0.7,0.1,0.2",
+                "--score-from",
+                "start",
+                "--forecast-origins",
+                "0",
+            ]
+        )
+        == 0
+    )
     comparison = json.loads((out / "comparison.json").read_text())
     assert comparison["score_from"] == "start"
     row = comparison["models"][0]
     assert "test_log_likelihood_given_history" not in row and "forecast" not in row
     model = load_model(RunDirectory.open(out / LABEL))
     data, splits = _parts(walk_csv)
-    assert row["test_log_likelihood"] == pytest.approx(score(model, splits.test.batch.to(dtype=torch.float64)).per_step,
-                                                       rel=1e-9)
+    assert row["test_log_likelihood"] == pytest.approx(
+        score(model, splits.test.batch.to(dtype=torch.float64)).per_step, rel=1e-9
+    )
     table = (out / "comparison.md").read_text()
     assert "given history" not in table.split("\n| model")[1] and "--score-from start" in table
 
@@ -153,8 +196,10 @@ def test_timeline_matches_split_data_and_is_none_for_shuffled_sequences():
 
 
 def test_bad_forecast_flags_are_refused(walk_csv, tmp_path, capsys):
-    assert main(["compare", "--data", str(walk_csv), "--models", SPEC, "--out", str(tmp_path / "x"),
-                 "--horizon", "0"]) == 2
+    assert (
+        main(["compare", "--data", str(walk_csv), "--models", SPEC, "--out", str(tmp_path / "x"), "--horizon", "0"])
+        == 2
+    )
     assert "--horizon" in capsys.readouterr().err
 
 
@@ -163,8 +208,28 @@ def test_fit_early_stops_on_the_score_it_reports(walk_csv, tmp_path, score_from)
     """fit's validation curve scores the validation part as --score-from says: its last
     record (at the final parameters) is the summary's conditional or unconditioned score."""
     out = tmp_path / "run"
-    assert main(["fit", "lgssm", "--data", str(walk_csv), "--state-dim", "1", "--transition", "identity",
-                 "--out", str(out), "--no-progress", "--max-iterations", "3", "--score-from", score_from]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "lgssm",
+                "--data",
+                str(walk_csv),
+                "--state-dim",
+                "1",
+                "--transition",
+                "identity",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--max-iterations",
+                "3",
+                "--score-from",
+                score_from,
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     last = summary["history"][-1]["valid_log_prob_per_step"]
     assert summary["stopped"] == "max_steps" and summary["score_from"] == score_from
@@ -178,8 +243,26 @@ def test_fit_early_stops_on_the_score_it_reports(walk_csv, tmp_path, score_from)
 
 def test_score_command_rescores_a_run_given_history_or_from_start(walk_csv, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["fit", "lgssm", "--data", str(walk_csv), "--state-dim", "1", "--transition", "identity",
-                 "--out", str(out), "--no-progress", "--max-iterations", "3"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "lgssm",
+                "--data",
+                str(walk_csv),
+                "--state-dim",
+                "1",
+                "--transition",
+                "identity",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--max-iterations",
+                "3",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     capsys.readouterr()
     assert main(["score", str(out)]) == 0
@@ -187,7 +270,9 @@ def test_score_command_rescores_a_run_given_history_or_from_start(walk_csv, tmp_
     assert "test" in capsys.readouterr().out and scored["score_from"] == "history"
     for part in ("valid", "test"):
         assert scored[part]["given_history"]
-        assert scored[part]["log_likelihood"] == pytest.approx(summary[f"{part}_log_likelihood_given_history"], rel=1e-9)
+        assert scored[part]["log_likelihood"] == pytest.approx(
+            summary[f"{part}_log_likelihood_given_history"], rel=1e-9
+        )
         assert scored[part]["stderr"] == pytest.approx(summary[f"{part}_stderr_given_history"], rel=1e-9)
     assert main(["score", str(out), "--score-from", "start"]) == 0
     scored = json.loads((out / "score.json").read_text())
@@ -201,9 +286,32 @@ def test_lfo_refits_at_every_kth_origin(walk_csv, tmp_path):
     fit at origin 0 and one refit; the refit models differ from the compare model, so the
     elpd differs from the no-refit one."""
     out = tmp_path / "cmp"
-    assert main(["compare", "--data", str(walk_csv), "--models", SPEC, "--out", str(out), "--max-iterations", "30",
-                 "--no-progress", "--split", "0.7,0.1,0.2", "--forecast-origins", "0", "--lfo", "--lfo-origins", "8",
-                 "--lfo-refit-every", "5"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--data",
+                str(walk_csv),
+                "--models",
+                SPEC,
+                "--out",
+                str(out),
+                "--max-iterations",
+                "30",
+                "--no-progress",
+                "--split",
+                "0.7,0.1,0.2",
+                "--forecast-origins",
+                "0",
+                "--lfo",
+                "--lfo-origins",
+                "8",
+                "--lfo-refit-every",
+                "5",
+            ]
+        )
+        == 0
+    )
     row = json.loads((out / "comparison.json").read_text())["models"][0]
     lfo = row["lfo"]
     assert (lfo["num_origins"], lfo["origin_step"], lfo["num_refits"]) == (8, 3, 1)

@@ -69,7 +69,7 @@ def _exercise(model: SequenceModel, train, capability: str):
         model.reset_parameters(torch.Generator().manual_seed(1))
         assert any(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
     elif capability.startswith("sample_"):
-        option = capability[len("sample_"):]
+        option = capability[len("sample_") :]
         value = 0.5 if option == "temperature" else values[0, :2]
         assert model.sample(2, 3, torch.Generator().manual_seed(0), **{option: value}).values.shape[:2] == (2, 3)
     elif capability == "em":
@@ -81,28 +81,41 @@ def _exercise(model: SequenceModel, train, capability: str):
 def _refuses(model: SequenceModel, train, capability: str) -> None:
     """An undeclared capability raises NotSupported, names the model, and says what it lacks."""
     values, lengths = train.values, train.lengths
-    calls = {"loss": lambda: model.loss(train),
-             "filter": lambda: model.filter(values, lengths),
-             "smooth": lambda: model.smooth(values, lengths),
-             "decode": lambda: model.decode(values, lengths),
-             "sample_states": lambda: model.sample_states(values, lengths),
-             "forecast_distribution": lambda: model.forecast_distribution(train, 2),
-             "nuts_log_likelihood": lambda: model.nuts_log_likelihood(train),
-             "restarts": lambda: model.reset_parameters(),
-             "em": lambda: model.m_step({})}
+    calls = {
+        "loss": lambda: model.loss(train),
+        "filter": lambda: model.filter(values, lengths),
+        "smooth": lambda: model.smooth(values, lengths),
+        "decode": lambda: model.decode(values, lengths),
+        "sample_states": lambda: model.sample_states(values, lengths),
+        "forecast_distribution": lambda: model.forecast_distribution(train, 2),
+        "nuts_log_likelihood": lambda: model.nuts_log_likelihood(train),
+        "restarts": lambda: model.reset_parameters(),
+        "em": lambda: model.m_step({}),
+    }
     if capability == "parameter_sites":
         assert model.parameter_sites() == {}
     elif capability.startswith("sample_"):
-        assert capability[len("sample_"):] not in inspect.signature(model.sample).parameters
+        assert capability[len("sample_") :] not in inspect.signature(model.sample).parameters
     else:
         with pytest.raises(NotSupported, match=type(model).__name__):
             calls[capability]()
 
 
 def test_every_capability_is_checked_here():
-    assert set(CAPABILITIES) == {"loss", "em", "filter", "smooth", "decode", "sample_states", "forecast_distribution",
-                                 "nuts_log_likelihood", "parameter_sites", "restarts", "sample_temperature",
-                                 "sample_prime"}
+    assert set(CAPABILITIES) == {
+        "loss",
+        "em",
+        "filter",
+        "smooth",
+        "decode",
+        "sample_states",
+        "forecast_distribution",
+        "nuts_log_likelihood",
+        "parameter_sites",
+        "restarts",
+        "sample_temperature",
+        "sample_prime",
+    }
 
 
 def test_an_unknown_capability_is_an_error():
@@ -131,8 +144,15 @@ def test_the_families_declare_what_their_papers_give_them():
     distribution, their own objectives for the deep Markov and topic models."""
     table = {name: {c for c in CAPABILITIES if REGISTRY[name].model_classes[0].supports(c)} for name in FAMILIES}
     for name in ("hmm", "lgssm"):
-        assert {"em", "filter", "smooth", "sample_states", "forecast_distribution",
-                "parameter_sites", "restarts"} <= table[name], name
+        assert {
+            "em",
+            "filter",
+            "smooth",
+            "sample_states",
+            "forecast_distribution",
+            "parameter_sites",
+            "restarts",
+        } <= table[name], name
     assert "decode" in table["hmm"] and "decode" not in table["lgssm"]  # Viterbi needs discrete states
     assert "nuts_log_likelihood" in table["lgssm"]
     for name in ("rnn", "gru", "lstm"):

@@ -22,22 +22,117 @@ def shared_data_dir() -> Path:
 # script -> flags for a tiny run ({out} is a fresh temporary directory, {data} the shared data folder)
 TINY_RUNS = {
     "shannon_letters.py": ["--num-chars", "3000", "--seeds", "0", "1", "--max-iterations", "40", "--out", "{out}"],
-    "shakespeare.py": ["--data", "{data}/tinyshakespeare.txt", "--first", "6000", "--budget-minutes", "0.05",
-                       "--models", "hmm:4", "lstm:16", "--embedding", "8", "--sample-length", "40", "--out", "{out}"],
+    "shakespeare.py": [
+        "--data",
+        "{data}/tinyshakespeare.txt",
+        "--first",
+        "6000",
+        "--budget-minutes",
+        "0.05",
+        "--models",
+        "hmm:4",
+        "lstm:16",
+        "--embedding",
+        "8",
+        "--sample-length",
+        "40",
+        "--out",
+        "{out}",
+    ],
     # Every published number is checked; the gradient fits (~1 minute) only in the slow test below.
     "nile_local_level.py": ["--svi-epochs", "0", "--lbfgs-iterations", "0", "--em-tolerance", "1e-8", "--out", "{out}"],
-    "forecast_nile.py": ["--datasets", "nile", "--gru-epochs", "3", "--em-iterations", "5", "--restarts", "1",
-                         "--num-samples", "20", "--grid", "6", "--draws", "40", "--refit-every", "15", "--out", "{out}"],
-    "ozone.py": ["--data-dir", "{data}", "--days", "30", "--stations", "40", "--radii", "0", "100",
-                 "--em-iterations", "5", "--out", "{out}"],
-    "dmm_jsb.py": ["--data", "{data}/jsb_chorales.json", "--train-sequences", "8", "--test-sequences", "4",
-                   "--z-dim", "4", "--transition-dim", "8", "--emitter-dim", "8", "--rnn-dim", "8",
-                   "--epochs", "2", "--particles", "3", "--out", "{out}"],
-    "dtm_sotu.py": ["--first-year", "1990", "--topics", "3", "--epochs", "1", "--batch-size", "256",
-                    "--completion-steps", "5", "--forecast", "--out", "{out}"],
-    "topic_conditioned_text.py": ["--first-year", "1990", "--max-docs", "200", "--topics", "4", "--topic-epochs", "3",
-                                  "--minutes", "0.05", "--hidden", "32", "--check-samples", "4",
-                                  "--sample-length", "60", "--output", "{out}"],
+    "forecast_nile.py": [
+        "--datasets",
+        "nile",
+        "--gru-epochs",
+        "3",
+        "--em-iterations",
+        "5",
+        "--restarts",
+        "1",
+        "--num-samples",
+        "20",
+        "--grid",
+        "6",
+        "--draws",
+        "40",
+        "--refit-every",
+        "15",
+        "--out",
+        "{out}",
+    ],
+    "ozone.py": [
+        "--data-dir",
+        "{data}",
+        "--days",
+        "30",
+        "--stations",
+        "40",
+        "--radii",
+        "0",
+        "100",
+        "--em-iterations",
+        "5",
+        "--out",
+        "{out}",
+    ],
+    "dmm_jsb.py": [
+        "--data",
+        "{data}/jsb_chorales.json",
+        "--train-sequences",
+        "8",
+        "--test-sequences",
+        "4",
+        "--z-dim",
+        "4",
+        "--transition-dim",
+        "8",
+        "--emitter-dim",
+        "8",
+        "--rnn-dim",
+        "8",
+        "--epochs",
+        "2",
+        "--particles",
+        "3",
+        "--out",
+        "{out}",
+    ],
+    "dtm_sotu.py": [
+        "--first-year",
+        "1990",
+        "--topics",
+        "3",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "256",
+        "--completion-steps",
+        "5",
+        "--forecast",
+        "--out",
+        "{out}",
+    ],
+    "topic_conditioned_text.py": [
+        "--first-year",
+        "1990",
+        "--max-docs",
+        "200",
+        "--topics",
+        "4",
+        "--topic-epochs",
+        "3",
+        "--minutes",
+        "0.05",
+        "--hidden",
+        "32",
+        "--check-samples",
+        "4",
+        "--sample-length",
+        "60",
+        "--output",
+        "{out}",
+    ],
 }
 
 # script -> files it needs in the shared data folder (the test skips, saying so, when they are absent)
@@ -58,7 +153,9 @@ def _shared_data_or_skip(script: str) -> Path:
     data_dir = shared_data_dir()
     absent = [name for name in NEEDS_SHARED_DATA.get(script, []) if not (data_dir / name).is_file()]
     if absent:
-        pytest.skip(f"{script} needs {', '.join(absent)} in {data_dir} (set SEQZOO_SHARED_DATA to the shared data folder)")
+        pytest.skip(
+            f"{script} needs {', '.join(absent)} in {data_dir} (set SEQZOO_SHARED_DATA to the shared data folder)"
+        )
     return data_dir
 
 
@@ -68,7 +165,9 @@ def test_example_runs_tiny(script, tmp_path):
     argv = [a.format(out=tmp_path, data=data_dir) for a in TINY_RUNS[script]]
     completed = subprocess.run(
         [sys.executable, str(EXAMPLES_DIR / script), *argv],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert any(tmp_path.iterdir()), "the example wrote nothing to --out"
@@ -76,8 +175,12 @@ def test_example_runs_tiny(script, tmp_path):
 
 @pytest.mark.slow
 def test_nile_full_run_checks_the_gradient_fit_too(tmp_path):
-    completed = subprocess.run([sys.executable, str(EXAMPLES_DIR / "nile_local_level.py"), "--out", str(tmp_path)],
-                               capture_output=True, text=True, timeout=900)
+    completed = subprocess.run(
+        [sys.executable, str(EXAMPLES_DIR / "nile_local_level.py"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "[ok] gradient: sigma2_eta within 1% of D&K" in completed.stdout
 
@@ -88,9 +191,26 @@ def test_dmm_example_final_bound_averages_draws_and_plots_runs_side_by_side(tmp_
 
     argv = [a.format(out=tmp_path / "run", data=data_dir) for a in TINY_RUNS["dmm_jsb.py"]]
     script = str(EXAMPLES_DIR / "dmm_jsb.py")
-    completed = subprocess.run([sys.executable, script, *argv, "--final-draws", "3", "--weight-decay", "1",
-                                "--guide-dropout", "0.2", "--average", "0.5", "--eval-every", "0"],
-                               capture_output=True, text=True, timeout=600)
+    completed = subprocess.run(
+        [
+            sys.executable,
+            script,
+            *argv,
+            "--final-draws",
+            "3",
+            "--weight-decay",
+            "1",
+            "--guide-dropout",
+            "0.2",
+            "--average",
+            "0.5",
+            "--eval-every",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     draws = results["test_elbo_draws"]
@@ -103,9 +223,20 @@ def test_dmm_example_final_bound_averages_draws_and_plots_runs_side_by_side(tmp_
     with open(tmp_path / "run" / "curve.csv", newline="") as handle:
         curve = list(csv.DictReader(handle))
     assert len(curve) == 2  # --eval-every 0: both epochs
-    completed = subprocess.run([sys.executable, script, "--out", str(tmp_path / "plot"), "--compare-runs",
-                                f"{tmp_path / 'run'}=tiny", str(tmp_path / "run")], capture_output=True, text=True,
-                               timeout=600)
+    completed = subprocess.run(
+        [
+            sys.executable,
+            script,
+            "--out",
+            str(tmp_path / "plot"),
+            "--compare-runs",
+            f"{tmp_path / 'run'}=tiny",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert (tmp_path / "plot" / "recipes.png").stat().st_size > 0
     with open(tmp_path / "plot" / "runs.csv", newline="") as handle:

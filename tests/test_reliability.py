@@ -41,8 +41,16 @@ def _run(tmp_path, states=2):
     run.save_model(model)
     data = tmp_path / "data.txt"
     data.write_text("abcabc")
-    run.write_json("config", {"family": "hmm", "data": str(data), "model_config": model.config(),
-                              "fit": {"method": "em"}, "data_fingerprint": fingerprint_file(data)})
+    run.write_json(
+        "config",
+        {
+            "family": "hmm",
+            "data": str(data),
+            "model_config": model.config(),
+            "fit": {"method": "em"},
+            "data_fingerprint": fingerprint_file(data),
+        },
+    )
     return run
 
 
@@ -236,8 +244,20 @@ def _text(tmp_path, name="tiny.txt", text=TEXT):
 def _fit_run(tmp_path, *extra):
     """A fitted 2-state HMM run directory (3 EM iterations) on a tiny text."""
     out = tmp_path / "run"
-    argv = ["fit", "hmm", "--data", str(_text(tmp_path)), "--states", "2", "--out", str(out),
-            "--max-iterations", "3", "--no-progress", *extra]
+    argv = [
+        "fit",
+        "hmm",
+        "--data",
+        str(_text(tmp_path)),
+        "--states",
+        "2",
+        "--out",
+        str(out),
+        "--max-iterations",
+        "3",
+        "--no-progress",
+        *extra,
+    ]
     assert main(argv) == 0
     return out, argv
 
@@ -313,12 +333,29 @@ def cli_resume_past_the_iteration_limit(tmp_path):
 
 
 def cli_a_100000_state_hmm(tmp_path):
-    return ["fit", "hmm", "--data", str(_text(tmp_path)), "--states", "100000", "--out", str(tmp_path / "run")], tmp_path
+    return [
+        "fit",
+        "hmm",
+        "--data",
+        str(_text(tmp_path)),
+        "--states",
+        "100000",
+        "--out",
+        str(tmp_path / "run"),
+    ], tmp_path
 
 
 def cli_compare_a_100000_state_hmm_last(tmp_path):
-    return ["compare", "--data", str(_text(tmp_path)), "--models", "hmm:states=2", "hmm:states=100000",
-            "--out", str(tmp_path / "cmp")], tmp_path
+    return [
+        "compare",
+        "--data",
+        str(_text(tmp_path)),
+        "--models",
+        "hmm:states=2",
+        "hmm:states=100000",
+        "--out",
+        str(tmp_path / "cmp"),
+    ], tmp_path
 
 
 def cli_zero_states(tmp_path):
@@ -326,42 +363,112 @@ def cli_zero_states(tmp_path):
 
 
 def cli_first_zero(tmp_path):
-    return ["fit", "hmm", "--data", str(_text(tmp_path)), "--states", "2", "--first", "0",
-            "--out", str(tmp_path / "run")], tmp_path
+    return [
+        "fit",
+        "hmm",
+        "--data",
+        str(_text(tmp_path)),
+        "--states",
+        "2",
+        "--first",
+        "0",
+        "--out",
+        str(tmp_path / "run"),
+    ], tmp_path
 
 
 def cli_time_budget_negative(tmp_path):
-    return ["fit", "hmm", "--data", str(_text(tmp_path)), "--states", "2", "--time-budget", "-1",
-            "--out", str(tmp_path / "run")], tmp_path
+    return [
+        "fit",
+        "hmm",
+        "--data",
+        str(_text(tmp_path)),
+        "--states",
+        "2",
+        "--time-budget",
+        "-1",
+        "--out",
+        str(tmp_path / "run"),
+    ], tmp_path
 
 
 def cli_time_budget_zero(tmp_path):
-    return ["fit", "hmm", "--data", str(_text(tmp_path)), "--states", "2", "--time-budget", "0",
-            "--out", str(tmp_path / "run")], tmp_path
+    return [
+        "fit",
+        "hmm",
+        "--data",
+        str(_text(tmp_path)),
+        "--states",
+        "2",
+        "--time-budget",
+        "0",
+        "--out",
+        str(tmp_path / "run"),
+    ], tmp_path
 
 
 def cli_poisson_on_negative_data(tmp_path):
     data = tmp_path / "series.csv"
     data.write_text("x\n" + "\n".join(str(v) for v in [1, 2, -2, 3] * 5) + "\n")
-    return ["fit", "hmm", "--data", str(data), "--states", "2", "--emission", "poisson",
-            "--out", str(tmp_path / "run")], tmp_path
+    return [
+        "fit",
+        "hmm",
+        "--data",
+        str(data),
+        "--states",
+        "2",
+        "--emission",
+        "poisson",
+        "--out",
+        str(tmp_path / "run"),
+    ], tmp_path
 
 
 def cli_poisson_on_fractional_data(tmp_path):
     data = tmp_path / "series.csv"
     data.write_text("x\n" + "\n".join(str(v) for v in [1, 2, 2.5, 3] * 5) + "\n")
-    return ["fit", "hmm", "--data", str(data), "--states", "2", "--emission", "poisson",
-            "--out", str(tmp_path / "run")], tmp_path
+    return [
+        "fit",
+        "hmm",
+        "--data",
+        str(data),
+        "--states",
+        "2",
+        "--emission",
+        "poisson",
+        "--out",
+        str(tmp_path / "run"),
+    ], tmp_path
 
 
 def cli_gaussian_on_a_text_file(tmp_path):
-    return ["fit", "hmm", "--data", str(_text(tmp_path)), "--states", "2", "--emission", "gaussian",
-            "--out", str(tmp_path / "run")], tmp_path
+    return [
+        "fit",
+        "hmm",
+        "--data",
+        str(_text(tmp_path)),
+        "--states",
+        "2",
+        "--emission",
+        "gaussian",
+        "--out",
+        str(tmp_path / "run"),
+    ], tmp_path
 
 
 def cli_sampled_states_with_a_diffuse_start(tmp_path):
-    return ["fit", "lgssm", "--data", "builtin:nile", "--state-dim", "1", "--latent", "sampled",
-            "--out", str(tmp_path / "run")], tmp_path
+    return [
+        "fit",
+        "lgssm",
+        "--data",
+        "builtin:nile",
+        "--state-dim",
+        "1",
+        "--latent",
+        "sampled",
+        "--out",
+        str(tmp_path / "run"),
+    ], tmp_path
 
 
 def cli_compare_hmm_without_states(tmp_path):
@@ -369,13 +476,28 @@ def cli_compare_hmm_without_states(tmp_path):
 
 
 def cli_compare_a_setting_given_twice(tmp_path):
-    return ["compare", "--data", str(_text(tmp_path)), "--models", "hmm:states=2,states=3",
-            "--out", str(tmp_path / "cmp")], tmp_path
+    return [
+        "compare",
+        "--data",
+        str(_text(tmp_path)),
+        "--models",
+        "hmm:states=2,states=3",
+        "--out",
+        str(tmp_path / "cmp"),
+    ], tmp_path
 
 
 def cli_compare_two_identical_specs(tmp_path):
-    return ["compare", "--data", str(_text(tmp_path)), "--models", "hmm:states=2", "hmm:states=2",
-            "--out", str(tmp_path / "cmp")], tmp_path
+    return [
+        "compare",
+        "--data",
+        str(_text(tmp_path)),
+        "--models",
+        "hmm:states=2",
+        "hmm:states=2",
+        "--out",
+        str(tmp_path / "cmp"),
+    ], tmp_path
 
 
 def cli_decode_an_empty_model_safetensors(tmp_path):
@@ -413,8 +535,21 @@ def cli_decode_a_model_json_that_fits_no_class(tmp_path):
 
 
 def cli_split_without_held_out_data(tmp_path):
-    return ["fit", "hmm", "--data", str(_text(tmp_path)), "--states", "2", "--split", "1,0,0",
-            "--max-iterations", "2", "--no-progress", "--out", str(tmp_path / "run")], None
+    return [
+        "fit",
+        "hmm",
+        "--data",
+        str(_text(tmp_path)),
+        "--states",
+        "2",
+        "--split",
+        "1,0,0",
+        "--max-iterations",
+        "2",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "run"),
+    ], None
 
 
 #: (setup, exit code, a fragment of what is printed).
@@ -428,7 +563,11 @@ CLI_CASES = [
     (cli_resume_with_other_states, 2, "the run was fitted with --states 2, not 8"),
     (cli_resume_with_another_first, 2, "the run was fitted with --first 200, not 100"),
     (cli_resume_on_other_data_under_the_same_name, 2, "the run was fitted on other data"),
-    (cli_resume_past_the_iteration_limit, 0, "already reached its limit: checkpoint at iteration 3, --max-iterations 2"),
+    (
+        cli_resume_past_the_iteration_limit,
+        0,
+        "already reached its limit: checkpoint at iteration 3, --max-iterations 2",
+    ),
     (cli_a_100000_state_hmm, 2, "an HMM with 100,000 states"),
     (cli_compare_a_100000_state_hmm_last, 2, "compare hmm-states100000: an HMM with 100,000 states"),
     (cli_zero_states, 2, "--states: expected a positive integer, got 0"),

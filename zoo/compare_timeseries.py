@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -65,37 +66,63 @@ GIVEN_HISTORY = "_given_history"
 def add_arguments(parser: argparse.ArgumentParser, *, compare: bool) -> None:
     """``--score-from`` (fit and compare); for compare also the forecast and LFO flags."""
     group = parser.add_argument_group("series split in time")
-    group.add_argument("--score-from", choices=list(SCORE_FROM), default="history",
-                       help="history (default): score each held-out part of a series split in time given the steps "
-                            "before it (train for valid, train+valid for test), and early-stop on that; start: "
-                            "score it from the initial state, as a new series")
+    group.add_argument(
+        "--score-from",
+        choices=list(SCORE_FROM),
+        default="history",
+        help="history (default): score each held-out part of a series split in time given the steps "
+        "before it (train for valid, train+valid for test), and early-stop on that; start: "
+        "score it from the initial state, as a new series",
+    )
     if not compare:
         return
-    group.add_argument("--horizon", type=int, default=DEFAULT_HORIZON,
-                       help=f"forecast columns: the longer lead h (h=1 is always reported; default {DEFAULT_HORIZON})")
-    group.add_argument("--forecast-origins", type=int, metavar="N",
-                       help=f"forecast columns: at most N forecast origins over the test part (default "
-                            f"{DEFAULT_FORECAST_ORIGINS}; without it the columns are skipped for series over "
-                            f"{AUTO_FORECAST_MAX_STEPS} steps); 0 = no forecast columns")
-    group.add_argument("--forecast-samples", type=int, default=DEFAULT_FORECAST_SAMPLES,
-                       help=f"sample paths of models that forecast by sampling (RNNs; default {DEFAULT_FORECAST_SAMPLES})")
-    group.add_argument("--lfo", action="store_true",
-                       help="add leave-future-out columns: elpd of the next --lfo-horizon steps from origins over the "
-                            "test part, its standard error and the number of refits")
+    group.add_argument(
+        "--horizon",
+        type=int,
+        default=DEFAULT_HORIZON,
+        help=f"forecast columns: the longer lead h (h=1 is always reported; default {DEFAULT_HORIZON})",
+    )
+    group.add_argument(
+        "--forecast-origins",
+        type=int,
+        metavar="N",
+        help=f"forecast columns: at most N forecast origins over the test part (default "
+        f"{DEFAULT_FORECAST_ORIGINS}; without it the columns are skipped for series over "
+        f"{AUTO_FORECAST_MAX_STEPS} steps); 0 = no forecast columns",
+    )
+    group.add_argument(
+        "--forecast-samples",
+        type=int,
+        default=DEFAULT_FORECAST_SAMPLES,
+        help=f"sample paths of models that forecast by sampling (RNNs; default {DEFAULT_FORECAST_SAMPLES})",
+    )
+    group.add_argument(
+        "--lfo",
+        action="store_true",
+        help="add leave-future-out columns: elpd of the next --lfo-horizon steps from origins over the "
+        "test part, its standard error and the number of refits",
+    )
     group.add_argument("--lfo-horizon", type=int, default=1, help="LFO: steps scored per origin (default 1)")
     group.add_argument("--lfo-origins", type=int, default=50, help="LFO: at most this many origins (default 50)")
-    group.add_argument("--lfo-refit-every", type=int, default=0, metavar="K",
-                       help="LFO: refit the model on the history at every K-th origin (0, default: never; the model "
-                            "fit on the training part is conditioned on each longer history, exact for filters)")
+    group.add_argument(
+        "--lfo-refit-every",
+        type=int,
+        default=0,
+        metavar="K",
+        help="LFO: refit the model on the history at every K-th origin (0, default: never; the model "
+        "fit on the training part is conditioned on each longer history, exact for filters)",
+    )
 
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Refuses bad forecast/LFO settings by their flags (raises ``ValueError``)."""
-    for flag, value, least in (("--horizon", getattr(args, "horizon", 1), 1),
-                               ("--forecast-samples", getattr(args, "forecast_samples", 2), 2),
-                               ("--lfo-horizon", getattr(args, "lfo_horizon", 1), 1),
-                               ("--lfo-origins", getattr(args, "lfo_origins", 1), 1),
-                               ("--lfo-refit-every", getattr(args, "lfo_refit_every", 0), 0)):
+    for flag, value, least in (
+        ("--horizon", getattr(args, "horizon", 1), 1),
+        ("--forecast-samples", getattr(args, "forecast_samples", 2), 2),
+        ("--lfo-horizon", getattr(args, "lfo_horizon", 1), 1),
+        ("--lfo-origins", getattr(args, "lfo_origins", 1), 1),
+        ("--lfo-refit-every", getattr(args, "lfo_refit_every", 0), 0),
+    ):
         if value < least:
             raise ValueError(f"{flag}: expected an integer >= {least}, got {value}")
     origins = getattr(args, "forecast_origins", None)
@@ -160,7 +187,9 @@ def _same_values(a: Tensor, b: Tensor) -> bool:
     if a.shape != b.shape:
         return False
     if a.is_floating_point():
-        return bool(torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(torch.nan_to_num(a), torch.nan_to_num(b)))
+        return bool(
+            torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(torch.nan_to_num(a), torch.nan_to_num(b))
+        )
     return bool(torch.equal(a, b))
 
 
@@ -244,9 +273,14 @@ def _evaluation_mode(model):
     return _Eval()
 
 
-def conditional_blocks(log_prob: Callable[[SequenceBatch], Tensor], history: SequenceBatch, future: SequenceBatch,
-                       *, num_blocks: int = NUM_BLOCKS,
-                       per_step: Callable[[SequenceBatch], Tensor | None] | None = None) -> tuple[Tensor, Tensor]:
+def conditional_blocks(
+    log_prob: Callable[[SequenceBatch], Tensor],
+    history: SequenceBatch,
+    future: SequenceBatch,
+    *,
+    num_blocks: int = NUM_BLOCKS,
+    per_step: Callable[[SequenceBatch], Tensor | None] | None = None,
+) -> tuple[Tensor, Tensor]:
     """Block sums of the one-step conditional log-probabilities of one held-out sequence.
 
     With ``per_step`` (a family's ``(N, T)`` one-step scorer) the sequence
@@ -271,14 +305,15 @@ def conditional_blocks(log_prob: Callable[[SequenceBatch], Tensor], history: Seq
         with torch.no_grad():
             terms = per_step(full)
         if terms is not None:
-            terms = terms[0, start:start + length].detach().double().cpu()
+            terms = terms[0, start : start + length].detach().double().cpu()
             sums = torch.stack([terms[a:b].sum() for a, b in zip(bounds[:-1], bounds[1:])])
             return sums, steps
     prefix_log_probs = []
     for bound in bounds:
         end = start + bound
-        prefix_log_probs.append(torch.zeros((), dtype=torch.float64) if end == 0
-                                else log_prob(prefix(full, end))[0].double().cpu())
+        prefix_log_probs.append(
+            torch.zeros((), dtype=torch.float64) if end == 0 else log_prob(prefix(full, end))[0].double().cpu()
+        )
     prefix_log_probs = torch.stack(prefix_log_probs)
     return prefix_log_probs[1:] - prefix_log_probs[:-1], steps
 
@@ -292,8 +327,11 @@ def _seeded(model, seed: int | None, num_particles: int = 1) -> Callable[[Sequen
         batch = batch.to(next(model.parameters()).device)
         with torch.no_grad():
             if not stochastic:
-                return model.log_prob_batch(batch) if num_particles == 1 else \
-                    model.log_prob_batch(batch, num_particles=num_particles)
+                return (
+                    model.log_prob_batch(batch)
+                    if num_particles == 1
+                    else model.log_prob_batch(batch, num_particles=num_particles)
+                )
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 return model.log_prob_batch(batch, num_particles=num_particles)
@@ -301,9 +339,16 @@ def _seeded(model, seed: int | None, num_particles: int = 1) -> Callable[[Sequen
     return log_prob
 
 
-def conditional_score(model, history: SequenceBatch, future: SequenceBatch, *, seed: int | None = 0,
-                      num_particles: int = 1, standard_error: bool = True,
-                      per_step: Callable[[Any, SequenceBatch], Tensor | None] | None = None) -> Score:
+def conditional_score(
+    model,
+    history: SequenceBatch,
+    future: SequenceBatch,
+    *,
+    seed: int | None = 0,
+    num_particles: int = 1,
+    standard_error: bool = True,
+    per_step: Callable[[Any, SequenceBatch], Tensor | None] | None = None,
+) -> Score:
     """Scores ``future`` given ``history`` as :func:`inference.scoring.score` scores a part.
 
     ``log_prob`` is :func:`inference.timeseries.conditional_log_prob` summed over the
@@ -322,8 +367,9 @@ def conditional_score(model, history: SequenceBatch, future: SequenceBatch, *, s
     if int(steps.sum()) == 0:
         raise ValueError("future: has no observed time step to score")
     with _evaluation_mode(model):
-        per_sequence = conditional_log_prob(model, history, future, num_particles=num_particles,
-                                            seed=seed).detach().double().cpu()
+        per_sequence = (
+            conditional_log_prob(model, history, future, num_particles=num_particles, seed=seed).detach().double().cpu()
+        )
         stderr = None
         if standard_error and future.num_sequences > 1:
             stderr = ratio_standard_error(per_sequence, steps)
@@ -333,8 +379,14 @@ def conditional_score(model, history: SequenceBatch, future: SequenceBatch, *, s
             stderr = block_standard_error(sums, block_steps)
     log_prob = float(per_sequence.sum())
     total = int(steps.sum())
-    return Score(log_prob=log_prob, num_steps=total, per_step=log_prob / total, stderr=stderr,
-                 kind=conditional_label(model), per_sequence=per_sequence)
+    return Score(
+        log_prob=log_prob,
+        num_steps=total,
+        per_step=log_prob / total,
+        stderr=stderr,
+        kind=conditional_label(model),
+        per_sequence=per_sequence,
+    )
 
 
 def _held_out_parts(timeline_: Timeline | None):
@@ -373,7 +425,7 @@ def baseline_held_out_scores(per_step: Callable[[SequenceBatch], Tensor], timeli
             start, length = int(history.lengths[n]), int(future.lengths[n])
             whole = torch.cat([history.values[n, :start], future.values[n, :length]], 0)
             with torch.no_grad():
-                terms = per_step(SequenceBatch.from_sequences([whole])).detach().double()[start:start + length]
+                terms = per_step(SequenceBatch.from_sequences([whole])).detach().double()[start : start + length]
             totals.append(terms.sum())
             steps.append(length)
             bounds = block_boundaries(length)
@@ -382,8 +434,10 @@ def baseline_held_out_scores(per_step: Callable[[SequenceBatch], Tensor], timeli
         totals_tensor, steps_tensor = torch.stack(totals), torch.tensor(steps)
         fields[f"{part}_log_likelihood{GIVEN_HISTORY}"] = float(totals_tensor.sum()) / int(steps_tensor.sum())
         fields[f"{part}_stderr{GIVEN_HISTORY}"] = (
-            ratio_standard_error(totals_tensor, steps_tensor) if len(totals) > 1
-            else block_standard_error(torch.stack(block_sums), torch.tensor(block_steps)))
+            ratio_standard_error(totals_tensor, steps_tensor)
+            if len(totals) > 1
+            else block_standard_error(torch.stack(block_sums), torch.tensor(block_steps))
+        )
         fields[f"{part}_steps{GIVEN_HISTORY}"] = int(steps_tensor.sum())
         fields[f"likelihood{GIVEN_HISTORY}"] = "exact"
     return fields
@@ -392,8 +446,10 @@ def baseline_held_out_scores(per_step: Callable[[SequenceBatch], Tensor], timeli
 def validation_score(history: SequenceBatch) -> Callable[..., Score]:
     """A ``validation_score`` for the trainer (same signature as
     :func:`inference.scoring.score`) scoring the validation part given ``history``."""
-    def score_given_history(model, valid: SequenceBatch, *, batch_size=None, num_particles: int = 1,
-                            seed: int | None = 0) -> Score:
+
+    def score_given_history(
+        model, valid: SequenceBatch, *, batch_size=None, num_particles: int = 1, seed: int | None = 0
+    ) -> Score:
         return conditional_score(model, history, valid, seed=seed, num_particles=num_particles, standard_error=False)
 
     return score_given_history
@@ -414,16 +470,25 @@ def score_from_note(score_from: str, timeline_: Timeline | None, rows: Sequence[
     if timeline_ is None:
         return "Held-out parts are whole sequences, scored from the initial state."
     if score_from == "start":
-        return ("Held-out parts are scored from the initial state, as new series (--score-from start), "
-                "not given the steps before them.")
-    note = ("Held-out parts continue the training series in time and are scored given their history "
-            "(valid given train, test given train ⧺ valid): log p(part | history) per step "
-            f"({LABEL_GIVEN_HISTORY}); --score-from start scores them from the initial state instead.")
-    bounds = {row["model"]: row[f"likelihood{GIVEN_HISTORY}"] for row in rows
-              if row.get(f"likelihood{GIVEN_HISTORY}", "exact") != "exact"}
+        return (
+            "Held-out parts are scored from the initial state, as new series (--score-from start), "
+            "not given the steps before them."
+        )
+    note = (
+        "Held-out parts continue the training series in time and are scored given their history "
+        "(valid given train, test given train ⧺ valid): log p(part | history) per step "
+        f"({LABEL_GIVEN_HISTORY}); --score-from start scores them from the initial state instead."
+    )
+    bounds = {
+        row["model"]: row[f"likelihood{GIVEN_HISTORY}"]
+        for row in rows
+        if row.get(f"likelihood{GIVEN_HISTORY}", "exact") != "exact"
+    }
     if bounds:
-        note += (" For a model that reports a bound the score given history is the bound of history ⧺ part minus "
-                 "the bound of the history: " + "; ".join(f"{model} ({kind})" for model, kind in bounds.items()) + ".")
+        note += (
+            " For a model that reports a bound the score given history is the bound of history ⧺ part minus "
+            "the bound of the history: " + "; ".join(f"{model} ({kind})" for model, kind in bounds.items()) + "."
+        )
     return note
 
 
@@ -460,8 +525,10 @@ def _forecast_origins(args, timeline_: Timeline) -> tuple[int | None, str | None
     length = int(timeline_.series.lengths[0])
     if origins is None:
         if length > AUTO_FORECAST_MAX_STEPS:
-            return None, (f"series of {length} steps; forecasts condition every origin on its whole history, pass "
-                          f"--forecast-origins N to compute them")
+            return None, (
+                f"series of {length} steps; forecasts condition every origin on its whole history, pass "
+                f"--forecast-origins N to compute them"
+            )
         origins = DEFAULT_FORECAST_ORIGINS
     return origins, None
 
@@ -491,16 +558,30 @@ def forecast_columns(model, timeline_: Timeline | None, args, kind: str) -> dict
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed)
     series = timeline_.series.to(next(model.parameters()).device)
     with _evaluation_mode(model):
-        evaluation = evaluate_forecasts(model, series, test_start=timeline_.start(part), steps=horizon,
-                                        num_samples=args.forecast_samples, generator=generator,
-                                        max_origins=max_origins)
+        evaluation = evaluate_forecasts(
+            model,
+            series,
+            test_start=timeline_.start(part),
+            steps=horizon,
+            num_samples=args.forecast_samples,
+            generator=generator,
+            max_origins=max_origins,
+        )
     leads = sorted({1, horizon})
-    return {"forecast": {"part": part, "horizon": horizon, "source": evaluation.source, "kind": kind,
-                         "leads": {str(lead): evaluation.summary(lead) for lead in leads}}}
+    return {
+        "forecast": {
+            "part": part,
+            "horizon": horizon,
+            "source": evaluation.source,
+            "kind": kind,
+            "leads": {str(lead): evaluation.summary(lead) for lead in leads},
+        }
+    }
 
 
-def lfo_columns(model, family, timeline_: Timeline | None, args,
-                refit: Callable[[SequenceBatch], Any] | None = None) -> dict[str, Any]:
+def lfo_columns(
+    model, family, timeline_: Timeline | None, args, refit: Callable[[SequenceBatch], Any] | None = None
+) -> dict[str, Any]:
     """``{"lfo": {...}}``: rolling-origin leave-future-out CV over the held-out part,
     :math:`\\sum_i \\log p(x_{i+1:i+M} \\mid x_{1:i})` from at most ``--lfo-origins`` origins,
     refit at every ``--lfo-refit-every``-th origin (0: never, the model fit on the
@@ -521,13 +602,29 @@ def lfo_columns(model, family, timeline_: Timeline | None, args,
     device = next(model.parameters()).device
     hook = family.per_step_log_probs
     with _evaluation_mode(model):
-        result = rolling_origin(model, timeline_.series.to(device), first_origin=first, horizon=horizon,
-                                refit=refit if refit_every else None, refit_every=max(refit_every, 1), step=step,
-                                step_log_probs=hook if hook is not None else None)
-    return {"lfo": {"elpd": result.elpd, "se": result.se, "num_origins": int(result.origins.numel()),
-                    "horizon": horizon, "num_refits": result.num_refits,
-                    "refit_every": refit_every, "first_origin": first, "origin_step": step,
-                    "method": result.method}}
+        result = rolling_origin(
+            model,
+            timeline_.series.to(device),
+            first_origin=first,
+            horizon=horizon,
+            refit=refit if refit_every else None,
+            refit_every=max(refit_every, 1),
+            step=step,
+            step_log_probs=hook if hook is not None else None,
+        )
+    return {
+        "lfo": {
+            "elpd": result.elpd,
+            "se": result.se,
+            "num_origins": int(result.origins.numel()),
+            "horizon": horizon,
+            "num_refits": result.num_refits,
+            "refit_every": refit_every,
+            "first_origin": first,
+            "origin_step": step,
+            "method": result.method,
+        }
+    }
 
 
 def fan_forecast(model, timeline_: Timeline | None, args):
@@ -545,9 +642,13 @@ def fan_forecast(model, timeline_: Timeline | None, args):
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(args.seed)
     with _evaluation_mode(model):
-        prediction = forecast(model, prefix(timeline_.series.to(device), origin),
-                              int(timeline_.series.lengths[0]) - origin, num_samples=args.forecast_samples,
-                              generator=generator)
+        prediction = forecast(
+            model,
+            prefix(timeline_.series.to(device), origin),
+            int(timeline_.series.lengths[0]) - origin,
+            num_samples=args.forecast_samples,
+            generator=generator,
+        )
     return None if prediction.kind == "categorical" else prediction
 
 
@@ -567,9 +668,14 @@ def write_forecast_fan(root, fans: Mapping[str, Any], timeline_: Timeline | None
         axis = None
     length = int(timeline_.series.lengths[0])
     times = axis.values if axis is not None and len(axis.values) == length and axis.values.dtype.kind == "f" else None
-    figure = forecast_fan(timeline_.series, fans, origin=timeline_.start(part), time=times,
-                          title=f"{data_spec}: forecasts of the {part} part from its start",
-                          ylabel=(axis.units or "") if axis is not None else "")
+    figure = forecast_fan(
+        timeline_.series,
+        fans,
+        origin=timeline_.start(part),
+        time=times,
+        title=f"{data_spec}: forecasts of the {part} part from its start",
+        ylabel=(axis.units or "") if axis is not None else "",
+    )
     root.save_figure("forecast_fan.png", figure)
     return "forecast_fan.png"
 
@@ -583,15 +689,26 @@ def forecast_markdown(rows: Sequence[dict]) -> str:
         first = forecasting[0]["forecast"]
         leads = list(first["leads"])
         symbols = first["kind"] == "categorical"
-        lines += ["", f"## Forecasts of the {first['part']} part", "",
-                  "From every origin with the true history (the model is not refit), scored on held-out steps only"
-                  + (": log-loss in nats (lower is better)." if symbols else
-                     ": RMSE of the predictive mean and CRPS in the data's units (lower is better), empirical "
-                     "coverage of the central 50% and 90% predictive intervals (best near 0.5 and 0.9)."), ""]
+        lines += [
+            "",
+            f"## Forecasts of the {first['part']} part",
+            "",
+            "From every origin with the true history (the model is not refit), scored on held-out steps only"
+            + (
+                ": log-loss in nats (lower is better)."
+                if symbols
+                else ": RMSE of the predictive mean and CRPS in the data's units (lower is better), empirical "
+                "coverage of the central 50% and 90% predictive intervals (best near 0.5 and 0.9)."
+            ),
+            "",
+        ]
         header = ["model"]
         for lead in leads:
-            header += [f"h={lead} log-loss"] if symbols else [f"h={lead} RMSE", f"h={lead} CRPS", f"h={lead} cov 50%",
-                                                             f"h={lead} cov 90%"]
+            header += (
+                [f"h={lead} log-loss"]
+                if symbols
+                else [f"h={lead} RMSE", f"h={lead} CRPS", f"h={lead} cov 50%", f"h={lead} cov 90%"]
+            )
         header += ["forecast"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in forecasting:
@@ -601,8 +718,11 @@ def forecast_markdown(rows: Sequence[dict]) -> str:
                 keys = ["log_loss"] if symbols else ["rmse", "crps", "coverage_50", "coverage_90"]
                 for key in keys:
                     value = values.get(key)
-                    cells.append("—" if value is None or not math.isfinite(value) else
-                                 (f"{value:.2f}" if key.startswith("coverage") else f"{value:.4g}"))
+                    cells.append(
+                        "—"
+                        if value is None or not math.isfinite(value)
+                        else (f"{value:.2f}" if key.startswith("coverage") else f"{value:.4g}")
+                    )
             cells.append(row["forecast"]["source"])
             lines.append("| " + " | ".join(cells) + " |")
     for row in skipped:
@@ -610,19 +730,27 @@ def forecast_markdown(rows: Sequence[dict]) -> str:
     lfo = [row for row in rows if "lfo" in row]
     if lfo:
         spec = lfo[0]["lfo"]
-        lines += ["", "## Leave-future-out cross-validation", "",
-                  f"elpd = Σ_i log p(x_(i+1..i+{spec['horizon']}) | x_(1..i)) over {spec['num_origins']} origins "
-                  f"from step {spec['first_origin']} every {spec['origin_step']} step(s); ± its standard error "
-                  "(√n·sd over origins); refits after the first fit (0: the model fit on the training part, "
-                  "conditioned on each longer history).", "",
-                  "| model | LFO elpd | ± se | origins | refits |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Leave-future-out cross-validation",
+            "",
+            f"elpd = Σ_i log p(x_(i+1..i+{spec['horizon']}) | x_(1..i)) over {spec['num_origins']} origins "
+            f"from step {spec['first_origin']} every {spec['origin_step']} step(s); ± its standard error "
+            "(√n·sd over origins); refits after the first fit (0: the model fit on the training part, "
+            "conditioned on each longer history).",
+            "",
+            "| model | LFO elpd | ± se | origins | refits |",
+            "|---|---|---|---|---|",
+        ]
         for row in lfo:
             result = row["lfo"]
             se = result["se"]
-            lines.append(f"| {row['model']} | {result['elpd']:.2f} | {se:.2f} | {result['num_origins']} | "
-                         f"{result['num_refits']} |" if se == se else
-                         f"| {row['model']} | {result['elpd']:.2f} | — | {result['num_origins']} | "
-                         f"{result['num_refits']} |")
+            lines.append(
+                f"| {row['model']} | {result['elpd']:.2f} | {se:.2f} | {result['num_origins']} | "
+                f"{result['num_refits']} |"
+                if se == se
+                else f"| {row['model']} | {result['elpd']:.2f} | — | {result['num_origins']} | {result['num_refits']} |"
+            )
     for row in rows:
         if "lfo_skipped" in row:
             lines += ["", f"LFO skipped for {row['model']}: {row['lfo_skipped']}."]
@@ -630,9 +758,29 @@ def forecast_markdown(rows: Sequence[dict]) -> str:
 
 
 __all__ = [
-    "GIVEN_HISTORY", "LABEL_FROM_START", "LABEL_GIVEN_HISTORY", "NUM_BLOCKS", "SCORE_FROM", "Timeline",
-    "add_arguments", "baseline_held_out_scores", "block_boundaries", "block_standard_error", "check_arguments",
-    "conditional_blocks", "conditional_score", "display_rows", "fan_forecast", "forecast_columns", "forecast_markdown",
-    "held_out_part", "held_out_scores", "lfo_columns", "score_from_note", "timeline", "validation_options",
-    "validation_score", "write_forecast_fan",
+    "GIVEN_HISTORY",
+    "LABEL_FROM_START",
+    "LABEL_GIVEN_HISTORY",
+    "NUM_BLOCKS",
+    "SCORE_FROM",
+    "Timeline",
+    "add_arguments",
+    "baseline_held_out_scores",
+    "block_boundaries",
+    "block_standard_error",
+    "check_arguments",
+    "conditional_blocks",
+    "conditional_score",
+    "display_rows",
+    "fan_forecast",
+    "forecast_columns",
+    "forecast_markdown",
+    "held_out_part",
+    "held_out_scores",
+    "lfo_columns",
+    "score_from_note",
+    "timeline",
+    "validation_options",
+    "validation_score",
+    "write_forecast_fan",
 ]

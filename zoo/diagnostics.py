@@ -126,7 +126,9 @@ def _occupancy(model, values: np.ndarray, lengths: torch.Tensor) -> np.ndarray:
     return (marginals.sum((0, 1)) / lengths.sum()).numpy()
 
 
-def replicated_statistics(idata, model=None, num_symbols: int | None = None, occupancy: bool = True) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+def replicated_statistics(
+    idata, model=None, num_symbols: int | None = None, occupancy: bool = True
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Statistics of the observed data and of every replicated data set.
 
     Args:
@@ -143,7 +145,7 @@ def replicated_statistics(idata, model=None, num_symbols: int | None = None, occ
         discrepancy (it depends on the draw): its observed entry is the mean
         over the draws of :math:`T(x, \theta_r)`, and each replicated entry is
         :math:`T(x^{rep}_r, \theta_r) - T(x, \theta_r)` plus that mean, so the
-        p-value is :math:`P(T(x^{rep}, \theta) \ge T(x, \theta))`.
+        p-value is :math:`P(T(x^{rep}, \theta) \\ge T(x, \theta))`.
     """
     observed_values = idata.observed_data[OBSERVED_NAME].values
     if num_symbols is None and model is not None:
@@ -157,7 +159,13 @@ def replicated_statistics(idata, model=None, num_symbols: int | None = None, occ
         flat = flat.astype(observed_values.dtype)
     rows = [summary_statistics(sample, num_symbols) for sample in flat]
     replicated = {name: np.array([row.get(name, math.nan) for row in rows]) for name in observed}
-    if occupancy and model is not None and model.supports("smooth") and hasattr(idata, "posterior") and idata.posterior.data_vars:
+    if (
+        occupancy
+        and model is not None
+        and model.supports("smooth")
+        and hasattr(idata, "posterior")
+        and idata.posterior.data_vars
+    ):
         import copy
 
         saved = copy.deepcopy(model.state_dict())
@@ -166,7 +174,11 @@ def replicated_statistics(idata, model=None, num_symbols: int | None = None, occ
         try:
             for chain in range(chains):
                 for draw in predictive.coords["draw"].values:
-                    posterior_draw = int(draw) if idata.posterior.sizes["draw"] > 1 else int(idata.posterior.coords["draw"].values[0])
+                    posterior_draw = (
+                        int(draw)
+                        if idata.posterior.sizes["draw"] > 1
+                        else int(idata.posterior.coords["draw"].values[0])
+                    )
                     model.set_parameter_values(_posterior_draw_values(idata, chain, posterior_draw))
                     observed_occupancy.append(_occupancy(model, observed_values, lengths))
                     replica = predictive.sel(chain=chain, draw=draw).values
@@ -179,7 +191,9 @@ def replicated_statistics(idata, model=None, num_symbols: int | None = None, occ
         if observed_occupancy.ndim == 2 and observed_occupancy.shape[1]:
             for state in range(observed_occupancy.shape[1]):
                 observed[f"occupancy[{state}]"] = float(observed_occupancy[:, state].mean())
-                replicated[f"occupancy[{state}]"] = replicated_occupancy[:, state] - observed_occupancy[:, state] + observed_occupancy[:, state].mean()
+                replicated[f"occupancy[{state}]"] = (
+                    replicated_occupancy[:, state] - observed_occupancy[:, state] + observed_occupancy[:, state].mean()
+                )
     return observed, replicated
 
 
@@ -187,14 +201,16 @@ def _lengths(values: np.ndarray) -> torch.Tensor:
     return torch.tensor([len(row) for row in _valid_rows(values)], dtype=torch.long)
 
 
-def posterior_predictive_checks(idata, model=None, num_symbols: int | None = None, occupancy: bool = True) -> list[dict[str, Any]]:
+def posterior_predictive_checks(
+    idata, model=None, num_symbols: int | None = None, occupancy: bool = True
+) -> list[dict[str, Any]]:
     """The table of the module docstring, one dict per statistic: ``statistic``,
     ``observed``, ``replicated_mean``, ``replicated_5%``, ``replicated_95%``,
     ``p_value`` (``None`` where undefined)."""
     return _table(*replicated_statistics(idata, model, num_symbols, occupancy))
 
 
-def plot_ppc_statistics(observed: dict[str, float], replicated: dict[str, np.ndarray], title: str = "") -> "plt.Figure":
+def plot_ppc_statistics(observed: dict[str, float], replicated: dict[str, np.ndarray], title: str = "") -> plt.Figure:
     """One histogram of replicated values per statistic, the observed value as a red line."""
     names = [name for name in observed if np.isfinite(replicated[name]).any()]
     columns = min(4, max(len(names), 1))
@@ -207,14 +223,14 @@ def plot_ppc_statistics(observed: dict[str, float], replicated: dict[str, np.nda
         p_value = float((samples >= observed[name]).mean())
         ax.set_title(f"{name}  p={p_value:.2f}", fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in axes.ravel()[len(names):]:
+    for ax in axes.ravel()[len(names) :]:
         ax.set_visible(False)
     fig.suptitle(title or "posterior predictive checks: replicated (grey) vs observed (red)", fontsize=9)
     fig.tight_layout()
     return fig
 
 
-def plot_posterior_states(idata, sequence: int = 0, steps: int = 200, title: str = "") -> "plt.Figure | None":
+def plot_posterior_states(idata, sequence: int = 0, steps: int = 200, title: str = "") -> plt.Figure | None:
     """State probabilities over time of one sequence (HMM: ``state_probs``),
     or smoothed state means with ±2 sd bands (models whose ``smooth`` returns
     means and covariances); ``None`` when the export has no state summaries."""
@@ -240,7 +256,11 @@ def plot_posterior_states(idata, sequence: int = 0, steps: int = 200, title: str
         ax.plot(time, means[:, index], label=f"state {index}")
         if covariance_name is not None:
             covariance = group[covariance_name].isel(sequence=sequence).values[:steps]
-            variance = covariance.reshape(covariance.shape[0], means.shape[1], -1)[:, index, index] if covariance.ndim >= 3 else covariance.reshape(covariance.shape[0], -1)[:, index]
+            variance = (
+                covariance.reshape(covariance.shape[0], means.shape[1], -1)[:, index, index]
+                if covariance.ndim >= 3
+                else covariance.reshape(covariance.shape[0], -1)[:, index]
+            )
             band = 2 * np.sqrt(np.maximum(variance, 0))
             ax.fill_between(time, means[:, index] - band, means[:, index] + band, alpha=0.25)
     ax.set_xlabel("time step")
@@ -251,7 +271,7 @@ def plot_posterior_states(idata, sequence: int = 0, steps: int = 200, title: str
     return fig
 
 
-def _plot_sampled_paths(group, sequence: int, steps: int, title: str, max_latent: int = 4) -> "plt.Figure | None":
+def _plot_sampled_paths(group, sequence: int, steps: int, title: str, max_latent: int = 4) -> plt.Figure | None:
     """Mean ± 2 sd over the drawn continuous state paths (``sampled_states`` with a ``latent`` dim, e.g. a
     deep Markov model's guide draws) of the first ``max_latent`` latent coordinates; else None."""
     if "sampled_states" not in group or "latent" not in group["sampled_states"].dims:
@@ -284,7 +304,7 @@ def _markdown_table(frame) -> str:
     return "\n".join(lines)
 
 
-def _figure_of(axes) -> "plt.Figure":
+def _figure_of(axes) -> plt.Figure:
     return np.asarray(axes).ravel()[0].figure
 
 
@@ -325,23 +345,45 @@ def write_diagnostics(out, model, idata, *, title: str = "", num_symbols: int | 
     num_chains = int(posterior.sizes["chain"]) if has_parameters else 1
     num_draws = int(posterior.sizes["draw"]) if has_parameters else 1
     several = num_chains * num_draws > 1
-    report: dict[str, Any] = {"posterior_kind": idata.attrs.get("posterior_kind"), "num_chains": num_chains,
-                              "num_draws": num_draws, "max_r_hat": None, "min_ess_bulk": None, "divergences": None}
+    report: dict[str, Any] = {
+        "posterior_kind": idata.attrs.get("posterior_kind"),
+        "num_chains": num_chains,
+        "num_draws": num_draws,
+        "max_r_hat": None,
+        "min_ess_bulk": None,
+        "divergences": None,
+    }
     with warnings.catch_warnings():
         # Degenerate statistics of a single draw (NaN sd, r_hat) and ArviZ's subplot caps are expected here.
         warnings.simplefilter("ignore")
         if has_parameters:
             summary = az.summary(idata, kind="all" if several else "stats")
             out.write_text("summary.csv", summary.to_csv())
-            note = "" if num_chains > 1 else ("\n\nOne chain: r_hat needs several (run `seqzoo diagnose --nuts`).\n" if several
-                                               else "\n\nA point estimate (one draw): sd, HDI, ESS and r_hat need posterior draws "
-                                                    "(`seqzoo diagnose --nuts`, or a model fitted with guide=meanfield).\n")
-            out.write_text("summary.md", f"# Posterior summary ({report['posterior_kind']}: {num_chains} chain(s) x "
-                                         f"{num_draws} draw(s))\n\n" + _markdown_table(summary) + note)
+            note = (
+                ""
+                if num_chains > 1
+                else (
+                    "\n\nOne chain: r_hat needs several (run `seqzoo diagnose --nuts`).\n"
+                    if several
+                    else "\n\nA point estimate (one draw): sd, HDI, ESS and r_hat need posterior draws "
+                    "(`seqzoo diagnose --nuts`, or a model fitted with guide=meanfield).\n"
+                )
+            )
+            out.write_text(
+                "summary.md",
+                f"# Posterior summary ({report['posterior_kind']}: {num_chains} chain(s) x "
+                f"{num_draws} draw(s))\n\n" + _markdown_table(summary) + note,
+            )
             files += ["summary.csv", "summary.md"]
             if several and "r_hat" in summary:
-                report["max_r_hat"] = float(np.nanmax(summary["r_hat"].values)) if np.isfinite(summary["r_hat"].values).any() else None
-                report["min_ess_bulk"] = float(np.nanmin(summary["ess_bulk"].values)) if np.isfinite(summary["ess_bulk"].values).any() else None
+                report["max_r_hat"] = (
+                    float(np.nanmax(summary["r_hat"].values)) if np.isfinite(summary["r_hat"].values).any() else None
+                )
+                report["min_ess_bulk"] = (
+                    float(np.nanmin(summary["ess_bulk"].values))
+                    if np.isfinite(summary["ess_bulk"].values).any()
+                    else None
+                )
             out.save_figure("trace.png", _figure_of(az.plot_trace(idata, compact=True)))
             files.append("trace.png")
             if several:
@@ -350,7 +392,14 @@ def write_diagnostics(out, model, idata, *, title: str = "", num_symbols: int | 
         if hasattr(idata, "sample_stats") and "diverging" in idata.sample_stats:
             report["divergences"] = int(idata.sample_stats["diverging"].values.sum())
         if hasattr(idata, "posterior_predictive"):
-            out.save_figure("ppc.png", _figure_of(az.plot_ppc(idata, num_pp_samples=min(50, int(idata.posterior_predictive.sizes["draw"]) * num_chains))))
+            out.save_figure(
+                "ppc.png",
+                _figure_of(
+                    az.plot_ppc(
+                        idata, num_pp_samples=min(50, int(idata.posterior_predictive.sizes["draw"]) * num_chains)
+                    )
+                ),
+            )
             observed, replicated = replicated_statistics(idata, model, num_symbols)
             out.write_json("ppc.json", _table(observed, replicated))
             out.save_figure("ppc_statistics.png", plot_ppc_statistics(observed, replicated, title=title))
@@ -364,16 +413,24 @@ def write_diagnostics(out, model, idata, *, title: str = "", num_symbols: int | 
         if not hasattr(idata, "log_likelihood"):
             loo_report = {"skipped": "no log_likelihood group"}
         elif not several:
-            loo_report = {"skipped": "a point estimate has one draw; PSIS-LOO needs posterior draws (--nuts or a meanfield guide)"}
+            loo_report = {
+                "skipped": "a point estimate has one draw; PSIS-LOO needs posterior draws (--nuts or a meanfield guide)"
+            }
         elif num_sequences < 2:
             loo_report = {"skipped": "one sequence: leave-one-sequence-out needs several sequences"}
         else:
             elpd = export.loo(idata, warn=False)
-            loo_report = {"elpd_loo": float(elpd["elpd_loo"]), "se": float(elpd["se"]), "p_loo": float(elpd["p_loo"]),
-                          "n_samples": int(elpd["n_samples"]), "n_sequences": int(elpd["n_data_points"]),
-                          "warning": bool(elpd["warning"]), "good_k": float(elpd["good_k"]),
-                          "pareto_k": [float(k) for k in np.asarray(elpd["pareto_k"]).reshape(-1)],
-                          "unit": "one whole sequence per point"}
+            loo_report = {
+                "elpd_loo": float(elpd["elpd_loo"]),
+                "se": float(elpd["se"]),
+                "p_loo": float(elpd["p_loo"]),
+                "n_samples": int(elpd["n_samples"]),
+                "n_sequences": int(elpd["n_data_points"]),
+                "warning": bool(elpd["warning"]),
+                "good_k": float(elpd["good_k"]),
+                "pareto_k": [float(k) for k in np.asarray(elpd["pareto_k"]).reshape(-1)],
+                "unit": "one whole sequence per point",
+            }
             if "log_importance_ratio" in getattr(idata, "sample_stats", {}):
                 loo_report["guide_pareto_k"] = export.importance_sampling_khat(idata)
         out.write_json("loo.json", loo_report)
@@ -398,11 +455,22 @@ def _table(observed: dict[str, float], replicated: dict[str, np.ndarray]) -> lis
         samples = replicated[name]
         samples = samples[~np.isnan(samples)]
         if samples.size == 0 or math.isnan(value):
-            row = {"statistic": name, "observed": None if math.isnan(value) else value, "replicated_mean": None, "replicated_5%": None,
-                   "replicated_95%": None, "p_value": None}
+            row = {
+                "statistic": name,
+                "observed": None if math.isnan(value) else value,
+                "replicated_mean": None,
+                "replicated_5%": None,
+                "replicated_95%": None,
+                "p_value": None,
+            }
         else:
-            row = {"statistic": name, "observed": value, "replicated_mean": float(samples.mean()),
-                   "replicated_5%": float(np.quantile(samples, 0.05)), "replicated_95%": float(np.quantile(samples, 0.95)),
-                   "p_value": float((samples >= value).mean())}
+            row = {
+                "statistic": name,
+                "observed": value,
+                "replicated_mean": float(samples.mean()),
+                "replicated_5%": float(np.quantile(samples, 0.05)),
+                "replicated_95%": float(np.quantile(samples, 0.95)),
+                "p_value": float((samples >= value).mean()),
+            }
         table.append(row)
     return table

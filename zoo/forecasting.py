@@ -18,7 +18,8 @@ Shapes: a forecast of ``N`` sequences ``H`` steps ahead has ``mean()`` of shape
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -28,8 +29,10 @@ from inference.batch import SequenceBatch
 from inference.contract import SequenceModel
 from inference.forecasting import ForecastDistribution, concatenate_forecasts
 
-def forecast(model: SequenceModel, history, steps: int, *, num_samples: int = 500,
-             generator: torch.Generator | None = None) -> ForecastDistribution:
+
+def forecast(
+    model: SequenceModel, history, steps: int, *, num_samples: int = 500, generator: torch.Generator | None = None
+) -> ForecastDistribution:
     """The predictive distribution of the ``steps`` observations after each history:
     ``model.forecast_distribution`` with its arguments checked, without gradients.
 
@@ -96,7 +99,9 @@ class ForecastEvaluation(NamedTuple):
         return row
 
 
-def forecast_targets(series: SequenceBatch, origins: Sequence[int], steps: int, test_start: int) -> tuple[SequenceBatch, Tensor, Tensor]:
+def forecast_targets(
+    series: SequenceBatch, origins: Sequence[int], steps: int, test_start: int
+) -> tuple[SequenceBatch, Tensor, Tensor]:
     """Histories, targets and the held-out mask of forecasts from ``origins``.
 
     For one sequence and origins ``o_1..o_m``: history ``j`` is its first ``o_j`` steps,
@@ -124,10 +129,17 @@ def forecast_targets(series: SequenceBatch, origins: Sequence[int], steps: int, 
     return SequenceBatch.from_sequences(histories), torch.stack(targets), torch.stack(held_out).to(series.device)
 
 
-def evaluate_forecasts(model: SequenceModel, series, *, test_start: int, steps: int,
-                       levels: Sequence[float] = (0.5, 0.9), num_samples: int = 500,
-                       generator: torch.Generator | None = None,
-                       max_origins: int | None = None) -> ForecastEvaluation:
+def evaluate_forecasts(
+    model: SequenceModel,
+    series,
+    *,
+    test_start: int,
+    steps: int,
+    levels: Sequence[float] = (0.5, 0.9),
+    num_samples: int = 500,
+    generator: torch.Generator | None = None,
+    max_origins: int | None = None,
+) -> ForecastEvaluation:
     """Scores ``1..steps``-step-ahead forecasts of the held-out steps
     ``[test_start, T)`` of one series.
 
@@ -158,8 +170,12 @@ def evaluate_forecasts(model: SequenceModel, series, *, test_start: int, steps: 
     # Origins in groups of at most _HISTORY_STEPS_PER_CALL history steps: a family's filter
     # holds (origins, T, K) at once.
     group = max(1, _HISTORY_STEPS_PER_CALL // max(int(histories.lengths.max()), 1))
-    prediction = concatenate_forecasts([forecast(model, histories[first:first + group], steps, num_samples=num_samples,
-                                        generator=generator) for first in range(0, len(origins), group)])
+    prediction = concatenate_forecasts(
+        [
+            forecast(model, histories[first : first + group], steps, num_samples=num_samples, generator=generator)
+            for first in range(0, len(origins), group)
+        ]
+    )
     leads = torch.arange(1, steps + 1)
     if prediction.kind == "categorical":
         losses = -prediction.log_prob(targets)
@@ -178,8 +194,9 @@ def evaluate_forecasts(model: SequenceModel, series, *, test_start: int, steps: 
     log_loss = None
     if prediction.kind == "mixture":
         observed = ~torch.isnan(targets).any(-1)
-        log_loss = forecast_scores.mean_score(-prediction.log_prob(torch.nan_to_num(targets)), held_out & observed,
-                                              dim=0)
+        log_loss = forecast_scores.mean_score(
+            -prediction.log_prob(torch.nan_to_num(targets)), held_out & observed, dim=0
+        )
     observed = ~torch.isnan(targets).any(-1)
     return ForecastEvaluation(leads, rmse, crps, coverage, log_loss, (held_out & observed).sum(0), prediction.source)
 
@@ -187,9 +204,17 @@ def evaluate_forecasts(model: SequenceModel, series, *, test_start: int, steps: 
 # ---------------------------------------------------------------------------
 # The forecast fan
 # ---------------------------------------------------------------------------
-def forecast_fan(series, forecasts: Mapping[str, ForecastDistribution], *, origin: int,
-                 levels: Sequence[float] = (0.5, 0.9), time: Sequence[Any] | None = None, dim: int = 0,
-                 title: str = "", ylabel: str = "") -> Any:
+def forecast_fan(
+    series,
+    forecasts: Mapping[str, ForecastDistribution],
+    *,
+    origin: int,
+    levels: Sequence[float] = (0.5, 0.9),
+    time: Sequence[Any] | None = None,
+    dim: int = 0,
+    title: str = "",
+    ylabel: str = "",
+) -> Any:
     """Several models' forecast fans from one origin on one figure.
 
     Args:
@@ -211,7 +236,9 @@ def forecast_fan(series, forecasts: Mapping[str, ForecastDistribution], *, origi
     import matplotlib.pyplot as plt
     import numpy as np
 
-    values = series.values[0, :int(series.lengths[0])] if isinstance(series, SequenceBatch) else torch.as_tensor(series)
+    values = (
+        series.values[0, : int(series.lengths[0])] if isinstance(series, SequenceBatch) else torch.as_tensor(series)
+    )
     if values.dim() == 3:  # a (1, T, D) tensor of one sequence
         values = values[0]
     values = values.reshape(values.shape[0], -1)[:, dim].detach().cpu().double().numpy()
@@ -239,14 +266,21 @@ def forecast_fan(series, forecasts: Mapping[str, ForecastDistribution], *, origi
         # Inner intervals filled, the widest as dashed bounds: several models' fans stay readable.
         for level in ordered[:-1]:
             lower, upper = prediction.interval(level)
-            ax.fill_between(future, lower[0, :, dim].cpu().numpy(), upper[0, :, dim].cpu().numpy(), color=colour,
-                            alpha=0.2, lw=0)
+            ax.fill_between(
+                future, lower[0, :, dim].cpu().numpy(), upper[0, :, dim].cpu().numpy(), color=colour, alpha=0.2, lw=0
+            )
         if ordered:
             lower, upper = prediction.interval(ordered[-1])
             for bound in (lower, upper):
                 ax.plot(future, bound[0, :, dim].cpu().numpy(), color=colour, lw=0.9, ls="--")
-        ax.plot(future, prediction.mean()[0, :, dim].cpu().numpy(), color=colour, lw=1.8, ls=style,
-                label=f"{name}: mean, {' / '.join(f'{round(100 * l)}%' for l in ordered)} (filled / dashed)")
+        ax.plot(
+            future,
+            prediction.mean()[0, :, dim].cpu().numpy(),
+            color=colour,
+            lw=1.8,
+            ls=style,
+            label=f"{name}: mean, {' / '.join(f'{round(100 * l)}%' for l in ordered)} (filled / dashed)",
+        )
     ax.set_xlabel("time" if time is None else "")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -255,5 +289,11 @@ def forecast_fan(series, forecasts: Mapping[str, ForecastDistribution], *, origi
     return fig
 
 
-__all__ = ["ForecastDistribution", "ForecastEvaluation", "evaluate_forecasts", "forecast",
-           "forecast_fan", "forecast_targets"]
+__all__ = [
+    "ForecastDistribution",
+    "ForecastEvaluation",
+    "evaluate_forecasts",
+    "forecast",
+    "forecast_fan",
+    "forecast_targets",
+]

@@ -28,20 +28,31 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
-from inference.contract import SequenceModel
 from inference.batch import SequenceBatch
+from inference.contract import SequenceModel
 from inference.distributed import DataParallel, DistributedError
 from inference.fit import fit as single_process_fit
 from inference.rundir import RunDirectory
 from inference.training import FitResult
 from zoo.registry import UsageError
 
-__all__ = ["COMMANDS", "DEFAULT_TIMEOUT", "EXIT_DISTRIBUTED_FAILURE", "create_run", "current", "device_for", "fit",
-           "open_run", "session", "stage_run"]
+__all__ = [
+    "COMMANDS",
+    "DEFAULT_TIMEOUT",
+    "EXIT_DISTRIBUTED_FAILURE",
+    "create_run",
+    "current",
+    "device_for",
+    "fit",
+    "open_run",
+    "session",
+    "stage_run",
+]
 
 #: The subcommands that run data-parallel under torchrun.
 COMMANDS = ("fit", "compare")
@@ -92,8 +103,10 @@ def session(command: str, device: str | None = None) -> Iterator[DataParallel | 
         yield None
         return
     if command not in COMMANDS:
-        raise UsageError(f"{command}: runs in one process; only {' and '.join(COMMANDS)} run data-parallel "
-                         f"under torchrun (run `seqzoo {command} ...` without it)")
+        raise UsageError(
+            f"{command}: runs in one process; only {' and '.join(COMMANDS)} run data-parallel "
+            f"under torchrun (run `seqzoo {command} ...` without it)"
+        )
     backend = "gloo" if device is not None and torch.device(device).type == "cpu" else None
     parallel = DataParallel.from_environment(backend=backend, timeout=_timeout())
     _current = parallel
@@ -112,8 +125,9 @@ def session(command: str, device: str | None = None) -> Iterator[DataParallel | 
         _current = None
 
 
-def create_run(path: str | os.PathLike, *, force: bool = False, data_paths: Sequence[Any] = (),
-               manifest: bool = False) -> RunDirectory:
+def create_run(
+    path: str | os.PathLike, *, force: bool = False, data_paths: Sequence[Any] = (), manifest: bool = False
+) -> RunDirectory:
     """:meth:`RunDirectory.create`; in a session, on rank 0 before the others go on."""
     if _current is None:
         return RunDirectory.create(path, force=force, data_paths=data_paths, manifest=manifest)

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import pyro.distributions as dist
 import torch
@@ -35,11 +36,30 @@ from torch.distributions import biject_to, transform_to
 from torch.distributions.transforms import Transform
 
 __all__ = [
-    "BartlettWishart", "Constraint", "InverseWishart", "MEANFIELD_LOG_SCALE", "MEANFIELD_STRENGTH", "ParameterSpec",
-    "PointParameters", "Role", "constrain_tril", "dirichlet_factor", "dirichlet_factor_values", "inverse_wishart_factor",
-    "inverse_wishart_factor_values", "lognormal_factor", "lognormal_factor_values", "normal_factor",
-    "normal_factor_values", "point_property", "positive_definite_matrix", "symmetrise", "unconstrain_tril",
-    "wishart_factor", "wishart_factor_values", "write_parameters",
+    "BartlettWishart",
+    "Constraint",
+    "InverseWishart",
+    "MEANFIELD_LOG_SCALE",
+    "MEANFIELD_STRENGTH",
+    "ParameterSpec",
+    "PointParameters",
+    "Role",
+    "constrain_tril",
+    "dirichlet_factor",
+    "dirichlet_factor_values",
+    "inverse_wishart_factor",
+    "inverse_wishart_factor_values",
+    "lognormal_factor",
+    "lognormal_factor_values",
+    "normal_factor",
+    "normal_factor_values",
+    "point_property",
+    "positive_definite_matrix",
+    "symmetrise",
+    "unconstrain_tril",
+    "wishart_factor",
+    "wishart_factor_values",
+    "write_parameters",
 ]
 
 
@@ -290,8 +310,10 @@ def lognormal_factor(module: nn.Module, site: str, event_dim: int) -> dist.Distr
 def lognormal_factor_values(site: str, value: Tensor) -> dict[str, Tensor]:
     """Parameters of a :func:`lognormal_factor` with mean ``value`` (positive): a log-normal's
     mean is ``exp(loc + scale^2 / 2)``."""
-    return {f"guide_{site}_loc": value.log() - 0.5 * math.exp(2 * MEANFIELD_LOG_SCALE),
-            f"guide_{site}_log_scale": torch.full_like(value, MEANFIELD_LOG_SCALE)}
+    return {
+        f"guide_{site}_loc": value.log() - 0.5 * math.exp(2 * MEANFIELD_LOG_SCALE),
+        f"guide_{site}_log_scale": torch.full_like(value, MEANFIELD_LOG_SCALE),
+    }
 
 
 def dirichlet_factor(module: nn.Module, site: str) -> dist.Distribution:
@@ -322,9 +344,12 @@ def wishart_factor_values(site: str, value: Tensor) -> dict[str, Tensor]:
     """Parameters of a :func:`wishart_factor` with mean ``value (K, D, D)``: mean ``df W`` with
     ``df = D - 1 + MEANFIELD_STRENGTH``."""
     df = value.shape[-1] - 1 + MEANFIELD_STRENGTH
-    return {f"guide_{site}_log_excess_df": torch.full(value.shape[:1], math.log(MEANFIELD_STRENGTH),
-                                                      dtype=value.dtype, device=value.device),
-            f"guide_{site}_scale_tril_unconstrained": unconstrain_tril(torch.linalg.cholesky(value / df))}
+    return {
+        f"guide_{site}_log_excess_df": torch.full(
+            value.shape[:1], math.log(MEANFIELD_STRENGTH), dtype=value.dtype, device=value.device
+        ),
+        f"guide_{site}_scale_tril_unconstrained": unconstrain_tril(torch.linalg.cholesky(value / df)),
+    }
 
 
 def inverse_wishart_factor(module: nn.Module, site: str) -> dist.Distribution:
@@ -338,9 +363,12 @@ def inverse_wishart_factor(module: nn.Module, site: str) -> dist.Distribution:
 def inverse_wishart_factor_values(site: str, value: Tensor) -> dict[str, Tensor]:
     """Parameters of an :func:`inverse_wishart_factor` with mean ``value (d, d)``: mean
     ``Psi / (df - d - 1) = Psi / MEANFIELD_STRENGTH``."""
-    return {f"guide_{site}_log_excess_df": torch.tensor(math.log(MEANFIELD_STRENGTH), dtype=value.dtype,
-                                                        device=value.device),
-            f"guide_{site}_scale_tril_unconstrained": unconstrain_tril(torch.linalg.cholesky(MEANFIELD_STRENGTH * value))}
+    return {
+        f"guide_{site}_log_excess_df": torch.tensor(
+            math.log(MEANFIELD_STRENGTH), dtype=value.dtype, device=value.device
+        ),
+        f"guide_{site}_scale_tril_unconstrained": unconstrain_tril(torch.linalg.cholesky(MEANFIELD_STRENGTH * value)),
+    }
 
 
 # -- distributions of constrained matrices ---------------------------------------------------
@@ -448,8 +476,13 @@ class InverseWishart(TorchDistribution):
         # tr(Psi Sigma^{-1}) = ||L_Sigma^{-1} L_Psi||_F^2
         whitened = torch.linalg.solve_triangular(value_tril, self.scale_tril.expand(value_tril.shape), upper=False)
         trace = whitened.square().sum((-2, -1))
-        return (0.5 * df * log_det_scale - 0.5 * df * dim * math.log(2.0) - torch.mvlgamma(0.5 * df, dim)
-                - 0.5 * (df + dim + 1) * log_det_value - 0.5 * trace)
+        return (
+            0.5 * df * log_det_scale
+            - 0.5 * df * dim * math.log(2.0)
+            - torch.mvlgamma(0.5 * df, dim)
+            - 0.5 * (df + dim + 1) * log_det_value
+            - 0.5 * trace
+        )
 
     def rsample(self, sample_shape=torch.Size()) -> Tensor:
         shape = self._extended_shape(sample_shape)  # (*sample, *batch, d, d)
@@ -480,7 +513,7 @@ class BartlettWishart(dist.Wishart):
         d = shape[-1]
         # Bartlett: A lower-triangular, A_ii^2 ~ chi^2(df - i), A_ij ~ N(0, 1) below; W = L A A^T L^T.
         offsets = torch.arange(d, dtype=self.df.dtype, device=self.df.device)
-        chi2 = dist.Chi2((self.df.unsqueeze(-1) - offsets).expand(shape[len(sample_shape):-1])).rsample(sample_shape)
+        chi2 = dist.Chi2((self.df.unsqueeze(-1) - offsets).expand(shape[len(sample_shape) : -1])).rsample(sample_shape)
         noise = torch.randn(shape, dtype=self.df.dtype, device=self.df.device).tril(-1)
         bartlett = noise + torch.diag_embed(chi2.sqrt())
         factor = self._unbroadcasted_scale_tril @ bartlett

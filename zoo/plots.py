@@ -3,7 +3,7 @@ the run-directory helper writes it."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -31,7 +31,7 @@ def _unit_of(units: str | Sequence[str | None] | None, index: int) -> str | None
     return units[index] if index < len(units) else None
 
 
-def log_likelihood_trace(history: Sequence[dict], title: str = "") -> "plt.Figure":
+def log_likelihood_trace(history: Sequence[dict], title: str = "") -> plt.Figure:
     """Training objective and validation log-likelihood (nats per step) against step
     (EM iterations or optimiser steps: integer ticks), values written out in full."""
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
@@ -50,12 +50,16 @@ def log_likelihood_trace(history: Sequence[dict], title: str = "") -> "plt.Figur
     return fig
 
 
-def learning_curves(curves: dict[str, Sequence[dict]], title: str = "") -> "plt.Figure":
+def learning_curves(curves: dict[str, Sequence[dict]], title: str = "") -> plt.Figure:
     """Validation log-likelihood per step against wall time, one line per model
     (values written out in full, never as an offset plus small deltas)."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, history in curves.items():
-        points = [(r["seconds"], r["valid_log_prob_per_step"]) for r in history if r.get("valid_log_prob_per_step") is not None]
+        points = [
+            (r["seconds"], r["valid_log_prob_per_step"])
+            for r in history
+            if r.get("valid_log_prob_per_step") is not None
+        ]
         if points:
             ax.plot(*zip(*points), label=name)
     ax.set_xlabel("training time (s)")
@@ -67,8 +71,9 @@ def learning_curves(curves: dict[str, Sequence[dict]], title: str = "") -> "plt.
     return fig
 
 
-def state_probabilities(marginals: np.ndarray, labels: Sequence[str] | None = None, title: str = "",
-                        first_step: int = 0) -> "plt.Figure":
+def state_probabilities(
+    marginals: np.ndarray, labels: Sequence[str] | None = None, title: str = "", first_step: int = 0
+) -> plt.Figure:
     """Posterior state probabilities ``(T, K)`` over time as a heat map.
 
     The bottom axis numbers the time steps (from ``first_step``); when ``labels``
@@ -80,7 +85,9 @@ def state_probabilities(marginals: np.ndarray, labels: Sequence[str] | None = No
         raise ValueError(f"labels: expected one symbol per step ({length}), got {len(labels)}")
     fig, ax = plt.subplots(figsize=(min(16, 3 + 0.12 * length), 1.2 + 0.35 * num_states))
     extent = (first_step - 0.5, first_step + length - 0.5, num_states - 0.5, -0.5)
-    image = ax.imshow(marginals.T, aspect="auto", interpolation="nearest", vmin=0, vmax=1, cmap="viridis", extent=extent)
+    image = ax.imshow(
+        marginals.T, aspect="auto", interpolation="nearest", vmin=0, vmax=1, cmap="viridis", extent=extent
+    )
     ax.set_ylabel("state")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("time step")
@@ -126,7 +133,7 @@ def state_bands(
     max_panels: int = 4,
     time_label: str = "time step",
     units: str | Sequence[str | None] | None = None,
-) -> "plt.Figure":
+) -> plt.Figure:
     """Smoothed (and filtered) latent states of a linear-Gaussian model with central bands.
 
     One panel per observed series (at most ``max_panels``): the data as dots and
@@ -156,8 +163,14 @@ def state_bands(
     for j in range(series_panels):
         ax = axes[j]
         name = series_names[j] if series_names else f"series {j}"
-        ax.fill_between(time, signal_mean[:, j] - z * signal_std[:, j], signal_mean[:, j] + z * signal_std[:, j],
-                        alpha=0.3, color="C0", label=f"{percent} band")
+        ax.fill_between(
+            time,
+            signal_mean[:, j] - z * signal_std[:, j],
+            signal_mean[:, j] + z * signal_std[:, j],
+            alpha=0.3,
+            color="C0",
+            label=f"{percent} band",
+        )
         ax.plot(time, signal_mean[:, j], color="C0", label="smoothed signal")
         if observed is not None:
             ax.plot(time, observed[:, j], ".", color="k", markersize=3, label="data")
@@ -172,7 +185,11 @@ def state_bands(
             ax.plot(time, filtered_mean[:, i], "--", color="C2", linewidth=1, label="filtered state")
         if signal_mean is None and observed is not None and observed.shape[1] == state_dim:
             ax.plot(time, observed[:, i], ".", color="k", markersize=3, label="data")
-        state_unit = _unit_of(units, i) if signal_mean is None and observed is not None and observed.shape[1] == state_dim else None
+        state_unit = (
+            _unit_of(units, i)
+            if signal_mean is None and observed is not None and observed.shape[1] == state_dim
+            else None
+        )
         ax.set_ylabel(_with_unit(state_names[i] if state_names else f"state {i}", state_unit))
         ax.legend(fontsize="small", loc="best")
     _time_axis(axes[-1], time, time_label)
@@ -207,7 +224,7 @@ def forecast_bands(
     max_panels: int = 4,
     time_label: str = "time step",
     units: str | Sequence[str | None] | None = None,
-) -> "plt.Figure":
+) -> plt.Figure:
     """Forecasts of observations with central predictive bands, after the observed history.
 
     Args:
@@ -225,8 +242,14 @@ def forecast_bands(
     for j in range(panels):
         ax = axes[j]
         ax.plot(history_time, history[:, j], color="k", linewidth=1, label="data")
-        ax.fill_between(future_time, mean[:, j] - z * std[:, j], mean[:, j] + z * std[:, j], alpha=0.3, color="C0",
-                        label=f"{percent} predictive band")
+        ax.fill_between(
+            future_time,
+            mean[:, j] - z * std[:, j],
+            mean[:, j] + z * std[:, j],
+            alpha=0.3,
+            color="C0",
+            label=f"{percent} predictive band",
+        )
         ax.plot(future_time, mean[:, j], color="C0", label="forecast")
         if actual is not None:
             ax.plot(future_time, actual[:, j], ".", color="C3", markersize=4, label="held out")
@@ -247,7 +270,7 @@ def station_maps(
     titles: Sequence[str] | None = None,
     label: str = "",
     columns: int = 3,
-) -> "plt.Figure":
+) -> plt.Figure:
     """Maps of a field at fixed stations, one panel per row of ``levels``.
 
     Each station is a large disc coloured by ``levels`` (e.g. the smoothed
@@ -280,8 +303,17 @@ def station_maps(
         image = ax.scatter(lon, lat, c=levels[k], s=70, cmap="viridis", vmin=vmin, vmax=vmax, edgecolors="none")
         if observed is not None:
             seen = np.isfinite(observed[k])
-            ax.scatter(lon[seen], lat[seen], c=observed[k][seen], s=12, cmap="viridis", vmin=vmin, vmax=vmax,
-                       edgecolors="white", linewidths=0.5)
+            ax.scatter(
+                lon[seen],
+                lat[seen],
+                c=observed[k][seen],
+                s=12,
+                cmap="viridis",
+                vmin=vmin,
+                vmax=vmax,
+                edgecolors="white",
+                linewidths=0.5,
+            )
             ax.scatter(lon[~seen], lat[~seen], marker="x", s=14, color="red", linewidths=1)
         ax.set_title(titles[k] if titles else "", fontsize="medium")
         ax.set_xlabel("longitude")

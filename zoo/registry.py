@@ -25,8 +25,9 @@ settings: ``build`` supplies the default.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:  # annotations only: this module imports no torch and no family
     from torch import Tensor
@@ -44,8 +45,13 @@ class UsageError(Exception):
 
 
 #: How an error message names each kind of data (:data:`Family.data_kinds`).
-DATA_KIND_WORDS = {"categorical": "categorical (symbol)", "real": "real-valued", "count": "count",
-                   "binary": "binary (multi-hot)", "corpus": "corpus (bag-of-words documents)"}
+DATA_KIND_WORDS = {
+    "categorical": "categorical (symbol)",
+    "real": "real-valued",
+    "count": "count",
+    "binary": "binary (multi-hot)",
+    "corpus": "corpus (bag-of-words documents)",
+}
 
 
 class Decoding(NamedTuple):
@@ -53,9 +59,9 @@ class Decoding(NamedTuple):
     continuous values (e.g. a guide's means and scales), or both; one ``decoded.csv`` column
     ``state`` for the path and ``NAME_k`` for each entry of each value."""
 
-    paths: "Tensor | None" = None  # (N, T) long state of each step, -1 past each sequence's length
+    paths: Tensor | None = None  # (N, T) long state of each step, -1 past each sequence's length
     num_states: int = 0  # the states a path may visit, for the occupancy count
-    values: "Mapping[str, Tensor]" = {}  # name -> (N, T, ...) per-step values (read only)
+    values: Mapping[str, Tensor] = {}  # name -> (N, T, ...) per-step values (read only)
 
 
 @dataclass(frozen=True)
@@ -98,23 +104,27 @@ class Family:
     help: str
     add_arguments: Callable[[argparse._ArgumentGroup], None]
     settings_from_args: Callable[[argparse.Namespace], dict[str, str]]
-    build: Callable[["SequenceData", dict[str, str]], "SequenceModel"]
+    build: Callable[[SequenceData, dict[str, str]], SequenceModel]
     label: Callable[[dict[str, str]], str]
     model_classes: tuple[type, ...]
     data_kinds: tuple[str, ...]
-    plots: Callable[["RunDirectory", "SequenceModel", "Splits", "SequenceData"], None] | None = None
-    per_step_log_probs: Callable[["SequenceModel", "SequenceBatch"], "Tensor | None"] | None = None
-    decode: Callable[["SequenceModel", "SequenceBatch"], Decoding] | None = None
-    memory_estimate: Callable[["SequenceData", dict[str, str], str], Any] | None = None
+    plots: Callable[[RunDirectory, SequenceModel, Splits, SequenceData], None] | None = None
+    per_step_log_probs: Callable[[SequenceModel, SequenceBatch], Tensor | None] | None = None
+    decode: Callable[[SequenceModel, SequenceBatch], Decoding] | None = None
+    memory_estimate: Callable[[SequenceData, dict[str, str], str], Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or any(c in self.name for c in ":, \t"):
             raise ValueError(f"Family.name: expected a non-empty word without ':', ',' or spaces, got {self.name!r}")
         if not self.model_classes or not all(isinstance(cls, type) for cls in self.model_classes):
-            raise ValueError(f"Family {self.name!r}: model_classes must be a non-empty tuple of classes, got {self.model_classes!r}")
+            raise ValueError(
+                f"Family {self.name!r}: model_classes must be a non-empty tuple of classes, got {self.model_classes!r}"
+            )
         unknown = set(self.data_kinds) - set(DATA_KIND_WORDS)
         if not self.data_kinds or unknown:
-            raise ValueError(f"Family {self.name!r}: data_kinds must be some of {sorted(DATA_KIND_WORDS)}, got {self.data_kinds!r}")
+            raise ValueError(
+                f"Family {self.name!r}: data_kinds must be some of {sorted(DATA_KIND_WORDS)}, got {self.data_kinds!r}"
+            )
 
     def settings_names(self) -> tuple[str, ...]:
         """The keys a model spec of this family may set: the destinations of its flags."""
@@ -122,12 +132,14 @@ class Family:
         self.add_arguments(recorder)  # type: ignore[arg-type]
         return tuple(recorder.destinations)
 
-    def check_data_kind(self, data: "SequenceData") -> None:
+    def check_data_kind(self, data: SequenceData) -> None:
         """Raises :class:`UsageError` when the family does not model ``data``'s kind."""
         if data.kind not in self.data_kinds:
             wanted = " or ".join(DATA_KIND_WORDS[kind] for kind in self.data_kinds)
-            raise UsageError(f"{self.name}: models {wanted} data, but {data.source or 'the data'} holds "
-                             f"{DATA_KIND_WORDS.get(data.kind, data.kind)} data (--kind chooses how a file is read)")
+            raise UsageError(
+                f"{self.name}: models {wanted} data, but {data.source or 'the data'} holds "
+                f"{DATA_KIND_WORDS.get(data.kind, data.kind)} data (--kind chooses how a file is read)"
+            )
 
 
 class _RecordingGroup:
@@ -142,7 +154,7 @@ class _RecordingGroup:
         self.destinations.append(action.dest)
         return action
 
-    def add_mutually_exclusive_group(self, **kwargs: Any) -> "_RecordingGroup":
+    def add_mutually_exclusive_group(self, **kwargs: Any) -> _RecordingGroup:
         return _RecordingGroup(self._group.add_mutually_exclusive_group(**kwargs), self.destinations)
 
     def __getattr__(self, name: str) -> Any:

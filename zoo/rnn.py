@@ -50,7 +50,6 @@ needs no packing.
 from __future__ import annotations
 
 import dataclasses
-
 import math
 from typing import Any
 
@@ -119,9 +118,20 @@ class RecurrentModel(SequenceModel):
             defaults = dataclasses.replace(defaults, learning_rate=2e-3, batch_size=64, chunk_length=128)
         return defaults
 
-    def __init__(self, observation: str = "categorical", *, num_symbols: int | None = None, dim: int | None = None,
-                 cell: str = "lstm", hidden_size: int = 256, num_layers: int = 1, embedding_dim: int | None = 64,
-                 dropout: float = 0.0, context_dim: int = 0, scale: str = "learned") -> None:
+    def __init__(
+        self,
+        observation: str = "categorical",
+        *,
+        num_symbols: int | None = None,
+        dim: int | None = None,
+        cell: str = "lstm",
+        hidden_size: int = 256,
+        num_layers: int = 1,
+        embedding_dim: int | None = 64,
+        dropout: float = 0.0,
+        context_dim: int = 0,
+        scale: str = "learned",
+    ) -> None:
         super().__init__()
         if observation not in OBSERVATIONS:
             raise ValueError(f"observation: expected one of {OBSERVATIONS}, got {observation!r}")
@@ -171,17 +181,26 @@ class RecurrentModel(SequenceModel):
         else:
             self.embedding = nn.Linear(raw_width, embedding_dim)
             input_width = embedding_dim
-        self.rnn = CELLS[cell](input_width + context_dim, hidden_size, num_layers, batch_first=True,
-                               dropout=self.dropout if num_layers > 1 else 0.0)
+        self.rnn = CELLS[cell](
+            input_width + context_dim,
+            hidden_size,
+            num_layers,
+            batch_first=True,
+            dropout=self.dropout if num_layers > 1 else 0.0,
+        )
         self.initial_hidden = nn.Parameter(torch.zeros(num_layers, hidden_size))
         self.initial_cell = nn.Parameter(torch.zeros(num_layers, hidden_size)) if cell == "lstm" else None
         self.context_to_initial = (
             nn.Linear(context_dim, num_layers * hidden_size * (2 if cell == "lstm" else 1), bias=False)
-            if context_dim else None
+            if context_dim
+            else None
         )
         self.output_dropout = nn.Dropout(self.dropout)
-        output_width = {"categorical": num_symbols, "bernoulli": dim,
-                        "gaussian": (dim or 0) * (2 if scale == "predicted" else 1)}[observation]
+        output_width = {
+            "categorical": num_symbols,
+            "bernoulli": dim,
+            "gaussian": (dim or 0) * (2 if scale == "predicted" else 1),
+        }[observation]
         self.output = nn.Linear(hidden_size, output_width)
         if observation == "gaussian":
             self.log_scale = nn.Parameter(torch.zeros(dim)) if scale == "learned" else None
@@ -191,10 +210,18 @@ class RecurrentModel(SequenceModel):
 
     # -- parameters --------------------------------------------------------
     def config(self) -> dict[str, Any]:
-        return {"observation": self.observation, "num_symbols": self.num_symbols, "dim": self.dim,
-                "cell": self.cell, "hidden_size": self.hidden_size, "num_layers": self.num_layers,
-                "embedding_dim": self.embedding_dim, "dropout": self.dropout, "context_dim": self.context_dim,
-                "scale": self.scale}
+        return {
+            "observation": self.observation,
+            "num_symbols": self.num_symbols,
+            "dim": self.dim,
+            "cell": self.cell,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "embedding_dim": self.embedding_dim,
+            "dropout": self.dropout,
+            "context_dim": self.context_dim,
+            "scale": self.scale,
+        }
 
     @property
     def _dtype(self) -> torch.dtype:
@@ -257,14 +284,18 @@ class RecurrentModel(SequenceModel):
         values = torch.as_tensor(x, device=self._device)
         if self.observation == "categorical":
             if values.dim() != 2 or values.is_floating_point() or values.dtype == torch.bool:
-                raise ValueError(f"{name}: expected int64 symbol codes in [0, {self.num_symbols}) of shape (N, T), "
-                                 f"got {values.dtype} of shape {tuple(values.shape)}")
+                raise ValueError(
+                    f"{name}: expected int64 symbol codes in [0, {self.num_symbols}) of shape (N, T), "
+                    f"got {values.dtype} of shape {tuple(values.shape)}"
+                )
             values = values.long()
             if mask is not None:
                 values = values.masked_fill(~mask, 0)
             if values.numel() and (values.min() < 0 or values.max() >= self.num_symbols):
-                raise ValueError(f"{name}: expected symbol codes in [0, {self.num_symbols}), "
-                                 f"got values in [{int(values.min())}, {int(values.max())}]")
+                raise ValueError(
+                    f"{name}: expected symbol codes in [0, {self.num_symbols}), "
+                    f"got values in [{int(values.min())}, {int(values.max())}]"
+                )
             return values
         if values.dim() != 3 or values.shape[-1] != self.dim:
             raise ValueError(f"{name}: expected floats of shape (N, T, {self.dim}), got shape {tuple(values.shape)}")
@@ -285,7 +316,9 @@ class RecurrentModel(SequenceModel):
         if lengths.shape != (n,):
             raise ValueError(f"lengths: expected shape ({n},), got {tuple(lengths.shape)}")
         if n and (lengths.min() < 0 or lengths.max() > t):
-            raise ValueError(f"lengths: expected values in [0, {t}], got range [{int(lengths.min())}, {int(lengths.max())}]")
+            raise ValueError(
+                f"lengths: expected values in [0, {t}], got range [{int(lengths.min())}, {int(lengths.max())}]"
+            )
         return torch.arange(t, device=values.device) < lengths.unsqueeze(-1)
 
     def _check_context(self, context, n: int) -> Tensor | None:
@@ -309,7 +342,9 @@ class RecurrentModel(SequenceModel):
         observed = ~torch.isnan(values)
         if self.observation == "gaussian":
             standardised = (values - self.data_loc) / self.data_scale
-            raw = torch.cat([torch.where(observed, standardised, torch.zeros_like(values)), observed.to(self._dtype)], -1)
+            raw = torch.cat(
+                [torch.where(observed, standardised, torch.zeros_like(values)), observed.to(self._dtype)], -1
+            )
         else:
             raw = torch.where(observed, values, torch.zeros_like(values))
         return raw if self.embedding is None else self.embedding(raw)
@@ -388,10 +423,15 @@ class RecurrentModel(SequenceModel):
         mask = mask.to(values.device)
         context = self._check_context(context, values.shape[0])
         obs, observed = self._observed(values, mask)
-        pieces = [self._head(states).log_prob(obs[:, start:stop])
-                  for states, start, stop in self._hidden_state_windows(values, context)]
-        log_probs = torch.cat(pieces, 1) if pieces else torch.zeros(obs.shape, dtype=self.output.weight.dtype,
-                                                                     device=values.device)
+        pieces = [
+            self._head(states).log_prob(obs[:, start:stop])
+            for states, start, stop in self._hidden_state_windows(values, context)
+        ]
+        log_probs = (
+            torch.cat(pieces, 1)
+            if pieces
+            else torch.zeros(obs.shape, dtype=self.output.weight.dtype, device=values.device)
+        )
         log_probs = torch.where(observed, log_probs, torch.zeros_like(log_probs))
         return log_probs if self.observation == "categorical" else log_probs.sum(-1)
 
@@ -429,8 +469,10 @@ class RecurrentModel(SequenceModel):
         if context is None and self.context_dim:
             context = batch.covariates.get("context")
             if context is None:
-                raise ValueError(f"context: this model takes a ({batch.num_sequences}, {self.context_dim}) context; "
-                                 f"give the batch a 'context' covariate (batch.with_covariates(context=...))")
+                raise ValueError(
+                    f"context: this model takes a ({batch.num_sequences}, {self.context_dim}) context; "
+                    f"give the batch a 'context' covariate (batch.with_covariates(context=...))"
+                )
         return self._check_context(context, batch.num_sequences)
 
     def log_prob_batch(self, batch: SequenceBatch, *, num_particles: int = 1) -> Tensor:
@@ -465,8 +507,9 @@ class RecurrentModel(SequenceModel):
             prime = prime.unsqueeze(0).expand(num_sequences, *prime.shape)
         if prime.dim() != 2 + event_dims or prime.shape[0] != num_sequences:
             expected = "(P,) or (N, P)" if event_dims == 0 else f"(P, {self.dim}) or (N, P, {self.dim})"
-            raise ValueError(f"prime: expected shape {expected} with N = num_sequences = {num_sequences}, "
-                             f"got {tuple(prime.shape)}")
+            raise ValueError(
+                f"prime: expected shape {expected} with N = num_sequences = {num_sequences}, got {tuple(prime.shape)}"
+            )
         return self._check_observations(prime, "prime")
 
     def _draw(self, head: dist.Distribution, temperature: float, generator: torch.Generator | None) -> Tensor:
@@ -483,12 +526,22 @@ class RecurrentModel(SequenceModel):
             if temperature == 0:
                 return (head.logits > 0).to(self._dtype)
             probs = torch.sigmoid(head.logits / temperature)
-            return (torch.rand(probs.shape, generator=generator, device=probs.device, dtype=probs.dtype) < probs).to(self._dtype)
+            return (torch.rand(probs.shape, generator=generator, device=probs.device, dtype=probs.dtype) < probs).to(
+                self._dtype
+            )
         noise = torch.randn(head.loc.shape, generator=generator, device=head.loc.device, dtype=head.loc.dtype)
         return head.loc + temperature * head.scale * noise
 
-    def sample(self, num_sequences: int, length: int, generator: torch.Generator | None = None, *,
-               temperature: float = 1.0, prime=None, context=None) -> SequenceBatch:
+    def sample(
+        self,
+        num_sequences: int,
+        length: int,
+        generator: torch.Generator | None = None,
+        *,
+        temperature: float = 1.0,
+        prime=None,
+        context=None,
+    ) -> SequenceBatch:
         """Generates ``length`` steps per sequence, optionally after a prime.
 
         Args:
@@ -533,21 +586,24 @@ class RecurrentModel(SequenceModel):
         the Gaussian mean) at every step, fed back in; ``sample`` at ``T = 0``."""
         return self.sample(num_sequences, length, temperature=0.0, prime=prime, context=context)
 
-    def forecast_distribution(self, history: SequenceBatch, steps: int, *, num_samples: int = 500,
-                              generator: torch.Generator | None = None) -> ForecastDistribution:
+    def forecast_distribution(
+        self, history: SequenceBatch, steps: int, *, num_samples: int = 500, generator: torch.Generator | None = None
+    ) -> ForecastDistribution:
         """Forecast by sampling: ``num_samples`` continuations of each history; a categorical
         model returns the symbol frequencies among them (add-half smoothed, so a symbol no path
         drew keeps a finite log-loss), a real-valued one the sample paths."""
-        paths = torch.stack([self._continuations(sequence, steps, num_samples, generator)
-                             for sequence in history.sequences()], 1)  # (S, N, H[, D])
+        paths = torch.stack(
+            [self._continuations(sequence, steps, num_samples, generator) for sequence in history.sequences()], 1
+        )  # (S, N, H[, D])
         source = f"monte carlo (S={num_samples})"
         if self.observation == "categorical":
             counts = F.one_hot(paths, self.num_symbols).sum(0).to(self._dtype) + 0.5
             return ForecastDistribution("categorical", probs=counts / counts.sum(-1, keepdim=True), source=source)
         return ForecastDistribution("samples", samples=paths, source=source)
 
-    def _continuations(self, sequence: Tensor, steps: int, num_samples: int,
-                       generator: torch.Generator | None) -> Tensor:
+    def _continuations(
+        self, sequence: Tensor, steps: int, num_samples: int, generator: torch.Generator | None
+    ) -> Tensor:
         """``(S, H[, D])`` sample continuations of one history: the draws of
         ``sample(S, H, generator, prime=sequence)``, but the recurrent state runs through the
         history once and then branches into the ``S`` paths (``sample`` would run the prime
@@ -596,16 +652,29 @@ from zoo.registry import Family, UsageError, register  # noqa: E402
 #: Observation head of a recurrent network for each kind of data.
 _HEAD_FOR_KIND = {"categorical": "categorical", "binary": "bernoulli", "real": "gaussian"}
 #: Settings (the fit flags' destinations, the keys of ``lstm:hidden=256,layers=2``) -> constructor argument.
-_CLI_SETTINGS = {"hidden": "hidden_size", "layers": "num_layers", "embedding": "embedding_dim",
-                 "dropout": "dropout", "scale": "scale"}
+_CLI_SETTINGS = {
+    "hidden": "hidden_size",
+    "layers": "num_layers",
+    "embedding": "embedding_dim",
+    "dropout": "dropout",
+    "scale": "scale",
+}
+
+
 #: SVI settings that suit recurrent networks when the command line names none: Adam at 2e-3
 #: on mini-batches of 64 sequences of at most 128 steps (truncated backpropagation through time).
 def _add_cli_arguments(group) -> None:
     group.add_argument("--hidden", type=int, default=256, help="units per layer (default 256)")
     group.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")
-    group.add_argument("--embedding", type=int, default=64, help="input embedding width, 0 = one-hot/raw input (default 64)")
-    group.add_argument("--dropout", type=float, default=0.0, help="dropout between layers and before the output (default 0)")
-    group.add_argument("--scale", choices=["learned", "predicted"], help="real data: per-dimension or predicted noise scale")
+    group.add_argument(
+        "--embedding", type=int, default=64, help="input embedding width, 0 = one-hot/raw input (default 64)"
+    )
+    group.add_argument(
+        "--dropout", type=float, default=0.0, help="dropout between layers and before the output (default 0)"
+    )
+    group.add_argument(
+        "--scale", choices=["learned", "predicted"], help="real data: per-dimension or predicted noise scale"
+    )
 
 
 def _cli_settings(args) -> dict[str, str]:
@@ -640,6 +709,7 @@ def _cli_builder(cell: str):
             return RecurrentModel(head, cell=cell, **options)
         except ValueError as error:
             raise UsageError(f"{cell}: {error}") from None
+
     return build
 
 
@@ -647,6 +717,7 @@ def _cli_label(cell: str):
     def label(settings: dict[str, str]) -> str:
         layers = settings.get("layers", "1")
         return f"{cell}-hidden{settings.get('hidden', 256)}" + (f"-layers{layers}" if layers != "1" else "")
+
     return label
 
 
@@ -655,17 +726,21 @@ def _one_step_log_probs(model: RecurrentModel, batch: SequenceBatch) -> Tensor:
     return model.log_prob_steps(batch.values, batch.lengths, model._batch_context(batch))
 
 
-for _cell, _help in (("rnn", "Elman recurrent network (deterministic state)"),
-                     ("gru", "gated recurrent unit network (deterministic state)"),
-                     ("lstm", "long short-term memory network (deterministic state)")):
-    register(Family(
-        name=_cell,
-        help=_help,
-        add_arguments=_add_cli_arguments,
-        settings_from_args=_cli_settings,
-        build=_cli_builder(_cell),
-        label=_cli_label(_cell),
-        model_classes=(RecurrentModel,),
-        data_kinds=tuple(_HEAD_FOR_KIND),
-        per_step_log_probs=_one_step_log_probs,
-    ))
+for _cell, _help in (
+    ("rnn", "Elman recurrent network (deterministic state)"),
+    ("gru", "gated recurrent unit network (deterministic state)"),
+    ("lstm", "long short-term memory network (deterministic state)"),
+):
+    register(
+        Family(
+            name=_cell,
+            help=_help,
+            add_arguments=_add_cli_arguments,
+            settings_from_args=_cli_settings,
+            build=_cli_builder(_cell),
+            label=_cli_label(_cell),
+            model_classes=(RecurrentModel,),
+            data_kinds=tuple(_HEAD_FOR_KIND),
+            per_step_log_probs=_one_step_log_probs,
+        )
+    )

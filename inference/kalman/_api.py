@@ -26,8 +26,9 @@ from ._torch_loop import _smoother_gains, _torch_filter, _torch_smoother
 from .diffuse import _combine, _finish, _initial_posterior, _not_identified_error
 
 
-def _run_filter(params: _Params, diffuse: bool, method: str, steady_state: bool, store: bool = True
-                ) -> tuple[_Raw, _FilterState, str]:
+def _run_filter(
+    params: _Params, diffuse: bool, method: str, steady_state: bool, store: bool = True
+) -> tuple[_Raw, _FilterState, str]:
     if not isinstance(diffuse, bool):
         raise TypeError(f"diffuse: expected a bool, got {type(diffuse).__name__}")
     backend = _choose_backend(params, method)
@@ -99,8 +100,14 @@ def kalman_filter(
         where the observations so far do not identify the state).
     """
     params = _prepare(
-        transition_matrix, transition_cov, observation_matrix, observation_cov,
-        initial_mean, initial_cov, observations, lengths,
+        transition_matrix,
+        transition_cov,
+        observation_matrix,
+        observation_cov,
+        initial_mean,
+        initial_cov,
+        observations,
+        lengths,
     )
     _raw, state, _backend = _run_filter(params, diffuse, method, steady_state)
     return KalmanFiltered(
@@ -143,8 +150,14 @@ def log_marginal(
         ``diffuse``, Durbin & Koopman's exact diffuse log-likelihood.
     """
     params = _prepare(
-        transition_matrix, transition_cov, observation_matrix, observation_cov,
-        initial_mean, initial_cov, observations, lengths,
+        transition_matrix,
+        transition_cov,
+        observation_matrix,
+        observation_cov,
+        initial_mean,
+        initial_cov,
+        observations,
+        lengths,
     )
     if not isinstance(diffuse, bool):
         raise TypeError(f"diffuse: expected a bool, got {type(diffuse).__name__}")
@@ -182,8 +195,14 @@ def rts_smoother(
         :class:`KalmanSmoothed`; zero at padded steps.
     """
     params = _prepare(
-        transition_matrix, transition_cov, observation_matrix, observation_cov,
-        initial_mean, initial_cov, observations, lengths,
+        transition_matrix,
+        transition_cov,
+        observation_matrix,
+        observation_cov,
+        initial_mean,
+        initial_cov,
+        observations,
+        lengths,
     )
     raw, state, backend = _run_filter(params, diffuse, method, steady_state)
     if backend == "numba":
@@ -194,8 +213,9 @@ def rts_smoother(
         smoothed_mean, smoothed_cov, lag_one_cov, smoothed_basis = _torch_smoother(params, raw)
     if diffuse:
         posterior = state.initial_posterior
-        smoothed_mean, smoothed_cov = _combine(smoothed_mean, smoothed_cov, smoothed_basis,
-                                               posterior.mean[:, None], posterior.cov[:, None])
+        smoothed_mean, smoothed_cov = _combine(
+            smoothed_mean, smoothed_cov, smoothed_basis, posterior.mean[:, None], posterior.cov[:, None]
+        )
         cross = smoothed_basis[:, 1:] @ posterior.cov[:, None] @ smoothed_basis[:, :-1].transpose(-1, -2)
         lag_one_cov = lag_one_cov + torch.cat([torch.zeros_like(cross[:, :1]), cross], 1)
     return KalmanSmoothed(
@@ -247,8 +267,14 @@ def sample_states(
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
         raise ValueError(f"num_samples: expected a positive int, got {num_samples!r}")
     params = _prepare(
-        transition_matrix, transition_cov, observation_matrix, observation_cov,
-        initial_mean, initial_cov, observations, lengths,
+        transition_matrix,
+        transition_cov,
+        observation_matrix,
+        observation_cov,
+        initial_mean,
+        initial_cov,
+        observations,
+        lengths,
     )
     raw, state, _backend = _run_filter(params, diffuse, method, steady_state)
     num_seq, num_steps, state_dim = raw.filtered_mean.shape
@@ -257,8 +283,11 @@ def sample_states(
     if diffuse:
         # Draw s_1 from its flat-prior posterior, then the path given s_1 (the conditional filter).
         posterior = state.initial_posterior
-        initial = _draw(posterior.mean, posterior.cov,
-                        torch.randn(num_samples, num_seq, state_dim, generator=generator, dtype=dtype, device=device))
+        initial = _draw(
+            posterior.mean,
+            posterior.cov,
+            torch.randn(num_samples, num_seq, state_dim, generator=generator, dtype=dtype, device=device),
+        )
         filtered_mean = filtered_mean + (raw.filtered_basis @ initial[:, :, None, :, None])[..., 0]
         predicted_mean = predicted_mean + (raw.predicted_basis @ initial[:, :, None, :, None])[..., 0]
     noise = torch.randn(num_samples, num_seq, num_steps, state_dim, generator=generator, dtype=dtype, device=device)
@@ -312,8 +341,14 @@ def forecast(
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps: expected a positive int, got {steps!r}")
     params = _prepare(
-        transition_matrix, transition_cov, observation_matrix, observation_cov,
-        initial_mean, initial_cov, observations, lengths,
+        transition_matrix,
+        transition_cov,
+        observation_matrix,
+        observation_cov,
+        initial_mean,
+        initial_cov,
+        observations,
+        lengths,
     )
     _raw, state, _backend = _run_filter(params, diffuse, method, steady_state, store=False)
     # Padded steps carry the filtered moments of the last valid step to step T.

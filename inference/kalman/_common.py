@@ -135,7 +135,7 @@ class _FilterState(NamedTuple):
     predicted_cov: Tensor | None
     final_mean: Tensor
     final_cov: Tensor
-    initial_posterior: "_InitialPosterior | None"
+    initial_posterior: _InitialPosterior | None
     valid: Tensor  # (N, T) bool
 
 
@@ -167,9 +167,7 @@ def _prepare(
     dtype, device = observations.dtype, observations.device
     transition_matrix = _check_tensor("transition_matrix", transition_matrix)
     if transition_matrix.dim() not in (2, 3) or transition_matrix.shape[-1] < 1:
-        raise ValueError(
-            f"transition_matrix: expected shape (d, d) or (N, d, d), got {tuple(transition_matrix.shape)}"
-        )
+        raise ValueError(f"transition_matrix: expected shape (d, d) or (N, d, d), got {tuple(transition_matrix.shape)}")
     state_dim = transition_matrix.shape[-1]
     expected = {
         "transition_matrix": (state_dim, state_dim),
@@ -216,9 +214,7 @@ def _choose_backend(params: _Params, method: str) -> str:
         raise ValueError(f"method: expected one of {_METHODS}, got {method!r}")
     if method == "parallel" or (method == "auto" and params.observations.device.type != "cpu"):
         return "parallel"
-    needs_grad = torch.is_grad_enabled() and any(
-        value.requires_grad for value in params if isinstance(value, Tensor)
-    )
+    needs_grad = torch.is_grad_enabled() and any(value.requires_grad for value in params if isinstance(value, Tensor))
     if params.observations.device.type == "cpu" and not needs_grad:
         return "numba"
     return "torch"

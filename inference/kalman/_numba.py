@@ -16,7 +16,6 @@ from torch import Tensor
 from ..validation import valid_mask as _valid_mask
 from ._common import _FASTMATH, _SMOOTHER_STEADY_TOL, _STEADY_TOL, _Params, _Raw
 
-
 # --------------------------------------------------------------------------------------
 # Sequential filter and smoother, numba (CPU, float64)
 # --------------------------------------------------------------------------------------
@@ -137,12 +136,39 @@ def _smoothed_cov_step(gain, next_cov, predicted_next, filtered, diff, work, out
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _filter_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean, initial_cov,
-                   observations, lengths, diffuse, steady_tol, store, compact,
-                   step_ll, final_mean, final_cov, final_basis, final_info_matrix, final_info_vector,
-                   predicted_mean, predicted_cov, filtered_mean, filtered_cov,
-                   predicted_basis, filtered_basis, info_matrix, info_vector, steady_epoch, cov_source,
-                   incomplete_slot, num_incomplete, status):  # pragma: no cover
+def _filter_kernel(
+    transition,
+    transition_cov,
+    obs_matrix,
+    obs_cov,
+    initial_mean,
+    initial_cov,
+    observations,
+    lengths,
+    diffuse,
+    steady_tol,
+    store,
+    compact,
+    step_ll,
+    final_mean,
+    final_cov,
+    final_basis,
+    final_info_matrix,
+    final_info_vector,
+    predicted_mean,
+    predicted_cov,
+    filtered_mean,
+    filtered_cov,
+    predicted_basis,
+    filtered_basis,
+    info_matrix,
+    info_vector,
+    steady_epoch,
+    cov_source,
+    incomplete_slot,
+    num_incomplete,
+    status,
+):  # pragma: no cover
     """Kalman filter of every sequence; see :func:`_numba_filter` for the arrays.
 
     ``status[n]`` is set to 1 when an innovation covariance is not positive definite.
@@ -402,9 +428,24 @@ def _filter_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _smoother_kernel(transition, filtered_mean, filtered_cov, predicted_mean, predicted_cov, lengths,
-                     steady_epoch, steady_tol, diffuse, filtered_basis, predicted_basis,
-                     smoothed_mean, smoothed_cov, lag_one_cov, smoothed_basis, status):  # pragma: no cover
+def _smoother_kernel(
+    transition,
+    filtered_mean,
+    filtered_cov,
+    predicted_mean,
+    predicted_cov,
+    lengths,
+    steady_epoch,
+    steady_tol,
+    diffuse,
+    filtered_basis,
+    predicted_basis,
+    smoothed_mean,
+    smoothed_cov,
+    lag_one_cov,
+    smoothed_basis,
+    status,
+):  # pragma: no cover
     """RTS smoother of every sequence (arrays zero-initialised; padded steps stay zero).
 
     Within a steady-state epoch of the filter the gain is reused, and once two successive
@@ -439,8 +480,15 @@ def _smoother_kernel(transition, filtered_mean, filtered_cov, predicted_mean, pr
                     status[n] = 1
                     break
                 cached_epoch = epoch
-            _smoothed_mean_step(gain, smoothed_mean[n, t + 1], predicted_mean[n, t + 1], filtered_mean[n, t],
-                                diff_vec, smoothed_mean[n, t], dim)
+            _smoothed_mean_step(
+                gain,
+                smoothed_mean[n, t + 1],
+                predicted_mean[n, t + 1],
+                filtered_mean[n, t],
+                diff_vec,
+                smoothed_mean[n, t],
+                dim,
+            )
             next_cov = smoothed_cov[n, t + 1]
             if epoch > 0 and epoch == cov_epoch:
                 # The backward Riccati recursion has converged within this steady-state epoch.
@@ -448,8 +496,9 @@ def _smoother_kernel(transition, filtered_mean, filtered_cov, predicted_mean, pr
                 lag_one_cov[n, t + 1] = ss_lag
             else:
                 # cov = P_t + J (next_cov - P_{t+1|t}) J^T; lag_{t+1} = next_cov J^T
-                change, scale = _smoothed_cov_step(gain, next_cov, predicted_cov[n, t + 1], filtered_cov[n, t],
-                                                   diff, work, smoothed_cov[n, t], dim)
+                change, scale = _smoothed_cov_step(
+                    gain, next_cov, predicted_cov[n, t + 1], filtered_cov[n, t], diff, work, smoothed_cov[n, t], dim
+                )
                 _times_transpose(next_cov, gain, lag_one_cov[n, t + 1], dim)
                 if epoch > 0 and change <= steady_tol * scale:
                     cov_epoch = epoch
@@ -468,9 +517,25 @@ def _smoother_kernel(transition, filtered_mean, filtered_cov, predicted_mean, pr
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _smoother_sums_kernel(transition, filtered_mean, filtered_cov, predicted_mean, predicted_cov, cov_source,
-                          lengths, steady_epoch, steady_tol, incomplete_slot, smoothed_mean, incomplete_cov,
-                          sum_cov, first_cov, last_cov, sum_lag, status):  # pragma: no cover
+def _smoother_sums_kernel(
+    transition,
+    filtered_mean,
+    filtered_cov,
+    predicted_mean,
+    predicted_cov,
+    cov_source,
+    lengths,
+    steady_epoch,
+    steady_tol,
+    incomplete_slot,
+    smoothed_mean,
+    incomplete_cov,
+    sum_cov,
+    first_cov,
+    last_cov,
+    sum_lag,
+    status,
+):  # pragma: no cover
     """RTS smoother of every sequence that writes no ``T d^2`` array: the smoothed means,
     and the sums of the smoothed covariances the score needs.
 
@@ -515,13 +580,21 @@ def _smoother_sums_kernel(transition, filtered_mean, filtered_cov, predicted_mea
         for t in range(last - 1, -1, -1):
             epoch = steady_epoch[n, t]
             if epoch == 0 or epoch != cached_epoch:
-                if not _smoother_gain(A, predicted_cov[n, cov_source[n, t + 1]], filtered_cov[n, cov_source[n, t]],
-                                      chol, rhs, gain, dim):
+                if not _smoother_gain(
+                    A, predicted_cov[n, cov_source[n, t + 1]], filtered_cov[n, cov_source[n, t]], chol, rhs, gain, dim
+                ):
                     status[n] = 1
                     break
                 cached_epoch = epoch
-            _smoothed_mean_step(gain, smoothed_mean[n, t + 1], predicted_mean[n, t + 1], filtered_mean[n, t],
-                                diff_vec, smoothed_mean[n, t], dim)
+            _smoothed_mean_step(
+                gain,
+                smoothed_mean[n, t + 1],
+                predicted_mean[n, t + 1],
+                filtered_mean[n, t],
+                diff_vec,
+                smoothed_mean[n, t],
+                dim,
+            )
             if epoch > 0 and epoch == cov_epoch:
                 # The backward Riccati recursion has converged within this steady-state epoch
                 # (a steady step is fully observed: no incomplete slot to fill).
@@ -536,8 +609,16 @@ def _smoother_sums_kernel(transition, filtered_mean, filtered_cov, predicted_mea
                 converged = 0
                 next_cov[:, :] = ss_cov
             # V_t = P_t + J (V_{t+1} - P_{t+1|t}) J^T; C_{t+1} = V_{t+1} J^T
-            change, scale = _smoothed_cov_step(gain, next_cov, predicted_cov[n, cov_source[n, t + 1]],
-                                               filtered_cov[n, cov_source[n, t]], diff, work, cov, dim)
+            change, scale = _smoothed_cov_step(
+                gain,
+                next_cov,
+                predicted_cov[n, cov_source[n, t + 1]],
+                filtered_cov[n, cov_source[n, t]],
+                diff,
+                work,
+                cov,
+                dim,
+            )
             _times_transpose(next_cov, gain, work, dim)  # C_{t+1}
             for i in range(dim):
                 for j in range(dim):
@@ -591,11 +672,33 @@ def _numba_filter(params: _Params, diffuse: bool, store: bool, steady_state: boo
     cov_source = np.empty((num_seq, stored_steps), dtype=np.int64)
     incomplete_slot = np.empty((num_seq, stored_steps), dtype=np.int64)
     status = np.zeros(num_seq, dtype=np.int64)
-    _filter_kernel(*inputs, lengths, diffuse, _STEADY_TOL if steady_state else 0.0, store, False,
-                   step_ll, final_mean, final_cov, final_basis, final_info_matrix, final_info_vector,
-                   predicted_mean, predicted_cov, filtered_mean, filtered_cov,
-                   predicted_basis, filtered_basis, info_matrix, info_vector, steady_epoch, cov_source,
-                   incomplete_slot, np.zeros(1, np.int64), status)
+    _filter_kernel(
+        *inputs,
+        lengths,
+        diffuse,
+        _STEADY_TOL if steady_state else 0.0,
+        store,
+        False,
+        step_ll,
+        final_mean,
+        final_cov,
+        final_basis,
+        final_info_matrix,
+        final_info_vector,
+        predicted_mean,
+        predicted_cov,
+        filtered_mean,
+        filtered_cov,
+        predicted_basis,
+        filtered_basis,
+        info_matrix,
+        info_vector,
+        steady_epoch,
+        cov_source,
+        incomplete_slot,
+        np.zeros(1, np.int64),
+        status,
+    )
     if status.any():
         raise ValueError(
             "observation_cov: the innovation covariance H P H^T + R is not positive definite "
@@ -635,17 +738,33 @@ def _numba_smoother(params: _Params, raw: _Raw) -> tuple[Tensor, Tensor, Tensor,
     empty = np.empty((num_seq, 0, state_dim, state_dim))
     status = np.zeros(num_seq, dtype=np.int64)
     _smoother_kernel(
-        _as_numpy(params.transition_matrix), _as_numpy(raw.filtered_mean), _as_numpy(raw.filtered_cov),
-        _as_numpy(raw.predicted_mean), _as_numpy(raw.predicted_cov),
-        params.lengths.to("cpu", torch.long).contiguous().numpy(), raw.steady_epoch.contiguous().numpy(),
-        _SMOOTHER_STEADY_TOL, diffuse, _as_numpy(raw.filtered_basis) if diffuse else empty,
+        _as_numpy(params.transition_matrix),
+        _as_numpy(raw.filtered_mean),
+        _as_numpy(raw.filtered_cov),
+        _as_numpy(raw.predicted_mean),
+        _as_numpy(raw.predicted_cov),
+        params.lengths.to("cpu", torch.long).contiguous().numpy(),
+        raw.steady_epoch.contiguous().numpy(),
+        _SMOOTHER_STEADY_TOL,
+        diffuse,
+        _as_numpy(raw.filtered_basis) if diffuse else empty,
         _as_numpy(raw.predicted_basis) if diffuse else empty,
-        smoothed_mean, smoothed_cov, lag_one_cov, smoothed_basis, status,
+        smoothed_mean,
+        smoothed_cov,
+        lag_one_cov,
+        smoothed_basis,
+        status,
     )
     if status.any():
-        raise ValueError("transition_cov: a predicted covariance is not positive definite "
-                         f"(sequences {np.nonzero(status)[0].tolist()}); transition_cov must be positive definite")
+        raise ValueError(
+            "transition_cov: a predicted covariance is not positive definite "
+            f"(sequences {np.nonzero(status)[0].tolist()}); transition_cov must be positive definite"
+        )
     dtype, device = raw.filtered_mean.dtype, raw.filtered_mean.device
     convert = lambda array: torch.from_numpy(array).to(device=device, dtype=dtype)  # noqa: E731
-    return (convert(smoothed_mean), convert(smoothed_cov), convert(lag_one_cov),
-            convert(smoothed_basis) if diffuse else None)
+    return (
+        convert(smoothed_mean),
+        convert(smoothed_cov),
+        convert(lag_one_cov),
+        convert(smoothed_basis) if diffuse else None,
+    )

@@ -12,7 +12,6 @@ from ..validation import valid_mask as _valid_mask
 from ._common import _LOG_2PI, _Params, _Raw, _symmetrise
 from ._torch_loop import _smoother_gains
 
-
 # --------------------------------------------------------------------------------------
 # Parallel-in-time filter and smoother (associative scans; any device, autograd)
 # --------------------------------------------------------------------------------------
@@ -114,8 +113,9 @@ def _parallel_filter(params: _Params, diffuse: bool) -> _Raw:
         innovation = values[:, 0] - (obs_matrix[:, 0] @ prior_mean[..., None])[..., 0]
         first_cols = (prior_mean + (gain @ innovation[..., None])[..., 0])[..., None]
         residual_op = state_eye - gain @ obs_matrix[:, 0]
-        first_cov = _symmetrise(residual_op @ prior_cov @ residual_op.transpose(-1, -2)
-                                + gain @ obs_cov[:, 0] @ gain.transpose(-1, -2))
+        first_cov = _symmetrise(
+            residual_op @ prior_cov @ residual_op.transpose(-1, -2) + gain @ obs_cov[:, 0] @ gain.transpose(-1, -2)
+        )
 
     # Steps 2..T: elements of eq. (10) (Joseph form for C).
     cross = noise @ obs_matrix_t  # (N, T, d, p)
@@ -125,7 +125,9 @@ def _parallel_filter(params: _Params, diffuse: bool) -> _Raw:
     element_a = residual_op @ transition
     element_b = torch.zeros(num_seq, num_steps, state_dim, num_cols, dtype=dtype, device=device)
     element_b[..., :1] = gain @ values[..., None]
-    element_c = _symmetrise(residual_op @ noise @ residual_op.transpose(-1, -2) + gain @ obs_cov @ gain.transpose(-1, -2))
+    element_c = _symmetrise(
+        residual_op @ noise @ residual_op.transpose(-1, -2) + gain @ obs_cov @ gain.transpose(-1, -2)
+    )
     emitted = obs_matrix @ transition  # H F (N, T, p, d)
     emitted_t = emitted.transpose(-1, -2)
     element_eta = torch.zeros_like(element_b)
@@ -147,10 +149,13 @@ def _parallel_filter(params: _Params, diffuse: bool) -> _Raw:
         initial_cols = params.initial_mean[..., None]
         initial_cov = params.initial_cov
     predicted_cols = torch.cat([initial_cols[:, None], transition[:, 1:] @ filtered_cols[:, :-1]], 1)
-    predicted_cov = torch.cat([
-        initial_cov[:, None],
-        _symmetrise(transition[:, 1:] @ filtered_cov[:, :-1] @ transition[:, 1:].transpose(-1, -2) + noise[:, 1:]),
-    ], 1)
+    predicted_cov = torch.cat(
+        [
+            initial_cov[:, None],
+            _symmetrise(transition[:, 1:] @ filtered_cov[:, :-1] @ transition[:, 1:].transpose(-1, -2) + noise[:, 1:]),
+        ],
+        1,
+    )
     innovation = values - (obs_matrix @ predicted_cols[..., :1])[..., 0]
     innovation_chol = torch.linalg.cholesky(_symmetrise(obs_matrix @ predicted_cov @ obs_matrix_t + obs_cov))
     whitened = torch.linalg.solve_triangular(innovation_chol, innovation[..., None], upper=False)[..., 0]

@@ -25,7 +25,6 @@ from ._numba import (
 )
 from .diffuse import _not_identified_error
 
-
 # --------------------------------------------------------------------------------------
 # Gradient of the log marginal by the smoother (Fisher's identity), numba (CPU, float64)
 # --------------------------------------------------------------------------------------
@@ -76,11 +75,37 @@ def _sandwich(left, middle, out, work):  # pragma: no cover
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _score_kernel(transition, transition_cov, obs_matrix, obs_cov, initial_mean, initial_cov, observations,
-                  lengths, smoothed_mean, sum_cov, first_cov, last_cov, sum_lag, incomplete_slot, incomplete_cov,
-                  diffuse, observation_grad, state_rows, state_rows2, obs_rows, obs_rows2,
-                  grad_transition, grad_transition_cov, grad_obs_matrix, grad_obs_cov, grad_initial_mean,
-                  grad_initial_cov, grad_observations, status):  # pragma: no cover
+def _score_kernel(
+    transition,
+    transition_cov,
+    obs_matrix,
+    obs_cov,
+    initial_mean,
+    initial_cov,
+    observations,
+    lengths,
+    smoothed_mean,
+    sum_cov,
+    first_cov,
+    last_cov,
+    sum_lag,
+    incomplete_slot,
+    incomplete_cov,
+    diffuse,
+    observation_grad,
+    state_rows,
+    state_rows2,
+    obs_rows,
+    obs_rows2,
+    grad_transition,
+    grad_transition_cov,
+    grad_obs_matrix,
+    grad_obs_cov,
+    grad_initial_mean,
+    grad_initial_cov,
+    grad_observations,
+    status,
+):  # pragma: no cover
     """Score of every sequence by Fisher's identity from its smoothed means and the sums of
     its smoothed covariances (gradients zero-initialised; arrays as :func:`_smoother_sums_kernel`).
 
@@ -344,8 +369,9 @@ def _initial_posterior_kernel(info_matrix, info_vector, chol, mean, cov):  # pra
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _initial_posteriors(info_matrix, info_vector, lengths, posterior_mean, posterior_cov, log_normalizer,
-                        status):  # pragma: no cover
+def _initial_posteriors(
+    info_matrix, info_vector, lengths, posterior_mean, posterior_cov, log_normalizer, status
+):  # pragma: no cover
     """:func:`_initial_posterior_kernel` of every sequence of positive length; ``status[n] = 1``
     where the state is not identified."""
     num_seq, dim = info_vector.shape
@@ -353,19 +379,21 @@ def _initial_posteriors(info_matrix, info_vector, lengths, posterior_mean, poste
     for n in range(num_seq):
         if lengths[n] == 0:
             continue
-        identified, value = _initial_posterior_kernel(info_matrix[n], info_vector[n], chol, posterior_mean[n],
-                                                      posterior_cov[n])
+        identified, value = _initial_posterior_kernel(
+            info_matrix[n], info_vector[n], chol, posterior_mean[n], posterior_cov[n]
+        )
         if not identified:
             status[n] = 1
         log_normalizer[n] = value
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
-def _combine_diffuse_kernel(lengths, smoothed_basis, posterior_mean, posterior_cov, smoothed_mean, smoothed_cov,
-                            lag_one_cov):  # pragma: no cover
-    """In place, as :func:`rts_smoother`: :math:`E[s_t] = m_t + X_t \hat s`,
-    :math:`\operatorname{Cov}(s_t) = P_t + X_t S^{-1} X_t^\top`,
-    :math:`\operatorname{Cov}(s_t, s_{t-1}) \mathrel{+}= X_t S^{-1} X_{t-1}^\top`."""
+def _combine_diffuse_kernel(
+    lengths, smoothed_basis, posterior_mean, posterior_cov, smoothed_mean, smoothed_cov, lag_one_cov
+):  # pragma: no cover
+    """In place, as :func:`rts_smoother`: :math:`E[s_t] = m_t + X_t \\hat s`,
+    :math:`\\operatorname{Cov}(s_t) = P_t + X_t S^{-1} X_t^\top`,
+    :math:`\\operatorname{Cov}(s_t, s_{t-1}) \\mathrel{+}= X_t S^{-1} X_{t-1}^\top`."""
     num_seq, _num_steps, dim = smoothed_mean.shape
     work = np.empty((dim, dim))
     work2 = np.empty((dim, dim))
@@ -404,8 +432,9 @@ def _combine_diffuse_kernel(lengths, smoothed_basis, posterior_mean, posterior_c
                         lag_one_cov[n, t, i, j] += acc
 
 
-def _fused(params: _Params, diffuse: bool, steady_state: bool, with_score: bool, observation_grad: bool = True
-           ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+def _fused(
+    params: _Params, diffuse: bool, steady_state: bool, with_score: bool, observation_grad: bool = True
+) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
     """Log marginal ``(N,)`` and, with ``with_score``, the gradients of its sum w.r.t. the
     seven inputs (``(N, ...)``, float64), on numpy arrays with no torch work per call.
     Without ``observation_grad`` the gradient w.r.t. the observations is left zero at the
@@ -436,20 +465,43 @@ def _fused(params: _Params, diffuse: bool, steady_state: bool, with_score: bool,
         basis = steps if diffuse else 0
         # np.empty leaves untouched pages unmapped: the compact filter's skipped steps cost nothing.
         arrays = dict(
-            step_ll=np.zeros((num_seq, num_steps)), final_mean=np.empty((num_seq, dim)),
-            final_cov=np.empty((num_seq, dim, dim)), final_basis=np.empty((num_seq, dim, dim)),
-            final_info_matrix=np.empty((num_seq, dim, dim)), final_info_vector=np.empty((num_seq, dim)),
-            predicted_mean=np.empty((num_seq, steps, dim)), predicted_cov=np.empty((num_seq, steps, dim, dim)),
-            filtered_mean=np.empty((num_seq, steps, dim)), filtered_cov=np.empty((num_seq, steps, dim, dim)),
-            predicted_basis=np.empty((num_seq, basis, dim, dim)), filtered_basis=np.empty((num_seq, basis, dim, dim)),
-            info_matrix=np.empty((num_seq, basis, dim, dim)), info_vector=np.empty((num_seq, basis, dim)),
-            steady_epoch=np.zeros((num_seq, steps), np.int64), cov_source=np.empty((num_seq, steps), np.int64),
-            incomplete_slot=np.full((num_seq, steps), -1, np.int64), num_incomplete=np.zeros(1, np.int64))
-        _filter_kernel(*inputs[:4], start, inputs[5], observations, lengths, diffuse, steady_tol, store,
-                       not diffuse, *arrays.values(), status)
+            step_ll=np.zeros((num_seq, num_steps)),
+            final_mean=np.empty((num_seq, dim)),
+            final_cov=np.empty((num_seq, dim, dim)),
+            final_basis=np.empty((num_seq, dim, dim)),
+            final_info_matrix=np.empty((num_seq, dim, dim)),
+            final_info_vector=np.empty((num_seq, dim)),
+            predicted_mean=np.empty((num_seq, steps, dim)),
+            predicted_cov=np.empty((num_seq, steps, dim, dim)),
+            filtered_mean=np.empty((num_seq, steps, dim)),
+            filtered_cov=np.empty((num_seq, steps, dim, dim)),
+            predicted_basis=np.empty((num_seq, basis, dim, dim)),
+            filtered_basis=np.empty((num_seq, basis, dim, dim)),
+            info_matrix=np.empty((num_seq, basis, dim, dim)),
+            info_vector=np.empty((num_seq, basis, dim)),
+            steady_epoch=np.zeros((num_seq, steps), np.int64),
+            cov_source=np.empty((num_seq, steps), np.int64),
+            incomplete_slot=np.full((num_seq, steps), -1, np.int64),
+            num_incomplete=np.zeros(1, np.int64),
+        )
+        _filter_kernel(
+            *inputs[:4],
+            start,
+            inputs[5],
+            observations,
+            lengths,
+            diffuse,
+            steady_tol,
+            store,
+            not diffuse,
+            *arrays.values(),
+            status,
+        )
         if status.any():
-            raise ValueError("observation_cov: the innovation covariance H P H^T + R is not positive definite "
-                             f"(sequences {np.nonzero(status)[0].tolist()}); observation_cov must be positive definite")
+            raise ValueError(
+                "observation_cov: the innovation covariance H P H^T + R is not positive definite "
+                f"(sequences {np.nonzero(status)[0].tolist()}); observation_cov must be positive definite"
+            )
         return arrays
 
     def posterior(arrays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -477,22 +529,51 @@ def _fused(params: _Params, diffuse: bool, steady_state: bool, with_score: bool,
         smoothed_cov = np.empty((num_seq, num_steps, dim, dim))
         lag_one_cov = np.empty((num_seq, num_steps, dim, dim))  # step 0 is never read
         smoothed_basis = np.empty((num_seq, num_steps, dim, dim))
-        _smoother_kernel(inputs[0], filtered["filtered_mean"], filtered["filtered_cov"], filtered["predicted_mean"],
-                         filtered["predicted_cov"], lengths, filtered["steady_epoch"], _SMOOTHER_STEADY_TOL, diffuse,
-                         filtered["filtered_basis"], filtered["predicted_basis"], smoothed_mean, smoothed_cov,
-                         lag_one_cov, smoothed_basis, status)
+        _smoother_kernel(
+            inputs[0],
+            filtered["filtered_mean"],
+            filtered["filtered_cov"],
+            filtered["predicted_mean"],
+            filtered["predicted_cov"],
+            lengths,
+            filtered["steady_epoch"],
+            _SMOOTHER_STEADY_TOL,
+            diffuse,
+            filtered["filtered_basis"],
+            filtered["predicted_basis"],
+            smoothed_mean,
+            smoothed_cov,
+            lag_one_cov,
+            smoothed_basis,
+            status,
+        )
     else:
         incomplete_cov = np.empty((num_incomplete, dim, dim))
-        _smoother_sums_kernel(inputs[0], filtered["filtered_mean"], filtered["filtered_cov"],
-                              filtered["predicted_mean"], filtered["predicted_cov"], filtered["cov_source"], lengths,
-                              filtered["steady_epoch"], _SMOOTHER_STEADY_TOL, incomplete_slot, smoothed_mean,
-                              incomplete_cov, *sums, status)
+        _smoother_sums_kernel(
+            inputs[0],
+            filtered["filtered_mean"],
+            filtered["filtered_cov"],
+            filtered["predicted_mean"],
+            filtered["predicted_cov"],
+            filtered["cov_source"],
+            lengths,
+            filtered["steady_epoch"],
+            _SMOOTHER_STEADY_TOL,
+            incomplete_slot,
+            smoothed_mean,
+            incomplete_cov,
+            *sums,
+            status,
+        )
     if status.any():
-        raise ValueError("transition_cov: a predicted covariance is not positive definite "
-                         f"(sequences {np.nonzero(status)[0].tolist()}); transition_cov must be positive definite")
+        raise ValueError(
+            "transition_cov: a predicted covariance is not positive definite "
+            f"(sequences {np.nonzero(status)[0].tolist()}); transition_cov must be positive definite"
+        )
     if diffuse:
-        _combine_diffuse_kernel(lengths, smoothed_basis, posterior_mean, posterior_cov, smoothed_mean, smoothed_cov,
-                                lag_one_cov)
+        _combine_diffuse_kernel(
+            lengths, smoothed_basis, posterior_mean, posterior_cov, smoothed_mean, smoothed_cov, lag_one_cov
+        )
         for n, length in enumerate(lengths):
             if length > 0:
                 sums[0][n] = smoothed_cov[n, :length].sum(0)
@@ -501,12 +582,24 @@ def _fused(params: _Params, diffuse: bool, steady_state: bool, with_score: bool,
         incomplete_cov = np.ascontiguousarray(smoothed_cov[incomplete_slot >= 0])  # in slot order
     grads = tuple(np.zeros((num_seq, *value.shape[1:])) for value in inputs)
     rows = [np.empty((num_steps, size)) for size in (dim, dim, obs_dim, obs_dim)]  # the score's scratch
-    _score_kernel(*inputs, lengths, smoothed_mean, *sums, incomplete_slot, incomplete_cov, diffuse, observation_grad,
-                  *rows, *grads, status)
+    _score_kernel(
+        *inputs,
+        lengths,
+        smoothed_mean,
+        *sums,
+        incomplete_slot,
+        incomplete_cov,
+        diffuse,
+        observation_grad,
+        *rows,
+        *grads,
+        status,
+    )
     if status.any():
         code = int(status[status != 0][0])
-        raise ValueError(f"{_SCORE_ERRORS[code]}: not positive definite "
-                         f"(sequences {np.nonzero(status == code)[0].tolist()})")
+        raise ValueError(
+            f"{_SCORE_ERRORS[code]}: not positive definite (sequences {np.nonzero(status == code)[0].tolist()})"
+        )
     return log_normalizer, grads
 
 
@@ -541,14 +634,34 @@ class _LogMarginal(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, transition_matrix, transition_cov, observation_matrix, observation_cov,
-                initial_mean, initial_cov, observations, lengths, diffuse, steady_state):
+    def forward(
+        ctx,
+        transition_matrix,
+        transition_cov,
+        observation_matrix,
+        observation_cov,
+        initial_mean,
+        initial_cov,
+        observations,
+        lengths,
+        diffuse,
+        steady_state,
+    ):
         # The score is computed here, with the value, in the same compiled call (the filter's
         # moments are then used at once and never leave the kernel); backward only scales it.
-        params = _Params(transition_matrix, _symmetrise(transition_cov), observation_matrix,
-                         _symmetrise(observation_cov), initial_mean, _symmetrise(initial_cov), observations, lengths)
-        log_normalizer, ctx.score = _fused(params, diffuse, steady_state, with_score=True,
-                                           observation_grad=ctx.needs_input_grad[6])
+        params = _Params(
+            transition_matrix,
+            _symmetrise(transition_cov),
+            observation_matrix,
+            _symmetrise(observation_cov),
+            initial_mean,
+            _symmetrise(initial_cov),
+            observations,
+            lengths,
+        )
+        log_normalizer, ctx.score = _fused(
+            params, diffuse, steady_state, with_score=True, observation_grad=ctx.needs_input_grad[6]
+        )
         ctx.dtype, ctx.device = observations.dtype, observations.device
         return torch.from_numpy(log_normalizer).to(device=observations.device, dtype=observations.dtype)
 
@@ -561,6 +674,9 @@ class _LogMarginal(torch.autograd.Function):
             if not needed:
                 results.append(None)
                 continue
-            results.append(torch.from_numpy(grad * scale.reshape(-1, *(1,) * (grad.ndim - 1)))
-                           .to(device=ctx.device, dtype=ctx.dtype))
+            results.append(
+                torch.from_numpy(grad * scale.reshape(-1, *(1,) * (grad.ndim - 1))).to(
+                    device=ctx.device, dtype=ctx.dtype
+                )
+            )
         return (*results, None, None, None)

@@ -11,7 +11,6 @@ from torch import Tensor
 from ..validation import valid_mask as _valid_mask
 from ._common import _LOG_2PI, _Params, _Raw, _symmetrise
 
-
 # --------------------------------------------------------------------------------------
 # Sequential filter, torch loop (any device, autograd)
 # --------------------------------------------------------------------------------------
@@ -68,9 +67,7 @@ def _torch_filter(params: _Params, diffuse: bool) -> _Raw:
         gain = torch.cholesky_solve(cov_obs_t.transpose(-1, -2), innovation_chol).transpose(-1, -2)  # (N, d, p)
         mean = mean + (gain @ innovation[..., None])[..., 0]
         residual_op = state_eye - gain @ obs_matrix
-        cov = _symmetrise(
-            residual_op @ cov @ residual_op.transpose(-1, -2) + gain @ obs_cov @ gain.transpose(-1, -2)
-        )
+        cov = _symmetrise(residual_op @ cov @ residual_op.transpose(-1, -2) + gain @ obs_cov @ gain.transpose(-1, -2))
         filtered_means.append(mean)
         filtered_covs.append(cov)
 

@@ -12,7 +12,6 @@ from torch import Tensor
 
 from ._common import _FilterState, _Raw, _symmetrise
 
-
 # --------------------------------------------------------------------------------------
 # Exact diffuse initialisation: combine the conditional filter with the information on s_1
 # --------------------------------------------------------------------------------------
@@ -37,10 +36,7 @@ def _initial_posterior(info_matrix: Tensor, info_vector: Tensor) -> _InitialPost
     pivots = chol.diagonal(dim1=-2, dim2=-1).square()
     largest = diagonal.amax(-1, keepdim=True)
     identified = (
-        (status == 0)
-        & (pivots > tol * diagonal).all(-1)
-        & (diagonal > tol * largest).all(-1)
-        & (largest[..., 0] > 0)
+        (status == 0) & (pivots > tol * diagonal).all(-1) & (diagonal > tol * largest).all(-1) & (largest[..., 0] > 0)
     )
     eye = torch.eye(state_dim, dtype=dtype, device=info_matrix.device)
     chol = torch.where(identified[..., None, None], chol, eye)
@@ -59,8 +55,9 @@ def _not_identified_error(identified: Tensor) -> ValueError:
     )
 
 
-def _combine(mean: Tensor, cov: Tensor, basis: Tensor, posterior_mean: Tensor, posterior_cov: Tensor
-             ) -> tuple[Tensor, Tensor]:
+def _combine(
+    mean: Tensor, cov: Tensor, basis: Tensor, posterior_mean: Tensor, posterior_cov: Tensor
+) -> tuple[Tensor, Tensor]:
     """Moments of :math:`m + X s_1` with ``s_1 ~ N(posterior)`` and the conditional cov added."""
     combined_mean = mean + (basis @ posterior_mean[..., None])[..., 0]
     combined_cov = _symmetrise(cov + basis @ posterior_cov @ basis.transpose(-1, -2))
@@ -91,21 +88,26 @@ def _finish(raw: _Raw, diffuse: bool) -> _FilterState:
         return _FilterState(log_normalizer, None, None, None, None, None, final_mean, final_cov, final, raw.valid)
     steps = _initial_posterior(raw.info_matrix, raw.info_vector)  # (N, T): information from x_{1:t}
     nan = torch.full((), torch.nan, dtype=log_normalizer.dtype, device=log_normalizer.device)
-    filtered_mean, filtered_cov = _combine(raw.filtered_mean, raw.filtered_cov, raw.filtered_basis,
-                                           steps.mean, steps.cov)
+    filtered_mean, filtered_cov = _combine(
+        raw.filtered_mean, raw.filtered_cov, raw.filtered_basis, steps.mean, steps.cov
+    )
     filtered_mean = torch.where(steps.identified[..., None], filtered_mean, nan)
     filtered_cov = torch.where(steps.identified[..., None, None], filtered_cov, nan)
     # The prediction of step t uses the information of x_{1:t-1}.
     previous_identified = torch.cat([torch.zeros_like(steps.identified[:, :1]), steps.identified[:, :-1]], 1)
     previous_mean = torch.cat([torch.zeros_like(steps.mean[:, :1]), steps.mean[:, :-1]], 1)
     previous_cov = torch.cat([torch.zeros_like(steps.cov[:, :1]), steps.cov[:, :-1]], 1)
-    predicted_mean, predicted_cov = _combine(raw.predicted_mean, raw.predicted_cov, raw.predicted_basis,
-                                             previous_mean, previous_cov)
+    predicted_mean, predicted_cov = _combine(
+        raw.predicted_mean, raw.predicted_cov, raw.predicted_basis, previous_mean, previous_cov
+    )
     predicted_mean = torch.where(previous_identified[..., None], predicted_mean, nan)
     predicted_cov = torch.where(previous_identified[..., None, None], predicted_cov, nan)
     # Diffuse log-likelihood of each prefix x_{1:t} (0 until it identifies s_1); its increments.
-    prefix = torch.where(steps.identified, raw.step_log_likelihood.cumsum(-1) + steps.log_normalizer,
-                         torch.zeros((), dtype=nan.dtype, device=nan.device))
+    prefix = torch.where(
+        steps.identified,
+        raw.step_log_likelihood.cumsum(-1) + steps.log_normalizer,
+        torch.zeros((), dtype=nan.dtype, device=nan.device),
+    )
     step_log_likelihood = prefix - torch.cat([torch.zeros_like(prefix[:, :1]), prefix[:, :-1]], 1)
     return _FilterState(
         log_normalizer=log_normalizer,

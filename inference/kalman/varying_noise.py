@@ -38,9 +38,15 @@ class VaryingNoiseSmoothed(NamedTuple):
     log_normalizer: Tensor
 
 
-def kalman_smoother_varying_noise(transition_matrix: Tensor, transition_cov: Tensor, initial_mean: Tensor,
-                                  initial_cov: Tensor, observations: Tensor, observation_covs: Tensor,
-                                  observed: Tensor | None = None) -> VaryingNoiseSmoothed:
+def kalman_smoother_varying_noise(
+    transition_matrix: Tensor,
+    transition_cov: Tensor,
+    initial_mean: Tensor,
+    initial_cov: Tensor,
+    observations: Tensor,
+    observation_covs: Tensor,
+    observed: Tensor | None = None,
+) -> VaryingNoiseSmoothed:
     r"""Kalman filter and RTS smoother with an observation covariance that changes at every step.
 
     :math:`S_0 \sim N(m_0, P_0)`, :math:`S_t \mid S_{t-1} \sim N(A S_{t-1}, Q)`,
@@ -68,9 +74,13 @@ def kalman_smoother_varying_noise(transition_matrix: Tensor, transition_cov: Ten
     if observations.dim() != 2:
         raise ValueError(f"observations: expected (T, D), got {tuple(observations.shape)}")
     T, D = observations.shape
-    for name, value, shape in (("transition_matrix", transition_matrix, (D, D)), ("transition_cov", transition_cov, (D, D)),
-                               ("initial_mean", initial_mean, (D,)), ("initial_cov", initial_cov, (D, D)),
-                               ("observation_covs", observation_covs, (T, D, D))):
+    for name, value, shape in (
+        ("transition_matrix", transition_matrix, (D, D)),
+        ("transition_cov", transition_cov, (D, D)),
+        ("initial_mean", initial_mean, (D,)),
+        ("initial_cov", initial_cov, (D, D)),
+        ("observation_covs", observation_covs, (T, D, D)),
+    ):
         if tuple(value.shape) != shape:
             raise ValueError(f"{name}: expected shape {shape}, got {tuple(value.shape)}")
     if observed is None:
@@ -91,8 +101,9 @@ def kalman_smoother_varying_noise(transition_matrix: Tensor, transition_cov: Ten
             chol = torch.linalg.cholesky(_symmetric_part(cov + observation_covs[t]))
             residual = observations[t] - mean
             whitened = torch.linalg.solve_triangular(chol, residual.unsqueeze(-1), upper=False).squeeze(-1)
-            log_normalizer = log_normalizer - 0.5 * (whitened.pow(2).sum() + D * math.log(2 * math.pi)) \
-                - chol.diagonal().log().sum()
+            log_normalizer = (
+                log_normalizer - 0.5 * (whitened.pow(2).sum() + D * math.log(2 * math.pi)) - chol.diagonal().log().sum()
+            )
             gain = torch.cholesky_solve(cov, chol).T  # cov (cov + R_t)^{-1}
             mean = mean + gain @ residual
             cov = _symmetric_part((eye - gain) @ cov)
@@ -103,6 +114,9 @@ def kalman_smoother_varying_noise(transition_matrix: Tensor, transition_cov: Ten
         # G_t = P_t A^T (P_{t+1|t})^{-1}, by a solve with the symmetric predicted covariance
         smoother_gain = torch.linalg.solve(pred_covs[t + 1], A @ covs[t]).T
         smoothed_means.insert(0, means[t] + smoother_gain @ (smoothed_means[0] - pred_means[t + 1]))
-        smoothed_covs.insert(0, _symmetric_part(covs[t] + smoother_gain @ (smoothed_covs[0] - pred_covs[t + 1]) @ smoother_gain.T))
-    return VaryingNoiseSmoothed(torch.stack(means), torch.stack(covs), torch.stack(smoothed_means),
-                                torch.stack(smoothed_covs), log_normalizer)
+        smoothed_covs.insert(
+            0, _symmetric_part(covs[t] + smoother_gain @ (smoothed_covs[0] - pred_covs[t + 1]) @ smoother_gain.T)
+        )
+    return VaryingNoiseSmoothed(
+        torch.stack(means), torch.stack(covs), torch.stack(smoothed_means), torch.stack(smoothed_covs), log_normalizer
+    )

@@ -27,11 +27,38 @@ Modules: :mod:`~inference.training.options` (the records),
 and :mod:`~inference.training.loops` (the trainers, the writer, the result).
 """
 
-from .loops import FINAL_STOPS, EMTrainer, FitResult, RunWriter, SVITrainer, Trainer, gains_accelerating, rounding_noise_per_step
+from .loops import (
+    FINAL_STOPS,
+    EMTrainer,
+    FitResult,
+    RunWriter,
+    SVITrainer,
+    Trainer,
+    gains_accelerating,
+    rounding_noise_per_step,
+)
 from .objectives import KLAnnealing, LossOutput, ParameterAverage, build_loss, build_scheduler, make_elbo
 from .options import ELBO_NAMES, LR_SCHEDULES, EMOptions, NUTSOptions, SVIOptions, options_fields
 
-__all__ = ["ELBO_NAMES", "FINAL_STOPS", "LR_SCHEDULES", "EMOptions", "EMTrainer", "FitResult", "KLAnnealing",
-           "LossOutput", "NUTSOptions", "ParameterAverage", "RunWriter", "SVIOptions", "SVITrainer", "Trainer",
-           "build_loss", "build_scheduler", "gains_accelerating", "make_elbo", "options_fields",
-           "rounding_noise_per_step"]
+__all__ = [
+    "ELBO_NAMES",
+    "FINAL_STOPS",
+    "LR_SCHEDULES",
+    "EMOptions",
+    "EMTrainer",
+    "FitResult",
+    "KLAnnealing",
+    "LossOutput",
+    "NUTSOptions",
+    "ParameterAverage",
+    "RunWriter",
+    "SVIOptions",
+    "SVITrainer",
+    "Trainer",
+    "build_loss",
+    "build_scheduler",
+    "gains_accelerating",
+    "make_elbo",
+    "options_fields",
+    "rounding_noise_per_step",
+]

@@ -8,8 +8,9 @@ import contextlib
 import math
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from pyro.optim.clipped_adam import ClippedAdam
@@ -50,8 +51,15 @@ class RunWriter:
 
     def progress_bar(self, total: int, initial: int, description: str, enabled: bool):
         """A context-managed progress bar with ``update(n)`` and ``set_postfix(dict, refresh=)``."""
-        return tqdm(total=total, initial=initial, desc=description, unit="step", file=sys.stderr,
-                    disable=not enabled, dynamic_ncols=True)
+        return tqdm(
+            total=total,
+            initial=initial,
+            desc=description,
+            unit="step",
+            file=sys.stderr,
+            disable=not enabled,
+            dynamic_ncols=True,
+        )
 
     def save_checkpoint(self, tensors: dict[str, Tensor], state: dict[str, Any]) -> None:
         if self.run is not None:
@@ -143,9 +151,18 @@ class Trainer:
 
     method = ""
 
-    def __init__(self, model: SequenceModel, train: SequenceBatch, options: _LoopOptions, *,
-                 valid: SequenceBatch | None = None, writer: RunWriter | None = None,
-                 generator: torch.Generator | None = None, seed: int = 0, resume: bool = False) -> None:
+    def __init__(
+        self,
+        model: SequenceModel,
+        train: SequenceBatch,
+        options: _LoopOptions,
+        *,
+        valid: SequenceBatch | None = None,
+        writer: RunWriter | None = None,
+        generator: torch.Generator | None = None,
+        seed: int = 0,
+        resume: bool = False,
+    ) -> None:
         options.check()
         self.model, self.train, self.valid, self.options = model, train, valid, options
         self.writer = writer if writer is not None else RunWriter()
@@ -176,20 +193,33 @@ class Trainer:
 
     # -- shared ---------------------------------------------------------------------------
     def save_checkpoint(self, clock: _Clock) -> None:
-        state = {"method": self.method, "step": self.step, "history": self.history, "best_step": self.best_step,
-                 "best_valid": self.best_valid, "stopped": self.stopped, "seconds": clock.total,
-                 **self.loop_state()}
-        tensors, state = ckpt.checkpoint_payload(model=self.model, best_state=self.best_state,
-                                                 optimizer=self.optimizer, loop_state=state,
-                                                 generator=self.generator)
+        state = {
+            "method": self.method,
+            "step": self.step,
+            "history": self.history,
+            "best_step": self.best_step,
+            "best_valid": self.best_valid,
+            "stopped": self.stopped,
+            "seconds": clock.total,
+            **self.loop_state(),
+        }
+        tensors, state = ckpt.checkpoint_payload(
+            model=self.model,
+            best_state=self.best_state,
+            optimizer=self.optimizer,
+            loop_state=state,
+            generator=self.generator,
+        )
         tensors.update(ckpt.prefixed("average", self.average.state_dict() if self.average else {}))
         self.writer.save_checkpoint(tensors, state)
 
     def load_checkpoint(self) -> None:
         tensors, state = self.writer.load_checkpoint(self.device)
         if state["method"] != self.method:
-            raise ValueError(f"resume: the checkpoint in {self.writer.describe()} is from method "
-                             f"{state['method']!r}, not {self.method!r}")
+            raise ValueError(
+                f"resume: the checkpoint in {self.writer.describe()} is from method "
+                f"{state['method']!r}, not {self.method!r}"
+            )
         self.model.load_state_dict(ckpt.unprefixed("model", tensors))
         self.best_state = ckpt.unprefixed("best", tensors) if state["has_best_state"] else None
         if self.optimizer is not None:
@@ -213,8 +243,13 @@ class Trainer:
             return None
         scorer = self.options.validation_score or score
         with self.average.swapped_in() if self.average is not None else contextlib.nullcontext():
-            return scorer(self.model, self.valid, batch_size=self.options.valid_batch_size,
-                          num_particles=self.options.valid_num_particles, seed=self.seed).per_step
+            return scorer(
+                self.model,
+                self.valid,
+                batch_size=self.options.valid_batch_size,
+                num_particles=self.options.valid_num_particles,
+                seed=self.seed,
+            ).per_step
 
     def state_to_keep(self) -> dict[str, Tensor]:
         """A copy of what the fit would end with now: the parameter average if one is kept."""
@@ -243,8 +278,9 @@ class Trainer:
             callback(record)
 
     def progress_bar(self, total: int, initial: int):
-        return self.writer.progress_bar(total, initial, self.options.description or self.model.family,
-                                        self.options.progress)
+        return self.writer.progress_bar(
+            total, initial, self.options.description or self.model.family, self.options.progress
+        )
 
     def finish(self, clock: _Clock, restarts: list[float] | None = None, save: bool = True) -> FitResult:
         if save:
@@ -254,9 +290,15 @@ class Trainer:
         elif self.average is not None and self.average.average is not None:
             self.average.load_into_module()  # the checkpoint above keeps the last iterate, for a resume
         self.writer.save_model(self.model)
-        return FitResult(method=self.method, history=self.history, best_step=self.best_step,
-                         best_valid_log_prob_per_step=self.best_valid, stopped=self.stopped, seconds=clock.total,
-                         restarts=restarts)
+        return FitResult(
+            method=self.method,
+            history=self.history,
+            best_step=self.best_step,
+            best_valid_log_prob_per_step=self.best_valid,
+            stopped=self.stopped,
+            seconds=clock.total,
+            restarts=restarts,
+        )
 
 
 class SVITrainer(Trainer):
@@ -307,8 +349,9 @@ class SVITrainer(Trainer):
             parameter.grad = None
         # Pyro's ClippedAdam, as before the trainer existed (same numbers as earlier runs); its
         # per-entry clamp at clip_norm never binds after the global-norm clip to clip_norm below.
-        self.optimizer = ClippedAdam(parameters, lr=options.learning_rate, betas=tuple(options.betas),
-                                     clip_norm=options.clip_norm)
+        self.optimizer = ClippedAdam(
+            parameters, lr=options.learning_rate, betas=tuple(options.betas), clip_norm=options.clip_norm
+        )
         self.scheduler = build_scheduler(self.optimizer, options)
         if options.average_decay is not None:
             self.average = ParameterAverage(model, options.average_decay)
@@ -338,7 +381,8 @@ class SVITrainer(Trainer):
                         if not torch.isfinite(loss) and not self.defer_nonfinite():
                             raise FloatingPointError(
                                 f"fit: the loss is {loss.detach().item()} at epoch {self.step + 1}; "
-                                f"try a smaller learning_rate or a better initialisation")
+                                f"try a smaller learning_rate or a better initialisation"
+                            )
                         loss.backward()
                     elif not math.isfinite(objective) and not self.defer_nonfinite():
                         raise FloatingPointError(f"fit: the objective is {objective} at epoch {self.step + 1}")
@@ -349,8 +393,9 @@ class SVITrainer(Trainer):
                         # almost every step of a data-scaled loss, and decay added after it (Adam's
                         # own weight_decay) would weigh the prior against a clipped gradient.
                         decayed = [p for p in parameters if p.grad is not None]
-                        torch._foreach_add_([p.grad for p in decayed], [p.detach() for p in decayed],
-                                            alpha=options.weight_decay)
+                        torch._foreach_add_(
+                            [p.grad for p in decayed], [p.detach() for p in decayed], alpha=options.weight_decay
+                        )
                     torch.nn.utils.clip_grad_norm_(parameters, options.clip_norm)
                     self.optimizer.step()
                     if self.average is not None:
@@ -358,9 +403,15 @@ class SVITrainer(Trainer):
                     optimizer_steps += 1
                     objectives.append(objective)
                     for callback in options.step_callbacks:
-                        callback({"epoch": self.step, "step": optimizer_steps,
-                                  "loss": None if loss is None else loss.detach().item(),
-                                  "objective": objective, "lr": learning_rate})
+                        callback(
+                            {
+                                "epoch": self.step,
+                                "step": optimizer_steps,
+                                "loss": None if loss is None else loss.detach().item(),
+                                "objective": objective,
+                                "lr": learning_rate,
+                            }
+                        )
                     if clock.over_budget:
                         # A long epoch (one big text in many mini-batches) ends mid-way when the
                         # budget runs out; the epoch's objective averages the mini-batches done.
@@ -389,10 +440,15 @@ class SVITrainer(Trainer):
                 if reason is None and clock.over_budget and not last:
                     reason = "time_budget"
                 self.stopped = self.decide_stop(reason)
-                record = {"step": self.step, "objective": objective,
-                          "objective_per_step": objective / self.num_train_steps,
-                          "valid_log_prob_per_step": valid_per_step, "lr": learning_rate, "seconds": clock.total,
-                          "partial": partial}
+                record = {
+                    "step": self.step,
+                    "objective": objective,
+                    "objective_per_step": objective / self.num_train_steps,
+                    "valid_log_prob_per_step": valid_per_step,
+                    "lr": learning_rate,
+                    "seconds": clock.total,
+                    "partial": partial,
+                }
                 self.emit(record, clock, bar)
                 if self.stopped is not None:
                     break
@@ -445,8 +501,16 @@ class EMTrainer(Trainer):
 
     method = "em"
     options: EMOptions
-    _STATE_KEYS = ("restart", "iteration", "previous_objective", "small_gains", "recent_gains",
-                   "restart_objectives", "restart_stops", "best_objective")
+    _STATE_KEYS = (
+        "restart",
+        "iteration",
+        "previous_objective",
+        "small_gains",
+        "recent_gains",
+        "restart_objectives",
+        "restart_stops",
+        "best_objective",
+    )
 
     def loop_state(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in self._STATE_KEYS}
@@ -460,11 +524,13 @@ class EMTrainer(Trainer):
         model = self.model
         if not _uses_split_em(model):
             if self.options.statistics_hook is not None:
-                raise ValueError(f"statistics_hook: {type(model).__name__} has no e_step/m_step to reduce "
-                                 f"statistics between")
+                raise ValueError(
+                    f"statistics_hook: {type(model).__name__} has no e_step/m_step to reduce statistics between"
+                )
             if self.options.shard is not None:
-                raise ValueError(f"shard: {type(model).__name__} has no e_step/m_step, so EM cannot be split "
-                                 f"over processes")
+                raise ValueError(
+                    f"shard: {type(model).__name__} has no e_step/m_step, so EM cannot be split over processes"
+                )
             return model.em_step(self.train)
         if self.options.shard is not None and not hasattr(self, "_local_train"):
             self._local_train = self.options.shard(self.train)
@@ -518,8 +584,10 @@ class EMTrainer(Trainer):
                         objective_value = objective_value.detach()
                     objective = float(objective_value)
                     if not math.isfinite(objective):
-                        raise FloatingPointError(f"fit: the EM objective is {objective} at iteration "
-                                                 f"{self.iteration + 1} of restart {self.restart}")
+                        raise FloatingPointError(
+                            f"fit: the EM objective is {objective} at iteration "
+                            f"{self.iteration + 1} of restart {self.restart}"
+                        )
                     self.iteration += 1
                     self.step += 1
                     noise = rounding_noise_per_step(objective_value, self.num_train_steps)
@@ -527,24 +595,40 @@ class EMTrainer(Trainer):
                         gain = (objective - self.previous_objective) / self.num_train_steps
                         threshold = max(options.tolerance, noise)
                         self.small_gains = self.small_gains + 1 if gain < threshold else 0
-                        self.recent_gains = (self.recent_gains + [gain])[-options.patience:]
+                        self.recent_gains = (self.recent_gains + [gain])[-options.patience :]
                     self.previous_objective = objective
-                    converged = (self.small_gains >= options.patience
-                                 and not gains_accelerating(self.recent_gains, noise)
-                                 and bool(model.em_converged_check()))
+                    converged = (
+                        self.small_gains >= options.patience
+                        and not gains_accelerating(self.recent_gains, noise)
+                        and bool(model.em_converged_check())
+                    )
                     at_limit = self.iteration == options.max_iterations
-                    reason = "converged" if converged else ("time_budget" if not at_limit and clock.over_budget else None)
+                    reason = (
+                        "converged" if converged else ("time_budget" if not at_limit and clock.over_budget else None)
+                    )
                     decision = self.decide_stop(reason)  # a stop_hook makes it collective
-                    converged, out_of_time, stopped_by_hook = (decision == "converged", decision == "time_budget",
-                                                               decision == "stop_hook")
+                    converged, out_of_time, stopped_by_hook = (
+                        decision == "converged",
+                        decision == "time_budget",
+                        decision == "stop_hook",
+                    )
                     last = converged or at_limit
                     valid_per_step = self.evaluate(last or out_of_time or stopped_by_hook)
-                    record = {"step": self.step, "restart": self.restart, "iteration": self.iteration,
-                              "objective": objective, "objective_per_step": objective / self.num_train_steps,
-                              "valid_log_prob_per_step": valid_per_step, "seconds": clock.total}
+                    record = {
+                        "step": self.step,
+                        "restart": self.restart,
+                        "iteration": self.iteration,
+                        "objective": objective,
+                        "objective_per_step": objective / self.num_train_steps,
+                        "valid_log_prob_per_step": valid_per_step,
+                        "seconds": clock.total,
+                    }
                     if last or stopped_by_hook:
-                        self.close_restart(objective, "converged" if converged else
-                                           ("stop_hook" if stopped_by_hook else "max_steps"), valid_per_step)
+                        self.close_restart(
+                            objective,
+                            "converged" if converged else ("stop_hook" if stopped_by_hook else "max_steps"),
+                            valid_per_step,
+                        )
                     self.emit(record, clock, bar)
                     if last or out_of_time or stopped_by_hook:
                         break
@@ -598,4 +682,3 @@ class EMTrainer(Trainer):
         self.previous_objective = None
         self.small_gains = 0
         self.recent_gains = []
-

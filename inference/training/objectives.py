@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
@@ -87,9 +88,11 @@ class _ELBOLoss:
             with context:
                 objective = -float(self.elbo.loss_and_grads(model.model, model.guide, batch, **step_kwargs))
             if not any(p.grad is not None for p in model.parameters() if p.requires_grad):
-                raise ValueError(f"loss: {type(self.elbo).__name__}.loss_and_grads computed no gradient for "
-                                 f"{type(model).__name__}'s parameters (it sees only PyroParam sites); use an "
-                                 f"ELBO with differentiable_loss or a callable loss")
+                raise ValueError(
+                    f"loss: {type(self.elbo).__name__}.loss_and_grads computed no gradient for "
+                    f"{type(model).__name__}'s parameters (it sees only PyroParam sites); use an "
+                    f"ELBO with differentiable_loss or a callable loss"
+                )
         if step_kwargs:
             with torch.no_grad():
                 objective = -float(self.elbo.loss(model.model, model.guide, batch))
@@ -137,8 +140,9 @@ def build_loss(model: SequenceModel, loss: Any, num_particles: int):
         return _ELBOLoss(make_elbo(model, loss, num_particles))
     if callable(loss):
         return _CallableLoss(loss, "loss")
-    raise ValueError(f"loss: expected an ELBO name {ELBO_NAMES}, a pyro.infer.ELBO, 'model' or a callable, "
-                     f"got {loss!r}")
+    raise ValueError(
+        f"loss: expected an ELBO name {ELBO_NAMES}, a pyro.infer.ELBO, 'model' or a callable, got {loss!r}"
+    )
 
 
 # -- per-step keyword arguments -----------------------------------------------------
@@ -211,11 +215,14 @@ class ParameterAverage:
             if self.average is None:
                 self.average = {name: parameter.detach().clone() for name, parameter in current.items()}
             elif current.keys() != self.average.keys():
-                raise RuntimeError(f"ParameterAverage: the module's parameters changed since averaging began "
-                                   f"(now {len(current)}, then {len(self.average)})")
+                raise RuntimeError(
+                    f"ParameterAverage: the module's parameters changed since averaging began "
+                    f"(now {len(current)}, then {len(self.average)})"
+                )
             else:
-                torch._foreach_lerp_(list(self.average.values()), [current[name].detach() for name in self.average],
-                                     1.0 - self.decay)
+                torch._foreach_lerp_(
+                    list(self.average.values()), [current[name].detach() for name in self.average], 1.0 - self.decay
+                )
 
     def state_dict(self) -> dict[str, Tensor]:
         """The averaged tensors by parameter name (empty before the first update)."""
@@ -224,8 +231,9 @@ class ParameterAverage:
     def load_state_dict(self, tensors: Mapping[str, Tensor]) -> None:
         names = set(self._parameters())
         if set(tensors) != names:
-            raise ValueError(f"ParameterAverage.load_state_dict: expected the tensors of {sorted(names)}, "
-                             f"got {sorted(tensors)}")
+            raise ValueError(
+                f"ParameterAverage.load_state_dict: expected the tensors of {sorted(names)}, got {sorted(tensors)}"
+            )
         self.average = {name: tensor.detach().clone() for name, tensor in tensors.items()}
 
     def load_into_module(self) -> None:
@@ -270,19 +278,24 @@ class _ScheduleFactor:
         return self.final_ratio + (1 - self.final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, options: "SVIOptions"):
+def build_scheduler(optimizer: torch.optim.Optimizer, options: SVIOptions):
     """The learning-rate scheduler of ``options.lr_schedule`` (stepped once per epoch)."""
     schedule = options.lr_schedule
     if callable(schedule):
         scheduler = schedule(optimizer)
-        if not isinstance(scheduler, (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)):
-            raise TypeError(f"lr_schedule: the callable must return a torch.optim.lr_scheduler scheduler, "
-                            f"got {type(scheduler).__name__}")
+        if not isinstance(
+            scheduler, (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        ):
+            raise TypeError(
+                f"lr_schedule: the callable must return a torch.optim.lr_scheduler scheduler, "
+                f"got {type(scheduler).__name__}"
+            )
         return scheduler
     if schedule == "plateau":
         # Halve the rate when the validation score (or, without one, the objective) stalls.
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5,
-                                                          patience=max(1, options.patience // 2))
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=0.5, patience=max(1, options.patience // 2)
+        )
     final = options.final_learning_rate
     if schedule == "exponential" and not options.warmup_epochs:
         gamma = ((final or options.learning_rate) / options.learning_rate) ** (1.0 / options.max_epochs)
@@ -293,4 +306,3 @@ def build_scheduler(optimizer: torch.optim.Optimizer, options: "SVIOptions"):
         final_ratio = (final or options.learning_rate) / options.learning_rate
     factor = _ScheduleFactor(schedule.replace("warmup_", ""), options.warmup_epochs, options.max_epochs, final_ratio)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -76,7 +77,9 @@ class _LoopOptions:
             _check_positive_int(name, getattr(self, name))
         _check_positive_int("valid_batch_size", self.valid_batch_size, allow_none=True)
         if self.time_budget is not None and (not isinstance(self.time_budget, (int, float)) or self.time_budget < 0):
-            raise ValueError(f"time_budget: expected a non-negative number of seconds or None, got {self.time_budget!r}")
+            raise ValueError(
+                f"time_budget: expected a non-negative number of seconds or None, got {self.time_budget!r}"
+            )
         _check_callable("stop_hook", self.stop_hook)
         _check_callable("initialization_hook", self.initialization_hook)
         _check_callable("validation_score", self.validation_score)
@@ -167,10 +170,14 @@ class SVIOptions(_LoopOptions):
         _check_positive_float("learning_rate", self.learning_rate)
         _check_positive_float("final_learning_rate", self.final_learning_rate, allow_none=True)
         _check_positive_float("clip_norm", self.clip_norm)
-        if not isinstance(self.warmup_epochs, int) or isinstance(self.warmup_epochs, bool) or not (
-                0 <= self.warmup_epochs < self.max_epochs):
-            raise ValueError(f"warmup_epochs: expected an int in [0, max_epochs={self.max_epochs}), "
-                             f"got {self.warmup_epochs!r}")
+        if (
+            not isinstance(self.warmup_epochs, int)
+            or isinstance(self.warmup_epochs, bool)
+            or not (0 <= self.warmup_epochs < self.max_epochs)
+        ):
+            raise ValueError(
+                f"warmup_epochs: expected an int in [0, max_epochs={self.max_epochs}), got {self.warmup_epochs!r}"
+            )
         if not isinstance(self.weight_decay, (int, float)) or not 0 <= self.weight_decay < math.inf:
             raise ValueError(f"weight_decay: expected a non-negative number, got {self.weight_decay!r}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):

@@ -23,7 +23,6 @@ with warnings.catch_warnings():
     import arviz as az
 
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -101,7 +100,14 @@ def exported():
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_guide_export_has_every_group_and_round_trips_netcdf(family, exported, tmp_path):
     model, batch, idata = exported(family)
-    for group in ("posterior", "log_likelihood", "posterior_predictive", "observed_data", "sample_stats", "posterior_states"):
+    for group in (
+        "posterior",
+        "log_likelihood",
+        "posterior_predictive",
+        "observed_data",
+        "sample_stats",
+        "posterior_states",
+    ):
         assert hasattr(idata, group), group
     sites = model.parameter_sites()
     assert set(idata.posterior.data_vars) == set(sites)
@@ -163,8 +169,9 @@ def test_log_likelihood_is_log_prob_per_sequence_at_each_draw(family):
     # conditioned on the draw (log prior + marginal log-likelihood) and the guide's trace at the draw.
     # Unaligned draws: q is evaluated where it drew (a relabelled draw has another q density).
     assert not model.has_enumerated_sites  # the model's trace holds the exact marginal likelihood
-    idata = export.to_inference_data(model, batch, "guide", num_draws=5, posterior_predictive=False, states=False,
-                                     align_labels=False)
+    idata = export.to_inference_data(
+        model, batch, "guide", num_draws=5, posterior_predictive=False, states=False, align_labels=False
+    )
     stats = idata.sample_stats
     for draw in range(5):
         values = {name: torch.as_tensor(idata.posterior[name].values[0, draw]) for name in model.parameter_sites()}
@@ -245,8 +252,9 @@ def test_alignment_undoes_a_permuted_chain_and_restores_r_hat():
     # Chain 1 entirely relabelled by (2, 0, 1); chain 2 switches labels half way through.
     for chain, start, permutation in ((1, 0, [2, 0, 1]), (2, 50, [1, 0, 2])):
         for index in range(start, 100):
-            relabelled = permute_states({name: value[chain, index] for name, value in draws.items()},
-                                        torch.tensor(permutation), axes)
+            relabelled = permute_states(
+                {name: value[chain, index] for name, value in draws.items()}, torch.tensor(permutation), axes
+            )
             for name in scrambled:
                 scrambled[name][chain, index] = relabelled[name]
 
@@ -272,8 +280,9 @@ def test_alignment_on_categorical_emissions_and_mcmc_export():
     draws = _guide_chains(model, batch, num_chains=2, per_chain=30, seed=4)
     swapped = {name: value.clone() for name, value in draws.items()}
     for index in range(30):
-        relabelled = permute_states({name: value[1, index] for name, value in draws.items()}, torch.tensor([1, 0, 2]),
-                                    model.state_label_axes())
+        relabelled = permute_states(
+            {name: value[1, index] for name, value in draws.items()}, torch.tensor([1, 0, 2]), model.state_label_axes()
+        )
         for name in swapped:
             swapped[name][1, index] = relabelled[name]
     aligned, _ = align_state_labels(model, swapped)
@@ -285,14 +294,26 @@ def test_alignment_on_categorical_emissions_and_mcmc_export():
         torch.testing.assert_close(aligned[name], reference[name])
     first_column = reference["emission"][..., 0]
     assert (first_column.mean((0, 1)).diff() > 0).all()
-    stats = {"diverging": torch.zeros(2, 30, dtype=torch.bool), "tree_depth": torch.full((2, 30), 3),
-             "n_steps": torch.full((2, 30), 7), "step_size": torch.full((2, 30), 0.3, dtype=torch.float64),
-             "acceptance_rate": torch.full((2, 30), 0.9, dtype=torch.float64), "lp": torch.zeros(2, 30, dtype=torch.float64)}
+    stats = {
+        "diverging": torch.zeros(2, 30, dtype=torch.bool),
+        "tree_depth": torch.full((2, 30), 3),
+        "n_steps": torch.full((2, 30), 7),
+        "step_size": torch.full((2, 30), 0.3, dtype=torch.float64),
+        "acceptance_rate": torch.full((2, 30), 0.9, dtype=torch.float64),
+        "lp": torch.zeros(2, 30, dtype=torch.float64),
+    }
     result = MCMCResult(draws=aligned, sample_stats=stats)
     idata = export.to_inference_data(model, batch, result, num_predictive_draws=5)
     assert idata.attrs["posterior_kind"] == "nuts"
     assert idata.posterior["emission"].dims == ("chain", "draw", "state", "symbol")
-    assert set(idata.sample_stats.data_vars) == {"diverging", "tree_depth", "n_steps", "step_size", "acceptance_rate", "lp"}
+    assert set(idata.sample_stats.data_vars) == {
+        "diverging",
+        "tree_depth",
+        "n_steps",
+        "step_size",
+        "acceptance_rate",
+        "lp",
+    }
     assert idata.posterior_predictive.sizes["draw"] == 5
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -356,11 +377,17 @@ def test_compare_prefers_the_true_number_of_states():
             model.set_parameter_values(truth.parameter_values())
         else:
             flat = batch.values.reshape(-1, 2)
-            model.set_parameter_values({"initial": torch.ones(1, dtype=torch.float64),
-                                        "transition": torch.ones(1, 1, dtype=torch.float64),
-                                        "means": flat.mean(0, keepdim=True), "precisions": 1 / flat.var(0, keepdim=True)})
-        models[f"K={states}"] = export.to_inference_data(model, batch, "guide", num_draws=100, posterior_predictive=False,
-                                                         states=False)
+            model.set_parameter_values(
+                {
+                    "initial": torch.ones(1, dtype=torch.float64),
+                    "transition": torch.ones(1, 1, dtype=torch.float64),
+                    "means": flat.mean(0, keepdim=True),
+                    "precisions": 1 / flat.var(0, keepdim=True),
+                }
+            )
+        models[f"K={states}"] = export.to_inference_data(
+            model, batch, "guide", num_draws=100, posterior_predictive=False, states=False
+        )
     table = export.compare(models, warn=False)
     assert table.index[0] == "K=3"
     assert table.loc["K=1", "elpd_diff"] > 5 * table.loc["K=1", "dse"]
@@ -389,8 +416,12 @@ def test_lgssm_guide_export_summary_loo_ppc_and_states(tmp_path):
     assert states["smoothed_cov"].dims == ("sequence", "time", "latent", "latent_bis")
     # The exported log-likelihood at a draw is the Kalman filter's at that draw.
     copy = LinearGaussianSSM.local_level(dtype=torch.float64)
-    copy.set_parameter_values({name: torch.as_tensor(idata.posterior[name].values[0, 3]) for name in ("transition_var", "observation_var")})
-    np.testing.assert_allclose(idata.log_likelihood["obs"].values[0, 3], copy.log_prob(batch.values).detach().numpy(), rtol=1e-8)
+    copy.set_parameter_values(
+        {name: torch.as_tensor(idata.posterior[name].values[0, 3]) for name in ("transition_var", "observation_var")}
+    )
+    np.testing.assert_allclose(
+        idata.log_likelihood["obs"].values[0, 3], copy.log_prob(batch.values).detach().numpy(), rtol=1e-8
+    )
     # Mixture covariance over draws >= the covariance at the mean draw's smoother (it adds the spread of the means).
     assert (states["smoothed_cov"].values[..., 0, 0] > 0).all()
     with warnings.catch_warnings():
@@ -424,8 +455,11 @@ def test_rnn_point_export_has_likelihood_and_predictive_but_no_posterior(tmp_pat
     assert model.parameter_sites() == {}
     idata = export.to_inference_data(model, batch, None, num_predictive_draws=6)
     assert not hasattr(idata, "posterior")
-    np.testing.assert_allclose(idata.log_likelihood["obs"].values[0, 0],
-                               model.log_prob(batch.values, batch.lengths).detach().numpy(), rtol=1e-10)
+    np.testing.assert_allclose(
+        idata.log_likelihood["obs"].values[0, 0],
+        model.log_prob(batch.values, batch.lengths).detach().numpy(),
+        rtol=1e-10,
+    )
     replicated = idata.posterior_predictive["obs"].values
     assert replicated.shape == (1, 6, 5, 12) and np.isnan(replicated[:, :, 4, 5:]).all()
     with warnings.catch_warnings():
@@ -435,5 +469,6 @@ def test_rnn_point_export_has_likelihood_and_predictive_but_no_posterior(tmp_pat
     with pytest.raises(ValueError, match="point estimate"):
         export.loo(idata)
     idata.to_netcdf(str(tmp_path / "rnn.nc"))
-    np.testing.assert_array_equal(az.from_netcdf(str(tmp_path / "rnn.nc")).log_likelihood["obs"].values,
-                                  idata.log_likelihood["obs"].values)
+    np.testing.assert_array_equal(
+        az.from_netcdf(str(tmp_path / "rnn.nc")).log_likelihood["obs"].values, idata.log_likelihood["obs"].values
+    )

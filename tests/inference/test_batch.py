@@ -15,10 +15,14 @@ def _batch() -> SequenceBatch:
     """Sequence n holds the value n at every real step, so any misalignment shows."""
     lengths = torch.tensor([3, 5, 2, 4, 1])
     values = torch.arange(5, dtype=torch.float32).unsqueeze(-1).expand(5, 5).clone()
-    return SequenceBatch(values, lengths, covariates={
-        "context": torch.arange(5, dtype=torch.float32).unsqueeze(-1) * torch.tensor([1.0, -1.0]),  # (5, 2)
-        "slice": torch.tensor([10, 11, 12, 13, 14]),  # (5,) long
-    })
+    return SequenceBatch(
+        values,
+        lengths,
+        covariates={
+            "context": torch.arange(5, dtype=torch.float32).unsqueeze(-1) * torch.tensor([1.0, -1.0]),  # (5, 2)
+            "slice": torch.tensor([10, 11, 12, 13, 14]),  # (5,) long
+        },
+    )
 
 
 def _assert_aligned(batch: SequenceBatch) -> None:
@@ -68,8 +72,11 @@ def test_minibatches_chunks_and_from_sequences_keep_covariates():
     assert rebuilt.indices.tolist() == [100, 101, 102, 103, 104]
     assert torch.equal(rebuilt.covariates["context"], batch.covariates["context"])
     extended = batch.with_covariates(year=torch.arange(5) + 1990)
-    assert extended[3].covariates["year"].tolist() == [1993] and set(extended.covariates) == {"context", "slice",
-                                                                                             "year"}
+    assert extended[3].covariates["year"].tolist() == [1993] and set(extended.covariates) == {
+        "context",
+        "slice",
+        "year",
+    }
 
 
 def test_bad_covariates_are_refused_by_name():
@@ -105,8 +112,14 @@ class ShiftedByCovariate(SequenceModel):
     def model(self, batch):
         with sequence_plate(batch) as indices:
             self.plate_indices.append(indices.tolist())
-            pyro.sample("obs", dist.Normal(self.per_sequence_loc[indices].unsqueeze(-1), 1.0)
-                        .expand(batch.values.shape).mask(batch.mask).to_event(1), obs=batch.values)
+            pyro.sample(
+                "obs",
+                dist.Normal(self.per_sequence_loc[indices].unsqueeze(-1), 1.0)
+                .expand(batch.values.shape)
+                .mask(batch.mask)
+                .to_event(1),
+                obs=batch.values,
+            )
 
     def guide(self, batch):
         pass

@@ -73,9 +73,17 @@ def _brute_force(log_initial, log_transition, log_emission, length):
     state_marginals = torch.einsum("p,plk->lk", weights, one_hot)
     pairs = torch.einsum("p,pli,plj->lij", weights, one_hot[:, :-1], one_hot[:, 1:])  # (L-1, K, K)
     best = scores.argmax()
-    return dict(log_normalizer=log_normalizer, state_marginals=state_marginals, pairs=pairs,
-                counts=pairs.sum(0), map_path=paths[best], map_score=scores[best], scores=scores,
-                paths=paths, unique_map=bool((scores >= scores[best] - 1e-9).sum() == 1))
+    return dict(
+        log_normalizer=log_normalizer,
+        state_marginals=state_marginals,
+        pairs=pairs,
+        counts=pairs.sum(0),
+        map_path=paths[best],
+        map_score=scores[best],
+        scores=scores,
+        paths=paths,
+        unique_map=bool((scores >= scores[best] - 1e-9).sum() == 1),
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -85,7 +93,8 @@ def test_brute_force_all_quantities(backend, num_states, num_steps, seed):
     # Two sequences with their own transitions, the second shorter: covers batched
     # transitions and padding. scale=2 gives strongly unnormalised potentials.
     log_initial, log_transition, log_emission = _random_problem(
-        generator, 2, num_steps, num_states, shared=False, scale=2.0)
+        generator, 2, num_steps, num_states, shared=False, scale=2.0
+    )
     log_initial = torch.stack([log_initial, log_initial.flip(0)])  # per-sequence initial
     lengths = torch.tensor([num_steps, max(num_steps - 2, 1)])
     args = (log_initial, log_transition, log_emission, lengths)
@@ -105,7 +114,7 @@ def test_brute_force_all_quantities(backend, num_states, num_steps, seed):
         torch.testing.assert_close(pairs[n, : length - 1], expected["pairs"])
         assert (result.state_marginals[n, length:] == 0).all()
         assert (filtered.filtered[n, length:] == 0).all()
-        assert (pairs[n, length - 1:] == 0).all()
+        assert (pairs[n, length - 1 :] == 0).all()
         # The last filtered marginal equals the last smoothed one.
         torch.testing.assert_close(filtered.filtered[n, length - 1], expected["state_marginals"][-1])
         torch.testing.assert_close(decoded.log_joint[n], expected["map_score"])
@@ -130,8 +139,14 @@ def test_sample_paths_match_posterior(method):
     log_initial, log_transition, log_emission = _random_problem(generator, 1, 4, 2)
     expected = _brute_force(log_initial, log_transition, log_emission[0], 4)
     num_samples = 20000
-    samples = sample_paths(log_initial, log_transition, log_emission, num_samples=num_samples,
-                           generator=torch.Generator().manual_seed(0), method=method)
+    samples = sample_paths(
+        log_initial,
+        log_transition,
+        log_emission,
+        num_samples=num_samples,
+        generator=torch.Generator().manual_seed(0),
+        method=method,
+    )
     assert samples.shape == (num_samples, 1, 4) and samples.dtype == torch.long
     codes = (samples[:, 0] * (2 ** torch.arange(3, -1, -1))).sum(-1)  # path -> integer, as enumerated
     observed = torch.bincount(codes, minlength=16).double()
@@ -140,8 +155,14 @@ def test_sample_paths_match_posterior(method):
     chi_square = ((observed - expected_counts) ** 2 / expected_counts).sum()
     assert chi_square < 37.7  # 99.9% quantile of chi-square with 15 degrees of freedom
 
-    again = sample_paths(log_initial, log_transition, log_emission, num_samples=num_samples,
-                         generator=torch.Generator().manual_seed(0), method=method)
+    again = sample_paths(
+        log_initial,
+        log_transition,
+        log_emission,
+        num_samples=num_samples,
+        generator=torch.Generator().manual_seed(0),
+        method=method,
+    )
     assert torch.equal(samples, again)
 
 
@@ -151,8 +172,15 @@ def test_sample_paths_padding_and_zero_probability_states():
     log_emission = torch.zeros(3, 6, 3)
     lengths = torch.tensor([6, 1, 0])
     for method in ("sequential", "parallel"):
-        samples = sample_paths(log_initial, log_transition, log_emission, lengths, num_samples=200,
-                               generator=torch.Generator().manual_seed(1), method=method)
+        samples = sample_paths(
+            log_initial,
+            log_transition,
+            log_emission,
+            lengths,
+            num_samples=200,
+            generator=torch.Generator().manual_seed(1),
+            method=method,
+        )
         assert (samples[:, 0] >= 0).all() and (samples[:, 1, 1:] == -1).all() and (samples[:, 2] == -1).all()
         assert (samples[:, :2, 0] != 1).all()  # impossible first state never drawn
         steps = samples[:, 0]
@@ -173,8 +201,12 @@ def test_parallel_matches_sequential(num_states):
         torch.testing.assert_close(other.log_normalizer, sequential.log_normalizer, rtol=1e-10, atol=1e-9)
         torch.testing.assert_close(other.state_marginals, sequential.state_marginals, rtol=1e-8, atol=1e-9)
         torch.testing.assert_close(other.transition_counts, sequential.transition_counts, rtol=1e-8, atol=1e-8)
-    torch.testing.assert_close(hmm_filter(*args, method="parallel").filtered,
-                               hmm_filter(*args, method="sequential").filtered, rtol=1e-8, atol=1e-9)
+    torch.testing.assert_close(
+        hmm_filter(*args, method="parallel").filtered,
+        hmm_filter(*args, method="sequential").filtered,
+        rtol=1e-8,
+        atol=1e-9,
+    )
     decoded = {backend: _viterbi(backend, *args) for backend in BACKENDS}
     for backend in ("torch", "parallel"):
         torch.testing.assert_close(decoded[backend].log_joint, decoded["numba"].log_joint, rtol=1e-10, atol=1e-9)
@@ -188,13 +220,15 @@ def test_float32_agrees_with_float64_long_sequence():
     lengths = torch.tensor([10_000, 7_000])
     reference = forward_backward(log_initial, log_transition, log_emission, lengths)
     for method in ("sequential", "parallel"):
-        single = forward_backward(log_initial.float(), log_transition.float(), log_emission.float(), lengths,
-                                  method=method)
+        single = forward_backward(
+            log_initial.float(), log_transition.float(), log_emission.float(), lengths, method=method
+        )
         assert single.log_normalizer.dtype == torch.float32
         torch.testing.assert_close(single.log_normalizer.double(), reference.log_normalizer, rtol=1e-5, atol=0)
         torch.testing.assert_close(single.state_marginals.double(), reference.state_marginals, rtol=0, atol=1e-3)
-    single = discrete._torch_forward(*_prepared(log_initial.float(), log_transition.float(),
-                                                    log_emission.float(), lengths))[0]
+    single = discrete._torch_forward(
+        *_prepared(log_initial.float(), log_transition.float(), log_emission.float(), lengths)
+    )[0]
     torch.testing.assert_close(single.double(), reference.log_normalizer, rtol=1e-5, atol=0)
 
 
@@ -205,8 +239,9 @@ def test_masked_batch_equals_each_sequence_alone(backend, shared):
     lengths = torch.tensor([7, 1, 0, 4])
     log_initial, log_transition, log_emission = _random_problem(generator, 4, 7, 3, shared=shared)
     # Padding holds garbage that must be ignored.
-    log_emission = torch.where(torch.arange(7)[None, :, None] < lengths[:, None, None], log_emission,
-                               torch.full_like(log_emission, 1e3))
+    log_emission = torch.where(
+        torch.arange(7)[None, :, None] < lengths[:, None, None], log_emission, torch.full_like(log_emission, 1e3)
+    )
     batch = _forward_backward(backend, log_initial, log_transition, log_emission, lengths)
     decoded = _viterbi(backend, log_initial, log_transition, log_emission, lengths)
     for n, length in enumerate(lengths.tolist()):
@@ -280,7 +315,8 @@ def test_normalised_model_matches_hmmlearn():
     assert ours.item() == pytest.approx(expected, rel=1e-10)
     _, expected_path = model.decode(symbols.numpy()[:, None], algorithm="viterbi")
     assert viterbi(start.log(), transition.log(), emission.log()[:, symbols].T[None]).path[0].tolist() == list(
-        expected_path)
+        expected_path
+    )
 
 
 @pytest.mark.parametrize(
@@ -298,8 +334,9 @@ def test_normalised_model_matches_hmmlearn():
     ],
 )
 def test_bad_input_raises(kwargs, match):
-    arguments = dict(log_initial=torch.zeros(3), log_transition=torch.zeros(3, 3), log_emission=torch.zeros(2, 4, 3),
-                     lengths=None)
+    arguments = dict(
+        log_initial=torch.zeros(3), log_transition=torch.zeros(3, 3), log_emission=torch.zeros(2, 4, 3), lengths=None
+    )
     method = kwargs.pop("method", "auto")
     arguments.update(kwargs)
     for function in (log_marginal, hmm_filter, forward_backward, viterbi, sample_paths):

@@ -37,8 +37,9 @@ def symbol_data(num_sequences: int = 16, length: int = 7) -> SequenceBatch:
 
 
 def make_rnn(dropout: float = 0.0) -> RecurrentModel:
-    return RecurrentModel("categorical", num_symbols=4, cell="gru", hidden_size=6, embedding_dim=3,
-                          dropout=dropout).double()
+    return RecurrentModel(
+        "categorical", num_symbols=4, cell="gru", hidden_size=6, embedding_dim=3, dropout=dropout
+    ).double()
 
 
 def make_hmm() -> CategoricalHMM:
@@ -54,19 +55,23 @@ class SplitEMHMM(CategoricalHMM):
 
         point = self._point()
         log_emission = self._emission_log_prob(self._check_observations(batch.values, "values"), point).double()
-        posterior = discrete.forward_backward(point["initial"].log().double(), point["transition"].log().double(),
-                                              log_emission, batch.lengths)
+        posterior = discrete.forward_backward(
+            point["initial"].log().double(), point["transition"].log().double(), log_emission, batch.lengths
+        )
         codes = batch.values.reshape(-1)
         emission_counts = torch.zeros(self.num_symbols, self.num_states, dtype=torch.float64)
         emission_counts.index_add_(0, codes, posterior.state_marginals.reshape(-1, self.num_states))
-        return {"log_likelihood": posterior.log_normalizer.sum(), "initial": posterior.state_marginals[:, 0].sum(0),
-                "transition": posterior.transition_counts.sum(0), "emission": emission_counts.T}
+        return {
+            "log_likelihood": posterior.log_normalizer.sum(),
+            "initial": posterior.state_marginals[:, 0].sum(0),
+            "transition": posterior.transition_counts.sum(0),
+            "emission": emission_counts.T,
+        }
 
     def m_step(self, statistics):
         with torch.no_grad():
             self.initial_logits.copy_(_dirichlet_mode(statistics["initial"], self.initial_concentration).log())
-            self.transition_logits.copy_(_dirichlet_mode(statistics["transition"],
-                                                         self.transition_concentration).log())
+            self.transition_logits.copy_(_dirichlet_mode(statistics["transition"], self.transition_concentration).log())
             self.emission_logits.copy_(_dirichlet_mode(statistics["emission"], self.emission_concentration).log())
 
 
@@ -121,8 +126,12 @@ def scenario_resume(parallel: DataParallel, out: Path, family: str) -> dict:
     parallel.fit(make_rnn(dropout=0.3), data, seed=2, checkpoint=run, **dict(options, max_epochs=2))
     resumed = make_rnn(dropout=0.3)
     result = parallel.fit(resumed, data, seed=2, checkpoint=run, resume=True, **options)
-    return {"state": resumed.state_dict(), "uninterrupted": uninterrupted.state_dict(), "history": result.history,
-            "files": sorted(p.name for p in (out / "run").iterdir())}
+    return {
+        "state": resumed.state_dict(),
+        "uninterrupted": uninterrupted.state_dict(),
+        "history": result.history,
+        "files": sorted(p.name for p in (out / "run").iterdir()),
+    }
 
 
 def scenario_nonfinite(parallel: DataParallel, out: Path, family: str) -> dict:
@@ -140,15 +149,26 @@ def scenario_nonfinite(parallel: DataParallel, out: Path, family: str) -> dict:
     return {}
 
 
-SCENARIOS = {"nonfinite": scenario_nonfinite, "svi": scenario_svi, "em": scenario_em, "killed": scenario_killed, "resume": scenario_resume}
+SCENARIOS = {
+    "nonfinite": scenario_nonfinite,
+    "svi": scenario_svi,
+    "em": scenario_em,
+    "killed": scenario_killed,
+    "resume": scenario_resume,
+}
 
 
 def run_rank(rank: int, init_file: str, out: str, scenario: str, family: str) -> None:
     torch.set_num_threads(1)
     out_dir = Path(out)
     try:
-        parallel = DataParallel.initialize(backend="gloo", init_method=f"file://{init_file}", rank=rank,
-                                           world_size=WORLD_SIZE, timeout=COLLECTIVE_TIMEOUT)
+        parallel = DataParallel.initialize(
+            backend="gloo",
+            init_method=f"file://{init_file}",
+            rank=rank,
+            world_size=WORLD_SIZE,
+            timeout=COLLECTIVE_TIMEOUT,
+        )
         with parallel:
             result = SCENARIOS[scenario](parallel, out_dir, family)
         torch.save(result, out_dir / f"rank{rank}.pt")
@@ -167,8 +187,9 @@ def leave_rank(rank: int, init_file: str, out: str, scenario: str, family: str) 
     leaving the ``with`` block, and its error if any."""
     torch.set_num_threads(1)
     out_dir = Path(out)
-    parallel = DataParallel.initialize(backend="gloo", init_method=f"file://{init_file}", rank=rank,
-                                       world_size=WORLD_SIZE, timeout=COLLECTIVE_TIMEOUT)
+    parallel = DataParallel.initialize(
+        backend="gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE, timeout=COLLECTIVE_TIMEOUT
+    )
     parallel.barrier("start together")
     finished = time.monotonic()
     try:
@@ -189,9 +210,12 @@ def spawn(tmp_path: Path, scenario: str, family: str = "", timeout: float = 120.
     """Runs ``scenario`` in ``WORLD_SIZE`` spawned processes (each runs ``target``); their exit
     codes. Fails the test (and kills them) if they are not all done within ``timeout``."""
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=target, args=(rank, str(tmp_path / "rendezvous"), str(tmp_path),
-                                                        scenario, family), daemon=True)
-                 for rank in range(WORLD_SIZE)]
+    processes = [
+        context.Process(
+            target=target, args=(rank, str(tmp_path / "rendezvous"), str(tmp_path), scenario, family), daemon=True
+        )
+        for rank in range(WORLD_SIZE)
+    ]
     for process in processes:
         process.start()
     deadline = time.monotonic() + timeout
@@ -206,8 +230,11 @@ def spawn(tmp_path: Path, scenario: str, family: str = "", timeout: float = 120.
 
 
 def results(tmp_path: Path, exitcodes: list[int]) -> list[dict]:
-    errors = {rank: (tmp_path / f"rank{rank}.error").read_text() for rank in range(WORLD_SIZE)
-              if (tmp_path / f"rank{rank}.error").exists()}
+    errors = {
+        rank: (tmp_path / f"rank{rank}.error").read_text()
+        for rank in range(WORLD_SIZE)
+        if (tmp_path / f"rank{rank}.error").exists()
+    }
     assert not errors and exitcodes == [0] * WORLD_SIZE, f"exit codes {exitcodes}, errors: {errors}"
     return [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD_SIZE)]
 
@@ -223,8 +250,10 @@ def assert_states_close(actual: dict, expected: dict, atol: float) -> None:
 def test_shards_cover_each_minibatch_equally(num_sequences, batch_size):
     data = symbol_data(num_sequences)
     single = [b.indices.tolist() for b in iterate_minibatches(data, batch_size, torch.Generator().manual_seed(4))]
-    shards = [[b for b in shard_minibatches(data, batch_size, torch.Generator().manual_seed(4), rank=rank,
-                                            world_size=3)] for rank in range(3)]
+    shards = [
+        [b for b in shard_minibatches(data, batch_size, torch.Generator().manual_seed(4), rank=rank, world_size=3)]
+        for rank in range(3)
+    ]
     assert len({len(s) for s in shards}) == 1 and len(shards[0]) == len(single)  # equal step counts
     for step, expected in enumerate(single):
         pieces = [shards[rank][step] for rank in range(3)]
@@ -233,7 +262,7 @@ def test_shards_cover_each_minibatch_equally(num_sequences, batch_size):
         union = [i for p in pieces for i in p.indices.tolist()]
         # The union is the single-process mini-batch, padded by repeating its first sequences.
         assert union[: len(expected)] == expected
-        assert union[len(expected):] == (expected * 3)[: len(union) - len(expected)]
+        assert union[len(expected) :] == (expected * 3)[: len(union) - len(expected)]
         assert len(union) - len(expected) < 3
 
 
@@ -275,11 +304,15 @@ def test_svi_equals_single_process_over_union_of_shards(tmp_path, family):
         assert_states_close(rank["state"], model.state_dict(), atol=1e-9)
         # The global validation score is the single-process one.
         assert [r["valid_log_prob_per_step"] for r in rank["history"]] == pytest.approx(
-            [r["valid_log_prob_per_step"] for r in reference.history], abs=1e-9)
+            [r["valid_log_prob_per_step"] for r in reference.history], abs=1e-9
+        )
     # Training really moved the parameters (the comparison is not of two initial states).
-    assert not torch.allclose(model.state_dict()["output.weight" if family == "rnn" else "emission_logits"],
-                              (make_rnn() if family == "rnn" else make_hmm()).state_dict()[
-                                  "output.weight" if family == "rnn" else "emission_logits"])
+    assert not torch.allclose(
+        model.state_dict()["output.weight" if family == "rnn" else "emission_logits"],
+        (make_rnn() if family == "rnn" else make_hmm()).state_dict()[
+            "output.weight" if family == "rnn" else "emission_logits"
+        ],
+    )
 
 
 @pytest.mark.slow
@@ -293,7 +326,8 @@ def test_em_equals_single_process_em(tmp_path, family):
     for rank in ranks:
         assert_states_close(rank["state"], model.state_dict(), atol=1e-9)
         assert [r["objective"] for r in rank["history"]] == pytest.approx(
-            [r["objective"] for r in reference.history], rel=1e-12)
+            [r["objective"] for r in reference.history], rel=1e-12
+        )
     if family == "split_hmm":
         # The split E/M steps are the family's own Baum-Welch.
         baum_welch = make_hmm()

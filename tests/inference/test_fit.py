@@ -204,8 +204,9 @@ def _mixture_data(num_sequences=8, length=25, seed=0):
 def test_svi_recovers_conjugate_posterior():
     data = _gaussian_data(num_sequences=10, length=20)
     model = ConjugateGaussian(prior_loc=0.0, prior_scale=2.0, noise_scale=1.0)
-    result = fit(model, data, max_epochs=600, learning_rate=0.05, final_learning_rate=0.002,
-                 num_particles=2, progress=False)
+    result = fit(
+        model, data, max_epochs=600, learning_rate=0.05, final_learning_rate=0.002, num_particles=2, progress=False
+    )
     values, observed = _observed(data)
     n = int(observed.sum())
     precision = 1 / 2.0**2 + n / 1.0**2
@@ -284,8 +285,16 @@ def test_early_stopping_restores_best_valid_state():
     valid = SequenceBatch.from_tensor(0.0 + torch.randn(6, 30, generator=generator))
     model = PointGaussian(init_loc=-3.0)  # moves from -3 towards 2, passing the valid optimum near 0
     locs = []
-    result = fit(model, train, valid=valid, max_epochs=500, learning_rate=0.1, patience=3, progress=False,
-                 callbacks=[lambda record: locs.append(_scalar(model.loc))])
+    result = fit(
+        model,
+        train,
+        valid=valid,
+        max_epochs=500,
+        learning_rate=0.1,
+        patience=3,
+        progress=False,
+        callbacks=[lambda record: locs.append(_scalar(model.loc))],
+    )
     assert result.stopped == "early_stopping"
     assert len(result.history) < 500
     scores = [r["valid_log_prob_per_step"] for r in result.history]
@@ -307,8 +316,14 @@ def test_eval_every_and_no_valid_keeps_last_state():
     assert evaluated == [3, 6, 7]  # every 3 steps and at the last
     model = PointGaussian()
     locs = []
-    result = fit(model, data, max_epochs=5, learning_rate=0.05, progress=False,
-                 callbacks=[lambda record: locs.append(_scalar(model.loc))])
+    result = fit(
+        model,
+        data,
+        max_epochs=5,
+        learning_rate=0.05,
+        progress=False,
+        callbacks=[lambda record: locs.append(_scalar(model.loc))],
+    )
     assert result.best_valid_log_prob_per_step is None and result.best_step == 5
     assert _scalar(model.loc) == locs[-1]
 
@@ -334,19 +349,31 @@ def test_time_budget_stops_cleanly(monkeypatch):
     data = _gaussian_data()
     # Each epoch's callback "takes" 1/16 s (exact in binary), after the epoch's budget check: the
     # 3/16 s budget is spent once three callbacks have run, so the fourth epoch's check stops it.
-    result = fit(PointGaussian(), data, max_epochs=10_000, time_budget=3 / 16, progress=False,
-                 callbacks=[lambda record: clock.advance(1 / 16)])
+    result = fit(
+        PointGaussian(),
+        data,
+        max_epochs=10_000,
+        time_budget=3 / 16,
+        progress=False,
+        callbacks=[lambda record: clock.advance(1 / 16)],
+    )
     assert result.stopped == "time_budget" and len(result.history) == 4
     # One mini-batch per epoch: the budget runs out after an epoch's last one, so none is partial.
     assert not any(record["partial"] for record in result.history)
     em_model = ScriptedEM([float(i) for i in range(10_000)])
-    result = fit(em_model, data, method="em", max_iterations=10_000, time_budget=3 / 16, progress=False,
-                 callbacks=[lambda record: clock.advance(1 / 16)])
+    result = fit(
+        em_model,
+        data,
+        method="em",
+        max_iterations=10_000,
+        time_budget=3 / 16,
+        progress=False,
+        callbacks=[lambda record: clock.advance(1 / 16)],
+    )
     assert result.stopped == "time_budget" and len(result.history) == 4
     # Without a budget the same clock never stops a fit: it runs to its limit.
     result = fit(PointGaussian(), data, max_epochs=7, progress=False, callbacks=[lambda record: clock.advance(100.0)])
     assert result.stopped != "time_budget" and len(result.history) == 7
-
 
 
 class SlowPointGaussian(PointGaussian):
@@ -375,9 +402,19 @@ def test_time_budget_is_checked_within_a_long_epoch():
     assert result.history[0]["valid_log_prob_per_step"] is not None
     assert result.best_valid_log_prob_per_step == pytest.approx(score(model, valid).per_step)
 
+
 def _resume_options(run):
-    return dict(max_epochs=6, batch_size=3, learning_rate=0.1, final_learning_rate=0.01, checkpoint=run,
-                checkpoint_every=3, seed=7, progress=False, valid=_gaussian_data(seed=9, dtype=torch.float64))
+    return dict(
+        max_epochs=6,
+        batch_size=3,
+        learning_rate=0.1,
+        final_learning_rate=0.01,
+        checkpoint=run,
+        checkpoint_every=3,
+        seed=7,
+        progress=False,
+        valid=_gaussian_data(seed=9, dtype=torch.float64),
+    )
 
 
 def _interrupt_at_step_3(record):
@@ -391,8 +428,9 @@ def test_checkpoint_resume_reproduces_uninterrupted_run(tmp_path, average_decay)
     # would end elsewhere.
     data = _gaussian_data(dtype=torch.float64)
     reference = ConjugateGaussian().double()
-    reference_result = fit(reference, data, **_resume_options(RunDirectory.create(tmp_path / "reference")),
-                           average_decay=average_decay)
+    reference_result = fit(
+        reference, data, **_resume_options(RunDirectory.create(tmp_path / "reference")), average_decay=average_decay
+    )
 
     run = RunDirectory.create(tmp_path / "interrupted")
     interrupted = ConjugateGaussian().double()
@@ -401,8 +439,9 @@ def test_checkpoint_resume_reproduces_uninterrupted_run(tmp_path, average_decay)
     assert run.read_json("checkpoint")["step"] == 3
 
     resumed = ConjugateGaussian().double()
-    resumed_result = fit(resumed, data, **_resume_options(RunDirectory.open(run.path)), resume=True,
-                         average_decay=average_decay)
+    resumed_result = fit(
+        resumed, data, **_resume_options(RunDirectory.open(run.path)), resume=True, average_decay=average_decay
+    )
     assert [r["step"] for r in resumed_result.history] == list(range(1, 7))
     for name, value in reference.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
@@ -423,7 +462,8 @@ def test_checkpoint_resume_reproduces_uninterrupted_run(tmp_path, average_decay)
         fit(last_iterate, data, **_resume_options(None))
         assert not torch.equal(last_iterate.guide_loc, reference.guide_loc)
         assert reference_result.best_valid_log_prob_per_step == pytest.approx(
-            score(reference, _resume_options(None)["valid"], seed=7).per_step, abs=1e-12)
+            score(reference, _resume_options(None)["valid"], seed=7).per_step, abs=1e-12
+        )
 
 
 def test_resume_requires_a_checkpoint(tmp_path):
@@ -465,8 +505,15 @@ def test_em_plateau_rule_needs_patience_consecutive_small_gains():
 def test_em_restarts_keep_the_best(tmp_path):
     data = _mixture_data()
     model = SaddleRestartMixture(init_locs=(-1.0, 1.0))  # restart 0 is good, restarts 1, 2 sit at the saddle
-    result = fit(model, data, method="em", num_restarts=3, patience=5, progress=False,
-                 checkpoint=RunDirectory.create(tmp_path / "run"))
+    result = fit(
+        model,
+        data,
+        method="em",
+        num_restarts=3,
+        patience=5,
+        progress=False,
+        checkpoint=RunDirectory.create(tmp_path / "run"),
+    )
     assert len(result.restarts) == 3
     assert result.restarts[0] > result.restarts[1] + 10
     assert result.restarts[1] == pytest.approx(result.restarts[2])
@@ -503,15 +550,29 @@ def test_bad_arguments_raise(options, message):
 def test_nuts_is_a_method_but_needs_parameter_sites():
     # "nuts" is valid: the refusal names the model's missing priors, not the method.
     with pytest.raises(ValueError, match="no parameter sites"):
-        fit(PointGaussian(), _gaussian_data(), method="nuts", num_samples=5, warmup_steps=5, num_chains=1,
-            progress=False)
+        fit(
+            PointGaussian(),
+            _gaussian_data(),
+            method="nuts",
+            num_samples=5,
+            warmup_steps=5,
+            num_chains=1,
+            progress=False,
+        )
 
 
 def test_result_and_progress_bar(capsys):
     result = fit(PointGaussian(), _gaussian_data(), max_epochs=3, progress=True, description="toy fit")
     assert isinstance(result, FitResult) and result.seconds > 0
-    assert set(result.history[0]) == {"step", "objective", "objective_per_step", "valid_log_prob_per_step", "lr",
-                                      "seconds", "partial"}
+    assert set(result.history[0]) == {
+        "step",
+        "objective",
+        "objective_per_step",
+        "valid_log_prob_per_step",
+        "lr",
+        "seconds",
+        "partial",
+    }
     captured = capsys.readouterr()
     assert "toy fit" in captured.err and captured.out == ""
 
@@ -546,8 +607,9 @@ def test_em_does_not_stop_on_the_shannon_letters_plateau():
     data = load_data("builtin:letters").head(20_000)
     symbols = "".join(data.vocabulary.symbols)
     model = near_uniform_hmm(2, len(symbols), 0.01, torch.Generator().manual_seed(7))
-    result = fit(model, data.batch, method="em", max_iterations=1500, tolerance=1e-10, patience=50, progress=False,
-                 seed=7)
+    result = fit(
+        model, data.batch, method="em", max_iterations=1500, tolerance=1e-10, patience=50, progress=False, seed=7
+    )
     objectives = [r["objective"] for r in result.history]
     plateau = objectives[51]  # where the old rule stopped
     assert result.stopped == "converged" and len(objectives) > 150

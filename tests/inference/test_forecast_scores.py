@@ -28,13 +28,21 @@ def crps_by_integration(cdf, target: float, low: float, high: float, points: int
 
 def test_gaussian_crps_known_value_closed_form_and_monte_carlo():
     # CRPS(N(0, 1), 0) = 2 phi(0) - 1/sqrt(pi) = (sqrt(2) - 1) / sqrt(pi).
-    value = crps_gaussian(torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64),
-                          torch.tensor(0.0, dtype=torch.float64))
+    value = crps_gaussian(
+        torch.tensor(0.0, dtype=torch.float64),
+        torch.tensor(1.0, dtype=torch.float64),
+        torch.tensor(0.0, dtype=torch.float64),
+    )
     assert value.item() == pytest.approx((math.sqrt(2) - 1) / math.sqrt(math.pi), abs=1e-12)
     mean, scale, target = 1.5, 2.0, -0.7
-    closed = crps_gaussian(torch.tensor(mean, dtype=torch.float64), torch.tensor(scale, dtype=torch.float64),
-                           torch.tensor(target, dtype=torch.float64)).item()
-    normal = torch.distributions.Normal(torch.tensor(mean, dtype=torch.float64), torch.tensor(scale, dtype=torch.float64))
+    closed = crps_gaussian(
+        torch.tensor(mean, dtype=torch.float64),
+        torch.tensor(scale, dtype=torch.float64),
+        torch.tensor(target, dtype=torch.float64),
+    ).item()
+    normal = torch.distributions.Normal(
+        torch.tensor(mean, dtype=torch.float64), torch.tensor(scale, dtype=torch.float64)
+    )
     assert closed == pytest.approx(crps_by_integration(normal.cdf, target, -30, 30), abs=1e-6)
     # Monte Carlo: E|X - y| - E|X - X'| / 2 with independent draws; 400k draws give ~3e-3 error.
     generator = torch.Generator().manual_seed(0)
@@ -46,10 +54,17 @@ def test_gaussian_crps_known_value_closed_form_and_monte_carlo():
 
 def test_mixture_crps_reduces_to_the_gaussian_and_matches_the_integral():
     targets = torch.tensor([-1.0, 0.3, 4.0], dtype=torch.float64)
-    one = crps_gaussian_mixture(torch.ones(3, 1, dtype=torch.float64), torch.full((3, 1), 0.5, dtype=torch.float64),
-                                torch.full((3, 1), 1.3, dtype=torch.float64), targets)
-    assert torch.allclose(one, crps_gaussian(torch.tensor(0.5, dtype=torch.float64),
-                                             torch.tensor(1.3, dtype=torch.float64), targets), atol=1e-12)
+    one = crps_gaussian_mixture(
+        torch.ones(3, 1, dtype=torch.float64),
+        torch.full((3, 1), 0.5, dtype=torch.float64),
+        torch.full((3, 1), 1.3, dtype=torch.float64),
+        targets,
+    )
+    assert torch.allclose(
+        one,
+        crps_gaussian(torch.tensor(0.5, dtype=torch.float64), torch.tensor(1.3, dtype=torch.float64), targets),
+        atol=1e-12,
+    )
     weights = torch.tensor([0.3, 0.7], dtype=torch.float64)
     means = torch.tensor([-2.0, 1.0], dtype=torch.float64)
     scales = torch.tensor([0.5, 1.5], dtype=torch.float64)
@@ -69,8 +84,9 @@ def test_sample_crps_equals_the_all_pairs_formula_and_approaches_the_closed_form
     pairs = (samples.unsqueeze(0) - samples.unsqueeze(1)).abs()  # (S, S, 2, 3)
     to_target = (samples - targets).abs().mean(0)
     assert torch.allclose(crps_samples(samples, targets), to_target - 0.5 * pairs.mean((0, 1)), atol=1e-12)
-    assert torch.allclose(crps_samples(samples, targets, fair=True), to_target - 0.5 * pairs.sum((0, 1)) / (37 * 36),
-                          atol=1e-12)
+    assert torch.allclose(
+        crps_samples(samples, targets, fair=True), to_target - 0.5 * pairs.sum((0, 1)) / (37 * 36), atol=1e-12
+    )
     many = 0.4 + 2.0 * torch.randn(100_000, 1, generator=generator, dtype=torch.float64)
     target = torch.tensor([1.1], dtype=torch.float64)
     closed = crps_gaussian(torch.tensor(0.4, dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64), target)

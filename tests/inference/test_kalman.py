@@ -43,12 +43,12 @@ def random_system(state_dim: int, obs_dim: int, seed: int, dtype=torch.float64) 
 def joint_gaussian(params: tuple[torch.Tensor, ...], num_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense mean ``(T d + T p,)`` and covariance of ``(S_1..S_T, X_1..X_T)``."""
     transition, transition_cov, obs_matrix, obs_cov, initial_mean, initial_cov = params
-    state_dim, obs_dim = transition.shape[0], obs_matrix.shape[0]
+    state_dim = transition.shape[0]
     # S = M @ (S_1, w_2, ..., w_T) with M block lower-triangular of powers of A.
     mixing = torch.zeros(num_steps * state_dim, num_steps * state_dim, dtype=torch.float64)
     for t in range(num_steps):
         for s in range(t + 1):
-            mixing[t * state_dim:(t + 1) * state_dim, s * state_dim:(s + 1) * state_dim] = (
+            mixing[t * state_dim : (t + 1) * state_dim, s * state_dim : (s + 1) * state_dim] = (
                 torch.linalg.matrix_power(transition, t - s)
             )
     innovations_cov = torch.block_diag(initial_cov, *([transition_cov] * (num_steps - 1)))
@@ -57,10 +57,12 @@ def joint_gaussian(params: tuple[torch.Tensor, ...], num_steps: int) -> tuple[to
     state_cov = mixing @ innovations_cov @ mixing.T
     emit = torch.block_diag(*([obs_matrix] * num_steps))
     mean = torch.cat([state_mean, emit @ state_mean])
-    cov = torch.cat([
-        torch.cat([state_cov, state_cov @ emit.T], 1),
-        torch.cat([emit @ state_cov, emit @ state_cov @ emit.T + torch.block_diag(*([obs_cov] * num_steps))], 1),
-    ])
+    cov = torch.cat(
+        [
+            torch.cat([state_cov, state_cov @ emit.T], 1),
+            torch.cat([emit @ state_cov, emit @ state_cov @ emit.T + torch.block_diag(*([obs_cov] * num_steps))], 1),
+        ]
+    )
     return mean, cov
 
 
@@ -105,21 +107,24 @@ def test_matches_dense_joint_gaussian_with_missing(state_dim, obs_dim):
             torch.testing.assert_close(smoothed.smoothed_cov[n, t], post_cov[block, block], rtol=1e-8, atol=1e-8)
             if t > 0:
                 previous = slice((t - 1) * state_dim, t * state_dim)
-                torch.testing.assert_close(
-                    smoothed.lag_one_cov[n, t], post_cov[block, previous], rtol=1e-8, atol=1e-8
-                )
+                torch.testing.assert_close(smoothed.lag_one_cov[n, t], post_cov[block, previous], rtol=1e-8, atol=1e-8)
         assert torch.all(smoothed.lag_one_cov[n, 0] == 0)
         # The filtered moments at the last step are the smoothed ones; at t they condition on x_{1:t}.
         _, filt_mean, filt_cov = brute_force_posterior(
             params, torch.cat([observations[n, :3], torch.full_like(observations[n, 3:], float("nan"))])
         )
-        torch.testing.assert_close(filtered.filtered_mean[n, 2], filt_mean[2 * state_dim:3 * state_dim],
-                                   rtol=1e-8, atol=1e-8)
-        torch.testing.assert_close(filtered.predicted_mean[n, 3], filt_mean[3 * state_dim:4 * state_dim],
-                                   rtol=1e-8, atol=1e-8)
-        torch.testing.assert_close(filtered.filtered_cov[n, 2],
-                                   filt_cov[2 * state_dim:3 * state_dim, 2 * state_dim:3 * state_dim],
-                                   rtol=1e-8, atol=1e-8)
+        torch.testing.assert_close(
+            filtered.filtered_mean[n, 2], filt_mean[2 * state_dim : 3 * state_dim], rtol=1e-8, atol=1e-8
+        )
+        torch.testing.assert_close(
+            filtered.predicted_mean[n, 3], filt_mean[3 * state_dim : 4 * state_dim], rtol=1e-8, atol=1e-8
+        )
+        torch.testing.assert_close(
+            filtered.filtered_cov[n, 2],
+            filt_cov[2 * state_dim : 3 * state_dim, 2 * state_dim : 3 * state_dim],
+            rtol=1e-8,
+            atol=1e-8,
+        )
 
 
 @pytest.mark.parametrize("state_dim", [1, 4])
@@ -147,13 +152,16 @@ def test_matches_statsmodels(state_dim):
     expected_llf = float(result.llf_obs.sum())
     assert abs(float(filtered.log_normalizer[0]) - expected_llf) <= 1e-8 * abs(expected_llf)
     np.testing.assert_allclose(filtered.filtered_mean[0].numpy(), result.filtered_state.T, rtol=1e-8, atol=1e-9)
-    np.testing.assert_allclose(filtered.filtered_cov[0].numpy(), result.filtered_state_cov.transpose(2, 0, 1),
-                               rtol=1e-8, atol=1e-9)
-    np.testing.assert_allclose(filtered.predicted_mean[0].numpy(), result.predicted_state[:, :-1].T,
-                               rtol=1e-8, atol=1e-9)
+    np.testing.assert_allclose(
+        filtered.filtered_cov[0].numpy(), result.filtered_state_cov.transpose(2, 0, 1), rtol=1e-8, atol=1e-9
+    )
+    np.testing.assert_allclose(
+        filtered.predicted_mean[0].numpy(), result.predicted_state[:, :-1].T, rtol=1e-8, atol=1e-9
+    )
     np.testing.assert_allclose(smoothed.smoothed_mean[0].numpy(), result.smoothed_state.T, rtol=1e-8, atol=1e-9)
-    np.testing.assert_allclose(smoothed.smoothed_cov[0].numpy(), result.smoothed_state_cov.transpose(2, 0, 1),
-                               rtol=1e-8, atol=1e-9)
+    np.testing.assert_allclose(
+        smoothed.smoothed_cov[0].numpy(), result.smoothed_state_cov.transpose(2, 0, 1), rtol=1e-8, atol=1e-9
+    )
 
 
 def test_masked_batch_equals_one_by_one():
@@ -179,15 +187,18 @@ def test_masked_batch_equals_one_by_one():
             torch.testing.assert_close(ahead.state_mean[n, 0], params[4])
             torch.testing.assert_close(ahead.state_cov[n, 0], params[5])
             continue
-        single = observations[n:n + 1, valid]
+        single = observations[n : n + 1, valid]
         one = kalman_filter(*params, single)
         one_smoothed = rts_smoother(*params, single)
         one_ahead = forecast(*params, single, steps=3)
         torch.testing.assert_close(filtered.log_normalizer[n], one.log_normalizer[0], rtol=1e-12, atol=1e-12)
         for batch_value, single_value in (
-            (filtered.filtered_mean, one.filtered_mean), (filtered.filtered_cov, one.filtered_cov),
-            (filtered.predicted_mean, one.predicted_mean), (filtered.predicted_cov, one.predicted_cov),
-            (smoothed.smoothed_mean, one_smoothed.smoothed_mean), (smoothed.smoothed_cov, one_smoothed.smoothed_cov),
+            (filtered.filtered_mean, one.filtered_mean),
+            (filtered.filtered_cov, one.filtered_cov),
+            (filtered.predicted_mean, one.predicted_mean),
+            (filtered.predicted_cov, one.predicted_cov),
+            (smoothed.smoothed_mean, one_smoothed.smoothed_mean),
+            (smoothed.smoothed_cov, one_smoothed.smoothed_cov),
             (smoothed.lag_one_cov, one_smoothed.lag_one_cov),
         ):
             torch.testing.assert_close(batch_value[n, valid], single_value[0], rtol=1e-10, atol=1e-12)
@@ -221,8 +232,9 @@ def test_gradcheck_log_marginal():
         transition_cov = transition_root @ transition_root.T + 0.1 * eye
         initial_cov = initial_root @ initial_root.T + 0.1 * eye
         obs_cov = obs_log_scale.exp().reshape(1, 1)
-        return log_marginal(transition, transition_cov, obs_matrix, obs_cov, initial_mean, initial_cov,
-                            observations, lengths)
+        return log_marginal(
+            transition, transition_cov, obs_matrix, obs_cov, initial_mean, initial_cov, observations, lengths
+        )
 
     inputs = (
         params[0].clone().requires_grad_(),
@@ -243,13 +255,14 @@ def test_ffbs_matches_smoother():
     observations[0, 2] = float("nan")
     lengths = torch.tensor([5, 3])
     smoothed = rts_smoother(*params, observations, lengths)
-    samples = sample_states(*params, observations, lengths, num_samples=num_samples,
-                            generator=torch.Generator().manual_seed(0))
+    samples = sample_states(
+        *params, observations, lengths, num_samples=num_samples, generator=torch.Generator().manual_seed(0)
+    )
     assert samples.shape == (num_samples, 2, 5, state_dim)
     assert torch.all(samples[:, 1, 3:] == 0)
     sample_mean = samples.mean(0)
     std = smoothed.smoothed_cov.diagonal(dim1=-2, dim2=-1).sqrt()
-    assert torch.all((sample_mean - smoothed.smoothed_mean).abs() <= 6 * std / num_samples ** 0.5)
+    assert torch.all((sample_mean - smoothed.smoothed_mean).abs() <= 6 * std / num_samples**0.5)
     centred = samples - smoothed.smoothed_mean
     sample_cov = torch.einsum("snti,sntj->ntij", centred, centred) / num_samples
     # Var of a centred second moment is (S_ii S_jj + S_ij^2) / n for a Gaussian.
@@ -259,8 +272,9 @@ def test_ffbs_matches_smoother():
     assert torch.all((sample_cov - cov).abs() <= 6 * cov_std + 1e-12)
     # Lag-one covariance of consecutive sampled states.
     lag_sample = torch.einsum("si,sj->ij", centred[:, 0, 4], centred[:, 0, 3]) / num_samples
-    lag_std = ((var_diag[0, 4][:, None] * var_diag[0, 3][None, :] + smoothed.lag_one_cov[0, 4].square())
-               / num_samples).sqrt()
+    lag_std = (
+        (var_diag[0, 4][:, None] * var_diag[0, 3][None, :] + smoothed.lag_one_cov[0, 4].square()) / num_samples
+    ).sqrt()
     assert torch.all((lag_sample - smoothed.lag_one_cov[0, 4]).abs() <= 6 * lag_std)
 
 
@@ -285,8 +299,7 @@ def test_forecast_matches_brute_force_predictive():
     target = num_state + num_steps * obs_dim + torch.arange(obs_dim)
     values = extended.reshape(-1)[observed - num_state]
     cross = cov[target][:, observed]
-    solve = torch.linalg.solve(cov[observed][:, observed], torch.cat([(values - mean[observed])[:, None],
-                                                                          cross.T], 1))
+    solve = torch.linalg.solve(cov[observed][:, observed], torch.cat([(values - mean[observed])[:, None], cross.T], 1))
     expected_mean = mean[target] + cross @ solve[:, 0]
     expected_cov = cov[target][:, target] - cross @ solve[:, 1:]
     torch.testing.assert_close(ahead.observation_mean[0, 0], expected_mean, rtol=1e-8, atol=1e-8)
@@ -298,9 +311,14 @@ def _float32_local_level(num_steps: int) -> tuple[tuple[torch.Tensor, ...], torc
     level = torch.cumsum(0.1 * torch.randn(num_steps, generator=gen, dtype=torch.float64), 0)
     observations = (level + torch.randn(num_steps, generator=gen, dtype=torch.float64)).reshape(1, -1, 1)
     observations[0, ::97] = float("nan")  # gaps restart the full update (and the steady-state detection)
-    params64 = (torch.eye(1, dtype=torch.float64), torch.full((1, 1), 0.01, dtype=torch.float64),
-                torch.eye(1, dtype=torch.float64), torch.eye(1, dtype=torch.float64),
-                torch.zeros(1, dtype=torch.float64), torch.full((1, 1), 100.0, dtype=torch.float64))
+    params64 = (
+        torch.eye(1, dtype=torch.float64),
+        torch.full((1, 1), 0.01, dtype=torch.float64),
+        torch.eye(1, dtype=torch.float64),
+        torch.eye(1, dtype=torch.float64),
+        torch.zeros(1, dtype=torch.float64),
+        torch.full((1, 1), 100.0, dtype=torch.float64),
+    )
     return params64, observations
 
 
@@ -315,7 +333,9 @@ def _check_float32_run(num_steps: int, backend: str) -> None:
     assert isinstance(result32, KalmanFiltered) and result32.log_normalizer.dtype == torch.float32
     assert torch.all(result32.filtered_cov > 0) and torch.all(result32.predicted_cov > 0)
     assert torch.isfinite(result32.log_normalizer).all()
-    relative = abs(float(result32.log_normalizer) - float(result64.log_normalizer)) / abs(float(result64.log_normalizer))
+    relative = abs(float(result32.log_normalizer) - float(result64.log_normalizer)) / abs(
+        float(result64.log_normalizer)
+    )
     assert relative < 1e-4
 
 
@@ -338,11 +358,24 @@ def test_gradcheck_diffuse_log_marginal():
 
     def objective(transition, transition_root, obs_matrix, obs_log_scale):
         transition_cov = transition_root @ transition_root.T + 0.1 * torch.eye(2, dtype=torch.float64)
-        return log_marginal(transition, transition_cov, obs_matrix, obs_log_scale.exp().reshape(1, 1),
-                            params[4], params[5], observations, lengths, diffuse=True)
+        return log_marginal(
+            transition,
+            transition_cov,
+            obs_matrix,
+            obs_log_scale.exp().reshape(1, 1),
+            params[4],
+            params[5],
+            observations,
+            lengths,
+            diffuse=True,
+        )
 
-    inputs = (params[0].clone().requires_grad_(), torch.linalg.cholesky(params[1]).requires_grad_(),
-              params[2].clone().requires_grad_(), params[3].log().reshape(1).requires_grad_())
+    inputs = (
+        params[0].clone().requires_grad_(),
+        torch.linalg.cholesky(params[1]).requires_grad_(),
+        params[2].clone().requires_grad_(),
+        params[3].log().reshape(1).requires_grad_(),
+    )
     assert torch.autograd.gradcheck(objective, inputs)
 
 
@@ -444,8 +477,7 @@ def test_diffuse_equals_large_kappa_limit(backend):
     gen = torch.Generator().manual_seed(31)
     observations = _missing_pattern(torch.randn(3, num_steps, obs_dim, generator=gen, dtype=torch.float64) * 2)
     lengths = torch.tensor([12, 9, 6])
-    wide = (*params[:4], torch.zeros(state_dim, dtype=torch.float64),
-            kappa * torch.eye(state_dim, dtype=torch.float64))
+    wide = (*params[:4], torch.zeros(state_dim, dtype=torch.float64), kappa * torch.eye(state_dim, dtype=torch.float64))
     call = (lambda fn, p, *a, **k: fn(*p, *a, **k)) if backend == "numba" else _on_torch_path
     diffuse_filtered = call(kalman_filter, params, observations, lengths, diffuse=True)
     diffuse_smoothed = call(rts_smoother, params, observations, lengths, diffuse=True)
@@ -458,12 +490,18 @@ def test_diffuse_equals_large_kappa_limit(backend):
     for n, first in enumerate([1, 3, 1]):
         valid = slice(first, int(lengths[n]))
         assert torch.isnan(diffuse_filtered.filtered_mean[n, first - 1]).all()
-        for ours, wide_value in ((diffuse_filtered.filtered_mean, wide_filtered.filtered_mean),
-                                 (diffuse_filtered.filtered_cov, wide_filtered.filtered_cov),
-                                 (diffuse_filtered.step_log_likelihood[:, 1:], wide_filtered.step_log_likelihood[:, 1:])):
+        for ours, wide_value in (
+            (diffuse_filtered.filtered_mean, wide_filtered.filtered_mean),
+            (diffuse_filtered.filtered_cov, wide_filtered.filtered_cov),
+            (diffuse_filtered.step_log_likelihood[:, 1:], wide_filtered.step_log_likelihood[:, 1:]),
+        ):
             torch.testing.assert_close(ours[n, valid], wide_value[n, valid], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(diffuse_filtered.predicted_mean[n, first + 1:int(lengths[n])],
-                                   wide_filtered.predicted_mean[n, first + 1:int(lengths[n])], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            diffuse_filtered.predicted_mean[n, first + 1 : int(lengths[n])],
+            wide_filtered.predicted_mean[n, first + 1 : int(lengths[n])],
+            rtol=1e-5,
+            atol=1e-5,
+        )
     for ours, wide_value in zip(diffuse_smoothed[1:], wide_smoothed[1:]):
         torch.testing.assert_close(ours, wide_value, rtol=1e-5, atol=1e-5)
     ahead = forecast(*params, observations, lengths, steps=2, diffuse=True)
@@ -499,9 +537,9 @@ def test_step_log_likelihood_is_prefix_increment(diffuse):
     observations[0, 5, 1] = float("nan")
     filtered = kalman_filter(*params, observations, diffuse=diffuse)
     # log p(x_{1:t}) from the filter run on each prefix (here both steps of x_1 identify s_1).
-    prefixes = torch.stack([
-        log_marginal(*params, observations, torch.tensor([t]), diffuse=diffuse)[0] for t in range(1, num_steps + 1)
-    ])
+    prefixes = torch.stack(
+        [log_marginal(*params, observations, torch.tensor([t]), diffuse=diffuse)[0] for t in range(1, num_steps + 1)]
+    )
     increments = torch.diff(prefixes, prepend=prefixes.new_zeros(1))
     torch.testing.assert_close(filtered.step_log_likelihood[0], increments, rtol=1e-10, atol=1e-10)
     assert float(filtered.step_log_likelihood[0, 3]) == 0.0
@@ -548,11 +586,17 @@ def test_diffuse_ffbs_matches_smoother():
     observations[0, 2] = float("nan")
     lengths = torch.tensor([6, 4])
     smoothed = rts_smoother(*params, observations, lengths, diffuse=True)
-    samples = sample_states(*params, observations, lengths, num_samples=num_samples,
-                            generator=torch.Generator().manual_seed(1), diffuse=True)
+    samples = sample_states(
+        *params,
+        observations,
+        lengths,
+        num_samples=num_samples,
+        generator=torch.Generator().manual_seed(1),
+        diffuse=True,
+    )
     assert torch.all(samples[:, 1, 4:] == 0)
     std = smoothed.smoothed_cov.diagonal(dim1=-2, dim2=-1).sqrt()
-    assert torch.all((samples.mean(0) - smoothed.smoothed_mean).abs() <= 6 * std / num_samples ** 0.5)
+    assert torch.all((samples.mean(0) - smoothed.smoothed_mean).abs() <= 6 * std / num_samples**0.5)
     centred = samples - smoothed.smoothed_mean
     sample_cov = torch.einsum("snti,sntj->ntij", centred, centred) / num_samples
     cov = smoothed.smoothed_cov
@@ -573,17 +617,27 @@ def test_parallel_matches_sequential(state_dim, obs_dim, diffuse):
     observations = observations[:, :45]
     observations[0, 20:23] = float("nan")
     lengths = torch.tensor([45, 33, 18])
-    sequential = (kalman_filter(*params, observations, lengths, diffuse=diffuse),
-                  rts_smoother(*params, observations, lengths, diffuse=diffuse))
-    parallel = (kalman_filter(*params, observations, lengths, diffuse=diffuse, method="parallel"),
-                rts_smoother(*params, observations, lengths, diffuse=diffuse, method="parallel"))
+    sequential = (
+        kalman_filter(*params, observations, lengths, diffuse=diffuse),
+        rts_smoother(*params, observations, lengths, diffuse=diffuse),
+    )
+    parallel = (
+        kalman_filter(*params, observations, lengths, diffuse=diffuse, method="parallel"),
+        rts_smoother(*params, observations, lengths, diffuse=diffuse, method="parallel"),
+    )
     for ours_result, reference_result in zip(parallel, sequential):
         for ours, reference in zip(ours_result, reference_result):
             torch.testing.assert_close(ours, reference, rtol=1e-8, atol=1e-8, equal_nan=True)
-    torch.testing.assert_close(log_marginal(*params, observations, lengths, diffuse=diffuse, method="parallel"),
-                               sequential[0].log_normalizer, rtol=1e-10, atol=1e-10)
-    for ours, reference in zip(forecast(*params, observations, lengths, steps=2, diffuse=diffuse, method="parallel"),
-                               forecast(*params, observations, lengths, steps=2, diffuse=diffuse)):
+    torch.testing.assert_close(
+        log_marginal(*params, observations, lengths, diffuse=diffuse, method="parallel"),
+        sequential[0].log_normalizer,
+        rtol=1e-10,
+        atol=1e-10,
+    )
+    for ours, reference in zip(
+        forecast(*params, observations, lengths, steps=2, diffuse=diffuse, method="parallel"),
+        forecast(*params, observations, lengths, steps=2, diffuse=diffuse),
+    ):
         torch.testing.assert_close(ours, reference, rtol=1e-8, atol=1e-8)
 
 
@@ -612,17 +666,38 @@ def test_gradcheck_parallel_log_marginal():
 
     def objective(transition, transition_root, obs_matrix, initial_mean):
         transition_cov = transition_root @ transition_root.T + 0.1 * torch.eye(2, dtype=torch.float64)
-        return log_marginal(transition, transition_cov, obs_matrix, params[3], initial_mean, params[5],
-                            observations, lengths, method="parallel")
+        return log_marginal(
+            transition,
+            transition_cov,
+            obs_matrix,
+            params[3],
+            initial_mean,
+            params[5],
+            observations,
+            lengths,
+            method="parallel",
+        )
 
-    inputs = (params[0].clone().requires_grad_(), torch.linalg.cholesky(params[1]).requires_grad_(),
-              params[2].clone().requires_grad_(), params[4].clone().requires_grad_())
+    inputs = (
+        params[0].clone().requires_grad_(),
+        torch.linalg.cholesky(params[1]).requires_grad_(),
+        params[2].clone().requires_grad_(),
+        params[4].clone().requires_grad_(),
+    )
     assert torch.autograd.gradcheck(objective, inputs)
     # The same gradient as the sequential torch loop.
     with torch.enable_grad():
         parallel_grad = torch.autograd.grad(objective(*inputs).sum(), inputs)
-        sequential = log_marginal(inputs[0], inputs[1] @ inputs[1].T + 0.1 * torch.eye(2, dtype=torch.float64),
-                                  inputs[2], params[3], inputs[3], params[5], observations, lengths)
+        sequential = log_marginal(
+            inputs[0],
+            inputs[1] @ inputs[1].T + 0.1 * torch.eye(2, dtype=torch.float64),
+            inputs[2],
+            params[3],
+            inputs[3],
+            params[5],
+            observations,
+            lengths,
+        )
         sequential_grad = torch.autograd.grad(sequential.sum(), inputs)
     for ours, reference in zip(parallel_grad, sequential_grad):
         torch.testing.assert_close(ours, reference, rtol=1e-8, atol=1e-10)
@@ -662,11 +737,13 @@ def _kernel_inputs(leaves, cov_form: str):
     """The kernel's arguments from unconstrained leaves: roots (full) or log-variances (diagonal)."""
     transition, transition_cov, obs_matrix, obs_cov, initial_mean, initial_cov, observations = leaves
     if cov_form == "diag":
-        transition_cov, obs_cov, initial_cov = (torch.diag_embed(value.exp())
-                                                for value in (transition_cov, obs_cov, initial_cov))
+        transition_cov, obs_cov, initial_cov = (
+            torch.diag_embed(value.exp()) for value in (transition_cov, obs_cov, initial_cov)
+        )
     else:
-        transition_cov, obs_cov, initial_cov = (root @ root.transpose(-1, -2)
-                                                for root in (transition_cov, obs_cov, initial_cov))
+        transition_cov, obs_cov, initial_cov = (
+            root @ root.transpose(-1, -2) for root in (transition_cov, obs_cov, initial_cov)
+        )
     return transition, transition_cov, obs_matrix, obs_cov, initial_mean, initial_cov, observations
 
 
@@ -682,20 +759,29 @@ def test_smoother_gradient_matches_torch_loop(diffuse, cov_form, per_sequence):
         covs = [torch.linalg.cholesky(value) for value in (params[1], params[3], params[5])]
     leaves = [params[0], covs[0], params[2], covs[1], params[4], covs[2], observations]
     if per_sequence:  # a parameter per sequence: the gradient is that sequence's alone
-        leaves[:6] = [value.expand(3, *value.shape) * (1.0 + 0.1 * torch.arange(3.0, dtype=torch.float64)
-                                                         ).reshape(3, *(1,) * value.dim()) for value in leaves[:6]]
+        leaves[:6] = [
+            value.expand(3, *value.shape)
+            * (1.0 + 0.1 * torch.arange(3.0, dtype=torch.float64)).reshape(3, *(1,) * value.dim())
+            for value in leaves[:6]
+        ]
     weights = torch.tensor([0.7, -1.3, 2.1], dtype=torch.float64)  # a non-uniform upstream gradient
     gradients = {}
     for method in ("auto", "sequential"):  # auto: numba + smoother; sequential: the torch loop
         inputs = [value.clone().requires_grad_() for value in leaves]
-        value = log_marginal(*_kernel_inputs(inputs, cov_form), lengths,
-                             diffuse=diffuse, method=method)
+        value = log_marginal(*_kernel_inputs(inputs, cov_form), lengths, diffuse=diffuse, method=method)
         grads = torch.autograd.grad((weights * value).sum(), inputs, allow_unused=True)
         gradients[method] = [torch.zeros_like(leaf) if grad is None else grad for leaf, grad in zip(leaves, grads)]
         gradients[method + " value"] = value.detach()
     torch.testing.assert_close(gradients["auto value"], gradients["sequential value"], rtol=1e-12, atol=1e-10)
-    names = ["transition_matrix", "transition_cov", "observation_matrix", "observation_cov",
-             "initial_mean", "initial_cov", "observations"]
+    names = [
+        "transition_matrix",
+        "transition_cov",
+        "observation_matrix",
+        "observation_cov",
+        "initial_mean",
+        "initial_cov",
+        "observations",
+    ]
     for name, ours, reference in zip(names, gradients["auto"], gradients["sequential"]):
         reference = torch.nan_to_num(reference)
         scale = reference.abs().max()
@@ -716,8 +802,10 @@ def test_gradcheck_smoother_gradient(diffuse):
     state_dim, obs_dim = 2, 2
     params, observations, lengths = _gradient_problem(5, state_dim, obs_dim)
     roots = [torch.linalg.cholesky(value) for value in (params[1], params[3], params[5])]
-    inputs = tuple(value.clone().requires_grad_()
-                   for value in (params[0], roots[0], params[2], roots[1], params[4], roots[2], observations))
+    inputs = tuple(
+        value.clone().requires_grad_()
+        for value in (params[0], roots[0], params[2], roots[1], params[4], roots[2], observations)
+    )
 
     def objective(*leaves):
         return log_marginal(*_kernel_inputs(leaves, "full"), lengths, diffuse=diffuse)
@@ -736,8 +824,9 @@ def test_smoother_gradient_float32_and_steady_state():
     reference = [value.clone().requires_grad_() for value in params]
     log_marginal(*reference, observations, method="sequential").sum().backward()
     # Covariances are read through their symmetric part: compare with the loop's symmetrised gradient.
-    expected_grads = [0.5 * (value.grad + value.grad.T) if index in (1, 3, 5) else value.grad
-                      for index, value in enumerate(reference)]
+    expected_grads = [
+        0.5 * (value.grad + value.grad.T) if index in (1, 3, 5) else value.grad for index, value in enumerate(reference)
+    ]
     for ours, expected in zip(leaves, expected_grads):
         torch.testing.assert_close(ours.grad, expected, rtol=1e-8, atol=1e-10)
     leaves32 = [value.detach().float().requires_grad_() for value in params]
@@ -756,8 +845,9 @@ def test_gradient_fit_of_nile_reaches_the_em_optimum():
     values = torch.as_tensor(volume).reshape(1, -1, 1)
     model = LinearGaussianSSM.local_level(level_var=1.0, noise_var=1.0, dtype=torch.float64)
     parameters = [value for value in model.parameters() if value.requires_grad]
-    optimizer = torch.optim.LBFGS(parameters, lr=1.0, max_iter=200, tolerance_grad=1e-10,
-                                  tolerance_change=1e-14, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        parameters, lr=1.0, max_iter=200, tolerance_grad=1e-10, tolerance_change=1e-14, line_search_fn="strong_wolfe"
+    )
 
     def closure():
         optimizer.zero_grad()
@@ -789,7 +879,7 @@ def test_fused_gradient_batch_equals_one_by_one(diffuse):
     assert values[2] == 0 and all(value.grad[2].abs().max() == 0 for value in per_sequence)
     for n in (0, 1, 3):
         alone = [value[n].detach().clone().requires_grad_() for value in per_sequence]
-        value = log_marginal(*alone, observations[n:n + 1], lengths[n:n + 1], diffuse=diffuse)
+        value = log_marginal(*alone, observations[n : n + 1], lengths[n : n + 1], diffuse=diffuse)
         value.sum().backward()
         torch.testing.assert_close(values[n].detach(), value[0].detach(), rtol=1e-12, atol=1e-12)
         for ours, reference in zip(per_sequence, alone):
@@ -834,8 +924,11 @@ def test_smoother_gradient_with_a_broken_steady_state_matches_torch_loop(steady_
     prepared = _common._prepare(*params, observations, lengths)
     epochs = _numba._numba_filter(prepared, False, True, True).steady_epoch
     assert int(epochs[0].max()) >= 3 and (epochs > 0).sum() > 500  # three epochs in sequence 0
-    leaves = [params[0], *(torch.linalg.cholesky(params[index]) if index in (1, 3, 5) else params[index]
-                           for index in range(1, 6)), observations]
+    leaves = [
+        params[0],
+        *(torch.linalg.cholesky(params[index]) if index in (1, 3, 5) else params[index] for index in range(1, 6)),
+        observations,
+    ]
     weights = torch.tensor([0.6, -1.7], dtype=torch.float64)
     gradients = {}
     for method in ("auto", "sequential"):
@@ -863,14 +956,25 @@ def test_compact_smoother_sums_equal_the_stored_smoother():
     arrays = [_numba._as_numpy(value) for value in prepared[:7]]
     num_seq, num_steps, dim = 2, 400, 3
     lengths_np = lengths.numpy()
-    filtered = {name: np.empty(shape) for name, shape in (
-        ("step_ll", (num_seq, num_steps)), ("final_mean", (num_seq, dim)), ("final_cov", (num_seq, dim, dim)),
-        ("final_basis", (num_seq, dim, dim)), ("final_info_matrix", (num_seq, dim, dim)),
-        ("final_info_vector", (num_seq, dim)), ("predicted_mean", (num_seq, num_steps, dim)),
-        ("predicted_cov", (num_seq, num_steps, dim, dim)), ("filtered_mean", (num_seq, num_steps, dim)),
-        ("filtered_cov", (num_seq, num_steps, dim, dim)), ("predicted_basis", (num_seq, 0, dim, dim)),
-        ("filtered_basis", (num_seq, 0, dim, dim)), ("info_matrix", (num_seq, 0, dim, dim)),
-        ("info_vector", (num_seq, 0, dim)))}
+    filtered = {
+        name: np.empty(shape)
+        for name, shape in (
+            ("step_ll", (num_seq, num_steps)),
+            ("final_mean", (num_seq, dim)),
+            ("final_cov", (num_seq, dim, dim)),
+            ("final_basis", (num_seq, dim, dim)),
+            ("final_info_matrix", (num_seq, dim, dim)),
+            ("final_info_vector", (num_seq, dim)),
+            ("predicted_mean", (num_seq, num_steps, dim)),
+            ("predicted_cov", (num_seq, num_steps, dim, dim)),
+            ("filtered_mean", (num_seq, num_steps, dim)),
+            ("filtered_cov", (num_seq, num_steps, dim, dim)),
+            ("predicted_basis", (num_seq, 0, dim, dim)),
+            ("filtered_basis", (num_seq, 0, dim, dim)),
+            ("info_matrix", (num_seq, 0, dim, dim)),
+            ("info_vector", (num_seq, 0, dim)),
+        )
+    }
     filtered["predicted_cov"][:] = np.nan  # the compact filter must not need what it did not write
     filtered["filtered_cov"][:] = np.nan
     steady_epoch = np.zeros((num_seq, num_steps), np.int64)
@@ -878,8 +982,21 @@ def test_compact_smoother_sums_equal_the_stored_smoother():
     slot = np.full((num_seq, num_steps), -1, np.int64)
     num_incomplete = np.zeros(1, np.int64)
     status = np.zeros(num_seq, np.int64)
-    _numba._filter_kernel(*arrays[:6], arrays[6], lengths_np, False, _common._STEADY_TOL, True, True,
-                         *filtered.values(), steady_epoch, cov_source, slot, num_incomplete, status)
+    _numba._filter_kernel(
+        *arrays[:6],
+        arrays[6],
+        lengths_np,
+        False,
+        _common._STEADY_TOL,
+        True,
+        True,
+        *filtered.values(),
+        steady_epoch,
+        cov_source,
+        slot,
+        num_incomplete,
+        status,
+    )
     valid = np.arange(num_steps) < lengths_np[:, None]
     steady = steady_epoch > 0
     assert (cov_source[valid & steady] != np.nonzero(valid & steady)[1]).sum() > 500  # epochs are shared
@@ -890,15 +1007,31 @@ def test_compact_smoother_sums_equal_the_stored_smoother():
     incomplete_cov = np.empty((int(incomplete.sum()), dim, dim))
     smoothed_mean = np.empty((num_seq, num_steps, dim))
     sums = [np.zeros((num_seq, dim, dim)) for _ in range(4)]
-    _numba._smoother_sums_kernel(arrays[0], filtered["filtered_mean"], filtered["filtered_cov"],
-                                filtered["predicted_mean"], filtered["predicted_cov"], cov_source, lengths_np,
-                                steady_epoch, _common._SMOOTHER_STEADY_TOL, slot, smoothed_mean, incomplete_cov,
-                                *sums, status)
+    _numba._smoother_sums_kernel(
+        arrays[0],
+        filtered["filtered_mean"],
+        filtered["filtered_cov"],
+        filtered["predicted_mean"],
+        filtered["predicted_cov"],
+        cov_source,
+        lengths_np,
+        steady_epoch,
+        _common._SMOOTHER_STEADY_TOL,
+        slot,
+        smoothed_mean,
+        incomplete_cov,
+        *sums,
+        status,
+    )
     assert not status.any()
     smoothed_cov, lag_one_cov = smoothed_cov.numpy(), lag_one_cov.numpy()
     for n, length in enumerate(lengths_np):
-        expected = [smoothed_cov[n, :length].sum(0), smoothed_cov[n, 0], smoothed_cov[n, length - 1],
-                    lag_one_cov[n, 1:length].sum(0)]
+        expected = [
+            smoothed_cov[n, :length].sum(0),
+            smoothed_cov[n, 0],
+            smoothed_cov[n, length - 1],
+            lag_one_cov[n, 1:length].sum(0),
+        ]
         for ours, reference in zip(sums, expected):
             np.testing.assert_allclose(ours[n], reference, rtol=1e-12, atol=1e-12 * np.abs(reference).max())
     np.testing.assert_allclose(incomplete_cov, smoothed_cov[incomplete], rtol=1e-12, atol=0)

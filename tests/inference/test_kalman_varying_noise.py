@@ -47,7 +47,7 @@ def dense_joint(A, Q, m0, P0, R, observed):
             total = powers[s] @ P0 @ powers[t].T
             for j in range(1, min(s, t) + 1):
                 total = total + powers[s - j] @ Q @ powers[t - j].T
-            state_cov[s * d:(s + 1) * d, t * d:(t + 1) * d] = total
+            state_cov[s * d : (s + 1) * d, t * d : (t + 1) * d] = total
     picks = torch.cat([torch.arange(t * d, (t + 1) * d) for t in range(T) if observed[t]])
     noise = torch.block_diag(*[R[t] for t in range(T) if observed[t]])
     obs_cov = state_cov[picks][:, picks] + noise
@@ -68,7 +68,7 @@ def test_varying_noise_equals_a_dense_gaussian(observed):
     posterior_mean = (state_mean + gain @ (y_obs - obs_mean)).reshape(5, 2)
     posterior_cov = state_cov - gain @ cross.T
     assert torch.allclose(out.smoothed_mean, posterior_mean, atol=1e-9)
-    blocks = torch.stack([posterior_cov[2 * t:2 * t + 2, 2 * t:2 * t + 2] for t in range(5)])
+    blocks = torch.stack([posterior_cov[2 * t : 2 * t + 2, 2 * t : 2 * t + 2] for t in range(5)])
     assert torch.allclose(out.smoothed_cov, blocks, atol=1e-9)
     # the filtered moments at the last step are the smoothed ones; and at step 2, the posterior given y_{0..2}
     assert torch.allclose(out.filtered_mean[-1], out.smoothed_mean[-1])

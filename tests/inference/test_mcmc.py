@@ -54,8 +54,17 @@ def run_three_state(num_samples, warmup_steps, seed=0):
     batch, states = truth.sample_with_states(5, 60, generator=torch.Generator().manual_seed(1))
     model = GaussianHMM(3, 1).double()
     fit(model, batch, method="em", max_iterations=100, progress=False, seed=seed)  # chains start at the MAP
-    result = fit(model, batch, method="nuts", num_samples=num_samples, warmup_steps=warmup_steps, num_chains=4,
-                 seed=seed, progress=False, initialize=False)
+    result = fit(
+        model,
+        batch,
+        method="nuts",
+        num_samples=num_samples,
+        warmup_steps=warmup_steps,
+        num_chains=4,
+        seed=seed,
+        progress=False,
+        initialize=False,
+    )
     return truth, batch, states, model, result
 
 
@@ -161,16 +170,26 @@ class TwoStateChain(SequenceModel):
     def model(self, batch):
         transition = pyro.sample("transition", self.parameter_sites()["transition"])
         with sequence_plate(batch):
-            pyro.factor("observations", discrete.log_marginal(
-                torch.full((2,), -math.log(2), dtype=torch.float64), transition.log(),
-                self._log_emission(batch.values), batch.lengths))
+            pyro.factor(
+                "observations",
+                discrete.log_marginal(
+                    torch.full((2,), -math.log(2), dtype=torch.float64),
+                    transition.log(),
+                    self._log_emission(batch.values),
+                    batch.lengths,
+                ),
+            )
 
     def guide(self, batch):
         pyro.sample("transition", dist.Delta(self.transition, event_dim=2))
 
     def log_prob(self, values, lengths=None):
-        return discrete.log_marginal(torch.full((2,), -math.log(2), dtype=torch.float64), self.transition.log(),
-                                     self._log_emission(values), lengths)
+        return discrete.log_marginal(
+            torch.full((2,), -math.log(2), dtype=torch.float64),
+            self.transition.log(),
+            self._log_emission(values),
+            lengths,
+        )
 
     def sample(self, num_sequences, length, generator=None):
         states = torch.empty(num_sequences, length, dtype=torch.long)
@@ -195,8 +214,11 @@ def quadrature_posterior(batch):
     transition = torch.stack([torch.stack([a, 1 - a], -1), torch.stack([1 - b, b], -1)], -2)  # (G^2, 2, 2)
     log_emission = dist.Normal(torch.tensor([-1.0, 1.0], dtype=torch.float64), 1.0).log_prob(batch.values.unsqueeze(-1))
     log_like = sum(
-        discrete.log_marginal(torch.full((2,), -math.log(2), dtype=torch.float64), transition.log(),
-                              sequence.expand(GRID * GRID, *sequence.shape))
+        discrete.log_marginal(
+            torch.full((2,), -math.log(2), dtype=torch.float64),
+            transition.log(),
+            sequence.expand(GRID * GRID, *sequence.shape),
+        )
         for sequence in log_emission  # (T, 2) each
     )
     weights = torch.softmax(log_like, 0)  # flat prior
@@ -282,8 +304,17 @@ def test_simulation_based_calibration_of_nuts():
 
     def draws(batch, count, replication):
         model = TwoStateChain()
-        result = fit(model, batch, method="nuts", num_samples=180, warmup_steps=100, num_chains=1,
-                     progress=False, seed=replication, sample_states=False)
+        result = fit(
+            model,
+            batch,
+            method="nuts",
+            num_samples=180,
+            warmup_steps=100,
+            num_chains=1,
+            progress=False,
+            seed=replication,
+            sample_states=False,
+        )
         kept = result.mcmc.draws["transition"][0, 19::20][:count]
         return kept[:, 0, 0], kept[:, 1, 1]
 
@@ -312,8 +343,16 @@ def local_level_run(num_sequences, length, num_samples, warmup_steps, num_chains
     truth = LinearGaussianSSM.local_level(level_var=0.5, noise_var=1.0, dtype=torch.float64)
     batch = truth.sample(num_sequences, length, generator=torch.Generator().manual_seed(0))
     model = LinearGaussianSSM.local_level(level_var=1.0, noise_var=1.0, dtype=torch.float64)
-    result = fit(model, batch, method="nuts", num_samples=num_samples, warmup_steps=warmup_steps,
-                 num_chains=num_chains, progress=False, initialize=False)
+    result = fit(
+        model,
+        batch,
+        method="nuts",
+        num_samples=num_samples,
+        warmup_steps=warmup_steps,
+        num_chains=num_chains,
+        progress=False,
+        initialize=False,
+    )
     return truth, batch, model, result
 
 
@@ -339,8 +378,16 @@ def local_level_sbc_ranks(num_replications, num_posterior_draws, grid_size, seed
     one = torch.ones(1, 1, dtype=torch.float64)
 
     def build(level_var):
-        return LinearGaussianSSM.from_params(one, one, level_var * one, one, torch.zeros(1, dtype=torch.float64),
-                                             one, learn=("transition_cov",), transition_cov_type="diag")
+        return LinearGaussianSSM.from_params(
+            one,
+            one,
+            level_var * one,
+            one,
+            torch.zeros(1, dtype=torch.float64),
+            one,
+            learn=("transition_cov",),
+            transition_cov_type="diag",
+        )
 
     generator = torch.Generator().manual_seed(seed)
     model = build(1.0)
@@ -355,13 +402,17 @@ def local_level_sbc_ranks(num_replications, num_posterior_draws, grid_size, seed
         true_value = (inverse_gamma.rate / -torch.log1p(-uniform)).reshape(1)
         model.set_parameter_values({"transition_var": true_value})
         batch = model.sample(1, 20, generator=generator)
-        log_post = torch.stack([
-            _local_level_log_likelihood(model, batch, value) for value in grid
-        ]) + prior.log_prob(grid.reshape(-1, 1)) + log_grid  # density on the log scale
+        log_post = (
+            torch.stack([_local_level_log_likelihood(model, batch, value) for value in grid])
+            + prior.log_prob(grid.reshape(-1, 1))
+            + log_grid
+        )  # density on the log scale
         weights = torch.softmax(log_post, 0)
         cells = torch.multinomial(weights, num_posterior_draws, replacement=True, generator=generator)
         step = float(log_grid[1] - log_grid[0])
-        draws = (log_grid[cells] + (torch.rand(num_posterior_draws, generator=generator, dtype=torch.float64) - 0.5) * step).exp()
+        draws = (
+            log_grid[cells] + (torch.rand(num_posterior_draws, generator=generator, dtype=torch.float64) - 0.5) * step
+        ).exp()
         ranks.append([int((draws < true_value).sum())])
     return np.array(ranks)
 
@@ -404,17 +455,23 @@ def test_potential_without_the_trace_equals_pyros(config):
     from pyro.infer.autoguide.initialization import init_to_value
 
     _, pyro_energy, pyro_transforms, _ = initialize_model(
-        model.model, (batch,), max_plate_nesting=1, init_strategy=init_to_value(values=model.parameter_values()))
+        model.model, (batch,), max_plate_nesting=1, init_strategy=init_to_value(values=model.parameter_values())
+    )
     generator = torch.Generator().manual_seed(1)
     for _ in range(3):
-        point = {name: (transforms[name](value) + 0.3 * torch.randn(transforms[name](value).shape, generator=generator,
-                                                                    dtype=torch.float64)).requires_grad_()
-                 for name, value in model.parameter_values().items()}
+        point = {
+            name: (
+                transforms[name](value)
+                + 0.3 * torch.randn(transforms[name](value).shape, generator=generator, dtype=torch.float64)
+            ).requires_grad_()
+            for name, value in model.parameter_values().items()
+        }
         ours = energy(point)
         reference = pyro_energy(point)
         torch.testing.assert_close(ours, reference, rtol=1e-10, atol=1e-9)
-        for ours_grad, reference_grad in zip(torch.autograd.grad(ours, list(point.values())),
-                                             torch.autograd.grad(reference, list(point.values()))):
+        for ours_grad, reference_grad in zip(
+            torch.autograd.grad(ours, list(point.values())), torch.autograd.grad(reference, list(point.values()))
+        ):
             torch.testing.assert_close(ours_grad, reference_grad, rtol=1e-8, atol=1e-8)
     assert set(transforms) == set(pyro_transforms)
     sampled = LinearGaussianSSM(1, 1, latent="sampled").double()
@@ -427,9 +484,22 @@ def _tiny_runs(make_model, batch, **options):
     results = []
     for num_workers in (1, 2):
         model = make_model()
-        results.append(fit(model, batch, method="nuts", num_samples=15, warmup_steps=15, num_chains=2, seed=3,
-                           progress=False, initialize=False, max_tree_depth=4, num_workers=num_workers,
-                           **options))
+        results.append(
+            fit(
+                model,
+                batch,
+                method="nuts",
+                num_samples=15,
+                warmup_steps=15,
+                num_chains=2,
+                seed=3,
+                progress=False,
+                initialize=False,
+                max_tree_depth=4,
+                num_workers=num_workers,
+                **options,
+            )
+        )
     return results
 
 
@@ -461,7 +531,8 @@ def test_parallel_chains_give_the_serial_draws_through_the_direct_potential():
         return LinearGaussianSSM.local_level(level_var=1.0, noise_var=1.0, dtype=torch.float64)
 
     batch = LinearGaussianSSM.local_level(level_var=0.5, noise_var=1.0, dtype=torch.float64).sample(
-        2, 20, generator=torch.Generator().manual_seed(0))
+        2, 20, generator=torch.Generator().manual_seed(0)
+    )
     serial, parallel = _tiny_runs(make, batch, sample_states=False)
     _assert_same_draws(serial, parallel)
 
@@ -490,8 +561,17 @@ def test_an_exception_in_a_worker_is_reraised_naming_its_chain():
     batch = TwoStateChain().sample(1, 10, generator=torch.Generator().manual_seed(0))
     for num_workers in (2, 1):  # the same exception and note in a worker and in this process
         with pytest.raises(ValueError, match="the likelihood failed") as caught:
-            fit(FailingChain(), batch, method="nuts", num_samples=5, warmup_steps=5, num_chains=2, seed=0,
-                progress=False, num_workers=num_workers)
+            fit(
+                FailingChain(),
+                batch,
+                method="nuts",
+                num_samples=5,
+                warmup_steps=5,
+                num_chains=2,
+                seed=0,
+                progress=False,
+                num_workers=num_workers,
+            )
         assert any("NUTS chain 1" in note for note in caught.value.__notes__)
         if num_workers == 2:
             assert "the likelihood failed" in str(caught.value.__cause__)  # the worker's traceback
@@ -513,9 +593,19 @@ def test_an_exception_that_does_not_pickle_becomes_a_chain_error():
     from inference.mcmc import ChainError
 
     batch = TwoStateChain().sample(1, 10, generator=torch.Generator().manual_seed(0))
-    with pytest.raises(ChainError, match=r"NUTS chain 1 failed in a worker process: UnpicklableError: a failure") as caught:
-        fit(UnpicklableFailure(), batch, method="nuts", num_samples=5, warmup_steps=5, num_chains=2, progress=False,
-            num_workers=2)
+    with pytest.raises(
+        ChainError, match=r"NUTS chain 1 failed in a worker process: UnpicklableError: a failure"
+    ) as caught:
+        fit(
+            UnpicklableFailure(),
+            batch,
+            method="nuts",
+            num_samples=5,
+            warmup_steps=5,
+            num_chains=2,
+            progress=False,
+            num_workers=2,
+        )
     assert caught.value.chain == 1
 
 
@@ -548,8 +638,18 @@ def _long_run(num_workers=2):
 
     model = LinearGaussianSSM.local_level(level_var=1.0, noise_var=1.0, dtype=torch.float64)
     batch = model.sample(1, 20, generator=torch.Generator().manual_seed(0))
-    fit(model, batch, method="nuts", num_samples=100_000, warmup_steps=10, num_chains=2, progress=False,
-        initialize=False, num_workers=num_workers, sample_states=False)
+    fit(
+        model,
+        batch,
+        method="nuts",
+        num_samples=100_000,
+        warmup_steps=10,
+        num_chains=2,
+        progress=False,
+        initialize=False,
+        num_workers=num_workers,
+        sample_states=False,
+    )
 
 
 def test_a_killed_worker_is_reported_with_its_chain_and_no_worker_outlives_the_run():

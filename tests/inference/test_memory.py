@@ -17,6 +17,7 @@ from inference.memory import (
     generic_fit_memory,
 )
 
+
 def test_check_count_and_format_bytes():
     assert check_count("batch_steps", 0) == 0 and check_count("num_parameters", 7, 1) == 7
     for bad in (0, True, 2.0):
@@ -49,7 +50,10 @@ def test_generic_estimate_counts_parameters_optimiser_and_activations():
 def test_available_memory_reads_meminfo_then_psutil(tmp_path, monkeypatch):
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       16000000 kB\nMemFree:         1000000 kB\nMemAvailable:    8000000 kB\n")
-    assert available_memory("cpu", meminfo=meminfo) == (8_000_000 * 1024, f"available memory (MemAvailable in {meminfo})")
+    assert available_memory("cpu", meminfo=meminfo) == (
+        8_000_000 * 1024,
+        f"available memory (MemAvailable in {meminfo})",
+    )
     monkeypatch.setitem(sys.modules, "psutil", None)  # not installed: import fails
     assert available_memory("cpu", meminfo=tmp_path / "missing") == (None, "unknown")
     real, source = available_memory("cpu")

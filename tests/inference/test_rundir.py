@@ -79,8 +79,13 @@ def test_atomic_writes_leave_no_temporary_files(tmp_path):
 def test_safetensors_round_trip(tmp_path):
     run = RunDirectory.create(tmp_path / "run")
     base = torch.arange(12.0).reshape(3, 4)
-    tensors = {"transposed": base.t(), "shared": base[0], "ints": torch.tensor([1, 2], dtype=torch.long),
-               "scalar": torch.tensor(3.5, dtype=torch.float64), "grad": torch.ones(2, requires_grad=True)}
+    tensors = {
+        "transposed": base.t(),
+        "shared": base[0],
+        "ints": torch.tensor([1, 2], dtype=torch.long),
+        "scalar": torch.tensor(3.5, dtype=torch.float64),
+        "grad": torch.ones(2, requires_grad=True),
+    }
     run.save_tensors("state", tensors, metadata={"step": 4, "nested": {"a": [1, 2]}})
     loaded, metadata = run.load_tensors("state.safetensors")
     assert metadata == {"step": 4, "nested": {"a": [1, 2]}}
@@ -124,7 +129,7 @@ class _Payload:
 def test_a_pickle_disguised_as_safetensors_is_rejected(tmp_path):
     run = RunDirectory.create(tmp_path / "run")
     (run.path / "evil.safetensors").write_bytes(pickle.dumps({"w": _Payload()}))
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 (any refusal will do: what matters is that nothing ran)
         run.load_tensors("evil")
     assert not _Payload.executed
 
@@ -190,8 +195,11 @@ def test_force_refuses_a_directory_holding_a_users_files(tmp_path):
 def test_force_refuses_the_current_directory_its_parents_and_the_datas_directory(tmp_path, monkeypatch):
     run = _legacy_run(tmp_path / "outer" / "run")
     monkeypatch.chdir(run)
-    for given, reason in ((".", "is the current directory"), ("..", "above the current one"),
-                          (str(tmp_path), "above the current one")):
+    for given, reason in (
+        (".", "is the current directory"),
+        ("..", "above the current one"),
+        (str(tmp_path), "above the current one"),
+    ):
         with pytest.raises(RefusedReplacementError, match=reason):
             RunDirectory.create(given, force=True)
         with pytest.raises(RefusedReplacementError, match=reason):
@@ -216,7 +224,10 @@ def test_force_replaces_a_run_and_deletes_only_its_files(tmp_path):
     run.write_text("samples/sample_0.txt", "abc")
     RunDirectory.create(run.path / "diagnostics", manifest=True).write_json("diagnose", {})
     assert sorted(json.loads((run.path / MANIFEST_NAME).read_text())["files"]) == [
-        "config.json", "ozone_imputed.csv", "samples/sample_0.txt"]
+        "config.json",
+        "ozone_imputed.csv",
+        "samples/sample_0.txt",
+    ]
     check_replaceable(run.path)
     fresh = RunDirectory.create(run.path, force=True)
     assert _listing(fresh.path) == [] and _listing(tmp_path) == ["legacy", "run"]
@@ -300,10 +311,18 @@ def test_commit_checks_the_target_again(tmp_path):
 # -- issue 15: --resume is checked before any file is touched -------------------
 def _fitted_run(tmp_path, data_file):
     run = RunDirectory.create(tmp_path / "run", manifest=True)
-    config = {"family": "hmm", "model": "hmm(states=2)", "data": str(data_file), "kind": "categorical",
-              "first": 100000, "split": [0.8, 0.1, 0.1], "seed": 0,
-              "model_config": {"num_states": 2, "num_symbols": 27}, "fit": {"method": "em"},
-              "data_fingerprint": fingerprint_file(data_file)}
+    config = {
+        "family": "hmm",
+        "model": "hmm(states=2)",
+        "data": str(data_file),
+        "kind": "categorical",
+        "first": 100000,
+        "split": [0.8, 0.1, 0.1],
+        "seed": 0,
+        "model_config": {"num_states": 2, "num_symbols": 27},
+        "fit": {"method": "em"},
+        "data_fingerprint": fingerprint_file(data_file),
+    }
     run.write_json("config", config)
     return run, config
 
@@ -361,17 +380,22 @@ def test_fingerprints_change_with_the_content(tmp_path):
     assert fingerprint_tensor(values)["sha256"] == fingerprint_tensor(values.clone())["sha256"]
     assert fingerprint_tensor(values)["sha256"] != fingerprint_tensor(values[:, :5])["sha256"]
     assert fingerprint_tensor(values)["sha256"] != fingerprint_tensor(values.double())["sha256"]
-    assert (fingerprint_tensor(values, torch.tensor([6]))["sha256"]
-            != fingerprint_tensor(values, torch.tensor([5]))["sha256"])
+    assert (
+        fingerprint_tensor(values, torch.tensor([6]))["sha256"]
+        != fingerprint_tensor(values, torch.tensor([5]))["sha256"]
+    )
 
 
 # -- issue 15: damaged files name the file, the run and what was expected -------
-@pytest.mark.parametrize("damage, message", [
-    (lambda path: path.write_bytes(b""), "the file is empty"),
-    (lambda path: path.write_bytes(path.read_bytes()[:-7]), "truncated or foreign"),
-    (lambda path: path.write_bytes(b'{"not": "safetensors"}'), "truncated or foreign"),
-    (lambda path: path.write_bytes(os.urandom(64)), "truncated or foreign"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda path: path.write_bytes(b""), "the file is empty"),
+        (lambda path: path.write_bytes(path.read_bytes()[:-7]), "truncated or foreign"),
+        (lambda path: path.write_bytes(b'{"not": "safetensors"}'), "truncated or foreign"),
+        (lambda path: path.write_bytes(os.urandom(64)), "truncated or foreign"),
+    ],
+)
 def test_a_damaged_safetensors_file_is_named(tmp_path, damage, message):
     run = RunDirectory.create(tmp_path / "run")
     run.save_model(_Tiny())
@@ -386,21 +410,29 @@ def test_a_damaged_safetensors_file_is_named(tmp_path, damage, message):
 def test_a_tensor_of_the_wrong_shape_or_another_models_tensors_are_named(tmp_path):
     run = RunDirectory.create(tmp_path / "run")
     run.save_tensors("model", {"weight": torch.zeros(8, 2), "counts": torch.arange(4)})
-    with pytest.raises(DamagedRunError, match=r"tensor 'weight' has shape \(8, 2\), not \(3, 2\) \(run .*expected the shapes"):
+    with pytest.raises(
+        DamagedRunError, match=r"tensor 'weight' has shape \(8, 2\), not \(3, 2\) \(run .*expected the shapes"
+    ):
         run.load_state_dict_into(_Tiny())
     run.save_tensors("model", {"transition_logits": torch.zeros(2, 2)})
-    with pytest.raises(DamagedRunError, match=r"from another model: it lacks 'counts', 'weight' and holds unknown "
-                                              r"'transition_logits'.*expected the tensors of a _Tiny"):
+    with pytest.raises(
+        DamagedRunError,
+        match=r"from another model: it lacks 'counts', 'weight' and holds unknown "
+        r"'transition_logits'.*expected the tensors of a _Tiny",
+    ):
         run.load_state_dict_into(_Tiny())
     with pytest.raises(FileNotFoundError, match="missing.safetensors: missing from run"):
         run.load_tensors("missing")
 
 
-@pytest.mark.parametrize("content, message", [
-    ("", "config.json: empty"),
-    ('{"data": "a.txt",', "config.json: invalid JSON at line 1, column 18"),
-    ("\xff\xfe", "config.json: invalid JSON"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "config.json: empty"),
+        ('{"data": "a.txt",', "config.json: invalid JSON at line 1, column 18"),
+        ("\xff\xfe", "config.json: invalid JSON"),
+    ],
+)
 def test_an_invalid_config_json_is_named(tmp_path, content, message):
     run = RunDirectory.create(tmp_path / "run")
     (run.path / "config.json").write_text(content)
@@ -417,10 +449,15 @@ def test_interrupted_message_names_the_checkpoint_and_the_resume_command(tmp_pat
 
     run = RunDirectory.create(tmp_path / "my run")
     command = ["seqzoo", "fit", "hmm", "--data", "a b.txt", "--out", str(run.path), "--force"]
-    assert interrupted_message(run, command) == f"interrupted before the first checkpoint: nothing to resume in {str(run.path)!r}"
+    assert (
+        interrupted_message(run, command)
+        == f"interrupted before the first checkpoint: nothing to resume in {str(run.path)!r}"
+    )
     run.save_tensors("checkpoint", {"w": torch.zeros(1)}, metadata={"step": 20})
     run.write_json("checkpoint", {"step": 20})
     message = interrupted_message(run, command)
-    assert message == (f"interrupted; the last checkpoint is {run.path / 'checkpoint.safetensors'} (step 20); continue with: "
-                       f"seqzoo fit hmm --data 'a b.txt' --out '{run.path}' --resume")
+    assert message == (
+        f"interrupted; the last checkpoint is {run.path / 'checkpoint.safetensors'} (step 20); continue with: "
+        f"seqzoo fit hmm --data 'a b.txt' --out '{run.path}' --resume"
+    )
     assert interrupted_message(run, command[:-1] + ["--resume"]).count("--resume") == 1

@@ -45,7 +45,9 @@ def sticky_hmm() -> CategoricalHMM:
 
 
 def brute_force_hmm_log_prob(model: CategoricalHMM, codes: list[int]) -> float:
-    initial, transition, emission = (p.detach() for p in (model.initial_probs, model.transition_probs, model.emission_probs))
+    initial, transition, emission = (
+        p.detach() for p in (model.initial_probs, model.transition_probs, model.emission_probs)
+    )
     total = 0.0
     for path in itertools.product(range(initial.shape[0]), repeat=len(codes)):
         p = initial[path[0]] * emission[path[0], codes[0]]
@@ -79,8 +81,10 @@ def test_hmm_conditional_score_with_unequal_lengths_and_an_empty_history():
     splits = [1, 0, 1]  # the second history is empty: its conditional score is the plain score
     history = SequenceBatch.from_sequences([torch.tensor(s[:k]) for s, k in zip(sequences, splits)])
     future = SequenceBatch.from_sequences([torch.tensor(s[k:]) for s, k in zip(sequences, splits)])
-    expected = [brute_force_hmm_log_prob(model, s) - (brute_force_hmm_log_prob(model, s[:k]) if k else 0.0)
-                for s, k in zip(sequences, splits)]
+    expected = [
+        brute_force_hmm_log_prob(model, s) - (brute_force_hmm_log_prob(model, s[:k]) if k else 0.0)
+        for s, k in zip(sequences, splits)
+    ]
     got = conditional_log_prob(model, history, future)
     assert got.tolist() == pytest.approx(expected, abs=1e-10)
     steps = conditional_log_prob_steps(model, history, future)
@@ -139,7 +143,8 @@ def test_kalman_conditional_score_equals_the_dense_conditional_gaussian():
     assert conditional_log_prob_steps(model, history, future).sum().item() == pytest.approx(expected.item(), abs=1e-6)
     # The Kalman filter's own step terms give the same per-step scores as prefix differences.
     kalman_steps = conditional_log_prob_steps(
-        model, history, future, step_log_probs=lambda m, b: m.filter(b.values, b.lengths).step_log_likelihood)
+        model, history, future, step_log_probs=lambda m, b: m.filter(b.values, b.lengths).step_log_likelihood
+    )
     assert torch.allclose(kalman_steps, conditional_log_prob_steps(model, history, future), atol=1e-9)
     # From the initial state (mean 0) the future, which continues a history near 12, costs > 10 nats more.
     unconditioned = torch.distributions.MultivariateNormal(mean[:3], cov[:3, :3]).log_prob(series[0, f, 0])
@@ -160,7 +165,9 @@ def test_rnn_conditional_score_is_the_concatenation_minus_the_history_terms():
     lengths = torch.tensor([11, 9, 6])
     splits = torch.tensor([7, 3, 6])  # the third future is empty
     history = SequenceBatch.from_sequences([full[n, :k] for n, k in enumerate(splits.tolist())])
-    future = SequenceBatch.from_sequences([full[n, k:l] for n, (k, l) in enumerate(zip(splits.tolist(), lengths.tolist()))])
+    future = SequenceBatch.from_sequences(
+        [full[n, k:l] for n, (k, l) in enumerate(zip(splits.tolist(), lengths.tolist()))]
+    )
     with torch.no_grad():
         terms = model.log_prob_steps(full, lengths)  # (3, 11)
     expected = torch.stack([terms[n, k:l].sum() for n, (k, l) in enumerate(zip(splits.tolist(), lengths.tolist()))])
@@ -168,8 +175,9 @@ def test_rnn_conditional_score_is_the_concatenation_minus_the_history_terms():
     steps = conditional_log_prob_steps(model, history, future)
     for n, (k, l) in enumerate(zip(splits.tolist(), lengths.tolist())):
         assert torch.allclose(steps[n, : l - k], terms[n, k:l], atol=1e-10)
-    hooked = conditional_log_prob_steps(model, history, future,
-                                        step_log_probs=lambda m, b: m.log_prob_steps(b.values, b.lengths))
+    hooked = conditional_log_prob_steps(
+        model, history, future, step_log_probs=lambda m, b: m.log_prob_steps(b.values, b.lengths)
+    )
     assert torch.allclose(hooked, steps, atol=1e-10)
 
 
@@ -269,7 +277,7 @@ def exact_lfo(fit_posterior, origins, horizon):
     terms = []
     for origin in origins:
         draws = fit_posterior(origin)
-        predictive = draws[:, origin:origin + horizon].sum(-1)
+        predictive = draws[:, origin : origin + horizon].sum(-1)
         terms.append(torch.logsumexp(predictive, 0) - math.log(predictive.numel()))
     return torch.stack(terms)
 
@@ -315,16 +323,24 @@ def test_rolling_origin_refits_at_the_asked_origins_and_conditions_between(simul
         best, best_value = None, -math.inf
         for level in LEVEL_VARS[::3]:
             for noise in NOISE_VARS[::3]:
-                model = LinearGaussianSSM.local_level(float(level), float(noise), initial="prior",
-                                                      initial_var=10.0, dtype=torch.float64)
+                model = LinearGaussianSSM.local_level(
+                    float(level), float(noise), initial="prior", initial_var=10.0, dtype=torch.float64
+                )
                 value = model.log_prob(history.values).item()
                 if value > best_value:
                     best, best_value = model, value
         cache[history.max_length] = best
         return best
 
-    result = rolling_origin(local_level(), simulated_series, first_origin=40, horizon=2, refit=refit, refit_every=5,
-                            step_log_probs=kalman_steps)
+    result = rolling_origin(
+        local_level(),
+        simulated_series,
+        first_origin=40,
+        horizon=2,
+        refit=refit,
+        refit_every=5,
+        step_log_probs=kalman_steps,
+    )
     origins = list(range(40, 59))
     assert fits == origins[::5] and list(result.refit_origins) == origins[::5] and result.num_refits == 3
     expected = []
@@ -346,8 +362,9 @@ def test_lfo_rejects_bad_origins(grid_posterior, simulated_series):
     with pytest.raises(ValueError, match="first_origin"):
         psis_lfo(fit_posterior, 60, first_origin=60)
     with pytest.raises(ValueError, match="one length"):
-        rolling_origin(local_level(), SequenceBatch.from_sequences([torch.zeros(5, 1), torch.zeros(4, 1)]),
-                       first_origin=1)
+        rolling_origin(
+            local_level(), SequenceBatch.from_sequences([torch.zeros(5, 1), torch.zeros(4, 1)]), first_origin=1
+        )
     with pytest.raises(ValueError, match=r"\(S, 60\)"):
         psis_lfo(lambda origin: torch.zeros(3, 10), 60, first_origin=20)
 
@@ -355,15 +372,18 @@ def test_lfo_rejects_bad_origins(grid_posterior, simulated_series):
 def test_psis_lfo_model_fits_draws_on_the_history_and_scores_them_through_the_model(simulated_series):
     seen = []
     generator = torch.Generator().manual_seed(4)
-    fixed = {"transition_var": LEVEL_VARS[torch.randint(0, 15, (12,), generator=generator)].unsqueeze(-1),
-             "observation_var": NOISE_VARS[torch.randint(0, 15, (12,), generator=generator)].unsqueeze(-1)}
+    fixed = {
+        "transition_var": LEVEL_VARS[torch.randint(0, 15, (12,), generator=generator)].unsqueeze(-1),
+        "observation_var": NOISE_VARS[torch.randint(0, 15, (12,), generator=generator)].unsqueeze(-1),
+    }
 
     def fit_draws(history):
         seen.append(history.max_length)
         return fixed
 
-    result = psis_lfo_model(local_level(), simulated_series, fit_draws, first_origin=50, k_threshold=0.0,
-                            step_log_probs=kalman_steps)
+    result = psis_lfo_model(
+        local_level(), simulated_series, fit_draws, first_origin=50, k_threshold=0.0, step_log_probs=kalman_steps
+    )
     assert seen == list(range(50, 60))
     terms = posterior_step_log_likelihoods(local_level(), simulated_series, fixed)  # prefix differences
     expected = [torch.logsumexp(terms[:, i], 0) - math.log(12) for i in range(50, 60)]

@@ -64,8 +64,9 @@ class AnnealedMAP(SequenceModel):
         with pyro.poutine.scale(scale=annealing_factor):
             mu = pyro.sample("mu", dist.Normal(0.0, 0.5))
         with sequence_plate(batch):
-            pyro.sample("obs", dist.Normal(mu, 1.0).expand(batch.values.shape).mask(batch.mask).to_event(1),
-                        obs=batch.values)
+            pyro.sample(
+                "obs", dist.Normal(mu, 1.0).expand(batch.values.shape).mask(batch.mask).to_event(1), obs=batch.values
+            )
 
     def guide(self, batch, annealing_factor: float = 1.0):
         with pyro.poutine.scale(scale=annealing_factor):
@@ -112,8 +113,16 @@ def test_custom_loss_is_the_only_thing_minimised():
         return (model.loc - 3.0) ** 2
 
     model = PointGaussian()
-    result = fit(model, data, loss=pull_to_three, step_kwargs=lambda epoch, step: {"epoch_seen": epoch},
-                 max_epochs=300, learning_rate=0.05, lr_schedule="constant", progress=False)
+    result = fit(
+        model,
+        data,
+        loss=pull_to_three,
+        step_kwargs=lambda epoch, step: {"epoch_seen": epoch},
+        max_epochs=300,
+        learning_rate=0.05,
+        lr_schedule="constant",
+        progress=False,
+    )
     # The ELBO's optimum is the data mean (about 1.5): only the custom loss pulls loc to 3.
     assert float(model.loc.detach()) == pytest.approx(3.0, abs=1e-3)
     assert result.history[-1]["objective"] == pytest.approx(0.0, abs=1e-5)  # objective = -loss
@@ -129,8 +138,16 @@ class OwnLossGaussian(PointGaussian):
 
 def test_model_loss_and_loss_output():
     model = OwnLossGaussian()
-    result = fit(model, _gaussian_data(), loss="model", step_kwargs=lambda epoch, step: {"scale": 2.0},
-                 max_epochs=200, learning_rate=0.05, lr_schedule="constant", progress=False)
+    result = fit(
+        model,
+        _gaussian_data(),
+        loss="model",
+        step_kwargs=lambda epoch, step: {"scale": 2.0},
+        max_epochs=200,
+        learning_rate=0.05,
+        lr_schedule="constant",
+        progress=False,
+    )
     assert float(model.loc.detach()) == pytest.approx(2.0, abs=1e-3)
     assert {record["objective"] for record in result.history} == {-42.0}
     with pytest.raises(ValueError, match="loss"):
@@ -153,9 +170,16 @@ def test_auto_loss_is_the_familys_own_where_it_names_it():
     assert -42.0 not in {record["objective"] for record in result.history}
 
 
-@pytest.mark.parametrize("elbo", [TraceMeanField_ELBO(), TraceGraph_ELBO(num_particles=4),
-                                  RenyiELBO(alpha=0.5, num_particles=4), Trace_ELBO(num_particles=4)],
-                         ids=["meanfield", "tracegraph", "renyi", "trace"])
+@pytest.mark.parametrize(
+    "elbo",
+    [
+        TraceMeanField_ELBO(),
+        TraceGraph_ELBO(num_particles=4),
+        RenyiELBO(alpha=0.5, num_particles=4),
+        Trace_ELBO(num_particles=4),
+    ],
+    ids=["meanfield", "tracegraph", "renyi", "trace"],
+)
 def test_any_elbo_instance_fits_the_conjugate_posterior(elbo):
     # TraceGraph_ELBO and RenyiELBO have no differentiable_loss: the trainer uses their loss_and_grads.
     data = _gaussian_data(num_sequences=8, length=15, loc=1.5)
@@ -194,8 +218,11 @@ def test_learning_rate_schedules_are_read_back():
     assert _lrs(max_epochs=5, learning_rate=lr, lr_schedule="constant") == pytest.approx([lr] * 5)
     exponential = _lrs(max_epochs=4, learning_rate=lr, final_learning_rate=final)
     assert exponential == pytest.approx([lr * (final / lr) ** (e / 4) for e in range(4)])
-    step = _lrs(max_epochs=6, learning_rate=lr,
-                lr_schedule=lambda optimizer: torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5))
+    step = _lrs(
+        max_epochs=6,
+        learning_rate=lr,
+        lr_schedule=lambda optimizer: torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5),
+    )
     assert step == pytest.approx([lr, lr, lr / 2, lr / 2, lr / 4, lr / 4])
     with pytest.raises(ValueError, match="lr_schedule"):
         _lrs(lr_schedule="linear")
@@ -212,8 +239,16 @@ class FlatScore(PointGaussian):
 
 def test_plateau_schedule_halves_the_rate_when_validation_stalls():
     data = _gaussian_data()
-    result = fit(FlatScore(), data, valid=data, max_epochs=12, learning_rate=0.1, lr_schedule="plateau",
-                 patience=6, progress=False)
+    result = fit(
+        FlatScore(),
+        data,
+        valid=data,
+        max_epochs=12,
+        learning_rate=0.1,
+        lr_schedule="plateau",
+        patience=6,
+        progress=False,
+    )
     lrs = [record["lr"] for record in result.history]
     # ReduceLROnPlateau(patience=3): the first score is the best; after more than 3 bad epochs the rate halves.
     assert lrs[:5] == pytest.approx([0.1] * 5)
@@ -244,8 +279,16 @@ def test_weight_decay_is_a_gaussian_prior_even_when_the_clip_binds():
     values = data.values[data.mask]
     map_loc = float(values.sum() / (values.numel() + 100.0))
     model = PointGaussian()
-    fit(model, data, weight_decay=100.0, clip_norm=1.0, max_epochs=400, learning_rate=0.05,
-        final_learning_rate=1e-4, progress=False)
+    fit(
+        model,
+        data,
+        weight_decay=100.0,
+        clip_norm=1.0,
+        max_epochs=400,
+        learning_rate=0.05,
+        final_learning_rate=1e-4,
+        progress=False,
+    )
     assert float(model.loc.detach()) == pytest.approx(map_loc, abs=0.01)
     assert map_loc > 0.5
 
@@ -283,11 +326,25 @@ def test_stop_hook_can_stop_and_can_overrule():
     assert decisions == [False, False, False]
     # EM: a hook that never agrees to stop overrules convergence.
     converging = [0.0, 10.0] + [10.0] * 50
-    result = fit(ScriptedEM(converging), SequenceBatch.from_tensor(torch.zeros(1, 10)), method="em", patience=2,
-                 max_iterations=20, stop_hook=lambda decision: False, progress=False)
+    result = fit(
+        ScriptedEM(converging),
+        SequenceBatch.from_tensor(torch.zeros(1, 10)),
+        method="em",
+        patience=2,
+        max_iterations=20,
+        stop_hook=lambda decision: False,
+        progress=False,
+    )
     assert result.stopped == "max_steps" and len(result.history) == 20
-    result = fit(ScriptedEM(converging), SequenceBatch.from_tensor(torch.zeros(1, 10)), method="em", patience=2,
-                 max_iterations=20, stop_hook=lambda decision: True, progress=False)
+    result = fit(
+        ScriptedEM(converging),
+        SequenceBatch.from_tensor(torch.zeros(1, 10)),
+        method="em",
+        patience=2,
+        max_iterations=20,
+        stop_hook=lambda decision: True,
+        progress=False,
+    )
     assert result.stopped == "stop_hook" and len(result.history) == 1
 
 
@@ -350,8 +407,11 @@ class SplitMixture(GaussianMixture):
         log_joint = self._log_joint(values)
         log_marginal = log_joint.logsumexp(-1)
         responsibilities = (log_joint - log_marginal.unsqueeze(-1)).exp() * observed.unsqueeze(-1)
-        return {"log_likelihood": (log_marginal * observed).sum(), "counts": responsibilities.sum((0, 1)),
-                "sums": (responsibilities * values.unsqueeze(-1)).sum((0, 1))}
+        return {
+            "log_likelihood": (log_marginal * observed).sum(),
+            "counts": responsibilities.sum((0, 1)),
+            "sums": (responsibilities * values.unsqueeze(-1)).sum((0, 1)),
+        }
 
     def m_step(self, statistics):
         self.guide_locs = statistics["sums"] / (statistics["counts"] + self.prior_scale**-2)
@@ -373,16 +433,17 @@ def test_statistics_hook_sums_statistics_of_another_shard():
         other = sharded.e_step(second)
         return {name: value + other[name] for name, value in statistics.items()}
 
-    result = fit(sharded, first, method="em", max_iterations=15, tolerance=0.0, statistics_hook=all_reduce,
-                 progress=False)
-    assert [r["objective"] for r in result.history] == pytest.approx([r["objective"] for r in full.history],
-                                                                     rel=1e-12)
+    result = fit(
+        sharded, first, method="em", max_iterations=15, tolerance=0.0, statistics_hook=all_reduce, progress=False
+    )
+    assert [r["objective"] for r in result.history] == pytest.approx([r["objective"] for r in full.history], rel=1e-12)
     assert torch.allclose(sharded.guide_locs, reference.guide_locs, rtol=1e-10)
     # The split path agrees with the family's own em_step.
     classic = GaussianMixture(init_locs=(-0.5, 0.5))
     classic_result = fit(classic, data, method="em", max_iterations=15, tolerance=0.0, progress=False)
     assert [r["objective"] for r in classic_result.history] == pytest.approx(
-        [r["objective"] for r in full.history], rel=1e-12)
+        [r["objective"] for r in full.history], rel=1e-12
+    )
     with pytest.raises(ValueError, match="statistics_hook"):
         fit(GaussianMixture(), data, method="em", statistics_hook=lambda s: s, progress=False)
 
@@ -409,8 +470,9 @@ def test_em_does_not_stop_on_a_plateau_whose_gains_rise():
         value += step
         step *= 0.5
         objectives.append(value)
-    result = fit(ScriptedEM(objectives), data, method="em", tolerance=1e-6, patience=20, max_iterations=500,
-                 progress=False)
+    result = fit(
+        ScriptedEM(objectives), data, method="em", tolerance=1e-6, patience=20, max_iterations=500, progress=False
+    )
     assert result.stopped == "converged"
     assert len(result.history) > plateau_end + 20  # the old rule stopped at iteration 21, on the plateau
 
@@ -422,8 +484,9 @@ class RefusesToConverge(ScriptedEM):
 
 def test_em_converged_check_can_refuse_convergence():
     data = SequenceBatch.from_tensor(torch.zeros(1, 10))
-    result = fit(RefusesToConverge([0.0, 10.0] + [10.0] * 100), data, method="em", patience=3, max_iterations=30,
-                 progress=False)
+    result = fit(
+        RefusesToConverge([0.0, 10.0] + [10.0] * 100), data, method="em", patience=3, max_iterations=30, progress=False
+    )
     assert result.stopped == "max_steps" and len(result.history) == 30
 
 
@@ -457,12 +520,19 @@ def test_em_resume_at_or_past_max_iterations_returns_at_once(tmp_path, fails_aft
     run = RunDirectory.create(tmp_path / "run")
     options = dict(method="em", tolerance=0.0, patience=1000, progress=False, checkpoint_every=10)
     with pytest.raises(_Interrupt):  # killed mid-run, after the checkpoint at iteration 20
-        fit(GaussianMixture(init_locs=(-0.5, 0.5)), data, max_iterations=100, checkpoint=run,
-            callbacks=[_raise_at(20)], **options)
+        fit(
+            GaussianMixture(init_locs=(-0.5, 0.5)),
+            data,
+            max_iterations=100,
+            checkpoint=run,
+            callbacks=[_raise_at(20)],
+            **options,
+        )
     for max_iterations in (10, 20):
         resumed = GaussianMixture(init_locs=(-0.5, 0.5))
-        result = fit(resumed, data, max_iterations=max_iterations, checkpoint=RunDirectory.open(run.path),
-                     resume=True, **options)
+        result = fit(
+            resumed, data, max_iterations=max_iterations, checkpoint=RunDirectory.open(run.path), resume=True, **options
+        )
         assert result.stopped == "max_steps"
         assert len(result.history) == 20 and result.restarts == [result.history[-1]["objective"]]
 
@@ -471,10 +541,18 @@ def test_svi_resume_at_or_past_max_epochs_returns_at_once(tmp_path, fails_after_
     data = _gaussian_data()
     run = RunDirectory.create(tmp_path / "run")
     with pytest.raises(_Interrupt):
-        fit(PointGaussian(), data, max_epochs=100, checkpoint=run, checkpoint_every=10, callbacks=[_raise_at(20)],
-            progress=False)
-    result = fit(PointGaussian(), data, max_epochs=10, checkpoint=RunDirectory.open(run.path), resume=True,
-                 progress=False)
+        fit(
+            PointGaussian(),
+            data,
+            max_epochs=100,
+            checkpoint=run,
+            checkpoint_every=10,
+            callbacks=[_raise_at(20)],
+            progress=False,
+        )
+    result = fit(
+        PointGaussian(), data, max_epochs=10, checkpoint=RunDirectory.open(run.path), resume=True, progress=False
+    )
     assert result.stopped == "max_steps" and len(result.history) == 20
 
 
@@ -491,10 +569,22 @@ class NoisyBound(PointGaussian):
 
 def test_validation_of_a_stochastic_bound_is_reproducible():
     data = _gaussian_data()
-    runs = [fit(NoisyBound(), data, valid=data, max_epochs=15, learning_rate=0.05, patience=3, progress=False,
-                valid_num_particles=2) for _ in range(2)]
+    runs = [
+        fit(
+            NoisyBound(),
+            data,
+            valid=data,
+            max_epochs=15,
+            learning_rate=0.05,
+            patience=3,
+            progress=False,
+            valid_num_particles=2,
+        )
+        for _ in range(2)
+    ]
     assert [r["valid_log_prob_per_step"] for r in runs[0].history] == [
-        r["valid_log_prob_per_step"] for r in runs[1].history]
+        r["valid_log_prob_per_step"] for r in runs[1].history
+    ]
     model = NoisyBound()
     assert score(model, data, seed=3).log_prob == score(model, data, seed=3).log_prob
     assert score(model, data, seed=3).log_prob != score(model, data, seed=4).log_prob
@@ -522,8 +612,17 @@ def test_parameter_average_is_closer_to_the_optimum_than_the_noisy_last_iterate(
     for seed in range(8):
         model = PointGaussian()
         average = ParameterAverage(model, decay=0.95)
-        fit(model, data, max_epochs=30, batch_size=2, learning_rate=0.05, lr_schedule="constant",
-            step_callbacks=[average], progress=False, seed=seed)
+        fit(
+            model,
+            data,
+            max_epochs=30,
+            batch_size=2,
+            learning_rate=0.05,
+            lr_schedule="constant",
+            step_callbacks=[average],
+            progress=False,
+            seed=seed,
+        )
         iterate = float(model.loc.detach())
         with average.swapped_in():
             averaged_errors.append((float(model.loc.detach()) - optimum) ** 2)

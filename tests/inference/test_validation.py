@@ -39,8 +39,9 @@ def test_every_consumer_uses_the_one_check():
         discrete.log_marginal(torch.zeros(2), torch.zeros(2, 2), torch.zeros(2, 3, 2), bad)
     eye = torch.eye(1, dtype=torch.float64)
     with pytest.raises(ValueError, match=message):
-        kalman.log_marginal(eye, eye, eye, eye, torch.zeros(1, dtype=torch.float64), eye,
-                            torch.zeros(2, 3, 1, dtype=torch.float64), bad)
+        kalman.log_marginal(
+            eye, eye, eye, eye, torch.zeros(1, dtype=torch.float64), eye, torch.zeros(2, 3, 1, dtype=torch.float64), bad
+        )
     with pytest.raises(ValueError, match=message):
         CategoricalHMM(2, 2).log_prob(torch.zeros(2, 3, dtype=torch.long), bad)
     with pytest.raises(ValueError, match=message):

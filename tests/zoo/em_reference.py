@@ -44,10 +44,12 @@ def build_case(name: str):
         if name == "diag":
             covariances = torch.tensor([[0.5, 1.0], [1.0, 0.3], [2.0, 2.0]], dtype=DTYPE)
         else:
-            covariances = torch.tensor([[[1.0, 0.3], [0.3, 0.5]], [[0.4, -0.1], [-0.1, 0.8]], [[2.0, 0.0], [0.0, 1.0]]],
-                                       dtype=DTYPE)
-        model = GaussianHMM.from_params(initial, transition, means, covariances, precision_shape=2.0,
-                                        mean_prior_scale=3.0)
+            covariances = torch.tensor(
+                [[[1.0, 0.3], [0.3, 0.5]], [[0.4, -0.1], [-0.1, 0.8]], [[2.0, 0.0], [0.0, 1.0]]], dtype=DTYPE
+            )
+        model = GaussianHMM.from_params(
+            initial, transition, means, covariances, precision_shape=2.0, mean_prior_scale=3.0
+        )
         with torch.no_grad():
             model.data_mean.copy_(torch.tensor([0.1, 0.2], dtype=DTYPE))
             model.data_var.copy_(torch.tensor([1.5, 0.7], dtype=DTYPE))
@@ -74,8 +76,18 @@ def build_case(name: str):
     if cov_type == "diag":
         q, r = torch.diag(q.diagonal()), torch.diag(r.diagonal())
     initial_kind = "diffuse" if name.startswith("diffuse") else "prior"
-    model = LinearGaussianSSM.from_params(a, b, q, r, m0, p0, transition_cov_type=cov_type,
-                                          observation_cov_type=cov_type, prior=prior, initial=initial_kind)
+    model = LinearGaussianSSM.from_params(
+        a,
+        b,
+        q,
+        r,
+        m0,
+        p0,
+        transition_cov_type=cov_type,
+        observation_cov_type=cov_type,
+        prior=prior,
+        initial=initial_kind,
+    )
     with torch.no_grad():
         model.data_mean.copy_(torch.tensor([0.1, -0.1, 0.2], dtype=DTYPE))
         model.data_var.copy_(torch.tensor([1.2, 0.8, 1.5], dtype=DTYPE))

@@ -40,9 +40,19 @@ def run_cli(*argv):
 
 def test_fit_em_writes_a_complete_run_directory(text_file, tmp_path):
     out = tmp_path / "run"
-    assert run_cli("fit", "hmm", "--data", text_file, "--states", 3, "--out", out, "--max-iterations", 30, "--no-progress") == 0
-    for name in ("config.json", "summary.json", "model.safetensors", "model.json", "vocabulary.json",
-                 "log_likelihood_trace.png", "posterior_states.png"):
+    assert (
+        run_cli("fit", "hmm", "--data", text_file, "--states", 3, "--out", out, "--max-iterations", 30, "--no-progress")
+        == 0
+    )
+    for name in (
+        "config.json",
+        "summary.json",
+        "model.safetensors",
+        "model.json",
+        "vocabulary.json",
+        "log_likelihood_trace.png",
+        "posterior_states.png",
+    ):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_parameters"] == 2 + 3 * 2 + 3 * (len(set(TEXT)) - 1)
@@ -58,19 +68,43 @@ def test_fit_em_writes_a_complete_run_directory(text_file, tmp_path):
 
 def test_refuses_to_overwrite_a_run_directory(text_file, tmp_path, capsys):
     out = tmp_path / "run"
-    assert run_cli("fit", "hmm", "--data", text_file, "--states", 2, "--out", out, "--max-iterations", 3, "--no-progress") == 0
+    assert (
+        run_cli("fit", "hmm", "--data", text_file, "--states", 2, "--out", out, "--max-iterations", 3, "--no-progress")
+        == 0
+    )
     before = (out / "summary.json").read_text()
-    assert run_cli("fit", "hmm", "--data", text_file, "--states", 2, "--out", out, "--max-iterations", 3, "--no-progress") == 2
+    assert (
+        run_cli("fit", "hmm", "--data", text_file, "--states", 2, "--out", out, "--max-iterations", 3, "--no-progress")
+        == 2
+    )
     assert "--force" in capsys.readouterr().err
     assert (out / "summary.json").read_text() == before
-    assert run_cli("fit", "hmm", "--data", text_file, "--states", 2, "--out", out, "--max-iterations", 4,
-                   "--no-progress", "--force") == 0
+    assert (
+        run_cli(
+            "fit",
+            "hmm",
+            "--data",
+            text_file,
+            "--states",
+            2,
+            "--out",
+            out,
+            "--max-iterations",
+            4,
+            "--no-progress",
+            "--force",
+        )
+        == 0
+    )
     assert len(json.loads((out / "summary.json").read_text())["history"]) == 4
 
 
 def test_decode_and_sample_reload_the_model(text_file, tmp_path, capsys):
     out = tmp_path / "run"
-    assert run_cli("fit", "hmm", "--data", text_file, "--states", 2, "--out", out, "--max-iterations", 20, "--no-progress") == 0
+    assert (
+        run_cli("fit", "hmm", "--data", text_file, "--states", 2, "--out", out, "--max-iterations", 20, "--no-progress")
+        == 0
+    )
     capsys.readouterr()
     assert run_cli("sample", out, "--length", 80, "--seed", 3) == 0
     sample = capsys.readouterr().out.strip("\n")
@@ -95,8 +129,28 @@ def test_decode_and_sample_reload_the_model(text_file, tmp_path, capsys):
 
 def test_gaussian_svi_on_csv_with_missing_values(csv_file, tmp_path):
     out = tmp_path / "run"
-    assert run_cli("fit", "hmm", "--data", csv_file, "--states", 2, "--method", "svi", "--epochs", 150,
-                   "--out", out, "--no-progress", "--split", "0.8,0.2,0", "--time-column", "t") == 0
+    assert (
+        run_cli(
+            "fit",
+            "hmm",
+            "--data",
+            csv_file,
+            "--states",
+            2,
+            "--method",
+            "svi",
+            "--epochs",
+            150,
+            "--out",
+            out,
+            "--no-progress",
+            "--split",
+            "0.8,0.2,0",
+            "--time-column",
+            "t",
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     # Two well-separated regimes with unit noise: a fitted 2-state HMM scores
     # close to the N(0, 1) entropy (-1.419 nats), far above one Gaussian's (~ -2.6).
@@ -105,8 +159,22 @@ def test_gaussian_svi_on_csv_with_missing_values(csv_file, tmp_path):
 
 def test_compare_writes_table_with_baselines(text_file, tmp_path):
     out = tmp_path / "cmp"
-    assert run_cli("compare", "--data", text_file, "--models", "hmm:states=2", "hmm:states=4", "--out", out,
-                   "--max-iterations", 15, "--no-progress") == 0
+    assert (
+        run_cli(
+            "compare",
+            "--data",
+            text_file,
+            "--models",
+            "hmm:states=2",
+            "hmm:states=4",
+            "--out",
+            out,
+            "--max-iterations",
+            15,
+            "--no-progress",
+        )
+        == 0
+    )
     comparison = json.loads((out / "comparison.json").read_text())
     names = [row["model"] for row in comparison["models"]]
     assert names == ["unigram", "bigram", "hmm-states2", "hmm-states4"]
@@ -165,10 +233,37 @@ def test_fit_lgssm_on_nile_writes_a_run_directory_that_reloads(tmp_path, capsys)
     from zoo.data import load_builtin, split_data
 
     out = tmp_path / "run"
-    assert run_cli("fit", "lgssm", "--data", "builtin:nile", "--state-dim", 1, "--transition", "identity",
-                   "--observation", "identity", "--prior", "none", "--out", out, "--max-iterations", 300, "--no-progress") == 0
-    for name in ("config.json", "summary.json", "model.safetensors", "model.json", "log_likelihood_trace.png",
-                 "smoothed_states.png", "forecast.png"):
+    assert (
+        run_cli(
+            "fit",
+            "lgssm",
+            "--data",
+            "builtin:nile",
+            "--state-dim",
+            1,
+            "--transition",
+            "identity",
+            "--observation",
+            "identity",
+            "--prior",
+            "none",
+            "--out",
+            out,
+            "--max-iterations",
+            300,
+            "--no-progress",
+        )
+        == 0
+    )
+    for name in (
+        "config.json",
+        "summary.json",
+        "model.safetensors",
+        "model.json",
+        "log_likelihood_trace.png",
+        "smoothed_states.png",
+        "forecast.png",
+    ):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["class"] == "LinearGaussianSSM" and summary["method"] == "em"
@@ -198,8 +293,26 @@ def test_fit_lgssm_on_nile_writes_a_run_directory_that_reloads(tmp_path, capsys)
 def test_fit_lgssm_on_csv_with_missing_cells(two_series_csv, tmp_path):
     path, series = two_series_csv
     out = tmp_path / "run"
-    assert run_cli("fit", "lgssm", "--data", path, "--time-column", "t", "--state-dim", 1, "--split", "0.8,0.2,0",
-                   "--out", out, "--max-iterations", 200, "--no-progress") == 0
+    assert (
+        run_cli(
+            "fit",
+            "lgssm",
+            "--data",
+            path,
+            "--time-column",
+            "t",
+            "--state-dim",
+            1,
+            "--split",
+            "0.8,0.2,0",
+            "--out",
+            out,
+            "--max-iterations",
+            200,
+            "--no-progress",
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     # Held-out one-step-ahead scoring of a random walk: far above independent Gaussians fitted
     # to the training part (the walk wanders), and near the truth's noise entropy.
@@ -212,22 +325,47 @@ def test_fit_lgssm_on_csv_with_missing_cells(two_series_csv, tmp_path):
 
 def test_compare_accepts_lgssm_specs(tmp_path):
     out = tmp_path / "cmp"
-    assert run_cli("compare", "--data", "builtin:nile", "--models", "lgssm:state_dim=1,transition=identity",
-                   "hmm:states=2", "--out", out, "--max-iterations", 50, "--no-progress") == 0
+    assert (
+        run_cli(
+            "compare",
+            "--data",
+            "builtin:nile",
+            "--models",
+            "lgssm:state_dim=1,transition=identity",
+            "hmm:states=2",
+            "--out",
+            out,
+            "--max-iterations",
+            50,
+            "--no-progress",
+        )
+        == 0
+    )
     comparison = json.loads((out / "comparison.json").read_text())
     rows = {row["model"]: row for row in comparison["models"]}
     assert set(rows) == {"lgssm-state_dim1-transitionidentity", "hmm-states2"}
     # A local-level model scores the Nile's held-out decade better than a 2-state Gaussian HMM.
-    assert rows["lgssm-state_dim1-transitionidentity"]["test_log_likelihood"] > rows["hmm-states2"]["test_log_likelihood"]
+    assert (
+        rows["lgssm-state_dim1-transitionidentity"]["test_log_likelihood"] > rows["hmm-states2"]["test_log_likelihood"]
+    )
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["fit", "lgssm", "--data", "builtin:nile", "--out", "{tmp}/r"], "--state-dim"),
-        (["fit", "lgssm", "--data", "builtin:nile", "--state-dim", "1", "--states", "2", "--out", "{tmp}/r"], "--states"),
-        (["fit", "hmm", "--data", "builtin:nile", "--states", "2", "--state-dim", "1", "--out", "{tmp}/r"], "--state-dim"),
-        (["fit", "lgssm", "--data", "builtin:nile", "--state-dim", "1", "--transition", "fixed", "--out", "{tmp}/r"], "--transition"),
+        (
+            ["fit", "lgssm", "--data", "builtin:nile", "--state-dim", "1", "--states", "2", "--out", "{tmp}/r"],
+            "--states",
+        ),
+        (
+            ["fit", "hmm", "--data", "builtin:nile", "--states", "2", "--state-dim", "1", "--out", "{tmp}/r"],
+            "--state-dim",
+        ),
+        (
+            ["fit", "lgssm", "--data", "builtin:nile", "--state-dim", "1", "--transition", "fixed", "--out", "{tmp}/r"],
+            "--transition",
+        ),
     ],
 )
 def test_family_flags_are_checked_by_argparse(argv, message, tmp_path, capsys):
@@ -241,11 +379,39 @@ def test_family_flags_are_checked_by_argparse(argv, message, tmp_path, capsys):
     "argv, message",
     [
         (["fit", "lgssm", "--data", "{text}", "--state-dim", "1", "--out", "{tmp}/r"], "real-valued"),
-        (["fit", "lgssm", "--data", "builtin:nile", "--state-dim", "2", "--observation", "identity", "--out", "{tmp}/r"],
-         "--observation identity"),
+        (
+            [
+                "fit",
+                "lgssm",
+                "--data",
+                "builtin:nile",
+                "--state-dim",
+                "2",
+                "--observation",
+                "identity",
+                "--out",
+                "{tmp}/r",
+            ],
+            "--observation identity",
+        ),
         (["fit", "lgssm", "--data", "builtin:nile", "--state-dim", "0", "--out", "{tmp}/r"], "--state-dim"),
-        (["fit", "lgssm", "--data", "builtin:nile", "--state-dim", "1", "--method", "svi", "--latent", "sampled",
-          "--out", "{tmp}/r"], "--initial prior"),
+        (
+            [
+                "fit",
+                "lgssm",
+                "--data",
+                "builtin:nile",
+                "--state-dim",
+                "1",
+                "--method",
+                "svi",
+                "--latent",
+                "sampled",
+                "--out",
+                "{tmp}/r",
+            ],
+            "--initial prior",
+        ),
         (["compare", "--data", "builtin:nile", "--models", "lgssm:states=2", "--out", "{tmp}/r"], "unknown settings"),
     ],
 )
@@ -322,17 +488,20 @@ def _plot_toy(run, model, splits, data):
 @pytest.fixture
 def toy_family():
     """A family defined here and registered at run time: the CLI learns of it only through the registry."""
-    family = register(Family(
-        name="toy", help="independent symbols (a family defined in a test)",
-        add_arguments=lambda group: group.add_argument("--init", choices=["uniform", "counts"], default="uniform"),
-        settings_from_args=lambda args: {"init": args.init},
-        build=_build_toy,
-        label=lambda settings: f"toy-{settings['init']}",
-        model_classes=(UnigramModel,),
-        data_kinds=("categorical",),
-        plots=_plot_toy,
-        per_step_log_probs=lambda model, batch: model.log_prob_steps(batch.values, batch.lengths),
-    ))
+    family = register(
+        Family(
+            name="toy",
+            help="independent symbols (a family defined in a test)",
+            add_arguments=lambda group: group.add_argument("--init", choices=["uniform", "counts"], default="uniform"),
+            settings_from_args=lambda args: {"init": args.init},
+            build=_build_toy,
+            label=lambda settings: f"toy-{settings['init']}",
+            model_classes=(UnigramModel,),
+            data_kinds=("categorical",),
+            plots=_plot_toy,
+            per_step_log_probs=lambda model, batch: model.log_prob_steps(batch.values, batch.lengths),
+        )
+    )
     yield family
     del REGISTRY[family.name]
 
@@ -356,7 +525,8 @@ def test_a_family_registered_at_run_time_is_fitted_compared_and_reloaded(toy_fam
     valid = split_data(load_data(text_file)).valid.batch
     with torch.no_grad():
         assert float(model.log_prob(valid.values, valid.lengths).sum()) / valid.num_steps == pytest.approx(
-            summary["valid_log_likelihood"], rel=1e-5)
+            summary["valid_log_likelihood"], rel=1e-5
+        )
     capsys.readouterr()
     assert run_cli("sample", out, "--length", 30) == 0
     assert set(capsys.readouterr().out.strip("\n")) <= set(TEXT)
@@ -364,8 +534,23 @@ def test_a_family_registered_at_run_time_is_fitted_compared_and_reloaded(toy_fam
     assert "no discrete states" in capsys.readouterr().err
 
     cmp = tmp_path / "cmp"
-    assert run_cli("compare", "--data", text_file, "--models", "toy:init=uniform,epochs=150", "toy:init=counts,epochs=1",
-                   "hmm:states=2", "--max-iterations", 10, "--out", cmp, "--no-progress") == 0
+    assert (
+        run_cli(
+            "compare",
+            "--data",
+            text_file,
+            "--models",
+            "toy:init=uniform,epochs=150",
+            "toy:init=counts,epochs=1",
+            "hmm:states=2",
+            "--max-iterations",
+            10,
+            "--out",
+            cmp,
+            "--no-progress",
+        )
+        == 0
+    )
     rows = {row["model"]: row for row in json.loads((cmp / "comparison.json").read_text())["models"]}
     assert list(rows) == ["unigram", "bigram", "toy-inituniform-epochs150", "toy-initcounts-epochs1", "hmm-states2"]
     # Trained by SVI through the CLI, independent symbols score what the unigram count table scores.
@@ -410,8 +595,28 @@ def test_jsb_chorales_fit_uses_the_files_own_split_as_binary_frames(tmp_path, ca
     from zoo.data import load_polyphonic
 
     out = tmp_path / "run"
-    assert run_cli("fit", "gru", "--data", JSB_PATH, "--kind", "binary", "--hidden", 8, "--embedding", 8,
-                   "--epochs", 2, "--lr", 0.02, "--out", out, "--no-progress") == 0
+    assert (
+        run_cli(
+            "fit",
+            "gru",
+            "--data",
+            JSB_PATH,
+            "--kind",
+            "binary",
+            "--hidden",
+            8,
+            "--embedding",
+            8,
+            "--epochs",
+            2,
+            "--lr",
+            0.02,
+            "--out",
+            out,
+            "--no-progress",
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "the data set's own train/valid/test parts (229/76/77 sequences" in printed
     config = json.loads((out / "config.json").read_text())
@@ -436,8 +641,19 @@ def test_jsb_chorales_fit_uses_the_files_own_split_as_binary_frames(tmp_path, ca
 @needs_jsb
 def test_jsb_chorales_compare_uses_the_files_own_split(tmp_path):
     out = tmp_path / "cmp"
-    assert run_cli("compare", "--data", JSB_PATH, "--models", "rnn:hidden=6,embedding=0,epochs=1",
-                   "--out", out, "--no-progress") == 0
+    assert (
+        run_cli(
+            "compare",
+            "--data",
+            JSB_PATH,
+            "--models",
+            "rnn:hidden=6,embedding=0,epochs=1",
+            "--out",
+            out,
+            "--no-progress",
+        )
+        == 0
+    )
     comparison = json.loads((out / "comparison.json").read_text())
     assert comparison["split"] == "own" and "(229/76/77 sequences" in comparison["split_description"]
     assert "229/76/77 sequences" in (out / "comparison.md").read_text()
@@ -447,12 +663,36 @@ def test_split_by_time_holds_out_the_tail_of_every_sequence(tmp_path):
     from zoo.data import load_data, split_data
 
     # Three sequences of different lengths whose value is the time index: the held-out parts must be the tails.
-    lines = ["id,t,value"] + [f"{name},{t},{t}.0" for name, length in (("a", 40), ("b", 60), ("c", 50)) for t in range(length)]
+    lines = ["id,t,value"] + [
+        f"{name},{t},{t}.0" for name, length in (("a", 40), ("b", 60), ("c", 50)) for t in range(length)
+    ]
     path = tmp_path / "three.csv"
     path.write_text("\n".join(lines) + "\n")
     out = tmp_path / "run"
-    assert run_cli("fit", "lgssm", "--data", path, "--sequence-column", "id", "--time-column", "t", "--state-dim", 1,
-                   "--split", "0.6,0.2,0.2", "--split-by", "time", "--max-iterations", 5, "--out", out, "--no-progress") == 0
+    assert (
+        run_cli(
+            "fit",
+            "lgssm",
+            "--data",
+            path,
+            "--sequence-column",
+            "id",
+            "--time-column",
+            "t",
+            "--state-dim",
+            1,
+            "--split",
+            "0.6,0.2,0.2",
+            "--split-by",
+            "time",
+            "--max-iterations",
+            5,
+            "--out",
+            out,
+            "--no-progress",
+        )
+        == 0
+    )
     config = json.loads((out / "config.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
     assert config["split"] == [0.6, 0.2, 0.2] and config["split_by"] == "time"
@@ -468,13 +708,22 @@ def test_comparison_markdown_words_the_likelihood_column_from_the_rows():
     data = load_data("builtin:nile")
 
     def row(name, likelihood):
-        return {"model": name, "likelihood": likelihood, "num_parameters": 3, "seconds": 1.0,
-                "train_log_likelihood": -1.0, "valid_log_likelihood": -1.1, "test_log_likelihood": -1.2}
+        return {
+            "model": name,
+            "likelihood": likelihood,
+            "num_parameters": 3,
+            "seconds": 1.0,
+            "train_log_likelihood": -1.0,
+            "valid_log_likelihood": -1.1,
+            "test_log_likelihood": -1.2,
+        }
 
     exact = _comparison_markdown({"data": "x", "models": [row("hmm-states2", "exact"), row("lgssm-d1", "exact")]}, data)
     assert "Every likelihood here is exact" in exact
-    mixed = _comparison_markdown({"data": "x", "models": [row("hmm-states2", "exact"), row("dmm", "ELBO"),
-                                                          row("dmm-iwae", "IWAE bound (M=8)")]}, data)
+    mixed = _comparison_markdown(
+        {"data": "x", "models": [row("hmm-states2", "exact"), row("dmm", "ELBO"), row("dmm-iwae", "IWAE bound (M=8)")]},
+        data,
+    )
     assert "Every likelihood here is exact" not in mixed
     assert "Lower bounds on the log-likelihood, not its exact value: dmm (ELBO); dmm-iwae (IWAE bound (M=8))." in mixed
     assert "Exact: hmm-states2." in mixed
@@ -488,11 +737,22 @@ def test_family_entries_are_checked_and_their_settings_are_their_flags():
         exclusive.add_argument("--fast", action="store_true")
         exclusive.add_argument("--slow", dest="careful", action="store_true")
 
-    entry = dict(name="x", help="", add_arguments=add_arguments, settings_from_args=vars, build=_build_toy,
-                 label=str, model_classes=(UnigramModel,), data_kinds=("categorical",))
+    entry = dict(
+        name="x",
+        help="",
+        add_arguments=add_arguments,
+        settings_from_args=vars,
+        build=_build_toy,
+        label=str,
+        model_classes=(UnigramModel,),
+        data_kinds=("categorical",),
+    )
     assert Family(**entry).settings_names() == ("state_dim", "fast", "careful")
-    for field, value, message in (("name", "a:b", "Family.name"), ("model_classes", (), "model_classes"),
-                                  ("data_kinds", ("symbols",), "data_kinds")):
+    for field, value, message in (
+        ("name", "a:b", "Family.name"),
+        ("model_classes", (), "model_classes"),
+        ("data_kinds", ("symbols",), "data_kinds"),
+    ):
         with pytest.raises(ValueError, match=message):
             Family(**{**entry, field: value})
     with pytest.raises(TypeError, match="expected a Family"):
@@ -523,20 +783,64 @@ def _npz_counts(tmp_path):
 
 #: (what, how the run is made: a function of (tmp_path, text_file, csv_file) -> (argv, run directory), decodes?)
 RUNS = [
-    ("fit builtin:letters", lambda t, txt, csv: (["fit", "hmm", "--data", "builtin:letters", "--first", 400, "--states", 2,
-                                                  "--max-iterations", 2], t / "run"), True),
-    ("compare builtin:letters", lambda t, txt, csv: (["compare", "--data", "builtin:letters", "--first", 400,
-                                                      "--models", "hmm:states=2", "--max-iterations", 2], t / "run" / "hmm-states2"), True),
-    ("fit builtin:sunspots", lambda t, txt, csv: (["fit", "hmm", "--data", "builtin:sunspots", "--states", 2,
-                                                   "--max-iterations", 2], t / "run"), True),
-    ("fit builtin:nile", lambda t, txt, csv: (["fit", "lgssm", "--data", "builtin:nile", "--state-dim", 1,
-                                               "--max-iterations", 2], t / "run"), False),
-    ("fit .txt", lambda t, txt, csv: (["fit", "hmm", "--data", txt, "--states", 2, "--max-iterations", 2], t / "run"), True),
-    ("compare .txt", lambda t, txt, csv: (["compare", "--data", txt, "--models", "hmm:states=2", "--max-iterations", 2],
-                                          t / "run" / "hmm-states2"), True),
-    ("fit .csv", lambda t, txt, csv: (["fit", "hmm", "--data", csv, "--time-column", "t", "--states", 2,
-                                       "--max-iterations", 2], t / "run"), True),
-    ("fit .npz", lambda t, txt, csv: (["fit", "hmm", "--data", _npz_counts(t), "--states", 2, "--max-iterations", 2], t / "run"), True),
+    (
+        "fit builtin:letters",
+        lambda t, txt, csv: (
+            ["fit", "hmm", "--data", "builtin:letters", "--first", 400, "--states", 2, "--max-iterations", 2],
+            t / "run",
+        ),
+        True,
+    ),
+    (
+        "compare builtin:letters",
+        lambda t, txt, csv: (
+            ["compare", "--data", "builtin:letters", "--first", 400, "--models", "hmm:states=2", "--max-iterations", 2],
+            t / "run" / "hmm-states2",
+        ),
+        True,
+    ),
+    (
+        "fit builtin:sunspots",
+        lambda t, txt, csv: (
+            ["fit", "hmm", "--data", "builtin:sunspots", "--states", 2, "--max-iterations", 2],
+            t / "run",
+        ),
+        True,
+    ),
+    (
+        "fit builtin:nile",
+        lambda t, txt, csv: (
+            ["fit", "lgssm", "--data", "builtin:nile", "--state-dim", 1, "--max-iterations", 2],
+            t / "run",
+        ),
+        False,
+    ),
+    (
+        "fit .txt",
+        lambda t, txt, csv: (["fit", "hmm", "--data", txt, "--states", 2, "--max-iterations", 2], t / "run"),
+        True,
+    ),
+    (
+        "compare .txt",
+        lambda t, txt, csv: (
+            ["compare", "--data", txt, "--models", "hmm:states=2", "--max-iterations", 2],
+            t / "run" / "hmm-states2",
+        ),
+        True,
+    ),
+    (
+        "fit .csv",
+        lambda t, txt, csv: (
+            ["fit", "hmm", "--data", csv, "--time-column", "t", "--states", 2, "--max-iterations", 2],
+            t / "run",
+        ),
+        True,
+    ),
+    (
+        "fit .npz",
+        lambda t, txt, csv: (["fit", "hmm", "--data", _npz_counts(t), "--states", 2, "--max-iterations", 2], t / "run"),
+        True,
+    ),
 ]
 
 
@@ -556,23 +860,56 @@ def test_every_run_directory_decodes_and_diagnoses(what, make, decodes, text_fil
     else:
         assert run_cli("decode", run) == 2
         assert "has no discrete states to decode" in capsys.readouterr().err
-    assert run_cli("diagnose", run, "--guide-draws", 10, "--predictive-draws", 3, "--no-progress") == 0, capsys.readouterr().err
+    assert run_cli("diagnose", run, "--guide-draws", 10, "--predictive-draws", 3, "--no-progress") == 0, (
+        capsys.readouterr().err
+    )
     assert (run / "diagnostics" / "diagnose.json").is_file()
 
 
 def test_a_builtin_letters_run_decodes_its_own_steps(tmp_path, capsys):
     """The README's main job: decode once failed with "option(s) vocabulary do not apply to built-in data"."""
     out = tmp_path / "run"
-    assert run_cli("fit", "hmm", "--data", "builtin:letters", "--first", 300, "--states", 2, "--max-iterations", 2,
-                   "--out", out, "--no-progress") == 0
+    assert (
+        run_cli(
+            "fit",
+            "hmm",
+            "--data",
+            "builtin:letters",
+            "--first",
+            300,
+            "--states",
+            2,
+            "--max-iterations",
+            2,
+            "--out",
+            out,
+            "--no-progress",
+        )
+        == 0
+    )
     capsys.readouterr()
     assert run_cli("decode", out) == 0, capsys.readouterr().err
     assert len((out / "decoded.csv").read_text().splitlines()) == 1 + 300
 
 
 def _small_fit(text_file, out, *extra):
-    assert run_cli("fit", "hmm", "--data", text_file, "--states", 2, "--max-iterations", 2, "--out", out,
-                   "--no-progress", *extra) == 0
+    assert (
+        run_cli(
+            "fit",
+            "hmm",
+            "--data",
+            text_file,
+            "--states",
+            2,
+            "--max-iterations",
+            2,
+            "--out",
+            out,
+            "--no-progress",
+            *extra,
+        )
+        == 0
+    )
 
 
 def test_diagnose_force_keeps_the_old_diagnostics_when_the_new_run_fails(text_file, tmp_path, capsys, monkeypatch):
@@ -606,8 +943,20 @@ def test_ctrl_c_names_the_checkpoint_and_the_resume_command(text_file, tmp_path,
 
     monkeypatch.setattr(zoo.cli.training, "fit", fit_then_interrupt)
     out = tmp_path / "run"
-    argv = ["fit", "hmm", "--data", str(text_file), "--states", "2", "--max-iterations", "2", "--out", str(out),
-            "--no-progress", "--force"]
+    argv = [
+        "fit",
+        "hmm",
+        "--data",
+        str(text_file),
+        "--states",
+        "2",
+        "--max-iterations",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--force",
+    ]
     assert main(argv) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
@@ -620,8 +969,29 @@ def test_diagnose_nuts_without_progress_prints_a_line_per_chain(text_file, tmp_p
     out = tmp_path / "run"
     _small_fit(text_file, out, "--first", 60)
     capsys.readouterr()
-    assert run_cli("diagnose", out, "--nuts", "--chains", 2, "--draws", 4, "--warmup", 4, "--max-tree-depth", 3,
-                   "--guide-draws", 5, "--predictive-draws", 2, "--no-progress", "--workers", 2) == 0
+    assert (
+        run_cli(
+            "diagnose",
+            out,
+            "--nuts",
+            "--chains",
+            2,
+            "--draws",
+            4,
+            "--warmup",
+            4,
+            "--max-tree-depth",
+            3,
+            "--guide-draws",
+            5,
+            "--predictive-draws",
+            2,
+            "--no-progress",
+            "--workers",
+            2,
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "NUTS: 2 chain(s) of 4 warm-up + 4 draws" in err
     assert "2 chain(s) of 4 warm-up + 4 draws, 2 at a time in worker processes" in err  # --workers 2
@@ -641,8 +1011,22 @@ def test_lgssm_plots_use_the_niles_years_and_units(tmp_path, monkeypatch):
 
         monkeypatch.setattr(plots, name, record)
     out = tmp_path / "run"
-    assert run_cli("fit", "lgssm", "--data", "builtin:nile", "--state-dim", 1, "--max-iterations", 2, "--out", out,
-                   "--no-progress") == 0
+    assert (
+        run_cli(
+            "fit",
+            "lgssm",
+            "--data",
+            "builtin:nile",
+            "--state-dim",
+            1,
+            "--max-iterations",
+            2,
+            "--out",
+            out,
+            "--no-progress",
+        )
+        == 0
+    )
     (time, *_), options = seen["state_bands"]
     assert options["time_label"] == "year" and options["units"] == "10⁸ m³"
     assert time[0] == 1871 and np.all(np.diff(time) == 1)
@@ -653,8 +1037,23 @@ def test_lgssm_plots_use_the_niles_years_and_units(tmp_path, monkeypatch):
 
 def test_compare_without_held_out_data_says_so(text_file, tmp_path, capsys):
     out = tmp_path / "cmp"
-    assert run_cli("compare", "--data", text_file, "--models", "hmm:states=2", "--max-iterations", 2, "--split", "1,0,0",
-                   "--out", out, "--no-progress") == 0
+    assert (
+        run_cli(
+            "compare",
+            "--data",
+            text_file,
+            "--models",
+            "hmm:states=2",
+            "--max-iterations",
+            2,
+            "--split",
+            "1,0,0",
+            "--out",
+            out,
+            "--no-progress",
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "valid and test: no held-out data" in printed and "nan" not in printed
     markdown = (out / "comparison.md").read_text()
@@ -665,7 +1064,10 @@ def test_fit_force_keeps_the_old_run_until_the_new_one_is_complete(text_file, tm
     import zoo.cli.training
 
     out = tmp_path / "run"
-    assert run_cli("fit", "hmm", "--data", text_file, "--states", 3, "--max-iterations", 2, "--out", out, "--no-progress") == 0
+    assert (
+        run_cli("fit", "hmm", "--data", text_file, "--states", 3, "--max-iterations", 2, "--out", out, "--no-progress")
+        == 0
+    )
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     def interrupted(*args, **kwargs):
@@ -699,4 +1101,4 @@ def test_posterior_states_numbers_the_validation_steps_where_they_are(text_file,
     train_steps = json.loads((out / "summary.json").read_text())["train_steps"]
     # One text cut in time: the validation part (plotted) starts right after the training part.
     assert seen["first_step"] == train_steps > 0
-    assert "".join(seen["labels"]) == TEXT[train_steps: train_steps + seen["length"]]
+    assert "".join(seen["labels"]) == TEXT[train_steps : train_steps + seen["length"]]

@@ -55,9 +55,7 @@ def test_read_corpus_vocabulary_counts_and_slices(tmp_path):
     first = {int(w): int(c) for w, c in corpus.batch.values[0, : int(corpus.batch.lengths[0])].tolist()}
     vocab = corpus.vocabulary
     assert first == {vocab.encode(["army"])[0]: 2, vocab.encode(["navy"])[0]: 1, vocab.encode(["taxes"])[0]: 2}
-    assert corpus.num_tokens == sum(
-        sum(1 for t in tokenize(text) if t in vocab) for _, text in ROWS
-    )
+    assert corpus.num_tokens == sum(sum(1 for t in tokenize(text) if t in vocab) for _, text in ROWS)
     yearly = read_corpus(tmp_path / "c.csv", min_document_frequency=2, slice_width=1)
     assert yearly.slices.tolist() == [0, 4, 12, 21, 28] and yearly.num_slices == 29
 

@@ -173,7 +173,9 @@ def test_text_reader_options(tmp_path):
     texts = [paragraphs.vocabulary.decode(s) for s in paragraphs.batch.sequences()]
     assert texts == ["Hello, World!\nSecond line", "New  para"]
 
-    mapped = load_data(path, lowercase=True, alphabet=" abcdefghijklmnopqrstuvwxyz", replace_unknown=" ", squeeze_spaces=True)
+    mapped = load_data(
+        path, lowercase=True, alphabet=" abcdefghijklmnopqrstuvwxyz", replace_unknown=" ", squeeze_spaces=True
+    )
     assert mapped.vocabulary.symbols == tuple(" abcdefghijklmnopqrstuvwxyz")
     assert mapped.vocabulary.decode(mapped.values[0]) == "hello world second line new para "
 
@@ -204,7 +206,9 @@ def test_csv_missing_cells_become_nan(tmp_path):
     assert torch.equal(data.values[0].nan_to_num(-1), expected.nan_to_num(-1))
     assert data.num_series == data.dim == 2
     only_b = read_csv(path, time_column="date", columns=["b"])
-    assert only_b.series_names == ["b"] and torch.equal(only_b.values[0, :, 0].nan_to_num(-1), expected[:, 1].nan_to_num(-1))
+    assert only_b.series_names == ["b"] and torch.equal(
+        only_b.values[0, :, 0].nan_to_num(-1), expected[:, 1].nan_to_num(-1)
+    )
 
 
 def test_csv_sequence_column_gives_ragged_sequences(tmp_path):
@@ -296,7 +300,10 @@ def test_npz_single_array_and_bad_archives(tmp_path):
 
 def test_unknown_extension_and_missing_file(tmp_path):
     path = write(tmp_path / "data.xlsx", "x")
-    with pytest.raises(ValueError, match=r"data\.xlsx: unsupported file type '\.xlsx'; supported: \.txt, \.csv, \.csv\.gz, \.npz, \.json"):
+    with pytest.raises(
+        ValueError,
+        match=r"data\.xlsx: unsupported file type '\.xlsx'; supported: \.txt, \.csv, \.csv\.gz, \.npz, \.json",
+    ):
         load_data(path)
     missing = tmp_path / "absent.csv"
     with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
@@ -309,18 +316,48 @@ def test_unknown_extension_and_missing_file(tmp_path):
 @pytest.mark.parametrize(
     ("values", "kind", "extra", "error", "message"),
     [
-        (torch.zeros(2, 3), "categorical", {}, ValueError, r"values: expected integer codes for kind 'categorical', got float32"),
+        (
+            torch.zeros(2, 3),
+            "categorical",
+            {},
+            ValueError,
+            r"values: expected integer codes for kind 'categorical', got float32",
+        ),
         (torch.zeros(2, 3, 1, dtype=torch.long), "categorical", {}, ValueError, r"values: expected shape \(N, T\)"),
         (torch.zeros(5), "real", {}, ValueError, r"values: expected shape \(N, T, D\) for kind 'real', got \(5,\)"),
-        (torch.zeros(1, 5, 1, dtype=torch.long), "real", {}, ValueError, r"values: expected floating values for kind 'real'"),
-        (torch.tensor([[0, 3]]), "categorical", {"vocabulary": Vocabulary("abc")}, ValueError, r"codes in \[0, 3\), got range \[0, 3\]"),
+        (
+            torch.zeros(1, 5, 1, dtype=torch.long),
+            "real",
+            {},
+            ValueError,
+            r"values: expected floating values for kind 'real'",
+        ),
+        (
+            torch.tensor([[0, 3]]),
+            "categorical",
+            {"vocabulary": Vocabulary("abc")},
+            ValueError,
+            r"codes in \[0, 3\), got range \[0, 3\]",
+        ),
         (torch.tensor([[-1, 0]]), "categorical", {}, ValueError, r"codes in \[0, inf\)"),
         (torch.tensor([[[-1.0]]]), "count", {}, ValueError, r"nonnegative integers for kind 'count'"),
         (torch.tensor([[[0.5]]]), "count", {}, ValueError, r"nonnegative integers for kind 'count'"),
         (torch.tensor([[[2.0]]]), "binary", {}, ValueError, r"only 0 and 1"),
         (torch.tensor([[[math.inf]]]), "real", {}, ValueError, r"found infinity"),
-        (torch.zeros(2, 3, dtype=torch.long), "categorical", {"lengths": torch.tensor([1])}, ValueError, r"lengths: expected shape \(2,\)"),
-        (torch.zeros(2, 3, dtype=torch.long), "categorical", {"lengths": torch.tensor([1.0, 2.0])}, ValueError, r"lengths: expected a 1-D integer"),
+        (
+            torch.zeros(2, 3, dtype=torch.long),
+            "categorical",
+            {"lengths": torch.tensor([1])},
+            ValueError,
+            r"lengths: expected shape \(2,\)",
+        ),
+        (
+            torch.zeros(2, 3, dtype=torch.long),
+            "categorical",
+            {"lengths": torch.tensor([1.0, 2.0])},
+            ValueError,
+            r"lengths: expected a 1-D integer",
+        ),
         (torch.zeros(1, 3), "symbols", {}, ValueError, r"kind: expected one of categorical, real, count, binary"),
         ([[0, 1]], "categorical", {}, TypeError, r"values\[0\]: expected a torch.Tensor or numpy array, got list"),
         ("abc", "categorical", {}, TypeError, r"values: expected a torch.Tensor or numpy array, got str"),
@@ -367,7 +404,9 @@ def test_polyphonic_jsb_chorales():
 
 def test_polyphonic_bad_input(tmp_path):
     path = write(tmp_path / "music.json", json.dumps({"train": [[[60], [200]]]}))
-    with pytest.raises(ValueError, match=r"music\.json: part 'train', sequence 0, frame 1: expected pitches in \[21, 108\]"):
+    with pytest.raises(
+        ValueError, match=r"music\.json: part 'train', sequence 0, frame 1: expected pitches in \[21, 108\]"
+    ):
         load_polyphonic(path, "train")
     with pytest.raises(ValueError, match=r"split: .*music\.json has no part 'test'; parts are \['train'\]"):
         load_polyphonic(path, "test")
@@ -465,16 +504,22 @@ def test_load_splits_is_none_for_data_without_a_split(tmp_path):
 def test_split_by_time_keeps_order_and_holds_out_the_tails():
     # Sequence n counts 0, 1, ..., L_n - 1 (plus 100 n, to tell them apart); names follow the pieces.
     lengths = [10, 20, 5, 2]
-    data = replace_names(as_sequence_data([torch.arange(100.0 * n, 100.0 * n + L).reshape(L, 1) for n, L in enumerate(lengths)], "real"),
-                         ["a", "b", "c", "d"])
+    data = replace_names(
+        as_sequence_data([torch.arange(100.0 * n, 100.0 * n + L).reshape(L, 1) for n, L in enumerate(lengths)], "real"),
+        ["a", "b", "c", "d"],
+    )
     train, valid, test = split_data(data, (0.6, 0.2, 0.2), seed=123, by="time")
     for n, length in enumerate(lengths):
         first, second = round(length * 0.6), round(length * 0.8)
         expected = [list(range(0, first)), list(range(first, second)), list(range(second, length))]
         got = []
-        for part, want in zip((train, valid, test), expected):
+        for part in (train, valid, test):
             names = part.sequence_names
-            got.append([int(v) - 100 * n for v in part.batch.sequences()[names.index("abcd"[n])][:, 0]] if "abcd"[n] in names else [])
+            got.append(
+                [int(v) - 100 * n for v in part.batch.sequences()[names.index("abcd"[n])][:, 0]]
+                if "abcd"[n] in names
+                else []
+            )
         assert got == expected, n
     # The two-step sequence "d" has no test step (round(1.6) = 2): it is left out of the test part only.
     assert train.sequence_names == ["a", "b", "c", "d"] and valid.sequence_names == ["a", "b", "c", "d"]
@@ -510,7 +555,9 @@ from zoo.data import EmptyColumnWarning, require_counts, require_kind, require_r
 def test_csv_infinity_is_refused_naming_file_line_and_column(tmp_path, cell):
     path = tmp_path / "bad.csv"
     path.write_text(f"year,flow\n1871,1120\n1872,{cell}\n")
-    with pytest.raises(ValueError, match=rf"bad\.csv: line 3, column 'flow': expected a finite number .* got '{re.escape(cell)}'"):
+    with pytest.raises(
+        ValueError, match=rf"bad\.csv: line 3, column 'flow': expected a finite number .* got '{re.escape(cell)}'"
+    ):
         read_csv(path)
     with pytest.raises(ValueError, match=r"line 3, column 'flow'"):
         read_csv(path, kind="count")
@@ -540,8 +587,11 @@ def test_csv_all_missing_column_is_dropped_with_a_warning_or_refused_when_named(
 def test_require_counts_names_the_flag_the_file_and_the_entry(tmp_path):
     path = tmp_path / "rain.csv"
     path.write_text("mm,days\n1,2\n0,3\n-1.5,4\n")
-    with pytest.raises(ValueError, match=r"--emission poisson needs nonnegative integer counts, but .*rain\.csv "
-                                         r"has -1\.5 at sequence 0, step 2, column 'mm'"):
+    with pytest.raises(
+        ValueError,
+        match=r"--emission poisson needs nonnegative integer counts, but .*rain\.csv "
+        r"has -1\.5 at sequence 0, step 2, column 'mm'",
+    ):
         require_counts(read_csv(path), "--emission poisson")
     path.write_text("mm,days\n1,2\n0,3.25\n")
     with pytest.raises(ValueError, match=r"has 3\.25 at sequence 0, step 1, column 'days'"):
@@ -558,16 +608,22 @@ def test_require_counts_names_the_flag_the_file_and_the_entry(tmp_path):
     require_counts(read_csv(ragged, sequence_column="id"), "--emission poisson")
     text = tmp_path / "book.txt"
     text.write_text("some words\n")
-    with pytest.raises(ValueError, match=r"--emission poisson needs a \.csv or \.npz file of counts \(kind 'count'\), "
-                                         r"but .*book\.txt holds text or symbol codes \(kind 'categorical'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"--emission poisson needs a \.csv or \.npz file of counts \(kind 'count'\), "
+        r"but .*book\.txt holds text or symbol codes \(kind 'categorical'\)",
+    ):
         require_counts(load_data(text), "--emission poisson")
 
 
 def test_require_real_names_the_flag_and_the_text_file(tmp_path):
     text = tmp_path / "book.txt"
     text.write_text("some words\n")
-    with pytest.raises(ValueError, match=r"^--emission gaussian needs a \.csv or \.npz file of numbers .*book\.txt "
-                                         r"holds text or symbol codes \(kind 'categorical'\)$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^--emission gaussian needs a \.csv or \.npz file of numbers .*book\.txt "
+        r"holds text or symbol codes \(kind 'categorical'\)$",
+    ):
         require_real(load_data(text), "--emission gaussian")
     require_real(load_data("builtin:nile"), "--emission gaussian")
     with pytest.raises(ValueError, match=r"^hmm --kind binary needs 0/1 frames"):

@@ -46,10 +46,12 @@ def test_summary_statistics_of_real_values_by_hand_with_padding():
 
 
 def persistent_truth():
-    return GaussianHMM.from_params(torch.tensor([0.5, 0.5], dtype=torch.float64),
-                                   torch.tensor([[0.95, 0.05], [0.05, 0.95]], dtype=torch.float64),
-                                   torch.tensor([[-2.0], [2.0]], dtype=torch.float64),
-                                   torch.tensor([[1.0], [1.0]], dtype=torch.float64))
+    return GaussianHMM.from_params(
+        torch.tensor([0.5, 0.5], dtype=torch.float64),
+        torch.tensor([[0.95, 0.05], [0.05, 0.95]], dtype=torch.float64),
+        torch.tensor([[-2.0], [2.0]], dtype=torch.float64),
+        torch.tensor([[1.0], [1.0]], dtype=torch.float64),
+    )
 
 
 def test_ppc_flags_a_model_without_memory_and_passes_the_true_one():
@@ -63,8 +65,14 @@ def test_ppc_flags_a_model_without_memory_and_passes_the_true_one():
     flat = batch.values.reshape(-1, 1)
     iid = GaussianHMM(1, 1).double()
     iid.initialize_from_data(batch)
-    iid.set_parameter_values({"initial": torch.ones(1, dtype=torch.float64), "transition": torch.ones(1, 1, dtype=torch.float64),
-                              "means": flat.mean(0, keepdim=True), "precisions": 1 / flat.var(0, keepdim=True)})
+    iid.set_parameter_values(
+        {
+            "initial": torch.ones(1, dtype=torch.float64),
+            "transition": torch.ones(1, 1, dtype=torch.float64),
+            "means": flat.mean(0, keepdim=True),
+            "precisions": 1 / flat.var(0, keepdim=True),
+        }
+    )
     tables = {}
     for name, model in (("true", truth_copy), ("iid", iid)):
         idata = export.to_inference_data(model, batch, None, num_predictive_draws=40, seed=1)
@@ -86,8 +94,24 @@ def fitted_run(tmp_path):
     data_path = tmp_path / "two_states.npz"
     save_npz(as_sequence_data(batch.values, "real"), data_path)
     run = tmp_path / "run"
-    assert main(["fit", "hmm", "--data", str(data_path), "--states", "2", "--out", str(run),
-                 "--max-iterations", "40", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "hmm",
+                "--data",
+                str(data_path),
+                "--states",
+                "2",
+                "--out",
+                str(run),
+                "--max-iterations",
+                "40",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return run, data_path
 
 
@@ -95,8 +119,18 @@ def test_diagnose_point_estimate_then_nuts(fitted_run, capsys):
     run, data_path = fitted_run
     assert main(["diagnose", str(run), "--no-progress", "--predictive-draws", "20"]) == 0
     out = run / "diagnostics"
-    for name in ("summary.csv", "summary.md", "trace.png", "ppc.png", "ppc_statistics.png", "ppc.json",
-                 "posterior_states.png", "loo.json", "inference_data.nc", "diagnose.json"):
+    for name in (
+        "summary.csv",
+        "summary.md",
+        "trace.png",
+        "ppc.png",
+        "ppc_statistics.png",
+        "ppc.json",
+        "posterior_states.png",
+        "loo.json",
+        "inference_data.nc",
+        "diagnose.json",
+    ):
         assert (out / name).is_file(), name
     assert "skipped" in json.loads((out / "loo.json").read_text())
     assert "point estimate" in (out / "summary.md").read_text()
@@ -105,12 +139,41 @@ def test_diagnose_point_estimate_then_nuts(fitted_run, capsys):
     assert main(["diagnose", str(run), "--no-progress"]) == 2
     assert "--force" in capsys.readouterr().err
 
-    assert main(["diagnose", str(run), "--nuts", "--chains", "2", "--draws", "15", "--warmup", "15", "--max-tree-depth", "4",
-                 "--predictive-draws", "10", "--no-progress", "--force"]) == 0
+    assert (
+        main(
+            [
+                "diagnose",
+                str(run),
+                "--nuts",
+                "--chains",
+                "2",
+                "--draws",
+                "15",
+                "--warmup",
+                "15",
+                "--max-tree-depth",
+                "4",
+                "--predictive-draws",
+                "10",
+                "--no-progress",
+                "--force",
+            ]
+        )
+        == 0
+    )
     assert "r_hat" in capsys.readouterr().out
     summary = (out / "summary.csv").read_text().splitlines()
-    assert summary[0].split(",")[1:] == ["mean", "sd", "hdi_3%", "hdi_97%", "mcse_mean", "mcse_sd", "ess_bulk",
-                                         "ess_tail", "r_hat"]
+    assert summary[0].split(",")[1:] == [
+        "mean",
+        "sd",
+        "hdi_3%",
+        "hdi_97%",
+        "mcse_mean",
+        "mcse_sd",
+        "ess_bulk",
+        "ess_tail",
+        "r_hat",
+    ]
     assert len(summary) == 1 + 2 + 4 + 2 + 2  # initial, transition, means, precisions
     loo = json.loads((out / "loo.json").read_text())
     train = split_data(load_data(data_path), (0.8, 0.1, 0.1), seed=0).train  # what `fit` trained on
@@ -131,8 +194,28 @@ def test_diagnose_meanfield_guide_and_compare_table(tmp_path):
     data_path = tmp_path / "two_states.npz"
     save_npz(as_sequence_data(batch.values, "real"), data_path)
     run = tmp_path / "run"
-    assert main(["fit", "hmm", "--data", str(data_path), "--states", "2", "--guide", "meanfield", "--method", "svi",
-                 "--epochs", "15", "--out", str(run), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "hmm",
+                "--data",
+                str(data_path),
+                "--states",
+                "2",
+                "--guide",
+                "meanfield",
+                "--method",
+                "svi",
+                "--epochs",
+                "15",
+                "--out",
+                str(run),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert main(["diagnose", str(run), "--guide-draws", "60", "--predictive-draws", "8", "--no-progress"]) == 0
     report = json.loads((run / "diagnostics" / "diagnose.json").read_text())
     assert report["posterior"] == "guide" and report["num_draws"] == 60
@@ -141,7 +224,23 @@ def test_diagnose_meanfield_guide_and_compare_table(tmp_path):
     assert math.isfinite(loo["guide_pareto_k"]) and loo["n_sequences"] == train.batch.num_sequences
 
     out = tmp_path / "compare"
-    assert main(["compare", "--data", str(data_path), "--models", "hmm:states=1,guide=meanfield,method=svi",
-                 "hmm:states=2,guide=meanfield,method=svi", "--epochs", "15", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--data",
+                str(data_path),
+                "--models",
+                "hmm:states=1,guide=meanfield,method=svi",
+                "hmm:states=2,guide=meanfield,method=svi",
+                "--epochs",
+                "15",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert (out / "loo_compare.csv").is_file()
     assert "PSIS-LOO" in (out / "comparison.md").read_text()

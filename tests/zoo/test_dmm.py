@@ -159,8 +159,12 @@ def test_iwae_rises_with_particles_towards_the_exact_log_likelihood():
     with torch.no_grad():
         for m in (1, 8, 64, 512):
             torch.manual_seed(m)
-            draws = torch.stack([model.log_prob_batch(batch, num_particles=m) if m > 1
-                                 else model.elbo_per_sequence(batch, "mc") for _ in range(20)])
+            draws = torch.stack(
+                [
+                    model.log_prob_batch(batch, num_particles=m) if m > 1 else model.elbo_per_sequence(batch, "mc")
+                    for _ in range(20)
+                ]
+            )
             bounds.append(draws.mean(0).sum().item())
     gaps = [exact.sum().item() - b for b in bounds]
     assert gaps[0] > 0.5, gaps  # the inflated guide leaves a visible gap
@@ -180,13 +184,17 @@ def test_masked_batch_equals_one_by_one_and_ignores_padding(observation, guide):
     noise = torch.randn(4, 6, 3, dtype=torch.float64)
     garbage = batch.values.clone()
     pad = ~batch.mask
-    garbage[pad] = (torch.full_like(garbage[pad], 99) if observation == "categorical"
-                    else torch.full_like(garbage[pad], float("nan")))
+    garbage[pad] = (
+        torch.full_like(garbage[pad], 99)
+        if observation == "categorical"
+        else torch.full_like(garbage[pad], float("nan"))
+    )
     with torch.no_grad():
         together = model.elbo_per_sequence(batch, "mc", noise=noise)
         with_garbage = model.elbo_per_sequence(SequenceBatch(garbage, batch.lengths), "mc", noise=noise)
-        alone = torch.cat([model.elbo_per_sequence(batch[i], "mc", noise=noise[i:i + 1, :batch.lengths[i]])
-                           for i in range(4)])
+        alone = torch.cat(
+            [model.elbo_per_sequence(batch[i], "mc", noise=noise[i : i + 1, : batch.lengths[i]]) for i in range(4)]
+        )
         post = model.posterior(batch)
         post_alone = [model.posterior(batch[i]) for i in range(4)]
     torch.testing.assert_close(together, alone, rtol=1e-10, atol=1e-10)
@@ -244,17 +252,20 @@ def test_bad_input_is_named():
     from zoo.registry import UsageError
 
     data = SimpleNamespace(kind="binary", dim=4)
-    for settings, message in (({"guide_dropout": "half"}, "guide_dropout must be a number, got 'half'"),
-                              ({"guide_dropout": "1.5"}, "guide_dropout: expected a number in"),
-                              ({"weight_decay": "-1"}, "weight_decay: expected a nonnegative number"),
-                              ({"z_dim": "2.5"}, "z_dim must be an int"),
-                              ({"particles": "many"}, "particles must be an int"),
-                              ({"average": "1"}, "average_decay: expected a number in"),
-                              ({"dropout": "0.1"}, "unknown settings")):
+    for settings, message in (
+        ({"guide_dropout": "half"}, "guide_dropout must be a number, got 'half'"),
+        ({"guide_dropout": "1.5"}, "guide_dropout: expected a number in"),
+        ({"weight_decay": "-1"}, "weight_decay: expected a nonnegative number"),
+        ({"z_dim": "2.5"}, "z_dim must be an int"),
+        ({"particles": "many"}, "particles must be an int"),
+        ({"average": "1"}, "average_decay: expected a number in"),
+        ({"dropout": "0.1"}, "unknown settings"),
+    ):
         with pytest.raises(UsageError, match=message):
             build_dmm(data, settings)
-    built = build_dmm(data, {"guide_dropout": "0.25", "weight_decay": "3", "z_dim": "2", "particles": "5",
-                             "average": "0.99"})
+    built = build_dmm(
+        data, {"guide_dropout": "0.25", "weight_decay": "3", "z_dim": "2", "particles": "5", "average": "0.99"}
+    )
     assert built.guide_dropout == 0.25 and built.z_dim == 2
     assert built.fit_defaults("svi").weight_decay == 3.0 and built.score_particles() == 5
     assert built.fit_defaults("svi").average_decay == 0.99
@@ -291,12 +302,25 @@ def test_short_training_improves_the_bound_and_recovers_the_fixed_point():
     def held_out_per_step():
         with torch.no_grad(), torch.random.fork_rng():
             torch.manual_seed(0)
-            return model.log_prob_batch(SequenceBatch(held_out.values.repeat(8, 1, 1), held_out.lengths.repeat(8))
-                                        ).mean().item() / 20
+            return (
+                model.log_prob_batch(SequenceBatch(held_out.values.repeat(8, 1, 1), held_out.lengths.repeat(8)))
+                .mean()
+                .item()
+                / 20
+            )
 
     before = held_out_per_step()
-    result = fit(model, train, loss="model", max_epochs=60, batch_size=16, learning_rate=1e-2,
-                 final_learning_rate=2e-3, step_kwargs=KLAnnealing(start=0.2, epochs=5), progress=False)
+    result = fit(
+        model,
+        train,
+        loss="model",
+        max_epochs=60,
+        batch_size=16,
+        learning_rate=1e-2,
+        final_learning_rate=2e-3,
+        step_kwargs=KLAnnealing(start=0.2, epochs=5),
+        progress=False,
+    )
     after = held_out_per_step()
     assert after > before + 2.0, (before, after, result.history[-1])
     starts = model.posterior(held_out).loc[:, -1]  # the guide's states at the end of held-out sequences
@@ -318,8 +342,17 @@ def test_learning_rate_3e_3_trains_20_epochs_on_jsb_without_nan():
     train = load_polyphonic(JSB, "train").batch[:40]
     torch.manual_seed(0)
     model = DeepMarkovModel("bernoulli", dim=88)
-    records = fit(model, train, loss="model", max_epochs=20, batch_size=20, learning_rate=3e-3, warmup_epochs=0,
-                  lr_schedule="constant", progress=False).history
+    records = fit(
+        model,
+        train,
+        loss="model",
+        max_epochs=20,
+        batch_size=20,
+        learning_rate=3e-3,
+        warmup_epochs=0,
+        lr_schedule="constant",
+        progress=False,
+    ).history
     assert all(math.isfinite(r["objective_per_step"]) for r in records)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert records[-1]["objective_per_step"] > records[0]["objective_per_step"] + 20  # it learns, not just survives
@@ -366,11 +399,42 @@ def test_cli_fit_sample_decode(tmp_path, capsys):
 
     data_path = _binary_npz(tmp_path)
     run_path = tmp_path / "run"
-    assert main(["fit", "dmm", "--data", str(data_path), "--z-dim", "2", "--transition-dim", "4", "--emitter-dim", "4",
-                 "--rnn-dim", "4", "--epochs", "3", "--annealing-epochs", "2", "--min-annealing", "0.5",
-                 "--particles", "4", "--weight-decay", "5", "--guide-dropout", "0.1", "--average", "0.9",
-                 "--no-progress",
-                 "--out", str(run_path)]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "dmm",
+                "--data",
+                str(data_path),
+                "--z-dim",
+                "2",
+                "--transition-dim",
+                "4",
+                "--emitter-dim",
+                "4",
+                "--rnn-dim",
+                "4",
+                "--epochs",
+                "3",
+                "--annealing-epochs",
+                "2",
+                "--min-annealing",
+                "0.5",
+                "--particles",
+                "4",
+                "--weight-decay",
+                "5",
+                "--guide-dropout",
+                "0.1",
+                "--average",
+                "0.9",
+                "--no-progress",
+                "--out",
+                str(run_path),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((run_path / "summary.json").read_text())
     config = json.loads((run_path / "config.json").read_text())
     assert summary["likelihood"] == "IWAE bound (M=4)"
@@ -477,8 +541,9 @@ def test_fit_with_the_model_loss_passes_the_annealing_schedule():
 
     model.loss = spy
     schedule = KLAnnealing(start=0.25, epochs=3)
-    result = fit(model, train, loss="model", step_kwargs=schedule, max_epochs=6, batch_size=8,
-                 learning_rate=1e-2, progress=False)
+    result = fit(
+        model, train, loss="model", step_kwargs=schedule, max_epochs=6, batch_size=8, learning_rate=1e-2, progress=False
+    )
     # one lazy-initialisation call, then two mini-batches per epoch
     assert seen[1:] == [schedule(epoch, 0)["annealing_factor"] for epoch in range(6) for _ in range(2)]
     assert seen[1:3] == [0.25, 0.25] and seen[-1] == 1.0
@@ -493,16 +558,20 @@ def test_fused_guide_loop_gradcheck():
 
     g = torch.Generator().manual_seed(0)
     n, t, z, h = 3, 5, 2, 4
-    args = [torch.randn(n, t, 2 * z, generator=g, dtype=torch.float64, requires_grad=True),
-            torch.randn(n, t, z, generator=g, dtype=torch.float64),
-            torch.randn(z, generator=g, dtype=torch.float64, requires_grad=True),
-            torch.randn(h, z, generator=g, dtype=torch.float64, requires_grad=True),
-            torch.randn(h, generator=g, dtype=torch.float64, requires_grad=True),
-            torch.randn(2 * z, h, generator=g, dtype=torch.float64, requires_grad=True)]
+    args = [
+        torch.randn(n, t, 2 * z, generator=g, dtype=torch.float64, requires_grad=True),
+        torch.randn(n, t, z, generator=g, dtype=torch.float64),
+        torch.randn(z, generator=g, dtype=torch.float64, requires_grad=True),
+        torch.randn(h, z, generator=g, dtype=torch.float64, requires_grad=True),
+        torch.randn(h, generator=g, dtype=torch.float64, requires_grad=True),
+        torch.randn(2 * z, h, generator=g, dtype=torch.float64, requires_grad=True),
+    ]
     full = [n] * t
     assert torch.autograd.gradcheck(lambda *a: _StructuredGuideLoop.apply(*a, 0.01, full, torch.arange(n)), args)
     # sequences of lengths 5, 3, 1 (sorted, longest first): padded steps are skipped, gradients still exact
-    assert torch.autograd.gradcheck(lambda *a: _StructuredGuideLoop.apply(*a, 0.01, [3, 2, 2, 1, 1], torch.arange(n)), args)
+    assert torch.autograd.gradcheck(
+        lambda *a: _StructuredGuideLoop.apply(*a, 0.01, [3, 2, 2, 1, 1], torch.arange(n)), args
+    )
 
 
 class _UnfusedDMM(DeepMarkovModel):
@@ -535,7 +604,7 @@ def test_fused_guide_loop_equals_the_autograd_loop(guide):
 def test_fused_rnn_equals_torch_rnn_and_gradcheck():
     """_TanhRNN is nn.RNN(tanh): same outputs and gradients (inputs, h_0, weights), and its backward
     passes gradcheck in float64."""
-    from zoo.dmm import _TanhRNN, _run_rnn
+    from zoo.dmm import _run_rnn, _TanhRNN
 
     torch.manual_seed(0)
     rnn = torch.nn.RNN(3, 5, nonlinearity="tanh", batch_first=True).double()
@@ -546,13 +615,15 @@ def test_fused_rnn_equals_torch_rnn_and_gradcheck():
     reference, _ = rnn(inputs, h_0.unsqueeze(0))
     torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
     wrt = [inputs, h_0, *rnn.parameters()]
-    for a, b in zip(torch.autograd.grad((ours * weights).sum(), wrt), torch.autograd.grad((reference * weights).sum(), wrt)):
+    for a, b in zip(
+        torch.autograd.grad((ours * weights).sum(), wrt), torch.autograd.grad((reference * weights).sum(), wrt)
+    ):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     # variable lengths (unsorted): each sequence's real steps equal nn.RNN on that sequence alone; padding is 0
     lengths = torch.tensor([3, 6, 1, 4])
     ours = _run_rnn(rnn, inputs, h_0, lengths)
     for i, length in enumerate(lengths.tolist()):
-        alone, _ = rnn(inputs[i:i + 1, :length], h_0[i:i + 1].unsqueeze(0))
+        alone, _ = rnn(inputs[i : i + 1, :length], h_0[i : i + 1].unsqueeze(0))
         torch.testing.assert_close(ours[i, :length], alone[0], rtol=1e-12, atol=1e-12)
         assert (ours[i, length:] == 0).all()
     args = [inputs, h_0, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0]
@@ -580,11 +651,15 @@ def test_guide_dropout_acts_in_the_training_loss_only():
     # Scoring and posteriors never drop, in either mode; nor does the loss in eval mode.
     for mode in (True, False):
         dropped.train(mode), plain.train(mode)
-        for score in (lambda m: m.log_prob_batch(batch), lambda m: m.log_prob_batch(batch, num_particles=4),
-                      lambda m: m.posterior(batch).loc):
+        for score in (
+            lambda m: m.log_prob_batch(batch),
+            lambda m: m.log_prob_batch(batch, num_particles=4),
+            lambda m: m.posterior(batch).loc,
+        ):
             torch.testing.assert_close(seeded(lambda: score(dropped)), seeded(lambda: score(plain)), rtol=0, atol=0)
-    torch.testing.assert_close(seeded(lambda: dropped.loss(batch).loss), seeded(lambda: plain.loss(batch).loss),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        seeded(lambda: dropped.loss(batch).loss), seeded(lambda: plain.loss(batch).loss), rtol=0, atol=0
+    )
     assert DeepMarkovModel(**dropped.config()).guide_dropout == 0.5
     with pytest.raises(ValueError, match="guide_dropout"):
         _small("bernoulli", guide_dropout=1.0)

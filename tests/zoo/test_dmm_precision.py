@@ -42,16 +42,19 @@ def test_low_precision_linear_matches_linear():
     reference = torch.nn.functional.linear(x, weight, bias)
     assert out.shape == (3, 7, 6) and 1e-5 < _relative(out, reference) < 1e-2
     upstream = torch.randn(3, 7, 6)
-    for a, b in zip(torch.autograd.grad((out * upstream).sum(), [x, weight, bias]),
-                    torch.autograd.grad((reference * upstream).sum(), [x, weight, bias])):
+    for a, b in zip(
+        torch.autograd.grad((out * upstream).sum(), [x, weight, bias]),
+        torch.autograd.grad((reference * upstream).sum(), [x, weight, bias]),
+    ):
         assert a.shape == b.shape and _relative(a, b) < 1e-2
 
 
 def test_bfloat16_model_loss_and_gradients_are_close_to_float32():
     torch.manual_seed(2)
     exact = DeepMarkovModel("bernoulli", dim=20, z_dim=6, transition_dim=16, emitter_dim=16, rnn_dim=48)
-    low = DeepMarkovModel("bernoulli", dim=20, z_dim=6, transition_dim=16, emitter_dim=16, rnn_dim=48,
-                          rnn_precision="bfloat16")
+    low = DeepMarkovModel(
+        "bernoulli", dim=20, z_dim=6, transition_dim=16, emitter_dim=16, rnn_dim=48, rnn_precision="bfloat16"
+    )
     low.load_state_dict(exact.state_dict())
     assert low.config()["rnn_precision"] == "bfloat16" and DeepMarkovModel(**low.config()).rnn_precision == "bfloat16"
     g = torch.Generator().manual_seed(0)

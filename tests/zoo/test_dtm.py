@@ -63,10 +63,10 @@ def test_summed_assignments_equal_pyro_enumeration():
         documents = torch.arange(len(TOKENS))[:, None]
         with pyro.plate("documents", len(TOKENS), dim=-2), pyro.plate("tokens", token_ids.shape[1], dim=-1):
             with pyro.poutine.mask(mask=token_mask):
-                topic = pyro.sample("topic", dist.Categorical(logits=eta[:, None, :]),
-                                    infer={"enumerate": "parallel"})
-                pyro.sample("word", dist.Categorical(logits=Vindex(log_word_given_topic)[documents, topic]),
-                            obs=token_ids)
+                topic = pyro.sample("topic", dist.Categorical(logits=eta[:, None, :]), infer={"enumerate": "parallel"})
+                pyro.sample(
+                    "word", dist.Categorical(logits=Vindex(log_word_given_topic)[documents, topic]), obs=token_ids
+                )
 
     pyro.set_rng_seed(1)
     ours = Trace_ELBO().differentiable_loss(model.model, model.guide, batch)
@@ -123,8 +123,9 @@ def test_markov_guide_and_random_walk_match_dense_gaussians():
     q_dense = dist.MultivariateNormal(loc[:, 0], joint_covariance_of_markov(loc, scale, coupling))
     p = RandomWalkNormal(torch.tensor(1.5, dtype=torch.float64), torch.tensor(0.3, dtype=torch.float64), S, 1)
     steps = torch.arange(S, dtype=torch.float64)
-    p_dense = dist.MultivariateNormal(torch.zeros(S, dtype=torch.float64),
-                                      1.5**2 + 0.3**2 * torch.minimum(steps[:, None], steps[None, :]))
+    p_dense = dist.MultivariateNormal(
+        torch.zeros(S, dtype=torch.float64), 1.5**2 + 0.3**2 * torch.minimum(steps[:, None], steps[None, :])
+    )
     x = torch.randn(7, S, 1).double()
     assert torch.allclose(q.log_prob(x), q_dense.log_prob(x[..., 0]))
     assert torch.allclose(p.log_prob(x), p_dense.log_prob(x[..., 0]))
@@ -140,7 +141,9 @@ def collapse_to_static(dtm: DynamicTopicModel, lda: StaticTopicModel) -> None:
     with torch.no_grad():
         for name in ("beta", "alpha"):
             drift = dtm.topic_drift if name == "beta" else dtm.proportion_drift
-            getattr(dtm, f"guide_{name}_loc").copy_(getattr(lda, f"guide_{name}_loc").expand_as(getattr(dtm, f"guide_{name}_loc")))
+            getattr(dtm, f"guide_{name}_loc").copy_(
+                getattr(lda, f"guide_{name}_loc").expand_as(getattr(dtm, f"guide_{name}_loc"))
+            )
             log_scale = getattr(dtm, f"guide_{name}_log_scale")
             log_scale[0] = getattr(lda, f"guide_{name}_log_scale")[0]
             log_scale[1:] = math.log(drift)
@@ -164,8 +167,11 @@ def test_vanishing_drift_reduces_to_static_lda():
         dtm = DynamicTopicModel(V, K, S, topic_drift=drift, proportion_drift=drift, hidden_size=8)
         collapse_to_static(dtm, lda)
         # the chains' KL to their random walks is exactly the first slice's: later slices cost nothing
-        assert torch.allclose(markov_normal_kl(dtm.beta_guide(), dtm.beta_prior()),
-                              markov_normal_kl(lda.beta_guide(), lda.beta_prior()), rtol=1e-5)
+        assert torch.allclose(
+            markov_normal_kl(dtm.beta_guide(), dtm.beta_prior()),
+            markov_normal_kl(lda.beta_guide(), lda.beta_prior()),
+            rtol=1e-5,
+        )
         torch.manual_seed(4)
         dynamic = dtm.loss(batch).item()
         torch.manual_seed(4)
@@ -188,8 +194,9 @@ def drifting_topics(V=12, K=3, S=4):
     for s in range(S):
         for k in range(K):
             words = torch.arange(4 * k, 4 * k + 4)
-            logits[s, k, words] = torch.tensor([2.0, 1.0, 0.5, 0.0]).roll(0) * (1 - s / (S - 1)) + \
-                torch.tensor([0.0, 0.5, 1.0, 2.0]) * (s / (S - 1))
+            logits[s, k, words] = torch.tensor([2.0, 1.0, 0.5, 0.0]).roll(0) * (1 - s / (S - 1)) + torch.tensor(
+                [0.0, 0.5, 1.0, 2.0]
+            ) * (s / (S - 1))
     return logits
 
 
@@ -203,8 +210,17 @@ def test_recovers_drifting_topics():
     model = DynamicTopicModel(V, K, S, topic_drift=0.5, proportion_drift=0.1, hidden_size=16)
     slices = torch.arange(600) % S
     batch = model.sample_documents(truth, torch.zeros(S, K), slices, 40, torch.Generator().manual_seed(1))
-    fit(model, batch, method="svi", loss="trace", max_epochs=400, learning_rate=0.05, progress=False, seed=0,
-        patience=1000)
+    fit(
+        model,
+        batch,
+        method="svi",
+        loss="trace",
+        max_epochs=400,
+        learning_rate=0.05,
+        progress=False,
+        seed=0,
+        patience=1000,
+    )
     fitted = torch.softmax(model.topic_word_logits(), -1)
     true_probs = torch.softmax(truth, -1)
 
@@ -217,8 +233,17 @@ def test_recovers_drifting_topics():
     error = best_error(fitted)
     assert error < 0.1, error
     lda = StaticTopicModel(V, K, hidden_size=16)
-    fit(lda, batch, method="svi", loss="trace", max_epochs=400, learning_rate=0.05, progress=False, seed=0,
-        patience=1000)
+    fit(
+        lda,
+        batch,
+        method="svi",
+        loss="trace",
+        max_epochs=400,
+        learning_rate=0.05,
+        progress=False,
+        seed=0,
+        patience=1000,
+    )
     static = torch.softmax(lda.topic_word_logits(), -1).expand(S, K, V)
     assert best_error(static) > error + 0.05, (best_error(static), error)
 
@@ -246,10 +271,12 @@ def test_bad_batches_are_rejected():
     tokens_only = bag_of_words_batch([[0, 1]])
     with pytest.raises(ValueError, match=r"slice covariate: expected values in \[0, 2\]"):
         model.log_prob_batch(bag_of_words_batch([[0, 1]], [3]))
-    from inference.batch import SequenceBatch
     with pytest.raises(ValueError, match="expected \\(N, L, 2\\) int64"):
-        model.log_prob_batch(type(tokens_only)(torch.zeros(1, 3, dtype=torch.long), torch.tensor([3]), None,
-                                               {"slice": torch.tensor([0])}))
+        model.log_prob_batch(
+            type(tokens_only)(
+                torch.zeros(1, 3, dtype=torch.long), torch.tensor([3]), None, {"slice": torch.tensor([0])}
+            )
+        )
     with pytest.raises(ValueError, match="num_topics: expected a positive int"):
         DynamicTopicModel(5, 0, 3)
 
@@ -299,15 +326,26 @@ def test_discrete_kalman_filter_is_the_lgssm_filter_at_a_fixed_linearisation():
     try:
         torch.manual_seed(6)
         V, D, T = 8, 2, 9
-        dkf = DiscreteKalmanFilter(torch.randn(V, D), transition_matrix=torch.tensor([[0.9, 0.1], [0.0, 0.8]]),
-                                   transition_cov=0.2 * torch.eye(D), initial_cov=torch.eye(D))
+        dkf = DiscreteKalmanFilter(
+            torch.randn(V, D),
+            transition_matrix=torch.tensor([[0.9, 0.1], [0.0, 0.8]]),
+            transition_cov=0.2 * torch.eye(D),
+            initial_cov=torch.eye(D),
+        )
         words = torch.randint(0, V, (T,))
         counts = torch.nn.functional.one_hot(words, V).double()
         posterior = dkf.smooth(counts, num_iterations=1)
         R = posterior.pseudo_cov
         assert torch.allclose(R, R[:1].expand_as(R))  # one word per slice: R does not depend on t
-        args = (dkf.transition_matrix.detach(), dkf.transition_cov, torch.eye(D), R[0], torch.zeros(D),
-                dkf.initial_cov, posterior.pseudo_observations.detach()[None])
+        args = (
+            dkf.transition_matrix.detach(),
+            dkf.transition_cov,
+            torch.eye(D),
+            R[0],
+            torch.zeros(D),
+            dkf.initial_cov,
+            posterior.pseudo_observations.detach()[None],
+        )
         # the parallel-scan kernels (torch; the numba ones would spend ~25 s compiling in this test)
         reference = kalman_filter(*args, method="parallel")
         smoothed = rts_smoother(*args, method="parallel")
@@ -331,7 +369,10 @@ def test_iterated_laplace_smoother_finds_the_map_path_and_tracks_the_states():
         # the fixed point is the mode of log p(S, W): its gradient vanishes there
         path = posterior.smoothed_mean.detach().clone().requires_grad_(True)
         log_joint = dist.MultivariateNormal(torch.zeros(D), dkf.initial_cov).log_prob(path[0])
-        log_joint = log_joint + dist.MultivariateNormal(path[:-1] @ dkf.transition_matrix.T, dkf.transition_cov).log_prob(path[1:]).sum()
+        log_joint = (
+            log_joint
+            + dist.MultivariateNormal(path[:-1] @ dkf.transition_matrix.T, dkf.transition_cov).log_prob(path[1:]).sum()
+        )
         log_joint = log_joint + (counts * torch.log_softmax(path @ dkf.emission_matrix.T, -1)).sum()
         (gradient,) = torch.autograd.grad(log_joint, path)
         assert float(gradient.abs().max()) < 1e-6
@@ -363,7 +404,7 @@ def separated_topics(seed, V=40, K=4, S=3):
     per = V // K
     for k in range(K):
         walk = torch.randn(per, generator=gen) + 0.3 * torch.randn(S, per, generator=gen).cumsum(0)
-        logits[:, k, k * per:(k + 1) * per] = 1.5 + walk
+        logits[:, k, k * per : (k + 1) * per] = 1.5 + walk
     return logits, gen
 
 
@@ -387,8 +428,18 @@ def fit_separated_topics(seed, start_at_truth=False, documents=300, length=30, e
     if start_at_truth:
         with torch.no_grad():
             model.guide_beta_loc.copy_(torch.log_softmax(truth, -1).reshape(S, -1))
-    fit(model, batch, method="svi", loss="model", max_epochs=epochs, batch_size=50, learning_rate=0.05,
-        progress=False, seed=seed, initialize=not start_at_truth)
+    fit(
+        model,
+        batch,
+        method="svi",
+        loss="model",
+        max_epochs=epochs,
+        batch_size=50,
+        learning_rate=0.05,
+        progress=False,
+        seed=seed,
+        initialize=not start_at_truth,
+    )
     return topic_recovery(model, truth)
 
 

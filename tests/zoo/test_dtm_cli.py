@@ -11,14 +11,16 @@ import torch
 
 import zoo.families  # noqa: F401  (registers dtm and lda)
 from zoo.cli import main
-from zoo.data.corpus import CorpusData, batch_slices
 from zoo.data import load_data, split_data
+from zoo.data.corpus import CorpusData, batch_slices
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TOPIC_WORDS = [["war", "army", "navy", "soldiers", "battle", "peace"],
-               ["tax", "revenue", "debt", "treasury", "budget", "money"],
-               ["school", "children", "education", "teachers", "students", "learning"]]
+TOPIC_WORDS = [
+    ["war", "army", "navy", "soldiers", "battle", "peace"],
+    ["tax", "revenue", "debt", "treasury", "budget", "money"],
+    ["school", "children", "education", "teachers", "students", "learning"],
+]
 
 
 def write_corpus(path: Path, num_documents: int = 90, seed: int = 0) -> Path:
@@ -64,7 +66,9 @@ def _rows_of(part, data):
     for n in range(part.num_sequences):
         length = int(part.batch.lengths[n])
         for i in range(start, data.num_sequences):
-            if int(data.batch.lengths[i]) == length and torch.equal(data.batch.values[i, :length], part.batch.values[n, :length]):
+            if int(data.batch.lengths[i]) == length and torch.equal(
+                data.batch.values[i, :length], part.batch.values[n, :length]
+            ):
                 rows.append(i)
                 start = i + 1
                 break
@@ -75,8 +79,30 @@ def _rows_of(part, data):
 def test_fit_dtm_on_a_corpus_csv_writes_topics_prevalence_and_completion(tmp_path):
     path = write_corpus(tmp_path / "speeches.csv")
     out = tmp_path / "run"
-    assert main(["fit", "dtm", "--data", str(path), "--time-column", "year", "--text-column", "speech",
-                 "--slice", "10", "--topics", "3", "--epochs", "3", "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "dtm",
+                "--data",
+                str(path),
+                "--time-column",
+                "year",
+                "--text-column",
+                "speech",
+                "--slice",
+                "10",
+                "--topics",
+                "3",
+                "--epochs",
+                "3",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     config = json.loads((out / "config.json").read_text())
     assert config["model_config"]["num_slices"] == 4 and config["model_config"]["num_topics"] == 3
     assert config["fit"]["loss"] == "model" and config["slice_width"] == 10
@@ -102,8 +128,26 @@ def test_fit_dtm_on_a_corpus_csv_writes_topics_prevalence_and_completion(tmp_pat
 def test_compare_dtm_and_lda_specs_label_the_bound(tmp_path):
     path = write_corpus(tmp_path / "speeches.csv")
     out = tmp_path / "cmp"
-    assert main(["compare", "--data", str(path), "--text-column", "speech", "--models", "dtm:topics=3,topic_drift=0.1",
-                 "lda:topics=3", "--epochs", "2", "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--data",
+                str(path),
+                "--text-column",
+                "speech",
+                "--models",
+                "dtm:topics=3,topic_drift=0.1",
+                "lda:topics=3",
+                "--epochs",
+                "2",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     comparison = json.loads((out / "comparison.json").read_text())
     assert [row["model"] for row in comparison["models"]] == ["dtm-topics3-topic_drift0.1", "lda-topics3"]
     assert all(row["likelihood"] == "ELBO" for row in comparison["models"])
@@ -111,14 +155,48 @@ def test_compare_dtm_and_lda_specs_label_the_bound(tmp_path):
     assert (out / "lda-topics3" / "top_words.txt").read_text().count("all slices:") == 3
     # A topic model on data that is not a corpus, and an unknown setting, are refused before training.
     assert main(["fit", "lda", "--data", "builtin:nile", "--out", str(tmp_path / "nile")]) == 2
-    assert main(["compare", "--data", str(path), "--text-column", "speech", "--models", "lda:topic_drift=0.1",
-                 "--out", str(tmp_path / "bad")]) == 2
+    assert (
+        main(
+            [
+                "compare",
+                "--data",
+                str(path),
+                "--text-column",
+                "speech",
+                "--models",
+                "lda:topic_drift=0.1",
+                "--out",
+                str(tmp_path / "bad"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_fit_dtm_on_builtin_sotu_tiny(tmp_path):
     out = tmp_path / "sotu"
-    assert main(["fit", "dtm", "--data", "builtin:sotu", "--topics", "4", "--slice", "50", "--max-vocab", "500",
-                 "--epochs", "1", "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "dtm",
+                "--data",
+                "builtin:sotu",
+                "--topics",
+                "4",
+                "--slice",
+                "50",
+                "--max-vocab",
+                "500",
+                "--epochs",
+                "1",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     completion = json.loads((out / "completion.json").read_text())
     assert completion["perplexity"]["dtm"] < 1.1 * completion["perplexity"]["unigram"]
     assert (out / "top_words.txt").read_text().count("  1950:") == 4

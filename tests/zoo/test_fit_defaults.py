@@ -55,17 +55,33 @@ def _data_flags(family: str, tmp_path) -> list[str]:
         corpus = str(write_corpus(tmp_path / "speeches.csv"))
         flags = ["--data", corpus, "--text-column", "speech", "--topics", "3"]
         return flags + (["--time-column", "year", "--slice", "10"] if family == "dtm" else [])
-    return {"hmm": ["--data", "builtin:nile", "--states", "2"],
-            "lgssm": ["--data", "builtin:nile", "--state-dim", "1"],
-            "rnn": ["--data", _text(tmp_path), "--hidden", "8"],
-            "gru": ["--data", _text(tmp_path), "--hidden", "8"],
-            "lstm": ["--data", _text(tmp_path), "--hidden", "8"],
-            "dmm": ["--data", _text(tmp_path), "--z-dim", "2", "--rnn-dim", "4", "--transition-dim", "4",
-                    "--emitter-dim", "4"]}[family]
+    return {
+        "hmm": ["--data", "builtin:nile", "--states", "2"],
+        "lgssm": ["--data", "builtin:nile", "--state-dim", "1"],
+        "rnn": ["--data", _text(tmp_path), "--hidden", "8"],
+        "gru": ["--data", _text(tmp_path), "--hidden", "8"],
+        "lstm": ["--data", _text(tmp_path), "--hidden", "8"],
+        "dmm": [
+            "--data",
+            _text(tmp_path),
+            "--z-dim",
+            "2",
+            "--rnn-dim",
+            "4",
+            "--transition-dim",
+            "4",
+            "--emitter-dim",
+            "4",
+        ],
+    }[family]
 
 
-CASES = [(name, method) for name in REGISTRY for method in ("em", "svi")
-         if method == "svi" or REGISTRY[name].model_classes[0].supports_em]
+CASES = [
+    (name, method)
+    for name in REGISTRY
+    for method in ("em", "svi")
+    if method == "svi" or REGISTRY[name].model_classes[0].supports_em
+]
 
 
 def test_every_registered_family_has_a_case():
@@ -85,7 +101,8 @@ def test_the_command_line_trains_with_the_python_defaults(family, method, tmp_pa
         if field.name not in RUN_FIELDS:
             assert getattr(cli_options, field.name) == getattr(python_options, field.name), (
                 f"{family} {method}: seqzoo fit trains with {field.name}={getattr(cli_options, field.name)!r}, "
-                f"fit(model, train) with {getattr(python_options, field.name)!r}")
+                f"fit(model, train) with {getattr(python_options, field.name)!r}"
+            )
     # And the run directory records that record, field by field.
     recorded = json.loads((out / "config.json").read_text())["fit"]
     assert recorded["method"] == method
@@ -95,8 +112,18 @@ def test_the_command_line_trains_with_the_python_defaults(family, method, tmp_pa
 
 def test_a_flag_the_user_gives_replaces_only_its_field(tmp_path, trap):
     with pytest.raises(_Captured):
-        main(["fit", "rnn", *_data_flags("rnn", tmp_path), "--lr", "0.125", "--no-progress",
-              "--out", str(tmp_path / "run")])
+        main(
+            [
+                "fit",
+                "rnn",
+                *_data_flags("rnn", tmp_path),
+                "--lr",
+                "0.125",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
     model, _, options = trap.pop()
     recipe = model.fit_defaults("svi")
     assert options.learning_rate == 0.125 and recipe.learning_rate != 0.125
@@ -107,8 +134,18 @@ def test_the_dmm_recipe_reaches_python_fit(tmp_path, trap):
     """``fit(dmm, train)`` in Python gets the family's loss, annealing, clip and learning rate
     (once it got none of them: only the command line read them)."""
     with pytest.raises(_Captured):
-        main(["fit", "dmm", *_data_flags("dmm", tmp_path), "--annealing-epochs", "7", "--no-progress",
-              "--out", str(tmp_path / "run")])
+        main(
+            [
+                "fit",
+                "dmm",
+                *_data_flags("dmm", tmp_path),
+                "--annealing-epochs",
+                "7",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
     model, train, _ = trap.pop()
     with pytest.raises(_Captured):
         fit(model, train, progress=False)

@@ -52,8 +52,10 @@ def test_hmm_forecast_is_the_mixture_whose_moments_the_hmm_reports():
     # The mixture quantile inverts the mixture CDF.
     for q in (0.05, 0.5, 0.9):
         quantile = prediction.quantile(q)
-        cdf = (prediction.weights.unsqueeze(-1)
-               * torch.distributions.Normal(prediction.means, prediction.scales).cdf(quantile.unsqueeze(2))).sum(2)
+        cdf = (
+            prediction.weights.unsqueeze(-1)
+            * torch.distributions.Normal(prediction.means, prediction.scales).cdf(quantile.unsqueeze(2))
+        ).sum(2)
         assert torch.allclose(cdf, torch.full_like(cdf, q), atol=1e-9)
 
 
@@ -67,10 +69,12 @@ def test_rnn_forecast_samples_the_one_step_predictive_of_the_history():
     exact = torch.stack([conditional_log_prob_steps(model, history, torch.tensor([[v]]))[0, 0].exp() for v in range(4)])
     assert torch.allclose(prediction.probs[0, 0], exact, atol=0.03)
     real = gru("gaussian", dim=1, hidden_size=8, embedding_dim=None).double()
-    paths = forecast(real, torch.zeros(3, 6, 1, dtype=torch.float64), 5, num_samples=50,
-                     generator=torch.Generator().manual_seed(1))
-    again = forecast(real, torch.zeros(3, 6, 1, dtype=torch.float64), 5, num_samples=50,
-                     generator=torch.Generator().manual_seed(1))
+    paths = forecast(
+        real, torch.zeros(3, 6, 1, dtype=torch.float64), 5, num_samples=50, generator=torch.Generator().manual_seed(1)
+    )
+    again = forecast(
+        real, torch.zeros(3, 6, 1, dtype=torch.float64), 5, num_samples=50, generator=torch.Generator().manual_seed(1)
+    )
     assert paths.kind == "samples" and paths.samples.shape == (50, 3, 5, 1)
     assert torch.equal(paths.samples, again.samples)
 
@@ -117,7 +121,9 @@ def test_forecast_distribution_rejects_bad_input():
     with pytest.raises(ValueError, match="kind"):
         ForecastDistribution("normal")
     with pytest.raises(ValueError, match="mixture"):
-        ForecastDistribution("mixture", weights=torch.ones(1, 2, 1), means=torch.zeros(1, 2, 1), scales=torch.ones(1, 2, 1))
+        ForecastDistribution(
+            "mixture", weights=torch.ones(1, 2, 1), means=torch.zeros(1, 2, 1), scales=torch.ones(1, 2, 1)
+        )
     symbols = ForecastDistribution("categorical", probs=torch.full((1, 2, 3), 1 / 3))
     with pytest.raises(ValueError, match="no mean"):
         symbols.mean()

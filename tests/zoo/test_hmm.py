@@ -14,8 +14,8 @@ import torch
 from inference.batch import SequenceBatch
 from inference.contract import SequenceModel
 from inference.fit import fit
-from zoo.hmm import CategoricalHMM, GaussianHMM, PoissonHMM, _BartlettWishart, _kmeans_plus_plus
 from tests.zoo import em_reference
+from zoo.hmm import CategoricalHMM, GaussianHMM, PoissonHMM, _BartlettWishart, _kmeans_plus_plus
 
 DTYPE = torch.float64
 
@@ -34,12 +34,17 @@ def make_model(emission, k, seed):
         probs = torch.distributions.Dirichlet(torch.ones(k, 4, dtype=DTYPE)).sample()
         return CategoricalHMM.from_probs(initial, transition, probs)
     if emission == "diag":
-        return GaussianHMM.from_params(initial, transition, torch.randn(k, 2, dtype=DTYPE),
-                                       0.3 + torch.rand(k, 2, dtype=DTYPE))
+        return GaussianHMM.from_params(
+            initial, transition, torch.randn(k, 2, dtype=DTYPE), 0.3 + torch.rand(k, 2, dtype=DTYPE)
+        )
     if emission == "full":
         a = torch.randn(k, 2, 2, dtype=DTYPE)
-        return GaussianHMM.from_params(initial, transition, torch.randn(k, 2, dtype=DTYPE),
-                                       a @ a.transpose(-1, -2) + 0.3 * torch.eye(2, dtype=DTYPE))
+        return GaussianHMM.from_params(
+            initial,
+            transition,
+            torch.randn(k, 2, dtype=DTYPE),
+            a @ a.transpose(-1, -2) + 0.3 * torch.eye(2, dtype=DTYPE),
+        )
     return PoissonHMM.from_params(initial, transition, 0.5 + 4 * torch.rand(k, 2, dtype=DTYPE))
 
 
@@ -131,7 +136,9 @@ def test_pyro_enumeration_of_an_unrolled_model_agrees():
     """An independently written pyro.markov model, enumerated by TraceEnum_ELBO."""
     model = make_model("categorical", 3, 7)
     x = model.sample(2, 6, torch.Generator().manual_seed(1)).values
-    initial, transition, emission = (p.detach() for p in (model.initial_probs, model.transition_probs, model.emission_probs))
+    initial, transition, emission = (
+        p.detach() for p in (model.initial_probs, model.transition_probs, model.emission_probs)
+    )
 
     def unrolled():
         with pyro.plate("sequences", x.shape[0], dim=-1):
@@ -173,7 +180,10 @@ def test_forecast_is_the_exact_predictive():
         assert torch.allclose(forecast.probs[0, 0, symbol].detach(), expected[0], atol=1e-12)
     # Two steps ahead: sum over the intermediate symbol.
     for symbol in range(model.num_symbols):
-        total = sum((model.log_prob(torch.cat([x, torch.tensor([[a, symbol]])], 1)).detach() - base).exp() for a in range(model.num_symbols))
+        total = sum(
+            (model.log_prob(torch.cat([x, torch.tensor([[a, symbol]])], 1)).detach() - base).exp()
+            for a in range(model.num_symbols)
+        )
         assert torch.allclose(forecast.probs[0, 1, symbol].detach(), total[0], atol=1e-12)
 
 
@@ -185,7 +195,10 @@ def test_gaussian_forecast_moments_match_monte_carlo():
     states = model.sample_states(x, num_samples=4000, generator=torch.Generator().manual_seed(1))[:, 0, -1]
     gen = torch.Generator().manual_seed(2)
     nxt = torch.multinomial(model.transition_probs.detach()[states], 1, generator=gen).squeeze(-1)
-    draws = model.means.detach()[nxt] + torch.randn(4000, 2, generator=gen, dtype=DTYPE) * model.covariances.detach()[nxt].sqrt()
+    draws = (
+        model.means.detach()[nxt]
+        + torch.randn(4000, 2, generator=gen, dtype=DTYPE) * model.covariances.detach()[nxt].sqrt()
+    )
     stderr = draws.std(0) / np.sqrt(4000)
     assert ((draws.mean(0) - forecast.mean[0, 0].detach()).abs() < 5 * stderr).all()
 
@@ -226,8 +239,14 @@ def _reference(model):
         ref.emissionprob_ = model.emission_probs.detach().numpy()
     elif isinstance(model, GaussianHMM):
         # covars_prior 0 and covars_weight at most 1 (diag) / D (full) make hmmlearn's M-step the MLE.
-        ref = hmmlearn.GaussianHMM(covariance_type=model.covariance_type, params="stmc", min_covar=0.0,
-                                   covars_prior=0.0, covars_weight=1.0, **common)
+        ref = hmmlearn.GaussianHMM(
+            covariance_type=model.covariance_type,
+            params="stmc",
+            min_covar=0.0,
+            covars_prior=0.0,
+            covars_weight=1.0,
+            **common,
+        )
         ref.means_ = model.means.detach().numpy()
         ref.covars_ = model.covariances.detach().numpy()
     else:
@@ -292,7 +311,11 @@ def true_model(emission):
         return CategoricalHMM.from_probs(TRUE_INITIAL, TRUE_TRANSITION, probs), "emission_probs", 0.05
     if emission == "gaussian":
         means = torch.tensor([[-3.0, 0.0], [0.0, 3.0], [3.0, -1.0]], dtype=DTYPE)
-        return GaussianHMM.from_params(TRUE_INITIAL, TRUE_TRANSITION, means, torch.full((3, 2), 0.5, dtype=DTYPE)), "means", 0.1
+        return (
+            GaussianHMM.from_params(TRUE_INITIAL, TRUE_TRANSITION, means, torch.full((3, 2), 0.5, dtype=DTYPE)),
+            "means",
+            0.1,
+        )
     rates = torch.tensor([[1.0], [6.0], [15.0]], dtype=DTYPE)
     return PoissonHMM.from_params(TRUE_INITIAL, TRUE_TRANSITION, rates), "rates", 0.5
 
@@ -332,7 +355,9 @@ def test_sample_frequencies_match_parameters():
     truth, _, _ = true_model("categorical")
     batch, states = truth.sample_with_states(50, 400, torch.Generator().manual_seed(9))
     pairs = torch.zeros(3, 3, dtype=DTYPE)
-    pairs.index_put_((states[:, :-1].reshape(-1), states[:, 1:].reshape(-1)), torch.ones(1, dtype=DTYPE), accumulate=True)
+    pairs.index_put_(
+        (states[:, :-1].reshape(-1), states[:, 1:].reshape(-1)), torch.ones(1, dtype=DTYPE), accumulate=True
+    )
     empirical = pairs / pairs.sum(-1, keepdim=True)
     stderr = (TRUE_TRANSITION * (1 - TRUE_TRANSITION) / pairs.sum(-1, keepdim=True)).sqrt()
     assert ((empirical - TRUE_TRANSITION).abs() < 5 * stderr).all()
@@ -379,7 +404,9 @@ def test_bad_observations_are_rejected(make, x, message):
 
 def test_bad_constructor_arguments_are_rejected():
     with pytest.raises(ValueError, match="transition"):
-        CategoricalHMM.from_probs(torch.tensor([0.5, 0.5]), torch.tensor([[0.5, 0.6], [0.5, 0.5]]), torch.ones(2, 3) / 3)
+        CategoricalHMM.from_probs(
+            torch.tensor([0.5, 0.5]), torch.tensor([[0.5, 0.6], [0.5, 0.5]]), torch.ones(2, 3) / 3
+        )
     with pytest.raises(ValueError, match="covariances"):
         GaussianHMM.from_params(torch.tensor([0.5, 0.5]), torch.eye(2), torch.zeros(2, 3), torch.ones(2, 2))
     with pytest.raises(ValueError, match="guide"):
@@ -396,7 +423,9 @@ def test_bad_constructor_arguments_are_rejected():
 INITIAL = torch.tensor([0.5, 0.3, 0.2], dtype=DTYPE)
 TRANSITION = torch.tensor([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.3, 0.6]], dtype=DTYPE)
 MEANS = torch.tensor([[-3.0, 0.0], [0.0, 3.0], [3.0, -1.0]], dtype=DTYPE)
-FULL_COVARIANCES = torch.tensor([[[1.0, 0.3], [0.3, 0.5]], [[0.6, -0.2], [-0.2, 0.8]], [[0.4, 0.0], [0.0, 0.9]]], dtype=DTYPE)
+FULL_COVARIANCES = torch.tensor(
+    [[[1.0, 0.3], [0.3, 0.5]], [[0.6, -0.2], [-0.2, 0.8]], [[0.4, 0.0], [0.0, 0.9]]], dtype=DTYPE
+)
 
 
 def models(**kwargs):
@@ -406,9 +435,13 @@ def models(**kwargs):
     emission = exponentials / exponentials.sum(-1, keepdim=True)  # flat-Dirichlet rows
     return [
         CategoricalHMM.from_probs(INITIAL, TRANSITION, emission, **kwargs),
-        GaussianHMM.from_params(INITIAL, TRANSITION, MEANS, 0.3 + torch.rand(3, 2, generator=generator, dtype=DTYPE), **kwargs),
+        GaussianHMM.from_params(
+            INITIAL, TRANSITION, MEANS, 0.3 + torch.rand(3, 2, generator=generator, dtype=DTYPE), **kwargs
+        ),
         GaussianHMM.from_params(INITIAL, TRANSITION, MEANS, FULL_COVARIANCES, **kwargs),
-        PoissonHMM.from_params(INITIAL, TRANSITION, torch.tensor([[1.0, 4.0], [6.0, 0.5], [12.0, 2.0]], dtype=DTYPE), **kwargs),
+        PoissonHMM.from_params(
+            INITIAL, TRANSITION, torch.tensor([[1.0, 4.0], [6.0, 0.5], [12.0, 2.0]], dtype=DTYPE), **kwargs
+        ),
     ]
 
 
@@ -448,7 +481,11 @@ def test_kernel_and_enumerate_agree_with_missing_entries_and_padding(index, guid
 def test_meanfield_point_values_equal_the_given_parameters(index):
     map_model, meanfield_model = models()[index], models(guide="meanfield")[index]
     names = ["initial_probs", "transition_probs"] + {
-        0: ["emission_probs"], 1: ["means", "covariances"], 2: ["means", "covariances"], 3: ["rates"]}[index]
+        0: ["emission_probs"],
+        1: ["means", "covariances"],
+        2: ["means", "covariances"],
+        3: ["rates"],
+    }[index]
     for name in names:
         # Dirichlet factors carry a 0.1 concentration floor (100 per entry): means within 1e-3.
         tolerance = 1e-3 if name.endswith("probs") else 1e-10
@@ -513,8 +550,14 @@ def test_em_step_on_a_padded_batch_matches_hmmlearn(index):
     hmm = hmmlearn
     model = models()[index]
     config = {**model.config(), "initial_concentration": 1.0, "transition_concentration": 1.0}
-    config.update({0: {"emission_concentration": 1.0}, 1: {"mean_prior_scale": 1e8, "precision_rate": 1e-300},
-                   2: {"mean_prior_scale": 1e8, "precision_rate": 1e-300}, 3: {"rate_rate": 1e-300}}[index])
+    config.update(
+        {
+            0: {"emission_concentration": 1.0},
+            1: {"mean_prior_scale": 1e8, "precision_rate": 1e-300},
+            2: {"mean_prior_scale": 1e8, "precision_rate": 1e-300},
+            3: {"rate_rate": 1e-300},
+        }[index]
+    )
     model = type(model)(**config).to(DTYPE)
     model.load_state_dict(models()[index].state_dict())
     batch = models()[index].sample(4, 50, torch.Generator().manual_seed(2))
@@ -524,7 +567,14 @@ def test_em_step_on_a_padded_batch_matches_hmmlearn(index):
         ref = hmm.CategoricalHMM(n_features=4, params="ste", **common)
         ref.emissionprob_ = model.emission_probs.detach().numpy()
     elif index in (1, 2):
-        ref = hmm.GaussianHMM(covariance_type=model.covariance_type, params="stmc", min_covar=0.0, covars_prior=0.0, covars_weight=1.0, **common)
+        ref = hmm.GaussianHMM(
+            covariance_type=model.covariance_type,
+            params="stmc",
+            min_covar=0.0,
+            covars_prior=0.0,
+            covars_weight=1.0,
+            **common,
+        )
         ref.means_, ref.covars_ = model.means.detach().numpy(), model.covariances.detach().numpy()
     else:
         ref = hmm.PoissonHMM(params="stl", lambdas_prior=0.0, lambdas_weight=0.0, **common)
@@ -560,7 +610,12 @@ def test_inputs_may_be_numpy_and_models_float32():
     model = models()[0]
     codes = np.array([[0, 1, 3, 2]], dtype=np.int32)
     assert torch.allclose(model.log_prob(codes), model.log_prob(torch.as_tensor(codes).long()))
-    for float_model in (CategoricalHMM(3, 4), GaussianHMM(3, 2), GaussianHMM(3, 2, covariance_type="full"), PoissonHMM(3, 2)):
+    for float_model in (
+        CategoricalHMM(3, 4),
+        GaussianHMM(3, 2),
+        GaussianHMM(3, 2, covariance_type="full"),
+        PoissonHMM(3, 2),
+    ):
         batch = float_model.sample(2, 5, torch.Generator().manual_seed(0))
         objective = float_model.em_step(batch)
         assert torch.isfinite(objective)  # the E-step runs in float64 by design
@@ -590,7 +645,9 @@ def test_filter_is_the_last_smoothed_marginal_of_each_prefix(index):
 def test_posterior_path_samples_match_the_smoothed_marginals():
     model = models()[1]
     batch = ragged_batch(model, 3)
-    paths = model.sample_states(batch.values, batch.lengths, num_samples=4000, generator=torch.Generator().manual_seed(0))
+    paths = model.sample_states(
+        batch.values, batch.lengths, num_samples=4000, generator=torch.Generator().manual_seed(0)
+    )
     marginals = model.smooth(batch.values, batch.lengths)
     assert ((paths == -1) == ~batch.mask).all()
     empirical = torch.nn.functional.one_hot(paths.clamp(min=0), 3).to(DTYPE).mean(0) * batch.mask.unsqueeze(-1)
@@ -606,13 +663,17 @@ def test_forecast_propagates_the_last_filtered_state(index):
     filtered = model.filter(batch.values, batch.lengths)
     last = filtered[torch.arange(3), batch.lengths - 1]
     transition = model.transition_probs.detach()
-    expected = torch.stack([last @ transition, last @ transition @ transition, last @ transition @ transition @ transition], 1)
+    expected = torch.stack(
+        [last @ transition, last @ transition @ transition, last @ transition @ transition @ transition], 1
+    )
     assert torch.allclose(forecast.state_probs, expected, atol=1e-12)
     if index == 3:  # Poisson mixture: mean sum_k p_k lambda_k, variance sum_k p_k (lambda_k + lambda_k^2) - mean^2
         rates = model.rates.detach()
         mean = expected @ rates
         assert torch.allclose(forecast.mean, mean, atol=1e-12)
-        assert torch.allclose(forecast.covariance.diagonal(dim1=-2, dim2=-1), expected @ (rates + rates**2) - mean**2, atol=1e-10)
+        assert torch.allclose(
+            forecast.covariance.diagonal(dim1=-2, dim2=-1), expected @ (rates + rates**2) - mean**2, atol=1e-10
+        )
     else:  # Gaussian mixture covariance: sum_k p_k (Sigma_k + mu_k mu_k^T) - m m^T
         means, covariances = model.means.detach(), model.covariances.detach()
         mean = expected @ means
@@ -626,7 +687,9 @@ def test_near_uniform_initialisation_stays_within_the_noise_band():
     for probs in (model.initial_probs, model.transition_probs, model.emission_probs):
         size = probs.shape[-1]
         assert torch.allclose(probs.sum(-1), torch.ones((), dtype=DTYPE))
-        assert ((probs * size - 1).abs() <= 2.1 * 0.01).all() and not torch.allclose(probs, torch.full_like(probs, 1 / size))
+        assert ((probs * size - 1).abs() <= 2.1 * 0.01).all() and not torch.allclose(
+            probs, torch.full_like(probs, 1 / size)
+        )
 
 
 @pytest.mark.parametrize("guide", ["map", "meanfield"])
@@ -652,15 +715,35 @@ def test_poisson_accepts_integer_counts():
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: models()[3].log_prob(torch.ones(1, 2, 2, dtype=torch.bool)), r"nonnegative counts of shape \(N, T, 2\)"),
-        (lambda: models()[1].log_prob(torch.ones(1, 2, 2, dtype=torch.long)), r"float observations of shape \(N, T, 2\)"),
-        (lambda: models()[0].log_prob(torch.zeros(2, 3, dtype=torch.long), torch.tensor([3])), r"lengths: expected shape \(2,\)"),
-        (lambda: models()[0].log_prob(torch.zeros(2, 3, dtype=torch.long), torch.tensor([3, 4])), r"lengths: expected values in \[0, 3\]"),
+        (
+            lambda: models()[3].log_prob(torch.ones(1, 2, 2, dtype=torch.bool)),
+            r"nonnegative counts of shape \(N, T, 2\)",
+        ),
+        (
+            lambda: models()[1].log_prob(torch.ones(1, 2, 2, dtype=torch.long)),
+            r"float observations of shape \(N, T, 2\)",
+        ),
+        (
+            lambda: models()[0].log_prob(torch.zeros(2, 3, dtype=torch.long), torch.tensor([3])),
+            r"lengths: expected shape \(2,\)",
+        ),
+        (
+            lambda: models()[0].log_prob(torch.zeros(2, 3, dtype=torch.long), torch.tensor([3, 4])),
+            r"lengths: expected values in \[0, 3\]",
+        ),
         (lambda: models()[0].forecast(torch.zeros(1, 3, dtype=torch.long), 0), "steps: expected a positive int"),
-        (lambda: models(guide="meanfield")[0].em_step(SequenceBatch.from_tensor(torch.zeros(1, 3, dtype=torch.long))), "guide='map'"),
+        (
+            lambda: models(guide="meanfield")[0].em_step(
+                SequenceBatch.from_tensor(torch.zeros(1, 3, dtype=torch.long))
+            ),
+            "guide='map'",
+        ),
         (lambda: GaussianHMM.from_params(INITIAL, TRANSITION, MEANS, -torch.ones(3, 2, dtype=DTYPE)), "covariances"),
         (lambda: PoissonHMM.from_params(INITIAL, TRANSITION, torch.zeros(3, 2, dtype=DTYPE)), "rates"),
-        (lambda: CategoricalHMM.from_probs(INITIAL[:2], TRANSITION, torch.full((3, 2), 0.5)), r"initial: expected shape \(3,\)"),
+        (
+            lambda: CategoricalHMM.from_probs(INITIAL[:2], TRANSITION, torch.full((3, 2), 0.5)),
+            r"initial: expected shape \(3,\)",
+        ),
     ],
 )
 def test_more_bad_inputs_raise_naming_the_argument(call, message):
@@ -677,7 +760,9 @@ def test_pyro_enumeration_of_an_unrolled_model_agrees_with_padding(index):
     lengths = torch.tensor([6, 3, 1])
     initial, transition = model.initial_probs.detach(), model.transition_probs.detach()
     if index == 1:
-        emission = lambda state: dist.Normal(model.means.detach()[state], model.covariances.detach()[state].sqrt()).to_event(1)  # noqa: E731
+        emission = lambda state: dist.Normal(  # noqa: E731
+            model.means.detach()[state], model.covariances.detach()[state].sqrt()
+        ).to_event(1)
     else:
         emission = lambda state: dist.Poisson(model.rates.detach()[state]).to_event(1)  # noqa: E731
 
@@ -753,9 +838,14 @@ def test_e_step_counts_are_the_expected_counts_over_all_state_paths():
     codes = torch.tensor([[0, 3, 3, 1, 2], [2, 2, 0, 1, 1]])
     statistics = model.e_step(SequenceBatch(codes, torch.tensor([5, 4])))
     k, v = model.num_states, model.num_symbols
-    initial, transition, emission = (x.detach() for x in (model.initial_probs, model.transition_probs, model.emission_probs))
-    expected = {"initial_counts": torch.zeros(k, dtype=DTYPE), "transition_counts": torch.zeros(k, k, dtype=DTYPE),
-                "emission_counts": torch.zeros(k, v, dtype=DTYPE)}
+    initial, transition, emission = (
+        x.detach() for x in (model.initial_probs, model.transition_probs, model.emission_probs)
+    )
+    expected = {
+        "initial_counts": torch.zeros(k, dtype=DTYPE),
+        "transition_counts": torch.zeros(k, k, dtype=DTYPE),
+        "emission_counts": torch.zeros(k, v, dtype=DTYPE),
+    }
     log_likelihood = 0.0
     for sequence in (codes[0], codes[1, :4]):
         joints = {}

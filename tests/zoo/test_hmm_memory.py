@@ -21,7 +21,11 @@ def test_hmm_estimate_by_hand_on_a_tiny_case():
     chain = (2 + 4) * 2 * 4 + 4 * 8 * 7 + 2 * 8
     emission = 2 * 3 * (2 * 4 + 16)
     messages = 1 * 4 * 2 * 8 * 5
-    assert estimate.parts == {"transition (K²)": chain, "emission (K·V)": emission, "messages (N·T·K per batch)": messages}
+    assert estimate.parts == {
+        "transition (K²)": chain,
+        "emission (K·V)": emission,
+        "messages (N·T·K per batch)": messages,
+    }
     assert estimate.total_bytes == chain + emission + messages
 
 
@@ -83,8 +87,14 @@ _MEASURE = textwrap.dedent("""
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc to read the resident memory")
 def test_the_estimate_bounds_the_measured_peak_of_an_em_iteration():
-    result = subprocess.run([sys.executable, "-c", _MEASURE], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                            env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [sys.executable, "-c", _MEASURE],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 0, result.stderr
     ratio = float(result.stdout.split()[-1])
     # Since EM runs through e_step/m_step the iteration no longer raises the process's peak

@@ -13,9 +13,15 @@ from pyro.infer import Trace_ELBO
 from inference.batch import SequenceBatch
 from inference.contract import SequenceModel
 from inference.fit import fit
-from zoo.lgssm import (PARAMETER_NAMES, Imputation, LinearGaussianSSM, _InverseWishart, _VectorToPositiveDefinite,
-                       positive_definite_matrix)
 from tests.zoo import em_reference
+from zoo.lgssm import (
+    PARAMETER_NAMES,
+    Imputation,
+    LinearGaussianSSM,
+    _InverseWishart,
+    _VectorToPositiveDefinite,
+    positive_definite_matrix,
+)
 
 DTYPE = torch.float64
 
@@ -30,9 +36,14 @@ def random_params(d, p, seed, stable=0.8):
 
     a = torch.randn(d, d, generator=g, dtype=DTYPE)
     a = stable * a / torch.linalg.matrix_norm(a, 2)
-    return {"transition_matrix": a, "observation_matrix": torch.randn(p, d, generator=g, dtype=DTYPE),
-            "transition_cov": spd(d, 0.5), "observation_cov": spd(p, 0.3),
-            "initial_mean": torch.randn(d, generator=g, dtype=DTYPE), "initial_cov": spd(d, 1.0)}
+    return {
+        "transition_matrix": a,
+        "observation_matrix": torch.randn(p, d, generator=g, dtype=DTYPE),
+        "transition_cov": spd(d, 0.5),
+        "observation_cov": spd(p, 0.3),
+        "initial_mean": torch.randn(d, generator=g, dtype=DTYPE),
+        "initial_cov": spd(d, 1.0),
+    }
 
 
 def make_model(d, p, seed, **kwargs):
@@ -45,7 +56,7 @@ def dense_joint(model, length):
     a, b = model.transition_matrix.detach(), model.observation_matrix.detach()
     q, r = model.transition_cov.detach(), model.observation_cov.detach()
     m0, p0 = model.initial_mean.detach(), model.initial_cov.detach()
-    d, p = b.shape[1], b.shape[0]
+    d = b.shape[1]
     means, covs = [m0], [p0]
     for _ in range(1, length):
         means.append(a @ means[-1])
@@ -54,14 +65,13 @@ def dense_joint(model, length):
     for t in range(length):
         for s in range(t + 1):
             block = torch.linalg.matrix_power(a, t - s) @ covs[s]  # Cov(S_t, S_s)
-            state_cov[t * d:(t + 1) * d, s * d:(s + 1) * d] = block
-            state_cov[s * d:(s + 1) * d, t * d:(t + 1) * d] = block.T
+            state_cov[t * d : (t + 1) * d, s * d : (s + 1) * d] = block
+            state_cov[s * d : (s + 1) * d, t * d : (t + 1) * d] = block.T
     emit = torch.block_diag(*[b] * length)
     obs_cov = emit @ state_cov @ emit.T + torch.block_diag(*[r] * length)
     state_mean = torch.cat(means)
     joint_mean = torch.cat([state_mean, emit @ state_mean])
-    joint_cov = torch.cat([torch.cat([state_cov, state_cov @ emit.T], 1),
-                           torch.cat([emit @ state_cov, obs_cov], 1)])
+    joint_cov = torch.cat([torch.cat([state_cov, state_cov @ emit.T], 1), torch.cat([emit @ state_cov, obs_cov], 1)])
     return joint_mean, joint_cov
 
 
@@ -74,13 +84,22 @@ def dense_posterior(model, x):
     flat = x.reshape(-1)
     obs = torch.cat([torch.zeros(length * d, dtype=torch.bool), ~flat.isnan()])
     hidden = ~obs
-    solve = torch.linalg.solve(cov[obs][:, obs], torch.cat([cov[hidden][:, obs].T, (flat[~flat.isnan()] - mean[obs])[:, None]], 1))
+    solve = torch.linalg.solve(
+        cov[obs][:, obs], torch.cat([cov[hidden][:, obs].T, (flat[~flat.isnan()] - mean[obs])[:, None]], 1)
+    )
     cond_mean = mean[hidden] + cov[hidden][:, obs] @ solve[:, -1]
     cond_cov = cov[hidden][:, hidden] - cov[hidden][:, obs] @ solve[:, :-1]
     log_like = dist.MultivariateNormal(mean[obs], cov[obs][:, obs]).log_prob(flat[~flat.isnan()])
     k = length * d
     missing = flat.isnan()
-    return log_like, cond_mean[:k].reshape(length, d), cond_cov[:k, :k], cond_mean[k:], cond_cov[k:, k:].diagonal(), missing
+    return (
+        log_like,
+        cond_mean[:k].reshape(length, d),
+        cond_cov[:k, :k],
+        cond_mean[k:],
+        cond_cov[k:, k:].diagonal(),
+        missing,
+    )
 
 
 def with_gaps(x):
@@ -99,7 +118,9 @@ def test_exact_inference_matches_a_dense_joint_gaussian(d, p, length, seed):
     smoothed = model.smooth(x)
     assert torch.allclose(smoothed.smoothed_mean[0], state_mean, atol=1e-9)
     for t in range(length):
-        assert torch.allclose(smoothed.smoothed_cov[0, t], state_cov[t * d:(t + 1) * d, t * d:(t + 1) * d], atol=1e-9)
+        assert torch.allclose(
+            smoothed.smoothed_cov[0, t], state_cov[t * d : (t + 1) * d, t * d : (t + 1) * d], atol=1e-9
+        )
     imputed = model.impute(x)
     assert isinstance(imputed, Imputation)
     flat_mean, flat_var = imputed.mean[0].reshape(-1), imputed.var[0].reshape(-1)
@@ -127,7 +148,7 @@ def test_masked_batch_equals_one_by_one():
     smoothed = model.smooth(values, lengths)
     imputed = model.impute(values, lengths)
     for n, length in enumerate(lengths.tolist()):
-        alone = values[n:n + 1, :length]
+        alone = values[n : n + 1, :length]
         assert torch.allclose(together[n], model.log_prob(alone).detach()[0], rtol=1e-12)
         assert torch.allclose(smoothed.smoothed_mean[n, :length], model.smooth(alone).smoothed_mean[0], atol=1e-12)
         assert torch.allclose(imputed.mean[n, :length], model.impute(alone).mean[0], atol=1e-12, equal_nan=True)
@@ -136,8 +157,9 @@ def test_masked_batch_equals_one_by_one():
 
 def test_from_params_round_trip_and_config_rebuild():
     params = random_params(2, 3, 5)
-    model = LinearGaussianSSM.from_params(*(params[name] for name in PARAMETER_NAMES),
-                                          learn=("transition_cov", "observation_matrix"))
+    model = LinearGaussianSSM.from_params(
+        *(params[name] for name in PARAMETER_NAMES), learn=("transition_cov", "observation_matrix")
+    )
     for name, value in params.items():
         assert torch.allclose(getattr(model, name).detach(), value, atol=1e-12), name
     assert set(model.parameter_sites()) == {"transition_cov", "observation_matrix"}
@@ -148,8 +170,9 @@ def test_from_params_round_trip_and_config_rebuild():
     assert torch.allclose(rebuilt.log_prob(x), model.log_prob(x))
     # Parameter sites round trip through set_parameter_values.
     start = dict(params, transition_cov=torch.eye(2, dtype=DTYPE), observation_matrix=torch.zeros(3, 2, dtype=DTYPE))
-    other = LinearGaussianSSM.from_params(*(start[name] for name in PARAMETER_NAMES),
-                                          learn=("transition_cov", "observation_matrix"))
+    other = LinearGaussianSSM.from_params(
+        *(start[name] for name in PARAMETER_NAMES), learn=("transition_cov", "observation_matrix")
+    )
     assert not torch.allclose(other.log_prob(x), model.log_prob(x))
     other.set_parameter_values(model.parameter_values())
     assert torch.allclose(other.log_prob(x), model.log_prob(x), rtol=1e-12)
@@ -192,8 +215,12 @@ def test_structured_constructors():
         (lambda m: LinearGaussianSSM(2, 2, fixed={"gamma": torch.eye(2)}), "unknown parameter"),
         (lambda m: LinearGaussianSSM(2, 2, fixed={"observation_cov": torch.ones(2, 2)}), "positive-definite"),
         (lambda m: LinearGaussianSSM(2, 2, latent="sampled", initial="diffuse"), "latent='sampled'"),
-        (lambda m: LinearGaussianSSM.from_params(torch.eye(2), torch.ones(3, 3), torch.eye(2), torch.eye(3),
-                                                 torch.zeros(2), torch.eye(2)), r"observation_matrix: expected shape \(p, 2\)"),
+        (
+            lambda m: LinearGaussianSSM.from_params(
+                torch.eye(2), torch.ones(3, 3), torch.eye(2), torch.eye(3), torch.zeros(2), torch.eye(2)
+            ),
+            r"observation_matrix: expected shape \(p, 2\)",
+        ),
     ],
 )
 def test_bad_input_raises_naming_the_argument(call, message):
@@ -265,9 +292,16 @@ def test_marginal_and_sampled_forms_give_the_same_elbo(guide, cov_type):
     if cov_type == "diag":
         params["transition_cov"] = torch.diag(params["transition_cov"].diagonal())
         params["observation_cov"] = torch.diag(params["observation_cov"].diagonal())
-    forms = {latent: LinearGaussianSSM.from_params(*(params[n] for n in PARAMETER_NAMES), guide=guide, latent=latent,
-                                                   transition_cov_type=cov_type, observation_cov_type=cov_type)
-             for latent in ("marginal", "sampled")}
+    forms = {
+        latent: LinearGaussianSSM.from_params(
+            *(params[n] for n in PARAMETER_NAMES),
+            guide=guide,
+            latent=latent,
+            transition_cov_type=cov_type,
+            observation_cov_type=cov_type,
+        )
+        for latent in ("marginal", "sampled")
+    }
     batch = forms["marginal"].sample(3, 6, torch.Generator().manual_seed(2))
     values = with_gaps(batch.values)
     batch = SequenceBatch(values, torch.tensor([6, 4, 1]))
@@ -293,7 +327,9 @@ def test_sampled_states_guide_is_the_exact_smoothing_posterior():
     # Its density is the dense posterior's, for any path.
     dense = dist.MultivariateNormal(dense_mean.reshape(-1), dense_cov)
     for draw in draws[:3, 0]:
-        assert posterior.log_prob(draw[None]).item() == pytest.approx(dense.log_prob(draw.reshape(-1)).item(), rel=1e-10)
+        assert posterior.log_prob(draw[None]).item() == pytest.approx(
+            dense.log_prob(draw.reshape(-1)).item(), rel=1e-10
+        )
     # Its draws have the smoother's moments (Monte Carlo, within 6 standard errors).
     smoothed = model.smooth(values)
     error = (draws.mean(0) - smoothed.smoothed_mean).abs()
@@ -303,7 +339,9 @@ def test_sampled_states_guide_is_the_exact_smoothing_posterior():
     paths = model.sample_states(values, num_samples=4000, generator=torch.Generator().manual_seed(1))
     centred = (paths - smoothed.smoothed_mean).reshape(4000, -1)
     sample_cov = centred.T @ centred / 4000
-    standard_error = (dense_cov.diagonal()[:, None] * dense_cov.diagonal()[None, :] + dense_cov.square()).sqrt() / math.sqrt(4000)
+    standard_error = (
+        dense_cov.diagonal()[:, None] * dense_cov.diagonal()[None, :] + dense_cov.square()
+    ).sqrt() / math.sqrt(4000)
     assert ((sample_cov - dense_cov).abs() < 6 * standard_error).all()
 
 
@@ -342,7 +380,9 @@ def test_nile_local_level_matches_durbin_koopman_and_statsmodels():
     # statsmodels' approximate diffuse start: a_1 = 0, P_1 = 1e6, the first term dropped.
     approximate = LinearGaussianSSM.local_level(1469.1, 15099.0, initial="prior", initial_var=1e6, dtype=DTYPE)
     statsmodels = pytest.importorskip("statsmodels.api")
-    reference = statsmodels.tsa.UnobservedComponents(batch.values[0, :, 0].numpy(), "local level").loglike([15099.0, 1469.1])
+    reference = statsmodels.tsa.UnobservedComponents(batch.values[0, :, 0].numpy(), "local level").loglike(
+        [15099.0, 1469.1]
+    )
     with torch.no_grad():
         assert approximate.log_prob(batch.values, burn=1).item() == pytest.approx(reference, rel=1e-8)
     # EM from elsewhere lands on the exact-diffuse MLE.
@@ -402,8 +442,9 @@ def test_nuts_potential_is_the_log_posterior_in_unconstrained_space():
         point = transforms[name](value)
         unconstrained[name] = point + 0.3 * torch.randn(point.shape, generator=generator, dtype=DTYPE)
     constrained = {name: transforms[name].inv(value) for name, value in unconstrained.items()}
-    log_jacobian = sum(transforms[name].inv.log_abs_det_jacobian(unconstrained[name], constrained[name]).sum()
-                       for name in constrained)
+    log_jacobian = sum(
+        transforms[name].inv.log_abs_det_jacobian(unconstrained[name], constrained[name]).sum() for name in constrained
+    )
     model.set_parameter_values(constrained)
     expected = model.log_prob(batch.values).sum() + model.log_prior() + log_jacobian
     assert (-potential_fn(unconstrained)).item() == pytest.approx(expected.item(), rel=1e-10)
@@ -415,8 +456,10 @@ def test_gradient_fit_reaches_the_em_optimum():
     truth = LinearGaussianSSM.local_level(1.5, 4.0, initial="prior", initial_var=10.0, dtype=DTYPE)
     train = truth.sample(2, 100, torch.Generator().manual_seed(0))
     fitted = {}
-    for method, options in (("em", dict(max_iterations=5000, tolerance=1e-11)),
-                            ("svi", dict(max_epochs=150, learning_rate=0.1, final_learning_rate=0.002))):
+    for method, options in (
+        ("em", dict(max_iterations=5000, tolerance=1e-11)),
+        ("svi", dict(max_epochs=150, learning_rate=0.1, final_learning_rate=0.002)),
+    ):
         model = LinearGaussianSSM.local_level(1.0, 1.0, initial="prior", initial_var=10.0, dtype=DTYPE, prior="none")
         fit(model, train, method=method, progress=False, seed=0, **options)
         with torch.no_grad():
@@ -436,8 +479,10 @@ def test_em_recovers_a_two_state_three_output_system():
     # Identifiable quantities: the stationary covariance of X and its lag-one autocovariance.
 
     def moments(m):
-        a, b, q, r = (getattr(m, name).detach() for name in ("transition_matrix", "observation_matrix",
-                                                              "transition_cov", "observation_cov"))
+        a, b, q, r = (
+            getattr(m, name).detach()
+            for name in ("transition_matrix", "observation_matrix", "transition_cov", "observation_cov")
+        )
         stationary = torch.linalg.solve(torch.eye(4, dtype=DTYPE) - torch.kron(a, a), q.reshape(-1)).reshape(2, 2)
         return b @ stationary @ b.T + r, b @ a @ stationary @ b.T
 
@@ -472,8 +517,9 @@ def test_docstring_examples_run():
 
 def test_learned_markov_guide_is_exact_at_the_start_and_a_bound_elsewhere():
     params = random_params(2, 2, 12)
-    model = LinearGaussianSSM.from_params(*(params[n] for n in PARAMETER_NAMES), latent="sampled",
-                                          states_guide="learned")
+    model = LinearGaussianSSM.from_params(
+        *(params[n] for n in PARAMETER_NAMES), latent="sampled", states_guide="learned"
+    )
     batch = SequenceBatch(with_gaps(model.sample(2, 6, torch.Generator().manual_seed(0)).values), torch.tensor([6, 4]))
     exact = (model.log_prob(batch.values, batch.lengths).sum() + model.log_prior()).item()
     pyro.set_rng_seed(0)
@@ -539,8 +585,9 @@ def test_default_em_step_reproduces_the_smoothed_moment_em(case):
     objective = model.em_step(batch)
     assert objective.item() == pytest.approx(reference["objective"], rel=1e-12)
     for name, value in em_reference.state_of(model).items():
-        assert torch.allclose(torch.tensor(value, dtype=DTYPE), torch.tensor(reference["after"][name], dtype=DTYPE),
-                              rtol=1e-9, atol=1e-12), name
+        assert torch.allclose(
+            torch.tensor(value, dtype=DTYPE), torch.tensor(reference["after"][name], dtype=DTYPE), rtol=1e-9, atol=1e-12
+        ), name
 
 
 @pytest.mark.parametrize("cov_type", ["full", "diag"])
@@ -552,16 +599,19 @@ def test_e_step_statistics_match_a_dense_joint_gaussian(cov_type):
     if cov_type == "diag":
         params["transition_cov"] = torch.diag(params["transition_cov"].diagonal())
         params["observation_cov"] = torch.diag(params["observation_cov"].diagonal())
-    model = LinearGaussianSSM.from_params(*(params[name] for name in PARAMETER_NAMES), transition_cov_type=cov_type,
-                                          observation_cov_type=cov_type)
+    model = LinearGaussianSSM.from_params(
+        *(params[name] for name in PARAMETER_NAMES), transition_cov_type=cov_type, observation_cov_type=cov_type
+    )
     x = model.sample(1, length, torch.Generator().manual_seed(2)).values.clone()
     x[0, 2] = float("nan")  # a whole row: allowed for both covariance types
     if cov_type == "diag":
         x[0, 1, 0] = float("nan")
     statistics = model.e_step(SequenceBatch.from_tensor(x))
     log_like, state_mean, state_cov, *_ = dense_posterior(model, x[0])
-    outer = state_cov.reshape(length, d, length, d).permute(0, 2, 1, 3) \
-        + state_mean[:, None, :, None] * state_mean[None, :, None, :]  # outer[t, s] = E[s_t s_s^T]
+    outer = (
+        state_cov.reshape(length, d, length, d).permute(0, 2, 1, 3)
+        + state_mean[:, None, :, None] * state_mean[None, :, None, :]
+    )  # outer[t, s] = E[s_t s_s^T]
     steps = range(1, length)
     assert statistics["log_likelihood"].item() == pytest.approx(log_like.item(), rel=1e-10)
     assert statistics["transition_count"].item() == length - 1
@@ -583,18 +633,23 @@ def test_e_step_statistics_match_a_dense_joint_gaussian(cov_type):
         rows = [t for t in range(length) if observed[t].all()]
         assert statistics["observed_count"].item() == len(rows)
         assert torch.allclose(statistics["observed_state_outer"], sum(outer[t, t] for t in rows), atol=1e-9)
-        assert torch.allclose(statistics["observation_outer"], sum(torch.outer(x[0, t], x[0, t]) for t in rows),
-                              atol=1e-12)
-    assert torch.allclose(statistics["observation_state_cross"],
-                          sum(torch.outer(filled[t], state_mean[t]) for t in range(length)), atol=1e-9)
+        assert torch.allclose(
+            statistics["observation_outer"], sum(torch.outer(x[0, t], x[0, t]) for t in rows), atol=1e-12
+        )
+    assert torch.allclose(
+        statistics["observation_state_cross"],
+        sum(torch.outer(filled[t], state_mean[t]) for t in range(length)),
+        atol=1e-9,
+    )
 
 
 def test_parameter_specs_declare_storage_sites_and_roles():
     """The declarative specs drive storage, sites and counting: a diffuse model holds the
     initial matrices as buffers, a fixed matrix is a buffer of its value, a diagonal
     covariance is stored as log variances under a ``*_var`` site."""
-    model = LinearGaussianSSM(2, 3, transition_cov_type="diag", initial="diffuse",
-                              fixed={"observation_matrix": torch.ones(3, 2)})
+    model = LinearGaussianSSM(
+        2, 3, transition_cov_type="diag", initial="diffuse", fixed={"observation_matrix": torch.ones(3, 2)}
+    )
     specs = model._specs
     assert [spec.role.value for spec in specs.values()] == ["learned", "fixed", "learned", "learned", "held", "held"]
     parameters = dict(model.named_parameters())

@@ -10,11 +10,28 @@ import torch
 from torch import nn
 
 import zoo.params
-from zoo.params import (Constraint, ParameterSpec, PointParameters, Role, constrain_tril, dirichlet_factor,
-                        dirichlet_factor_values, inverse_wishart_factor, inverse_wishart_factor_values,
-                        lognormal_factor, lognormal_factor_values, normal_factor, normal_factor_values,
-                        point_property, positive_definite_matrix, symmetrise, unconstrain_tril, wishart_factor,
-                        wishart_factor_values, write_parameters)
+from zoo.params import (
+    Constraint,
+    ParameterSpec,
+    PointParameters,
+    Role,
+    constrain_tril,
+    dirichlet_factor,
+    dirichlet_factor_values,
+    inverse_wishart_factor,
+    inverse_wishart_factor_values,
+    lognormal_factor,
+    lognormal_factor_values,
+    normal_factor,
+    normal_factor_values,
+    point_property,
+    positive_definite_matrix,
+    symmetrise,
+    unconstrain_tril,
+    wishart_factor,
+    wishart_factor_values,
+    write_parameters,
+)
 
 DTYPE = torch.float64
 
@@ -31,16 +48,21 @@ def test_lower_triangular_storage_round_trips_and_has_a_positive_diagonal():
     assert torch.equal(tril, tril.tril()) and (tril.diagonal(dim1=-2, dim2=-1) > 0).all()
     assert torch.allclose(unconstrain_tril(tril), raw.tril(), atol=1e-14)  # the upper part is ignored
     cov = spd(3, 1)
-    assert torch.allclose(symmetrise(cov + torch.triu(torch.ones(3, 3, dtype=DTYPE), 1)),
-                          cov + 0.5 * (torch.ones(3, 3, dtype=DTYPE) - torch.eye(3, dtype=DTYPE)))
+    assert torch.allclose(
+        symmetrise(cov + torch.triu(torch.ones(3, 3, dtype=DTYPE), 1)),
+        cov + 0.5 * (torch.ones(3, 3, dtype=DTYPE) - torch.eye(3, dtype=DTYPE)),
+    )
 
 
-@pytest.mark.parametrize("constraint, value, num_free, site_shape", [
-    (Constraint.FREE, torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=DTYPE), 4, (2, 2)),
-    (Constraint.POSITIVE_DIAG, torch.diag(torch.tensor([0.5, 4.0], dtype=DTYPE)), 2, (2,)),
-    (Constraint.LOWER_CHOLESKY, torch.tensor([[2.0, 0.0], [-1.0, 0.3]], dtype=DTYPE), 3, (2, 2)),
-    (Constraint.POSITIVE_DEFINITE, spd(2, 0), 3, (2, 2)),
-])
+@pytest.mark.parametrize(
+    "constraint, value, num_free, site_shape",
+    [
+        (Constraint.FREE, torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=DTYPE), 4, (2, 2)),
+        (Constraint.POSITIVE_DIAG, torch.diag(torch.tensor([0.5, 4.0], dtype=DTYPE)), 2, (2,)),
+        (Constraint.LOWER_CHOLESKY, torch.tensor([[2.0, 0.0], [-1.0, 0.3]], dtype=DTYPE), 3, (2, 2)),
+        (Constraint.POSITIVE_DEFINITE, spd(2, 0), 3, (2, 2)),
+    ],
+)
 def test_parameter_spec_stores_reads_and_writes_each_constraint(constraint, value, num_free, site_shape):
     spec = ParameterSpec("weights", (2, 2), constraint, Role.LEARNED, "weights_storage", "weights_site")
     module = nn.Module()
@@ -101,7 +123,9 @@ def test_point_property_and_placement_read_the_family_point():
     assert family._dtype == DTYPE and family._device == torch.device("cpu")
     write_parameters(family, {"guide_loc": torch.ones(2, dtype=DTYPE)}, create=True)
     write_parameters(family, {"guide_loc": torch.full((2,), 5.0, dtype=DTYPE)}, create=False)
-    assert isinstance(family.guide_loc, nn.Parameter) and torch.equal(family.guide_loc.data, torch.full((2,), 5.0, dtype=DTYPE))
+    assert isinstance(family.guide_loc, nn.Parameter) and torch.equal(
+        family.guide_loc.data, torch.full((2,), 5.0, dtype=DTYPE)
+    )
 
 
 @pytest.mark.parametrize("kind", ["normal", "lognormal", "dirichlet", "wishart", "inverse_wishart"])

@@ -63,8 +63,11 @@ def test_forecast_uses_the_datas_time_column_and_units():
     history = 1000 + 100 * np.sin(years / 5.0)[:, None]
     future = np.arange(1951, 1971)
     mean, std = np.full((20, 1), 900.0), np.full((20, 1), 50.0)
-    fig = _drawn(plots.forecast_bands(years, history, future, mean, std, series_names=["flow"],
-                                      time_label="year", units="10⁸ m³"))
+    fig = _drawn(
+        plots.forecast_bands(
+            years, history, future, mean, std, series_names=["flow"], time_label="year", units="10⁸ m³"
+        )
+    )
     ax = fig.axes[-1]
     assert ax.get_xlabel() == "year" and ax.get_ylabel() == "flow (10⁸ m³)"
     ticks = _visible_ticks(ax)
@@ -72,13 +75,25 @@ def test_forecast_uses_the_datas_time_column_and_units():
     assert all(text.isdigit() and len(text) == 4 for text in _tick_texts(ax.xaxis))  # 1880, not 1.88e3
     assert ax.xaxis.get_offset_text().get_text() == ""
     # Per-series units, and step numbers by default.
-    two = _drawn(plots.forecast_bands(np.arange(10), np.zeros((10, 2)), np.arange(10, 13), np.zeros((3, 2)),
-                                      np.ones((3, 2)), series_names=["a", "b"], units=["°C", None]))
+    two = _drawn(
+        plots.forecast_bands(
+            np.arange(10),
+            np.zeros((10, 2)),
+            np.arange(10, 13),
+            np.zeros((3, 2)),
+            np.ones((3, 2)),
+            series_names=["a", "b"],
+            units=["°C", None],
+        )
+    )
     assert [a.get_ylabel() for a in two.axes] == ["a (°C)", "b"] and two.axes[-1].get_xlabel() == "time step"
     # Dates (a CSV's time column read as datetime64) are written as dates.
     days = np.arange("2020-01-01", "2020-03-01", dtype="datetime64[D]")
-    dated = _drawn(plots.forecast_bands(days[:50], np.zeros((50, 1)), days[50:], np.zeros((10, 1)), np.ones((10, 1)),
-                                        time_label="day"))
+    dated = _drawn(
+        plots.forecast_bands(
+            days[:50], np.zeros((50, 1)), days[50:], np.zeros((10, 1)), np.ones((10, 1)), time_label="day"
+        )
+    )
     assert dated.axes[-1].get_xlabel() == "day"
     texts = _tick_texts(dated.axes[-1].xaxis)
     assert len(texts) >= 3 and all(re.fullmatch(r"2020-0[123]-\d\d", text) for text in texts)
@@ -88,15 +103,36 @@ def test_smoothed_states_use_the_datas_time_column_and_units():
     years = np.arange(1871, 1971)
     mean, std = np.linspace(1100, 800, 100)[:, None], np.full((100, 1), 30.0)
     observed = mean + np.random.default_rng(1).normal(0, 100, size=(100, 1))
-    fig = _drawn(plots.state_bands(years, mean, std, filtered_mean=mean, observed=observed, series_names=["flow"],
-                                   state_names=["level"], time_label="year", units="10⁸ m³"))
+    fig = _drawn(
+        plots.state_bands(
+            years,
+            mean,
+            std,
+            filtered_mean=mean,
+            observed=observed,
+            series_names=["flow"],
+            state_names=["level"],
+            time_label="year",
+            units="10⁸ m³",
+        )
+    )
     ax = fig.axes[-1]
     assert ax.get_xlabel() == "year"
     assert ax.get_ylabel() == "level (10⁸ m³)"  # the data are drawn on the state panel: same unit
     assert all(text.isdigit() and len(text) == 4 for text in _tick_texts(ax.xaxis))
     # With a signal panel the unit is the signal's; the latent states carry none.
-    signal = _drawn(plots.state_bands(years, np.zeros((100, 2)), np.ones((100, 2)), signal_mean=mean, signal_std=std,
-                                      observed=observed, series_names=["flow"], units="10⁸ m³"))
+    signal = _drawn(
+        plots.state_bands(
+            years,
+            np.zeros((100, 2)),
+            np.ones((100, 2)),
+            signal_mean=mean,
+            signal_std=std,
+            observed=observed,
+            series_names=["flow"],
+            units="10⁸ m³",
+        )
+    )
     assert [a.get_ylabel() for a in signal.axes] == ["flow (10⁸ m³)", "state 0", "state 1"]
 
 
@@ -114,8 +150,10 @@ def test_log_likelihood_trace_has_integer_iteration_ticks_and_full_values():
 
 
 def test_learning_curves_write_values_without_an_offset():
-    curves = {"gru": [{"seconds": t, "valid_log_prob_per_step": -2.7330 - 0.0001 * np.exp(-t)} for t in range(10)],
-              "hmm": [{"seconds": t, "valid_log_prob_per_step": -2.7332} for t in range(10)]}
+    curves = {
+        "gru": [{"seconds": t, "valid_log_prob_per_step": -2.7330 - 0.0001 * np.exp(-t)} for t in range(10)],
+        "hmm": [{"seconds": t, "valid_log_prob_per_step": -2.7332} for t in range(10)],
+    }
     fig = _drawn(plots.learning_curves(curves, title="letters"))
     ax = fig.axes[0]
     assert ax.get_xlabel() == "training time (s)" and ax.get_ylabel() == "valid log-likelihood (nats / step)"

@@ -10,13 +10,12 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO
 
+import zoo.rnn as rnn_module
 from inference.batch import SequenceBatch
 from inference.fit import fit
 from inference.scoring import score
 from zoo.hmm import CategoricalHMM
-import zoo.rnn as rnn_module
 from zoo.rnn import RecurrentModel, elman_rnn, gru, lstm
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -140,8 +139,9 @@ def test_log_prob_equals_hand_stepped_gate_equations(cell, observation):
         observed = ~torch.isnan(x)
         raw = torch.where(observed, x, torch.zeros_like(x))
         if observation == "gaussian":
-            raw = torch.cat([torch.where(observed, (x - model.data_loc) / model.data_scale, torch.zeros_like(x)),
-                             observed.double()])
+            raw = torch.cat(
+                [torch.where(observed, (x - model.data_loc) / model.data_scale, torch.zeros_like(x)), observed.double()]
+            )
         return model.embedding.weight @ raw + model.embedding.bias
 
     sequence = values[0]
@@ -163,7 +163,9 @@ def test_log_prob_equals_hand_stepped_gate_equations(cell, observation):
                 mean, sd = model.data_loc + model.data_scale * y[:2], model.data_scale * sd
                 for d in range(2):
                     if not torch.isnan(x[d]):
-                        expected += (-0.5 * ((x[d] - mean[d]) / sd[d]) ** 2 - sd[d].log() - 0.5 * math.log(2 * math.pi)).item()
+                        expected += (
+                            -0.5 * ((x[d] - mean[d]) / sd[d]) ** 2 - sd[d].log() - 0.5 * math.log(2 * math.pi)
+                        ).item()
         got = model.log_prob(values, context=context.unsqueeze(0))
     assert got[0].item() == pytest.approx(expected, abs=1e-9)
 
@@ -171,8 +173,9 @@ def test_log_prob_equals_hand_stepped_gate_equations(cell, observation):
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 def test_masked_batch_equals_one_by_one_scoring(cell):
     generator = torch.Generator().manual_seed(3)
-    model = _randomise(RecurrentModel("categorical", num_symbols=5, cell=cell, hidden_size=6, num_layers=2,
-                                      embedding_dim=4), seed=4)
+    model = _randomise(
+        RecurrentModel("categorical", num_symbols=5, cell=cell, hidden_size=6, num_layers=2, embedding_dim=4), seed=4
+    )
     lengths = torch.tensor([9, 4, 1, 7])
     values = torch.randint(0, 5, (4, 9), generator=generator)
     garbage = values.clone()
@@ -196,8 +199,9 @@ def test_masked_batch_equals_one_by_one_scoring(cell):
 def test_scoring_in_windows_carries_the_state_exactly(cell, monkeypatch):
     """Long texts are scored a window of steps at a time; the result must not depend on the window."""
     generator = torch.Generator().manual_seed(6)
-    model = _randomise(RecurrentModel("categorical", num_symbols=5, cell=cell, hidden_size=6, num_layers=2,
-                                      embedding_dim=4), seed=7).double()
+    model = _randomise(
+        RecurrentModel("categorical", num_symbols=5, cell=cell, hidden_size=6, num_layers=2, embedding_dim=4), seed=7
+    ).double()
     values = torch.randint(0, 5, (3, 23), generator=generator)
     lengths = torch.tensor([23, 11, 1])
     whole = model.log_prob_steps(values, lengths)
@@ -226,7 +230,9 @@ def test_missing_entries_at_the_last_step_drop_exactly_their_density():
         torch.testing.assert_close(model.log_prob(holed), full - entry, rtol=0, atol=1e-10)
         # A step whose every entry is missing contributes nothing.
         holed[:, -1, :] = float("nan")
-        torch.testing.assert_close(model.log_prob(holed), full - head.log_prob(values)[:, -1].sum(-1), rtol=0, atol=1e-10)
+        torch.testing.assert_close(
+            model.log_prob(holed), full - head.log_prob(values)[:, -1].sum(-1), rtol=0, atol=1e-10
+        )
 
 
 def test_pyro_model_scores_the_same_likelihood_and_scales_minibatches():
@@ -236,16 +242,23 @@ def test_pyro_model_scores_the_same_likelihood_and_scales_minibatches():
     trace = pyro.poutine.trace(model.model).get_trace(batch)
     trace.compute_log_prob()
     # One observed site and no latent variable (the plate's subsample site aside).
-    sites = {name: site["is_observed"] for name, site in trace.nodes.items() if site["type"] == "sample" and name != "sequences"}
+    sites = {
+        name: site["is_observed"]
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and name != "sequences"
+    }
     assert sites == {"observations": True}
-    assert trace.nodes["observations"]["log_prob_sum"].item() == pytest.approx(model.log_prob_batch(batch).sum().item(), abs=1e-9)
+    assert trace.nodes["observations"]["log_prob_sum"].item() == pytest.approx(
+        model.log_prob_batch(batch).sum().item(), abs=1e-9
+    )
     loss = Trace_ELBO().differentiable_loss(model.model, model.guide, batch[:2].with_population(6))
     assert loss.item() == pytest.approx(-3 * model.log_prob_batch(batch[:2]).sum().item(), abs=1e-9)
 
 
 def test_context_enters_every_transition():
-    model = _randomise(RecurrentModel("categorical", num_symbols=4, cell="rnn", hidden_size=5, embedding_dim=3,
-                                      context_dim=2), seed=10)
+    model = _randomise(
+        RecurrentModel("categorical", num_symbols=4, cell="rnn", hidden_size=5, embedding_dim=3, context_dim=2), seed=10
+    )
     values = torch.randint(0, 4, (2, 6), generator=torch.Generator().manual_seed(11))
     context = torch.tensor([[0.5, -1.0], [0.5, -1.0]], dtype=torch.float64)
     a = model.log_prob_steps(values, context=context)
@@ -260,8 +273,9 @@ def test_context_enters_every_transition():
 # -- generation -------------------------------------------------------------------
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 def test_low_temperature_sampling_is_greedy_decoding(cell):
-    model = _randomise(RecurrentModel("categorical", num_symbols=6, cell=cell, hidden_size=8, embedding_dim=4),
-                       seed=12, spread=1.0)
+    model = _randomise(
+        RecurrentModel("categorical", num_symbols=6, cell=cell, hidden_size=8, embedding_dim=4), seed=12, spread=1.0
+    )
     prime = torch.tensor([1, 4, 2])
     greedy = model.greedy(3, 25, prime=prime).values
     cold = model.sample(3, 25, torch.Generator().manual_seed(0), temperature=1e-4, prime=prime).values
@@ -276,8 +290,9 @@ def test_low_temperature_sampling_is_greedy_decoding(cell):
 
 def test_temperature_reshapes_the_next_symbol_distribution():
     """q_i ∝ exp(z_i / T): empirical first-step frequencies against softmax(z / T)."""
-    model = _randomise(RecurrentModel("categorical", num_symbols=4, cell="lstm", hidden_size=5, embedding_dim=3),
-                       seed=13, spread=1.5)
+    model = _randomise(
+        RecurrentModel("categorical", num_symbols=4, cell="lstm", hidden_size=5, embedding_dim=3), seed=13, spread=1.5
+    )
     logits = model.output(model.initial_hidden[0])
     for temperature in (0.5, 1.0, 2.0):
         draws = model.sample(40_000, 1, torch.Generator().manual_seed(1), temperature=temperature).values[:, 0]
@@ -342,8 +357,9 @@ def test_clear_errors():
 # -- learning ---------------------------------------------------------------------
 def _markov_source(num_sequences: int, length: int, seed: int):
     """A first-order Markov chain over 4 symbols as a 4-state HMM with identity emissions."""
-    transition = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.05, 0.05, 0.8, 0.1], [0.3, 0.3, 0.2, 0.2], [0.1, 0.0, 0.1, 0.8]],
-                              dtype=torch.float64)
+    transition = torch.tensor(
+        [[0.7, 0.1, 0.1, 0.1], [0.05, 0.05, 0.8, 0.1], [0.3, 0.3, 0.2, 0.2], [0.1, 0.0, 0.1, 0.8]], dtype=torch.float64
+    )
     initial = torch.full((4,), 0.25, dtype=torch.float64)
     truth = CategoricalHMM.from_probs(initial, transition, torch.eye(4, dtype=torch.float64))
     return truth, truth.sample(num_sequences, length, generator=torch.Generator().manual_seed(seed))
@@ -354,8 +370,9 @@ def test_hmm_with_enough_states_reaches_the_markov_source_entropy():
     _, test = _markov_source(40, 250, seed=1)
     transition = truth.transition_probs
     stationary = torch.linalg.matrix_power(transition, 200)[0]
-    entropy_rate = -(stationary[:, None] * transition * torch.where(transition > 0, transition.log(),
-                                                                    torch.zeros_like(transition))).sum()
+    entropy_rate = -(
+        stationary[:, None] * transition * torch.where(transition > 0, transition.log(), torch.zeros_like(transition))
+    ).sum()
     fitted = CategoricalHMM(6, 4).double()
     fitted.reset_parameters(torch.Generator().manual_seed(3))
     fit(fitted, train, method="em", max_iterations=300, num_restarts=2, progress=False)
@@ -412,14 +429,32 @@ TEXT = ("ROMEO: the cat sat on the mat and the dog ate a bone. " * 30).strip()
 def test_cli_fit_lstm_then_sample_with_a_prime(tmp_path, capsys):
     import json
 
-    from zoo.cli import load_model, main
     from inference.rundir import RunDirectory
+    from zoo.cli import load_model, main
 
     data = tmp_path / "tiny.txt"
     data.write_text(TEXT)
     out = tmp_path / "run"
-    assert main(["fit", "lstm", "--data", str(data), "--hidden", "12", "--embedding", "6", "--epochs", "3",
-                 "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "lstm",
+                "--data",
+                str(data),
+                "--hidden",
+                "12",
+                "--embedding",
+                "6",
+                "--epochs",
+                "3",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     config = json.loads((out / "config.json").read_text())
     assert summary["class"] == "RecurrentModel" and summary["likelihood"] == "exact"
@@ -439,8 +474,24 @@ def test_cli_fit_lstm_then_sample_with_a_prime(tmp_path, capsys):
     assert capsys.readouterr().out.rstrip("\n") == "ROMEO:" + expected
     # Priming needs a recurrent network.
     hmm_out = tmp_path / "hmm"
-    assert main(["fit", "hmm", "--data", str(data), "--states", "2", "--max-iterations", "3", "--out", str(hmm_out),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "hmm",
+                "--data",
+                str(data),
+                "--states",
+                "2",
+                "--max-iterations",
+                "3",
+                "--out",
+                str(hmm_out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert main(["sample", str(hmm_out), "--prime", "RO", "--length", "5"]) == 2
     assert "recurrent network" in capsys.readouterr().err
 
@@ -453,8 +504,26 @@ def test_cli_compare_hmm_and_gru_on_tiny_text(tmp_path, capsys):
     data = tmp_path / "tiny.txt"
     data.write_text(TEXT)
     out = tmp_path / "compare"
-    assert main(["compare", "--data", str(data), "--models", "hmm:states=3", "gru:hidden=12,embedding=6,epochs=4,lr=0.01",
-                 "--max-iterations", "15", "--out", str(out), "--no-progress", "--budget-minutes", "1"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--data",
+                str(data),
+                "--models",
+                "hmm:states=3",
+                "gru:hidden=12,embedding=6,epochs=4,lr=0.01",
+                "--max-iterations",
+                "15",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--budget-minutes",
+                "1",
+            ]
+        )
+        == 0
+    )
     comparison = json.loads((out / "comparison.json").read_text())
     rows = {row["model"]: row for row in comparison["models"]}
     assert list(rows) == ["unigram", "bigram", "hmm-states3", "gru-hidden12-embedding6-epochs4-lr0.01"]
@@ -485,13 +554,30 @@ def test_compare_table_is_right_when_the_truth_is_known(tmp_path):
     truth = CategoricalHMM.from_probs(
         torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64),
         torch.tensor([[0.85, 0.1, 0.05], [0.1, 0.8, 0.1], [0.2, 0.1, 0.7]], dtype=torch.float64),
-        torch.tensor([[0.7, 0.2, 0.05, 0.05], [0.05, 0.1, 0.8, 0.05], [0.1, 0.1, 0.1, 0.7]], dtype=torch.float64))
+        torch.tensor([[0.7, 0.2, 0.05, 0.05], [0.05, 0.1, 0.8, 0.05], [0.1, 0.1, 0.1, 0.7]], dtype=torch.float64),
+    )
     sample = truth.sample(120, 80, generator=torch.Generator().manual_seed(0))
     path = tmp_path / "hmm.npz"
     save_npz(SequenceData(batch=sample, kind="categorical", vocabulary=Vocabulary("abcd")), path)
     out = tmp_path / "compare"
-    assert main(["compare", "--data", str(path), "--models", "hmm:states=3", "gru:hidden=16,embedding=4,epochs=15,lr=0.02",
-                 "--restarts", "3", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--data",
+                str(path),
+                "--models",
+                "hmm:states=3",
+                "gru:hidden=16,embedding=4,epochs=15,lr=0.02",
+                "--restarts",
+                "3",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     rows = {row["model"]: row for row in json.loads((out / "comparison.json").read_text())["models"]}
     test_part = split_data(load_data(path), (0.8, 0.1, 0.1), seed=0).test.batch
     best = score(truth, test_part)
@@ -521,8 +607,9 @@ def test_context_conditioned_rnn_is_trained_validated_and_scored_through_fit():
     options = dict(max_epochs=60, learning_rate=3e-2, lr_schedule="constant", progress=False, seed=0)
     plain = RecurrentModel("categorical", num_symbols=4, cell="gru", hidden_size=8, embedding_dim=4)
     plain_result = fit(plain, train, valid=valid, **options)  # the batch's context is ignored without context_dim
-    conditioned = RecurrentModel("categorical", num_symbols=4, cell="gru", hidden_size=8, embedding_dim=4,
-                                 context_dim=2)
+    conditioned = RecurrentModel(
+        "categorical", num_symbols=4, cell="gru", hidden_size=8, embedding_dim=4, context_dim=2
+    )
     result = fit(conditioned, train, valid=valid, **options)
     # Entropy of the source given the class: what a model that knows θ can reach per step.
     probs = torch.tensor([0.85, 0.05, 0.05, 0.05])

@@ -87,16 +87,20 @@ def test_zero_context_weights_give_the_unconditioned_network(cell, num_layers):
     assert (conditioned.log_prob_batch(batch) - plain.log_prob_batch(batch)).abs().max() > 1e-3
     _zero_context_weights(conditioned)
     expected = plain.log_prob_batch(batch)
-    for context in (batch.covariates["context"], 10 * torch.randn(batch.num_sequences, CONTEXT_DIM, dtype=torch.float64)):
+    for context in (
+        batch.covariates["context"],
+        10 * torch.randn(batch.num_sequences, CONTEXT_DIM, dtype=torch.float64),
+    ):
         got = conditioned.log_prob_batch(batch.with_covariates(context=context))
         assert torch.allclose(got, expected, rtol=0, atol=1e-12)
     # Chunks (truncated backpropagation's training pieces) inherit θ and agree too.
     chunks = batch.chunk(3)
     assert torch.allclose(conditioned.log_prob_batch(chunks), plain.log_prob_batch(chunks), rtol=0, atol=1e-12)
     # Generation: the same random numbers give the same text whatever θ is.
-    draws = [model.sample(4, 15, torch.Generator().manual_seed(5), context=context).values
-             for model, context in ((conditioned, torch.eye(CONTEXT_DIM, dtype=torch.float64)[[0, 1, 2, 0]]),
-                                    (plain, None))]
+    draws = [
+        model.sample(4, 15, torch.Generator().manual_seed(5), context=context).values
+        for model, context in ((conditioned, torch.eye(CONTEXT_DIM, dtype=torch.float64)[[0, 1, 2, 0]]), (plain, None))
+    ]
     assert torch.equal(draws[0], draws[1])
 
 
@@ -135,12 +139,15 @@ def test_paragraph_texts_align_with_the_corpus_documents(tmp_path):
     corpus = read_corpus(path, min_document_frequency=1, time_range=(1900, 2000))
     texts = example.paragraph_texts(corpus)
     assert [example.normalise(t) for t in texts] == [
-        "Taxes and budget; the budget again.", "The army and the navy, the navy and the budget.",
-        "Budget budget taxes army."]
+        "Taxes and budget; the budget again.",
+        "The army and the navy, the navy and the budget.",
+        "Budget budget taxes army.",
+    ]
     bags = example.bags_of_words(texts, corpus, corpus.slices)
     assert torch.equal(bags.values, corpus.batch.values) and torch.equal(bags.lengths, corpus.batch.lengths)
     assert [corpus.vocabulary.encode(tokenize(t)) for t in texts][2] == corpus.vocabulary.encode(
-        ["budget", "budget", "taxes", "army"])
+        ["budget", "budget", "taxes", "army"]
+    )
 
 
 def test_first_half_cut_is_a_word_boundary_near_the_middle():

@@ -9,7 +9,7 @@ import json
 import math
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -19,11 +19,24 @@ from zoo import baselines, compare_timeseries, parallel, plots
 from zoo.data import SequenceData, Splits
 from zoo.registry import REGISTRY, Family, UsageError
 
-from .data_args import (_check_minutes, _data_and_splits, _data_description, _data_fingerprint, _data_paths,
-                        _describe_split)
+from .data_args import (
+    _check_minutes,
+    _data_and_splits,
+    _data_description,
+    _data_fingerprint,
+    _data_paths,
+    _describe_split,
+)
 from .specs import ModelSpec, _sampler_takes, build_model, spec_settings
-from .training import (NO_HELD_OUT, _block_stderr, _check_fit_memory, _empty_parts, _fit_options, _print_summary,
-                       train_into)
+from .training import (
+    NO_HELD_OUT,
+    _block_stderr,
+    _check_fit_memory,
+    _empty_parts,
+    _fit_options,
+    _print_summary,
+    train_into,
+)
 
 
 def cmd_compare(args) -> int:
@@ -32,8 +45,10 @@ def cmd_compare(args) -> int:
     labels = [spec.label for spec in specs]
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     if repeated:
-        raise UsageError(f"--models: {', '.join(repeated)} given more than once; each model needs its own settings "
-                         "(it is written to OUT/<its name>)")
+        raise UsageError(
+            f"--models: {', '.join(repeated)} given more than once; each model needs its own settings "
+            "(it is written to OUT/<its name>)"
+        )
     compare_timeseries.check_arguments(args)
     data, splits, how = _data_and_splits(args)
     print(_describe_split(data, splits, how))
@@ -45,8 +60,14 @@ def cmd_compare(args) -> int:
         settings_of[spec.label] = spec_settings(spec, splits.train)
         family = REGISTRY[spec.family]
         model_settings, fit_settings = settings_of[spec.label]
-        _check_fit_memory(family, splits.train, model_settings, fit_settings.get("method", args.method), args.device,
-                          what=f"compare {spec.label}")
+        _check_fit_memory(
+            family,
+            splits.train,
+            model_settings,
+            fit_settings.get("method", args.method),
+            args.device,
+            what=f"compare {spec.label}",
+        )
     description = {**_data_description(args, data, how), "data_fingerprint": _data_fingerprint(args, data)}
     root = parallel.create_run(args.out, force=args.force, data_paths=_data_paths(args), manifest=True)
     rows, curves, samples, temperatures, exports, fans = [], {}, {}, {}, {}, {}
@@ -61,27 +82,41 @@ def cmd_compare(args) -> int:
         model_args = argparse.Namespace(**{**vars(args), **fit_settings})
         model_args.time_budget = args.budget_minutes
         model_args.progress_label = f"[{index + 1}/{len(specs)}] {label}"
-        print(f"[{index + 1}/{len(specs)}] training {label}{_time_left(args.budget_minutes, len(specs) - index, started)}",
-              file=sys.stderr)
+        print(
+            f"[{index + 1}/{len(specs)}] training {label}{_time_left(args.budget_minutes, len(specs) - index, started)}",
+            file=sys.stderr,
+        )
         run = parallel.create_run(root.path / label, manifest=True)  # inside the fresh root: always new
         args.interrupted_run = root  # for main's Ctrl-C line
         summary = train_into(run, model, family, splits, data, model_args, label, description)
         curves[label] = summary["history"]
         rows.append({k: v for k, v in summary.items() if k != "history"})
         rows[-1].update(compare_timeseries.forecast_columns(model, timeline, args, data.kind))
-        rows[-1].update(compare_timeseries.lfo_columns(model, family, timeline, args,
-                                                       refit=_refitter(family, model_settings, model_args, splits)))
+        rows[-1].update(
+            compare_timeseries.lfo_columns(
+                model, family, timeline, args, refit=_refitter(family, model_settings, model_args, splits)
+            )
+        )
         fans[label] = compare_timeseries.fan_forecast(model, timeline, args)
         temperatures[label] = SAMPLE_TEMPERATURE if _sampler_takes(model, "temperature") else 1.0
         samples[label] = _sample_text(model, data, length=200, seed=args.seed, temperature=temperatures[label])
         exports[label] = _guide_export(model, splits.train.batch)
     print(f"compared {len(specs)} model(s) in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    comparison = {"data": args.data, **how, "split_description": _describe_split(data, splits, how), "unit": "nats per time step",
-                  "stderr": "over held-out sequences, or over 20 contiguous blocks of a single held-out sequence",
-                  "sample_temperature": temperatures, "models": rows, "samples": samples,
-                  "score_from": args.score_from if timeline is not None else "start",
-                  "score_note": compare_timeseries.score_from_note(args.score_from, timeline, rows)}
-    markdown = _comparison_markdown({**comparison, "models": compare_timeseries.display_rows(rows, args.score_from)}, data)
+    comparison = {
+        "data": args.data,
+        **how,
+        "split_description": _describe_split(data, splits, how),
+        "unit": "nats per time step",
+        "stderr": "over held-out sequences, or over 20 contiguous blocks of a single held-out sequence",
+        "sample_temperature": temperatures,
+        "models": rows,
+        "samples": samples,
+        "score_from": args.score_from if timeline is not None else "start",
+        "score_note": compare_timeseries.score_from_note(args.score_from, timeline, rows),
+    }
+    markdown = _comparison_markdown(
+        {**comparison, "models": compare_timeseries.display_rows(rows, args.score_from)}, data
+    )
     markdown += compare_timeseries.forecast_markdown(rows)
     if compare_timeseries.write_forecast_fan(root, fans, timeline, args.data):
         markdown += "\nForecast fans of every model from the start of the held-out part: forecast_fan.png\n"
@@ -92,13 +127,17 @@ def cmd_compare(args) -> int:
         table = compare(exports, warn=False)
         comparison["loo_compare"] = json.loads(table.to_json(orient="index"))
         root.write_text("loo_compare.csv", table.to_csv())
-        markdown += ("\n## PSIS-LOO over training sequences (az.compare, guide draws with the importance-sampling "
-                     "correction)\n\n```\n" + table.to_string() + "\n```\n")
+        markdown += (
+            "\n## PSIS-LOO over training sequences (az.compare, guide draws with the importance-sampling "
+            "correction)\n\n```\n" + table.to_string() + "\n```\n"
+        )
     root.write_json("comparison.json", comparison)
     root.write_text("comparison.md", markdown)
     if any(record.get("valid_log_prob_per_step") is not None for history in curves.values() for record in history):
         # Without a validation part (--split 1,0,0) there is no curve to draw.
-        root.save_figure("learning_curves.png", plots.learning_curves(curves, title=f"{args.data}: validation log-likelihood"))
+        root.save_figure(
+            "learning_curves.png", plots.learning_curves(curves, title=f"{args.data}: validation log-likelihood")
+        )
     _print_summary(compare_timeseries.display_rows(rows, args.score_from))
     print(comparison["score_note"])
     print(f"comparison: {root.file('comparison.md')}")
@@ -131,10 +170,12 @@ def _time_left(budget_minutes: float | None, models_left: int, started: float) -
 
 def _refitter(family: Family, settings: dict[str, str], model_args, splits: Splits):
     """``history -> a model of the spec fit on it`` (leave-future-out refits)."""
+
     def refit(history):
         model = build_model(family, splits.train, settings)
         fit(model, history, **{**_fit_options(model_args, model), "progress": False, "time_budget": None})
         return model.eval()
+
     return refit
 
 
@@ -147,7 +188,13 @@ def _baseline_rows(splits, data: SequenceData, timeline=None) -> list[dict]:
         ("unigram", lambda b: baselines.unigram_score(unigram, b), v - 1),
         ("bigram", lambda b: baselines.bigram_score(initial, transition, b), (v - 1) * (v + 1)),
     ):
-        row = {"model": name, "class": "count table", "num_parameters": num_parameters, "seconds": 0.0, "likelihood": "exact"}
+        row = {
+            "model": name,
+            "class": "count table",
+            "num_parameters": num_parameters,
+            "seconds": 0.0,
+            "likelihood": "exact",
+        }
         for part_name in ("train", "valid", "test"):
             part = getattr(splits, part_name)
             if part is not None and part.batch.num_steps:
@@ -157,9 +204,13 @@ def _baseline_rows(splits, data: SequenceData, timeline=None) -> list[dict]:
                 row[f"{part_name}_stderr"] = ratio_standard_error(per_sequence, part.batch.lengths)
                 if row[f"{part_name}_stderr"] is None and part_name != "train":
                     row[f"{part_name}_stderr"] = _block_stderr(
-                        lambda b, name=name: _baseline_per_step(name, unigram, initial, transition, b), part.batch)
-        row.update(compare_timeseries.baseline_held_out_scores(
-            lambda b, name=name: _baseline_per_step(name, unigram, initial, transition, b), timeline))
+                        lambda b, name=name: _baseline_per_step(name, unigram, initial, transition, b), part.batch
+                    )
+        row.update(
+            compare_timeseries.baseline_held_out_scores(
+                lambda b, name=name: _baseline_per_step(name, unigram, initial, transition, b), timeline
+            )
+        )
         rows.append(row)
     return rows
 
@@ -189,47 +240,67 @@ def _likelihood_note(rows: Sequence[dict]) -> str:
     if not bounds:
         return "Every likelihood here is exact (column 'likelihood')."
     exact = [model for model, kind in kinds.items() if kind == "exact"]
-    note = ("Column 'likelihood' says what each score is. Lower bounds on the log-likelihood, not its exact value: "
-            + "; ".join(f"{model} ({kind})" for model, kind in bounds.items())
-            + ". A bound understates its model: a bound that beats an exact score wins by at least the gap, "
-              "one that falls short may not truly lose.")
+    note = (
+        "Column 'likelihood' says what each score is. Lower bounds on the log-likelihood, not its exact value: "
+        + "; ".join(f"{model} ({kind})" for model, kind in bounds.items())
+        + ". A bound understates its model: a bound that beats an exact score wins by at least the gap, "
+        "one that falls short may not truly lose."
+    )
     return note + (f" Exact: {', '.join(exact)}." if exact else "")
 
 
 def _comparison_markdown(comparison: dict, data: SequenceData) -> str:
     symbols = data.kind == "categorical"
     held = f" ({compare_timeseries.LABEL_GIVEN_HISTORY})" if comparison.get("score_from") == "history" else ""
-    header = (f"| model | likelihood | parameters | seconds | train | valid{held} | test{held} |"
-              + (" test bits/symbol |" if symbols else ""))
+    header = f"| model | likelihood | parameters | seconds | train | valid{held} | test{held} |" + (
+        " test bits/symbol |" if symbols else ""
+    )
     lines = [f"# Comparison on {comparison['data']}", ""]
     if comparison.get("split_description"):
         lines += [comparison["split_description"][0].upper() + comparison["split_description"][1:] + ".", ""]
-    lines += ["Held-out log-likelihood in nats per time step (higher is better), ± one standard error over held-out "
-              "sequences, or over 20 contiguous blocks of a single held-out sequence. "
-              + (comparison["score_note"] + " " if comparison.get("score_note") else "")
-              + _likelihood_note(comparison["models"]) + " Bits per symbol = -nats / ln 2.", "",
-              header, "|" + "---|" * (header.count("|") - 1)]
+    lines += [
+        "Held-out log-likelihood in nats per time step (higher is better), ± one standard error over held-out "
+        "sequences, or over 20 contiguous blocks of a single held-out sequence. "
+        + (comparison["score_note"] + " " if comparison.get("score_note") else "")
+        + _likelihood_note(comparison["models"])
+        + " Bits per symbol = -nats / ln 2.",
+        "",
+        header,
+        "|" + "---|" * (header.count("|") - 1),
+    ]
     for row in comparison["models"]:
+
         def cell(part):
             value = row.get(f"{part}_log_likelihood")
             if value is None:
                 return "—"
             stderr = row.get(f"{part}_stderr")
             return f"{value:.4f}" + (f" ± {stderr:.4f}" if stderr else "")
-        line = (f"| {row['model']} | {row.get('likelihood', 'exact')} | {row['num_parameters']} | {row['seconds']:.1f} | "
-                f"{cell('train')} | {cell('valid')} | {cell('test')} |")
+
+        line = (
+            f"| {row['model']} | {row.get('likelihood', 'exact')} | {row['num_parameters']} | {row['seconds']:.1f} | "
+            f"{cell('train')} | {cell('valid')} | {cell('test')} |"
+        )
         if symbols:
             bits = row.get("test_bits_per_symbol")
             line += f" {bits:.3f} |" if bits is not None else " — |"
         lines.append(line)
     empty = _empty_parts(comparison["models"])
     if empty:
-        lines += ["", f"{' and '.join(empty).capitalize()}: {NO_HELD_OUT} (the split gives {'them' if len(empty) > 1 else 'it'} no steps)."]
+        lines += [
+            "",
+            f"{' and '.join(empty).capitalize()}: {NO_HELD_OUT} (the split gives {'them' if len(empty) > 1 else 'it'} no steps).",
+        ]
     if any(text is not None for text in comparison.get("samples", {}).values()):
         temperatures = comparison.get("sample_temperature", {})
         cooled = [name for name, temperature in temperatures.items() if temperature != 1.0]
-        lines += ["", f"## Samples (at temperature {SAMPLE_TEMPERATURE}: {', '.join(cooled)}; others at temperature 1)"
-                  if cooled else "## Samples (at temperature 1)", ""]
+        lines += [
+            "",
+            f"## Samples (at temperature {SAMPLE_TEMPERATURE}: {', '.join(cooled)}; others at temperature 1)"
+            if cooled
+            else "## Samples (at temperature 1)",
+            "",
+        ]
         for name, text in comparison["samples"].items():
             if text is not None:
                 lines += [f"**{name}**", "", "```", text, "```", ""]

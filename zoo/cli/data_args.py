@@ -19,22 +19,42 @@ DEFAULT_SPLIT = (0.8, 0.1, 0.1)
 
 # -- data ------------------------------------------------------------------
 def _add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("--data", required=required, help="a file (.txt, .csv, .csv.gz, .npz, .json) or builtin:letters|nile|sunspots|sotu")
-    parser.add_argument("--kind", choices=list(KINDS), help="how to read the data (default: from the file type; "
-                                                            "binary = multi-hot frames, e.g. polyphonic music)")
+    parser.add_argument(
+        "--data",
+        required=required,
+        help="a file (.txt, .csv, .csv.gz, .npz, .json) or builtin:letters|nile|sunspots|sotu",
+    )
+    parser.add_argument(
+        "--kind",
+        choices=list(KINDS),
+        help="how to read the data (default: from the file type; binary = multi-hot frames, e.g. polyphonic music)",
+    )
     parser.add_argument("--first", type=int, metavar="N", help="keep only the first N time steps of each sequence")
-    parser.add_argument("--split", help="train,valid,test fractions (default 0.8,0.1,0.1); refused for a file that "
-                                        "ships its own split (JSB chorales .json), whose parts are used as they are")
-    parser.add_argument("--split-by", choices=list(SPLIT_METHODS), default="shuffle",
-                        help="shuffle: whole sequences, shuffled (default; one sequence is cut in time); "
-                             "time: hold out the last steps of every sequence")
+    parser.add_argument(
+        "--split",
+        help="train,valid,test fractions (default 0.8,0.1,0.1); refused for a file that "
+        "ships its own split (JSB chorales .json), whose parts are used as they are",
+    )
+    parser.add_argument(
+        "--split-by",
+        choices=list(SPLIT_METHODS),
+        default="shuffle",
+        help="shuffle: whole sequences, shuffled (default; one sequence is cut in time); "
+        "time: hold out the last steps of every sequence",
+    )
     parser.add_argument("--time-column", help="CSV: a column of dates/times to drop (a corpus: each document's time)")
     parser.add_argument("--sequence-column", help="CSV: a column of sequence ids, to read many sequences from one file")
     parser.add_argument("--text-column", help="corpus CSV: the column of each document's text (reads kind 'corpus')")
     parser.add_argument("--slice", type=float, dest="slice_width", help="corpus: time slice width (default 10)")
-    parser.add_argument("--min-df", type=int, dest="min_document_frequency",
-                        help="corpus: keep words in at least this many documents (default 5)")
-    parser.add_argument("--max-vocab", type=int, dest="max_vocabulary_size", help="corpus: keep at most this many words")
+    parser.add_argument(
+        "--min-df",
+        type=int,
+        dest="min_document_frequency",
+        help="corpus: keep words in at least this many documents (default 5)",
+    )
+    parser.add_argument(
+        "--max-vocab", type=int, dest="max_vocabulary_size", help="corpus: keep at most this many words"
+    )
 
 
 def _parse_split(text: str) -> tuple[float, float, float]:
@@ -80,14 +100,22 @@ def _load(args, vocabulary: Vocabulary | None = None) -> SequenceData:
     if vocabulary is not None and not str(args.data).startswith("builtin:"):
         # A built-in text has its own fixed symbols (checked against the run's below).
         options["vocabulary"] = vocabulary
-    for option in ("time_column", "sequence_column", "text_column", "slice_width", "min_document_frequency",
-                   "max_vocabulary_size"):
+    for option in (
+        "time_column",
+        "sequence_column",
+        "text_column",
+        "slice_width",
+        "min_document_frequency",
+        "max_vocabulary_size",
+    ):
         if getattr(args, option, None):
             options[option] = getattr(args, option)
     data = load_data(args.data, **options)
     if vocabulary is not None and data.vocabulary is not None and data.vocabulary.symbols != vocabulary.symbols:
-        raise UsageError(f"--data: {args.data} has other symbols than the model's vocabulary.json "
-                         f"({len(data.vocabulary.symbols)} vs {len(vocabulary.symbols)})")
+        raise UsageError(
+            f"--data: {args.data} has other symbols than the model's vocabulary.json "
+            f"({len(data.vocabulary.symbols)} vs {len(vocabulary.symbols)})"
+        )
     if args.first:
         data = data.head(args.first)
     return data
@@ -95,8 +123,13 @@ def _load(args, vocabulary: Vocabulary | None = None) -> SequenceData:
 
 def _own_splits(args) -> Splits | None:
     """The parts the data file ships (JSB chorales), or None when it ships none."""
-    return load_splits(args.data, kind=args.kind, first_n=args.first,
-                       time_column=getattr(args, "time_column", None), sequence_column=getattr(args, "sequence_column", None))
+    return load_splits(
+        args.data,
+        kind=args.kind,
+        first_n=args.first,
+        time_column=getattr(args, "time_column", None),
+        sequence_column=getattr(args, "sequence_column", None),
+    )
 
 
 def _data_and_splits(args) -> tuple[SequenceData, Splits, dict]:
@@ -110,8 +143,10 @@ def _data_and_splits(args) -> tuple[SequenceData, Splits, dict]:
     own = _own_splits(args)
     if own is not None:
         if args.split is not None or args.split_by != "shuffle":
-            raise UsageError(f"--split/--split-by: {args.data} ships its own train/valid/test split; "
-                             "drop the option to use the file's parts")
+            raise UsageError(
+                f"--split/--split-by: {args.data} ships its own train/valid/test split; "
+                "drop the option to use the file's parts"
+            )
         return own.combined(), own, {"split": "own", "split_by": None}
     fractions = _parse_split(args.split) if args.split is not None else DEFAULT_SPLIT
     data = _load(args)
@@ -136,11 +171,22 @@ def _describe_split(data: SequenceData, splits: Splits, how: dict) -> str:
 
 # -- subcommands -------------------------------------------------------------
 def _data_description(args, data: SequenceData, how: dict) -> dict:
-    description = {"data": args.data, "kind": data.kind, "first": args.first, **how, "seed": args.seed,
-                   "time_column": args.time_column, "sequence_column": args.sequence_column}
+    description = {
+        "data": args.data,
+        "kind": data.kind,
+        "first": args.first,
+        **how,
+        "seed": args.seed,
+        "time_column": args.time_column,
+        "sequence_column": args.sequence_column,
+    }
     if data.kind == "corpus":
-        description.update({option: getattr(args, option, None) for option in (
-            "text_column", "slice_width", "min_document_frequency", "max_vocabulary_size")})
+        description.update(
+            {
+                option: getattr(args, option, None)
+                for option in ("text_column", "slice_width", "min_document_frequency", "max_vocabulary_size")
+            }
+        )
     return description
 
 
@@ -148,7 +194,9 @@ def _reuse_run_data_options(run: RunDirectory, config: dict, args) -> tuple[Voca
     """Fills ``args``' data options a fitted run recorded (data, kind, columns, first steps) when
     the command reads the run's own data, and returns the run's vocabulary (or ``None``) and
     whether the data is the run's own."""
-    vocabulary = Vocabulary.from_json(run.read_json("vocabulary.json")) if run.file("vocabulary.json").exists() else None
+    vocabulary = (
+        Vocabulary.from_json(run.read_json("vocabulary.json")) if run.file("vocabulary.json").exists() else None
+    )
     same_data = args.data is None or args.data == config["data"]
     args.data = args.data or config["data"]
     args.kind = args.kind or config.get("kind")

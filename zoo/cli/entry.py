@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from inference.checkpoint import CHECKPOINT_NAME
 from inference.rundir import StagedRunDirectory, interrupted_message
@@ -20,7 +20,9 @@ from .training import _add_training_arguments, cmd_fit
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="seqzoo", description="Fit, compare, decode and sample latent-state sequence models.")
+    parser = argparse.ArgumentParser(
+        prog="seqzoo", description="Fit, compare, decode and sample latent-state sequence models."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     fit_parser = sub.add_parser("fit", help="fit one model into a run directory")
@@ -40,9 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare_parser = sub.add_parser("compare", help="fit several models on one split and compare held-out likelihoods")
     _add_data_arguments(compare_parser)
-    compare_parser.add_argument("--models", nargs="+", required=True, metavar="SPEC", help="FAMILY:key=value,... with FAMILY one of " + ", ".join(REGISTRY) + " and the keys its "
-                                     "`seqzoo fit FAMILY` flags without dashes (--state-dim 2 -> state_dim=2); the training "
-                                     "settings lr, batch_size, chunk_length, epochs, method may be given per model")
+    compare_parser.add_argument(
+        "--models",
+        nargs="+",
+        required=True,
+        metavar="SPEC",
+        help="FAMILY:key=value,... with FAMILY one of " + ", ".join(REGISTRY) + " and the keys its "
+        "`seqzoo fit FAMILY` flags without dashes (--state-dim 2 -> state_dim=2); the training "
+        "settings lr, batch_size, chunk_length, epochs, method may be given per model",
+    )
     compare_parser.add_argument("--out", required=True)
     compare_parser.add_argument("--budget-minutes", type=float, help="training time budget per model")
     compare_timeseries.add_arguments(compare_parser, compare=True)
@@ -56,18 +64,32 @@ def build_parser() -> argparse.ArgumentParser:
     decode_parser.add_argument("--force", action="store_true", help="overwrite the output file")
     decode_parser.set_defaults(handler=cmd_decode)
 
-    diagnose_parser = sub.add_parser("diagnose", help="posterior summary, trace/rank/PPC/state plots and LOO of a fitted run")
+    diagnose_parser = sub.add_parser(
+        "diagnose", help="posterior summary, trace/rank/PPC/state plots and LOO of a fitted run"
+    )
     diagnose_parser.add_argument("run", help="run directory of a fitted model")
     _add_data_arguments(diagnose_parser, required=False)
-    diagnose_parser.add_argument("--nuts", action="store_true", help="sample the posterior by NUTS (started at the fitted parameters)")
+    diagnose_parser.add_argument(
+        "--nuts", action="store_true", help="sample the posterior by NUTS (started at the fitted parameters)"
+    )
     diagnose_parser.add_argument("--chains", type=int, default=4, help="NUTS chains (default 4)")
     diagnose_parser.add_argument("--draws", type=int, default=500, help="NUTS draws per chain (default 500)")
-    diagnose_parser.add_argument("--warmup", type=int, default=500, help="NUTS warm-up iterations per chain (default 500)")
+    diagnose_parser.add_argument(
+        "--warmup", type=int, default=500, help="NUTS warm-up iterations per chain (default 500)"
+    )
     diagnose_parser.add_argument("--max-tree-depth", type=int, default=10, help="NUTS maximum tree depth (default 10)")
-    diagnose_parser.add_argument("--workers", type=int, default=None,
-                                 help="NUTS chains run at once, in this many processes (default: chains, at most the cores; 1 = one after another)")
-    diagnose_parser.add_argument("--guide-draws", type=int, default=500, help="draws from a variational guide (default 500)")
-    diagnose_parser.add_argument("--predictive-draws", type=int, default=100, help="replicated data sets for the PPC (default 100)")
+    diagnose_parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="NUTS chains run at once, in this many processes (default: chains, at most the cores; 1 = one after another)",
+    )
+    diagnose_parser.add_argument(
+        "--guide-draws", type=int, default=500, help="draws from a variational guide (default 500)"
+    )
+    diagnose_parser.add_argument(
+        "--predictive-draws", type=int, default=100, help="replicated data sets for the PPC (default 100)"
+    )
     diagnose_parser.add_argument("--seed", type=int, default=0)
     diagnose_parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     diagnose_parser.add_argument("--force", action="store_true", help="replace RUN/diagnostics if it exists")
@@ -81,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample_parser.add_argument("--num-sequences", type=int, default=1)
     sample_parser.add_argument("--seed", type=int, default=0)
     sample_parser.add_argument("--prime", help="recurrent networks: text the samples continue (printed before them)")
-    sample_parser.add_argument("--temperature", type=float, help="recurrent networks: q_i ∝ exp(z_i / T); 0 = greedy (default 1)")
+    sample_parser.add_argument(
+        "--temperature", type=float, help="recurrent networks: q_i ∝ exp(z_i / T); 0 = greedy (default 1)"
+    )
     sample_parser.set_defaults(handler=cmd_sample)
     return parser
 

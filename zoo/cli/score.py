@@ -8,8 +8,14 @@ from typing import Any
 
 from inference.rundir import RunDirectory
 from inference.scoring import score
-from zoo.compare_timeseries import (LABEL_FROM_START, LABEL_GIVEN_HISTORY, SCORE_FROM, conditional_score,
-                                    score_from_note, timeline)
+from zoo.compare_timeseries import (
+    LABEL_FROM_START,
+    LABEL_GIVEN_HISTORY,
+    SCORE_FROM,
+    conditional_score,
+    score_from_note,
+    timeline,
+)
 from zoo.data import Vocabulary, split_data
 from zoo.registry import UsageError, family_of
 
@@ -23,9 +29,13 @@ def add_score_command(subparsers) -> None:
     parser = subparsers.add_parser("score", help="held-out scores of a fitted run (given their history by default)")
     parser.add_argument("run", help="run directory of a fitted model")
     _add_data_arguments(parser, required=False)
-    parser.add_argument("--score-from", choices=list(SCORE_FROM), default="history",
-                        help="history (default): parts of a series split in time scored given the steps before them; "
-                             "start: from the initial state")
+    parser.add_argument(
+        "--score-from",
+        choices=list(SCORE_FROM),
+        default="history",
+        help="history (default): parts of a series split in time scored given the steps before them; "
+        "start: from the initial state",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of a stochastic bound's samples")
     parser.set_defaults(handler=cmd_score)
 
@@ -48,15 +58,20 @@ def cmd_score(args: argparse.Namespace) -> int:
         splits = _own_splits(args)
         data = splits.combined()
     else:
-        vocabulary = (Vocabulary.from_json(run.read_json("vocabulary.json"))
-                      if run.file("vocabulary.json").exists() else None)
+        vocabulary = (
+            Vocabulary.from_json(run.read_json("vocabulary.json")) if run.file("vocabulary.json").exists() else None
+        )
         data = _load(args, vocabulary=vocabulary)
         splits = split_data(data, tuple(how["split"]), seed=config.get("seed", 0), by=how["split_by"])
     in_time = timeline(data, splits, how)
     line = in_time if args.score_from == "history" else None
     device = next(model.parameters()).device
-    result: dict[str, Any] = {"run": str(run.path), "score_from": "history" if line is not None else "start",
-                              "unit": "nats per time step", "note": score_from_note(args.score_from, in_time)}
+    result: dict[str, Any] = {
+        "run": str(run.path),
+        "score_from": "history" if line is not None else "start",
+        "unit": "nats per time step",
+        "note": score_from_note(args.score_from, in_time),
+    }
     for name, part in zip(("train", "valid", "test"), splits):
         if part is None or not part.batch.num_steps:
             continue
@@ -66,13 +81,16 @@ def cmd_score(args: argparse.Namespace) -> int:
             history, future = line.history_and_future(name)
             if history.values.is_floating_point():
                 history, future = history.to(dtype=dtype), future.to(dtype=dtype)
-            scored = conditional_score(model, history, future, seed=args.seed,
-                                       per_step=family.per_step_log_probs)
+            scored = conditional_score(model, history, future, seed=args.seed, per_step=family.per_step_log_probs)
         else:
             scored = score(model, batch, seed=args.seed)
-        result[name] = {"log_likelihood": scored.per_step, "stderr": scored.stderr, "steps": scored.num_steps,
-                        "kind": scored.kind,
-                        "given_history": line is not None and name != "train"}
+        result[name] = {
+            "log_likelihood": scored.per_step,
+            "stderr": scored.stderr,
+            "steps": scored.num_steps,
+            "kind": scored.kind,
+            "given_history": line is not None and name != "train",
+        }
     run.write_json("score.json", result)
     for name in ("train", "valid", "test"):
         if name in result:

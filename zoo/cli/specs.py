@@ -25,7 +25,7 @@ class ModelSpec:
     settings: dict[str, str]
 
     @classmethod
-    def parse(cls, text: str) -> "ModelSpec":
+    def parse(cls, text: str) -> ModelSpec:
         family, _, rest = text.partition(":")
         settings = {}
         for item in filter(None, rest.split(",")):
@@ -34,8 +34,10 @@ class ModelSpec:
                 raise UsageError(f"model spec {text!r}: expected key=value settings after ':', got {item!r}")
             key = key.strip().replace("-", "_")
             if key in settings:
-                raise UsageError(f"model spec {text!r}: {key} is given twice ({key}={settings[key]}, {key}={value.strip()}); "
-                                 "give each setting once")
+                raise UsageError(
+                    f"model spec {text!r}: {key} is given twice ({key}={settings[key]}, {key}={value.strip()}); "
+                    "give each setting once"
+                )
             settings[key] = value.strip()
         if family not in REGISTRY:
             raise UsageError(f"model spec {text!r}: unknown model {family!r}; available: {', '.join(REGISTRY)}")
@@ -47,8 +49,17 @@ class ModelSpec:
 
 
 #: Training settings any model spec may carry (``FAMILY:...,lr=0.002,batch_size=32``) -> type.
-FIT_SETTINGS = {"lr": float, "final_lr": float, "warmup_epochs": int, "batch_size": int, "chunk_length": int,
-                "epochs": int, "patience": int, "eval_every": int, "method": str}
+FIT_SETTINGS = {
+    "lr": float,
+    "final_lr": float,
+    "warmup_epochs": int,
+    "batch_size": int,
+    "chunk_length": int,
+    "epochs": int,
+    "patience": int,
+    "eval_every": int,
+    "method": str,
+}
 
 
 def check_spec(family: Family, data: SequenceData, settings: dict[str, str]) -> None:
@@ -58,8 +69,10 @@ def check_spec(family: Family, data: SequenceData, settings: dict[str, str]) -> 
     allowed = family.settings_names()
     unknown = set(settings) - set(allowed)
     if unknown:
-        raise UsageError(f"{family.name}: unknown settings {sorted(unknown)}; allowed: {sorted(allowed)} "
-                         f"(and the training settings {sorted(FIT_SETTINGS)})")
+        raise UsageError(
+            f"{family.name}: unknown settings {sorted(unknown)}; allowed: {sorted(allowed)} "
+            f"(and the training settings {sorted(FIT_SETTINGS)})"
+        )
 
 
 class _SpecArgumentParser(argparse.ArgumentParser):
@@ -69,7 +82,7 @@ class _SpecArgumentParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def spec_settings(spec: "ModelSpec", data: SequenceData) -> tuple[dict[str, str], dict[str, Any]]:
+def spec_settings(spec: ModelSpec, data: SequenceData) -> tuple[dict[str, str], dict[str, Any]]:
     """A compare spec's model settings, read exactly as ``seqzoo fit FAMILY`` reads its flags
     (required flags, choices and types are argparse's, so ``hmm`` without ``states`` is refused
     as ``fit hmm`` without ``--states`` is), and its training settings."""
@@ -91,8 +104,11 @@ def spec_settings(spec: "ModelSpec", data: SequenceData) -> tuple[dict[str, str]
     try:
         namespace = parser.parse_args(argv)
     except UsageError as error:
-        hint = (f" (as `seqzoo fit {spec.family}` requires them; a spec names --state-dim as state_dim=...)"
-                if "required" in str(error) else "")
+        hint = (
+            f" (as `seqzoo fit {spec.family}` requires them; a spec names --state-dim as state_dim=...)"
+            if "required" in str(error)
+            else ""
+        )
         given = ",".join(f"{k}={v}" for k, v in spec.settings.items())
         raise UsageError(f"model spec {spec.family + (':' + given if given else '')!r}: {error}{hint}") from None
     return family.settings_from_args(namespace), fit_settings
@@ -108,8 +124,15 @@ def _config_from_json(config: dict) -> dict:
     """Constructor keyword arguments from ``model.json``: fixed matrices saved as nested lists become tensors."""
     fixed = config.get("fixed")
     if isinstance(fixed, dict):
-        config = {**config, "fixed": {name: torch.as_tensor(value, dtype=torch.get_default_dtype()) if not isinstance(value, torch.Tensor) else value
-                                      for name, value in fixed.items()}}
+        config = {
+            **config,
+            "fixed": {
+                name: torch.as_tensor(value, dtype=torch.get_default_dtype())
+                if not isinstance(value, torch.Tensor)
+                else value
+                for name, value in fixed.items()
+            },
+        }
     return config
 
 
@@ -123,19 +146,25 @@ def _model_classes() -> dict[str, type]:
 def load_model(run: RunDirectory):
     """Rebuilds the model saved in a run directory (weights via safetensors)."""
     description = run.read_json("model.json")
-    expected = "{\"class\": ..., \"config\": {...}} as seqzoo writes it"
+    expected = '{"class": ..., "config": {...}} as seqzoo writes it'
     if not isinstance(description, dict) or not isinstance(description.get("config"), dict):
-        raise UsageError(f"{run.file('model.json')}: not a model description (run {str(run.path)!r}; expected {expected})")
+        raise UsageError(
+            f"{run.file('model.json')}: not a model description (run {str(run.path)!r}; expected {expected})"
+        )
     classes = _model_classes()
     cls = classes.get(str(description.get("class", "")).rsplit(".", 1)[-1])
     if cls is None:
-        raise UsageError(f"{run.file('model.json')}: unknown model class {description.get('class')!r}; known: {', '.join(classes)}")
+        raise UsageError(
+            f"{run.file('model.json')}: unknown model class {description.get('class')!r}; known: {', '.join(classes)}"
+        )
     try:
         model = cls(**_config_from_json(description["config"]))
     except (TypeError, ValueError, RuntimeError) as error:
         # Settings edited by hand or from another version: name the file, not the constructor's internals.
-        raise UsageError(f"{run.file('model.json')}: its settings do not make a {cls.__name__} ({error}); "
-                         f"the file is damaged or from another seqzoo version (run {str(run.path)!r})") from None
+        raise UsageError(
+            f"{run.file('model.json')}: its settings do not make a {cls.__name__} ({error}); "
+            f"the file is damaged or from another seqzoo version (run {str(run.path)!r})"
+        ) from None
     tensors, _ = run.load_tensors("model")
     first = next(iter(tensors.values()), None)
     if first is not None and first.is_floating_point():

@@ -10,8 +10,9 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -24,13 +25,20 @@ from zoo import compare_timeseries, parallel, plots
 from zoo.data import SequenceData, Splits
 from zoo.registry import REGISTRY, Family
 
-from .data_args import (_check_minutes, _data_and_splits, _data_description, _data_fingerprint, _data_paths,
-                        _describe_split)
+from .data_args import (
+    _check_minutes,
+    _data_and_splits,
+    _data_description,
+    _data_fingerprint,
+    _data_paths,
+    _describe_split,
+)
 from .specs import build_model, check_spec
 
 
-def _check_fit_memory(family: Family, train: SequenceData, settings: dict[str, str], method: str | None,
-                      device: str | None, what: str) -> None:
+def _check_fit_memory(
+    family: Family, train: SequenceData, settings: dict[str, str], method: str | None, device: str | None, what: str
+) -> None:
     """Refuses a fit whose estimated peak memory exceeds what is free, BEFORE its
     parameters are allocated (the family's ``memory_estimate``), or, for a family
     without one, from the built model's parameter count (``generic_fit_memory``)."""
@@ -39,11 +47,19 @@ def _check_fit_memory(family: Family, train: SequenceData, settings: dict[str, s
         estimate = family.memory_estimate(train, settings, method or "em")
     else:
         model = family.build(train, settings)
-        estimate = generic_fit_memory(int(model.num_parameters), batch_sequences=max(1, batch.num_sequences),
-                                      batch_steps=int(batch.values.shape[1]), description=f"a {type(model).__name__}")
+        estimate = generic_fit_memory(
+            int(model.num_parameters),
+            batch_sequences=max(1, batch.num_sequences),
+            batch_steps=int(batch.values.shape[1]),
+            description=f"a {type(model).__name__}",
+        )
         del model
-    check_memory(estimate, device=device or "cpu", what=what,
-                 hint="choose a smaller model, or fewer or shorter sequences (--first)")
+    check_memory(
+        estimate,
+        device=device or "cpu",
+        what=what,
+        hint="choose a smaller model, or fewer or shorter sequences (--first)",
+    )
 
 
 # -- training one model into a run directory ---------------------------------
@@ -51,11 +67,23 @@ def _check_fit_memory(family: Family, train: SequenceData, settings: dict[str, s
 #: A flag the user leaves out sets nothing: the field keeps the family's recipe
 #: (``model.fit_defaults(method)``), so ``seqzoo fit FAMILY`` trains as ``fit(model, train)`` does.
 _FIT_FLAGS = {
-    "svi": {"epochs": "max_epochs", "lr": "learning_rate", "final_lr": "final_learning_rate",
-            "warmup_epochs": "warmup_epochs", "batch_size": "batch_size", "chunk_length": "chunk_length",
-            "patience": "patience", "eval_every": "eval_every"},
-    "em": {"max_iterations": "max_iterations", "tolerance": "tolerance", "restarts": "num_restarts",
-           "patience": "patience", "eval_every": "eval_every"},
+    "svi": {
+        "epochs": "max_epochs",
+        "lr": "learning_rate",
+        "final_lr": "final_learning_rate",
+        "warmup_epochs": "warmup_epochs",
+        "batch_size": "batch_size",
+        "chunk_length": "chunk_length",
+        "patience": "patience",
+        "eval_every": "eval_every",
+    },
+    "em": {
+        "max_iterations": "max_iterations",
+        "tolerance": "tolerance",
+        "restarts": "num_restarts",
+        "patience": "patience",
+        "eval_every": "eval_every",
+    },
 }
 
 
@@ -63,8 +91,13 @@ def _fit_options(args, model) -> dict[str, Any]:
     """The keywords of :func:`inference.fit.fit` this command passes: the run's own (method,
     seed, device, progress, time budget) and the training flags the user gave, nothing else."""
     method = _method(args, model)
-    options = dict(method=method, seed=args.seed, progress=not args.no_progress, device=args.device,
-                   time_budget=args.time_budget * 60 if getattr(args, "time_budget", None) else None)
+    options = dict(
+        method=method,
+        seed=args.seed,
+        progress=not args.no_progress,
+        device=args.device,
+        time_budget=args.time_budget * 60 if getattr(args, "time_budget", None) else None,
+    )
     for flag, field_name in _FIT_FLAGS.get(method, {}).items():
         value = getattr(args, flag, None)
         if value is not None:
@@ -94,29 +127,48 @@ def _fit_record(model, options: Mapping[str, Any]) -> dict[str, Any]:
     return {"method": options["method"], "seed": options["seed"], **fields}
 
 
-def train_into(run: RunDirectory, model, family: Family, splits: Splits, data: SequenceData, args, label: str,
-               description: dict) -> dict:
+def train_into(
+    run: RunDirectory, model, family: Family, splits: Splits, data: SequenceData, args, label: str, description: dict
+) -> dict:
     """Fits ``model`` (of ``family``) on the train split, scores every split, writes the run directory."""
     train, valid, test = splits.train, splits.valid, splits.test
     options = _fit_options(args, model)
     # A series split in time: held-out parts (and early stopping) scored given their history.
-    timeline = compare_timeseries.timeline(data, splits, description) if getattr(args, "score_from", "history") == "history" else None
+    timeline = (
+        compare_timeseries.timeline(data, splits, description)
+        if getattr(args, "score_from", "history") == "history"
+        else None
+    )
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     train_batch = train.batch  # fit cuts one long sequence into chunk_length pieces (SVI)
     device = parallel.device_for(args.device, train_batch.device)  # under torchrun with NCCL: cuda:LOCAL_RANK
     model.to(device)
-    run.write_json("config.json", {**description, "family": family.name, "model": label, "model_config": model.config(),
-                                   "fit": _fit_record(model, options),
-                                   "device": str(device)})
+    run.write_json(
+        "config.json",
+        {
+            **description,
+            "family": family.name,
+            "model": label,
+            "model_config": model.config(),
+            "fit": _fit_record(model, options),
+            "device": str(device),
+        },
+    )
     if data.vocabulary is not None:
         run.write_json("vocabulary.json", json.loads(data.vocabulary.to_json()))
     started = time.perf_counter()
     has_valid = valid is not None and valid.batch.num_steps > 0
-    result = (parallel.fit if parallel.current() else fit)(model, train_batch.to(device), valid=valid.batch.to(device) if has_valid else None,
-                 checkpoint=run, resume=getattr(args, "resume", False),
-                 description=getattr(args, "progress_label", None) or label, **options,
-                 **compare_timeseries.validation_options(timeline, options["method"], has_valid))
+    result = (parallel.fit if parallel.current() else fit)(
+        model,
+        train_batch.to(device),
+        valid=valid.batch.to(device) if has_valid else None,
+        checkpoint=run,
+        resume=getattr(args, "resume", False),
+        description=getattr(args, "progress_label", None) or label,
+        **options,
+        **compare_timeseries.validation_options(timeline, options["method"], has_valid),
+    )
     seconds = time.perf_counter() - started
     run.save_model(model)
     # A stochastic bound's particles for the final scores (an IWAE bound), where the family sets them.
@@ -138,7 +190,9 @@ def train_into(run: RunDirectory, model, family: Family, splits: Splits, data: S
             summary[f"{name}_stderr"] = result_score.stderr
             summary[f"{name}_steps"] = result_score.num_steps
             if result_score.stderr is None and part.batch.num_sequences == 1 and name != "train":
-                summary[f"{name}_stderr"] = _block_stderr(lambda b: _per_step_log_probs(family, model, b), part.batch.to(device))
+                summary[f"{name}_stderr"] = _block_stderr(
+                    lambda b: _per_step_log_probs(family, model, b), part.batch.to(device)
+                )
     summary.update(compare_timeseries.held_out_scores(model, family, timeline))
     summary["score_from"] = "history" if timeline is not None else "start"
     if data.kind == "categorical":
@@ -203,11 +257,15 @@ def _reached_limit(run: RunDirectory, record, method: str) -> str | None:
         else:
             last, iteration = state.get("restart", 0), state.get("iteration", 0)
         if last + 1 >= record.num_restarts and iteration >= record.max_iterations:
-            return (f"the run in {run.path} already reached its limit: checkpoint at iteration {iteration}, "
-                    f"--max-iterations {record.max_iterations}; nothing to train (raise --max-iterations to continue)")
+            return (
+                f"the run in {run.path} already reached its limit: checkpoint at iteration {iteration}, "
+                f"--max-iterations {record.max_iterations}; nothing to train (raise --max-iterations to continue)"
+            )
     elif state.get("step", 0) >= record.max_epochs:
-        return (f"the run in {run.path} already reached its limit: checkpoint at epoch {state['step']}, "
-                f"--epochs {record.max_epochs}; nothing to train (raise --epochs to continue)")
+        return (
+            f"the run in {run.path} already reached its limit: checkpoint at epoch {state['step']}, "
+            f"--epochs {record.max_epochs}; nothing to train (raise --epochs to continue)"
+        )
     return None
 
 
@@ -225,8 +283,15 @@ def cmd_fit(args) -> int:
     if args.resume:
         run = parallel.open_run(args.out)
         # Every setting and the data are compared before any file of the run is touched.
-        run.check_resume({**description, "family": family.name, "class": type(model).__name__,
-                          "model_config": model.config(), "fit": {"method": _method(args, model)}})
+        run.check_resume(
+            {
+                **description,
+                "family": family.name,
+                "class": type(model).__name__,
+                "model_config": model.config(),
+                "fit": {"method": _method(args, model)},
+            }
+        )
         reached = _reached_limit(run, _resolved_options(model, _fit_options(args, model)), _method(args, model))
         if reached is not None:
             print(reached)
@@ -261,8 +326,10 @@ def _empty_parts(rows: Sequence[dict]) -> list[str]:
 def _print_summary(rows: Sequence[dict]) -> None:
     print(f"{'model':<28} {'params':>8} {'seconds':>8} {'train':>9} {'valid':>9} {'test':>9}   (nats per step)")
     for row in rows:
-        cells = [f"{row[f'{p}_log_likelihood']:9.4f}" if f"{p}_log_likelihood" in row else f"{'—':>9}"
-                 for p in ("train", "valid", "test")]
+        cells = [
+            f"{row[f'{p}_log_likelihood']:9.4f}" if f"{p}_log_likelihood" in row else f"{'—':>9}"
+            for p in ("train", "valid", "test")
+        ]
         print(f"{row['model']:<28} {row['num_parameters']:>8} {row['seconds']:>8.1f} {' '.join(cells)}")
     empty = _empty_parts(rows)
     if empty:
@@ -281,20 +348,35 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--restarts", type=int, help="EM random restarts; the best is kept (1)")
     group.add_argument("--epochs", type=int, help="SVI epochs (default: the family's, else 200)")
     group.add_argument("--lr", type=float, help="SVI learning rate (default: the family's, else 0.05)")
-    group.add_argument("--final-lr", type=float,
-                       help="SVI: the learning rate decays exponentially to this at --epochs (default: the "
-                            "family's, else constant)")
+    group.add_argument(
+        "--final-lr",
+        type=float,
+        help="SVI: the learning rate decays exponentially to this at --epochs (default: the family's, else constant)",
+    )
     group.add_argument("--warmup-epochs", type=int, help="SVI: epochs of linear learning-rate warm-up (0)")
-    group.add_argument("--batch-size", type=int, help="SVI mini-batch size in sequences (default: the family's, else all)")
-    group.add_argument("--chunk-length", type=int,
-                       help="SVI: cut one long training sequence into pieces of this many steps "
-                            "(truncated backpropagation through time; default: the family's, else 2000)")
-    group.add_argument("--patience", type=int,
-                       help="SVI: stop after this many validations without a new best; EM: converged after this "
-                            "many small gains in a row (default: the family's, else 10)")
-    group.add_argument("--eval-every", type=int, help="validate every this many epochs or iterations (default: the "
-                                                      "family's, else 1)")
-    group.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is often fastest "
-                                                   "for small recurrent networks on a busy machine)")
+    group.add_argument(
+        "--batch-size", type=int, help="SVI mini-batch size in sequences (default: the family's, else all)"
+    )
+    group.add_argument(
+        "--chunk-length",
+        type=int,
+        help="SVI: cut one long training sequence into pieces of this many steps "
+        "(truncated backpropagation through time; default: the family's, else 2000)",
+    )
+    group.add_argument(
+        "--patience",
+        type=int,
+        help="SVI: stop after this many validations without a new best; EM: converged after this "
+        "many small gains in a row (default: the family's, else 10)",
+    )
+    group.add_argument(
+        "--eval-every", type=int, help="validate every this many epochs or iterations (default: the family's, else 1)"
+    )
+    group.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default: torch's choice; 1 is often fastest "
+        "for small recurrent networks on a busy machine)",
+    )
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
     group.add_argument("--force", action="store_true", help="replace an existing run directory")

@@ -35,17 +35,21 @@ Example:
 from __future__ import annotations
 
 from ._files import SUPPORTED_EXTENSIONS
-from .builtin import BUILTIN_DATASETS, load_builtin, time_axis
+
+# Public names importable from zoo.data, though not in __all__ (as before the split).
+from .builtin import BUILTIN_DATASETS, LETTERS, TimeAxis, load_builtin, time_axis  # noqa: F401
 from .checks import require_counts, require_kind, require_real
 from .container import KINDS, SequenceData, Vocabulary, as_sequence_data
 from .loading import load_data
-from .readers import load_polyphonic, read_csv, read_npz, read_text, save_npz
-from .splits import Splits, load_splits, split_data
-
-# Public names importable from zoo.data, though not in __all__ (as before the split).
-from .builtin import LETTERS, TimeAxis  # noqa: F401
-from .readers import EmptyColumnWarning  # noqa: F401
-from .splits import SPLIT_METHODS, SPLIT_NAMES  # noqa: F401
+from .readers import (
+    EmptyColumnWarning,  # noqa: F401
+    load_polyphonic,
+    read_csv,
+    read_npz,
+    read_text,
+    save_npz,
+)
+from .splits import SPLIT_METHODS, SPLIT_NAMES, Splits, load_splits, split_data  # noqa: F401
 
 __all__ = [
     "BUILTIN_DATASETS",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
-
 #: File name endings :func:`load_data` reads.
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (".txt", ".csv", ".csv.gz", ".npz", ".json")
 _BUILTIN_PREFIX = "builtin:"

@@ -6,8 +6,9 @@ import csv
 import io
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -18,7 +19,6 @@ from ._files import _BUILTIN_PREFIX, _extension, _read_bytes
 from .container import SequenceData, Vocabulary, as_sequence_data
 from .corpus import load_sotu
 from .readers import _parse_float
-
 
 # --------------------------------------------------------------------------
 # Built-in data sets

@@ -6,8 +6,9 @@ See :mod:`zoo.data` for the kinds of data and how their values are stored.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,7 +65,7 @@ class Vocabulary:
         object.__setattr__(self, "_codes_by_code_point", order.astype(np.int64))
 
     @classmethod
-    def from_text(cls, text: str) -> "Vocabulary":
+    def from_text(cls, text: str) -> Vocabulary:
         """The sorted distinct characters of ``text``."""
         if not isinstance(text, str):
             raise TypeError(f"text: expected str, got {type(text).__name__}")
@@ -132,7 +133,7 @@ class Vocabulary:
         return json.dumps({"symbols": list(self.symbols)})
 
     @classmethod
-    def from_json(cls, text: str | dict) -> "Vocabulary":
+    def from_json(cls, text: str | dict) -> Vocabulary:
         """Reads the output of :meth:`to_json` (a string, or the parsed dict)."""
         content = json.loads(text) if isinstance(text, str) else text
         if not isinstance(content, dict) or not isinstance(content.get("symbols"), list):
@@ -153,7 +154,9 @@ def _validate_values(values: Tensor, mask: Tensor, kind: str, vocabulary: Vocabu
         raise ValueError(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
     if kind == "categorical":
         if values.dtype != torch.long or values.dim() != 2:
-            raise ValueError(f"{name}: expected int64 codes of shape (N, T) for kind 'categorical', got {_describe(values)}")
+            raise ValueError(
+                f"{name}: expected int64 codes of shape (N, T) for kind 'categorical', got {_describe(values)}"
+            )
         observed = values[mask]
         if observed.numel():
             low, high = int(observed.min()), int(observed.max())
@@ -166,15 +169,19 @@ def _validate_values(values: Tensor, mask: Tensor, kind: str, vocabulary: Vocabu
         raise ValueError(f"vocabulary: only kind 'categorical' has a vocabulary, got kind {kind!r}")
     if kind == "corpus":  # bag-of-words documents (zoo.data.corpus): (word id, count) pairs
         if values.dtype != torch.long or values.dim() != 3 or values.shape[-1] != 2:
-            raise ValueError(f"{name}: expected int64 (word id, count) pairs of shape (N, L, 2) for kind 'corpus', "
-                             f"got {_describe(values)}")
+            raise ValueError(
+                f"{name}: expected int64 (word id, count) pairs of shape (N, L, 2) for kind 'corpus', "
+                f"got {_describe(values)}"
+            )
         if (values[mask] < 0).any():
             raise ValueError(f"{name}: expected nonnegative word ids and counts for kind 'corpus'")
         return
     allowed_dtype = values.is_floating_point() or (kind == "count" and values.dtype == torch.long)
     if not allowed_dtype or values.dim() != 3:
         dtype_text = "floating or int64" if kind == "count" else "floating"
-        raise ValueError(f"{name}: expected {dtype_text} values of shape (N, T, D) for kind {kind!r}, got {_describe(values)}")
+        raise ValueError(
+            f"{name}: expected {dtype_text} values of shape (N, T, D) for kind {kind!r}, got {_describe(values)}"
+        )
     observed = values[mask]
     if not observed.numel():
         return
@@ -285,12 +292,12 @@ class SequenceData:
         return self.num_sequences
 
     # -- derived data -----------------------------------------------------
-    def with_batch(self, batch: SequenceBatch, keep_sequence_names: bool = False) -> "SequenceData":
+    def with_batch(self, batch: SequenceBatch, keep_sequence_names: bool = False) -> SequenceData:
         """The same metadata around another batch of the same kind."""
         names = self.sequence_names if keep_sequence_names else None
         return replace(self, batch=batch, sequence_names=names)
 
-    def select(self, indices: Tensor | Sequence[int]) -> "SequenceData":
+    def select(self, indices: Tensor | Sequence[int]) -> SequenceData:
         """The sequences at ``indices`` (in that order), padding trimmed, as a full data set."""
         index = torch.as_tensor(indices, dtype=torch.long)
         if index.dim() != 1:
@@ -300,10 +307,11 @@ class SequenceData:
         picked = self.batch[index.to(self.batch.device)]
         names = [self.sequence_names[i] for i in index.tolist()] if self.sequence_names is not None else None
         # A selection is a data set of its own, not a mini-batch of the parent.
-        return replace(self, batch=SequenceBatch(picked.values, picked.lengths, covariates=picked.covariates),
-                       sequence_names=names)
+        return replace(
+            self, batch=SequenceBatch(picked.values, picked.lengths, covariates=picked.covariates), sequence_names=names
+        )
 
-    def head(self, num_steps: int) -> "SequenceData":
+    def head(self, num_steps: int) -> SequenceData:
         """The first ``num_steps`` steps of every sequence (e.g. the first 20,000 characters of a text)."""
         if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
             raise ValueError(f"num_steps: expected a positive int, got {num_steps!r}")
@@ -312,12 +320,12 @@ class SequenceData:
         batch = SequenceBatch(self.batch.values[:, :longest], lengths)
         return replace(self, batch=batch)
 
-    def chunk(self, length: int) -> "SequenceData":
+    def chunk(self, length: int) -> SequenceData:
         """Cuts every sequence into consecutive pieces of at most ``length`` steps
         (see :meth:`SequenceBatch.chunk`); sequence names are dropped."""
         return self.with_batch(self.batch.chunk(length))
 
-    def to(self, device=None, dtype=None) -> "SequenceData":
+    def to(self, device=None, dtype=None) -> SequenceData:
         """Moves to ``device``; ``dtype`` applies to floating-point values only."""
         return replace(self, batch=self.batch.to(device=device, dtype=dtype))
 
@@ -389,7 +397,9 @@ def as_sequence_data(
         tensor = _as_tensor(values, "values")
         lengths_tensor = None
         if lengths is not None:
-            lengths_tensor = _as_tensor(lengths if not isinstance(lengths, (list, tuple)) else np.asarray(lengths), "lengths")
+            lengths_tensor = _as_tensor(
+                lengths if not isinstance(lengths, (list, tuple)) else np.asarray(lengths), "lengths"
+            )
     if kind == "categorical":
         if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
             raise ValueError(f"values: expected integer codes for kind 'categorical', got {_describe(tensor)}")
@@ -414,7 +424,9 @@ def as_sequence_data(
         if lengths_tensor.is_floating_point() or lengths_tensor.dtype == torch.bool or lengths_tensor.dim() != 1:
             raise ValueError(f"lengths: expected a 1-D integer tensor of shape (N,), got {_describe(lengths_tensor)}")
         if lengths_tensor.shape[0] != tensor.shape[0]:
-            raise ValueError(f"lengths: expected shape ({tensor.shape[0]},) to match values, got {tuple(lengths_tensor.shape)}")
+            raise ValueError(
+                f"lengths: expected shape ({tensor.shape[0]},) to match values, got {tuple(lengths_tensor.shape)}"
+            )
         if lengths_tensor.numel() and (int(lengths_tensor.min()) < 0 or int(lengths_tensor.max()) > tensor.shape[1]):
             raise ValueError(
                 f"lengths: expected values in [0, {tensor.shape[1]}], "

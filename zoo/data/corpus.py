@@ -33,9 +33,9 @@ import io
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -140,7 +140,9 @@ def batch_slices(batch: SequenceBatch) -> Tensor | None:
     return batch.covariates.get("slice")
 
 
-def bag_of_words_batch(documents: Sequence[Mapping[int, int] | Sequence[int]], slices: Sequence[int] | Tensor | None = None) -> SequenceBatch:
+def bag_of_words_batch(
+    documents: Sequence[Mapping[int, int] | Sequence[int]], slices: Sequence[int] | Tensor | None = None
+) -> SequenceBatch:
     """Packs documents into a sparse padded ``(id, count)`` batch.
 
     Args:
@@ -180,7 +182,9 @@ def dense_counts(batch: SequenceBatch, num_words: int) -> Tensor:
     return out.scatter_add_(1, ids, counts.to(out.dtype))
 
 
-def split_document_halves(batch: SequenceBatch, generator: torch.Generator | None = None) -> tuple[SequenceBatch, SequenceBatch]:
+def split_document_halves(
+    batch: SequenceBatch, generator: torch.Generator | None = None
+) -> tuple[SequenceBatch, SequenceBatch]:
     """Splits each document's tokens at random into an observed half and a held-out half.
 
     For document completion: a document of ``n`` tokens gives ``ceil(n/2)``
@@ -255,11 +259,17 @@ class Corpus:
     def subset(self, index: Tensor) -> SequenceBatch:
         return self.batch[index]
 
-    def as_data(self) -> "CorpusData":
+    def as_data(self) -> CorpusData:
         """The corpus as the command line's data (kind ``"corpus"``)."""
         source = self.source if self.source != str(SOTU_PATH) else "builtin:sotu"
-        return CorpusData(batch=self.batch, kind="corpus", name=Path(self.source).name.split(".")[0],
-                          source=source, words=self.vocabulary, slice_labels=tuple(self.slice_labels))
+        return CorpusData(
+            batch=self.batch,
+            kind="corpus",
+            name=Path(self.source).name.split(".")[0],
+            source=source,
+            words=self.vocabulary,
+            slice_labels=tuple(self.slice_labels),
+        )
 
 
 @dataclass(frozen=True)
@@ -288,8 +298,10 @@ class CorpusData(SequenceData):
         if ids.numel() and int(ids.max()) >= len(self.words):
             raise ValueError(f"CorpusData: word ids reach {int(ids.max())}, past the {len(self.words)} words")
         if slices.numel() and (int(slices.min()) < 0 or int(slices.max()) >= len(self.slice_labels)):
-            raise ValueError(f"CorpusData: slices must lie in [0, {len(self.slice_labels)}), got "
-                             f"[{int(slices.min())}, {int(slices.max())}]")
+            raise ValueError(
+                f"CorpusData: slices must lie in [0, {len(self.slice_labels)}), got "
+                f"[{int(slices.min())}, {int(slices.max())}]"
+            )
 
 
 def _open_text(path: Path):
@@ -380,12 +392,17 @@ def read_corpus(
             token_lists.append(tokenize(row[text_at], stop, min_word_length))
             lines.append(line)
     if not times:
-        raise ValueError(f"{path}: no documents (rows) in the file" + ("" if time_range is None else f" with {time_column!r} in {time_range}"))
+        raise ValueError(
+            f"{path}: no documents (rows) in the file"
+            + ("" if time_range is None else f" with {time_column!r} in {time_range}")
+        )
     document_frequency = Counter()
     for tokens in token_lists:
         document_frequency.update(set(tokens))
-    kept = sorted((w for w, c in document_frequency.items() if c >= min_document_frequency),
-                  key=lambda w: (-document_frequency[w], w))
+    kept = sorted(
+        (w for w, c in document_frequency.items() if c >= min_document_frequency),
+        key=lambda w: (-document_frequency[w], w),
+    )
     if max_vocabulary_size is not None:
         kept = kept[:max_vocabulary_size]
     if not kept:

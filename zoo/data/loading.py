@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ._files import _BUILTIN_PREFIX, SUPPORTED_EXTENSIONS, _extension, _require_file
 from .builtin import BUILTIN_DATASETS, _sotu, load_builtin
@@ -75,15 +76,23 @@ def load_data(
         if given:
             raise ValueError(f"option(s) {', '.join(given)} do not apply to {what}")
 
-    corpus_options = {"slice_width": slice_width, "min_document_frequency": min_document_frequency,
-                      "max_vocabulary_size": max_vocabulary_size}
+    corpus_options = {
+        "slice_width": slice_width,
+        "min_document_frequency": min_document_frequency,
+        "max_vocabulary_size": max_vocabulary_size,
+    }
     spec_text = str(spec)
     if spec_text == _BUILTIN_PREFIX + "sotu":
-        reject({**text_options, **csv_options, "text_column": text_column, "split": split}, f"built-in data set {spec_text!r}")
+        reject(
+            {**text_options, **csv_options, "text_column": text_column, "split": split},
+            f"built-in data set {spec_text!r}",
+        )
         data = _sotu(kind, **{k: v for k, v in corpus_options.items() if v is not None})
     elif spec_text.startswith(_BUILTIN_PREFIX):
-        reject({**text_options, **csv_options, **corpus_options, "text_column": text_column, "split": split},
-               f"built-in data set {spec_text!r}")
+        reject(
+            {**text_options, **csv_options, **corpus_options, "text_column": text_column, "split": split},
+            f"built-in data set {spec_text!r}",
+        )
         data = load_builtin(spec_text, kind=kind)
     elif kind == "corpus" or text_column is not None:
         path = Path(spec)
@@ -93,8 +102,12 @@ def load_data(
         if kind not in (None, "corpus"):
             raise ValueError(f"kind: a CSV with a text column (--text-column) is read as kind 'corpus', got {kind!r}")
         reject({**text_options, "sequence_column": sequence_column, "columns": columns, "split": split}, "a corpus CSV")
-        data = read_corpus(path, time_column=time_column or "year", text_column=text_column or "text",
-                           **{k: v for k, v in corpus_options.items() if v is not None}).as_data()
+        data = read_corpus(
+            path,
+            time_column=time_column or "year",
+            text_column=text_column or "text",
+            **{k: v for k, v in corpus_options.items() if v is not None},
+        ).as_data()
     else:
         path = Path(spec)
         _require_file(path)

@@ -8,8 +8,9 @@ import io
 import json
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -240,9 +241,7 @@ def read_csv(
             continue  # a blank line
         line = reader.line_num
         if len(row) != len(header):
-            raise ValueError(
-                f"{path}: line {line}: expected {len(header)} fields (as in the header), got {len(row)}"
-            )
+            raise ValueError(f"{path}: line {line}: expected {len(header)} fields (as in the header), got {len(row)}")
         numbers = []
         for index, name in zip(series_indices, series_names):
             cell = row[index].strip()
@@ -253,8 +252,10 @@ def read_csv(
             if number is None:
                 raise ValueError(f"{path}: line {line}, column {name!r}: expected a number, got {cell!r}")
             if math.isinf(number):
-                raise ValueError(f"{path}: line {line}, column {name!r}: expected a finite number "
-                                 f"(an empty cell or NaN for a missing value), got {cell!r}")
+                raise ValueError(
+                    f"{path}: line {line}, column {name!r}: expected a finite number "
+                    f"(an empty cell or NaN for a missing value), got {cell!r}"
+                )
             numbers.append(number)
         sequence_id = row[id_index].strip() if id_index is not None else ""
         if id_index is not None and not sequence_id:
@@ -311,7 +312,9 @@ def _drop_empty_columns(
         return arrays, series_names
     names = [series_names[j] for j in empty]
     if explicit:
-        raise ValueError(f"{path}: column(s) {names!r} hold no numbers (every cell is missing); leave them out of columns")
+        raise ValueError(
+            f"{path}: column(s) {names!r} hold no numbers (every cell is missing); leave them out of columns"
+        )
     if len(empty) == len(series_names):
         raise ValueError(f"{path}: no column holds a number (every cell of {names!r} is missing)")
     import warnings
@@ -404,13 +407,17 @@ def read_npz(path: str | Path, *, kind: str | None = None) -> SequenceData:
     if "symbols" in arrays:
         symbols = arrays["symbols"]
         if symbols.dtype.kind != "U" or symbols.ndim != 1:
-            raise ValueError(f"{path}: expected 'symbols' to be a 1-D string array, got {symbols.dtype} {symbols.shape}")
+            raise ValueError(
+                f"{path}: expected 'symbols' to be a 1-D string array, got {symbols.dtype} {symbols.shape}"
+            )
         vocabulary = Vocabulary(tuple(symbols.tolist()))
     series_names = None
     if "series_names" in arrays:
         names = arrays["series_names"]
         if names.dtype.kind != "U" or names.ndim != 1:
-            raise ValueError(f"{path}: expected 'series_names' to be a 1-D string array, got {names.dtype} {names.shape}")
+            raise ValueError(
+                f"{path}: expected 'series_names' to be a 1-D string array, got {names.dtype} {names.shape}"
+            )
         series_names = names.tolist()
     try:
         return as_sequence_data(
@@ -468,7 +475,9 @@ def _read_polyphonic_parts(path: Path) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from error
     if not isinstance(content, dict):
-        raise ValueError(f"{path}: expected a JSON object of parts (e.g. 'train', 'valid', 'test'), got {type(content).__name__}")
+        raise ValueError(
+            f"{path}: expected a JSON object of parts (e.g. 'train', 'valid', 'test'), got {type(content).__name__}"
+        )
     return content
 
 
@@ -487,7 +496,9 @@ def _piano_roll(path: Path, split: str, part: Any, kind: str) -> SequenceData:
             if not isinstance(pitches, list) or not all(type(p) is int for p in pitches):
                 raise ValueError(f"{where}, frame {t}: expected a list of integer MIDI pitches, got {pitches!r}")
             if pitches and (min(pitches) < _LOWEST_PITCH or max(pitches) > highest):
-                raise ValueError(f"{where}, frame {t}: expected pitches in [{_LOWEST_PITCH}, {highest}], got {pitches!r}")
+                raise ValueError(
+                    f"{where}, frame {t}: expected pitches in [{_LOWEST_PITCH}, {highest}], got {pitches!r}"
+                )
             roll[t, [p - _LOWEST_PITCH for p in pitches]] = 1.0
         sequences.append(torch.from_numpy(roll).to(torch.get_default_dtype()))
     return SequenceData(

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -79,7 +80,11 @@ def load_splits(
     path = Path(spec)
     if _extension(path) != ".json":
         return None
-    given = [name for name, value in (("sequence_column", sequence_column), ("time_column", time_column)) if value is not None]
+    given = [
+        name
+        for name, value in (("sequence_column", sequence_column), ("time_column", time_column))
+        if value is not None
+    ]
     if given:
         raise ValueError(f"option(s) {', '.join(given)} do not apply to a polyphonic-music .json file")
     kind = kind or "binary"
@@ -95,8 +100,14 @@ def load_splits(
 
 def _check_fractions(fractions: Iterable[float]) -> tuple[float, float, float]:
     values = tuple(float(f) for f in fractions)
-    if len(values) != 3 or any(not math.isfinite(f) or f < 0 for f in values) or not math.isclose(sum(values), 1.0, abs_tol=1e-6):
-        raise ValueError(f"fractions: expected three nonnegative numbers summing to 1 (train, valid, test), got {fractions!r}")
+    if (
+        len(values) != 3
+        or any(not math.isfinite(f) or f < 0 for f in values)
+        or not math.isclose(sum(values), 1.0, abs_tol=1e-6)
+    ):
+        raise ValueError(
+            f"fractions: expected three nonnegative numbers summing to 1 (train, valid, test), got {fractions!r}"
+        )
     return values  # type: ignore[return-value]
 
 
@@ -186,8 +197,10 @@ def split_data(
         members.append(order[start : start + size].tolist())
         start += size
     members = _give_every_part_steps(members, data.batch.lengths.tolist(), positive)
-    parts = [data.select(torch.tensor(sorted(indices), dtype=torch.long)) if keep else None
-             for indices, keep in zip(members, positive)]
+    parts = [
+        data.select(torch.tensor(sorted(indices), dtype=torch.long)) if keep else None
+        for indices, keep in zip(members, positive)
+    ]
     return Splits(*parts)
 
 
@@ -211,8 +224,10 @@ def _split_by_time(data: SequenceData, fractions: tuple[float, float, float]) ->
             continue
         if not pieces[part]:
             longest = int(data.batch.lengths.max())
-            raise ValueError(f"data: sequences of at most {longest} steps are too short to give the "
-                             f"{SPLIT_NAMES[part]} part (fraction {fraction}) a step of any sequence")
+            raise ValueError(
+                f"data: sequences of at most {longest} steps are too short to give the "
+                f"{SPLIT_NAMES[part]} part (fraction {fraction}) a step of any sequence"
+            )
         names = [data.sequence_names[n] for n in owners[part]] if data.sequence_names is not None else None
         parts.append(replace(data, batch=SequenceBatch.from_sequences(pieces[part]), sequence_names=names))
     return Splits(*parts)
@@ -229,14 +244,17 @@ def _give_every_part_steps(members: list[list[int]], lengths: list[int], positiv
     """
     nonempty = sum(1 for length in lengths if length > 0)
     if nonempty < sum(positive):
-        raise ValueError(f"data: only {nonempty} of {len(lengths)} sequences have any steps; "
-                         f"{sum(positive)} parts with a positive fraction need one each")
+        raise ValueError(
+            f"data: only {nonempty} of {len(lengths)} sequences have any steps; "
+            f"{sum(positive)} parts with a positive fraction need one each"
+        )
     members = [list(indices) for indices in members]
     for part, keep in enumerate(members):
         if not positive[part] or any(lengths[i] > 0 for i in keep):
             continue
-        donor = max((p for p in range(len(members)) if p != part),
-                    key=lambda p: (sum(lengths[i] > 0 for i in members[p]), -p))
+        donor = max(
+            (p for p in range(len(members)) if p != part), key=lambda p: (sum(lengths[i] > 0 for i in members[p]), -p)
+        )
         given = next(i for i in members[donor] if lengths[i] > 0)
         taken = members[part][0]
         members[donor][members[donor].index(given)] = taken

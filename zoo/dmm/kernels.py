@@ -67,9 +67,11 @@ class _TanhRNN(torch.autograd.Function):
     def forward(ctx, inputs, h_0, weight_ih, weight_hh, bias_ih, bias_hh, active, matmul_dtype=None):
         n, t, size = inputs.shape
         low = matmul_dtype is not None and matmul_dtype != inputs.dtype
-        projected = (torch.addmm(bias_ih + bias_hh, inputs.reshape(n * t, size), weight_ih.t()) if not low else
-                     _low_mm(inputs.reshape(n * t, size), weight_ih.t(), matmul_dtype).add_(bias_ih + bias_hh)
-                     ).reshape(n, t, -1)
+        projected = (
+            torch.addmm(bias_ih + bias_hh, inputs.reshape(n * t, size), weight_ih.t())
+            if not low
+            else _low_mm(inputs.reshape(n * t, size), weight_ih.t(), matmul_dtype).add_(bias_ih + bias_hh)
+        ).reshape(n, t, -1)
         outputs = torch.zeros_like(projected)
         h, weight_hh_t = h_0, weight_hh.t()
         if low:
@@ -97,19 +99,27 @@ class _TanhRNN(torch.autograd.Function):
         for step in range(t - 1, -1, -1):
             rows = active[step]
             total = grad_outputs[:rows, step].clone()
-            total[:carry.shape[0]] += carry
+            total[: carry.shape[0]] += carry
             pre = total.mul_(slope[:rows, step])
             grad_pre[:rows, step] = pre
             carry = torch.mm(pre, weight_hh) if low is None else torch.mm(pre.to(low), weight_hh_low).float()
         grad_h_0 = torch.zeros_like(h_0)
-        grad_h_0[:carry.shape[0]] = carry
+        grad_h_0[: carry.shape[0]] = carry
         flat = grad_pre.reshape(n * t, -1)
         h_prev = torch.cat([h_0.unsqueeze(1), outputs[:, :-1]], 1).reshape(n * t, -1)
         grad_inputs = _low_mm(flat, weight_ih, low).reshape(n, t, size) if ctx.needs_input_grad[0] else None
         grad_bias = flat.sum(0)
         flat_t = flat.t()
-        return (grad_inputs, grad_h_0, _low_mm(flat_t, inputs.reshape(n * t, size), low), _low_mm(flat_t, h_prev, low),
-                grad_bias, grad_bias, None, None)
+        return (
+            grad_inputs,
+            grad_h_0,
+            _low_mm(flat_t, inputs.reshape(n * t, size), low),
+            _low_mm(flat_t, h_prev, low),
+            grad_bias,
+            grad_bias,
+            None,
+            None,
+        )
 
 
 class _StructuredGuideLoop(torch.autograd.Function):
@@ -153,7 +163,12 @@ class _StructuredGuideLoop(torch.autograd.Function):
                 # all N rows in the caller's order, as Pyro's guide draws them, then the running ones
                 noise[:rows, step] = torch.randn((n, z_dim), dtype=z.dtype, device=z.device)[order[:rows]]
             z_prev = torch.addcmul(step_loc, F.softplus(step_raw) + min_scale, noise[:rows, step])
-            hidden[:rows, step], loc[:rows, step], raw_scale[:rows, step], z[:rows, step] = h, step_loc, step_raw, z_prev
+            hidden[:rows, step], loc[:rows, step], raw_scale[:rows, step], z[:rows, step] = (
+                h,
+                step_loc,
+                step_raw,
+                z_prev,
+            )
         scale = F.softplus(raw_scale) + min_scale
         ctx.save_for_backward(noise, z_q_0, weight_z, weight_ls, hidden, raw_scale, z)
         ctx.active = active
@@ -176,10 +191,11 @@ class _StructuredGuideLoop(torch.autograd.Function):
         for step in range(t - 1, -1, -1):
             rows = active[step]
             total = grad_z[:rows, step].clone()
-            total[:into_z.shape[0]] += into_z
+            total[: into_z.shape[0]] += into_z
             grad_features[:rows, step, :z_dim] = grad_loc[:rows, step] + total
-            grad_features[:rows, step, z_dim:] = ((grad_scale[:rows, step] + total * noise[:rows, step])
-                                                  * scale_slope[:rows, step])
+            grad_features[:rows, step, z_dim:] = (grad_scale[:rows, step] + total * noise[:rows, step]) * scale_slope[
+                :rows, step
+            ]
             pre = torch.mm(grad_features[:rows, step], weight_ls).mul_(0.5).mul_(tanh_slope[:rows, step])
             grad_pre[:rows, step] = pre
             into_z = torch.mm(pre, weight_z)
@@ -199,19 +215,28 @@ class _LengthOrder(NamedTuple):
     active: list[int]
 
     @staticmethod
-    def of(lengths: Tensor, num_steps: int) -> "_LengthOrder":
+    def of(lengths: Tensor, num_steps: int) -> _LengthOrder:
         order = torch.argsort(lengths, descending=True, stable=True)
         steps = torch.arange(num_steps, device=lengths.device)
         active = (lengths[order].unsqueeze(1) > steps).sum(0).tolist()
         return _LengthOrder(order, torch.argsort(order), active)
 
 
-def _run_rnn(rnn: nn.RNN, inputs: Tensor, h_0: Tensor, lengths: Tensor, matmul_dtype: torch.dtype | None = None
-             ) -> Tensor:
+def _run_rnn(
+    rnn: nn.RNN, inputs: Tensor, h_0: Tensor, lengths: Tensor, matmul_dtype: torch.dtype | None = None
+) -> Tensor:
     """``(N, T, H)`` outputs of a one-layer tanh ``rnn`` (batch first) from ``h_0 (N, H)`` over
     sequences whose real steps come first (``lengths (N,)``), through :class:`_TanhRNN`; 0 on padding.
     ``matmul_dtype``: the matrix products' factors rounded to it (e.g. bfloat16), sums in float32."""
     rows = _LengthOrder.of(lengths, inputs.shape[1])
-    outputs = _TanhRNN.apply(inputs[rows.order], h_0[rows.order].contiguous(), rnn.weight_ih_l0, rnn.weight_hh_l0,
-                             rnn.bias_ih_l0, rnn.bias_hh_l0, rows.active, matmul_dtype)
+    outputs = _TanhRNN.apply(
+        inputs[rows.order],
+        h_0[rows.order].contiguous(),
+        rnn.weight_ih_l0,
+        rnn.weight_hh_l0,
+        rnn.bias_ih_l0,
+        rnn.bias_hh_l0,
+        rows.active,
+        matmul_dtype,
+    )
     return outputs[rows.inverse]

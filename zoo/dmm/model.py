@@ -39,6 +39,7 @@ RNN_PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
 #: Rows (sequence copies) of one pass of the IWAE bound; more particles take several passes (memory).
 IWAE_SEQUENCES_PER_PASS = 2048
 
+
 class DMMPosterior(NamedTuple):
     """Posterior state trajectories of the guide.
 
@@ -62,7 +63,6 @@ class _GuidePath(NamedTuple):
     loc: Tensor  # (N, T, Z)
     scale: Tensor  # (N, T, Z)
     log_det: Tensor | None  # (N, T) sum of flow log-Jacobians, None without flows
-
 
 
 class GatedTransition(nn.Module):
@@ -151,18 +151,41 @@ class DeepMarkovModel(SequenceModel):
     exact_likelihood = False
     likelihood_kind = "ELBO"
 
-    def __init__(self, observation: str = "bernoulli", *, dim: int | None = None, num_symbols: int | None = None,
-                 z_dim: int = 100, transition_dim: int = 200, emitter_dim: int = 100, rnn_dim: int = 600,
-                 guide: str = "st-r", num_iafs: int = 0, iaf_dim: int = 100, transition: str = "gated",
-                 emission: str = "mlp", min_scale: float = 1e-2, rnn_precision: str = "float32",
-                 guide_dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        observation: str = "bernoulli",
+        *,
+        dim: int | None = None,
+        num_symbols: int | None = None,
+        z_dim: int = 100,
+        transition_dim: int = 200,
+        emitter_dim: int = 100,
+        rnn_dim: int = 600,
+        guide: str = "st-r",
+        num_iafs: int = 0,
+        iaf_dim: int = 100,
+        transition: str = "gated",
+        emission: str = "mlp",
+        min_scale: float = 1e-2,
+        rnn_precision: str = "float32",
+        guide_dropout: float = 0.0,
+    ) -> None:
         super().__init__()
-        for name, value, allowed in (("observation", observation, OBSERVATIONS), ("guide", guide, GUIDES),
-                                     ("transition", transition, TRANSITIONS), ("emission", emission, EMISSIONS)):
+        for name, value, allowed in (
+            ("observation", observation, OBSERVATIONS),
+            ("guide", guide, GUIDES),
+            ("transition", transition, TRANSITIONS),
+            ("emission", emission, EMISSIONS),
+        ):
             if value not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
-        for name, value in (("z_dim", z_dim), ("transition_dim", transition_dim), ("emitter_dim", emitter_dim),
-                            ("rnn_dim", rnn_dim), ("iaf_dim", iaf_dim)):
+        for name, value in (
+            ("z_dim", z_dim),
+            ("transition_dim", transition_dim),
+            ("emitter_dim", emitter_dim),
+            ("rnn_dim", rnn_dim),
+            ("iaf_dim", iaf_dim),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
         if not isinstance(num_iafs, int) or num_iafs < 0:
@@ -175,11 +198,15 @@ class DeepMarkovModel(SequenceModel):
             raise ValueError(f"min_scale: expected a positive float, got {min_scale!r}")
         if observation == "categorical":
             if not isinstance(num_symbols, int) or num_symbols < 1 or dim is not None:
-                raise ValueError(f"categorical observations need num_symbols (a positive int) and no dim; "
-                                 f"got num_symbols={num_symbols!r}, dim={dim!r}")
+                raise ValueError(
+                    f"categorical observations need num_symbols (a positive int) and no dim; "
+                    f"got num_symbols={num_symbols!r}, dim={dim!r}"
+                )
         elif not isinstance(dim, int) or dim < 1 or num_symbols is not None:
-            raise ValueError(f"{observation} observations need dim (a positive int) and no num_symbols; "
-                             f"got dim={dim!r}, num_symbols={num_symbols!r}")
+            raise ValueError(
+                f"{observation} observations need dim (a positive int) and no num_symbols; "
+                f"got dim={dim!r}, num_symbols={num_symbols!r}"
+            )
         self.observation, self.dim, self.num_symbols = observation, dim, num_symbols
         self.z_dim, self.transition_dim, self.emitter_dim, self.rnn_dim = z_dim, transition_dim, emitter_dim, rnn_dim
         self.guide_kind, self.num_iafs, self.iaf_dim = guide, num_iafs, iaf_dim
@@ -188,16 +215,32 @@ class DeepMarkovModel(SequenceModel):
         self.guide_dropout = float(guide_dropout)
         self._dropout_active = False
         #: Training settings behind :meth:`fit_defaults` (see :meth:`configure_fit`).
-        self.fit_settings: dict[str, Any] = {"annealing_epochs": 10, "min_annealing": 0.2, "num_particles": 1,
-                                             "weight_decay": 0.0, "average_decay": 0.0}
+        self.fit_settings: dict[str, Any] = {
+            "annealing_epochs": 10,
+            "min_annealing": 0.2,
+            "num_particles": 1,
+            "weight_decay": 0.0,
+            "average_decay": 0.0,
+        }
 
         width = num_symbols if observation == "categorical" else dim
         # -- generative model
-        self.transition = (GatedTransition(z_dim, transition_dim, self.min_scale) if transition == "gated"
-                           else LinearTransition(z_dim, self.min_scale))
-        self.emitter = (nn.Sequential(nn.Linear(z_dim, emitter_dim), nn.ReLU(), nn.Linear(emitter_dim, emitter_dim),
-                                      nn.ReLU(), nn.Linear(emitter_dim, width))
-                        if emission == "mlp" else nn.Linear(z_dim, width))
+        self.transition = (
+            GatedTransition(z_dim, transition_dim, self.min_scale)
+            if transition == "gated"
+            else LinearTransition(z_dim, self.min_scale)
+        )
+        self.emitter = (
+            nn.Sequential(
+                nn.Linear(z_dim, emitter_dim),
+                nn.ReLU(),
+                nn.Linear(emitter_dim, emitter_dim),
+                nn.ReLU(),
+                nn.Linear(emitter_dim, width),
+            )
+            if emission == "mlp"
+            else nn.Linear(z_dim, width)
+        )
         self.emission_raw_scale = nn.Parameter(torch.zeros(dim)) if observation == "gaussian" else None
         self.z_0 = nn.Parameter(torch.zeros(z_dim))
         # -- guide (names start with "guide_", so num_parameters counts the model only)
@@ -207,30 +250,49 @@ class DeepMarkovModel(SequenceModel):
         # Two single-direction RNNs rather than nn.RNN(bidirectional=True), whose backward pass
         # would read the padding first.
         self.guide_rnn = nn.RNN(rnn_input, rnn_dim, nonlinearity="tanh", batch_first=True)
-        self.guide_rnn_forward = (nn.RNN(rnn_input, rnn_dim, nonlinearity="tanh", batch_first=True)
-                                  if bidirectional else None)
+        self.guide_rnn_forward = (
+            nn.RNN(rnn_input, rnn_dim, nonlinearity="tanh", batch_first=True) if bidirectional else None
+        )
         self.guide_h_0 = nn.Parameter(torch.zeros(2 if bidirectional else 1, rnn_dim))
         self.guide_z_q_0 = nn.Parameter(torch.zeros(z_dim))
         self.guide_z_to_hidden = nn.Linear(z_dim, rnn_dim) if guide != "mf" else None
         self.guide_loc_scale = nn.Linear(rnn_dim, 2 * z_dim)
         self.guide_iafs = nn.ModuleList(
-            AffineAutoregressive(AutoRegressiveNN(z_dim, [iaf_dim]), sigmoid_bias=3.0) for _ in range(num_iafs))
+            AffineAutoregressive(AutoRegressiveNN(z_dim, [iaf_dim]), sigmoid_bias=3.0) for _ in range(num_iafs)
+        )
 
     @property
     def _rnn_matmul_dtype(self) -> torch.dtype | None:
         return torch.bfloat16 if self.rnn_precision == "bfloat16" else None
 
     def config(self) -> dict[str, Any]:
-        return {"observation": self.observation, "dim": self.dim, "num_symbols": self.num_symbols,
-                "z_dim": self.z_dim, "transition_dim": self.transition_dim, "emitter_dim": self.emitter_dim,
-                "rnn_dim": self.rnn_dim, "guide": self.guide_kind, "num_iafs": self.num_iafs,
-                "iaf_dim": self.iaf_dim, "transition": self.transition_kind, "emission": self.emission_kind,
-                "min_scale": self.min_scale, "rnn_precision": self.rnn_precision,
-                "guide_dropout": self.guide_dropout}
+        return {
+            "observation": self.observation,
+            "dim": self.dim,
+            "num_symbols": self.num_symbols,
+            "z_dim": self.z_dim,
+            "transition_dim": self.transition_dim,
+            "emitter_dim": self.emitter_dim,
+            "rnn_dim": self.rnn_dim,
+            "guide": self.guide_kind,
+            "num_iafs": self.num_iafs,
+            "iaf_dim": self.iaf_dim,
+            "transition": self.transition_kind,
+            "emission": self.emission_kind,
+            "min_scale": self.min_scale,
+            "rnn_precision": self.rnn_precision,
+            "guide_dropout": self.guide_dropout,
+        }
 
-    def configure_fit(self, *, annealing_epochs: int | None = None, min_annealing: float | None = None,
-                      num_particles: int | None = None, weight_decay: float | None = None,
-                      average_decay: float | None = None) -> "DeepMarkovModel":
+    def configure_fit(
+        self,
+        *,
+        annealing_epochs: int | None = None,
+        min_annealing: float | None = None,
+        num_particles: int | None = None,
+        weight_decay: float | None = None,
+        average_decay: float | None = None,
+    ) -> DeepMarkovModel:
         """Sets what :meth:`fit_defaults` returns (``seqzoo fit dmm`` flags): KL annealing from
         ``min_annealing`` to 1 over ``annealing_epochs`` epochs (0: none), and ``num_particles`` for the
         final scores (1: ELBO; M > 1: the IWAE bound), ``weight_decay``, the trainer's L2 prior
@@ -250,12 +312,19 @@ class DeepMarkovModel(SequenceModel):
                 raise ValueError(f"num_particles: expected a positive int, got {num_particles!r}")
             self.fit_settings["num_particles"] = num_particles
         if weight_decay is not None:
-            if not isinstance(weight_decay, (int, float)) or isinstance(weight_decay, bool) or not 0 <= weight_decay < math.inf:
+            if (
+                not isinstance(weight_decay, (int, float))
+                or isinstance(weight_decay, bool)
+                or not 0 <= weight_decay < math.inf
+            ):
                 raise ValueError(f"weight_decay: expected a nonnegative number, got {weight_decay!r}")
             self.fit_settings["weight_decay"] = float(weight_decay)
         if average_decay is not None:
-            if isinstance(average_decay, bool) or not isinstance(average_decay, (int, float)) or not (
-                    0 <= average_decay < 1):
+            if (
+                isinstance(average_decay, bool)
+                or not isinstance(average_decay, (int, float))
+                or not (0 <= average_decay < 1)
+            ):
                 raise ValueError(f"average_decay: expected a number in [0, 1) (0: off), got {average_decay!r}")
             self.fit_settings["average_decay"] = float(average_decay)
         return self
@@ -273,13 +342,27 @@ class DeepMarkovModel(SequenceModel):
         if method != "svi":
             return defaults
         settings = self.fit_settings
-        annealing = (KLAnnealing(start=settings["min_annealing"], epochs=settings["annealing_epochs"])
-                     if settings["annealing_epochs"] else None)
+        annealing = (
+            KLAnnealing(start=settings["min_annealing"], epochs=settings["annealing_epochs"])
+            if settings["annealing_epochs"]
+            else None
+        )
         return dataclasses.replace(
-            defaults, loss="model", minibatches=length_buckets, batch_size=20, max_epochs=3000,
-            learning_rate=3e-3, final_learning_rate=5e-4, warmup_epochs=1, clip_norm=10.0,
-            weight_decay=settings["weight_decay"], average_decay=settings["average_decay"] or None,
-            step_kwargs=annealing, eval_every=5, patience=40)
+            defaults,
+            loss="model",
+            minibatches=length_buckets,
+            batch_size=20,
+            max_epochs=3000,
+            learning_rate=3e-3,
+            final_learning_rate=5e-4,
+            warmup_epochs=1,
+            clip_norm=10.0,
+            weight_decay=settings["weight_decay"],
+            average_decay=settings["average_decay"] or None,
+            step_kwargs=annealing,
+            eval_every=5,
+            patience=40,
+        )
 
     def score_particles(self) -> int:
         """The particles of the reported scores (``--particles``): 1 = ELBO, M > 1 = the IWAE bound."""
@@ -295,11 +378,15 @@ class DeepMarkovModel(SequenceModel):
             if values.dim() != 2:
                 raise ValueError(f"batch.values: categorical observations need shape (N, T), got {tuple(values.shape)}")
             real = values[batch.mask]
-            if real.numel() and (real.is_floating_point() or int(real.min()) < 0 or int(real.max()) >= self.num_symbols):
+            if real.numel() and (
+                real.is_floating_point() or int(real.min()) < 0 or int(real.max()) >= self.num_symbols
+            ):
                 raise ValueError(f"batch.values: expected integer codes in [0, {self.num_symbols}) on real steps")
         elif values.dim() != 3 or values.shape[-1] != self.dim:
-            raise ValueError(f"batch.values: {self.observation} observations need shape (N, T, {self.dim}), "
-                             f"got {tuple(values.shape)}")
+            raise ValueError(
+                f"batch.values: {self.observation} observations need shape (N, T, {self.dim}), "
+                f"got {tuple(values.shape)}"
+            )
 
     def _inputs(self, batch: SequenceBatch) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(rnn inputs (N, T, I), clean observations, observed-entry mask or None)``; padding zeroed."""
@@ -325,8 +412,11 @@ class DeepMarkovModel(SequenceModel):
         if self.observation == "categorical":
             return out.log_softmax(-1).gather(-1, clean.expand(out.shape[:-1]).unsqueeze(-1)).squeeze(-1)
         scale = self.emission_scale()
-        return torch.where(observed, _normal_log_prob(clean.unsqueeze(-1), out.unsqueeze(-1), scale.unsqueeze(-1)),
-                           torch.zeros((), dtype=out.dtype)).sum(-1)
+        return torch.where(
+            observed,
+            _normal_log_prob(clean.unsqueeze(-1), out.unsqueeze(-1), scale.unsqueeze(-1)),
+            torch.zeros((), dtype=out.dtype),
+        ).sum(-1)
 
     def emission_scale(self) -> Tensor:
         """``(D,)`` Gaussian emission standard deviations."""
@@ -351,13 +441,15 @@ class DeepMarkovModel(SequenceModel):
         gather = reverse.unsqueeze(-1)
         reversed_inputs = inputs.gather(1, gather.expand_as(inputs))
         h_0 = self.guide_h_0
-        backward = _run_rnn(self.guide_rnn, reversed_inputs, h_0[0].expand(n, self.rnn_dim), lengths,
-                            self._rnn_matmul_dtype)
+        backward = _run_rnn(
+            self.guide_rnn, reversed_inputs, h_0[0].expand(n, self.rnn_dim), lengths, self._rnn_matmul_dtype
+        )
         backward = backward.gather(1, gather.expand_as(backward))
         if self.guide_rnn_forward is None:
             return backward
-        forward = _run_rnn(self.guide_rnn_forward, inputs, h_0[1].expand(n, self.rnn_dim), lengths,
-                           self._rnn_matmul_dtype)
+        forward = _run_rnn(
+            self.guide_rnn_forward, inputs, h_0[1].expand(n, self.rnn_dim), lengths, self._rnn_matmul_dtype
+        )
         return 0.5 * (forward + backward)
 
     def _guide_features(self, batch: SequenceBatch, inputs: Tensor) -> Tensor:
@@ -372,8 +464,9 @@ class DeepMarkovModel(SequenceModel):
             return self.guide_loc_scale(summary)
         # Combiner (Pyro's): h = (tanh(W z_{t-1}) + h_rnn) / 2; loc, scale from h; the h_rnn half here.
         if self._rnn_matmul_dtype is not None:
-            return _LowPrecisionLinear.apply(0.5 * summary, self.guide_loc_scale.weight, self.guide_loc_scale.bias,
-                                             self._rnn_matmul_dtype)
+            return _LowPrecisionLinear.apply(
+                0.5 * summary, self.guide_loc_scale.weight, self.guide_loc_scale.bias, self._rnn_matmul_dtype
+            )
         return F.linear(0.5 * summary, self.guide_loc_scale.weight, self.guide_loc_scale.bias)
 
     def _guide_conditional(self, z_prev: Tensor, features: Tensor) -> tuple[Tensor, Tensor]:
@@ -389,24 +482,40 @@ class DeepMarkovModel(SequenceModel):
         loc, raw_scale = features.chunk(2, -1)
         return loc, F.softplus(raw_scale) + self.min_scale
 
-    def _sample_guide(self, batch: SequenceBatch, inputs: Tensor, mean_path: bool = False,
-                      noise: Tensor | None = None, features: Tensor | None = None) -> _GuidePath:
+    def _sample_guide(
+        self,
+        batch: SequenceBatch,
+        inputs: Tensor,
+        mean_path: bool = False,
+        noise: Tensor | None = None,
+        features: Tensor | None = None,
+    ) -> _GuidePath:
         """Draws :math:`z_{1:T} \\sim q` step by step (``mean_path``: feeds each step's mean forward, no
         noise; ``noise``: ``(N, T, Z)`` standard normal draws to use instead of torch's RNG; ``features``:
         :meth:`_guide_features` if already computed)."""
         if features is None:
             features = self._guide_features(batch, inputs)
         n, t = features.shape[:2]
-        if (not self.num_iafs and self.guide_z_to_hidden is not None
-                and type(self)._guide_conditional is DeepMarkovModel._guide_conditional):
+        if (
+            not self.num_iafs
+            and self.guide_z_to_hidden is not None
+            and type(self)._guide_conditional is DeepMarkovModel._guide_conditional
+        ):
             # The structured guides without flows: the whole loop is one node with a fused backward.
             # Rows sorted by length so that each step computes only the sequences still running.
             rows = _LengthOrder.of(batch.lengths, t)
-            step_noise = torch.zeros_like(features[..., :self.z_dim]) if mean_path else noise
+            step_noise = torch.zeros_like(features[..., : self.z_dim]) if mean_path else noise
             z, loc, scale = _StructuredGuideLoop.apply(
-                features[rows.order], None if step_noise is None else step_noise[rows.order], self.guide_z_q_0,
-                self.guide_z_to_hidden.weight, self.guide_z_to_hidden.bias, self.guide_loc_scale.weight,
-                self.min_scale, rows.active, rows.order)
+                features[rows.order],
+                None if step_noise is None else step_noise[rows.order],
+                self.guide_z_q_0,
+                self.guide_z_to_hidden.weight,
+                self.guide_z_to_hidden.bias,
+                self.guide_loc_scale.weight,
+                self.min_scale,
+                rows.active,
+                rows.order,
+            )
             z, loc, scale = z[rows.inverse], loc[rows.inverse], scale[rows.inverse]
             return _GuidePath(z, z, loc, scale, None)
         z_prev = self.guide_z_q_0.expand(n, self.z_dim)
@@ -436,12 +545,12 @@ class DeepMarkovModel(SequenceModel):
             scales.append(scale)
             z_prev = z
         stack = lambda xs: torch.stack(xs, 1)  # noqa: E731  (N, T, Z)
-        return _GuidePath(stack(zs), stack(bases), stack(locs), stack(scales),
-                          torch.stack(log_dets, 1) if iafs else None)
+        return _GuidePath(
+            stack(zs), stack(bases), stack(locs), stack(scales), torch.stack(log_dets, 1) if iafs else None
+        )
 
     # -- the vectorised objective ----------------------------------------
-    def _step_terms(self, batch: SequenceBatch, estimator: str, noise: Tensor | None = None
-                    ) -> tuple[Tensor, Tensor]:
+    def _step_terms(self, batch: SequenceBatch, estimator: str, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """One guide sample; ``(log p(x_t | z_t), KL_t)`` each ``(N, T)``, zero at padded steps.
 
         ``estimator``: ``"analytic"`` (Gaussian KL at the sampled :math:`z_{t-1}`; needs no flows)
@@ -455,8 +564,9 @@ class DeepMarkovModel(SequenceModel):
         inputs, clean, observed = self._inputs(batch)
         return self._path_terms(batch, self._sample_guide(batch, inputs, noise=noise), clean, observed, estimator)
 
-    def _path_terms(self, batch: SequenceBatch, path: _GuidePath, clean: Tensor, observed: Tensor | None,
-                    estimator: str) -> tuple[Tensor, Tensor]:
+    def _path_terms(
+        self, batch: SequenceBatch, path: _GuidePath, clean: Tensor, observed: Tensor | None, estimator: str
+    ) -> tuple[Tensor, Tensor]:
         """``(log p(x_t | z_t), KL_t)`` each ``(N, T)`` of a guide ``path`` (see :meth:`_step_terms`)."""
         n = path.z.shape[0]
         mask = batch.mask
@@ -479,8 +589,9 @@ class DeepMarkovModel(SequenceModel):
         """``"analytic"`` KL without flows, ``"mc"`` with them."""
         return "mc" if self.num_iafs else "analytic"
 
-    def elbo_per_sequence(self, batch: SequenceBatch, estimator: str | None = None,
-                          noise: Tensor | None = None) -> Tensor:
+    def elbo_per_sequence(
+        self, batch: SequenceBatch, estimator: str | None = None, noise: Tensor | None = None
+    ) -> Tensor:
         """``(N,)`` single-sample ELBO estimate of each sequence (``noise``: optional ``(N, T, Z)``
         standard normal draws for the guide; default torch's global RNG)."""
         log_lik, kl = self._step_terms(batch, estimator or self.default_estimator(), noise)
@@ -520,8 +631,9 @@ class DeepMarkovModel(SequenceModel):
         log_weights = []
         for start in range(0, num_particles, per_pass):
             copies = min(per_pass, num_particles - start)
-            repeated = SequenceBatch(batch.values.repeat((copies,) + (1,) * (batch.values.dim() - 1)),
-                                     batch.lengths.repeat(copies))
+            repeated = SequenceBatch(
+                batch.values.repeat((copies,) + (1,) * (batch.values.dim() - 1)), batch.lengths.repeat(copies)
+            )
             log_weights.append(self.elbo_per_sequence(repeated, estimator="mc").reshape(copies, n))
         return torch.cat(log_weights).logsumexp(0) - math.log(num_particles)
 
@@ -553,8 +665,9 @@ class DeepMarkovModel(SequenceModel):
                 emission = self._emission_distribution(z)
                 if self.observation == "gaussian":
                     # Missing entries: a per-entry mask under the event dim.
-                    emission = dist.Normal(emission.base_dist.loc, emission.base_dist.scale).mask(
-                        observed[:, t]).to_event(1)
+                    emission = (
+                        dist.Normal(emission.base_dist.loc, emission.base_dist.scale).mask(observed[:, t]).to_event(1)
+                    )
                 pyro.sample(f"x_{t + 1}", emission.mask(mask[:, t]), obs=clean[:, t])
                 z_prev = z
 
@@ -583,8 +696,9 @@ class DeepMarkovModel(SequenceModel):
         return self.sample_with_states(num_sequences, length, generator)[0]
 
     @torch.no_grad()
-    def sample_with_states(self, num_sequences: int, length: int, generator: torch.Generator | None = None
-                           ) -> tuple[SequenceBatch, Tensor]:
+    def sample_with_states(
+        self, num_sequences: int, length: int, generator: torch.Generator | None = None
+    ) -> tuple[SequenceBatch, Tensor]:
         """Like :meth:`sample`, also returning the latent path ``(N, T, Z)``."""
         if not isinstance(num_sequences, int) or num_sequences < 1 or not isinstance(length, int) or length < 1:
             raise ValueError(f"num_sequences, length: expected positive ints, got {num_sequences!r}, {length!r}")
@@ -600,11 +714,13 @@ class DeepMarkovModel(SequenceModel):
         if self.observation == "bernoulli":
             values = torch.bernoulli(torch.sigmoid(out), generator=generator)
         elif self.observation == "categorical":
-            values = torch.multinomial(out.softmax(-1).reshape(-1, self.num_symbols), 1, generator=generator
-                                       ).reshape(num_sequences, length)
+            values = torch.multinomial(out.softmax(-1).reshape(-1, self.num_symbols), 1, generator=generator).reshape(
+                num_sequences, length
+            )
         else:
-            values = out + self.emission_scale() * torch.randn(out.shape, generator=generator, dtype=out.dtype,
-                                                               device=out.device)
+            values = out + self.emission_scale() * torch.randn(
+                out.shape, generator=generator, dtype=out.dtype, device=out.device
+            )
         return SequenceBatch.from_tensor(values), z
 
     @torch.no_grad()
@@ -618,12 +734,21 @@ class DeepMarkovModel(SequenceModel):
             samples = torch.stack([self._sample_guide(batch, inputs).z for _ in range(num_samples)])
         mask = batch.mask.unsqueeze(-1)
         zero = torch.zeros((), dtype=mean.loc.dtype)
-        return DMMPosterior(torch.where(mask, mean.loc, zero), torch.where(mask, mean.scale, zero),
-                            None if samples is None else torch.where(mask, samples, zero), batch.mask)
+        return DMMPosterior(
+            torch.where(mask, mean.loc, zero),
+            torch.where(mask, mean.scale, zero),
+            None if samples is None else torch.where(mask, samples, zero),
+            batch.mask,
+        )
 
     @torch.no_grad()
-    def sample_states(self, values: Tensor, lengths: Tensor | None = None, num_samples: int = 1,
-                      generator: torch.Generator | None = None) -> Tensor:
+    def sample_states(
+        self,
+        values: Tensor,
+        lengths: Tensor | None = None,
+        num_samples: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """``(num_samples, N, T, Z)`` latent paths drawn from the guide :math:`q(z_{1:T} \\mid x)` (flows
         included), NaN past each sequence's length: the posterior state trajectories that
         :func:`inference.arviz.to_inference_data` exports. Draws come from ``generator`` (default torch's RNG)."""
@@ -637,11 +762,13 @@ class DeepMarkovModel(SequenceModel):
         paths = []
         for start in range(0, num_samples, per_pass):
             copies = min(per_pass, num_samples - start)
-            repeated = SequenceBatch(batch.values.repeat((copies,) + (1,) * (batch.values.dim() - 1)),
-                                     batch.lengths.repeat(copies))
+            repeated = SequenceBatch(
+                batch.values.repeat((copies,) + (1,) * (batch.values.dim() - 1)), batch.lengths.repeat(copies)
+            )
             inputs, _, _ = self._inputs(repeated)
-            noise = torch.randn((copies * n, t, self.z_dim), generator=generator, dtype=inputs.dtype,
-                                device=inputs.device)
+            noise = torch.randn(
+                (copies * n, t, self.z_dim), generator=generator, dtype=inputs.dtype, device=inputs.device
+            )
             paths.append(self._sample_guide(repeated, inputs, noise=noise).z.reshape(copies, n, t, self.z_dim))
         z = torch.cat(paths)
         return torch.where(batch.mask.unsqueeze(-1), z, torch.full((), math.nan, dtype=z.dtype))

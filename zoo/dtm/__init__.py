@@ -104,8 +104,16 @@ from .model import DynamicTopicModel, StaticTopicModel, _Encoder  # noqa: F401
 
 # The public classes' home is this package (pickles, reprs and the "class" of a saved model.json
 # name zoo.dtm, as before the split).
-for _cls in (CompletionScore, DiscreteKalmanFilter, DynamicTopicModel, LaplacePosterior, LocalPosterior,
-             MarkovNormal, RandomWalkNormal, StaticTopicModel):
+for _cls in (
+    CompletionScore,
+    DiscreteKalmanFilter,
+    DynamicTopicModel,
+    LaplacePosterior,
+    LocalPosterior,
+    MarkovNormal,
+    RandomWalkNormal,
+    StaticTopicModel,
+):
     _cls.__module__ = __name__
 del _cls
 

@@ -38,8 +38,9 @@ class RandomWalkNormal(TorchDistribution):
     support = constraints.independent(constraints.real, 2)
     has_rsample = False
 
-    def __init__(self, initial_scale: float | Tensor, drift_scale: float | Tensor, num_slices: int, dim: int,
-                 validate_args=None) -> None:
+    def __init__(
+        self, initial_scale: float | Tensor, drift_scale: float | Tensor, num_slices: int, dim: int, validate_args=None
+    ) -> None:
         self.initial_scale = torch.as_tensor(initial_scale, dtype=torch.get_default_dtype())
         self.drift_scale = torch.as_tensor(drift_scale, dtype=torch.get_default_dtype())
         self.num_slices, self.dim = int(num_slices), int(dim)
@@ -95,7 +96,9 @@ class MarkovNormal(TorchDistribution):
 
     def log_prob(self, value: Tensor) -> Tensor:
         deviation = value - self.loc
-        innovation = torch.cat([deviation[..., :1, :], deviation[..., 1:, :] - self.coupling[1:] * deviation[..., :-1, :]], -2)
+        innovation = torch.cat(
+            [deviation[..., :1, :], deviation[..., 1:, :] - self.coupling[1:] * deviation[..., :-1, :]], -2
+        )
         return dist.Normal(0.0, self.scale).log_prob(innovation).sum((-2, -1))
 
     def marginal_variance(self) -> Tensor:
@@ -117,7 +120,9 @@ def markov_normal_kl(q: MarkovNormal, p: RandomWalkNormal) -> Tensor:
     """
     variance = q.marginal_variance()  # (S, D)
     s0, g = p.initial_scale, p.drift_scale
-    first = 0.5 * (2 * torch.log(s0 * torch.ones_like(q.loc[0])) + _LOG_2PI) + (q.loc[0] ** 2 + variance[0]) / (2 * s0**2)
+    first = 0.5 * (2 * torch.log(s0 * torch.ones_like(q.loc[0])) + _LOG_2PI) + (q.loc[0] ** 2 + variance[0]) / (
+        2 * s0**2
+    )
     # v_t + v_{t-1} - 2 rho_t v_{t-1} = s_t^2 + (1 - rho_t)^2 v_{t-1}: no cancellation when gamma is tiny
     cross = (q.loc[1:] - q.loc[:-1]) ** 2 + q.scale[1:] ** 2 + (1 - q.coupling[1:]) ** 2 * variance[:-1]
     steps = 0.5 * (2 * torch.log(g * torch.ones_like(cross)) + _LOG_2PI) + cross / (2 * g**2)

@@ -18,8 +18,9 @@ __all__ = ["CompletionScore", "LocalPosterior", "cluster_documents", "document_l
 # --------------------------------------------------------------------------
 # The likelihood, topic assignments summed out
 # --------------------------------------------------------------------------
-def document_log_likelihood(eta: Tensor, topic_word_logits: Tensor, word_ids: Tensor, counts: Tensor,
-                            slices: Tensor) -> Tensor:
+def document_log_likelihood(
+    eta: Tensor, topic_word_logits: Tensor, word_ids: Tensor, counts: Tensor, slices: Tensor
+) -> Tensor:
     r"""Log-likelihood of bag-of-words documents with each word's topic summed out.
 
     :math:`\sum_i c_{d,i} \log \sum_k \mathrm{softmax}(\eta_d)_k\, \mathrm{softmax}(\beta_{t(d),k})_{w_{d,i}}`.
@@ -59,7 +60,9 @@ class CompletionScore(NamedTuple):
         return math.exp(-float(self.log_prob.sum()) / float(self.num_tokens.sum()))
 
 
-def unigram_completion(train: SequenceBatch, held_out: SequenceBatch, num_words: int, pseudo_count: float = 0.5) -> CompletionScore:
+def unigram_completion(
+    train: SequenceBatch, held_out: SequenceBatch, num_words: int, pseudo_count: float = 0.5
+) -> CompletionScore:
     """The unigram baseline: every word drawn from the training corpus's word
     frequencies (``pseudo_count`` added to every word)."""
     totals = torch.full((num_words,), float(pseudo_count), dtype=torch.float64)
@@ -70,7 +73,7 @@ def unigram_completion(train: SequenceBatch, held_out: SequenceBatch, num_words:
 
 
 class LocalPosterior(NamedTuple):
-    """Documents' Gaussian posteriors over their topic logits :math:`\eta_d`.
+    r"""Documents' Gaussian posteriors over their topic logits :math:`\eta_d`.
 
     Attributes:
         loc: ``(N, K)`` means (the MAP of :math:`\eta_d` when converged).
@@ -104,15 +107,23 @@ def _split_batch(batch: SequenceBatch) -> tuple[Tensor, Tensor]:
 
 
 def _document_curvature(theta: Tensor, totals: Tensor, precision: float) -> Tensor:
-    """``(N, K, K)`` curvature :math:`n_d(\mathrm{diag}\,\theta_d - \theta_d\theta_d^\top) + \mathrm{precision}\, I`
+    """``(N, K, K)`` curvature :math:`n_d(\\mathrm{diag}\\,\theta_d - \theta_d\theta_d^\top) + \\mathrm{precision}\\, I`
     of :func:`_newton_document_modes`'s bound; ``theta`` ``(N, K)``, ``totals`` ``(N, 1)``."""
     eye = torch.eye(theta.shape[-1], dtype=theta.dtype)
     return totals[..., None] * (torch.diag_embed(theta) - theta[:, :, None] * theta[:, None, :]) + precision * eye
 
 
-def _newton_document_modes(eta: Tensor, document: Tensor, log_word_topic: Tensor, counts: Tensor, prior_loc: Tensor,
-                           precision: float, steps: int, tolerance: float) -> Tensor:
-    """``(N, K)`` modes of :math:`\log p(w_d \mid \eta_d) + \log N(\eta_d; \mathrm{prior\_loc}, I/\mathrm{precision})`
+def _newton_document_modes(
+    eta: Tensor,
+    document: Tensor,
+    log_word_topic: Tensor,
+    counts: Tensor,
+    prior_loc: Tensor,
+    precision: float,
+    steps: int,
+    tolerance: float,
+) -> Tensor:
+    r"""``(N, K)`` modes of :math:`\log p(w_d \mid \eta_d) + \log N(\eta_d; \mathrm{prior\_loc}, I/\mathrm{precision})`
     by Newton steps from ``eta`` on the bound that holds the responsibilities fixed.
 
     Args:
@@ -145,8 +156,9 @@ def _flat_words(word_ids: Tensor, counts: Tensor) -> tuple[Tensor, Tensor, Tenso
     return document, word_ids[document, position], counts[document, position].float()
 
 
-def _static_em(word_ids: Tensor, counts: Tensor, log_topics: Tensor, iterations: int, precision: float = 1.0,
-               newton_steps: int = 3) -> tuple[Tensor, float]:
+def _static_em(
+    word_ids: Tensor, counts: Tensor, log_topics: Tensor, iterations: int, precision: float = 1.0, newton_steps: int = 3
+) -> tuple[Tensor, float]:
     """EM for static logistic-normal LDA with point topics: ``(K, V)`` log topics refined for
     ``iterations`` (MAP ``eta_d`` by warm-started Newton steps on the responsibility bound, then
     topics proportional to the expected word-topic counts + 0.1). Returns the log topics and the
@@ -170,8 +182,15 @@ def _static_em(word_ids: Tensor, counts: Tensor, log_topics: Tensor, iterations:
     return log_topics, objective
 
 
-def cluster_documents(word_ids: Tensor, counts: Tensor, num_words: int, num_clusters: int, *,
-                      generator: torch.Generator | None = None, iterations: int = 10) -> Tensor:
+def cluster_documents(
+    word_ids: Tensor,
+    counts: Tensor,
+    num_words: int,
+    num_clusters: int,
+    *,
+    generator: torch.Generator | None = None,
+    iterations: int = 10,
+) -> Tensor:
     """Spherical k-means of bag-of-words documents on their unit-length tf-idf vectors, sparse.
 
     k-means++ seeding (each next centre drawn with probability proportional to the cosine distance

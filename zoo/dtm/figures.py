@@ -15,8 +15,13 @@ __all__ = ["drift_figure", "prevalence_figure", "top_words_text"]
 # --------------------------------------------------------------------------
 # Reports and figures (the command line's and the example's)
 # --------------------------------------------------------------------------
-def top_words_text(model: DynamicTopicModel, vocabulary: WordVocabulary, slice_labels: list[str],
-                   num_words: int = 8, relevance: float = 1.0) -> str:
+def top_words_text(
+    model: DynamicTopicModel,
+    vocabulary: WordVocabulary,
+    slice_labels: list[str],
+    num_words: int = 8,
+    relevance: float = 1.0,
+) -> str:
     """The top ``num_words`` words of every topic at every slice, one line per slice
     (ranked as :meth:`DynamicTopicModel.top_words` ranks them)."""
     top = model.top_words(vocabulary, num_words, relevance=relevance)
@@ -35,8 +40,9 @@ def _slice_positions(slice_labels: list[str]) -> tuple[list[float], bool]:
         return [float(s) for s in range(len(slice_labels))], False
 
 
-def prevalence_figure(model: DynamicTopicModel, vocabulary: WordVocabulary, slice_labels: list[str],
-                      prevalence: Tensor):
+def prevalence_figure(
+    model: DynamicTopicModel, vocabulary: WordVocabulary, slice_labels: list[str], prevalence: Tensor
+):
     """A matplotlib figure of each topic's mean proportion ``prevalence`` ``(S, K)`` over the slices,
     each topic labelled by its three most relevant words at the last slice."""
     from matplotlib.figure import Figure
@@ -57,8 +63,13 @@ def prevalence_figure(model: DynamicTopicModel, vocabulary: WordVocabulary, slic
     return fig
 
 
-def drift_figure(model: DynamicTopicModel, vocabulary: WordVocabulary, slice_labels: list[str],
-                 topics: tuple[int, ...] = (0, 1, 2), words_per_slice: int = 2):
+def drift_figure(
+    model: DynamicTopicModel,
+    vocabulary: WordVocabulary,
+    slice_labels: list[str],
+    topics: tuple[int, ...] = (0, 1, 2),
+    words_per_slice: int = 2,
+):
     """A matplotlib figure, one panel per topic in ``topics``: the probability over the slices of
     every word that is among the topic's ``words_per_slice`` most relevant (lambda = 0.6) at some slice."""
     from matplotlib.figure import Figure

@@ -59,9 +59,14 @@ class DiscreteKalmanFilter(PyroModule):
         torch.Size([5, 2])
     """
 
-    def __init__(self, emission_matrix: Tensor, transition_matrix: Tensor | None = None,
-                 transition_cov: Tensor | None = None, initial_cov: Tensor | None = None,
-                 learn: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        emission_matrix: Tensor,
+        transition_matrix: Tensor | None = None,
+        transition_cov: Tensor | None = None,
+        initial_cov: Tensor | None = None,
+        learn: tuple[str, ...] = (),
+    ) -> None:
         super().__init__()
         if emission_matrix.dim() != 2:
             raise ValueError(f"emission_matrix: expected (V, D), got {tuple(emission_matrix.shape)}")
@@ -114,8 +119,14 @@ class DiscreteKalmanFilter(PyroModule):
         pseudo_obs = linearization_points + (pseudo_cov @ gradient.unsqueeze(-1)).squeeze(-1)
         return pseudo_obs, pseudo_cov, observed
 
-    def smooth(self, counts: Tensor, *, num_iterations: int = 10, linearization_points: Tensor | None = None,
-               tolerance: float = 1e-6) -> LaplacePosterior:
+    def smooth(
+        self,
+        counts: Tensor,
+        *,
+        num_iterations: int = 10,
+        linearization_points: Tensor | None = None,
+        tolerance: float = 1e-6,
+    ) -> LaplacePosterior:
         """Laplace posterior of the states given ``(T, V)`` slice word counts.
 
         Linearises every slice at ``linearization_points`` (default: the prior mean 0), filters and
@@ -126,19 +137,29 @@ class DiscreteKalmanFilter(PyroModule):
         if counts.dim() != 2 or counts.shape[1] != self.emission_matrix.shape[0]:
             raise ValueError(f"counts: expected (T, {self.emission_matrix.shape[0]}), got {tuple(counts.shape)}")
         counts = counts.to(self.emission_matrix.dtype)
-        points = counts.new_zeros(counts.shape[0], self.state_dim) if linearization_points is None else linearization_points
+        points = (
+            counts.new_zeros(counts.shape[0], self.state_dim) if linearization_points is None else linearization_points
+        )
         for _ in range(max(1, num_iterations)):
             y, R, observed = self.gaussian_approximation(counts, points)
             filtered_mean, filtered_cov, smoothed_mean, smoothed_cov, log_normalizer = kalman_smoother_varying_noise(
-                self.transition_matrix, self.transition_cov, counts.new_zeros(self.state_dim), self.initial_cov,
-                y, R, observed)
+                self.transition_matrix,
+                self.transition_cov,
+                counts.new_zeros(self.state_dim),
+                self.initial_cov,
+                y,
+                R,
+                observed,
+            )
             moved = float((smoothed_mean - points).abs().max())
             points = smoothed_mean.detach()
             if moved < tolerance:
                 break
         return LaplacePosterior(filtered_mean, filtered_cov, smoothed_mean, smoothed_cov, y, R, log_normalizer)
 
-    def sample(self, num_slices: int, words_per_slice: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def sample(
+        self, num_slices: int, words_per_slice: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Draws ``(states (T, D), counts (T, V))`` from the model."""
         with torch.no_grad():
             D = self.state_dim
@@ -149,7 +170,11 @@ class DiscreteKalmanFilter(PyroModule):
                 if t > 0:
                     state = self.transition_matrix @ state + chol_q @ torch.randn(D, generator=generator)
                 states.append(state)
-                words = torch.multinomial(torch.softmax(self.emission_matrix @ state, -1), words_per_slice,
-                                          replacement=True, generator=generator)
+                words = torch.multinomial(
+                    torch.softmax(self.emission_matrix @ state, -1),
+                    words_per_slice,
+                    replacement=True,
+                    generator=generator,
+                )
                 counts.append(torch.bincount(words, minlength=self.emission_matrix.shape[0]))
             return torch.stack(states), torch.stack(counts).to(self.emission_matrix.dtype)

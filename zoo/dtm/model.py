@@ -91,17 +91,36 @@ class DynamicTopicModel(SequenceModel):
     likelihood_kind: ClassVar[str] = "ELBO"
     family: ClassVar[str] = "dtm"
 
-    def __init__(self, num_words: int, num_topics: int, num_slices: int, *, topic_drift: float = 0.2,
-                 proportion_drift: float = 0.2, document_scale: float = 1.0, topic_scale: float = 3.0,
-                 proportion_scale: float = 1.0, hidden_size: int = 100, local_steps: int = 20) -> None:
+    def __init__(
+        self,
+        num_words: int,
+        num_topics: int,
+        num_slices: int,
+        *,
+        topic_drift: float = 0.2,
+        proportion_drift: float = 0.2,
+        document_scale: float = 1.0,
+        topic_scale: float = 3.0,
+        proportion_scale: float = 1.0,
+        hidden_size: int = 100,
+        local_steps: int = 20,
+    ) -> None:
         super().__init__()
-        for name, value in (("num_words", num_words), ("num_topics", num_topics), ("num_slices", num_slices),
-                            ("hidden_size", hidden_size)):
+        for name, value in (
+            ("num_words", num_words),
+            ("num_topics", num_topics),
+            ("num_slices", num_slices),
+            ("hidden_size", hidden_size),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        for name, value in (("topic_drift", topic_drift), ("proportion_drift", proportion_drift),
-                            ("document_scale", document_scale), ("topic_scale", topic_scale),
-                            ("proportion_scale", proportion_scale)):
+        for name, value in (
+            ("topic_drift", topic_drift),
+            ("proportion_drift", proportion_drift),
+            ("document_scale", document_scale),
+            ("topic_scale", topic_scale),
+            ("proportion_scale", proportion_scale),
+        ):
             if not (isinstance(value, (int, float)) and value > 0):
                 raise ValueError(f"{name}: expected a positive number, got {value!r}")
         self.num_words, self.num_topics, self.num_slices = num_words, num_topics, num_slices
@@ -123,9 +142,16 @@ class DynamicTopicModel(SequenceModel):
         self.guide_alpha_coupling = nn.Parameter(torch.full((S, K), math.atanh(0.9)))
         self.guide_encoder = _Encoder(V, K, hidden_size)
 
-    def initialize_from_data(self, batch: SequenceBatch, generator: torch.Generator | None = None, *,
-                             restarts: int = 3, em_iterations: int = 20, kmeans_iterations: int = 10,
-                             max_documents: int = 3000) -> None:
+    def initialize_from_data(
+        self,
+        batch: SequenceBatch,
+        generator: torch.Generator | None = None,
+        *,
+        restarts: int = 3,
+        em_iterations: int = 20,
+        kmeans_iterations: int = 10,
+        max_documents: int = 3000,
+    ) -> None:
         """Starts every slice's topics at static topics found on at most ``max_documents`` random
         documents: ``restarts`` times, spherical k-means of the documents' tf-idf vectors
         (:func:`cluster_documents`) seeds topic ``k`` at its cluster's pooled word frequencies (half
@@ -143,8 +169,14 @@ class DynamicTopicModel(SequenceModel):
         ids, cnts = word_ids[chosen], counts[chosen]
         best, best_objective = None, -math.inf
         for _ in range(max(1, restarts)):
-            labels = cluster_documents(ids, cnts, self.num_words, min(self.num_topics, len(chosen)),
-                                       generator=generator, iterations=kmeans_iterations)
+            labels = cluster_documents(
+                ids,
+                cnts,
+                self.num_words,
+                min(self.num_topics, len(chosen)),
+                generator=generator,
+                iterations=kmeans_iterations,
+            )
             log_topics = background.log().expand(self.num_topics, -1).clone()
             for k in range(int(labels.max()) + 1):
                 members = labels == k
@@ -159,11 +191,18 @@ class DynamicTopicModel(SequenceModel):
 
     # -- configuration ----------------------------------------------------
     def config(self) -> dict[str, Any]:
-        return dict(num_words=self.num_words, num_topics=self.num_topics, num_slices=self.num_slices,
-                    topic_drift=self.topic_drift, proportion_drift=self.proportion_drift,
-                    document_scale=self.document_scale, topic_scale=self.topic_scale,
-                    proportion_scale=self.proportion_scale, hidden_size=self.hidden_size,
-                    local_steps=self.local_steps)
+        return dict(
+            num_words=self.num_words,
+            num_topics=self.num_topics,
+            num_slices=self.num_slices,
+            topic_drift=self.topic_drift,
+            proportion_drift=self.proportion_drift,
+            document_scale=self.document_scale,
+            topic_scale=self.topic_scale,
+            proportion_scale=self.proportion_scale,
+            hidden_size=self.hidden_size,
+            local_steps=self.local_steps,
+        )
 
     def fit_defaults(self, method: str):
         """SVI: the analytic-KL loss (:meth:`loss`), mini-batches of 512 documents, lr 0.05."""
@@ -182,8 +221,10 @@ class DynamicTopicModel(SequenceModel):
                 return torch.zeros(batch.num_sequences, dtype=torch.long, device=batch.device)
             raise ValueError("batch: expected the covariate 'slice' (N,) for a model with several slices")
         if slices.numel() and (int(slices.min()) < 0 or int(slices.max()) >= self.num_slices):
-            raise ValueError(f"batch slice covariate: expected values in [0, {self.num_slices - 1}], "
-                             f"got range [{int(slices.min())}, {int(slices.max())}]")
+            raise ValueError(
+                f"batch slice covariate: expected values in [0, {self.num_slices - 1}], "
+                f"got range [{int(slices.min())}, {int(slices.max())}]"
+            )
         return slices
 
     # -- distributions ----------------------------------------------------
@@ -197,7 +238,9 @@ class DynamicTopicModel(SequenceModel):
         return MarkovNormal(self.guide_beta_loc, self.guide_beta_log_scale.exp(), torch.tanh(self.guide_beta_coupling))
 
     def alpha_guide(self) -> MarkovNormal:
-        return MarkovNormal(self.guide_alpha_loc, self.guide_alpha_log_scale.exp(), torch.tanh(self.guide_alpha_coupling))
+        return MarkovNormal(
+            self.guide_alpha_loc, self.guide_alpha_log_scale.exp(), torch.tanh(self.guide_alpha_coupling)
+        )
 
     def topic_word_logits(self) -> Tensor:
         """``(S, K, V)`` posterior-mean word logits :math:`E_q[\\beta]`."""
@@ -228,8 +271,9 @@ class DynamicTopicModel(SequenceModel):
             with pyro.poutine.scale(scale=annealing_factor):
                 pyro.sample("eta", dist.Normal(loc + alpha[slices], scale).to_event(1))
 
-    def local_posteriors(self, batch: SequenceBatch, *, steps: int | None = None, tolerance: float = 1e-3,
-                         annealing_factor: float = 1.0) -> LocalPosterior:
+    def local_posteriors(
+        self, batch: SequenceBatch, *, steps: int | None = None, tolerance: float = 1e-3, annealing_factor: float = 1.0
+    ) -> LocalPosterior:
         r"""Each document's Gaussian posterior over :math:`\eta_d` given the current posterior-mean topics.
 
         The variational E-step of correlated/dynamic topic models (Blei & Lafferty): starting from the
@@ -264,11 +308,15 @@ class DynamicTopicModel(SequenceModel):
             log_word_topic = log_topic_word[slices[document], words]  # (nnz, K)
             totals = torch.zeros(len(slices)).index_add_(0, document, counts)[:, None]  # (N, 1)
             precision = max(annealing_factor, 1e-4) / self.document_scale**2  # > 0: P stays invertible
-            eta = _newton_document_modes(start, document, log_word_topic, counts, prior_loc, precision, steps, tolerance)
-            return LocalPosterior(eta, torch.linalg.inv(_document_curvature(torch.softmax(eta, -1), totals, precision)), start)
+            eta = _newton_document_modes(
+                start, document, log_word_topic, counts, prior_loc, precision, steps, tolerance
+            )
+            return LocalPosterior(
+                eta, torch.linalg.inv(_document_curvature(torch.softmax(eta, -1), totals, precision)), start
+            )
 
     def loss(self, batch: SequenceBatch, annealing_factor: float = 1.0, num_particles: int = 1) -> Tensor:
-        """Negative ELBO of ``batch`` scaled to the full corpus, with every KL in closed form.
+        r"""Negative ELBO of ``batch`` scaled to the full corpus, with every KL in closed form.
 
         Each document's :math:`q(\eta_d)` is its local posterior (:meth:`local_posteriors`: Newton
         steps from the encoder's mean to the optimum given the current topics, full K x K covariance),
@@ -292,7 +340,11 @@ class DynamicTopicModel(SequenceModel):
         eta_kl = _gaussian_kl_to_isotropic(local.loc, local.cov, alpha[:, slices], self.document_scale)  # (M, N)
         documents = (expected_log_lik - annealing_factor * eta_kl).mean(0).sum()
         scale_up = (batch.population or batch.num_sequences) / batch.num_sequences
-        elbo = scale_up * documents - markov_normal_kl(beta_q, self.beta_prior()) - markov_normal_kl(alpha_q, self.alpha_prior())
+        elbo = (
+            scale_up * documents
+            - markov_normal_kl(beta_q, self.beta_prior())
+            - markov_normal_kl(alpha_q, self.alpha_prior())
+        )
         # The encoder learns to predict the local posteriors (offsets from the slice means).
         loc, scale = self.guide_encoder(word_ids, counts)
         target = dist.Normal(local.loc - self.proportion_logits()[slices], local.cov.diagonal(dim1=-2, dim2=-1).sqrt())
@@ -302,10 +354,10 @@ class DynamicTopicModel(SequenceModel):
     # -- scoring ----------------------------------------------------------
     def log_prob_batch(self, batch: SequenceBatch, *, num_particles: int = 1) -> Tensor:
         """``(N,)`` per-document ELBO at the posterior-mean topics and slice means:
-        :math:`E_{q(\eta_d)}[\log p(w_d \mid \eta_d, \bar\beta)] - \mathrm{KL}(q(\eta_d) \| p(\eta_d \mid \bar\alpha))`
-        with :math:`q(\eta_d)` the document's local posterior (:meth:`local_posteriors`), a lower bound
-        on :math:`\log p(w_d \mid \bar\beta, \bar\alpha)`; Monte Carlo over ``num_particles`` draws of
-        :math:`\eta_d` (torch's global RNG)."""
+        :math:`E_{q(\\eta_d)}[\\log p(w_d \\mid \\eta_d, \bar\beta)] - \\mathrm{KL}(q(\\eta_d) \\| p(\\eta_d \\mid \bar\alpha))`
+        with :math:`q(\\eta_d)` the document's local posterior (:meth:`local_posteriors`), a lower bound
+        on :math:`\\log p(w_d \\mid \bar\beta, \bar\alpha)`; Monte Carlo over ``num_particles`` draws of
+        :math:`\\eta_d` (torch's global RNG)."""
         slices = self._slices(batch)
         word_ids, counts = _split_batch(batch)
         with torch.no_grad():
@@ -335,7 +387,9 @@ class DynamicTopicModel(SequenceModel):
         sizes = torch.bincount(slices, minlength=self.num_slices).unsqueeze(-1)
         return sums / sizes
 
-    def top_words(self, vocabulary: WordVocabulary, num_words: int = 10, relevance: float = 1.0) -> list[list[list[str]]]:
+    def top_words(
+        self, vocabulary: WordVocabulary, num_words: int = 10, relevance: float = 1.0
+    ) -> list[list[list[str]]]:
         r"""``[slice][topic]`` -> the topic's ``num_words`` top words at that slice.
 
         Ranked by the relevance of Sievert & Shirley (2014),
@@ -349,7 +403,9 @@ class DynamicTopicModel(SequenceModel):
         order = score.topk(num_words, -1).indices  # (S, K, n)
         return [[vocabulary.decode(order[s, k]) for k in range(self.num_topics)] for s in range(self.num_slices)]
 
-    def complete_documents(self, observed: SequenceBatch, held_out: SequenceBatch, *, steps: int = 100) -> CompletionScore:
+    def complete_documents(
+        self, observed: SequenceBatch, held_out: SequenceBatch, *, steps: int = 100
+    ) -> CompletionScore:
         r"""Document completion: infers each document's proportions from its observed half, scores the other.
 
         The proportions are the MAP :math:`\hat\eta_d = \arg\max_\eta \log p(w^{obs}_d \mid \eta, \bar\beta)
@@ -367,8 +423,15 @@ class DynamicTopicModel(SequenceModel):
         return CompletionScore(log_prob.double(), held_counts.sum(-1))
 
     # -- export -----------------------------------------------------------
-    def to_inference_data(self, batch: SequenceBatch | None = None, *, vocabulary: WordVocabulary | None = None,
-                          slice_labels: list[str] | None = None, num_draws: int = 10, seed: int = 0):
+    def to_inference_data(
+        self,
+        batch: SequenceBatch | None = None,
+        *,
+        vocabulary: WordVocabulary | None = None,
+        slice_labels: list[str] | None = None,
+        num_draws: int = 10,
+        seed: int = 0,
+    ):
         """ArviZ ``InferenceData`` of ``num_draws`` draws from the variational posterior.
 
         ``posterior``: ``beta`` (chain, draw, slice, topic, word) word logits and ``alpha``
@@ -394,25 +457,41 @@ class DynamicTopicModel(SequenceModel):
                 for m in range(num_draws):
                     eta = local.loc + (chol @ torch.randn(len(slices), self.num_topics, 1)).squeeze(-1)
                     bound = document_log_likelihood(eta, beta[m], word_ids, counts, slices)
-                    draws.append(bound - _gaussian_kl_to_isotropic(local.loc, local.cov, alpha[m, slices], self.document_scale))
+                    draws.append(
+                        bound - _gaussian_kl_to_isotropic(local.loc, local.cov, alpha[m, slices], self.document_scale)
+                    )
                 log_lik = torch.stack(draws)
-        coords = {"slice": slice_labels or list(range(S)), "topic": list(range(K)),
-                  "word": list(vocabulary.words) if vocabulary is not None else list(range(V))}
+        coords = {
+            "slice": slice_labels or list(range(S)),
+            "topic": list(range(K)),
+            "word": list(vocabulary.words) if vocabulary is not None else list(range(V)),
+        }
         dims = {"beta": ["slice", "topic", "word"], "alpha": ["slice", "topic"], "documents": ["document"]}
         return az.from_dict(
             posterior={"beta": beta.numpy()[None], "alpha": alpha.numpy()[None]},
             log_likelihood=None if log_lik is None else {"documents": log_lik.numpy()[None]},
-            coords=coords, dims=dims,
+            coords=coords,
+            dims=dims,
         )
 
     # -- sampling ---------------------------------------------------------
-    def sample_documents(self, topic_word_logits: Tensor, proportion_logits: Tensor, slices: Tensor, length: int,
-                         generator: torch.Generator | None = None) -> SequenceBatch:
+    def sample_documents(
+        self,
+        topic_word_logits: Tensor,
+        proportion_logits: Tensor,
+        slices: Tensor,
+        length: int,
+        generator: torch.Generator | None = None,
+    ) -> SequenceBatch:
         """Documents of ``length`` tokens each at given ``(S, K, V)`` topics and ``(S, K)`` slice means."""
-        eta = proportion_logits[slices] + self.document_scale * torch.randn(len(slices), self.num_topics, generator=generator)
+        eta = proportion_logits[slices] + self.document_scale * torch.randn(
+            len(slices), self.num_topics, generator=generator
+        )
         topics = torch.multinomial(torch.softmax(eta, -1), length, replacement=True, generator=generator)  # (N, length)
         word_probs = torch.softmax(topic_word_logits, -1)[slices[:, None], topics]  # (N, length, V)
-        words = torch.multinomial(word_probs.reshape(-1, self.num_words), 1, generator=generator).reshape(len(slices), length)
+        words = torch.multinomial(word_probs.reshape(-1, self.num_words), 1, generator=generator).reshape(
+            len(slices), length
+        )
         return bag_of_words_batch(words.tolist(), slices)
 
     def sample(self, num_sequences: int, length: int, generator: torch.Generator | None = None) -> SequenceBatch:

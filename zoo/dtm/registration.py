@@ -55,8 +55,9 @@ def _build_dtm(data, settings: dict[str, str]) -> DynamicTopicModel:
     num_words, num_slices = _corpus_sizes(data)
     options = _topic_options("dtm", settings)
     try:
-        return DynamicTopicModel(num_words, options.get("topics", 20), num_slices,
-                                 topic_drift=options.get("topic_drift", 0.2))
+        return DynamicTopicModel(
+            num_words, options.get("topics", 20), num_slices, topic_drift=options.get("topic_drift", 0.2)
+        )
     except ValueError as error:
         raise UsageError(f"dtm: {error}") from None
 
@@ -101,23 +102,43 @@ def _corpus_outputs(run, model: DynamicTopicModel, splits, data) -> None:
     observed, held_half = split_document_halves(held_batch, torch.Generator().manual_seed(0))
     completion = model.complete_documents(observed, held_half)
     unigram = unigram_completion(train, held_half, model.num_words)
-    run.write_json("completion.json", {
-        "protocol": "document completion: each held-out document's tokens split at random into halves; "
-                    "eta is the MAP given the first half under the fitted prior N(alpha_t, a^2 I) with the "
-                    "posterior-mean topics; the second half is scored; unigram = training frequencies + 0.5",
-        "part": "test" if splits.test is not None else "valid",
-        "documents": held_batch.num_sequences, "scored_tokens": int(completion.num_tokens.sum()),
-        "perplexity": {type(model).family: completion.perplexity, "unigram": unigram.perplexity},
-    })
+    run.write_json(
+        "completion.json",
+        {
+            "protocol": "document completion: each held-out document's tokens split at random into halves; "
+            "eta is the MAP given the first half under the fitted prior N(alpha_t, a^2 I) with the "
+            "posterior-mean topics; the second half is scored; unigram = training frequencies + 0.5",
+            "part": "test" if splits.test is not None else "valid",
+            "documents": held_batch.num_sequences,
+            "scored_tokens": int(completion.num_tokens.sum()),
+            "perplexity": {type(model).family: completion.perplexity, "unigram": unigram.perplexity},
+        },
+    )
 
 
-register(Family(
-    name="dtm", help="dynamic topic model (topics drift over time slices)",
-    add_arguments=_add_dtm_arguments, settings_from_args=_topic_settings, build=_build_dtm,
-    label=lambda s: f"dtm-topics{s.get('topics', 20)}", model_classes=(DynamicTopicModel,),
-    data_kinds=("corpus",), plots=_corpus_outputs))
-register(Family(
-    name="lda", help="static logistic-normal LDA (the DTM with one slice)",
-    add_arguments=_add_lda_arguments, settings_from_args=_topic_settings, build=_build_lda,
-    label=lambda s: f"lda-topics{s.get('topics', 20)}", model_classes=(StaticTopicModel,),
-    data_kinds=("corpus",), plots=_corpus_outputs))
+register(
+    Family(
+        name="dtm",
+        help="dynamic topic model (topics drift over time slices)",
+        add_arguments=_add_dtm_arguments,
+        settings_from_args=_topic_settings,
+        build=_build_dtm,
+        label=lambda s: f"dtm-topics{s.get('topics', 20)}",
+        model_classes=(DynamicTopicModel,),
+        data_kinds=("corpus",),
+        plots=_corpus_outputs,
+    )
+)
+register(
+    Family(
+        name="lda",
+        help="static logistic-normal LDA (the DTM with one slice)",
+        add_arguments=_add_lda_arguments,
+        settings_from_args=_topic_settings,
+        build=_build_lda,
+        label=lambda s: f"lda-topics{s.get('topics', 20)}",
+        model_classes=(StaticTopicModel,),
+        data_kinds=("corpus",),
+        plots=_corpus_outputs,
+    )
+)

@@ -45,15 +45,17 @@ The package reads in six parts:
 
 import torch  # noqa: F401  (the docstring examples, run by doctest in this namespace, use it)
 
-from .base import Forecast, HiddenMarkovModel, _VectorEmissionHMM
+# Private helpers that tests import from zoo.hmm (and old pickles name, for _BartlettWishart).
+from .base import (
+    Forecast,
+    HiddenMarkovModel,
+    _dirichlet_mode,  # noqa: F401
+    _VectorEmissionHMM,
+)
 from .categorical import CategoricalHMM
-from .gaussian import GaussianHMM
+from .gaussian import GaussianHMM, _BartlettWishart, _kmeans_plus_plus  # noqa: F401
 from .memory import hmm_fit_memory
 from .poisson import PoissonHMM
-
-# Private helpers that tests import from zoo.hmm (and old pickles name, for _BartlettWishart).
-from .base import _dirichlet_mode  # noqa: F401
-from .gaussian import _BartlettWishart, _kmeans_plus_plus  # noqa: F401
 
 # The public classes' home is this package (doctest, pickles, reprs and the class a run
 # directory's model.json names say zoo.hmm, as they did before the split).

@@ -10,7 +10,8 @@ emissions live in :mod:`zoo.hmm.categorical`, :mod:`zoo.hmm.gaussian` and
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import pyro
 import pyro.distributions as dist
@@ -23,9 +24,19 @@ from inference import discrete
 from inference.batch import SequenceBatch, sequence_plate
 from inference.contract import SequenceModel
 from inference.validation import check_lengths
-from zoo.params import (PointParameters, dirichlet_factor, dirichlet_factor_values, lognormal_factor,
-                        lognormal_factor_values, normal_factor, normal_factor_values, point_property,
-                        wishart_factor, wishart_factor_values, write_parameters)
+from zoo.params import (
+    PointParameters,
+    dirichlet_factor,
+    dirichlet_factor_values,
+    lognormal_factor,
+    lognormal_factor_values,
+    normal_factor,
+    normal_factor_values,
+    point_property,
+    wishart_factor,
+    wishart_factor_values,
+    write_parameters,
+)
 
 _GUIDES = ("map", "meanfield")
 #: At most this many observed steps are kept for k-means++ seeding of Gaussian means.
@@ -49,7 +60,9 @@ class Forecast(NamedTuple):
 
 def _random_simplex(shape: tuple[int, ...], generator: torch.Generator | None, dtype, device) -> Tensor:
     """Rows drawn from a flat Dirichlet (normalised exponentials), reproducible by ``generator``."""
-    uniform = torch.rand(shape, generator=generator, dtype=dtype, device=generator.device if generator is not None else "cpu")
+    uniform = torch.rand(
+        shape, generator=generator, dtype=dtype, device=generator.device if generator is not None else "cpu"
+    )
     weights = -torch.log1p(-uniform.clamp(max=1 - 1e-7)).to(device)
     return weights / weights.sum(-1, keepdim=True)
 
@@ -89,8 +102,15 @@ class HiddenMarkovModel(PointParameters, SequenceModel):
     supports_em = True
     _placement_tensor = "initial_logits"
 
-    def __init__(self, num_states: int, *, guide: str = "map", marginalize: str = "kernel",
-                 initial_concentration: float = 1.0, transition_concentration: float = 1.0) -> None:
+    def __init__(
+        self,
+        num_states: int,
+        *,
+        guide: str = "map",
+        marginalize: str = "kernel",
+        initial_concentration: float = 1.0,
+        transition_concentration: float = 1.0,
+    ) -> None:
         super().__init__()
         if not isinstance(num_states, int) or num_states < 1:
             raise ValueError(f"num_states: expected a positive int, got {num_states!r}")
@@ -98,7 +118,10 @@ class HiddenMarkovModel(PointParameters, SequenceModel):
             raise ValueError(f"guide: expected one of {_GUIDES}, got {guide!r}")
         if marginalize not in _MARGINALIZE:
             raise ValueError(f"marginalize: expected one of {_MARGINALIZE}, got {marginalize!r}")
-        for name, value in (("initial_concentration", initial_concentration), ("transition_concentration", transition_concentration)):
+        for name, value in (
+            ("initial_concentration", initial_concentration),
+            ("transition_concentration", transition_concentration),
+        ):
             if value <= 0:
                 raise ValueError(f"{name}: expected a positive float, got {value!r}")
         self.num_states = num_states
@@ -107,8 +130,12 @@ class HiddenMarkovModel(PointParameters, SequenceModel):
         self.initial_concentration = float(initial_concentration)
         self.transition_concentration = float(transition_concentration)
         generator = torch.Generator().manual_seed(0)
-        self.initial_logits = nn.Parameter(_random_simplex((num_states,), generator, torch.get_default_dtype(), "cpu").log())
-        self.transition_logits = nn.Parameter(_random_simplex((num_states, num_states), generator, torch.get_default_dtype(), "cpu").log())
+        self.initial_logits = nn.Parameter(
+            _random_simplex((num_states,), generator, torch.get_default_dtype(), "cpu").log()
+        )
+        self.transition_logits = nn.Parameter(
+            _random_simplex((num_states, num_states), generator, torch.get_default_dtype(), "cpu").log()
+        )
 
     # -- parameters -------------------------------------------------------
     @property
@@ -170,8 +197,10 @@ class HiddenMarkovModel(PointParameters, SequenceModel):
         with torch.no_grad():
             for name, value in values.items():
                 if name not in priors:
-                    raise KeyError(f"values: {name!r} is not a parameter site of {type(self).__name__}; "
-                                   f"expected some of {list(priors)}")
+                    raise KeyError(
+                        f"values: {name!r} is not a parameter site of {type(self).__name__}; "
+                        f"expected some of {list(priors)}"
+                    )
                 value = torch.as_tensor(value, dtype=self._dtype, device=self._device)
                 expected = priors[name].shape()
                 if value.shape != expected:
@@ -249,7 +278,9 @@ class HiddenMarkovModel(PointParameters, SequenceModel):
             elif kind == "wishart":
                 values.update(wishart_factor_values(name, value))
             else:
-                raise ValueError(f"guide='meanfield' does not support the {name!r} site of {type(self).__name__}; use guide='map'")
+                raise ValueError(
+                    f"guide='meanfield' does not support the {name!r} site of {type(self).__name__}; use guide='map'"
+                )
         write_parameters(self, values, create)
 
     def guide(self, batch: SequenceBatch) -> None:
@@ -268,8 +299,12 @@ class HiddenMarkovModel(PointParameters, SequenceModel):
         if self.marginalize == "kernel":
             log_emission = self._emission_log_prob(values, params)
             with sequence_plate(batch):
-                pyro.factor("observations", discrete.log_marginal(
-                    params["initial"].log(), params["transition"].log(), log_emission, batch.lengths))
+                pyro.factor(
+                    "observations",
+                    discrete.log_marginal(
+                        params["initial"].log(), params["transition"].log(), log_emission, batch.lengths
+                    ),
+                )
         else:
             self._enumerated_likelihood(values, batch, params)
 
@@ -334,7 +369,9 @@ class HiddenMarkovModel(PointParameters, SequenceModel):
         return self._observation_forecast(state_probs)
 
     # -- sampling ----------------------------------------------------------
-    def sample_with_states(self, num_sequences: int, length: int, generator: torch.Generator | None = None) -> tuple[SequenceBatch, Tensor]:
+    def sample_with_states(
+        self, num_sequences: int, length: int, generator: torch.Generator | None = None
+    ) -> tuple[SequenceBatch, Tensor]:
         """Synthetic sequences and their states ``(N, T)`` from the point parameters."""
         if num_sequences < 1 or length < 1:
             raise ValueError(f"num_sequences and length: expected positive ints, got {num_sequences}, {length}")
@@ -352,7 +389,9 @@ class HiddenMarkovModel(PointParameters, SequenceModel):
     # -- EM ------------------------------------------------------------------
     def _check_em(self, caller: str) -> None:
         if self.guide_type != "map":
-            raise ValueError(f"{caller}: EM fits point estimates; build the model with guide='map' (or fit meanfield by SVI)")
+            raise ValueError(
+                f"{caller}: EM fits point estimates; build the model with guide='map' (or fit meanfield by SVI)"
+            )
 
     def e_step(self, batch: SequenceBatch) -> dict[str, Tensor]:
         """Baum–Welch E-step: forward–backward at the point parameters, and the expected
@@ -372,14 +411,18 @@ class HiddenMarkovModel(PointParameters, SequenceModel):
             # compute in float64 anyway, and a float32 objective of a long sequence is too
             # coarse for the convergence rule to see slow progress on a plateau.
             log_emission = self._emission_log_prob(values, point).double()
-            posterior = discrete.forward_backward(point["initial"].log().double(), point["transition"].log().double(),
-                                                  log_emission, batch.lengths)
+            posterior = discrete.forward_backward(
+                point["initial"].log().double(), point["transition"].log().double(), log_emission, batch.lengths
+            )
             state_marginals = posterior.state_marginals  # (N, T, K), zeros on padding
-            statistics = {"log_likelihood": posterior.log_normalizer.sum(),
-                          "initial_counts": state_marginals[:, 0].sum(0),
-                          "transition_counts": posterior.transition_counts.sum(0)}
-            statistics.update(self._emission_statistics(values.double() if values.is_floating_point() else values,
-                                                        state_marginals))
+            statistics = {
+                "log_likelihood": posterior.log_normalizer.sum(),
+                "initial_counts": state_marginals[:, 0].sum(0),
+                "transition_counts": posterior.transition_counts.sum(0),
+            }
+            statistics.update(
+                self._emission_statistics(values.double() if values.is_floating_point() else values, state_marginals)
+            )
         return statistics
 
     def m_step(self, statistics: Mapping[str, Tensor]) -> None:
@@ -390,9 +433,11 @@ class HiddenMarkovModel(PointParameters, SequenceModel):
         with torch.no_grad():
             point = self._point()
             self.initial_logits.data.copy_(
-                _dirichlet_mode(statistics["initial_counts"], self.initial_concentration).log().to(self._dtype))
+                _dirichlet_mode(statistics["initial_counts"], self.initial_concentration).log().to(self._dtype)
+            )
             self.transition_logits.data.copy_(
-                _dirichlet_mode(statistics["transition_counts"], self.transition_concentration).log().to(self._dtype))
+                _dirichlet_mode(statistics["transition_counts"], self.transition_concentration).log().to(self._dtype)
+            )
             self._emission_m_step(statistics, point)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -417,9 +462,13 @@ class HiddenMarkovModel(PointParameters, SequenceModel):
         return [self.initial_logits, self.transition_logits]
 
     def config(self) -> dict[str, Any]:
-        return {"num_states": self.num_states, "guide": self.guide_type, "marginalize": self.marginalize,
-                "initial_concentration": self.initial_concentration,
-                "transition_concentration": self.transition_concentration}
+        return {
+            "num_states": self.num_states,
+            "guide": self.guide_type,
+            "marginalize": self.marginalize,
+            "initial_concentration": self.initial_concentration,
+            "transition_concentration": self.transition_concentration,
+        }
 
     def _set_chain(self, initial, transition) -> None:
         k = self.num_states
@@ -469,8 +518,10 @@ class _VectorEmissionHMM(HiddenMarkovModel):
     def _check_observations(self, x, name: str) -> Tensor:
         values = torch.as_tensor(x, device=self._device)
         if values.dim() != 3 or values.shape[-1] != self.dim or not values.is_floating_point():
-            raise ValueError(f"{name}: expected float observations of shape (N, T, {self.dim}) (NaN = missing), "
-                             f"got {values.dtype} of shape {tuple(values.shape)}")
+            raise ValueError(
+                f"{name}: expected float observations of shape (N, T, {self.dim}) (NaN = missing), "
+                f"got {values.dtype} of shape {tuple(values.shape)}"
+            )
         return values.to(self._dtype)
 
     def initialize_from_data(self, batch: SequenceBatch, generator: torch.Generator | None = None) -> None:

@@ -5,7 +5,8 @@ probabilities)."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import pyro.distributions as dist
 import torch
@@ -42,12 +43,14 @@ class CategoricalHMM(HiddenMarkovModel):
         self.num_symbols = num_symbols
         self.emission_concentration = float(emission_concentration)
         generator = torch.Generator().manual_seed(1)
-        self.emission_logits = nn.Parameter(_random_simplex((num_states, num_symbols), generator, torch.get_default_dtype(), "cpu").log())
+        self.emission_logits = nn.Parameter(
+            _random_simplex((num_states, num_symbols), generator, torch.get_default_dtype(), "cpu").log()
+        )
         if self.guide_type == "meanfield":
             self._ensure_variational_parameters()
 
     @classmethod
-    def from_probs(cls, initial, transition, emission, **kwargs) -> "CategoricalHMM":
+    def from_probs(cls, initial, transition, emission, **kwargs) -> CategoricalHMM:
         """An HMM with the given ``initial (K,)``, ``transition (K, K)`` and ``emission (K, V)`` probabilities."""
         emission = torch.as_tensor(emission)
         if emission.dim() != 2:
@@ -65,7 +68,11 @@ class CategoricalHMM(HiddenMarkovModel):
     emission_probs = point_property("emission", "``(K, V)`` emission probabilities.")
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "num_symbols": self.num_symbols, "emission_concentration": self.emission_concentration}
+        return {
+            **super().config(),
+            "num_symbols": self.num_symbols,
+            "emission_concentration": self.emission_concentration,
+        }
 
     def _num_emission_parameters(self) -> int:
         return self.num_states * (self.num_symbols - 1)
@@ -93,11 +100,15 @@ class CategoricalHMM(HiddenMarkovModel):
     def _check_observations(self, x, name: str) -> Tensor:
         codes = torch.as_tensor(x, device=self._device)
         if codes.dim() != 2 or codes.is_floating_point() or codes.dtype == torch.bool:
-            raise ValueError(f"{name}: expected int64 symbol codes in [0, {self.num_symbols}) of shape (N, T), "
-                             f"got {codes.dtype} of shape {tuple(codes.shape)}")
+            raise ValueError(
+                f"{name}: expected int64 symbol codes in [0, {self.num_symbols}) of shape (N, T), "
+                f"got {codes.dtype} of shape {tuple(codes.shape)}"
+            )
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.num_symbols):
-            raise ValueError(f"{name}: expected symbol codes in [0, {self.num_symbols}), "
-                             f"got values in [{int(codes.min())}, {int(codes.max())}]")
+            raise ValueError(
+                f"{name}: expected symbol codes in [0, {self.num_symbols}), "
+                f"got values in [{int(codes.min())}, {int(codes.max())}]"
+            )
         return codes.long()
 
     def _emission_log_prob(self, codes: Tensor, params: dict[str, Tensor]) -> Tensor:
@@ -118,7 +129,9 @@ class CategoricalHMM(HiddenMarkovModel):
             log_initial, log_transition, log_emission = (logits.log_softmax(-1) for logits in self._simplex_logits())
         else:
             point = self._point()
-            log_initial, log_transition, log_emission = (point[name].log() for name in ("initial", "transition", "emission"))
+            log_initial, log_transition, log_emission = (
+                point[name].log() for name in ("initial", "transition", "emission")
+            )
         return discrete.log_marginal_categorical(log_initial, log_transition, log_emission, codes, lengths)
 
     def _emission_statistics(self, codes: Tensor, state_marginals: Tensor) -> dict[str, Tensor]:
@@ -133,7 +146,9 @@ class CategoricalHMM(HiddenMarkovModel):
         self.emission_logits.data.copy_(emission.log().to(self._dtype))
 
     def _reset_emission(self, generator) -> None:
-        self.emission_logits.data.copy_(_random_simplex((self.num_states, self.num_symbols), generator, self._dtype, self._device).log())
+        self.emission_logits.data.copy_(
+            _random_simplex((self.num_states, self.num_symbols), generator, self._dtype, self._device).log()
+        )
 
     def _sample_emission(self, states: Tensor, point, generator) -> Tensor:
         probs = point["emission"][states.reshape(-1)]
@@ -142,7 +157,8 @@ class CategoricalHMM(HiddenMarkovModel):
     def _observation_forecast(self, state_probs: Tensor) -> Forecast:
         return Forecast(state_probs, probs=state_probs @ self.emission_probs)
 
-    def forecast_distribution(self, history: SequenceBatch, steps: int, *, num_samples: int = 500,
-                              generator: torch.Generator | None = None) -> ForecastDistribution:
+    def forecast_distribution(
+        self, history: SequenceBatch, steps: int, *, num_samples: int = 500, generator: torch.Generator | None = None
+    ) -> ForecastDistribution:
         """The exact symbol probabilities of each forecast step (nothing is sampled)."""
         return ForecastDistribution("categorical", probs=self.forecast(history.values, steps, history.lengths).probs)

@@ -6,7 +6,8 @@ the means from the data."""
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import pyro.distributions as dist
 import torch
@@ -33,8 +34,17 @@ class GaussianHMM(_VectorEmissionHMM):
         torch.Size([1, 3, 2])
     """
 
-    def __init__(self, num_states: int, dim: int, *, covariance_type: str = "diag", mean_prior_scale: float = 10.0,
-                 precision_shape: float = 1.0, precision_rate: float = 1e-3, **kwargs) -> None:
+    def __init__(
+        self,
+        num_states: int,
+        dim: int,
+        *,
+        covariance_type: str = "diag",
+        mean_prior_scale: float = 10.0,
+        precision_shape: float = 1.0,
+        precision_rate: float = 1e-3,
+        **kwargs,
+    ) -> None:
         if covariance_type not in ("diag", "full"):
             raise ValueError(f"covariance_type: expected 'diag' or 'full', got {covariance_type!r}")
         super().__init__(num_states, dim, **kwargs)
@@ -42,7 +52,9 @@ class GaussianHMM(_VectorEmissionHMM):
         self.mean_prior_scale = float(mean_prior_scale)  # in units of the data's standard deviation
         self.precision_shape = float(precision_shape)
         self.precision_rate = float(precision_rate)  # in units of the data's variance
-        self.emission_loc = nn.Parameter(torch.linspace(-1, 1, num_states).unsqueeze(-1).expand(num_states, dim).clone())
+        self.emission_loc = nn.Parameter(
+            torch.linspace(-1, 1, num_states).unsqueeze(-1).expand(num_states, dim).clone()
+        )
         if covariance_type == "diag":
             self.log_scales = nn.Parameter(torch.zeros(num_states, dim))
         else:
@@ -51,7 +63,7 @@ class GaussianHMM(_VectorEmissionHMM):
             self._ensure_variational_parameters()
 
     @classmethod
-    def from_params(cls, initial, transition, means, covariances, **kwargs) -> "GaussianHMM":
+    def from_params(cls, initial, transition, means, covariances, **kwargs) -> GaussianHMM:
         """An HMM with ``means (K, D)`` and ``covariances`` ``(K, D)`` (diagonal) or ``(K, D, D)`` (full)."""
         means = torch.as_tensor(means)
         covariances = torch.as_tensor(covariances, dtype=means.dtype)
@@ -63,7 +75,9 @@ class GaussianHMM(_VectorEmissionHMM):
         elif covariances.shape == (k, d, d):
             covariance_type = "full"
         else:
-            raise ValueError(f"covariances: expected shape ({k}, {d}) (diagonal) or ({k}, {d}, {d}) (full), got {tuple(covariances.shape)}")
+            raise ValueError(
+                f"covariances: expected shape ({k}, {d}) (diagonal) or ({k}, {d}, {d}) (full), got {tuple(covariances.shape)}"
+            )
         model = cls(k, d, covariance_type=covariance_type, **kwargs).to(means.dtype)
         model._set_chain(initial, transition)
         with torch.no_grad():
@@ -86,8 +100,13 @@ class GaussianHMM(_VectorEmissionHMM):
         return 1 / precisions if self.covariance_type == "diag" else torch.linalg.inv(precisions)
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "covariance_type": self.covariance_type, "mean_prior_scale": self.mean_prior_scale,
-                "precision_shape": self.precision_shape, "precision_rate": self.precision_rate}
+        return {
+            **super().config(),
+            "covariance_type": self.covariance_type,
+            "mean_prior_scale": self.mean_prior_scale,
+            "precision_shape": self.precision_shape,
+            "precision_rate": self.precision_rate,
+        }
 
     def _num_emission_parameters(self) -> int:
         k, d = self.num_states, self.dim
@@ -105,7 +124,9 @@ class GaussianHMM(_VectorEmissionHMM):
             # Wishart on each precision matrix; df = D + 2 * shape - 1 matches the diagonal
             # case's Gamma(shape, rate) marginals on the diagonal of a 1x1 precision.
             df = torch.full((k,), d - 1 + 2 * self.precision_shape, dtype=self._dtype, device=self._device)
-            scale_matrix = torch.diag_embed(1 / (2 * self.precision_rate * self.data_var.to(self._dtype))).expand(k, d, d)
+            scale_matrix = torch.diag_embed(1 / (2 * self.precision_rate * self.data_var.to(self._dtype))).expand(
+                k, d, d
+            )
             priors["precisions"] = dist.Wishart(df, covariance_matrix=scale_matrix).to_event(1)
         return priors
 
@@ -145,7 +166,9 @@ class GaussianHMM(_VectorEmissionHMM):
         o = observed.to(values.dtype)
         if self.covariance_type == "diag":
             # -0.5 * sum_d o_d [ (x_d - mu_kd)^2 lambda_kd - log lambda_kd + log 2 pi ], by matmuls: (N, T, D) @ (D, K)
-            quadratic = (o * x * x) @ precisions.T - 2 * (x * o) @ (means * precisions).T + o @ (means**2 * precisions).T
+            quadratic = (
+                (o * x * x) @ precisions.T - 2 * (x * o) @ (means * precisions).T + o @ (means**2 * precisions).T
+            )
             normalizer = o @ (precisions.log() - math.log(2 * math.pi)).T
             return -0.5 * (quadratic - normalizer)
         return _full_gaussian_log_prob(x, observed, means, precisions)
@@ -163,16 +186,24 @@ class GaussianHMM(_VectorEmissionHMM):
         xf = x.reshape(-1, d)
         if self.covariance_type == "diag":
             o = observed.reshape(-1, d).to(values.dtype)
-            return {"observed_weights": weights.T @ o, "weighted_sums": weights.T @ xf,
-                    "weighted_squares": weights.T @ (xf * xf)}
+            return {
+                "observed_weights": weights.T @ o,
+                "weighted_sums": weights.T @ xf,
+                "weighted_squares": weights.T @ (xf * xf),
+            }
         complete = observed.reshape(-1, d).all(-1)
         partial = observed.reshape(-1, d).any(-1) & ~complete
         if partial.any():
-            raise ValueError("e_step: GaussianHMM with covariance_type='full' needs each row fully observed or fully "
-                             "missing for EM; fit it with method='svi' or use covariance_type='diag'")
+            raise ValueError(
+                "e_step: GaussianHMM with covariance_type='full' needs each row fully observed or fully "
+                "missing for EM; fit it with method='svi' or use covariance_type='diag'"
+            )
         weights = weights * complete.unsqueeze(-1).to(values.dtype)
-        return {"observed_weights": weights.sum(0), "weighted_sums": weights.T @ xf,
-                "weighted_outer_products": torch.einsum("nk,nd,ne->kde", weights, xf, xf)}
+        return {
+            "observed_weights": weights.sum(0),
+            "weighted_sums": weights.T @ xf,
+            "weighted_outer_products": torch.einsum("nk,nd,ne->kde", weights, xf, xf),
+        }
 
     def _emission_m_step(self, statistics: Mapping[str, Tensor], point) -> None:
         d = self.dim
@@ -196,8 +227,12 @@ class GaussianHMM(_VectorEmissionHMM):
         system = count[:, None, None] * precision + prior_precision.diag_embed()
         rhs = (precision @ first.unsqueeze(-1)).squeeze(-1) + prior_precision * prior_mean
         means = torch.linalg.solve(system, rhs)
-        scatter = second - means.unsqueeze(-1) * first.unsqueeze(-2) - first.unsqueeze(-1) * means.unsqueeze(-2) \
+        scatter = (
+            second
+            - means.unsqueeze(-1) * first.unsqueeze(-2)
+            - first.unsqueeze(-1) * means.unsqueeze(-2)
             + count[:, None, None] * means.unsqueeze(-1) * means.unsqueeze(-2)
+        )
         # Wishart(df, W) prior on the precision: the posterior mode's inverse.
         prior_scatter = torch.diag_embed(2 * self.precision_rate * self.data_var.to(dtype))
         df = d - 1 + 2 * self.precision_shape
@@ -227,8 +262,13 @@ class GaussianHMM(_VectorEmissionHMM):
             self.scale_tril_unconstrained.data.copy_(unconstrain_tril(torch.diag_embed(sd.expand(k, d))))
 
     def _sample_emission(self, states: Tensor, point, generator) -> Tensor:
-        noise = torch.randn(*states.shape, self.dim, generator=generator, dtype=self._dtype,
-                            device=generator.device if generator is not None else self._device).to(self._device)
+        noise = torch.randn(
+            *states.shape,
+            self.dim,
+            generator=generator,
+            dtype=self._dtype,
+            device=generator.device if generator is not None else self._device,
+        ).to(self._device)
         if self.covariance_type == "diag":
             return point["means"][states] + noise * point["precisions"][states].rsqrt()
         tril = torch.linalg.cholesky(torch.linalg.inv(point["precisions"]))
@@ -237,21 +277,27 @@ class GaussianHMM(_VectorEmissionHMM):
     def _observation_forecast(self, state_probs: Tensor) -> Forecast:
         point = self._point()
         means = point["means"]
-        covariances = torch.diag_embed(1 / point["precisions"]) if self.covariance_type == "diag" else torch.linalg.inv(point["precisions"])
+        covariances = (
+            torch.diag_embed(1 / point["precisions"])
+            if self.covariance_type == "diag"
+            else torch.linalg.inv(point["precisions"])
+        )
         mean = state_probs @ means
         second = torch.einsum("nsk,kde->nsde", state_probs, covariances + means.unsqueeze(-1) * means.unsqueeze(-2))
         return Forecast(state_probs, mean=mean, covariance=second - mean.unsqueeze(-1) * mean.unsqueeze(-2))
 
-    def forecast_distribution(self, history: SequenceBatch, steps: int, *, num_samples: int = 500,
-                              generator: torch.Generator | None = None) -> ForecastDistribution:
+    def forecast_distribution(
+        self, history: SequenceBatch, steps: int, *, num_samples: int = 500, generator: torch.Generator | None = None
+    ) -> ForecastDistribution:
         """The exact per-step marginals: a mixture over the forecast state probabilities of the
         states' Gaussians (each entry's marginal; nothing is sampled)."""
         state_probs = self.forecast(history.values, steps, history.lengths).state_probs  # (N, H, K)
         means = self.means.detach()  # (K, D)
         scales = self.covariances.detach().diagonal(dim1=-2, dim2=-1).sqrt()  # (K, D)
         shape = tuple(state_probs.shape[:2]) + tuple(means.shape)
-        return ForecastDistribution("mixture", weights=state_probs, means=means.expand(shape),
-                                    scales=scales.expand(shape))
+        return ForecastDistribution(
+            "mixture", weights=state_probs, means=means.expand(shape), scales=scales.expand(shape)
+        )
 
 
 def _kmeans_plus_plus(points: Tensor, num_centres: int, generator: torch.Generator | None) -> Tensor:

@@ -61,8 +61,11 @@ def hmm_fit_memory(
     t = check_count("batch_steps", batch_steps, 0)
     if (num_symbols is None) == (emission_parameters_per_state is None):
         raise ValueError("hmm_fit_memory: give exactly one of num_symbols and emission_parameters_per_state")
-    per_state = check_count("num_symbols" if num_symbols is not None else "emission_parameters_per_state",
-                            num_symbols if num_symbols is not None else emission_parameters_per_state, 1)
+    per_state = check_count(
+        "num_symbols" if num_symbols is not None else "emission_parameters_per_state",
+        num_symbols if num_symbols is not None else emission_parameters_per_state,
+        1,
+    )
     if method not in ("em", "svi"):
         raise ValueError(f"method: expected 'em' or 'svi', got {method!r}")
     # Parameters, their probabilities, and (SVI) a gradient and two Adam moments, in parameter_bytes;
@@ -71,10 +74,14 @@ def hmm_fit_memory(
     chain = k + k * k
     parts = {
         "transition (K²)": chain * copies * parameter_bytes + (k * k) * 8 * (6 + n) + k * 8,
-        "emission (K·V)" if num_symbols is not None else "emission (K·P)": k * per_state * (copies * parameter_bytes + 2 * 8),
+        "emission (K·V)" if num_symbols is not None else "emission (K·P)": k
+        * per_state
+        * (copies * parameter_bytes + 2 * 8),
         "messages (N·T·K per batch)": n * t * k * 8 * (5 if method == "em" else 10),
     }
     if parallel_scan:
         parts["parallel scan (N·T·K²)"] = 4 * n * t * k * k * parameter_bytes
     emission = f"{num_symbols:,} symbols" if num_symbols is not None else f"{per_state} emission parameters per state"
-    return MemoryEstimate(parts, f"an HMM with {k:,} states and {emission} on a batch of {n:,} x {t:,} steps ({method.upper()})")
+    return MemoryEstimate(
+        parts, f"an HMM with {k:,} states and {emission} on a batch of {n:,} x {t:,} steps ({method.upper()})"
+    )

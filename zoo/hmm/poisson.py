@@ -3,7 +3,8 @@ Gamma priors on the rates (NaN = missing), with Monte Carlo forecast distributio
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import pyro.distributions as dist
 import torch
@@ -28,7 +29,9 @@ class PoissonHMM(_VectorEmissionHMM):
         [[0, 1, 1]]
     """
 
-    def __init__(self, num_states: int, dim: int, *, rate_shape: float = 1.0, rate_rate: float = 1e-3, **kwargs) -> None:
+    def __init__(
+        self, num_states: int, dim: int, *, rate_shape: float = 1.0, rate_rate: float = 1e-3, **kwargs
+    ) -> None:
         super().__init__(num_states, dim, **kwargs)
         self.rate_shape = float(rate_shape)
         self.rate_rate = float(rate_rate)
@@ -37,7 +40,7 @@ class PoissonHMM(_VectorEmissionHMM):
             self._ensure_variational_parameters()
 
     @classmethod
-    def from_params(cls, initial, transition, rates, **kwargs) -> "PoissonHMM":
+    def from_params(cls, initial, transition, rates, **kwargs) -> PoissonHMM:
         """An HMM with Poisson ``rates (K, D)``."""
         rates = torch.as_tensor(rates)
         if rates.dim() != 2 or (rates <= 0).any():
@@ -60,8 +63,10 @@ class PoissonHMM(_VectorEmissionHMM):
     def _check_observations(self, x, name: str) -> Tensor:
         values = torch.as_tensor(x, device=self._device)
         if values.dim() != 3 or values.shape[-1] != self.dim or values.dtype == torch.bool or values.is_complex():
-            raise ValueError(f"{name}: expected nonnegative counts of shape (N, T, {self.dim}), float (NaN = missing) "
-                             f"or integer, got {values.dtype} of shape {tuple(values.shape)}")
+            raise ValueError(
+                f"{name}: expected nonnegative counts of shape (N, T, {self.dim}), float (NaN = missing) "
+                f"or integer, got {values.dtype} of shape {tuple(values.shape)}"
+            )
         values = values.to(self._dtype)  # integer counts become floats; NaN marks a missing count
         observed = values[~values.isnan()]
         if observed.numel() and ((observed < 0).any() or (observed != observed.round()).any()):
@@ -108,7 +113,9 @@ class PoissonHMM(_VectorEmissionHMM):
 
     def _reset_emission(self, generator) -> None:
         k, d = self.num_states, self.dim
-        u = torch.rand(k, d, generator=generator, dtype=self._dtype, device=generator.device if generator is not None else "cpu")
+        u = torch.rand(
+            k, d, generator=generator, dtype=self._dtype, device=generator.device if generator is not None else "cpu"
+        )
         mean = self.data_mean.to(self._dtype).clamp(min=1e-3)
         self.log_rates.data.copy_((mean * (0.5 + u.to(self._device))).log())
 
@@ -122,13 +129,16 @@ class PoissonHMM(_VectorEmissionHMM):
         covariance = torch.diag_embed(second - mean**2)
         return Forecast(state_probs, mean=mean, covariance=covariance)
 
-    def forecast_distribution(self, history: SequenceBatch, steps: int, *, num_samples: int = 500,
-                              generator: torch.Generator | None = None) -> ForecastDistribution:
+    def forecast_distribution(
+        self, history: SequenceBatch, steps: int, *, num_samples: int = 500, generator: torch.Generator | None = None
+    ) -> ForecastDistribution:
         """``num_samples`` draws of each step's mixture of Poissons (the marginals the forecast
         scores need; the steps of one path are drawn independently)."""
         state_probs = self.forecast(history.values, steps, history.lengths).state_probs  # (N, H, K)
-        states = torch.multinomial(state_probs.reshape(-1, state_probs.shape[-1]), num_samples, replacement=True,
-                                   generator=generator)  # (N*H, S)
+        states = torch.multinomial(
+            state_probs.reshape(-1, state_probs.shape[-1]), num_samples, replacement=True, generator=generator
+        )  # (N*H, S)
         rates = self.rates.detach()[states.T.reshape(num_samples, *state_probs.shape[:2])]  # (S, N, H, D)
-        return ForecastDistribution("samples", samples=torch.poisson(rates, generator=generator),
-                                    source=f"monte carlo (S={num_samples})")
+        return ForecastDistribution(
+            "samples", samples=torch.poisson(rates, generator=generator), source=f"monte carlo (S={num_samples})"
+        )

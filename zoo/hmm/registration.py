@@ -33,8 +33,12 @@ def _add_cli_arguments(group) -> None:
 
 
 def _cli_settings(args) -> dict[str, str]:
-    settings = {"states": str(args.states), "covariance": args.covariance, "guide": args.guide,
-                "marginalize": args.marginalize}
+    settings = {
+        "states": str(args.states),
+        "covariance": args.covariance,
+        "guide": args.guide,
+        "marginalize": args.marginalize,
+    }
     if args.emission:
         settings["emission"] = args.emission
     return settings
@@ -54,7 +58,9 @@ def _states_setting(settings: dict[str, str]) -> int:
 def _emission_setting(data, settings: dict[str, str]) -> str:
     emission = settings.get("emission") or _EMISSION_FOR_KIND.get(data.kind)
     if emission is None:
-        raise UsageError(f"--emission: data of kind {data.kind!r} needs an explicit emission (categorical, gaussian or poisson)")
+        raise UsageError(
+            f"--emission: data of kind {data.kind!r} needs an explicit emission (categorical, gaussian or poisson)"
+        )
     return emission
 
 
@@ -69,9 +75,14 @@ def _fit_memory(data, settings: dict[str, str], method: str):
         d = data.dim
         per_state = d + d * d if settings.get("covariance") == "full" and emission == "gaussian" else 2 * d
         sizes = {"emission_parameters_per_state": per_state}
-    return hmm_fit_memory(states, **sizes, batch_sequences=max(1, batch.num_sequences),
-                          batch_steps=int(batch.values.shape[1]), method=method if method in ("em", "svi") else "em",
-                          parameter_bytes=batch.values.element_size() if batch.values.is_floating_point() else 4)
+    return hmm_fit_memory(
+        states,
+        **sizes,
+        batch_sequences=max(1, batch.num_sequences),
+        batch_steps=int(batch.values.shape[1]),
+        method=method if method in ("em", "svi") else "em",
+        parameter_bytes=batch.values.element_size() if batch.values.is_floating_point() else 4,
+    )
 
 
 def _build_from_settings(data, settings: dict[str, str]) -> HiddenMarkovModel:
@@ -124,21 +135,27 @@ def _plot_state_posterior(run, model: HiddenMarkovModel, splits, data, steps: in
     labels = list(data.vocabulary.decode(batch.values[0, :length].tolist())) if data.vocabulary else None
     # One series cut in time: the validation part starts where the training part ends, so number its steps so.
     first_step = int(splits.train.batch.lengths[0]) if part is splits.valid and data.num_sequences == 1 else 0
-    title = f"p(state | data), steps {first_step}–{first_step + length - 1}" + (" (validation part)" if part is splits.valid else "")
-    run.save_figure("posterior_states.png", plots.state_probabilities(marginals, labels, title=title, first_step=first_step))
+    title = f"p(state | data), steps {first_step}–{first_step + length - 1}" + (
+        " (validation part)" if part is splits.valid else ""
+    )
+    run.save_figure(
+        "posterior_states.png", plots.state_probabilities(marginals, labels, title=title, first_step=first_step)
+    )
 
 
-register(Family(
-    name="hmm",
-    help="hidden Markov model (discrete states)",
-    add_arguments=_add_cli_arguments,
-    settings_from_args=_cli_settings,
-    build=_build_from_settings,
-    label=lambda settings: f"hmm-states{settings.get('states', 8)}",
-    model_classes=(CategoricalHMM, GaussianHMM, PoissonHMM),
-    data_kinds=("categorical", "real", "count"),
-    plots=_plot_state_posterior,
-    per_step_log_probs=_one_step_log_probs,
-    decode=lambda model, batch: Decoding(model.decode(batch.values, batch.lengths), model.num_states),
-    memory_estimate=_fit_memory,
-))
+register(
+    Family(
+        name="hmm",
+        help="hidden Markov model (discrete states)",
+        add_arguments=_add_cli_arguments,
+        settings_from_args=_cli_settings,
+        build=_build_from_settings,
+        label=lambda settings: f"hmm-states{settings.get('states', 8)}",
+        model_classes=(CategoricalHMM, GaussianHMM, PoissonHMM),
+        data_kinds=("categorical", "real", "count"),
+        plots=_plot_state_posterior,
+        per_step_log_probs=_one_step_log_probs,
+        decode=lambda model, batch: Decoding(model.decode(batch.values, batch.lengths), model.num_states),
+        memory_estimate=_fit_memory,
+    )
+)

@@ -67,7 +67,7 @@ Example:
 
 import torch  # noqa: F401  (the docstring examples, run by doctest in this namespace, use it)
 
-from .distributions import _InverseWishart, _VectorToPositiveDefinite, positive_definite_matrix
+from .distributions import _InverseWishart, _VectorToPositiveDefinite, positive_definite_matrix  # noqa: F401 (tests)
 from .model import Imputation, LinearGaussianSSM
 from .parameters import PARAMETER_NAMES
 
@@ -80,29 +80,54 @@ __all__ = ["Imputation", "LinearGaussianSSM", "PARAMETER_NAMES", "positive_defin
 # -- command-line registration ------------------------------------------------
 # What `seqzoo` needs to offer this family (see zoo/registry.py and docs/families.md).
 import numpy as np  # noqa: E402  (this block stands on its own imports)
-import torch  # noqa: E402
 
 from zoo.registry import Family, UsageError, register  # noqa: E402
 
 #: Choices of each setting (the first is the default), as the flags and a compare spec give them.
-_CLI_CHOICES = {"transition": ("learned", "identity"), "observation": ("learned", "identity"),
-                "covariance": ("diag", "full"), "initial": ("diffuse", "prior"), "prior": ("weak", "none"),
-                "guide": ("map", "meanfield"), "latent": ("marginal", "sampled")}
+_CLI_CHOICES = {
+    "transition": ("learned", "identity"),
+    "observation": ("learned", "identity"),
+    "covariance": ("diag", "full"),
+    "initial": ("diffuse", "prior"),
+    "prior": ("weak", "none"),
+    "guide": ("map", "meanfield"),
+    "latent": ("marginal", "sampled"),
+}
 
 
 def _add_cli_arguments(group) -> None:
     group.add_argument("--state-dim", type=int, required=True, metavar="D", help="dimension d of the latent state")
-    group.add_argument("--transition", choices=["learned", "identity"], default="learned",
-                       help="state transition matrix A: learned, or fixed to I (random walk)")
-    group.add_argument("--observation", choices=["learned", "identity"], default="learned",
-                       help="observation matrix B: learned, or fixed to I (needs --state-dim = number of series)")
-    group.add_argument("--covariance", choices=["diag", "full"], default="diag", help="form of the noise covariances Γ and Σ")
-    group.add_argument("--initial", choices=["diffuse", "prior"], default="diffuse",
-                       help="initial state: exact diffuse initialisation, or a learned Gaussian prior")
-    group.add_argument("--prior", choices=["weak", "none"], default="weak", help="weak priors on the parameters (MAP), or none (MLE)")
+    group.add_argument(
+        "--transition",
+        choices=["learned", "identity"],
+        default="learned",
+        help="state transition matrix A: learned, or fixed to I (random walk)",
+    )
+    group.add_argument(
+        "--observation",
+        choices=["learned", "identity"],
+        default="learned",
+        help="observation matrix B: learned, or fixed to I (needs --state-dim = number of series)",
+    )
+    group.add_argument(
+        "--covariance", choices=["diag", "full"], default="diag", help="form of the noise covariances Γ and Σ"
+    )
+    group.add_argument(
+        "--initial",
+        choices=["diffuse", "prior"],
+        default="diffuse",
+        help="initial state: exact diffuse initialisation, or a learned Gaussian prior",
+    )
+    group.add_argument(
+        "--prior", choices=["weak", "none"], default="weak", help="weak priors on the parameters (MAP), or none (MLE)"
+    )
     group.add_argument("--guide", choices=["map", "meanfield"], default="map")
-    group.add_argument("--latent", choices=["marginal", "sampled"], default="marginal",
-                       help="svi: states integrated out by the Kalman filter, or sampled with a structured guide")
+    group.add_argument(
+        "--latent",
+        choices=["marginal", "sampled"],
+        default="marginal",
+        help="svi: states integrated out by the Kalman filter, or sampled with a structured guide",
+    )
 
 
 def _cli_settings(args) -> dict[str, str]:
@@ -117,7 +142,9 @@ def _build_from_settings(data, settings: dict[str, str]) -> LinearGaussianSSM:
     covariances Γ and Σ.
     """
     if data.kind == "categorical":
-        raise UsageError(f"fit lgssm: needs real-valued data, but {data.source} holds categorical data (use --kind real for a numeric CSV)")
+        raise UsageError(
+            f"fit lgssm: needs real-valued data, but {data.source} holds categorical data (use --kind real for a numeric CSV)"
+        )
     try:
         state_dim = int(settings.get("state_dim", 1))
     except ValueError:
@@ -137,11 +164,21 @@ def _build_from_settings(data, settings: dict[str, str]) -> LinearGaussianSSM:
         fixed["transition_matrix"] = torch.eye(state_dim, dtype=dtype)
     if chosen["observation"] == "identity":
         if state_dim != obs_dim:
-            raise UsageError(f"--observation identity: needs --state-dim equal to the number of series ({obs_dim}), got {state_dim}")
+            raise UsageError(
+                f"--observation identity: needs --state-dim equal to the number of series ({obs_dim}), got {state_dim}"
+            )
         fixed["observation_matrix"] = torch.eye(obs_dim, dtype=dtype)
-    model = LinearGaussianSSM(state_dim, obs_dim, transition_cov_type=chosen["covariance"],
-                              observation_cov_type=chosen["covariance"], initial=chosen["initial"],
-                              prior=chosen["prior"], guide=chosen["guide"], latent=chosen["latent"], fixed=fixed or None)
+    model = LinearGaussianSSM(
+        state_dim,
+        obs_dim,
+        transition_cov_type=chosen["covariance"],
+        observation_cov_type=chosen["covariance"],
+        initial=chosen["initial"],
+        prior=chosen["prior"],
+        guide=chosen["guide"],
+        latent=chosen["latent"],
+        fixed=fixed or None,
+    )
     return model.to(dtype=dtype)
 
 
@@ -170,8 +207,9 @@ def _times(axis, start: int, stop: int, end: int) -> tuple[np.ndarray, np.ndarra
     return extended[start:stop], extended[stop:end], axis.label
 
 
-def _plot_states_and_forecast(run, model: LinearGaussianSSM, splits, data,
-                              max_history: int = 1000, max_horizon: int = 200) -> None:
+def _plot_states_and_forecast(
+    run, model: LinearGaussianSSM, splits, data, max_history: int = 1000, max_horizon: int = 200
+) -> None:
     """``smoothed_states.png`` (smoothed and filtered states, smoothed signal, 90% bands) on
     the end of the training series, and ``forecast.png`` from there over the held-out steps.
 
@@ -205,35 +243,54 @@ def _plot_states_and_forecast(run, model: LinearGaussianSSM, splits, data,
         signal_mean = (smoothed.smoothed_mean[0] @ matrix.T).cpu().numpy()
         signal_var = torch.diagonal(matrix @ smoothed.smoothed_cov[0] @ matrix.T, dim1=-2, dim2=-1)
         state_var = torch.diagonal(smoothed.smoothed_cov[0], dim1=-2, dim2=-1)
-        identity_observation = matrix.shape[0] == matrix.shape[1] and torch.allclose(matrix, torch.eye(len(matrix), dtype=matrix.dtype, device=device))
+        identity_observation = matrix.shape[0] == matrix.shape[1] and torch.allclose(
+            matrix, torch.eye(len(matrix), dtype=matrix.dtype, device=device)
+        )
     observed = history[0].cpu().numpy()
     figure = plots.state_bands(
-        time, smoothed.smoothed_mean[0].cpu().numpy(), state_var.clamp_min(0).sqrt().cpu().numpy(),
+        time,
+        smoothed.smoothed_mean[0].cpu().numpy(),
+        state_var.clamp_min(0).sqrt().cpu().numpy(),
         filtered_mean=filtered.filtered_mean[0].cpu().numpy(),
         signal_mean=None if identity_observation else signal_mean,
         signal_std=None if identity_observation else signal_var.clamp_min(0).sqrt().cpu().numpy(),
-        observed=observed, series_names=names, title=f"{model.family}: smoothed states, 90% bands ({data.source})",
-        time_label=time_label, units=units)
+        observed=observed,
+        series_names=names,
+        title=f"{model.family}: smoothed states, 90% bands ({data.source})",
+        time_label=time_label,
+        units=units,
+    )
     run.save_figure("smoothed_states.png", figure)
     with torch.no_grad():
         prediction = model.forecast(history, steps)
     mean = prediction.observation_mean[0].cpu().numpy()
     std = torch.diagonal(prediction.observation_cov[0], dim1=-2, dim2=-1).clamp_min(0).sqrt().cpu().numpy()
-    actual = series[history_length: history_length + steps].cpu().numpy() if horizon > 0 else None
-    figure = plots.forecast_bands(time, observed, future_time, mean, std,
-                                  actual=actual, series_names=names, time_label=time_label, units=units,
-                                  title=f"{model.family}: {steps}-step forecast with 90% bands ({data.source})")
+    actual = series[history_length : history_length + steps].cpu().numpy() if horizon > 0 else None
+    figure = plots.forecast_bands(
+        time,
+        observed,
+        future_time,
+        mean,
+        std,
+        actual=actual,
+        series_names=names,
+        time_label=time_label,
+        units=units,
+        title=f"{model.family}: {steps}-step forecast with 90% bands ({data.source})",
+    )
     run.save_figure("forecast.png", figure)
 
 
-register(Family(
-    name="lgssm",
-    help="linear-Gaussian state-space model (Kalman filter)",
-    add_arguments=_add_cli_arguments,
-    settings_from_args=_cli_settings,
-    build=_build_from_settings,
-    label=lambda settings: f"lgssm-d{settings.get('state_dim', 1)}",
-    model_classes=(LinearGaussianSSM,),
-    data_kinds=("real", "count"),
-    plots=_plot_states_and_forecast,
-))
+register(
+    Family(
+        name="lgssm",
+        help="linear-Gaussian state-space model (Kalman filter)",
+        add_arguments=_add_cli_arguments,
+        settings_from_args=_cli_settings,
+        build=_build_from_settings,
+        label=lambda settings: f"lgssm-d{settings.get('state_dim', 1)}",
+        model_classes=(LinearGaussianSSM,),
+        data_kinds=("real", "count"),
+        plots=_plot_states_and_forecast,
+    )
+)

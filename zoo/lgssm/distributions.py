@@ -24,8 +24,14 @@ from inference import kalman
 from inference.validation import valid_mask
 from zoo.params import InverseWishart, VectorToPositiveDefinite, positive_definite_matrix, symmetrise
 
-__all__ = ["GaussianChain", "InverseWishart", "SmoothingPosterior", "VectorToPositiveDefinite", "observation_log_density",
-           "positive_definite_matrix"]
+__all__ = [
+    "GaussianChain",
+    "InverseWishart",
+    "SmoothingPosterior",
+    "VectorToPositiveDefinite",
+    "observation_log_density",
+    "positive_definite_matrix",
+]
 
 _LOG_2PI = math.log(2 * math.pi)
 #: Former private names, kept importable from :mod:`zoo.lgssm`.
@@ -113,7 +119,10 @@ class SmoothingPosterior(TorchDistribution):
         state = torch.zeros(shape[:-2] + shape[-1:], dtype=dtype, device=device)
         states = []
         for t in range(num_steps - 1, -1, -1):
-            cond_mean = self.filtered_mean[:, t] + (self.gain[:, t] @ (state - self.predicted_mean_next[:, t])[..., None])[..., 0]
+            cond_mean = (
+                self.filtered_mean[:, t]
+                + (self.gain[:, t] @ (state - self.predicted_mean_next[:, t])[..., None])[..., 0]
+            )
             state = cond_mean + (self.cond_tril[:, t] @ noise[..., t, :, None])[..., 0]
             state = state * self.valid[:, t, None].to(state.dtype)
             states.append(state)
@@ -129,8 +138,9 @@ class SmoothingPosterior(TorchDistribution):
         return (log_density * self.valid.to(states.dtype)).sum(-1)
 
 
-def observation_log_density(values: Tensor, lengths: Tensor, states: Tensor, observation_matrix: Tensor,
-                             observation_cov: Tensor) -> Tensor:
+def observation_log_density(
+    values: Tensor, lengths: Tensor, states: Tensor, observation_matrix: Tensor, observation_cov: Tensor
+) -> Tensor:
     """``(..., N)`` :math:`\\sum_t \\log N(x_t; B s_t, \\Sigma)` over the observed entries of real steps."""
     num_steps, obs_dim = values.shape[-2:]
     observed = ~values.isnan() & valid_mask(lengths, num_steps)[..., None]

@@ -32,7 +32,7 @@ Statistics (float64, ``E`` the smoothing expectation, sums over sequences ``n`` 
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
@@ -65,8 +65,9 @@ class LinearGaussianEM:
 
     def _check_em(self, caller: str) -> None:
         if self.guide_type != "map":
-            raise ValueError(f"{caller}: EM fits point estimates; build the model with guide='map' "
-                             "(or fit meanfield by SVI)")
+            raise ValueError(
+                f"{caller}: EM fits point estimates; build the model with guide='map' (or fit meanfield by SVI)"
+            )
 
     def _learned_names(self) -> set[str]:
         return {spec.name for spec in self._specs.values() if spec.learned}
@@ -95,19 +96,25 @@ class LinearGaussianEM:
             statistics = {"log_likelihood": smoothed.log_normalizer.sum()}
             if learned & {"transition_matrix", "transition_cov"}:
                 later = valid[:, 1:].double()[..., None, None]
-                statistics.update({
-                    "transition_count": (lengths - 1).clamp(min=0).sum().double(),
-                    "previous_state_outer": (second[:, :-1] * later).sum((0, 1)),
-                    "current_state_outer": second[:, 1:].sum((0, 1)),
-                    "lag_state_outer": (lag_one[:, 1:] + mean[:, 1:, :, None] * mean[:, :-1, None, :]).sum((0, 1)),
-                })
+                statistics.update(
+                    {
+                        "transition_count": (lengths - 1).clamp(min=0).sum().double(),
+                        "previous_state_outer": (second[:, :-1] * later).sum((0, 1)),
+                        "current_state_outer": second[:, 1:].sum((0, 1)),
+                        "lag_state_outer": (lag_one[:, 1:] + mean[:, 1:, :, None] * mean[:, :-1, None, :]).sum((0, 1)),
+                    }
+                )
             if learned & {"observation_matrix", "observation_cov"}:
                 statistics.update(self._observation_statistics(params, values, valid, mean, second))
             if learned & {"initial_mean", "initial_cov"}:
                 nonempty = lengths > 0
-                statistics.update({"initial_count": nonempty.sum().double(),
-                                   "initial_state_sum": mean[nonempty, 0].sum(0),
-                                   "initial_state_outer": second[nonempty, 0].sum(0)})
+                statistics.update(
+                    {
+                        "initial_count": nonempty.sum().double(),
+                        "initial_state_sum": mean[nonempty, 0].sum(0),
+                        "initial_state_outer": second[nonempty, 0].sum(0),
+                    }
+                )
         return statistics
 
     def _observation_statistics(self, params, values, valid, mean, second) -> dict[str, Tensor]:
@@ -116,19 +123,25 @@ class LinearGaussianEM:
         filled = torch.where(observed, values, torch.zeros((), dtype=values.dtype, device=values.device))
         if self._diagonal_observation_update(params["observation_cov"]):
             # Rows of B and entries of a diagonal Sigma separate: each uses the steps where it is observed.
-            return {"observed_count": o.sum((0, 1)),
-                    "observed_state_outer": torch.einsum("ntj,ntde->jde", o, second),
-                    "observation_state_cross": torch.einsum("ntj,ntd->jd", filled, mean),
-                    "observation_squares": filled.square().sum((0, 1))}
+            return {
+                "observed_count": o.sum((0, 1)),
+                "observed_state_outer": torch.einsum("ntj,ntde->jde", o, second),
+                "observation_state_cross": torch.einsum("ntj,ntd->jd", filled, mean),
+                "observation_squares": filled.square().sum((0, 1)),
+            }
         complete = observed.all(-1)
         if (observed.any(-1) & ~complete).any():
-            raise ValueError("e_step: a full observation covariance needs each step fully observed or fully "
-                             "missing for EM; fit it with method='svi' or use observation_cov_type='diag'")
+            raise ValueError(
+                "e_step: a full observation covariance needs each step fully observed or fully "
+                "missing for EM; fit it with method='svi' or use observation_cov_type='diag'"
+            )
         w = complete.double()
-        return {"observed_count": w.sum(),
-                "observed_state_outer": torch.einsum("nt,ntde->de", w, second),
-                "observation_state_cross": torch.einsum("nt,ntj,ntd->jd", w, filled, mean),
-                "observation_outer": torch.einsum("nt,ntj,ntk->jk", w, filled, filled)}
+        return {
+            "observed_count": w.sum(),
+            "observed_state_outer": torch.einsum("nt,ntde->de", w, second),
+            "observation_state_cross": torch.einsum("nt,ntj,ntd->jd", w, filled, mean),
+            "observation_outer": torch.einsum("nt,ntj,ntk->jk", w, filled, filled),
+        }
 
     # -- M-step ----------------------------------------------------------------------------
     def m_step(self, statistics: Mapping[str, Tensor]) -> None:
@@ -161,7 +174,8 @@ class LinearGaussianEM:
             if "transition_cov" in learned and num_transitions > 0:
                 scatter = s11 - transition @ s10.T - s10 @ transition.T + transition @ s00 @ transition.T
                 new["transition_cov"] = self._covariance_update(
-                    "transition_cov", symmetrise(scatter), num_transitions, priors)
+                    "transition_cov", symmetrise(scatter), num_transitions, priors
+                )
 
         if learned & {"observation_matrix", "observation_cov"}:
             new.update(self._observation_update(params, statistics, learned, priors, state_var))
@@ -180,8 +194,12 @@ class LinearGaussianEM:
                 new["initial_mean"] = initial_mean
             if "initial_cov" in learned and count > 0:
                 # sum_n E[(s_1 - mu)(s_1 - mu)^T]
-                scatter = (outer - initial_mean[:, None] * total[None, :] - total[:, None] * initial_mean[None, :]
-                           + count * initial_mean[:, None] * initial_mean[None, :])
+                scatter = (
+                    outer
+                    - initial_mean[:, None] * total[None, :]
+                    - total[:, None] * initial_mean[None, :]
+                    + count * initial_mean[:, None] * initial_mean[None, :]
+                )
                 new["initial_cov"] = self._covariance_update("initial_cov", symmetrise(scatter), count, priors)
         return new
 
@@ -221,8 +239,11 @@ class LinearGaussianEM:
                 new["observation_matrix"] = obs_matrix
             if "observation_cov" in learned:
                 squares = statistics["observation_squares"]
-                scatter = squares - 2 * (obs_matrix * cross).sum(-1) + torch.einsum("jd,jde,je->j", obs_matrix, gram,
-                                                                                    obs_matrix)
+                scatter = (
+                    squares
+                    - 2 * (obs_matrix * cross).sum(-1)
+                    + torch.einsum("jd,jde,je->j", obs_matrix, gram, obs_matrix)
+                )
                 site = self._specs["observation_cov"].site
                 if site in priors:
                     prior = priors[site].base_dist

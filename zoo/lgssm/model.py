@@ -6,7 +6,8 @@ described in :mod:`zoo.lgssm`."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, NamedTuple
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 
 import pyro
 import pyro.distributions as dist
@@ -18,9 +19,21 @@ from inference.batch import SequenceBatch, sequence_plate
 from inference.contract import SequenceModel
 from inference.forecasting import ForecastDistribution
 from inference.validation import check_lengths, valid_mask
-from zoo.params import (Constraint, PointParameters, constrain_tril, inverse_wishart_factor,
-                        inverse_wishart_factor_values, lognormal_factor, lognormal_factor_values, normal_factor,
-                        normal_factor_values, point_property, symmetrise, unconstrain_tril, write_parameters)
+from zoo.params import (
+    Constraint,
+    PointParameters,
+    constrain_tril,
+    inverse_wishart_factor,
+    inverse_wishart_factor_values,
+    lognormal_factor,
+    lognormal_factor_values,
+    normal_factor,
+    normal_factor_values,
+    point_property,
+    symmetrise,
+    unconstrain_tril,
+    write_parameters,
+)
 
 from .distributions import GaussianChain, SmoothingPosterior, observation_log_density
 from .em import LinearGaussianEM
@@ -94,24 +107,40 @@ class LinearGaussianSSM(LinearGaussianEM, PointParameters, SequenceModel):
     exact_likelihood = True
     _placement_tensor = "data_mean"
 
-    def __init__(self, state_dim: int, obs_dim: int, *, transition_cov_type: str = "full",
-                 observation_cov_type: str = "full", initial: str = "prior", prior: str = "weak",
-                 guide: str = "map", latent: str = "marginal", states_guide: str = "exact",
-                 fixed: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        state_dim: int,
+        obs_dim: int,
+        *,
+        transition_cov_type: str = "full",
+        observation_cov_type: str = "full",
+        initial: str = "prior",
+        prior: str = "weak",
+        guide: str = "map",
+        latent: str = "marginal",
+        states_guide: str = "exact",
+        fixed: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         for name, value in (("state_dim", state_dim), ("obs_dim", obs_dim)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
-        for name, value, allowed in (("transition_cov_type", transition_cov_type, _COV_TYPES),
-                                     ("observation_cov_type", observation_cov_type, _COV_TYPES),
-                                     ("initial", initial, _INITIALS), ("prior", prior, _PRIORS),
-                                     ("guide", guide, _GUIDES), ("latent", latent, _LATENTS),
-                                     ("states_guide", states_guide, _STATES_GUIDES)):
+        for name, value, allowed in (
+            ("transition_cov_type", transition_cov_type, _COV_TYPES),
+            ("observation_cov_type", observation_cov_type, _COV_TYPES),
+            ("initial", initial, _INITIALS),
+            ("prior", prior, _PRIORS),
+            ("guide", guide, _GUIDES),
+            ("latent", latent, _LATENTS),
+            ("states_guide", states_guide, _STATES_GUIDES),
+        ):
             if value not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
         if latent == "sampled" and initial == "diffuse":
-            raise ValueError("latent='sampled' needs a proper prior on the first state; use initial='prior' "
-                             "(the diffuse prior is improper, so the states cannot be sample sites)")
+            raise ValueError(
+                "latent='sampled' needs a proper prior on the first state; use initial='prior' "
+                "(the diffuse prior is improper, so the states cannot be sample sites)"
+            )
         self.state_dim, self.obs_dim = state_dim, obs_dim
         self.transition_cov_type, self.observation_cov_type = transition_cov_type, observation_cov_type
         self.initial, self.prior_type, self.guide_type, self.latent = initial, prior, guide, latent
@@ -124,9 +153,15 @@ class LinearGaussianSSM(LinearGaussianEM, PointParameters, SequenceModel):
                 raise ValueError(f"fixed: unknown parameter {name!r}; expected names among {PARAMETER_NAMES}")
         self.fixed_names = tuple(name for name in PARAMETER_NAMES if name in fixed)
         #: The declared parameters (:mod:`zoo.lgssm.parameters`), by name.
-        self._specs = parameter_specs(d, p, transition_cov_type=transition_cov_type,
-                                      observation_cov_type=observation_cov_type, initial=initial, prior=prior,
-                                      fixed_names=self.fixed_names)
+        self._specs = parameter_specs(
+            d,
+            p,
+            transition_cov_type=transition_cov_type,
+            observation_cov_type=observation_cov_type,
+            initial=initial,
+            prior=prior,
+            fixed_names=self.fixed_names,
+        )
         for name in self.fixed_names:
             value = torch.as_tensor(fixed[name])
             value = value.to(value.dtype if value.is_floating_point() else dtype)
@@ -134,9 +169,14 @@ class LinearGaussianSSM(LinearGaussianEM, PointParameters, SequenceModel):
             self._specs[name].register(self, value)
         # Storage of every other matrix, at a neutral start: parameters when learned, buffers
         # when held (the diffuse prior's mean and covariance, which only seed ``sample``).
-        defaults = {"transition_matrix": 0.9 * torch.eye(d), "observation_matrix": torch.eye(p, d),
-                    "initial_mean": torch.zeros(d), "initial_cov": torch.eye(d), "transition_cov": torch.eye(d),
-                    "observation_cov": torch.eye(p)}
+        defaults = {
+            "transition_matrix": 0.9 * torch.eye(d),
+            "observation_matrix": torch.eye(p, d),
+            "initial_mean": torch.zeros(d),
+            "initial_cov": torch.eye(d),
+            "transition_cov": torch.eye(d),
+            "observation_cov": torch.eye(p),
+        }
         for name, value in defaults.items():
             if name not in self.fixed_names:
                 self._specs[name].register(self, value)
@@ -151,8 +191,18 @@ class LinearGaussianSSM(LinearGaussianEM, PointParameters, SequenceModel):
 
     # -- constructors --------------------------------------------------------------
     @classmethod
-    def from_params(cls, transition_matrix, observation_matrix, transition_cov, observation_cov, initial_mean,
-                    initial_cov, *, learn: Iterable[str] = PARAMETER_NAMES, **kwargs) -> "LinearGaussianSSM":
+    def from_params(
+        cls,
+        transition_matrix,
+        observation_matrix,
+        transition_cov,
+        observation_cov,
+        initial_mean,
+        initial_cov,
+        *,
+        learn: Iterable[str] = PARAMETER_NAMES,
+        **kwargs,
+    ) -> LinearGaussianSSM:
         """A model with the given matrices (the lecture's A, B, Γ, Σ and the prior of ``S_1``).
 
         Args:
@@ -175,8 +225,12 @@ class LinearGaussianSSM(LinearGaussianEM, PointParameters, SequenceModel):
                 raise ValueError(f"learn: unknown parameter {name!r}; expected names among {PARAMETER_NAMES}")
         first = torch.as_tensor(transition_matrix)
         dtype = first.dtype if first.is_floating_point() else torch.get_default_dtype()
-        given = dict(zip(PARAMETER_NAMES, (transition_matrix, observation_matrix, transition_cov, observation_cov,
-                                           initial_mean, initial_cov)))
+        given = dict(
+            zip(
+                PARAMETER_NAMES,
+                (transition_matrix, observation_matrix, transition_cov, observation_cov, initial_mean, initial_cov),
+            )
+        )
         given = {name: torch.as_tensor(value).to(dtype) for name, value in given.items()}
         a, b = given["transition_matrix"], given["observation_matrix"]
         if a.dim() != 2 or a.shape[0] != a.shape[1]:
@@ -189,9 +243,17 @@ class LinearGaussianSSM(LinearGaussianEM, PointParameters, SequenceModel):
         return model
 
     @classmethod
-    def local_level(cls, level_var: float = 1.0, noise_var: float = 1.0, *, initial: str = "diffuse",
-                    initial_mean: float = 0.0, initial_var: float = 1e6, dtype: torch.dtype | None = None,
-                    **kwargs) -> "LinearGaussianSSM":
+    def local_level(
+        cls,
+        level_var: float = 1.0,
+        noise_var: float = 1.0,
+        *,
+        initial: str = "diffuse",
+        initial_mean: float = 0.0,
+        initial_var: float = 1e6,
+        dtype: torch.dtype | None = None,
+        **kwargs,
+    ) -> LinearGaussianSSM:
         """Random walk plus noise: ``d = p = 1``, ``A = B = 1`` fixed; learns the level
         variance :math:`\\sigma^2_\\eta` (``transition_cov``) and the noise variance
         :math:`\\sigma^2_\\varepsilon` (``observation_cov``) from the given starting values
@@ -202,22 +264,46 @@ class LinearGaussianSSM(LinearGaussianEM, PointParameters, SequenceModel):
         kwargs.setdefault("transition_cov_type", "diag")
         kwargs.setdefault("observation_cov_type", "diag")
         one = torch.ones(1, 1, dtype=dtype)
-        return cls.from_params(one, one, level_var * one, noise_var * one, torch.full((1,), float(initial_mean), dtype=dtype),
-                               initial_var * one, learn=("transition_cov", "observation_cov"), initial=initial, **kwargs)
+        return cls.from_params(
+            one,
+            one,
+            level_var * one,
+            noise_var * one,
+            torch.full((1,), float(initial_mean), dtype=dtype),
+            initial_var * one,
+            learn=("transition_cov", "observation_cov"),
+            initial=initial,
+            **kwargs,
+        )
 
     @classmethod
-    def local_linear_trend(cls, level_var: float = 1.0, slope_var: float = 1.0, noise_var: float = 1.0, *,
-                           initial: str = "diffuse", initial_mean=(0.0, 0.0), initial_var: float = 1e6,
-                           dtype: torch.dtype | None = None, **kwargs) -> "LinearGaussianSSM":
+    def local_linear_trend(
+        cls,
+        level_var: float = 1.0,
+        slope_var: float = 1.0,
+        noise_var: float = 1.0,
+        *,
+        initial: str = "diffuse",
+        initial_mean=(0.0, 0.0),
+        initial_var: float = 1e6,
+        dtype: torch.dtype | None = None,
+        **kwargs,
+    ) -> LinearGaussianSSM:
         """Level and slope: ``d = 2``, ``A = [[1, 1], [0, 1]]``, ``B = [[1, 0]]`` fixed, a diagonal
         transition covariance ``diag(level_var, slope_var)`` and ``noise_var`` learned."""
         dtype = dtype or torch.get_default_dtype()
         kwargs.setdefault("transition_cov_type", "diag")
-        return cls.from_params(torch.tensor([[1.0, 1.0], [0.0, 1.0]], dtype=dtype), torch.tensor([[1.0, 0.0]], dtype=dtype),
-                               torch.diag(torch.tensor([level_var, slope_var], dtype=dtype)),
-                               torch.tensor([[noise_var]], dtype=dtype), torch.as_tensor(initial_mean, dtype=dtype),
-                               initial_var * torch.eye(2, dtype=dtype), learn=("transition_cov", "observation_cov"),
-                               initial=initial, **kwargs)
+        return cls.from_params(
+            torch.tensor([[1.0, 1.0], [0.0, 1.0]], dtype=dtype),
+            torch.tensor([[1.0, 0.0]], dtype=dtype),
+            torch.diag(torch.tensor([level_var, slope_var], dtype=dtype)),
+            torch.tensor([[noise_var]], dtype=dtype),
+            torch.as_tensor(initial_mean, dtype=dtype),
+            initial_var * torch.eye(2, dtype=dtype),
+            learn=("transition_cov", "observation_cov"),
+            initial=initial,
+            **kwargs,
+        )
 
     # -- parameters (generic code over the specs) -----------------------------------
     def _learned_specs(self) -> list:
@@ -237,15 +323,18 @@ class LinearGaussianSSM(LinearGaussianEM, PointParameters, SequenceModel):
     def _params_from_sites(self, sites: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """All six matrices from values of the sites (diagonal sites as vectors), the fixed
         values and the held diffuse-start values."""
-        return {name: spec.value_from_site(sites[spec.site]) if spec.learned else spec.read(self)
-                for name, spec in self._specs.items()}
+        return {
+            name: spec.value_from_site(sites[spec.site]) if spec.learned else spec.read(self)
+            for name, spec in self._specs.items()
+        }
 
     def _point(self) -> dict[str, Tensor]:
         """The six matrices at the point values."""
         return self._params_from_sites(self._site_point())
 
     transition_matrix = point_property(
-        "transition_matrix", "``(d, d)`` :math:`A`, acting on column states: :math:`E[S_t \\mid S_{t-1}] = A S_{t-1}`.")
+        "transition_matrix", "``(d, d)`` :math:`A`, acting on column states: :math:`E[S_t \\mid S_{t-1}] = A S_{t-1}`."
+    )
     observation_matrix = point_property("observation_matrix", "``(p, d)`` :math:`B`: :math:`E[X_t \\mid S_t] = B S_t`.")
     transition_cov = point_property("transition_cov", "``(d, d)`` :math:`\\Gamma`.")
     observation_cov = point_property("observation_cov", "``(p, p)`` :math:`\\Sigma`.")
@@ -298,10 +387,16 @@ class LinearGaussianSSM(LinearGaussianEM, PointParameters, SequenceModel):
         self.set_values(full)
 
     def site_dims(self) -> dict[str, tuple[str, ...]]:
-        dims = {"transition_matrix": ("state", "state_from"), "observation_matrix": ("obs", "state"),
-                "transition_cov": ("state", "state_bis"), "transition_var": ("state",),
-                "observation_cov": ("obs", "obs_bis"), "observation_var": ("obs",),
-                "initial_mean": ("state",), "initial_cov": ("state", "state_bis")}
+        dims = {
+            "transition_matrix": ("state", "state_from"),
+            "observation_matrix": ("obs", "state"),
+            "transition_cov": ("state", "state_bis"),
+            "transition_var": ("state",),
+            "observation_cov": ("obs", "obs_bis"),
+            "observation_var": ("obs",),
+            "initial_mean": ("state",),
+            "initial_cov": ("state", "state_bis"),
+        }
         return {site: dims[site] for site in self._site_names()}
 
     def log_prior(self, sites: Mapping[str, Tensor] | None = None) -> Tensor:
@@ -365,14 +460,19 @@ class LinearGaussianSSM(LinearGaussianEM, PointParameters, SequenceModel):
     def _states_guide_params(self) -> dict[str, Tensor]:
         """The learned Markov Gaussian guide's own linear-Gaussian model, whose smoothing
         posterior is the guide of the states."""
+
         def cov(key):
             tril = constrain_tril(getattr(self, key))
             return tril @ tril.T
 
-        return {"transition_matrix": self.guide_states_transition_matrix, "transition_cov": cov("guide_states_transition_tril"),
-                "observation_matrix": self.guide_states_observation_matrix,
-                "observation_cov": cov("guide_states_observation_tril"),
-                "initial_mean": self.guide_states_initial_mean, "initial_cov": cov("guide_states_initial_tril")}
+        return {
+            "transition_matrix": self.guide_states_transition_matrix,
+            "transition_cov": cov("guide_states_transition_tril"),
+            "observation_matrix": self.guide_states_observation_matrix,
+            "observation_cov": cov("guide_states_observation_tril"),
+            "initial_mean": self.guide_states_initial_mean,
+            "initial_cov": cov("guide_states_initial_tril"),
+        }
 
     def _sync_states_guide(self, create: bool = False) -> None:
         """Sets the learned states guide to the smoothing posterior at the current point values
@@ -380,12 +480,14 @@ class LinearGaussianSSM(LinearGaussianEM, PointParameters, SequenceModel):
         if not (self.latent == "sampled" and self.states_guide == "learned"):
             return
         point = {name: value.detach() for name, value in self._point().items()}
-        values = {"guide_states_transition_matrix": point["transition_matrix"].clone(),
-                  "guide_states_transition_tril": unconstrain_tril(torch.linalg.cholesky(point["transition_cov"])),
-                  "guide_states_observation_matrix": point["observation_matrix"].clone(),
-                  "guide_states_observation_tril": unconstrain_tril(torch.linalg.cholesky(point["observation_cov"])),
-                  "guide_states_initial_mean": point["initial_mean"].clone(),
-                  "guide_states_initial_tril": unconstrain_tril(torch.linalg.cholesky(point["initial_cov"]))}
+        values = {
+            "guide_states_transition_matrix": point["transition_matrix"].clone(),
+            "guide_states_transition_tril": unconstrain_tril(torch.linalg.cholesky(point["transition_cov"])),
+            "guide_states_observation_matrix": point["observation_matrix"].clone(),
+            "guide_states_observation_tril": unconstrain_tril(torch.linalg.cholesky(point["observation_cov"])),
+            "guide_states_initial_mean": point["initial_mean"].clone(),
+            "guide_states_initial_tril": unconstrain_tril(torch.linalg.cholesky(point["initial_cov"])),
+        }
         write_parameters(self, values, create)
 
     # -- the Pyro model ----------------------------------------------------------------
@@ -397,11 +499,21 @@ class LinearGaussianSSM(LinearGaussianEM, PointParameters, SequenceModel):
             if self.latent == "marginal":
                 pyro.factor("observations", self._log_marginal(params, values, batch.lengths))
             else:
-                chain = GaussianChain(params["initial_mean"], params["initial_cov"], params["transition_matrix"],
-                                       params["transition_cov"], batch.lengths, values.shape[1])
+                chain = GaussianChain(
+                    params["initial_mean"],
+                    params["initial_cov"],
+                    params["transition_matrix"],
+                    params["transition_cov"],
+                    batch.lengths,
+                    values.shape[1],
+                )
                 states = pyro.sample("states", chain)
-                pyro.factor("observations", observation_log_density(
-                    values, batch.lengths, states, params["observation_matrix"], params["observation_cov"]))
+                pyro.factor(
+                    "observations",
+                    observation_log_density(
+                        values, batch.lengths, states, params["observation_matrix"], params["observation_cov"]
+                    ),
+                )
 
     def nuts_log_likelihood(self, batch: SequenceBatch):
         """The ``(N,)`` log-likelihoods ``model()`` factors in, as a function of the site values
@@ -421,8 +533,14 @@ class LinearGaussianSSM(LinearGaussianEM, PointParameters, SequenceModel):
     @staticmethod
     def _kernel_args(params: Mapping[str, Tensor]) -> tuple[Tensor, ...]:
         """The matrices in the order of :mod:`inference.kalman`'s functions."""
-        return (params["transition_matrix"], params["transition_cov"], params["observation_matrix"],
-                params["observation_cov"], params["initial_mean"], params["initial_cov"])
+        return (
+            params["transition_matrix"],
+            params["transition_cov"],
+            params["observation_matrix"],
+            params["observation_cov"],
+            params["initial_mean"],
+            params["initial_cov"],
+        )
 
     def _call_kernel(self, kernel, values: Tensor, lengths: Tensor | None, params=None, **kwargs):
         if self.initial == "diffuse":
@@ -436,8 +554,10 @@ class LinearGaussianSSM(LinearGaussianEM, PointParameters, SequenceModel):
     def _check_observations(self, values, name: str) -> Tensor:
         values = torch.as_tensor(values, device=self._device)
         if values.dim() != 3 or values.shape[-1] != self.obs_dim or not values.is_floating_point():
-            raise ValueError(f"{name}: expected float observations of shape (N, T, {self.obs_dim}) (NaN = missing), "
-                             f"got {values.dtype} of shape {tuple(values.shape)}")
+            raise ValueError(
+                f"{name}: expected float observations of shape (N, T, {self.obs_dim}) (NaN = missing), "
+                f"got {values.dtype} of shape {tuple(values.shape)}"
+            )
         if values.shape[1] < 1:
             raise ValueError(f"{name}: expected at least one time step, got shape {tuple(values.shape)}")
         if torch.isinf(values).any():
@@ -471,18 +591,21 @@ class LinearGaussianSSM(LinearGaussianEM, PointParameters, SequenceModel):
         """Smoothed state moments and lag-one covariances (:func:`inference.kalman.rts_smoother`)."""
         return self._call_kernel(kalman.rts_smoother, *self._inputs(values, lengths))
 
-    def sample_states(self, values, lengths=None, num_samples: int = 1,
-                      generator: torch.Generator | None = None) -> Tensor:
+    def sample_states(
+        self, values, lengths=None, num_samples: int = 1, generator: torch.Generator | None = None
+    ) -> Tensor:
         """``(num_samples, N, T, d)`` state paths from the posterior (forward filter, backward sample)."""
-        return self._call_kernel(kalman.sample_states, *self._inputs(values, lengths), num_samples=num_samples,
-                                 generator=generator)
+        return self._call_kernel(
+            kalman.sample_states, *self._inputs(values, lengths), num_samples=num_samples, generator=generator
+        )
 
     def forecast(self, values, steps: int, lengths=None) -> kalman.KalmanForecast:
         """Predictive moments of the ``steps`` states and observations after each sequence's end."""
         return self._call_kernel(kalman.forecast, *self._inputs(values, lengths), steps=steps)
 
-    def forecast_distribution(self, history: SequenceBatch, steps: int, *, num_samples: int = 500,
-                              generator: torch.Generator | None = None) -> ForecastDistribution:
+    def forecast_distribution(
+        self, history: SequenceBatch, steps: int, *, num_samples: int = 500, generator: torch.Generator | None = None
+    ) -> ForecastDistribution:
         """The exact Gaussian predictive marginals of each observation entry (``num_samples`` and
         ``generator`` unused: nothing is sampled)."""
         moments = self.forecast(history.values, steps, history.lengths)
@@ -523,8 +646,9 @@ class LinearGaussianSSM(LinearGaussianEM, PointParameters, SequenceModel):
         return Imputation(mean, var)
 
     # -- sampling ----------------------------------------------------------------------
-    def sample_with_states(self, num_sequences: int, length: int,
-                           generator: torch.Generator | None = None) -> tuple[SequenceBatch, Tensor]:
+    def sample_with_states(
+        self, num_sequences: int, length: int, generator: torch.Generator | None = None
+    ) -> tuple[SequenceBatch, Tensor]:
         """Synthetic sequences and their states ``(N, T, d)`` at the point parameters (with
         ``initial="diffuse"``, :math:`S_1` is drawn from ``N(initial_mean, initial_cov)``)."""
         for name, value in (("num_sequences", num_sequences), ("length", length)):
@@ -534,10 +658,12 @@ class LinearGaussianSSM(LinearGaussianEM, PointParameters, SequenceModel):
             params = {k: v.detach() for k, v in self._point().items()}
             d, p = self.state_dim, self.obs_dim
             noise_device = generator.device if generator is not None else self._device
-            state_noise = torch.randn(num_sequences, length, d, generator=generator, dtype=self._dtype,
-                                      device=noise_device).to(self._device)
-            obs_noise = torch.randn(num_sequences, length, p, generator=generator, dtype=self._dtype,
-                                    device=noise_device).to(self._device)
+            state_noise = torch.randn(
+                num_sequences, length, d, generator=generator, dtype=self._dtype, device=noise_device
+            ).to(self._device)
+            obs_noise = torch.randn(
+                num_sequences, length, p, generator=generator, dtype=self._dtype, device=noise_device
+            ).to(self._device)
             initial_tril = torch.linalg.cholesky(params["initial_cov"])
             transition_tril = torch.linalg.cholesky(params["transition_cov"])
             obs_tril = torch.linalg.cholesky(params["observation_cov"])
@@ -597,8 +723,11 @@ class LinearGaussianSSM(LinearGaussianEM, PointParameters, SequenceModel):
             scale = self.data_var.mean().sqrt()
             obs_matrix = obs_matrix + 0.1 * scale * noise(p, d)
             values["observation_matrix"] = obs_matrix
-        obs_matrix = self._point()["observation_matrix"] if "observation_matrix" in self.fixed_names \
+        obs_matrix = (
+            self._point()["observation_matrix"]
+            if "observation_matrix" in self.fixed_names
             else values["observation_matrix"]
+        )
         state_var, _ = self._state_scale()
         if "transition_matrix" not in self.fixed_names:
             values["transition_matrix"] = 0.9 * eye + 0.05 * noise(d, d)
@@ -615,7 +744,15 @@ class LinearGaussianSSM(LinearGaussianEM, PointParameters, SequenceModel):
         self.values_given = given
 
     def config(self) -> dict[str, Any]:
-        return {"state_dim": self.state_dim, "obs_dim": self.obs_dim,
-                "transition_cov_type": self.transition_cov_type, "observation_cov_type": self.observation_cov_type,
-                "initial": self.initial, "prior": self.prior_type, "guide": self.guide_type, "latent": self.latent,
-                "states_guide": self.states_guide, "fixed": {name: getattr(self, f"fixed_{name}").tolist() for name in self.fixed_names}}
+        return {
+            "state_dim": self.state_dim,
+            "obs_dim": self.obs_dim,
+            "transition_cov_type": self.transition_cov_type,
+            "observation_cov_type": self.observation_cov_type,
+            "initial": self.initial,
+            "prior": self.prior_type,
+            "guide": self.guide_type,
+            "latent": self.latent,
+            "states_guide": self.states_guide,
+            "fixed": {name: getattr(self, f"fixed_{name}").tolist() for name in self.fixed_names},
+        }

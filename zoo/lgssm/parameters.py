@@ -22,7 +22,7 @@ A diagonal covariance's site is its diagonal, named ``transition_var`` / ``obser
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pyro.distributions as dist
 import torch
@@ -33,11 +33,22 @@ __all__ = ["PARAMETER_NAMES", "SITE_ORDER", "parameter_specs"]
 
 #: The model's matrices, in the order ``from_params`` takes them.
 PARAMETER_NAMES = (
-    "transition_matrix", "observation_matrix", "transition_cov", "observation_cov", "initial_mean", "initial_cov",
+    "transition_matrix",
+    "observation_matrix",
+    "transition_cov",
+    "observation_cov",
+    "initial_mean",
+    "initial_cov",
 )
 #: The order in which ``model()`` samples the learned matrices' sites.
-SITE_ORDER = ("transition_matrix", "transition_cov", "observation_matrix", "observation_cov", "initial_mean",
-              "initial_cov")
+SITE_ORDER = (
+    "transition_matrix",
+    "transition_cov",
+    "observation_matrix",
+    "observation_cov",
+    "initial_mean",
+    "initial_cov",
+)
 INITIAL_NAMES = ("initial_mean", "initial_cov")
 #: Weak-prior constants: variances ~ InverseGamma(shape, rate * scale), matrices' entry scales.
 VARIANCE_SHAPE = 1.0
@@ -104,8 +115,16 @@ _WEAK_PRIORS = {
 }
 
 
-def parameter_specs(state_dim: int, obs_dim: int, *, transition_cov_type: str, observation_cov_type: str,
-                    initial: str, prior: str, fixed_names: tuple[str, ...]) -> dict[str, ParameterSpec]:
+def parameter_specs(
+    state_dim: int,
+    obs_dim: int,
+    *,
+    transition_cov_type: str,
+    observation_cov_type: str,
+    initial: str,
+    prior: str,
+    fixed_names: tuple[str, ...],
+) -> dict[str, ParameterSpec]:
     """The spec of each matrix, keyed by name in :data:`PARAMETER_NAMES` order.
 
     Args:
@@ -116,8 +135,14 @@ def parameter_specs(state_dim: int, obs_dim: int, *, transition_cov_type: str, o
         fixed_names: the matrices given as fixed values (buffers ``fixed_{name}``).
     """
     d, p = state_dim, obs_dim
-    shapes = {"transition_matrix": (d, d), "observation_matrix": (p, d), "transition_cov": (d, d),
-              "observation_cov": (p, p), "initial_mean": (d,), "initial_cov": (d, d)}
+    shapes = {
+        "transition_matrix": (d, d),
+        "observation_matrix": (p, d),
+        "transition_cov": (d, d),
+        "observation_cov": (p, p),
+        "initial_mean": (d,),
+        "initial_cov": (d, d),
+    }
     diagonal = {"transition_cov": transition_cov_type == "diag", "observation_cov": observation_cov_type == "diag"}
     specs = {}
     for name in PARAMETER_NAMES:
@@ -130,8 +155,11 @@ def parameter_specs(state_dim: int, obs_dim: int, *, transition_cov_type: str, o
             role = Role.LEARNED
         prefix = name.rsplit("_", 1)[0]  # "transition", "observation", "initial"
         if not is_cov:
-            constraint, storage, site = Constraint.FREE, {"matrix": f"{prefix}_weight", "mean": "initial_loc"}[
-                name.rsplit("_", 1)[1]], name
+            constraint, storage, site = (
+                Constraint.FREE,
+                {"matrix": f"{prefix}_weight", "mean": "initial_loc"}[name.rsplit("_", 1)[1]],
+                name,
+            )
         elif diagonal.get(name, False) and role is not Role.FIXED:
             constraint, storage, site = Constraint.POSITIVE_DIAG, f"{prefix}_log_var", f"{prefix}_var"
         else:
@@ -140,6 +168,13 @@ def parameter_specs(state_dim: int, obs_dim: int, *, transition_cov_type: str, o
         if role is Role.FIXED:
             storage = f"fixed_{name}"
         weak = _WEAK_PRIORS[name](constraint is Constraint.POSITIVE_DIAG)
-        specs[name] = ParameterSpec(name=name, shape=shapes[name], constraint=constraint, role=role, storage=storage,
-                                    site=site, prior=weak if prior == "weak" else None)
+        specs[name] = ParameterSpec(
+            name=name,
+            shape=shapes[name],
+            constraint=constraint,
+            role=role,
+            storage=storage,
+            site=site,
+            prior=weak if prior == "weak" else None,
+        )
     return specs
