@@ -15,20 +15,6 @@ from zoo.hmm import hmm_fit_memory
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_hmm_estimate_by_hand_on_a_tiny_case():
-    # K=2, V=3, one sequence of 4 steps, float32 parameters, EM.
-    estimate = hmm_fit_memory(2, num_symbols=3, batch_sequences=1, batch_steps=4)
-    chain = (2 + 4) * 2 * 4 + 4 * 8 * 7 + 2 * 8
-    emission = 2 * 3 * (2 * 4 + 16)
-    messages = 1 * 4 * 2 * 8 * 5
-    assert estimate.parts == {
-        "transition (K²)": chain,
-        "emission (K·V)": emission,
-        "messages (N·T·K per batch)": messages,
-    }
-    assert estimate.total_bytes == chain + emission + messages
-
-
 def test_hmm_estimate_scales_as_k_squared_k_v_and_n_t_k():
     def part(name, **sizes):
         base = dict(num_states=100, num_symbols=30, batch_sequences=2, batch_steps=1000)
@@ -67,26 +53,44 @@ def test_the_issues_sizes_are_refused_on_a_16_gib_machine():
 
 
 _MEASURE = textwrap.dedent("""
-    import resource, torch
+    import torch
     torch.set_num_threads(1)
     from inference.batch import SequenceBatch
-    from zoo.hmm import hmm_fit_memory
-    from zoo.hmm import CategoricalHMM
+    from zoo.hmm import CategoricalHMM, hmm_fit_memory
+
+    def status(key):  # bytes of a /proc/self/status entry
+        for line in open("/proc/self/status"):
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+
     K, V, T = 1200, 27, 1500
     generator = torch.Generator().manual_seed(0)
     CategoricalHMM(3, V).em_step(SequenceBatch.from_tensor(torch.randint(0, V, (1, 50), generator=generator)))  # compile
     batch = SequenceBatch.from_tensor(torch.randint(0, V, (1, T), generator=generator))
     model = CategoricalHMM(K, V)
-    resident = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
-    before = max(resident, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    # Writing 5 to clear_refs resets the peak resident size (VmHWM) to the current one, so the
+    # peak read after the iteration is this iteration's, not the import's or the compiler's.
+    open("/proc/self/clear_refs", "w").write("5")
+    before = status("VmRSS:")
     model.em_step(batch)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print((peak - before) / hmm_fit_memory(K, num_symbols=V, batch_sequences=1, batch_steps=T).total_bytes)
+    print((status("VmHWM:") - before) / hmm_fit_memory(K, num_symbols=V, batch_sequences=1, batch_steps=T).total_bytes)
 """)
 
 
-@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc to read the resident memory")
+def _can_reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _can_reset_peak(), reason="needs Linux /proc/self/clear_refs to reset the peak resident size")
 def test_the_estimate_bounds_the_measured_peak_of_an_em_iteration():
+    """The measured peak growth of one EM iteration of a 1,200-state HMM (124 MiB) lies between
+    70% and 100% of the estimate, as hmm_fit_memory's docstring says (measured: 0.79 here,
+    0.70 at K = 2,000 and 0.84 at K = 800, T = 4,000)."""
     result = subprocess.run(
         [sys.executable, "-c", _MEASURE],
         capture_output=True,
@@ -97,6 +101,4 @@ def test_the_estimate_bounds_the_measured_peak_of_an_em_iteration():
     )
     assert result.returncode == 0, result.stderr
     ratio = float(result.stdout.split()[-1])
-    # Since EM runs through e_step/m_step the iteration no longer raises the process's peak
-    # above what loading and compiling reached, so only the upper bound is checked here.
-    assert ratio < 1.1, f"measured peak / estimate = {ratio:.2f}"
+    assert 0.6 < ratio < 1.0, f"measured peak / estimate = {ratio:.2f}"
