@@ -104,12 +104,27 @@ def test_zero_context_weights_give_the_unconditioned_network(cell, num_layers):
     assert torch.equal(draws[0], draws[1])
 
 
-def test_context_weights_receive_gradients_from_the_batch_covariate():
-    """Training can learn W_xθ: the likelihood's gradient reaches the context columns of every gate."""
+def test_context_weights_receive_the_likelihoods_gradient_from_the_batch_covariate():
+    """Training can learn W_xθ: autograd's gradient of the log-likelihood with respect to the
+    context columns of every gate (reset, update, new) is nonzero and equals a central finite
+    difference (float64), so the covariate reaches the loss through those weights."""
     conditioned, _ = _pair("gru", 1, seed=6)
-    conditioned.log_prob_batch(_batch(seed=7)).sum().backward()
-    context_gradient = conditioned.rnn.weight_ih_l0.grad[:, EMBEDDING:]  # (3 H, context_dim): reset, update, new
-    assert (context_gradient.reshape(3, -1).abs().sum(-1) > 0).all()
+    batch = _batch(seed=7)
+    conditioned.log_prob_batch(batch).sum().backward()
+    weights = conditioned.rnn.weight_ih_l0
+    gradient = weights.grad[:, EMBEDDING:].clone()  # (3 H, context_dim)
+    assert (gradient.reshape(3, -1).abs().sum(-1) > 1e-6).all()
+    hidden, eps = conditioned.hidden_size, 1e-6
+    for gate in range(3):
+        row, column = gate * hidden + gate, EMBEDDING + gate % CONTEXT_DIM
+        with torch.no_grad():
+            weights[row, column] += eps
+            up = conditioned.log_prob_batch(batch).sum()
+            weights[row, column] -= 2 * eps
+            down = conditioned.log_prob_batch(batch).sum()
+            weights[row, column] += eps
+        numeric = float((up - down) / (2 * eps))
+        assert float(gradient[row, column - EMBEDDING]) == pytest.approx(numeric, rel=1e-5, abs=1e-8), gate
 
 
 # -- examples/topic_conditioned_text.py: the text beside the bag of words ----------------
