@@ -73,13 +73,14 @@ import copy
 import math
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyro
 import torch
 import xarray as xr
 from pyro import poutine
+from pyro.poutine.runtime import Message
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
@@ -118,9 +119,21 @@ def _posterior_kind(posterior: Any) -> str:
     )
 
 
-def _guide_site_log_prob(site: dict) -> Tensor:
-    log_prob = site["fn"].log_prob(site["value"])
-    return log_prob.sum()
+def _site_log_prob(site: Message) -> Tensor:
+    """The log density of a sample site's value under its distribution (a sample site's ``fn``)."""
+    return cast(pyro.distributions.Distribution, site["fn"]).log_prob(site["value"])
+
+
+def _site_value(site: Message) -> Tensor:
+    """The value of a sample site (drawn or observed: set on every sample site of a trace)."""
+    value = site["value"]
+    if value is None:
+        raise ValueError(f"site {site['name']!r}: the trace holds no value")
+    return value
+
+
+def _guide_site_log_prob(site: Message) -> Tensor:
+    return _site_log_prob(site).sum()
 
 
 def draw_from_guide(
@@ -155,7 +168,7 @@ def draw_from_guide(
                 )
             total = torch.zeros((), dtype=torch.float64)
             for name in sites:
-                draws[name].append(trace.nodes[name]["value"].detach())
+                draws[name].append(_site_value(trace.nodes[name]).detach())
                 total = total + _guide_site_log_prob(trace.nodes[name]).double().cpu()
             log_q.append(total)
     return {name: torch.stack(values) for name, values in draws.items()}, torch.stack(log_q)
@@ -199,11 +212,13 @@ def _conditioned_log_likelihood(
         if not site["is_observed"]:
             return None
         frame = next((f for f in site["cond_indep_stack"] if f.name == "sequences"), None)
-        if frame is None or (
-            frame.size != batch.num_sequences and frame.size != (batch.population or batch.num_sequences)
+        if (
+            frame is None
+            or frame.dim is None  # a sequential plate: no dimension to read the sequences along
+            or (frame.size != batch.num_sequences and frame.size != (batch.population or batch.num_sequences))
         ):
             return None
-        log_prob = site["fn"].log_prob(site["value"])
+        log_prob = _site_log_prob(site)
         if site["mask"] is not None:
             log_prob = torch.where(
                 torch.as_tensor(site["mask"]).expand_as(log_prob), log_prob, torch.zeros_like(log_prob)
@@ -407,7 +422,7 @@ def _export(
     smoothed: dict[str, np.ndarray] = {}
     smooths = model.supports("smooth")
     if add_predictive or (add_states and smooths):
-        replicated = []
+        replicated: list[np.ndarray] = []
         generator = torch.Generator(device=data.device).manual_seed(seed)
         sums: dict[str, Tensor] = {}
         count = 0
@@ -425,17 +440,18 @@ def _export(
                         for key, value in _state_summaries(model.smooth(data.values, data.lengths), data).items():
                             sums[key] = sums.get(key, 0) + value
                         count += 1
-                replicated.append(np.stack(chain_replicated) if chain_replicated else None)
+                if chain_replicated:
+                    replicated.append(np.stack(chain_replicated))
         if add_predictive:
             predictive = {OBSERVED_NAME: np.stack(replicated)}
-        smoothed = {key: value / count for key, value in sums.items()}
-        if "smoothed_mean" in smoothed and "smoothed_cov" in smoothed and "_mean_outer" in smoothed:
+        averaged = {key: value / count for key, value in sums.items()}
+        if "smoothed_mean" in averaged and "smoothed_cov" in averaged and "_mean_outer" in averaged:
             # Law of total covariance over the draws: E[Cov] + E[m m^T] - E[m] E[m]^T.
-            mean = smoothed["smoothed_mean"]
-            smoothed["smoothed_cov"] = (
-                smoothed["smoothed_cov"] + smoothed["_mean_outer"] - mean.unsqueeze(-1) * mean.unsqueeze(-2)
+            mean = averaged["smoothed_mean"]
+            averaged["smoothed_cov"] = (
+                averaged["smoothed_cov"] + averaged["_mean_outer"] - mean.unsqueeze(-1) * mean.unsqueeze(-2)
             )
-        smoothed = {key: _numpy(value) for key, value in smoothed.items() if not key.startswith("_")}
+        smoothed = {key: _numpy(value) for key, value in averaged.items() if not key.startswith("_")}
     if add_states and kind != "nuts" and model.supports("sample_states") and not smooths:
         # No closed-form state marginals: posterior state paths, one per kept draw (a point estimate: all at once).
         generator = torch.Generator(device=data.device).manual_seed(seed + 1)
@@ -492,10 +508,10 @@ def _export(
             idata.add_groups({"sample_stats": xr.Dataset(coords={"chain": [0], "draw": np.arange(per_chain)})})
         idata.sample_stats[name] = xr.DataArray(trace, dims=["fit_step"])
     state_vars = {}
-    for key, value in smoothed.items():
+    for key, array in smoothed.items():
         names = ["state"] if key == "state_probs" else ["latent", "latent_bis"]
-        extra = [names[i] if i < len(names) else f"{key}_dim_{i}" for i in range(value.ndim - 2)]
-        state_vars[key] = xr.DataArray(value, dims=["sequence", "time", *extra])
+        extra = [names[i] if i < len(names) else f"{key}_dim_{i}" for i in range(array.ndim - 2)]
+        state_vars[key] = xr.DataArray(array, dims=["sequence", "time", *extra])
     if sampled_states is not None:
         extra = ["latent", "latent_bis"][: sampled_states.dim() - 4]
         state_vars["sampled_states"] = xr.DataArray(

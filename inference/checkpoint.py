@@ -31,7 +31,10 @@ def rng_state() -> tuple[dict[str, Tensor], dict[str, Any]]:
         for index, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{index}"] = state
     version, internal, gauss = random.getstate()
-    kind, keys, position, has_gauss, cached = np.random.get_state()
+    numpy_state = np.random.get_state(legacy=True)  # the default: the global MT19937's tuple
+    if not isinstance(numpy_state, tuple):
+        raise TypeError(f"numpy's global random state: expected the legacy tuple, got {type(numpy_state).__name__}")
+    kind, keys, position, has_gauss, cached = numpy_state
     state_json = {
         "python": [version, list(internal), gauss],
         "numpy": [kind, keys.tolist(), int(position), int(has_gauss), float(cached)],

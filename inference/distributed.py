@@ -250,7 +250,8 @@ class DataParallel:
             device = torch.device("cpu")
         owns = not dist.is_initialized()
         if owns:
-            kwargs = {"device_id": device} if backend == "nccl" else {}
+            # device_id binds the group to this rank's GPU (NCCL only); a bag of keywords, so typed as such.
+            kwargs: dict[str, Any] = {"device_id": device} if backend == "nccl" else {}
             dist.init_process_group(
                 backend,
                 init_method=init_method,
@@ -539,7 +540,13 @@ class DataParallel:
         fields = options_fields(options_class)
         given = {name: value for name, value in keywords.items() if name in fields}
         rest = {name: value for name, value in keywords.items() if name not in fields}
-        options = dataclasses.replace(options if options is not None else model.fit_defaults(method), **given)
+        base = options if options is not None else model.fit_defaults(method)
+        if not isinstance(base, options_class):
+            raise TypeError(
+                f"{type(model).__name__}.fit_defaults({method!r}): expected a {options_class.__name__}, "
+                f"got {type(base).__name__}"
+            )
+        options = dataclasses.replace(base, **given)
         if "writer" in rest:
             raise ValueError("writer: DataParallel.fit writes through its RankZeroWriter; pass checkpoint=")
         rest.setdefault("device", self.device)
@@ -559,7 +566,7 @@ class DataParallel:
             "validation_score": self.score,
             "progress": options.progress and self.is_main,
         }
-        if method == "svi":
+        if isinstance(options, SVIOptions):  # method == "svi"
             if options.lr_schedule == "plateau" and valid is None:
                 raise ValueError(
                     "lr_schedule: 'plateau' without valid would follow each rank's own objective; "

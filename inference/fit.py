@@ -83,7 +83,11 @@ class _Unset:
 
 
 _UNSET: Any = _Unset()
-_OPTIONS_CLASSES = {"svi": SVIOptions, "em": EMOptions, "nuts": NUTSOptions}
+_OPTIONS_CLASSES: dict[str, type[SVIOptions] | type[EMOptions] | type[NUTSOptions]] = {
+    "svi": SVIOptions,
+    "em": EMOptions,
+    "nuts": NUTSOptions,
+}
 
 
 def fit(
@@ -373,14 +377,15 @@ def fit(
     model.to(device)
     train = train.to(device)
     valid = valid.to(device) if valid is not None else None
-    if method == "svi" and options.chunk_length is not None and train.num_sequences == 1:
+    # options is an instance of the method's record (_method_options checks it).
+    if isinstance(options, SVIOptions) and options.chunk_length is not None and train.num_sequences == 1:
         train = train.chunk(options.chunk_length)
 
     torch.manual_seed(seed)
     pyro.set_rng_seed(seed)  # torch, Python and NumPy
     # Shuffling and restarts draw from a CPU generator so results do not depend on the device.
     generator = torch.Generator().manual_seed(seed)
-    if method != "nuts":
+    if not isinstance(options, NUTSOptions):  # method != "nuts"
         # Checks the data before a data-dependent initialisation reads it.
         trainer_class = SVITrainer if method == "svi" else EMTrainer
         trainer = trainer_class(
@@ -388,7 +393,7 @@ def fit(
         )
     if initialize:
         model.initialize_from_data(train, generator)
-    if method == "nuts":
+    if isinstance(options, NUTSOptions):  # method == "nuts"
         return _fit_nuts(model, train, options, seed=seed, writer=writer)
     return trainer.run()
 
@@ -417,8 +422,12 @@ def resolve_options(
 
 
 def _method_options(
-    model: SequenceModel, method: str, options: Any, given: dict[str, Any], nuts_options: dict[str, Any]
-):
+    model: SequenceModel,
+    method: str,
+    options: SVIOptions | EMOptions | NUTSOptions | None,
+    given: dict[str, Any],
+    nuts_options: dict[str, Any],
+) -> SVIOptions | EMOptions | NUTSOptions:
     """The method's options record: ``options`` (or the model's ``fit_defaults``) with the given keywords."""
     options_class = _OPTIONS_CLASSES[method]
     if options is not None and not isinstance(options, options_class):
@@ -432,7 +441,7 @@ def _method_options(
                 f"{type(model).__name__}.fit_defaults({method!r}): expected a {options_class.__name__}, "
                 f"got {type(options).__name__}"
             )
-    if method == "nuts" and nuts_options:
+    if isinstance(options, NUTSOptions) and nuts_options:  # method == "nuts"
         relevant["sampler_options"] = {**options.sampler_options, **nuts_options}
     return dataclasses.replace(options, **relevant)
 

@@ -92,15 +92,36 @@ class ForecastDistribution:
             source=source,
         )
 
+    # -- the representation named by kind (set, as __post_init__ checks) -------------
+    def _mixture(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(weights, means, scales)`` of a ``"mixture"`` forecast."""
+        if self.weights is None or self.means is None or self.scales is None:
+            raise ValueError(f"a {self.kind} forecast has no mixture weights, means and scales")
+        return self.weights, self.means, self.scales
+
+    def _samples(self) -> Tensor:
+        """``samples`` of a ``"samples"`` forecast."""
+        if self.samples is None:
+            raise ValueError(f"a {self.kind} forecast has no samples")
+        return self.samples
+
+    def _probs(self) -> Tensor:
+        """``probs`` of a ``"categorical"`` forecast."""
+        if self.probs is None:
+            raise ValueError(f"a {self.kind} forecast has no probs")
+        return self.probs
+
     # -- summaries -----------------------------------------------------------------
     @property
     def shape(self) -> tuple[int, int]:
         """``(N, H)``."""
         if self.kind == "mixture":
-            return tuple(self.weights.shape[:2])
-        if self.kind == "samples":
-            return tuple(self.samples.shape[1:3])
-        return tuple(self.probs.shape[:2])
+            num_seq, horizon = self._mixture()[0].shape[:2]
+        elif self.kind == "samples":
+            num_seq, horizon = self._samples().shape[1:3]
+        else:
+            num_seq, horizon = self._probs().shape[:2]
+        return num_seq, horizon
 
     def _real(self, what: str) -> None:
         if self.kind == "categorical":
@@ -110,8 +131,9 @@ class ForecastDistribution:
         """``(N, H, D)`` predictive means."""
         self._real("mean")
         if self.kind == "mixture":
-            return (self.weights.unsqueeze(-1) * self.means).sum(2)
-        return self.samples.mean(0)
+            weights, means, _scales = self._mixture()
+            return (weights.unsqueeze(-1) * means).sum(2)
+        return self._samples().mean(0)
 
     def quantile(self, q: float) -> Tensor:
         """``(N, H, D)`` the ``q``-quantile of each step's marginal (bisection on the
@@ -120,15 +142,14 @@ class ForecastDistribution:
         if not 0 < q < 1:
             raise ValueError(f"q: expected a probability in (0, 1), got {q!r}")
         if self.kind == "samples":
-            return torch.quantile(self.samples, q, dim=0)
-        weights = self.weights.unsqueeze(-1)  # (N, H, K, 1)
-        low = (self.means - 10 * self.scales).min(2).values
-        high = (self.means + 10 * self.scales).max(2).values
+            return torch.quantile(self._samples(), q, dim=0)
+        weights, means, scales = self._mixture()
+        weights = weights.unsqueeze(-1)  # (N, H, K, 1)
+        low = (means - 10 * scales).min(2).values
+        high = (means + 10 * scales).max(2).values
         for _ in range(_BISECTION_STEPS):
             middle = 0.5 * (low + high)
-            cdf = (weights * 0.5 * torch.erfc(-(middle.unsqueeze(2) - self.means) / (self.scales * math.sqrt(2)))).sum(
-                2
-            )
+            cdf = (weights * 0.5 * torch.erfc(-(middle.unsqueeze(2) - means) / (scales * math.sqrt(2)))).sum(2)
             below = cdf < q
             low = torch.where(below, middle, low)
             high = torch.where(below, high, middle)
@@ -145,25 +166,28 @@ class ForecastDistribution:
         energy form for samples); NaN targets give NaN."""
         self._real("crps")
         if self.kind == "mixture":
+            weights, means, scales = self._mixture()
             return forecast_scores.crps_gaussian_mixture(
-                self.weights.unsqueeze(2).expand(*self.means.shape[:2], self.means.shape[3], -1),
-                self.means.transpose(2, 3),
-                self.scales.transpose(2, 3),
+                weights.unsqueeze(2).expand(*means.shape[:2], means.shape[3], -1),
+                means.transpose(2, 3),
+                scales.transpose(2, 3),
                 targets,
             )
-        return forecast_scores.crps_samples(self.samples, targets)
+        return forecast_scores.crps_samples(self._samples(), targets)
 
     def log_prob(self, targets: Tensor) -> Tensor:
         """``(N, H)`` log predictive density of each step's target under its marginal
         (symbols: log-probability; real: the product of per-dimension mixture marginals,
         exact for ``D = 1``). Not available for sample forecasts."""
         if self.kind == "categorical":
-            codes = targets.long().clamp(0, self.probs.shape[-1] - 1)
-            return self.probs.gather(-1, codes.unsqueeze(-1)).squeeze(-1).log()
+            probs = self._probs()
+            codes = targets.long().clamp(0, probs.shape[-1] - 1)
+            return probs.gather(-1, codes.unsqueeze(-1)).squeeze(-1).log()
         if self.kind == "samples":
             raise ValueError("log_prob: a sample forecast has no density; score it by CRPS")
-        components = torch.distributions.Normal(self.means, self.scales).log_prob(targets.unsqueeze(2))  # (N,H,K,D)
-        return torch.logsumexp(self.weights.log().unsqueeze(-1) + components, 2).sum(-1)
+        weights, means, scales = self._mixture()
+        components = torch.distributions.Normal(means, scales).log_prob(targets.unsqueeze(2))  # (N,H,K,D)
+        return torch.logsumexp(weights.log().unsqueeze(-1) + components, 2).sum(-1)
 
 
 def concatenate_forecasts(predictions: Sequence[ForecastDistribution]) -> ForecastDistribution:
@@ -173,16 +197,17 @@ def concatenate_forecasts(predictions: Sequence[ForecastDistribution]) -> Foreca
     first = predictions[0]
     if first.kind == "samples":
         return ForecastDistribution(
-            "samples", samples=torch.cat([p.samples for p in predictions], 1), source=first.source
+            "samples", samples=torch.cat([p._samples() for p in predictions], 1), source=first.source
         )
     if first.kind == "categorical":
         return ForecastDistribution(
-            "categorical", probs=torch.cat([p.probs for p in predictions], 0), source=first.source
+            "categorical", probs=torch.cat([p._probs() for p in predictions], 0), source=first.source
         )
+    components = [p._mixture() for p in predictions]
     return ForecastDistribution(
         "mixture",
-        weights=torch.cat([p.weights for p in predictions], 0),
-        means=torch.cat([p.means for p in predictions], 0),
-        scales=torch.cat([p.scales for p in predictions], 0),
+        weights=torch.cat([weights for weights, _means, _scales in components], 0),
+        means=torch.cat([means for _weights, means, _scales in components], 0),
+        scales=torch.cat([scales for _weights, _means, scales in components], 0),
         source=first.source,
     )

@@ -79,6 +79,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
 
 import pyro
 import torch
@@ -92,6 +93,9 @@ from tqdm.auto import tqdm
 from .batch import SequenceBatch
 from .contract import SequenceModel
 from .labels import align_state_labels
+
+if TYPE_CHECKING:
+    from multiprocessing.context import ForkContext, ForkServerContext, SpawnContext
 
 #: Simplex-valued starts are mixed with this much of the uniform distribution.
 _SIMPLEX_SHRINK = 0.01
@@ -173,6 +177,10 @@ class _RecordingNUTS(NUTS):
     """NUTS that records, for each iteration, the tree depth and the number of
     leapfrog steps (Pyro keeps neither)."""
 
+    leapfrog_steps: int
+    max_doubling: int
+    last_stats: dict[str, Any]
+
     def _build_basetree(self, *args, **kwargs):
         self.leapfrog_steps += 1
         return super()._build_basetree(*args, **kwargs)
@@ -191,7 +199,9 @@ class _RecordingNUTS(NUTS):
         mean_accept_before = self._mean_accept_prob
         z = super().sample(params)
         # NUTS keeps a running mean of the acceptance probability with count n (reset after warm-up).
-        count = self._t - self._warmup_steps if self._t > self._warmup_steps else self._t
+        warmup_steps = self._warmup_steps
+        assert warmup_steps is not None  # set by setup(), which MCMC runs before the first sample
+        count = self._t - warmup_steps if self._t > warmup_steps else self._t
         accept = (
             mean_accept_before + count * (self._mean_accept_prob - mean_accept_before)
             if count > 1
@@ -210,11 +220,24 @@ class _RecordingNUTS(NUTS):
         return z
 
 
+def _torch_priors(model: SequenceModel) -> dict[str, torch.distributions.Distribution]:
+    """``model.parameter_sites()``, checked to be torch distributions (Pyro's are): NUTS reads
+    their ``support`` and ``log_prob``."""
+    priors = model.parameter_sites()
+    for name, prior in priors.items():
+        if not isinstance(prior, torch.distributions.Distribution):
+            raise TypeError(
+                f"{type(model).__name__}.parameter_sites(): the prior of {name!r} is not a torch "
+                f"Distribution (use pyro.distributions), got {type(prior).__name__}"
+            )
+    return cast(dict[str, torch.distributions.Distribution], priors)
+
+
 def _jittered_start(model: SequenceModel, jitter: float, generator: torch.Generator) -> dict[str, Tensor]:
     """The model's point values moved by N(0, jitter^2) noise in each site's unconstrained space."""
     start = {}
     values = model.parameter_values()
-    for name, prior in model.parameter_sites().items():
+    for name, prior in _torch_priors(model).items():
         value = values[name].detach()
         support = prior.support
         while isinstance(support, constraints.independent):
@@ -249,7 +272,7 @@ def potential_energy(
     # Built once per run; without argument validation, whose checks cost more than the densities
     # (the values are in the support by construction: they come through biject_to).
     with pyro.validation_enabled(False):
-        priors = model.parameter_sites()
+        priors = _torch_priors(model)
     to_constrained = {name: biject_to(prior.support) for name, prior in priors.items()}
     # The sequence plate scales a mini-batch to its population (1 for the full data set).
     scale = (batch.population or batch.num_sequences) / batch.num_sequences
@@ -257,7 +280,7 @@ def potential_energy(
     densities = {name: _unconstrained_log_density(prior, to_constrained[name]) for name, prior in priors.items()}
 
     def energy(unconstrained: dict[str, Tensor]) -> Tensor:
-        log_joint = 0.0
+        log_joint: Tensor | float = 0.0
         sites = {}
         for name, density in densities.items():
             site_log_density, sites[name] = density(unconstrained[name])
@@ -703,7 +726,10 @@ def _run_chains_in_workers(
     model, batch, starts, settings: _ChainSettings, bar, callbacks, num_workers: int, start_method: str
 ) -> list[_Chain]:
     """The chains in ``num_workers`` processes, each taking the next chain when it is free."""
-    context = multiprocessing.get_context(start_method)
+    # start_method is one of get_all_start_methods() (run_nuts checks it); typeshed types
+    # get_context(str) as BaseContext, which has no Process.
+    # (A string: ForkContext does not exist on Windows.)
+    context = cast("ForkContext | SpawnContext | ForkServerContext", multiprocessing.get_context(start_method))
     # The parent only puts into a SimpleQueue, which has no feeder thread: none of ours runs when it forks.
     tasks = context.SimpleQueue()
     messages = context.Queue()

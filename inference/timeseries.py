@@ -238,9 +238,9 @@ def step_log_likelihoods(
         owners, ends = [], []
         for i, stop in enumerate(batch.lengths.tolist()):
             if stop > start:
-                for end in range(start, stop + 1):
+                for prefix_end in range(start, stop + 1):
                     owners.append(i)
-                    ends.append(end)
+                    ends.append(prefix_end)
         log_probs = []
         out_dtype = None
         for first in range(0, len(ends), _PREFIXES_PER_CALL):
@@ -394,7 +394,7 @@ def rolling_origin(
     origins = _check_origins(length, first_origin, horizon, last_origin, step)
     if not isinstance(refit_every, int) or refit_every < 1:
         raise ValueError(f"refit_every: expected a positive int, got {refit_every!r}")
-    pointwise, refits = [], []
+    terms, refits = [], []
     current = model
     per_step = None
     for position, origin in enumerate(origins):
@@ -405,8 +405,8 @@ def rolling_origin(
         if per_step is None:
             # One pass over the whole series scores every later origin of this fit.
             per_step = step_log_likelihoods(current, series, start=origin, step_log_probs=step_log_probs)
-        pointwise.append(per_step[:, origin : origin + horizon].sum())
-    pointwise = torch.stack(pointwise).to(torch.float64).cpu()
+        terms.append(per_step[:, origin : origin + horizon].sum())
+    pointwise = torch.stack(terms).to(torch.float64).cpu()
     elpd, se = _summary(pointwise)
     return LFOResult(
         elpd,
@@ -515,9 +515,9 @@ def psis_lfo(
     """
     origins = _check_origins(num_steps, first_origin, horizon, last_origin, 1)
     refit_always = k_threshold <= 0
-    pointwise, k_hats, refits = [], [], []
+    terms, k_hats, refits = [], [], []
     step_terms = None
-    fit_origin = None
+    fit_origin = 0  # the origin of the current fit (read only once step_terms is set)
     for origin in origins:
         weights = None
         k_hat = float("nan")
@@ -531,12 +531,13 @@ def psis_lfo(
             step_terms = _check_step_terms(fit_posterior(origin), num_steps)
             fit_origin = origin
             refits.append(origin)
+        assert step_terms is not None  # the first origin always fits
         predictive = step_terms[:, origin : origin + horizon].sum(-1)  # (S,)
         if weights is None:
             weights = torch.full_like(predictive, -math.log(predictive.numel()))
-        pointwise.append(torch.logsumexp(weights + predictive, 0))
+        terms.append(torch.logsumexp(weights + predictive, 0))
         k_hats.append(k_hat)
-    pointwise = torch.stack(pointwise)
+    pointwise = torch.stack(terms)
     elpd, se = _summary(pointwise)
     return LFOResult(
         elpd,

@@ -17,6 +17,7 @@ from ._common import (
     _Params,
     _prepare,
     _Raw,
+    _stored,
     _symmetrise,
 )
 from ._numba import _numba_filter, _numba_smoother
@@ -46,7 +47,10 @@ def _run_filter(
         # c = 0 estimates E[S_1 | x]; the second runs from there (gradients: c is a constant).
         with torch.no_grad():
             first = run(params._replace(initial_mean=torch.zeros_like(params.initial_mean)), False)
-            first_posterior = _initial_posterior(first.final_info_matrix, first.final_info_vector)
+            first_posterior = _initial_posterior(
+                _stored(first.final_info_matrix, "final_info_matrix"),
+                _stored(first.final_info_vector, "final_info_vector"),
+            )
         if not bool(first_posterior.identified.all()):
             raise _not_identified_error(first_posterior.identified)
         params = params._replace(initial_mean=first_posterior.mean.to(params.initial_mean.dtype))
@@ -112,11 +116,11 @@ def kalman_filter(
     _raw, state, _backend = _run_filter(params, diffuse, method, steady_state)
     return KalmanFiltered(
         log_normalizer=state.log_normalizer,
-        filtered_mean=_mask_steps(state.filtered_mean, state.valid),
-        filtered_cov=_mask_steps(state.filtered_cov, state.valid),
-        predicted_mean=_mask_steps(state.predicted_mean, state.valid),
-        predicted_cov=_mask_steps(state.predicted_cov, state.valid),
-        step_log_likelihood=_mask_steps(state.step_log_likelihood, state.valid),
+        filtered_mean=_mask_steps(_stored(state.filtered_mean, "filtered_mean"), state.valid),
+        filtered_cov=_mask_steps(_stored(state.filtered_cov, "filtered_cov"), state.valid),
+        predicted_mean=_mask_steps(_stored(state.predicted_mean, "predicted_mean"), state.valid),
+        predicted_cov=_mask_steps(_stored(state.predicted_cov, "predicted_cov"), state.valid),
+        step_log_likelihood=_mask_steps(_stored(state.step_log_likelihood, "step_log_likelihood"), state.valid),
     )
 
 
@@ -212,7 +216,8 @@ def rts_smoother(
     else:
         smoothed_mean, smoothed_cov, lag_one_cov, smoothed_basis = _torch_smoother(params, raw)
     if diffuse:
-        posterior = state.initial_posterior
+        posterior = _stored(state.initial_posterior, "initial_posterior")
+        smoothed_basis = _stored(smoothed_basis, "smoothed_basis")
         smoothed_mean, smoothed_cov = _combine(
             smoothed_mean, smoothed_cov, smoothed_basis, posterior.mean[:, None], posterior.cov[:, None]
         )
@@ -277,33 +282,39 @@ def sample_states(
         lengths,
     )
     raw, state, _backend = _run_filter(params, diffuse, method, steady_state)
-    num_seq, num_steps, state_dim = raw.filtered_mean.shape
-    dtype, device = raw.filtered_mean.dtype, raw.filtered_mean.device
-    filtered_mean, predicted_mean = raw.filtered_mean[None], raw.predicted_mean[None]  # (1 or S, N, T, d)
+    raw_filtered_mean = _stored(raw.filtered_mean, "filtered_mean")
+    filtered_cov = _stored(raw.filtered_cov, "filtered_cov")
+    predicted_cov = _stored(raw.predicted_cov, "predicted_cov")
+    num_seq, num_steps, state_dim = raw_filtered_mean.shape
+    dtype, device = raw_filtered_mean.dtype, raw_filtered_mean.device
+    # (1 or S, N, T, d)
+    filtered_mean, predicted_mean = raw_filtered_mean[None], _stored(raw.predicted_mean, "predicted_mean")[None]
     if diffuse:
         # Draw s_1 from its flat-prior posterior, then the path given s_1 (the conditional filter).
-        posterior = state.initial_posterior
+        posterior = _stored(state.initial_posterior, "initial_posterior")
         initial = _draw(
             posterior.mean,
             posterior.cov,
             torch.randn(num_samples, num_seq, state_dim, generator=generator, dtype=dtype, device=device),
         )
-        filtered_mean = filtered_mean + (raw.filtered_basis @ initial[:, :, None, :, None])[..., 0]
-        predicted_mean = predicted_mean + (raw.predicted_basis @ initial[:, :, None, :, None])[..., 0]
+        filtered_basis = _stored(raw.filtered_basis, "filtered_basis")
+        predicted_basis = _stored(raw.predicted_basis, "predicted_basis")
+        filtered_mean = filtered_mean + (filtered_basis @ initial[:, :, None, :, None])[..., 0]
+        predicted_mean = predicted_mean + (predicted_basis @ initial[:, :, None, :, None])[..., 0]
     noise = torch.randn(num_samples, num_seq, num_steps, state_dim, generator=generator, dtype=dtype, device=device)
-    sample = _draw(filtered_mean[:, :, -1], raw.filtered_cov[:, -1], noise[:, :, -1])  # (S, N, d)
+    sample = _draw(filtered_mean[:, :, -1], filtered_cov[:, -1], noise[:, :, -1])  # (S, N, d)
     samples = [sample]
     if num_steps > 1:
         gains = _smoother_gains(params, raw)
         for t in range(num_steps - 2, -1, -1):
             gain = gains[:, t]
             cond_mean = filtered_mean[:, :, t] + (gain @ (sample - predicted_mean[:, :, t + 1])[..., None])[..., 0]
-            cond_cov = raw.filtered_cov[:, t] - gain @ raw.predicted_cov[:, t + 1] @ gain.transpose(-1, -2)
+            cond_cov = filtered_cov[:, t] - gain @ predicted_cov[:, t + 1] @ gain.transpose(-1, -2)
             # Where step t+1 is padding, S_t is the last valid state (or carries it): draw it from
             # its filtered law, as the conditional covariance there is exactly zero.
             next_valid = raw.valid[:, t + 1]
             cond_mean = torch.where(next_valid[:, None], cond_mean, filtered_mean[:, :, t])
-            cond_cov = torch.where(next_valid[:, None, None], cond_cov, raw.filtered_cov[:, t])
+            cond_cov = torch.where(next_valid[:, None, None], cond_cov, filtered_cov[:, t])
             sample = _draw(cond_mean, cond_cov, noise[:, :, t])
             samples.append(sample)
     paths = torch.stack(samples[::-1], 2)  # (S, N, T, d)

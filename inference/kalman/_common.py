@@ -6,7 +6,7 @@ See :mod:`inference.kalman` for the model, the conventions and the algorithms.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor
@@ -27,6 +27,8 @@ _STEADY_TOL = 1e-13
 # rounding noise at d = 64 sits near 1e-13 relative and the test then never passed (the
 # smoothed moments still agree with the full recursion to ~1e-13 relative).
 _SMOOTHER_STEADY_TOL = 1e-12
+
+_T = TypeVar("_T")
 
 
 class KalmanFiltered(NamedTuple):
@@ -137,6 +139,16 @@ class _FilterState(NamedTuple):
     final_cov: Tensor
     initial_posterior: _InitialPosterior | None
     valid: Tensor  # (N, T) bool
+
+
+def _stored(value: _T | None, name: str) -> _T:
+    """``value``, an optional field of :class:`_Raw` or :class:`_FilterState` that the caller's
+    path guarantees: the ``T d^2`` fields are stored unless the filter ran with ``store=False``,
+    the basis and information fields (and ``initial_posterior``) exist only with ``diffuse``,
+    ``steady_epoch`` only from the numba filter with ``store``."""
+    if value is None:
+        raise RuntimeError(f"{name}: not stored by the filter (an internal error of the dispatch in inference.kalman)")
+    return value
 
 
 def _check_tensor(name: str, value: object) -> Tensor:

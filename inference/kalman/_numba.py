@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..validation import valid_mask as _valid_mask
-from ._common import _FASTMATH, _SMOOTHER_STEADY_TOL, _STEADY_TOL, _Params, _Raw
+from ._common import _FASTMATH, _SMOOTHER_STEADY_TOL, _STEADY_TOL, _Params, _Raw, _stored
 
 # --------------------------------------------------------------------------------------
 # Sequential filter and smoother, numba (CPU, float64)
@@ -672,7 +672,7 @@ def _numba_filter(params: _Params, diffuse: bool, store: bool, steady_state: boo
     cov_source = np.empty((num_seq, stored_steps), dtype=np.int64)
     incomplete_slot = np.empty((num_seq, stored_steps), dtype=np.int64)
     status = np.zeros(num_seq, dtype=np.int64)
-    _filter_kernel(
+    _filter_kernel(  # type: ignore[call-arg]  # inputs is the 7 model arrays: mypy cannot count a list
         *inputs,
         lengths,
         diffuse,
@@ -728,7 +728,8 @@ def _numba_filter(params: _Params, diffuse: bool, store: bool, steady_state: boo
 
 def _numba_smoother(params: _Params, raw: _Raw) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Conditional RTS smoother by :func:`_smoother_kernel`: mean, cov, lag-one cov, basis."""
-    num_seq, num_steps, state_dim = raw.filtered_mean.shape
+    filtered_mean = _stored(raw.filtered_mean, "filtered_mean")
+    num_seq, num_steps, state_dim = filtered_mean.shape
     diffuse = raw.filtered_basis is not None
     basis_steps = num_steps if diffuse else 0
     smoothed_mean = np.zeros((num_seq, num_steps, state_dim))
@@ -739,16 +740,16 @@ def _numba_smoother(params: _Params, raw: _Raw) -> tuple[Tensor, Tensor, Tensor,
     status = np.zeros(num_seq, dtype=np.int64)
     _smoother_kernel(
         _as_numpy(params.transition_matrix),
-        _as_numpy(raw.filtered_mean),
-        _as_numpy(raw.filtered_cov),
-        _as_numpy(raw.predicted_mean),
-        _as_numpy(raw.predicted_cov),
+        _as_numpy(filtered_mean),
+        _as_numpy(_stored(raw.filtered_cov, "filtered_cov")),
+        _as_numpy(_stored(raw.predicted_mean, "predicted_mean")),
+        _as_numpy(_stored(raw.predicted_cov, "predicted_cov")),
         params.lengths.to("cpu", torch.long).contiguous().numpy(),
-        raw.steady_epoch.contiguous().numpy(),
+        _stored(raw.steady_epoch, "steady_epoch").contiguous().numpy(),
         _SMOOTHER_STEADY_TOL,
         diffuse,
-        _as_numpy(raw.filtered_basis) if diffuse else empty,
-        _as_numpy(raw.predicted_basis) if diffuse else empty,
+        _as_numpy(raw.filtered_basis) if raw.filtered_basis is not None else empty,
+        _as_numpy(_stored(raw.predicted_basis, "predicted_basis")) if diffuse else empty,
         smoothed_mean,
         smoothed_cov,
         lag_one_cov,
@@ -760,7 +761,7 @@ def _numba_smoother(params: _Params, raw: _Raw) -> tuple[Tensor, Tensor, Tensor,
             "transition_cov: a predicted covariance is not positive definite "
             f"(sequences {np.nonzero(status)[0].tolist()}); transition_cov must be positive definite"
         )
-    dtype, device = raw.filtered_mean.dtype, raw.filtered_mean.device
+    dtype, device = filtered_mean.dtype, filtered_mean.device
     convert = lambda array: torch.from_numpy(array).to(device=device, dtype=dtype)  # noqa: E731
     return (
         convert(smoothed_mean),

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..validation import valid_mask as _valid_mask
-from ._common import _LOG_2PI, _Params, _Raw, _symmetrise
+from ._common import _LOG_2PI, _Params, _Raw, _stored, _symmetrise
 from ._torch_loop import _smoother_gains
 
 # --------------------------------------------------------------------------------------
@@ -179,8 +179,8 @@ def _parallel_filter(params: _Params, diffuse: bool) -> _Raw:
         final_mean=filtered_cols[:, -1, :, 0],
         final_cov=filtered_cov[:, -1],
         final_basis=filtered_cols[:, -1, :, 1:] if diffuse else None,
-        final_info_matrix=info_matrix[:, -1] if diffuse else None,
-        final_info_vector=info_vector[:, -1] if diffuse else None,
+        final_info_matrix=info_matrix[:, -1] if info_matrix is not None else None,
+        final_info_vector=info_vector[:, -1] if info_vector is not None else None,
         steady_epoch=None,
         valid=valid,
     )
@@ -188,20 +188,22 @@ def _parallel_filter(params: _Params, diffuse: bool) -> _Raw:
 
 def _parallel_smoother(params: _Params, raw: _Raw) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Conditional RTS smoother by a backward associative scan: mean, cov, lag-one cov, basis."""
-    num_seq, num_steps, state_dim = raw.filtered_mean.shape
+    filtered_mean = _stored(raw.filtered_mean, "filtered_mean")
+    filtered_cov, predicted_cov = _stored(raw.filtered_cov, "filtered_cov"), _stored(raw.predicted_cov, "predicted_cov")
+    num_seq, num_steps, state_dim = filtered_mean.shape
     diffuse = raw.filtered_basis is not None
-    filtered_cols = raw.filtered_mean[..., None]
-    predicted_cols = raw.predicted_mean[..., None]
-    if diffuse:
+    filtered_cols = filtered_mean[..., None]
+    predicted_cols = _stored(raw.predicted_mean, "predicted_mean")[..., None]
+    if raw.filtered_basis is not None:
         filtered_cols = torch.cat([filtered_cols, raw.filtered_basis], -1)
-        predicted_cols = torch.cat([predicted_cols, raw.predicted_basis], -1)
-    gains = raw.filtered_cov.new_zeros(num_seq, num_steps, state_dim, state_dim)
+        predicted_cols = torch.cat([predicted_cols, _stored(raw.predicted_basis, "predicted_basis")], -1)
+    gains = filtered_cov.new_zeros(num_seq, num_steps, state_dim, state_dim)
     if num_steps > 1:
         gains = torch.cat([_smoother_gains(params, raw), gains[:, :1]], 1)  # E_T = 0
     next_cols = torch.cat([predicted_cols[:, 1:], torch.zeros_like(predicted_cols[:, :1])], 1)
-    next_cov = torch.cat([raw.predicted_cov[:, 1:], torch.zeros_like(raw.predicted_cov[:, :1])], 1)
+    next_cov = torch.cat([predicted_cov[:, 1:], torch.zeros_like(predicted_cov[:, :1])], 1)
     element_g = filtered_cols - gains @ next_cols
-    element_l = _symmetrise(raw.filtered_cov - gains @ next_cov @ gains.transpose(-1, -2))
+    element_l = _symmetrise(filtered_cov - gains @ next_cov @ gains.transpose(-1, -2))
     reversed_elements = tuple(value.flip(1) for value in (gains, element_g, element_l))
     _e, smoothed_cols, smoothed_cov = (
         value.flip(1) for value in _associative_scan(reversed_elements, _combine_smoother_elements)

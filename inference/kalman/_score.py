@@ -13,6 +13,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
+from torch import Tensor
 
 from ._common import _FASTMATH, _SMOOTHER_STEADY_TOL, _STEADY_TOL, _Params, _symmetrise
 from ._numba import (
@@ -460,7 +461,7 @@ def _fused(
     stored = num_steps if with_score else 0
     status = np.zeros(num_seq, dtype=np.int64)
 
-    def filter_pass(start: np.ndarray, store: bool) -> tuple[np.ndarray, ...]:
+    def filter_pass(start: np.ndarray, store: bool) -> dict[str, np.ndarray]:
         steps = stored if store else 0
         basis = steps if diffuse else 0
         # np.empty leaves untouched pages unmapped: the compact filter's skipped steps cost nothing.
@@ -484,7 +485,7 @@ def _fused(
             incomplete_slot=np.full((num_seq, steps), -1, np.int64),
             num_incomplete=np.zeros(1, np.int64),
         )
-        _filter_kernel(
+        _filter_kernel(  # type: ignore[call-arg]  # fixed-length lists of arrays: mypy cannot count them
             *inputs[:4],
             start,
             inputs[5],
@@ -504,7 +505,7 @@ def _fused(
             )
         return arrays
 
-    def posterior(arrays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def posterior(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         mean, cov, value = np.zeros((num_seq, dim)), np.zeros((num_seq, dim, dim)), np.zeros(num_seq)
         _initial_posteriors(arrays["final_info_matrix"], arrays["final_info_vector"], lengths, mean, cov, value, status)
         if status.any():
@@ -549,7 +550,7 @@ def _fused(
         )
     else:
         incomplete_cov = np.empty((num_incomplete, dim, dim))
-        _smoother_sums_kernel(
+        _smoother_sums_kernel(  # type: ignore[call-arg]  # sums is a list of 4 arrays: mypy cannot count it
             inputs[0],
             filtered["filtered_mean"],
             filtered["filtered_cov"],
@@ -582,7 +583,7 @@ def _fused(
         incomplete_cov = np.ascontiguousarray(smoothed_cov[incomplete_slot >= 0])  # in slot order
     grads = tuple(np.zeros((num_seq, *value.shape[1:])) for value in inputs)
     rows = [np.empty((num_steps, size)) for size in (dim, dim, obs_dim, obs_dim)]  # the score's scratch
-    _score_kernel(
+    _score_kernel(  # type: ignore[call-arg]  # fixed-length lists of arrays: mypy cannot count them
         *inputs,
         lengths,
         smoothed_mean,
@@ -669,7 +670,7 @@ class _LogMarginal(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
         scale = grad_output.detach().to("cpu", torch.float64).numpy()
-        results = []
+        results: list[Tensor | None] = []
         for needed, grad in zip(ctx.needs_input_grad[:7], ctx.score):
             if not needed:
                 results.append(None)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..validation import valid_mask as _valid_mask
-from ._common import _LOG_2PI, _Params, _Raw, _symmetrise
+from ._common import _LOG_2PI, _Params, _Raw, _stored, _symmetrise
 
 # --------------------------------------------------------------------------------------
 # Sequential filter, torch loop (any device, autograd)
@@ -113,10 +113,13 @@ def _smoother_gains(params: _Params, raw: _Raw) -> Tensor:
     """
     num_steps = raw.valid.shape[1]
     state_dim = params.transition_matrix.shape[-1]
-    state_eye = torch.eye(state_dim, dtype=raw.filtered_cov.dtype, device=raw.filtered_cov.device)
+    all_filtered_cov = _stored(raw.filtered_cov, "filtered_cov")
+    state_eye = torch.eye(state_dim, dtype=all_filtered_cov.dtype, device=all_filtered_cov.device)
     next_valid = raw.valid[:, 1:, None, None]
-    filtered_cov = raw.filtered_cov[:, : num_steps - 1]
-    predicted_chol = torch.linalg.cholesky(torch.where(next_valid, raw.predicted_cov[:, 1:], state_eye))
+    filtered_cov = all_filtered_cov[:, : num_steps - 1]
+    predicted_chol = torch.linalg.cholesky(
+        torch.where(next_valid, _stored(raw.predicted_cov, "predicted_cov")[:, 1:], state_eye)
+    )
     # J^T = P_{t+1|t}^{-1} A P_t  (both covariances symmetric).
     gains = torch.cholesky_solve(params.transition_matrix[:, None] @ filtered_cov, predicted_chol).transpose(-1, -2)
     return torch.where(next_valid, gains, state_eye)
@@ -125,31 +128,31 @@ def _smoother_gains(params: _Params, raw: _Raw) -> Tensor:
 def _torch_smoother(params: _Params, raw: _Raw) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Conditional RTS smoother, torch loop: mean, cov, lag-one cov, basis (unmasked)."""
     num_steps = raw.valid.shape[1]
-    diffuse = raw.filtered_basis is not None
-    smoothed_means = [raw.filtered_mean[:, -1]]
-    smoothed_covs = [raw.filtered_cov[:, -1]]
-    smoothed_bases = [raw.filtered_basis[:, -1]] if diffuse else []
+    filtered_mean, filtered_cov = _stored(raw.filtered_mean, "filtered_mean"), _stored(raw.filtered_cov, "filtered_cov")
+    predicted_mean = _stored(raw.predicted_mean, "predicted_mean")
+    predicted_cov = _stored(raw.predicted_cov, "predicted_cov")
+    filtered_basis, predicted_basis = raw.filtered_basis, raw.predicted_basis  # None without diffuse
+    smoothed_means = [filtered_mean[:, -1]]
+    smoothed_covs = [filtered_cov[:, -1]]
+    smoothed_bases = [filtered_basis[:, -1]] if filtered_basis is not None else []
     lag_one_covs = []
     if num_steps > 1:
         gains = _smoother_gains(params, raw)
         for t in range(num_steps - 2, -1, -1):
             gain = gains[:, t]
             next_mean, next_cov = smoothed_means[-1], smoothed_covs[-1]
-            mean = raw.filtered_mean[:, t] + (gain @ (next_mean - raw.predicted_mean[:, t + 1])[..., None])[..., 0]
-            cov = _symmetrise(
-                raw.filtered_cov[:, t] + gain @ (next_cov - raw.predicted_cov[:, t + 1]) @ gain.transpose(-1, -2)
-            )
+            mean = filtered_mean[:, t] + (gain @ (next_mean - predicted_mean[:, t + 1])[..., None])[..., 0]
+            cov = _symmetrise(filtered_cov[:, t] + gain @ (next_cov - predicted_cov[:, t + 1]) @ gain.transpose(-1, -2))
             lag_one_covs.append(next_cov @ gain.transpose(-1, -2))
             smoothed_means.append(mean)
             smoothed_covs.append(cov)
-            if diffuse:
-                smoothed_bases.append(
-                    raw.filtered_basis[:, t] + gain @ (smoothed_bases[-1] - raw.predicted_basis[:, t + 1])
-                )
+            if filtered_basis is not None:
+                next_basis = _stored(predicted_basis, "predicted_basis")[:, t + 1]
+                smoothed_bases.append(filtered_basis[:, t] + gain @ (smoothed_bases[-1] - next_basis))
     lag_one_covs.append(torch.zeros_like(smoothed_covs[0]))
     return (
         torch.stack(smoothed_means[::-1], 1),
         torch.stack(smoothed_covs[::-1], 1),
         torch.stack(lag_one_covs[::-1], 1),
-        torch.stack(smoothed_bases[::-1], 1) if diffuse else None,
+        torch.stack(smoothed_bases[::-1], 1) if filtered_basis is not None else None,
     )

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._common import _FilterState, _Raw, _symmetrise
+from ._common import _FilterState, _Raw, _stored, _symmetrise
 
 # --------------------------------------------------------------------------------------
 # Exact diffuse initialisation: combine the conditional filter with the information on s_1
@@ -79,17 +79,26 @@ def _finish(raw: _Raw, diffuse: bool) -> _FilterState:
             initial_posterior=None,
             valid=raw.valid,
         )
-    final = _initial_posterior(raw.final_info_matrix, raw.final_info_vector)
+    final = _initial_posterior(
+        _stored(raw.final_info_matrix, "final_info_matrix"), _stored(raw.final_info_vector, "final_info_vector")
+    )
     if not bool(final.identified.all()):
         raise _not_identified_error(final.identified)
     log_normalizer = raw.step_log_likelihood.sum(-1) + final.log_normalizer
-    final_mean, final_cov = _combine(raw.final_mean, raw.final_cov, raw.final_basis, final.mean, final.cov)
+    final_mean, final_cov = _combine(
+        raw.final_mean, raw.final_cov, _stored(raw.final_basis, "final_basis"), final.mean, final.cov
+    )
     if raw.filtered_mean is None:
         return _FilterState(log_normalizer, None, None, None, None, None, final_mean, final_cov, final, raw.valid)
-    steps = _initial_posterior(raw.info_matrix, raw.info_vector)  # (N, T): information from x_{1:t}
+    # (N, T): information from x_{1:t}
+    steps = _initial_posterior(_stored(raw.info_matrix, "info_matrix"), _stored(raw.info_vector, "info_vector"))
     nan = torch.full((), torch.nan, dtype=log_normalizer.dtype, device=log_normalizer.device)
     filtered_mean, filtered_cov = _combine(
-        raw.filtered_mean, raw.filtered_cov, raw.filtered_basis, steps.mean, steps.cov
+        raw.filtered_mean,
+        _stored(raw.filtered_cov, "filtered_cov"),
+        _stored(raw.filtered_basis, "filtered_basis"),
+        steps.mean,
+        steps.cov,
     )
     filtered_mean = torch.where(steps.identified[..., None], filtered_mean, nan)
     filtered_cov = torch.where(steps.identified[..., None, None], filtered_cov, nan)
@@ -98,7 +107,11 @@ def _finish(raw: _Raw, diffuse: bool) -> _FilterState:
     previous_mean = torch.cat([torch.zeros_like(steps.mean[:, :1]), steps.mean[:, :-1]], 1)
     previous_cov = torch.cat([torch.zeros_like(steps.cov[:, :1]), steps.cov[:, :-1]], 1)
     predicted_mean, predicted_cov = _combine(
-        raw.predicted_mean, raw.predicted_cov, raw.predicted_basis, previous_mean, previous_cov
+        _stored(raw.predicted_mean, "predicted_mean"),
+        _stored(raw.predicted_cov, "predicted_cov"),
+        _stored(raw.predicted_basis, "predicted_basis"),
+        previous_mean,
+        previous_cov,
     )
     predicted_mean = torch.where(previous_identified[..., None], predicted_mean, nan)
     predicted_cov = torch.where(previous_identified[..., None, None], predicted_cov, nan)

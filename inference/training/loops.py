@@ -290,6 +290,7 @@ class Trainer:
         elif self.average is not None and self.average.average is not None:
             self.average.load_into_module()  # the checkpoint above keeps the last iterate, for a resume
         self.writer.save_model(self.model)
+        assert self.stopped is not None  # every caller has set why the loop stopped
         return FitResult(
             method=self.method,
             history=self.history,
@@ -342,7 +343,7 @@ class SVITrainer(Trainer):
         loss_function.evaluate(model, train[:batch_size].with_population(train.num_sequences), self.step_kwargs(0))
         if options.initialization_hook is not None:
             options.initialization_hook(model)
-        parameters = [p for p in model.parameters() if p.requires_grad]
+        parameters: list[Tensor] = [p for p in model.parameters() if p.requires_grad]
         if not parameters:
             raise ValueError(f"model: {type(model).__name__} has no trainable parameter to fit by SVI")
         for parameter in parameters:
@@ -392,9 +393,9 @@ class SVITrainer(Trainer):
                         # The prior's gradient joins the data's before the clip: clipping binds on
                         # almost every step of a data-scaled loss, and decay added after it (Adam's
                         # own weight_decay) would weigh the prior against a clipped gradient.
-                        decayed = [p for p in parameters if p.grad is not None]
+                        decayed = [(p.grad, p.detach()) for p in parameters if p.grad is not None]
                         torch._foreach_add_(
-                            [p.grad for p in decayed], [p.detach() for p in decayed], alpha=options.weight_decay
+                            [grad for grad, _ in decayed], [value for _, value in decayed], alpha=options.weight_decay
                         )
                     torch.nn.utils.clip_grad_norm_(parameters, options.clip_norm)
                     self.optimizer.step()
@@ -535,9 +536,10 @@ class EMTrainer(Trainer):
         if self.options.shard is not None and not hasattr(self, "_local_train"):
             self._local_train = self.options.shard(self.train)
         with torch.no_grad():
-            statistics = model.e_step(getattr(self, "_local_train", self.train))
+            local_statistics = model.e_step(getattr(self, "_local_train", self.train))
+            statistics: Mapping[str, Tensor] = local_statistics
             if self.options.statistics_hook is not None:
-                statistics = self.options.statistics_hook(statistics)
+                statistics = self.options.statistics_hook(local_statistics)
             if "log_likelihood" not in statistics:
                 raise KeyError(f"{type(model).__name__}.e_step: the statistics lack 'log_likelihood'")
             objective = statistics["log_likelihood"] + model.log_prior()
@@ -573,6 +575,11 @@ class EMTrainer(Trainer):
                 if self.iteration >= options.max_iterations:
                     # Resumed with max_iterations at or below the checkpoint's iteration: this
                     # restart has already used its iterations (without this, the loop never advances).
+                    if self.previous_objective is None:
+                        raise ValueError(
+                            f"resume: the checkpoint's restart {self.restart} has {self.iteration} iterations "
+                            "but no objective"
+                        )
                     self.close_restart(self.previous_objective, "max_steps", None)
                     continue
                 if self.iteration == 0 and self.restart > 0:
@@ -637,6 +644,7 @@ class EMTrainer(Trainer):
             # The interrupted restart stays open in the checkpoint (resume continues it) but
             # competes here with the finished ones on its latest objective.
             self.stopped = "time_budget"
+            assert self.previous_objective is not None  # set by the iteration that ran out of time
             restarts.append(self.previous_objective)
             self.save_checkpoint(clock)
             if self.best_objective is None or self.previous_objective > self.best_objective:

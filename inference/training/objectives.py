@@ -7,7 +7,7 @@ import contextlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
@@ -56,10 +56,33 @@ def make_elbo(model: SequenceModel, elbo: str | ELBO = "auto", num_particles: in
         raise ValueError(f"num_particles: expected a positive int, got {num_particles!r}")
     if elbo == "auto":
         elbo = "traceenum" if model.has_enumerated_sites else "trace"
-    classes = {"trace": Trace_ELBO, "traceenum": TraceEnum_ELBO, "meanfield": TraceMeanField_ELBO}
+    classes: dict[str, type[Trace_ELBO] | type[TraceEnum_ELBO]] = {
+        "trace": Trace_ELBO,
+        "traceenum": TraceEnum_ELBO,
+        "meanfield": TraceMeanField_ELBO,
+    }
     if elbo not in classes:
         raise ValueError(f"elbo: expected a pyro.infer.ELBO instance or one of {ELBO_NAMES}, got {elbo!r}")
     return classes[elbo](num_particles=num_particles)
+
+
+class _ConcreteELBO(Protocol):
+    """The estimators every Pyro ELBO subclass defines (the base class :class:`~pyro.infer.elbo.ELBO`
+    declares neither)."""
+
+    def loss(self, model: Callable[..., Any], guide: Callable[..., Any], *args: Any, **kwargs: Any) -> float: ...
+
+    def loss_and_grads(
+        self, model: Callable[..., Any], guide: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> float: ...
+
+
+class _DifferentiableELBO(_ConcreteELBO, Protocol):
+    """An ELBO with ``differentiable_loss`` (not RenyiELBO nor TraceGraph_ELBO)."""
+
+    def differentiable_loss(
+        self, model: Callable[..., Any], guide: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Tensor: ...
 
 
 class _ELBOLoss:
@@ -73,12 +96,15 @@ class _ELBOLoss:
     """
 
     def __init__(self, elbo: ELBO) -> None:
-        self.elbo = elbo
+        self.elbo = cast(_ConcreteELBO, elbo)  # every ELBO subclass defines loss and loss_and_grads
         self.differentiable = callable(getattr(type(elbo), "differentiable_loss", None))
 
     def evaluate(self, model: SequenceModel, batch: SequenceBatch, step_kwargs: Mapping[str, Any]):
         if self.differentiable:
-            loss = self.elbo.differentiable_loss(model.model, model.guide, batch, **step_kwargs)
+            # self.differentiable: its class defines differentiable_loss.
+            loss = cast(_DifferentiableELBO, self.elbo).differentiable_loss(
+                model.model, model.guide, batch, **step_kwargs
+            )
             objective = -float(loss.detach())
         else:
             loss = None
@@ -128,10 +154,16 @@ def _model_loss(model: SequenceModel, batch: SequenceBatch, **step_kwargs: Any):
 
 def build_loss(model: SequenceModel, loss: Any, num_particles: int):
     """The trainer's loss object for ``SVIOptions.loss`` (see :class:`SVIOptions`)."""
-    if loss == "auto" and model.fit_defaults("svi").loss == "model":
-        # The family's own estimator is what it is meant to be fitted with (the topic models'
-        # Pyro guide alone collapses the topics: docs/dtm.md), in Python as on the command line.
-        loss = "model"
+    if loss == "auto":
+        defaults = model.fit_defaults("svi")
+        if not isinstance(defaults, SVIOptions):
+            raise TypeError(
+                f"{type(model).__name__}.fit_defaults('svi'): expected a SVIOptions, got {type(defaults).__name__}"
+            )
+        if defaults.loss == "model":
+            # The family's own estimator is what it is meant to be fitted with (the topic models'
+            # Pyro guide alone collapses the topics: docs/dtm.md), in Python as on the command line.
+            loss = "model"
     if loss == "model":
         if not model.supports("loss"):
             raise ValueError(f"loss: 'model' needs {type(model).__name__}.loss(batch, **step_kwargs), which it lacks")
