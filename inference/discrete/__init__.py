@@ -70,6 +70,8 @@ Example:
 
 from __future__ import annotations
 
+import torch  # noqa: F401  (the docstring examples, run by doctest in this namespace, use it)
+
 # Besides the public API (``__all__``), the private helpers stay importable from here, as they
 # were from the single module ``inference/discrete.py`` (the tests call some as ``discrete._name``).
 from ._api import (

@@ -41,7 +41,7 @@ def _smoothed_by_autograd(
         emission = log_emission.detach().requires_grad_()
         transition = log_transition.detach().expand(num_seq, -1, -1).clone().requires_grad_()
         log_normalizer = log_normalizer_fn(log_initial.detach(), transition, emission, lengths)
-        grads = (None, None)
+        grads: tuple[Tensor | None, ...] = (None, None)
         if log_normalizer.requires_grad:  # False when there are no time steps at all
             grads = torch.autograd.grad(log_normalizer.sum(), (emission, transition), allow_unused=True)
     state_marginals, transition_counts = (
@@ -80,7 +80,7 @@ def log_marginal(
 
     Example:
         >>> log_marginal(torch.zeros(2), torch.zeros(2, 2), torch.zeros(1, 3, 2)).exp()
-        tensor([16.])
+        tensor([8.])
     """
     args = _prepare(log_initial, log_transition, log_emission, lengths)
     backend = _choose_backend(method, log_emission.device, _scan_bytes(log_emission))
@@ -311,10 +311,10 @@ def sample_paths(
         return torch.from_numpy(paths).to(log_emission.device)
     with torch.no_grad():
         if backend == "torch":
-            filtered = _torch_forward(*args)[1]
+            filtered_probs = _torch_forward(*args)[1]
         else:
-            filtered = _parallel_filter(*args).filtered
+            filtered_probs = _parallel_filter(*args).filtered
         transition_probs = (log_transition - _shift(log_transition, (-2, -1))).exp()
         return _torch_backward_sample(
-            transition_probs, filtered, lengths, uniforms.to(device=log_emission.device, dtype=log_emission.dtype)
+            transition_probs, filtered_probs, lengths, uniforms.to(device=log_emission.device, dtype=log_emission.dtype)
         )

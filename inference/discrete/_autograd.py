@@ -6,7 +6,7 @@ See :mod:`inference.discrete` for the model, the conventions and the algorithms.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -113,10 +113,10 @@ class _NumbaLogMarginal(torch.autograd.Function):
         transition = log_transition.detach().to("cpu", torch.float64).contiguous().numpy()
         # Emissions stay in their own dtype (float32 or float64): the kernel accumulates in
         # float64 either way, and skipping a float64 copy halves the traffic of the (N, T, K) array.
-        emission = log_emission.detach().to("cpu")
-        if emission.dtype not in (torch.float32, torch.float64):
-            emission = emission.to(torch.float64)
-        emission = emission.contiguous().numpy()
+        emission_tensor = log_emission.detach().to("cpu")
+        if emission_tensor.dtype not in (torch.float32, torch.float64):
+            emission_tensor = emission_tensor.to(torch.float64)
+        emission = emission_tensor.contiguous().numpy()
         num_seq, num_steps, num_states = emission.shape
         stored_steps = num_steps if store else 0
         initial_probs = np.empty(initial.shape)
@@ -156,7 +156,7 @@ class _NumbaLogMarginal(torch.autograd.Function):
         state_marginals, transition_counts = _numba_backward(potentials, filtered, scales)
         grad = grad_output.detach().to("cpu", torch.float64)
         marginals = torch.from_numpy(state_marginals)
-        options = dict(device=grad_output.device, dtype=grad_output.dtype)
+        options: dict[str, Any] = dict(device=grad_output.device, dtype=grad_output.dtype)
         grad_emission = grad_initial = grad_transition = None
         if ctx.needs_input_grad[2]:
             grad_emission = (grad[:, None, None] * marginals).to(**options)
@@ -235,9 +235,9 @@ class _CategoricalLogMarginal(torch.autograd.Function):
             grad_transition,
             grad_table,
         )
-        options = dict(device=grad_output.device, dtype=grad_output.dtype)
-        grad_initial, grad_transition, grad_table = (
+        options: dict[str, Any] = dict(device=grad_output.device, dtype=grad_output.dtype)
+        initial_out, transition_out, table_out = (
             torch.from_numpy(value).to(**options) if needed else None
             for value, needed in zip((grad_initial, grad_transition, grad_table), ctx.needs_input_grad[:3])
         )
-        return grad_initial, grad_transition, grad_table, None, None
+        return initial_out, transition_out, table_out, None, None

@@ -156,6 +156,8 @@ Example:
 
 from __future__ import annotations
 
+import torch  # noqa: F401  (the docstring examples, run by doctest in this namespace, use it)
+
 from ._api import forecast, kalman_filter, log_marginal, rts_smoother, sample_states
 from ._common import KalmanFiltered, KalmanForecast, KalmanSmoothed
 from .varying_noise import VaryingNoiseSmoothed, kalman_smoother_varying_noise
