@@ -358,20 +358,28 @@ def test_learning_rate_3e_3_trains_20_epochs_on_jsb_without_nan():
     assert records[-1]["objective_per_step"] > records[0]["objective_per_step"] + 20  # it learns, not just survives
 
 
-def test_trains_through_the_shared_fit_loop():
+def test_trains_through_the_shared_fit_loop_to_the_best_iid_fit():
     """``inference.fit.fit`` trains a DMM with its default loss (``"auto"``: the family's own
-    vectorised ELBO, ``loss="model"``) and with Pyro's ``Trace_ELBO`` on the per-step model/guide."""
+    vectorised ELBO, ``loss="model"``) and with Pyro's ``Trace_ELBO`` on the per-step model/guide.
+    The frames are independent Bernoulli draws, so the best a sequence model can do on them is the
+    per-dimension maximum-likelihood fit (-1.58 nats per step on these frames); the trained bound
+    must come close to it (measured at 60 epochs: -1.68 with the family's loss, -2.08 with the
+    noisier per-step Trace_ELBO, from -2.9) and, being a lower bound, not rise above it."""
     from inference.fit import fit
 
     torch.manual_seed(0)
     probs = torch.tensor([0.9, 0.1, 0.8, 0.2])
     train = SequenceBatch(torch.bernoulli(probs.expand(16, 8, 4)), torch.randint(3, 9, (16,)))
-    for loss in ("auto", "trace"):
+    frames = train.values[train.mask]  # (steps, 4)
+    rate = frames.mean(0)
+    best_iid = float((frames * rate.log() + (1 - frames) * (1 - rate).log()).sum(-1).mean())
+    for loss, within in (("auto", 0.2), ("trace", 0.7)):
         model = _small("bernoulli")
-        result = fit(model, train, valid=train, loss=loss, max_epochs=15, batch_size=8, progress=False)
+        result = fit(model, train, valid=train, loss=loss, max_epochs=60, batch_size=8, progress=False)
         scores = [r["valid_log_prob_per_step"] for r in result.history if r["valid_log_prob_per_step"] is not None]
         assert all(math.isfinite(s) for s in scores)
-        assert scores[-1] > scores[0] + 0.2, (loss, scores)
+        assert best_iid - within < scores[-1] < best_iid + 0.05, (loss, best_iid, scores)
+        assert scores[-1] > scores[0] + 0.5, (loss, scores)
 
 
 # -- the command line ------------------------------------------------------------------
