@@ -653,11 +653,11 @@ class RunDirectory:
         """Writes ``<name>.safetensors`` (the ``state_dict``) and ``<name>.json``
         (``{"class": "<module>.<qualname>", "config": model.config()}``)."""
         cls = type(model)
-        config = getattr(model, "config", None)  # a SequenceModel's, or any module's with config()
-        if not callable(config):
-            raise TypeError(f"model: {cls.__name__} has no config() method to write {name}.json from")
+        # The contract's config() (any module with one will do), read before anything is written.
+        # torch types a module's unknown attributes as Tensor | Module, hence the ignore.
+        config = model.config()  # type: ignore[operator]
         tensors_path = self.save_tensors(name, model.state_dict())
-        json_path = self.write_json(name, {"class": f"{cls.__module__}.{cls.__qualname__}", "config": config()})
+        json_path = self.write_json(name, {"class": f"{cls.__module__}.{cls.__qualname__}", "config": config})
         return tensors_path, json_path
 
     def load_state_dict_into(self, model: torch.nn.Module, name: str = "model") -> torch.nn.Module:
