@@ -47,9 +47,9 @@ def cmd_decode(args) -> int:
         name: value.detach().reshape(value.shape[0], value.shape[1], -1).cpu()
         for name, value in decoding.values.items()
     }
-    columns = (["state"] if paths is not None else []) + [
-        f"{name}_{k}" for name, value in arrays.items() for k in range(value.shape[-1])
-    ]
+    state_column = ["state"] if paths is not None else []
+    columns = state_column + [f"{name}_{k}" for name, value in arrays.items() for k in range(value.shape[-1])]
+    column_ranges = state_column + [f"{name}_0..{value.shape[-1] - 1}" for name, value in arrays.items()]
     lines = ["sequence,time," + ",".join(columns)]
     for n, length in enumerate(batch.lengths.tolist()):
         for t in range(length):
@@ -59,7 +59,7 @@ def cmd_decode(args) -> int:
     _write_text_atomic(out, "\n".join(lines) + "\n", force=args.force)
     print(
         f"decoded {batch.num_steps} steps of {batch.num_sequences} sequence(s) into {out} "
-        f"(columns: {', '.join((['state'] if paths is not None else []) + [f'{name}_0..{value.shape[-1] - 1}' for name, value in arrays.items()])})"
+        f"(columns: {', '.join(column_ranges)})"
     )
     if paths is not None:
         counts = torch.bincount(paths[paths >= 0], minlength=decoding.num_states)
