@@ -27,7 +27,7 @@ from .data_args import (
     _data_paths,
     _describe_split,
 )
-from .specs import ModelSpec, _sampler_takes, build_model, spec_settings
+from .specs import ModelSpec, build_model, spec_settings
 from .training import (
     NO_HELD_OUT,
     _block_stderr,
@@ -98,7 +98,7 @@ def cmd_compare(args) -> int:
             )
         )
         fans[label] = compare_timeseries.fan_forecast(model, timeline, args)
-        temperatures[label] = SAMPLE_TEMPERATURE if _sampler_takes(model, "temperature") else 1.0
+        temperatures[label] = SAMPLE_TEMPERATURE if model.supports("sample_temperature") else 1.0
         samples[label] = _sample_text(model, data, length=200, seed=args.seed, temperature=temperatures[label])
         exports[label] = _guide_export(model, splits.train.batch)
     print(f"compared {len(specs)} model(s) in {time.perf_counter() - started:.0f} s", file=sys.stderr)

@@ -16,7 +16,7 @@ from zoo.data import SequenceData, Vocabulary, split_data
 from zoo.registry import REGISTRY, Decoding, UsageError, family_of
 
 from .data_args import DEFAULT_SPLIT, _load, _own_splits, _reuse_run_data_options
-from .specs import _sampler_takes, load_model
+from .specs import load_model
 
 
 def cmd_decode(args) -> int:
@@ -77,11 +77,11 @@ def cmd_sample(args) -> int:
     )
     options: dict[str, Any] = {}
     for option in ("temperature", "prime"):
-        if getattr(args, option) is not None and not _sampler_takes(model, option):
+        if getattr(args, option) is not None and not model.supports(f"sample_{option}"):
             takers = [
                 f"{name} ({entry.help})"
                 for name, entry in REGISTRY.items()
-                if any(_sampler_takes(cls, option) for cls in entry.model_classes)
+                if any(cls.supports(f"sample_{option}") for cls in entry.model_classes)
             ]
             raise UsageError(
                 f"--{option}: needs a model whose sampler takes it ({', '.join(takers) or 'none registered'}); "

@@ -173,11 +173,6 @@ def load_model(run: RunDirectory):
     return model.eval()
 
 
-def _sampler_takes(model, option: str) -> bool:
-    """Whether the family declares that ``sample`` takes ``option`` (``temperature``, ``prime``)."""
-    return model.supports(f"sample_{option}")
-
-
 def _split_spec_settings(spec: ModelSpec) -> tuple[dict[str, str], dict[str, Any]]:
     """A spec's model settings and its training settings (``lr``, ``batch_size``, ...)."""
     model_settings, fit_settings = {}, {}
